@@ -1,0 +1,198 @@
+//! Attribute types and the value encodings that need more than a byte copy.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::{TransactionId, MAGIC_COOKIE};
+
+/// Attribute type codes (RFC 8489 §18.3, RFC 8656 §18, RFC 6156, RFC 8489 §14).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub struct AttrType(pub u16);
+
+impl AttrType {
+    pub const MAPPED_ADDRESS: AttrType = AttrType(0x0001);
+    pub const USERNAME: AttrType = AttrType(0x0006);
+    pub const MESSAGE_INTEGRITY: AttrType = AttrType(0x0008);
+    pub const ERROR_CODE: AttrType = AttrType(0x0009);
+    pub const UNKNOWN_ATTRIBUTES: AttrType = AttrType(0x000A);
+    pub const CHANNEL_NUMBER: AttrType = AttrType(0x000C);
+    pub const LIFETIME: AttrType = AttrType(0x000D);
+    pub const XOR_PEER_ADDRESS: AttrType = AttrType(0x0012);
+    pub const DATA: AttrType = AttrType(0x0013);
+    pub const REALM: AttrType = AttrType(0x0014);
+    pub const NONCE: AttrType = AttrType(0x0015);
+    pub const XOR_RELAYED_ADDRESS: AttrType = AttrType(0x0016);
+    pub const REQUESTED_ADDRESS_FAMILY: AttrType = AttrType(0x0017);
+    pub const EVEN_PORT: AttrType = AttrType(0x0018);
+    pub const REQUESTED_TRANSPORT: AttrType = AttrType(0x0019);
+    pub const DONT_FRAGMENT: AttrType = AttrType(0x001A);
+    pub const MESSAGE_INTEGRITY_SHA256: AttrType = AttrType(0x001C);
+    pub const PASSWORD_ALGORITHM: AttrType = AttrType(0x001D);
+    pub const USERHASH: AttrType = AttrType(0x001E);
+    pub const XOR_MAPPED_ADDRESS: AttrType = AttrType(0x0020);
+    pub const RESERVATION_TOKEN: AttrType = AttrType(0x0022);
+    pub const PRIORITY: AttrType = AttrType(0x0024);
+    pub const USE_CANDIDATE: AttrType = AttrType(0x0025);
+    pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+    pub const SOFTWARE: AttrType = AttrType(0x8022);
+    pub const FINGERPRINT: AttrType = AttrType(0x8028);
+    pub const ICE_CONTROLLED: AttrType = AttrType(0x8029);
+    pub const ICE_CONTROLLING: AttrType = AttrType(0x802A);
+
+    /// Types 0x0000–0x7FFF must be understood or the request rejected (RFC 8489 §15).
+    pub fn is_comprehension_required(self) -> bool {
+        self.0 < 0x8000
+    }
+
+    /// Comprehension-required attributes this server understands (or may safely ignore
+    /// because understanding them needs no action, such as DONT-FRAGMENT: Linux sends UDP
+    /// with DF set by default).
+    pub fn is_understood(self) -> bool {
+        matches!(
+            self,
+            Self::MAPPED_ADDRESS
+                | Self::USERNAME
+                | Self::MESSAGE_INTEGRITY
+                | Self::ERROR_CODE
+                | Self::UNKNOWN_ATTRIBUTES
+                | Self::CHANNEL_NUMBER
+                | Self::LIFETIME
+                | Self::XOR_PEER_ADDRESS
+                | Self::DATA
+                | Self::REALM
+                | Self::NONCE
+                | Self::XOR_RELAYED_ADDRESS
+                | Self::REQUESTED_ADDRESS_FAMILY
+                | Self::EVEN_PORT
+                | Self::REQUESTED_TRANSPORT
+                | Self::DONT_FRAGMENT
+                | Self::MESSAGE_INTEGRITY_SHA256
+                | Self::PASSWORD_ALGORITHM
+                | Self::USERHASH
+                | Self::XOR_MAPPED_ADDRESS
+                | Self::RESERVATION_TOKEN
+                | Self::PRIORITY
+                | Self::USE_CANDIDATE
+        )
+    }
+}
+
+/// An ERROR-CODE value with its reason phrase (RFC 8489 §14.8).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ErrorCode {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl ErrorCode {
+    pub const BAD_REQUEST: ErrorCode = ErrorCode::new(400, "Bad Request");
+    pub const UNAUTHORIZED: ErrorCode = ErrorCode::new(401, "Unauthorized");
+    pub const FORBIDDEN: ErrorCode = ErrorCode::new(403, "Forbidden");
+    pub const UNKNOWN_ATTRIBUTE: ErrorCode = ErrorCode::new(420, "Unknown Attribute");
+    pub const ALLOCATION_MISMATCH: ErrorCode = ErrorCode::new(437, "Allocation Mismatch");
+    pub const STALE_NONCE: ErrorCode = ErrorCode::new(438, "Stale Nonce");
+    pub const ADDRESS_FAMILY_NOT_SUPPORTED: ErrorCode =
+        ErrorCode::new(440, "Address Family not Supported");
+    pub const WRONG_CREDENTIALS: ErrorCode = ErrorCode::new(441, "Wrong Credentials");
+    pub const UNSUPPORTED_TRANSPORT: ErrorCode =
+        ErrorCode::new(442, "Unsupported Transport Protocol");
+    pub const PEER_ADDRESS_FAMILY_MISMATCH: ErrorCode =
+        ErrorCode::new(443, "Peer Address Family Mismatch");
+    pub const ALLOCATION_QUOTA_REACHED: ErrorCode =
+        ErrorCode::new(486, "Allocation Quota Reached");
+    pub const SERVER_ERROR: ErrorCode = ErrorCode::new(500, "Server Error");
+    pub const INSUFFICIENT_CAPACITY: ErrorCode = ErrorCode::new(508, "Insufficient Capacity");
+
+    pub const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+
+    /// Reads the numeric code from an ERROR-CODE value (used by tests and clients).
+    pub fn decode_code(value: &[u8]) -> Option<u16> {
+        let class = u16::from(*value.get(2)? & 0x07);
+        let number = u16::from(*value.get(3)?);
+        Some(class * 100 + number)
+    }
+}
+
+const FAMILY_IPV4: u8 = 0x01;
+const FAMILY_IPV6: u8 = 0x02;
+
+/// Writes an XOR-*-ADDRESS value (RFC 8489 §14.2) into `out`.
+pub(crate) fn encode_xor_address(addr: SocketAddr, tid: &TransactionId, out: &mut Vec<u8>) {
+    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    out.push(0);
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(FAMILY_IPV4);
+            out.extend_from_slice(&port.to_be_bytes());
+            let x = u32::from(ip) ^ MAGIC_COOKIE;
+            out.extend_from_slice(&x.to_be_bytes());
+        }
+        IpAddr::V6(ip) => {
+            out.push(FAMILY_IPV6);
+            out.extend_from_slice(&port.to_be_bytes());
+            let mask = xor_mask_v6(tid);
+            let octets = ip.octets();
+            out.extend((0..16).map(|i| octets[i] ^ mask[i]));
+        }
+    }
+}
+
+/// Reads an XOR-*-ADDRESS value; `None` for a wrong length or an unknown family.
+pub fn decode_xor_address(value: &[u8], tid: &TransactionId) -> Option<SocketAddr> {
+    let family = *value.get(1)?;
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
+    match (family, value.len()) {
+        (FAMILY_IPV4, 8) => {
+            let raw = u32::from_be_bytes([value[4], value[5], value[6], value[7]]) ^ MAGIC_COOKIE;
+            Some(SocketAddr::new(Ipv4Addr::from(raw).into(), port))
+        }
+        (FAMILY_IPV6, 20) => {
+            let mask = xor_mask_v6(tid);
+            let mut octets = [0u8; 16];
+            for (i, o) in octets.iter_mut().enumerate() {
+                *o = value[4 + i] ^ mask[i];
+            }
+            Some(SocketAddr::new(Ipv6Addr::from(octets).into(), port))
+        }
+        _ => None,
+    }
+}
+
+fn xor_mask_v6(tid: &TransactionId) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    mask[4..].copy_from_slice(&tid.0);
+    mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_address_round_trips_v4_and_v6() {
+        let tid = TransactionId([7; 12]);
+        for addr in ["192.0.2.1:32853", "[2001:db8::1]:3478", "0.0.0.0:0"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut buf = Vec::new();
+            encode_xor_address(addr, &tid, &mut buf);
+            assert_eq!(decode_xor_address(&buf, &tid), Some(addr));
+        }
+    }
+
+    #[test]
+    fn xor_address_rejects_bad_family_and_length() {
+        let tid = TransactionId::default();
+        assert_eq!(decode_xor_address(&[0, 3, 0, 0, 1, 2, 3, 4], &tid), None);
+        assert_eq!(decode_xor_address(&[0, 1, 0, 0, 1, 2, 3], &tid), None);
+        assert_eq!(decode_xor_address(&[0, 2, 0, 0, 1, 2, 3, 4], &tid), None);
+        assert_eq!(decode_xor_address(&[], &tid), None);
+    }
+
+    #[test]
+    fn error_code_decodes_class_and_number() {
+        assert_eq!(ErrorCode::decode_code(&[0, 0, 4, 38]), Some(438));
+        assert_eq!(ErrorCode::decode_code(&[0, 0, 5]), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Builds STUN messages into a byte vector, attribute by attribute.
+
+use std::net::SocketAddr;
+
+use super::attr::{encode_xor_address, AttrType, ErrorCode};
+use super::integrity::{self, IntegrityAlgorithm};
+use super::{join_message_type, Class, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
+
+/// Writes one message. The header's length field is kept current after every attribute, so
+/// integrity and fingerprint can be computed at any point.
+pub struct MessageBuilder {
+    bytes: Vec<u8>,
+    transaction_id: TransactionId,
+}
+
+impl MessageBuilder {
+    pub fn new(class: Class, method: Method, transaction_id: TransactionId) -> Self {
+        Self::with_buffer(Vec::with_capacity(128), class, method, transaction_id)
+    }
+
+    /// Reuses `buffer`'s allocation (its contents are discarded).
+    pub fn with_buffer(
+        mut buffer: Vec<u8>,
+        class: Class,
+        method: Method,
+        transaction_id: TransactionId,
+    ) -> Self {
+        buffer.clear();
+        buffer.extend_from_slice(&join_message_type(class, method).to_be_bytes());
+        buffer.extend_from_slice(&[0, 0]);
+        buffer.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        buffer.extend_from_slice(&transaction_id.0);
+        Self {
+            bytes: buffer,
+            transaction_id,
+        }
+    }
+
+    pub fn add(&mut self, kind: AttrType, value: &[u8]) -> &mut Self {
+        self.add_with(kind, |out| out.extend_from_slice(value))
+    }
+
+    pub fn add_u32(&mut self, kind: AttrType, value: u32) -> &mut Self {
+        self.add(kind, &value.to_be_bytes())
+    }
+
+    pub fn add_xor_address(&mut self, kind: AttrType, addr: SocketAddr) -> &mut Self {
+        let tid = self.transaction_id;
+        self.add_with(kind, |out| encode_xor_address(addr, &tid, out))
+    }
+
+    pub fn add_error(&mut self, error: ErrorCode) -> &mut Self {
+        self.add_with(AttrType::ERROR_CODE, |out| {
+            let class = (error.code / 100) as u8;
+            let number = (error.code % 100) as u8;
+            out.extend_from_slice(&[0, 0, class, number]);
+            out.extend_from_slice(error.reason.as_bytes());
+        })
+    }
+
+    pub fn add_unknown_attributes(&mut self, kinds: &[u16]) -> &mut Self {
+        self.add_with(AttrType::UNKNOWN_ATTRIBUTES, |out| {
+            for kind in kinds {
+                out.extend_from_slice(&kind.to_be_bytes());
+            }
+        })
+    }
+
+    /// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 computed with `key`.
+    pub fn add_integrity(&mut self, algorithm: IntegrityAlgorithm, key: &[u8]) -> &mut Self {
+        let tag_len = algorithm.tag_len();
+        let tag = integrity::compute(algorithm, key, &self.bytes, tag_len);
+        let kind = match algorithm {
+            IntegrityAlgorithm::Sha1 => AttrType::MESSAGE_INTEGRITY,
+            IntegrityAlgorithm::Sha256 => AttrType::MESSAGE_INTEGRITY_SHA256,
+        };
+        self.add(kind, tag.as_ref())
+    }
+
+    /// Appends FINGERPRINT; it must be the last attribute.
+    pub fn add_fingerprint(&mut self) -> &mut Self {
+        // The length field must count the FINGERPRINT before the CRC is taken.
+        self.set_length(self.bytes.len() - HEADER_LEN + 8);
+        let crc = integrity::fingerprint(&self.bytes);
+        self.add_u32(AttrType::FINGERPRINT, crc)
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    fn add_with(&mut self, kind: AttrType, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        let header_at = self.bytes.len();
+        self.bytes.extend_from_slice(&kind.0.to_be_bytes());
+        self.bytes.extend_from_slice(&[0, 0]);
+        write(&mut self.bytes);
+        let value_len = self.bytes.len() - header_at - 4;
+        self.bytes[header_at + 2..header_at + 4].copy_from_slice(&(value_len as u16).to_be_bytes());
+        let padding = (4 - value_len % 4) % 4;
+        self.bytes.extend(std::iter::repeat_n(0u8, padding));
+        self.set_length(self.bytes.len() - HEADER_LEN);
+        self
+    }
+
+    fn set_length(&mut self, length: usize) {
+        self.bytes[2..4].copy_from_slice(&(length as u16).to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Message;
+    use super::*;
+
+    #[test]
+    fn built_message_parses_and_verifies() {
+        let tid = TransactionId([1; 12]);
+        let key = b"0123456789abcdef";
+        let mut b = MessageBuilder::new(Class::Success, Method::ALLOCATE, tid);
+        b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, "203.0.113.5:50000".parse().unwrap())
+            .add_u32(AttrType::LIFETIME, 600)
+            .add(AttrType::SOFTWARE, b"rendez")
+            .add_integrity(IntegrityAlgorithm::Sha1, key)
+            .add_fingerprint();
+        let bytes = b.finish();
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.class(), Class::Success);
+        assert_eq!(m.method(), Method::ALLOCATE);
+        assert!(m.has_fingerprint());
+        assert_eq!(m.verify_integrity(key), Some(IntegrityAlgorithm::Sha1));
+        assert_eq!(m.verify_integrity(b"wrong key"), None);
+        assert_eq!(m.attribute(AttrType::SOFTWARE), Some(&b"rendez"[..]));
+        assert_eq!(m.attribute(AttrType::LIFETIME), Some(&600u32.to_be_bytes()[..]));
+    }
+
+    #[test]
+    fn sha256_integrity_verifies() {
+        let key = b"k";
+        let mut b = MessageBuilder::new(Class::Request, Method::REFRESH, TransactionId([9; 12]));
+        b.add_integrity(IntegrityAlgorithm::Sha256, key);
+        let bytes = b.finish();
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.verify_integrity(key), Some(IntegrityAlgorithm::Sha256));
+    }
+
+    #[test]
+    fn flipped_bit_breaks_fingerprint() {
+        let mut b = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([3; 12]));
+        b.add(AttrType::SOFTWARE, b"x").add_fingerprint();
+        let mut bytes = b.finish();
+        bytes[21] ^= 1;
+        assert!(Message::parse(&bytes).is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! The TURN protocol core (RFC 8656 over RFC 8489), sans-IO.
+//!
+//! [`Server`] never touches a socket, a clock or the OS RNG: the I/O layer feeds it packets
+//! with the current `Instant`, asks it when to wake up, and carries out what it returns.
+//!
+//! - `handle_client_packet` takes a datagram (or a frame from a stream) from a client. The
+//!   hot path — ChannelData and Send indications — returns where to forward the payload,
+//!   borrowing it from the input; requests queue their responses.
+//! - `handle_peer_packet` takes a datagram that arrived on a relay socket and returns the
+//!   framed bytes (ChannelData or a Data indication) to send to the client.
+//! - `poll_output` yields queued responses and requests to bind or release relay sockets;
+//!   binding is answered with `handle_relay_bound`, because only the I/O layer can learn
+//!   that a port is taken by another process.
+//! - `poll_timeout` / `handle_timeout` expire allocations, permissions and channels.
+
+mod allocation;
+mod auth;
+mod policy;
+mod ports;
+mod server;
+
+pub use auth::{rest_expiry, rest_password, Credentials, Rejection, UserSecret};
+pub use policy::PeerPolicy;
+pub use server::{Server, ServerConfig, Stats};
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+
+/// Channel numbers a client may bind (RFC 8656 §12).
+pub const CHANNEL_NUMBERS: RangeInclusive<u16> = 0x4000..=0x4FFF;
+
+/// The transport a client reached us over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// Stream transports pad ChannelData to a multiple of 4 bytes (RFC 8656 §12.5).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// The 5-tuple that identifies a client and owns at most one allocation (RFC 8656 §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FiveTuple {
+    pub transport: Transport,
+    /// The client's address as we see it (its server-reflexive address).
+    pub client: SocketAddr,
+    /// Our listening address the client sent to.
+    pub server: SocketAddr,
+}
+
+/// A relay address pair: where relay sockets are bound, and what clients are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayAddress {
+    pub bind: std::net::IpAddr,
+    pub public: std::net::IpAddr,
+}
+
+/// Payload to send from a relay socket to a peer (the hot path, client → peer).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ToPeer<'a> {
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+/// Framed bytes to send to a client (the hot path, peer → client).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ToClient<'a> {
+    pub client: FiveTuple,
+    pub bytes: &'a [u8],
+}
+
+/// Work for the I/O layer, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `bytes` to the client on `to`.
+    Transmit { to: FiveTuple, bytes: Vec<u8> },
+    /// Bind a UDP socket on `relay`, then call [`Server::handle_relay_bound`].
+    BindRelay { relay: SocketAddr },
+    /// Close the relay socket on `relay`.
+    ReleaseRelay { relay: SocketAddr },
+}

@@ -1,0 +1,117 @@
+//! The pool of relay ports on one relay address.
+//!
+//! Ports are picked at random (so relayed addresses are not predictable from one another)
+//! from a bitmap of the configured range, which costs 8 KiB for all 65 536 ports.
+
+use std::ops::RangeInclusive;
+
+pub struct PortPool {
+    range: RangeInclusive<u16>,
+    in_use: Vec<u64>,
+    used: usize,
+}
+
+impl PortPool {
+    pub fn new(range: RangeInclusive<u16>) -> Self {
+        let words = (usize::from(*range.end()) >> 6) + 1;
+        Self {
+            range,
+            in_use: vec![0; words],
+            used: 0,
+        }
+    }
+
+    /// Takes a free port, starting the search at a position drawn from `random`; with
+    /// `even`, only even ports (EVEN-PORT, RFC 8656 §14.6).
+    pub fn acquire(&mut self, random: u64, even: bool) -> Option<u16> {
+        let start = u32::from(*self.range.start());
+        let size = u32::from(*self.range.end()) - start + 1;
+        let first = (random % u64::from(size)) as u32;
+        (0..size)
+            .map(|i| (start + (first + i) % size) as u16)
+            .filter(|port| !even || port % 2 == 0)
+            .find(|&port| !self.is_used(port))
+            .inspect(|&port| self.set(port, true))
+    }
+
+    pub fn release(&mut self, port: u16) {
+        if self.range.contains(&port) && self.is_used(port) {
+            self.set(port, false);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn in_use(&self) -> usize {
+        self.used
+    }
+
+    fn is_used(&self, port: u16) -> bool {
+        self.in_use[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
+
+    fn set(&mut self, port: u16, used: bool) {
+        let word = &mut self.in_use[usize::from(port >> 6)];
+        if used {
+            *word |= 1 << (port & 63);
+            self.used += 1;
+        } else {
+            *word &= !(1 << (port & 63));
+            self.used -= 1;
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64): the core takes its seed from the I/O layer,
+/// so tests are reproducible and the core never touches the OS RNG.
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hands_out_every_port_once_then_none() {
+        let mut pool = PortPool::new(50000..=50009);
+        let mut rng = SplitMix64::new(1);
+        let mut got: Vec<u16> = (0..10)
+            .map(|_| pool.acquire(rng.next_u64(), false).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
+        assert_eq!(pool.acquire(rng.next_u64(), false), None);
+        pool.release(50004);
+        assert_eq!(pool.acquire(rng.next_u64(), false), Some(50004));
+        assert_eq!(pool.in_use(), 10);
+    }
+
+    #[test]
+    fn even_port_requests_get_even_ports() {
+        let mut pool = PortPool::new(60001..=60005);
+        assert!(pool.acquire(3, true).unwrap() % 2 == 0);
+        assert!(pool.acquire(3, true).unwrap() % 2 == 0);
+        assert_eq!(pool.acquire(3, true), None);
+        assert!(pool.acquire(3, false).is_some());
+    }
+
+    #[test]
+    fn whole_port_space_fits() {
+        let mut pool = PortPool::new(0..=65535);
+        assert!(pool.acquire(u64::MAX, false).is_some());
+        pool.release(65535);
+        pool.release(1);
+    }
+}

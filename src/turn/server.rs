@@ -1,0 +1,842 @@
+//! The TURN server state machine: dispatch, the request handlers and the timers.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use super::allocation::{Allocation, ChannelBindError, PendingAllocate, State};
+use super::auth::{Authenticator, Credentials, Rejection, UserSecret};
+use super::policy::PeerPolicy;
+use super::ports::{PortPool, SplitMix64};
+use super::{FiveTuple, Output, RelayAddress, ToClient, ToPeer, CHANNEL_NUMBERS};
+use crate::stun::{
+    classify, decode_xor_address, AttrType, ChannelData, Class, ErrorCode, Framing,
+    IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
+};
+
+/// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
+const PROTOCOL_UDP: u8 = 17;
+/// REQUESTED-ADDRESS-FAMILY values (RFC 8656 §14.8).
+const FAMILY_IPV4: u8 = 0x01;
+const FAMILY_IPV6: u8 = 0x02;
+/// How many ports to try when the I/O layer finds the chosen one taken by another program.
+const RELAY_BIND_ATTEMPTS: u8 = 8;
+/// How long an allocation may wait for its relay socket before it is dropped.
+const RELAY_BIND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the core needs to know from the configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub realm: String,
+    /// At most one relay address per IP family; the first is the default family.
+    pub relays: Vec<RelayAddress>,
+    pub relay_ports: RangeInclusive<u16>,
+    pub users: Vec<(String, UserSecret)>,
+    pub secrets: Vec<String>,
+    pub peers: PeerPolicy,
+    /// Lifetime granted when a request asks for none or less (RFC 8656 §7.2: 10 minutes).
+    pub default_lifetime: Duration,
+    /// The longest lifetime granted (RFC 8656 §7.2: 1 hour).
+    pub max_lifetime: Duration,
+    pub nonce_lifetime: Duration,
+}
+
+impl ServerConfig {
+    /// A configuration with the RFC's lifetimes and no users, relaying on `relay`.
+    pub fn new(realm: &str, relay: RelayAddress, relay_ports: RangeInclusive<u16>) -> Self {
+        Self {
+            realm: realm.to_owned(),
+            relays: vec![relay],
+            relay_ports,
+            users: Vec::new(),
+            secrets: Vec::new(),
+            peers: PeerPolicy::default(),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            nonce_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Counters for what happened to traffic; never labelled with users or addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets that were neither STUN nor ChannelData, or failed to parse.
+    pub malformed: u64,
+    /// Packets from a source that cannot be a client (port 0).
+    pub invalid_source: u64,
+    pub requests: u64,
+    pub error_responses: u64,
+    pub auth_rejections: u64,
+    pub allocations_created: u64,
+    pub allocations_ended: u64,
+    pub relayed_to_peers: u64,
+    pub relayed_to_clients: u64,
+    /// Data for an allocation that does not exist or has expired.
+    pub dropped_no_allocation: u64,
+    /// Data to or from a peer without a permission.
+    pub dropped_no_permission: u64,
+    /// ChannelData on a channel that is not bound.
+    pub dropped_unbound_channel: u64,
+}
+
+/// The sans-IO TURN server. See the module documentation of [`crate::turn`].
+pub struct Server {
+    auth: Authenticator,
+    peers: PeerPolicy,
+    default_lifetime: Duration,
+    max_lifetime: Duration,
+    relays: Vec<Relay>,
+    allocations: HashMap<FiveTuple, Allocation>,
+    by_relay: HashMap<SocketAddr, FiveTuple>,
+    timers: BinaryHeap<Reverse<(Instant, FiveTuple)>>,
+    outputs: VecDeque<Output>,
+    rng: SplitMix64,
+    wall_clock: WallClock,
+    /// Reused for every peer → client packet, so the hot path does not allocate.
+    scratch: Vec<u8>,
+    stats: Stats,
+}
+
+struct Relay {
+    address: RelayAddress,
+    ports: PortPool,
+}
+
+/// Maps the monotonic `Instant`s the core runs on to unix seconds, which REST usernames
+/// and nonces carry.
+#[derive(Clone, Copy)]
+struct WallClock {
+    at: Instant,
+    unix_secs: u64,
+}
+
+/// How to answer one request.
+struct Reply {
+    to: FiveTuple,
+    method: Method,
+    transaction: TransactionId,
+    fingerprint: bool,
+    integrity: Option<(IntegrityAlgorithm, [u8; 16])>,
+}
+
+impl Server {
+    /// `seed` drives relay port choice; `nonce_key` signs nonces (share it between nodes
+    /// that sit behind one name); `unix_secs` is the wall-clock time at `now`.
+    pub fn new(
+        config: ServerConfig,
+        now: Instant,
+        unix_secs: u64,
+        seed: u64,
+        nonce_key: [u8; 32],
+    ) -> Self {
+        let auth = Authenticator::new(
+            &config.realm,
+            &config.users,
+            &config.secrets,
+            &nonce_key,
+            config.nonce_lifetime.as_secs().max(1),
+        );
+        let relays = config
+            .relays
+            .iter()
+            .map(|&address| Relay {
+                address,
+                ports: PortPool::new(config.relay_ports.clone()),
+            })
+            .collect();
+        Self {
+            auth,
+            peers: config.peers,
+            default_lifetime: config.default_lifetime,
+            max_lifetime: config.max_lifetime,
+            relays,
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            timers: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            rng: SplitMix64::new(seed),
+            wall_clock: WallClock { at: now, unix_secs },
+            scratch: Vec::with_capacity(2048),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Re-anchors wall-clock time (call now and then: `Instant` and the wall clock drift).
+    pub fn set_wall_clock(&mut self, now: Instant, unix_secs: u64) {
+        self.wall_clock = WallClock { at: now, unix_secs };
+    }
+
+    /// A packet from a client. Returns payload to relay to a peer (ChannelData, Send
+    /// indication); anything else is answered through [`Server::poll_output`] or dropped.
+    pub fn handle_client_packet<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        bytes: &'a [u8],
+    ) -> Option<ToPeer<'a>> {
+        if from.client.port() == 0 {
+            self.stats.invalid_source += 1;
+            return None;
+        }
+        match classify(bytes) {
+            Framing::ChannelData => self.handle_channel_data(now, from, bytes),
+            Framing::Stun => match Message::parse(bytes) {
+                Ok(message) => self.handle_stun(now, from, &message),
+                Err(error) => {
+                    tracing::debug!(client = %from.client, %error, "dropped malformed STUN");
+                    self.stats.malformed += 1;
+                    None
+                }
+            },
+            Framing::Other => {
+                self.stats.malformed += 1;
+                None
+            }
+        }
+    }
+
+    /// A datagram from `peer` on the relay socket bound to `relay`. Returns the framed
+    /// bytes for the client, or `None` when it must be dropped.
+    pub fn handle_peer_packet(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) -> Option<ToClient<'_>> {
+        let Some((tuple, allocation)) = self
+            .by_relay
+            .get(&relay)
+            .and_then(|tuple| Some((*tuple, self.allocations.get(tuple)?)))
+            .filter(|(_, a)| a.is_active(now))
+        else {
+            self.stats.dropped_no_allocation += 1;
+            return None;
+        };
+        if !allocation.has_permission(now, peer.ip()) {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        let scratch = std::mem::take(&mut self.scratch);
+        let transaction = random_transaction(&mut self.rng);
+        self.scratch = match allocation.channel_for_peer(now, peer) {
+            Some(channel) => frame_channel_data(scratch, channel, payload, tuple),
+            None => {
+                let mut b = MessageBuilder::with_buffer(
+                    scratch,
+                    Class::Indication,
+                    Method::DATA,
+                    transaction,
+                );
+                b.add_xor_address(AttrType::XOR_PEER_ADDRESS, peer)
+                    .add(AttrType::DATA, payload);
+                b.finish()
+            }
+        };
+        self.stats.relayed_to_clients += 1;
+        Some(ToClient {
+            client: tuple,
+            bytes: &self.scratch,
+        })
+    }
+
+    /// The I/O layer's answer to [`Output::BindRelay`].
+    pub fn handle_relay_bound(&mut self, now: Instant, relay: SocketAddr, bound: bool) {
+        let Some(&tuple) = self.by_relay.get(&relay) else {
+            return;
+        };
+        let Some(allocation) = self.allocations.get_mut(&tuple) else {
+            return;
+        };
+        let State::Binding(pending) = allocation.state else {
+            return;
+        };
+        let reply = Reply {
+            to: tuple,
+            method: Method::ALLOCATE,
+            transaction: allocation.allocate_transaction,
+            fingerprint: pending.fingerprint,
+            integrity: Some((pending.algorithm, allocation.key)),
+        };
+        if bound {
+            allocation.state = State::Active;
+            allocation.expires_at = now + pending.lifetime;
+            let public_relay = allocation.public_relay;
+            let response = build(&reply, Class::Success, |b| {
+                b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, public_relay)
+                    .add_u32(AttrType::LIFETIME, pending.lifetime.as_secs() as u32)
+                    .add_xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client);
+            });
+            allocation.allocate_response = response.clone();
+            let deadline = allocation.next_deadline();
+            self.stats.allocations_created += 1;
+            tracing::debug!(client = %tuple.client, %relay, "allocation created");
+            self.outputs.push_back(Output::Transmit {
+                to: tuple,
+                bytes: response,
+            });
+            self.schedule(tuple, deadline);
+            return;
+        }
+        // The port is taken by another program: release our claim and try another.
+        self.by_relay.remove(&relay);
+        if let Some(r) = self.relay_for_ip_mut(relay.ip()) {
+            r.ports.release(relay.port());
+        }
+        let attempts = pending.attempts + 1;
+        let retry = (attempts < RELAY_BIND_ATTEMPTS)
+            .then(|| self.reserve_relay(relay.ip(), pending.even_port))
+            .flatten();
+        match retry {
+            Some((bind, public)) => {
+                if let Some(allocation) = self.allocations.get_mut(&tuple) {
+                    allocation.relay = bind;
+                    allocation.public_relay = public;
+                    allocation.state = State::Binding(PendingAllocate {
+                        attempts,
+                        ..pending
+                    });
+                }
+                self.by_relay.insert(bind, tuple);
+                self.outputs.push_back(Output::BindRelay { relay: bind });
+            }
+            None => {
+                self.allocations.remove(&tuple);
+                self.send_error(&reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
+            }
+        }
+    }
+
+    /// Expires what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, tuple))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(allocation) = self.allocations.get_mut(&tuple) else {
+                continue;
+            };
+            if allocation.scheduled != Some(at) {
+                continue; // superseded by an earlier deadline
+            }
+            allocation.scheduled = None;
+            if now >= allocation.expires_at {
+                self.remove_allocation(&tuple);
+                continue;
+            }
+            let next = allocation.sweep(now);
+            self.schedule(tuple, next);
+        }
+    }
+
+    /// When [`Server::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Allocations that exist now (including those waiting for their relay socket).
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    // ---- dispatch ----
+
+    fn handle_stun<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        message: &Message<'a>,
+    ) -> Option<ToPeer<'a>> {
+        match (message.class(), message.method()) {
+            (Class::Request, _) => {
+                self.stats.requests += 1;
+                self.handle_request(now, from, message);
+                None
+            }
+            (Class::Indication, Method::SEND) => self.handle_send(now, from, message),
+            _ => {
+                // Responses and other indications are not for a server.
+                self.stats.malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, from: FiveTuple, message: &Message<'_>) {
+        let mut reply = Reply {
+            to: from,
+            method: message.method(),
+            transaction: message.transaction_id(),
+            fingerprint: message.has_fingerprint(),
+            integrity: None,
+        };
+        let unknown = message.unknown_required_attributes();
+        if !unknown.is_empty() {
+            self.send_error(&reply, ErrorCode::UNKNOWN_ATTRIBUTE, |b| {
+                b.add_unknown_attributes(&unknown);
+            });
+            return;
+        }
+        let method = message.method();
+        if method == Method::BINDING {
+            self.send_success(&reply, |b| {
+                b.add_xor_address(AttrType::XOR_MAPPED_ADDRESS, from.client);
+            });
+            return;
+        }
+        if ![
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            self.send_error(&reply, ErrorCode::BAD_REQUEST, |_| {});
+            return;
+        }
+        let unix_now = self.unix_secs(now);
+        let credentials = match self.auth.authenticate(message, from.client, unix_now) {
+            Ok(credentials) => credentials,
+            Err(rejection) => {
+                self.stats.auth_rejections += 1;
+                self.reject(&reply, rejection, unix_now);
+                return;
+            }
+        };
+        reply.integrity = Some((credentials.algorithm, credentials.key));
+        if method == Method::ALLOCATE {
+            self.handle_allocate(now, message, credentials, &reply);
+            return;
+        }
+        let result = match self.allocations.get(&from) {
+            Some(a) if a.is_active(now) && a.username == credentials.username => Ok(()),
+            Some(a) if a.is_active(now) => Err(ErrorCode::WRONG_CREDENTIALS),
+            _ => Err(ErrorCode::ALLOCATION_MISMATCH),
+        };
+        let result = result.and_then(|()| match method {
+            Method::REFRESH => self.handle_refresh(now, message, &reply),
+            Method::CREATE_PERMISSION => self.handle_create_permission(now, message, &reply),
+            _ => self.handle_channel_bind(now, message, &reply),
+        });
+        if let Err(error) = result {
+            self.send_error(&reply, error, |_| {});
+        }
+    }
+
+    /// 401 and 438 carry a fresh challenge (RFC 8489 §9.2.4); 400 does not.
+    fn reject(&mut self, reply: &Reply, rejection: Rejection, unix_now: u64) {
+        let error = match rejection {
+            Rejection::BadRequest => {
+                self.send_error(reply, ErrorCode::BAD_REQUEST, |_| {});
+                return;
+            }
+            Rejection::Unauthorized => ErrorCode::UNAUTHORIZED,
+            Rejection::StaleNonce => ErrorCode::STALE_NONCE,
+        };
+        let nonce = self.auth.nonce(reply.to.client, unix_now);
+        let realm = self.auth.realm().to_owned();
+        self.send_error(reply, error, |b| {
+            b.add(AttrType::REALM, realm.as_bytes())
+                .add(AttrType::NONCE, nonce.as_bytes());
+        });
+    }
+
+    // ---- requests ----
+
+    /// RFC 8656 §7.2.
+    fn handle_allocate(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        credentials: Credentials,
+        reply: &Reply,
+    ) {
+        let tuple = reply.to;
+        if let Some(existing) = self.allocations.get(&tuple) {
+            if existing.allocate_transaction != reply.transaction {
+                self.send_error(reply, ErrorCode::ALLOCATION_MISMATCH, |_| {});
+            } else if matches!(existing.state, State::Active) {
+                // A retransmission: the first response was lost, so send it again.
+                let bytes = existing.allocate_response.clone();
+                self.outputs.push_back(Output::Transmit { to: tuple, bytes });
+            }
+            return;
+        }
+        let family = match self.allocate_family(message) {
+            Ok(family) => family,
+            Err(error) => {
+                self.send_error(reply, error, |_| {});
+                return;
+            }
+        };
+        let even_port = message.attribute(AttrType::EVEN_PORT).is_some();
+        let Some((relay, public_relay)) = self.reserve_relay(family, even_port) else {
+            self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
+            return;
+        };
+        let Some((algorithm, _)) = reply.integrity else {
+            return;
+        };
+        let pending = PendingAllocate {
+            lifetime: self.granted_lifetime(message).max(self.default_lifetime),
+            algorithm,
+            fingerprint: reply.fingerprint,
+            even_port,
+            attempts: 0,
+        };
+        let allocation = Allocation::new(
+            relay,
+            public_relay,
+            (credentials.username, credentials.key),
+            reply.transaction,
+            pending,
+            now + RELAY_BIND_TIMEOUT,
+        );
+        self.allocations.insert(tuple, allocation);
+        self.by_relay.insert(relay, tuple);
+        self.schedule(tuple, now + RELAY_BIND_TIMEOUT);
+        self.outputs.push_back(Output::BindRelay { relay });
+    }
+
+    /// Checks REQUESTED-TRANSPORT, RESERVATION-TOKEN, EVEN-PORT and
+    /// REQUESTED-ADDRESS-FAMILY, and returns the relay family's bind address.
+    fn allocate_family(&self, message: &Message<'_>) -> Result<IpAddr, ErrorCode> {
+        let transport = message
+            .attribute(AttrType::REQUESTED_TRANSPORT)
+            .filter(|v| v.len() == 4)
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        if transport[0] != PROTOCOL_UDP {
+            return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
+        }
+        let token = message.attribute(AttrType::RESERVATION_TOKEN).is_some();
+        let requested_family = message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY);
+        if token && (message.attribute(AttrType::EVEN_PORT).is_some() || requested_family.is_some())
+        {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        if token {
+            // We never hand out reservation tokens, so none can be valid (RFC 8656 §7.2).
+            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+        }
+        let default = self.relays.first().map(|r| r.address.bind);
+        let wanted_v6 = match requested_family {
+            None => return default.ok_or(ErrorCode::SERVER_ERROR),
+            Some([FAMILY_IPV4, 0, 0, 0]) => false,
+            Some([FAMILY_IPV6, 0, 0, 0]) => true,
+            Some(_) => return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
+        };
+        self.relays
+            .iter()
+            .map(|r| r.address.bind)
+            .find(|ip| ip.is_ipv6() == wanted_v6)
+            .ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)
+    }
+
+    /// RFC 8656 §7.3: LIFETIME 0 deletes; otherwise the allocation lives on.
+    fn handle_refresh(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        reply: &Reply,
+    ) -> Result<(), ErrorCode> {
+        let tuple = reply.to;
+        let relay_is_v6 = self.allocations.get(&tuple).is_some_and(|a| a.relay.is_ipv6());
+        match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
+            None => {}
+            Some([FAMILY_IPV4, 0, 0, 0]) if !relay_is_v6 => {}
+            Some([FAMILY_IPV6, 0, 0, 0]) if relay_is_v6 => {}
+            Some(_) => return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH),
+        }
+        let lifetime = self.granted_lifetime(message);
+        if lifetime.is_zero() {
+            self.remove_allocation(&tuple);
+        } else if let Some(allocation) = self.allocations.get_mut(&tuple) {
+            allocation.expires_at = now + lifetime;
+        }
+        self.send_success(reply, |b| {
+            b.add_u32(AttrType::LIFETIME, lifetime.as_secs() as u32);
+        });
+        Ok(())
+    }
+
+    /// RFC 8656 §9.2: every XOR-PEER-ADDRESS, all or nothing.
+    fn handle_create_permission(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        reply: &Reply,
+    ) -> Result<(), ErrorCode> {
+        let transaction = reply.transaction;
+        let peers: Vec<SocketAddr> = message
+            .attributes(AttrType::XOR_PEER_ADDRESS)
+            .map(|v| decode_xor_address(v, &transaction))
+            .collect::<Option<_>>()
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        if peers.is_empty() {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        let ips: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
+        for &ip in &ips {
+            self.check_peer(&reply.to, ip)?;
+        }
+        let allocation = self
+            .allocations
+            .get_mut(&reply.to)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        if !allocation.add_permissions(now, &ips) {
+            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+        }
+        let deadline = allocation.next_deadline();
+        self.schedule(reply.to, deadline);
+        self.send_success(reply, |_| {});
+        Ok(())
+    }
+
+    /// RFC 8656 §12.2.
+    fn handle_channel_bind(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        reply: &Reply,
+    ) -> Result<(), ErrorCode> {
+        let number = message
+            .attribute(AttrType::CHANNEL_NUMBER)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .filter(|n| CHANNEL_NUMBERS.contains(n))
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        let peer = message
+            .attribute(AttrType::XOR_PEER_ADDRESS)
+            .and_then(|v| decode_xor_address(v, &reply.transaction))
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        self.check_peer(&reply.to, peer.ip())?;
+        let allocation = self
+            .allocations
+            .get_mut(&reply.to)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        allocation
+            .bind_channel(now, number, peer)
+            .map_err(|error| match error {
+                ChannelBindError::TooManyChannels => ErrorCode::INSUFFICIENT_CAPACITY,
+                _ => ErrorCode::BAD_REQUEST,
+            })?;
+        let deadline = allocation.next_deadline();
+        self.schedule(reply.to, deadline);
+        self.send_success(reply, |_| {});
+        Ok(())
+    }
+
+    /// Family must match the relay (443), then the operator's policy must allow it (403).
+    fn check_peer(&self, tuple: &FiveTuple, ip: IpAddr) -> Result<(), ErrorCode> {
+        let relay_is_v6 = self
+            .allocations
+            .get(tuple)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?
+            .relay
+            .is_ipv6();
+        if ip.to_canonical().is_ipv6() != relay_is_v6 {
+            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
+        if !self.peers.permits(ip) {
+            return Err(ErrorCode::FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    // ---- data ----
+
+    /// RFC 8656 §11.2: a Send indication is relayed if a permission exists.
+    fn handle_send<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        message: &Message<'a>,
+    ) -> Option<ToPeer<'a>> {
+        let peer = message
+            .attribute(AttrType::XOR_PEER_ADDRESS)
+            .and_then(|v| decode_xor_address(v, &message.transaction_id()));
+        let (Some(peer), Some(payload)) = (peer, message.attribute(AttrType::DATA)) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        self.relay_to_peer(now, from, peer, payload)
+    }
+
+    /// RFC 8656 §12.6: ChannelData on a bound channel is relayed to its peer.
+    fn handle_channel_data<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        bytes: &'a [u8],
+    ) -> Option<ToPeer<'a>> {
+        let Some(data) = ChannelData::parse(bytes) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let peer = match self.allocations.get(&from) {
+            Some(a) if a.is_active(now) => a.channel_peer(now, data.channel),
+            _ => {
+                self.stats.dropped_no_allocation += 1;
+                return None;
+            }
+        };
+        let Some(peer) = peer else {
+            self.stats.dropped_unbound_channel += 1;
+            return None;
+        };
+        self.relay_to_peer(now, from, peer, data.payload)
+    }
+
+    fn relay_to_peer<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        peer: SocketAddr,
+        payload: &'a [u8],
+    ) -> Option<ToPeer<'a>> {
+        let Some(allocation) = self.allocations.get(&from).filter(|a| a.is_active(now)) else {
+            self.stats.dropped_no_allocation += 1;
+            return None;
+        };
+        if !allocation.has_permission(now, peer.ip()) {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        self.stats.relayed_to_peers += 1;
+        Some(ToPeer {
+            relay: allocation.relay,
+            peer,
+            payload,
+        })
+    }
+
+    // ---- helpers ----
+
+    /// Requested LIFETIME capped at the maximum; the default when absent (RFC 8656 §7.2).
+    fn granted_lifetime(&self, message: &Message<'_>) -> Duration {
+        match message
+            .attribute(AttrType::LIFETIME)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        {
+            Some(raw) => Duration::from_secs(u64::from(u32::from_be_bytes(raw))).min(self.max_lifetime),
+            None => self.default_lifetime,
+        }
+    }
+
+    /// Picks a free port on the relay address of `family_ip`'s family.
+    fn reserve_relay(&mut self, family_ip: IpAddr, even: bool) -> Option<(SocketAddr, SocketAddr)> {
+        let random = self.rng.next_u64();
+        let relay = self.relay_for_ip_mut(family_ip)?;
+        let port = relay.ports.acquire(random, even)?;
+        Some((
+            SocketAddr::new(relay.address.bind, port),
+            SocketAddr::new(relay.address.public, port),
+        ))
+    }
+
+    fn relay_for_ip_mut(&mut self, ip: IpAddr) -> Option<&mut Relay> {
+        self.relays
+            .iter_mut()
+            .find(|r| r.address.bind.is_ipv6() == ip.is_ipv6())
+    }
+
+    fn remove_allocation(&mut self, tuple: &FiveTuple) {
+        let Some(allocation) = self.allocations.remove(tuple) else {
+            return;
+        };
+        let relay = allocation.relay;
+        self.by_relay.remove(&relay);
+        if let Some(r) = self.relay_for_ip_mut(relay.ip()) {
+            r.ports.release(relay.port());
+        }
+        if matches!(allocation.state, State::Active) {
+            self.stats.allocations_ended += 1;
+        }
+        tracing::debug!(client = %tuple.client, %relay, "allocation ended");
+        self.outputs.push_back(Output::ReleaseRelay { relay });
+    }
+
+    /// Queues a wake-up for `tuple` at `at` unless an earlier one is already queued.
+    fn schedule(&mut self, tuple: FiveTuple, at: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&tuple) else {
+            return;
+        };
+        if allocation.scheduled.is_some_and(|queued| queued <= at) {
+            return;
+        }
+        allocation.scheduled = Some(at);
+        self.timers.push(Reverse((at, tuple)));
+    }
+
+    fn unix_secs(&self, now: Instant) -> u64 {
+        let elapsed = now
+            .checked_duration_since(self.wall_clock.at)
+            .unwrap_or_default();
+        self.wall_clock.unix_secs + elapsed.as_secs()
+    }
+
+    fn send_success(&mut self, reply: &Reply, attributes: impl FnOnce(&mut MessageBuilder)) {
+        let bytes = build(reply, Class::Success, attributes);
+        self.outputs.push_back(Output::Transmit { to: reply.to, bytes });
+    }
+
+    fn send_error(
+        &mut self,
+        reply: &Reply,
+        error: ErrorCode,
+        attributes: impl FnOnce(&mut MessageBuilder),
+    ) {
+        self.stats.error_responses += 1;
+        let bytes = build(reply, Class::Error, |b| {
+            b.add_error(error);
+            attributes(b);
+        });
+        self.outputs.push_back(Output::Transmit { to: reply.to, bytes });
+    }
+}
+
+/// A response with integrity when the request was authenticated and FINGERPRINT when the
+/// request carried one.
+fn build(reply: &Reply, class: Class, attributes: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
+    let mut b = MessageBuilder::new(class, reply.method, reply.transaction);
+    attributes(&mut b);
+    if let Some((algorithm, key)) = reply.integrity {
+        b.add_integrity(algorithm, &key);
+    }
+    if reply.fingerprint {
+        b.add_fingerprint();
+    }
+    b.finish()
+}
+
+fn random_transaction(rng: &mut SplitMix64) -> TransactionId {
+    let mut id = [0u8; 12];
+    id[..8].copy_from_slice(&rng.next_u64().to_be_bytes());
+    id[8..].copy_from_slice(&rng.next_u64().to_be_bytes()[..4]);
+    TransactionId(id)
+}
+
+/// ChannelData for a client; stream transports pad to 4 bytes (RFC 8656 §12.5).
+fn frame_channel_data(mut buffer: Vec<u8>, channel: u16, payload: &[u8], to: FiveTuple) -> Vec<u8> {
+    buffer.clear();
+    buffer.extend_from_slice(&ChannelData::header(channel, payload.len() as u16));
+    buffer.extend_from_slice(payload);
+    if to.transport.is_stream() {
+        let padding = (4 - payload.len() % 4) % 4;
+        buffer.extend(std::iter::repeat_n(0u8, padding));
+    }
+    buffer
+}
