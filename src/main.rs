@@ -1,1 +1,142 @@
-fn main(){}
+//! The `rendez` binary: command line → config → logging → server.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Parser;
+use ring::rand::{SecureRandom, SystemRandom};
+use tracing_subscriber::EnvFilter;
+
+use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs};
+use rendez::config::{Config, LogFormat};
+use rendez::credential;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Credential(args) => print_credential(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.load_config()?;
+    init_logging(&config)?;
+    if config.auth.secrets.is_empty() && config.auth.users.is_empty() {
+        let secret = generate_secret()?;
+        // Printed once to the terminal (not the log) so the operator can mint credentials.
+        println!("rendez: no credentials configured; generated a shared secret for this run:");
+        println!("  secret: {secret}");
+        println!("  mint a credential: rendez credential --secret '{secret}' --user alice --json");
+        config.auth.secrets = vec![secret];
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(rendez::run(config, shutdown_signal()))
+}
+
+fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Some(Config::from_file(path)?),
+        None => None,
+    };
+    let secret = match (&args.secret, &config) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(config)) => config.auth.secrets.first().cloned().with_context(|| {
+            "the config has no `auth.secrets`: add one, or pass --secret".to_string()
+        })?,
+        (None, None) => anyhow::bail!("give --secret or --config"),
+    };
+    let ttl = args
+        .ttl
+        .or(config.as_ref().map(|c| c.auth.credential_ttl))
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    let expires_at = SystemTime::now() + ttl;
+    let credential = credential::mint(&secret, &args.user, expires_at);
+    if args.json {
+        let urls = if args.urls.is_empty() {
+            vec![default_url(config.as_ref())]
+        } else {
+            args.urls.clone()
+        };
+        let json = credential::ice_server_json(&urls, &credential);
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("username: {}", credential.username);
+        println!("password: {}", credential.password);
+        println!("expires:  {}", humantime::format_rfc3339_seconds(expires_at));
+    }
+    Ok(())
+}
+
+/// `turn:HOST:PORT?transport=udp` from the config's public address, else this host's name.
+fn default_url(config: Option<&Config>) -> String {
+    let port = config
+        .and_then(|c| c.listen.first())
+        .map_or(3478, |a| a.port());
+    let host = config
+        .and_then(|c| {
+            c.external_ip
+                .or(c.relay_ip)
+                .or(c.listen.iter().map(|a| a.ip()).find(|ip| !ip.is_unspecified()))
+        })
+        .map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        })
+        .unwrap_or_else(hostname);
+    format!("turn:{host}:{port}?transport=udp")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn generate_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the OS random number generator failed"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("`log-level` {:?} is not a valid filter; try \"info\"", config.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,178 @@
+//! The command line: `rendez serve` and `rendez credential`.
+//!
+//! Flags override the config file for the common keys; each flag also reads a `RENDEZ_*`
+//! environment variable, so a container or systemd unit can configure rendez without a file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat, PortRange};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rendez",
+    version,
+    about = "STUN/TURN server (UDP; RFC 8489, RFC 8656) that makes small video calls work through any NAT",
+    long_about = "rendez is a STUN/TURN server for WebRTC.\n\n\
+        Run it with `rendez serve` (working defaults: UDP 3478 on every address, a random \
+        shared secret printed at start), then give browsers \
+        `turn:HOST:3478` in their iceServers with credentials from `rendez credential`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the STUN/TURN server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Mint a short-lived TURN credential (TURN REST API scheme) for a user.
+    Credential(CredentialArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Config file (TOML). Without one, rendez runs with defaults and a generated secret.
+    #[arg(long, short, env = "RENDEZ_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for STUN/TURN over UDP (repeat or comma-separate for several);
+    /// replaces `listen`.
+    #[arg(long, env = "RENDEZ_LISTEN", value_delimiter = ',', value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Realm used in authentication challenges; replaces `realm`.
+    #[arg(long, env = "RENDEZ_REALM")]
+    pub realm: Option<String>,
+    /// Public IP to advertise as the relayed address (1:1 NAT); replaces `external-ip`.
+    #[arg(long, env = "RENDEZ_EXTERNAL_IP", value_name = "IP")]
+    pub external_ip: Option<IpAddr>,
+    /// Local IP that relay sockets bind to; replaces `relay-ip`.
+    #[arg(long, env = "RENDEZ_RELAY_IP", value_name = "IP")]
+    pub relay_ip: Option<IpAddr>,
+    /// Relay port range; replaces `relay-ports`.
+    #[arg(long, env = "RENDEZ_RELAY_PORTS", value_name = "START-END")]
+    pub relay_ports: Option<PortRange>,
+    /// TURN REST API shared secret (repeat for several); replaces `auth.secrets`.
+    /// Prefer RENDEZ_SECRET: command lines are visible to other local users.
+    #[arg(long = "secret", env = "RENDEZ_SECRET", value_delimiter = ',', hide_env_values = true)]
+    pub secrets: Vec<String>,
+    /// Log format; replaces `log-format`.
+    #[arg(long, env = "RENDEZ_LOG_FORMAT", value_parser = parse_log_format, value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter such as "info" or "rendez=debug"; replaces `log-level`.
+    #[arg(long, env = "RENDEZ_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["secret", "config"])))]
+pub struct CredentialArgs {
+    /// The shared secret (as in `auth.secrets`). Prefer RENDEZ_SECRET or --config.
+    #[arg(long, env = "RENDEZ_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Take the secret (the first of `auth.secrets`) and the default TTL from this config.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The user name to embed (shown in the username after the expiry).
+    #[arg(long)]
+    pub user: String,
+    /// How long the credential stays valid, e.g. 30m, 24h, 7d.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub ttl: Option<Duration>,
+    /// Print an RTCIceServer JSON object ready for a browser's iceServers.
+    #[arg(long)]
+    pub json: bool,
+    /// TURN URL(s) to put in the JSON (repeatable); default turn:HOST:PORT?transport=udp
+    /// from the config, else from this host's name.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `text` or `json`".into()),
+    }
+}
+
+impl ServeArgs {
+    /// The config file (or defaults) with this command line's overrides applied.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listen = self.listen.clone();
+        }
+        if let Some(realm) = &self.realm {
+            config.realm = realm.clone();
+        }
+        if self.external_ip.is_some() {
+            config.external_ip = self.external_ip;
+        }
+        if self.relay_ip.is_some() {
+            config.relay_ip = self.relay_ip;
+        }
+        if let Some(ports) = &self.relay_ports {
+            config.relay_ports = ports.clone();
+        }
+        if !self.secrets.is_empty() {
+            config.auth.secrets = self.secrets.clone();
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        if let Some(level) = &self.log_level {
+            config.log_level = level.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "rendez",
+            "serve",
+            "--listen",
+            "127.0.0.1:3479,[::1]:3479",
+            "--relay-ports",
+            "50000-50010",
+            "--realm",
+            "r.example",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let config = args.load_config().unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.relay_ports, PortRange(50000..=50010));
+        assert_eq!(config.realm, "r.example");
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn credential_needs_a_secret_source() {
+        assert!(Cli::try_parse_from(["rendez", "credential", "--user", "a"]).is_err());
+        assert!(Cli::try_parse_from(["rendez", "credential", "--user", "a", "--secret", "s"]).is_ok());
+    }
+}
