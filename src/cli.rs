@@ -41,7 +41,12 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Address to listen on for STUN/TURN over UDP (repeat or comma-separate for several);
     /// replaces `listen`.
-    #[arg(long, env = "RENDEZ_LISTEN", value_delimiter = ',', value_name = "ADDR:PORT")]
+    #[arg(
+        long,
+        env = "RENDEZ_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR:PORT"
+    )]
     pub listen: Vec<SocketAddr>,
     /// Realm used in authentication challenges; replaces `realm`.
     #[arg(long, env = "RENDEZ_REALM")]
@@ -57,7 +62,12 @@ pub struct ServeArgs {
     pub relay_ports: Option<PortRange>,
     /// TURN REST API shared secret (repeat for several); replaces `auth.secrets`.
     /// Prefer RENDEZ_SECRET: command lines are visible to other local users.
-    #[arg(long = "secret", env = "RENDEZ_SECRET", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "secret",
+        env = "RENDEZ_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub secrets: Vec<String>,
     /// Log format; replaces `log-format`.
     #[arg(long, env = "RENDEZ_LOG_FORMAT", value_parser = parse_log_format, value_name = "text|json")]
@@ -173,6 +183,8 @@ mod tests {
     #[test]
     fn credential_needs_a_secret_source() {
         assert!(Cli::try_parse_from(["rendez", "credential", "--user", "a"]).is_err());
-        assert!(Cli::try_parse_from(["rendez", "credential", "--user", "a", "--secret", "s"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["rendez", "credential", "--user", "a", "--secret", "s"]).is_ok()
+        );
     }
 }

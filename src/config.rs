@@ -122,7 +122,8 @@ pub enum ConfigError {
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -143,10 +144,16 @@ impl Config {
             problem: problem.into(),
         };
         if self.realm.is_empty() || self.realm.len() > 127 {
-            return Err(invalid("realm", "must be 1 to 127 characters, e.g. \"example.com\""));
+            return Err(invalid(
+                "realm",
+                "must be 1 to 127 characters, e.g. \"example.com\"",
+            ));
         }
         if self.listen.is_empty() {
-            return Err(invalid("listen", "needs at least one address, e.g. [\"0.0.0.0:3478\"]"));
+            return Err(invalid(
+                "listen",
+                "needs at least one address, e.g. [\"0.0.0.0:3478\"]",
+            ));
         }
         if let Some(ip) = self.relay_ip {
             if ip.is_unspecified() || ip.is_multicast() {
@@ -158,11 +165,17 @@ impl Config {
         }
         if let Some(ip) = self.external_ip {
             if ip.is_unspecified() || ip.is_multicast() {
-                return Err(invalid("external-ip", "must be the public unicast address clients reach"));
+                return Err(invalid(
+                    "external-ip",
+                    "must be the public unicast address clients reach",
+                ));
             }
             if let Some(relay) = self.relay_ip {
                 if relay.is_ipv4() != ip.is_ipv4() {
-                    return Err(invalid("external-ip", "must be of the same IP family as relay-ip"));
+                    return Err(invalid(
+                        "external-ip",
+                        "must be of the same IP family as relay-ip",
+                    ));
                 }
             }
         }
@@ -171,20 +184,31 @@ impl Config {
         }
         for (i, user) in self.auth.users.iter().enumerate() {
             let key = format!("auth.users[{i}]");
-            if user.name.is_empty() || user.name.contains(':') && crate::turn::rest_expiry(&user.name).is_some() {
-                return Err(invalid(&key, "`name` must be non-empty and not look like a REST name (EXPIRY:NAME)"));
+            if user.name.is_empty()
+                || user.name.contains(':') && crate::turn::rest_expiry(&user.name).is_some()
+            {
+                return Err(invalid(
+                    &key,
+                    "`name` must be non-empty and not look like a REST name (EXPIRY:NAME)",
+                ));
             }
             match (&user.password, &user.key) {
                 (Some(_), None) => {}
                 (None, Some(hex)) if parse_key(hex).is_some() => {}
                 (None, Some(_)) => {
-                    return Err(invalid(&key, "`key` must be 32 hex digits: MD5(name:realm:password)"))
+                    return Err(invalid(
+                        &key,
+                        "`key` must be 32 hex digits: MD5(name:realm:password)",
+                    ))
                 }
                 _ => return Err(invalid(&key, "set exactly one of `password` or `key`")),
             }
         }
         if self.auth.credential_ttl.is_zero() {
-            return Err(invalid("auth.credential-ttl", "must be positive, e.g. \"24h\""));
+            return Err(invalid(
+                "auth.credential-ttl",
+                "must be positive, e.g. \"24h\"",
+            ));
         }
         Ok(())
     }
@@ -276,7 +300,9 @@ mod tests {
     fn unknown_key_is_named() {
         let err = Config::from_toml("relam = \"x\"").unwrap_err().to_string();
         assert!(err.contains("relam"), "{err}");
-        let err = Config::from_toml("[auth]\nsecret = [\"x\"]").unwrap_err().to_string();
+        let err = Config::from_toml("[auth]\nsecret = [\"x\"]")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("secret"), "{err}");
     }
 
@@ -291,11 +317,17 @@ mod tests {
             ("relay-ip = \"0.0.0.0\"", "relay-ip"),
             ("log-format = \"xml\"", "log-format"),
             ("[[auth.users]]\nname = \"a\"", "auth.users[0]"),
-            ("[[auth.users]]\nname = \"a\"\nkey = \"12\"", "auth.users[0]"),
+            (
+                "[[auth.users]]\nname = \"a\"\nkey = \"12\"",
+                "auth.users[0]",
+            ),
             ("[auth]\nsecrets = [\"\"]", "auth.secrets"),
             ("[auth]\ncredential-ttl = \"soon\"", "credential-ttl"),
             ("[peers]\nallow = [\"10.0.0.0/33\"]", "allow"),
-            ("external-ip = \"::1\"\nrelay-ip = \"127.0.0.1\"", "external-ip"),
+            (
+                "external-ip = \"::1\"\nrelay-ip = \"127.0.0.1\"",
+                "external-ip",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");

@@ -43,7 +43,11 @@ mod tests {
 
     #[test]
     fn minted_username_carries_expiry_and_name() {
-        let c = mint("north", "bob", UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let c = mint(
+            "north",
+            "bob",
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        );
         assert_eq!(c.username, "1700000000:bob");
         assert_eq!(c.password, "7tNSWpJ3gOxGfEgOjt+kaWhBC20=");
         let json = ice_server_json(&["turn:example.com:3478".into()], &c);

@@ -67,7 +67,10 @@ fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
     } else {
         println!("username: {}", credential.username);
         println!("password: {}", credential.password);
-        println!("expires:  {}", humantime::format_rfc3339_seconds(expires_at));
+        println!(
+            "expires:  {}",
+            humantime::format_rfc3339_seconds(expires_at)
+        );
     }
     Ok(())
 }
@@ -79,9 +82,11 @@ fn default_url(config: Option<&Config>) -> String {
         .map_or(3478, |a| a.port());
     let host = config
         .and_then(|c| {
-            c.external_ip
-                .or(c.relay_ip)
-                .or(c.listen.iter().map(|a| a.ip()).find(|ip| !ip.is_unspecified()))
+            c.external_ip.or(c.relay_ip).or(c
+                .listen
+                .iter()
+                .map(|a| a.ip())
+                .find(|ip| !ip.is_unspecified()))
         })
         .map(|ip| match ip {
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),
@@ -108,8 +113,12 @@ fn generate_secret() -> anyhow::Result<String> {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("`log-level` {:?} is not a valid filter; try \"info\"", config.log_level))?;
+    let filter = EnvFilter::try_new(&config.log_level).with_context(|| {
+        format!(
+            "`log-level` {:?} is not a valid filter; try \"info\"",
+            config.log_level
+        )
+    })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Text => builder.init(),

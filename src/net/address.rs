@@ -50,7 +50,11 @@ fn detect_interface_ip(want_v4: bool) -> Option<IpAddr> {
 
 fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64,
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64
+        }
         IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
 }

@@ -140,7 +140,9 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in the core; keep serving with
         // its state rather than take every socket task down with it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends `bytes` to a client on the listener it used.
@@ -178,7 +180,9 @@ pub(crate) fn drain_outputs(shared: &Arc<Shared>, state: &mut State) -> Vec<(Fiv
                         false
                     }
                 };
-                state.server.handle_relay_bound(Instant::now(), relay, bound);
+                state
+                    .server
+                    .handle_relay_bound(Instant::now(), relay, bound);
             }
             Output::ReleaseRelay { relay } => {
                 if let Some(socket) = state.relays.remove(&relay) {

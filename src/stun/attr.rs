@@ -97,8 +97,7 @@ impl ErrorCode {
         ErrorCode::new(442, "Unsupported Transport Protocol");
     pub const PEER_ADDRESS_FAMILY_MISMATCH: ErrorCode =
         ErrorCode::new(443, "Peer Address Family Mismatch");
-    pub const ALLOCATION_QUOTA_REACHED: ErrorCode =
-        ErrorCode::new(486, "Allocation Quota Reached");
+    pub const ALLOCATION_QUOTA_REACHED: ErrorCode = ErrorCode::new(486, "Allocation Quota Reached");
     pub const SERVER_ERROR: ErrorCode = ErrorCode::new(500, "Server Error");
     pub const INSUFFICIENT_CAPACITY: ErrorCode = ErrorCode::new(508, "Insufficient Capacity");
 

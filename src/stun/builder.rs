@@ -117,11 +117,14 @@ mod tests {
         let tid = TransactionId([1; 12]);
         let key = b"0123456789abcdef";
         let mut b = MessageBuilder::new(Class::Success, Method::ALLOCATE, tid);
-        b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, "203.0.113.5:50000".parse().unwrap())
-            .add_u32(AttrType::LIFETIME, 600)
-            .add(AttrType::SOFTWARE, b"rendez")
-            .add_integrity(IntegrityAlgorithm::Sha1, key)
-            .add_fingerprint();
+        b.add_xor_address(
+            AttrType::XOR_RELAYED_ADDRESS,
+            "203.0.113.5:50000".parse().unwrap(),
+        )
+        .add_u32(AttrType::LIFETIME, 600)
+        .add(AttrType::SOFTWARE, b"rendez")
+        .add_integrity(IntegrityAlgorithm::Sha1, key)
+        .add_fingerprint();
         let bytes = b.finish();
         let m = Message::parse(&bytes).unwrap();
         assert_eq!(m.class(), Class::Success);
@@ -130,7 +133,10 @@ mod tests {
         assert_eq!(m.verify_integrity(key), Some(IntegrityAlgorithm::Sha1));
         assert_eq!(m.verify_integrity(b"wrong key"), None);
         assert_eq!(m.attribute(AttrType::SOFTWARE), Some(&b"rendez"[..]));
-        assert_eq!(m.attribute(AttrType::LIFETIME), Some(&600u32.to_be_bytes()[..]));
+        assert_eq!(
+            m.attribute(AttrType::LIFETIME),
+            Some(&600u32.to_be_bytes()[..])
+        );
     }
 
     #[test]

@@ -100,7 +100,12 @@ mod tests {
     #[test]
     fn message_type_round_trips_for_every_class_and_method() {
         for method in [0x001, 0x003, 0x004, 0x006, 0x007, 0x008, 0x009, 0xFFF] {
-            for class in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+            for class in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
                 let raw = join_message_type(class, Method(method));
                 assert_eq!(split_message_type(raw), (class, Method(method)));
             }

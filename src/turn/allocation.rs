@@ -108,7 +108,11 @@ impl Allocation {
             .iter()
             .filter(|ip| !self.permissions.iter().any(|p| p.ip == **ip))
             .count();
-        let live = self.permissions.iter().filter(|p| now < p.expires_at).count();
+        let live = self
+            .permissions
+            .iter()
+            .filter(|p| now < p.expires_at)
+            .count();
         if live + new > MAX_PERMISSIONS {
             return false;
         }
@@ -134,7 +138,11 @@ impl Allocation {
     ) -> Result<(), ChannelBindError> {
         // Bindings in quarantine still block conflicting rebinds.
         let blocks = |c: &ChannelBinding| now < c.expires_at + CHANNEL_QUARANTINE;
-        if let Some(existing) = self.channels.iter().find(|c| c.number == number && blocks(c)) {
+        if let Some(existing) = self
+            .channels
+            .iter()
+            .find(|c| c.number == number && blocks(c))
+        {
             if existing.peer != peer {
                 return Err(ChannelBindError::NumberBoundToOtherPeer);
             }
@@ -282,7 +290,13 @@ mod tests {
             .collect();
         assert!(a.add_permissions(t0, &ips));
         assert!(!a.add_permissions(t0, &["9.9.9.9".parse().unwrap()]));
-        assert!(a.add_permissions(t0, &ips[..3]), "refreshing existing ones is fine");
-        assert_eq!(a.sweep(t0 + PERMISSION_LIFETIME), t0 + Duration::from_secs(600));
+        assert!(
+            a.add_permissions(t0, &ips[..3]),
+            "refreshing existing ones is fine"
+        );
+        assert_eq!(
+            a.sweep(t0 + PERMISSION_LIFETIME),
+            t0 + Duration::from_secs(600)
+        );
     }
 }

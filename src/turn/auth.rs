@@ -167,9 +167,7 @@ impl Authenticator {
         let expected = self.nonce_mac(expiry, client);
         // The MAC guards against forged expiries; comparing it in constant time keeps a
         // forger from learning it byte by byte.
-        raw.len() == 8 + NONCE_MAC_LEN
-            && ring_eq(&raw[8..], &expected)
-            && expiry > unix_now
+        raw.len() == 8 + NONCE_MAC_LEN && ring_eq(&raw[8..], &expected) && expiry > unix_now
     }
 
     fn nonce_mac(&self, expiry: u64, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {

@@ -47,36 +47,36 @@ impl PeerPolicy {
 
 /// IPv4 ranges that are not public unicast (RFC 6890 and the IANA special-purpose registry).
 const DENIED_V4: &[(Ipv4Addr, u8)] = &[
-    (Ipv4Addr::new(0, 0, 0, 0), 8),        // "this network", unspecified
-    (Ipv4Addr::new(10, 0, 0, 0), 8),       // RFC 1918
-    (Ipv4Addr::new(100, 64, 0, 0), 10),    // CGNAT, RFC 6598
-    (Ipv4Addr::new(127, 0, 0, 0), 8),      // loopback
-    (Ipv4Addr::new(169, 254, 0, 0), 16),   // link-local, cloud metadata
-    (Ipv4Addr::new(172, 16, 0, 0), 12),    // RFC 1918
-    (Ipv4Addr::new(192, 0, 0, 0), 24),     // IETF protocol assignments
-    (Ipv4Addr::new(192, 0, 2, 0), 24),     // TEST-NET-1
-    (Ipv4Addr::new(192, 88, 99, 0), 24),   // 6to4 relay anycast
-    (Ipv4Addr::new(192, 168, 0, 0), 16),   // RFC 1918
-    (Ipv4Addr::new(198, 18, 0, 0), 15),    // benchmarking
-    (Ipv4Addr::new(198, 51, 100, 0), 24),  // TEST-NET-2
-    (Ipv4Addr::new(203, 0, 113, 0), 24),   // TEST-NET-3
-    (Ipv4Addr::new(224, 0, 0, 0), 4),      // multicast
-    (Ipv4Addr::new(240, 0, 0, 0), 4),      // reserved, broadcast
+    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network", unspecified
+    (Ipv4Addr::new(10, 0, 0, 0), 8),      // RFC 1918
+    (Ipv4Addr::new(100, 64, 0, 0), 10),   // CGNAT, RFC 6598
+    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link-local, cloud metadata
+    (Ipv4Addr::new(172, 16, 0, 0), 12),   // RFC 1918
+    (Ipv4Addr::new(192, 0, 0, 0), 24),    // IETF protocol assignments
+    (Ipv4Addr::new(192, 0, 2, 0), 24),    // TEST-NET-1
+    (Ipv4Addr::new(192, 88, 99, 0), 24),  // 6to4 relay anycast
+    (Ipv4Addr::new(192, 168, 0, 0), 16),  // RFC 1918
+    (Ipv4Addr::new(198, 18, 0, 0), 15),   // benchmarking
+    (Ipv4Addr::new(198, 51, 100, 0), 24), // TEST-NET-2
+    (Ipv4Addr::new(203, 0, 113, 0), 24),  // TEST-NET-3
+    (Ipv4Addr::new(224, 0, 0, 0), 4),     // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved, broadcast
 ];
 
 /// IPv6 ranges that are not public unicast. Ranges that embed an IPv4 address are handled by
 /// [`embedded_ipv4`] instead.
 const DENIED_V6: &[(Ipv6Addr, u8)] = &[
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128),          // unspecified
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128),          // loopback
-    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),   // local-use NAT64, RFC 8215
-    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),       // discard-only
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),  // documentation
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),      // documentation, RFC 9637
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),       // unique local
-    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),      // link-local
-    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),      // site-local (deprecated)
-    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),       // multicast
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128), // unspecified
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128), // loopback
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use NAT64, RFC 8215
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64), // discard-only
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation, RFC 9637
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7), // unique local
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // site-local (deprecated)
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
 ];
 
 fn denied_by_default(ip: IpAddr) -> bool {
@@ -90,9 +90,9 @@ fn denied_by_default(ip: IpAddr) -> bool {
 }
 
 fn denied_v4(ip: Ipv4Addr) -> bool {
-    DENIED_V4.iter().any(|&(net, len)| {
-        Ipv4Net::new(net, len).is_ok_and(|net| net.contains(&ip))
-    })
+    DENIED_V4
+        .iter()
+        .any(|&(net, len)| Ipv4Net::new(net, len).is_ok_and(|net| net.contains(&ip)))
 }
 
 fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
@@ -191,8 +191,14 @@ mod tests {
     #[test]
     fn operator_ranges_override_defaults_most_specific_wins() {
         let p = PeerPolicy::new(
-            vec!["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
-            vec!["10.9.0.0/16".parse().unwrap(), "8.8.8.0/24".parse().unwrap()],
+            vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ],
+            vec![
+                "10.9.0.0/16".parse().unwrap(),
+                "8.8.8.0/24".parse().unwrap(),
+            ],
         );
         assert!(p.permits("127.0.0.1".parse().unwrap()));
         assert!(p.permits("::ffff:127.0.0.1".parse().unwrap()));

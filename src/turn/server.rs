@@ -471,7 +471,8 @@ impl Server {
             } else if matches!(existing.state, State::Active) {
                 // A retransmission: the first response was lost, so send it again.
                 let bytes = existing.allocate_response.clone();
-                self.outputs.push_back(Output::Transmit { to: tuple, bytes });
+                self.outputs
+                    .push_back(Output::Transmit { to: tuple, bytes });
             }
             return;
         }
@@ -553,7 +554,10 @@ impl Server {
         reply: &Reply,
     ) -> Result<(), ErrorCode> {
         let tuple = reply.to;
-        let relay_is_v6 = self.allocations.get(&tuple).is_some_and(|a| a.relay.is_ipv6());
+        let relay_is_v6 = self
+            .allocations
+            .get(&tuple)
+            .is_some_and(|a| a.relay.is_ipv6());
         match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
             None => {}
             Some([FAMILY_IPV4, 0, 0, 0]) if !relay_is_v6 => {}
@@ -731,7 +735,9 @@ impl Server {
             .attribute(AttrType::LIFETIME)
             .and_then(|v| <[u8; 4]>::try_from(v).ok())
         {
-            Some(raw) => Duration::from_secs(u64::from(u32::from_be_bytes(raw))).min(self.max_lifetime),
+            Some(raw) => {
+                Duration::from_secs(u64::from(u32::from_be_bytes(raw))).min(self.max_lifetime)
+            }
             None => self.default_lifetime,
         }
     }
@@ -790,7 +796,10 @@ impl Server {
 
     fn send_success(&mut self, reply: &Reply, attributes: impl FnOnce(&mut MessageBuilder)) {
         let bytes = build(reply, Class::Success, attributes);
-        self.outputs.push_back(Output::Transmit { to: reply.to, bytes });
+        self.outputs.push_back(Output::Transmit {
+            to: reply.to,
+            bytes,
+        });
     }
 
     fn send_error(
@@ -804,7 +813,10 @@ impl Server {
             b.add_error(error);
             attributes(b);
         });
-        self.outputs.push_back(Output::Transmit { to: reply.to, bytes });
+        self.outputs.push_back(Output::Transmit {
+            to: reply.to,
+            bytes,
+        });
     }
 }
 

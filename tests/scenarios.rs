@@ -1,0 +1,1116 @@
+//! Sans-IO scenarios: drive `turn::Server` with chosen inputs at chosen times and check the
+//! exact outputs. No sockets, no sleeping: an hour passes in one line.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rendez::stun::{
+    decode_xor_address, AttrType, ChannelData, Class, ErrorCode, IntegrityAlgorithm, Message,
+    MessageBuilder, Method, TransactionId,
+};
+use rendez::turn::{
+    FiveTuple, Output, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
+};
+
+const REALM: &str = "rendez.test";
+const SECRET: &str = "rotating-secret-2";
+/// Wall-clock time at the start of every scenario (unix seconds).
+const UNIX_START: u64 = 1_800_000_000;
+
+// ---------------------------------------------------------------- Binding
+
+#[test]
+fn binding_answers_with_xor_mapped_address_without_auth() {
+    let mut h = Harness::new();
+    let response = h.request(CLIENT, &build(Method::BINDING, &[], None, false));
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(
+        response.xor(AttrType::XOR_MAPPED_ADDRESS),
+        Some(CLIENT.client)
+    );
+    assert!(!response.message().has_fingerprint());
+
+    let response = h.request(CLIENT, &build(Method::BINDING, &[], None, true));
+    assert!(
+        response.message().has_fingerprint(),
+        "FINGERPRINT mirrors the request"
+    );
+}
+
+// ---------------------------------------------------------------- Allocate
+
+#[test]
+fn allocate_challenges_then_succeeds_with_relay_lifetime_and_integrity() {
+    let mut h = Harness::new();
+    let challenge = h.request(CLIENT, &build(Method::ALLOCATE, &[udp()], None, false));
+    assert_eq!(challenge.error_code(), Some(401));
+    assert_eq!(
+        challenge.attr(AttrType::REALM),
+        Some(REALM.as_bytes().to_vec())
+    );
+    assert!(challenge.attr(AttrType::NONCE).is_some());
+    assert!(!challenge.message().has_integrity(), "no key is known yet");
+
+    let mut alice = Client::alice(CLIENT);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(response.class(), Class::Success);
+    let relayed = response.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(
+        relayed.ip(),
+        PUBLIC_RELAY_IP.parse::<std::net::IpAddr>().unwrap()
+    );
+    assert!((50000..=50099).contains(&relayed.port()));
+    assert_eq!(response.u32(AttrType::LIFETIME), Some(600));
+    assert_eq!(
+        response.xor(AttrType::XOR_MAPPED_ADDRESS),
+        Some(CLIENT.client)
+    );
+    assert!(response.verifies(&alice.key()));
+    assert_eq!(
+        h.bound,
+        vec![SocketAddr::new(
+            RELAY_BIND_IP.parse().unwrap(),
+            relayed.port()
+        )]
+    );
+}
+
+#[test]
+fn allocate_lifetime_is_clamped_to_default_and_maximum() {
+    for (requested, granted) in [(30, 600), (1200, 1200), (999_999, 3600)] {
+        let mut h = Harness::new();
+        let mut alice = Client::alice(CLIENT);
+        let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), lifetime(requested)]);
+        assert_eq!(response.u32(AttrType::LIFETIME), Some(granted));
+    }
+}
+
+#[test]
+fn second_allocate_on_same_five_tuple_is_437_but_retransmission_is_answered_again() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let tid = TransactionId([42; 12]);
+    let first = alice.call_with_tid(&mut h, Method::ALLOCATE, &[udp()], tid);
+    assert_eq!(first.class(), Class::Success);
+    let again = alice.call_with_tid(&mut h, Method::ALLOCATE, &[udp()], tid);
+    assert_eq!(
+        again.bytes, first.bytes,
+        "retransmission gets the same response"
+    );
+    let other = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(other.error_code(), Some(437));
+    assert_eq!(h.bound.len(), 1);
+}
+
+#[test]
+fn allocate_without_transport_is_400_and_tcp_is_442() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    assert_eq!(
+        alice.call(&mut h, Method::ALLOCATE, &[]).error_code(),
+        Some(400)
+    );
+    let tcp = Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[tcp]);
+    assert_eq!(response.error_code(), Some(442));
+    assert!(
+        response.verifies(&alice.key()),
+        "errors after auth carry integrity"
+    );
+}
+
+#[test]
+fn allocate_for_a_family_without_relay_is_440() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let v6 = Attr::Raw(AttrType::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
+    assert_eq!(
+        alice
+            .call(&mut h, Method::ALLOCATE, &[udp(), v6])
+            .error_code(),
+        Some(440)
+    );
+    let bogus = Attr::Raw(AttrType::REQUESTED_ADDRESS_FAMILY, vec![9, 0, 0, 0]);
+    assert_eq!(
+        alice
+            .call(&mut h, Method::ALLOCATE, &[udp(), bogus])
+            .error_code(),
+        Some(440)
+    );
+}
+
+#[test]
+fn exhausted_relay_range_is_508() {
+    let mut h = Harness::with_config(|c| c.relay_ports = 50000..=50001);
+    for port in [5001, 5002] {
+        let mut client = Client::alice(client_at(port));
+        assert_eq!(
+            client.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
+            Class::Success
+        );
+    }
+    let mut third = Client::alice(client_at(5003));
+    assert_eq!(
+        third.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
+        Some(508)
+    );
+}
+
+#[test]
+fn port_taken_by_another_program_is_retried_then_508() {
+    let mut h = Harness::new();
+    h.failing_binds = 3;
+    let mut alice = Client::alice(CLIENT);
+    assert_eq!(
+        alice.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
+        Class::Success
+    );
+    assert_eq!(h.bound.len(), 1);
+
+    let mut h = Harness::new();
+    h.failing_binds = 100;
+    let mut alice = Client::alice(CLIENT);
+    assert_eq!(
+        alice.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
+        Some(508)
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn reservation_token_is_508_and_even_port_gets_an_even_port() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let token = Attr::Raw(AttrType::RESERVATION_TOKEN, vec![1; 8]);
+    assert_eq!(
+        alice
+            .call(&mut h, Method::ALLOCATE, &[udp(), token])
+            .error_code(),
+        Some(508)
+    );
+    let even = Attr::Raw(AttrType::EVEN_PORT, vec![0]);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), even]);
+    assert_eq!(
+        response.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap().port() % 2,
+        0
+    );
+}
+
+// ---------------------------------------------------------------- auth
+
+#[test]
+fn wrong_password_is_401_and_unknown_user_is_401() {
+    let mut h = Harness::new();
+    let mut mallory = Client::new(CLIENT, "alice", "guess");
+    let response = mallory.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(response.error_code(), Some(401));
+    assert!(response.attr(AttrType::NONCE).is_some());
+    let mut nobody = Client::new(CLIENT, "nobody", "x");
+    assert_eq!(
+        nobody.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
+        Some(401)
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn integrity_without_username_realm_or_nonce_is_400() {
+    let mut h = Harness::new();
+    let key = rendez::stun::long_term_key("alice", REALM, "wonderland");
+    let request = build(
+        Method::ALLOCATE,
+        &[udp()],
+        Some(Auth {
+            username: None,
+            nonce: b"x",
+            key,
+        }),
+        false,
+    );
+    assert_eq!(h.request(CLIENT, &request).error_code(), Some(400));
+}
+
+#[test]
+fn stale_nonce_is_438_with_a_fresh_nonce_that_works() {
+    let mut h = Harness::with_config(|c| c.nonce_lifetime = Duration::from_secs(600));
+    let mut alice = Client::alice(CLIENT);
+    assert_eq!(
+        alice
+            .call(&mut h, Method::ALLOCATE, &[udp(), lifetime(3600)])
+            .class(),
+        Class::Success
+    );
+    h.advance(Duration::from_secs(601));
+    let stale = alice.call_once(
+        &mut h,
+        Method::REFRESH,
+        &[lifetime(600)],
+        TransactionId([7; 12]),
+    );
+    assert_eq!(stale.error_code(), Some(438));
+    assert_eq!(stale.attr(AttrType::REALM), Some(REALM.as_bytes().to_vec()));
+    // `call` picks up the new nonce from the 438 and retries.
+    assert_eq!(
+        alice
+            .call(&mut h, Method::REFRESH, &[lifetime(600)])
+            .class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn nonce_from_another_client_address_is_stale() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    let mut thief = Client::alice(client_at(6000));
+    thief.nonce = alice.nonce.clone();
+    let response = thief.call_once(&mut h, Method::ALLOCATE, &[udp()], TransactionId([8; 12]));
+    assert_eq!(response.error_code(), Some(438));
+}
+
+#[test]
+fn rest_credentials_work_with_every_secret_until_they_expire() {
+    let mut h = Harness::new();
+    for (port, secret) in [(7001, "old-secret-1"), (7002, SECRET)] {
+        let c = rendez::credential::mint(
+            secret,
+            "bob",
+            std::time::UNIX_EPOCH + Duration::from_secs(UNIX_START + 60),
+        );
+        let mut bob = Client::new(client_at(port), &c.username, &c.password);
+        assert_eq!(
+            bob.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
+            Class::Success,
+            "{secret}"
+        );
+    }
+    let expired = rendez::credential::mint(
+        SECRET,
+        "bob",
+        std::time::UNIX_EPOCH + Duration::from_secs(UNIX_START - 1),
+    );
+    let mut late = Client::new(client_at(7003), &expired.username, &expired.password);
+    assert_eq!(
+        late.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
+        Some(401)
+    );
+    let unknown = rendez::credential::mint(
+        "not-configured",
+        "bob",
+        std::time::UNIX_EPOCH + Duration::from_secs(UNIX_START + 60),
+    );
+    let mut forged = Client::new(client_at(7004), &unknown.username, &unknown.password);
+    assert_eq!(
+        forged.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
+        Some(401)
+    );
+}
+
+#[test]
+fn rest_credential_expires_while_time_passes() {
+    let mut h = Harness::new();
+    let c = rendez::credential::mint(
+        SECRET,
+        "bob",
+        std::time::UNIX_EPOCH + Duration::from_secs(UNIX_START + 120),
+    );
+    let mut bob = Client::new(CLIENT, &c.username, &c.password);
+    assert_eq!(
+        bob.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
+        Class::Success
+    );
+    h.advance(Duration::from_secs(121));
+    assert_eq!(
+        bob.call(&mut h, Method::REFRESH, &[]).error_code(),
+        Some(401)
+    );
+}
+
+#[test]
+fn static_user_with_precomputed_key_authenticates() {
+    let key = rendez::stun::long_term_key("carol", REALM, "secret-pass");
+    let mut h = Harness::with_config(|c| c.users.push(("carol".into(), UserSecret::Key(key))));
+    let mut carol = Client::new(CLIENT, "carol", "secret-pass");
+    assert_eq!(
+        carol.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn other_user_on_the_same_allocation_is_441() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    let c = rendez::credential::mint(
+        SECRET,
+        "bob",
+        std::time::UNIX_EPOCH + Duration::from_secs(UNIX_START + 600),
+    );
+    let mut bob = Client::new(CLIENT, &c.username, &c.password);
+    assert_eq!(
+        bob.call(&mut h, Method::REFRESH, &[]).error_code(),
+        Some(441)
+    );
+}
+
+#[test]
+fn sha256_integrity_is_answered_with_sha256() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.algorithm = IntegrityAlgorithm::Sha256;
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(
+        response.message().verify_integrity(&alice.key()),
+        Some(IntegrityAlgorithm::Sha256)
+    );
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_is_420_and_optional_is_ignored() {
+    let mut h = Harness::new();
+    let odd = Attr::Raw(AttrType(0x7777), vec![1, 2, 3, 4]);
+    let response = h.request(CLIENT, &build(Method::ALLOCATE, &[udp(), odd], None, false));
+    assert_eq!(response.error_code(), Some(420));
+    assert_eq!(
+        response.attr(AttrType::UNKNOWN_ATTRIBUTES),
+        Some(vec![0x77, 0x77])
+    );
+    let optional = Attr::Raw(AttrType(0xC001), vec![1]);
+    let response = h.request(CLIENT, &build(Method::BINDING, &[optional], None, false));
+    assert_eq!(response.class(), Class::Success);
+}
+
+#[test]
+fn unknown_method_is_400() {
+    let mut h = Harness::new();
+    let response = h.request(CLIENT, &build(Method(0x0ABC), &[], None, false));
+    assert_eq!(response.error_code(), Some(400));
+}
+
+// ---------------------------------------------------------------- Refresh and expiry
+
+#[test]
+fn allocation_expires_on_time_and_releases_its_relay() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    h.advance(Duration::from_secs(299));
+    assert!(h.peer_to_client(relayed, PEER, b"still here").is_some());
+    alice.permit(&mut h, PEER); // lasts until t = 599
+    h.advance(Duration::from_secs(299)); // t = 598
+    assert!(h.peer_to_client(relayed, PEER, b"nearly the end").is_some());
+    h.advance(Duration::from_secs(2)); // t = 600: the allocation is gone
+    assert!(h.peer_to_client(relayed, PEER, b"too late").is_none());
+    assert_eq!(h.released, vec![h.bound[0]]);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(
+        alice.call(&mut h, Method::REFRESH, &[]).error_code(),
+        Some(437)
+    );
+}
+
+#[test]
+fn refresh_extends_and_lifetime_zero_deletes() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    h.advance(Duration::from_secs(500));
+    let response = alice.call(&mut h, Method::REFRESH, &[lifetime(900)]);
+    assert_eq!(response.u32(AttrType::LIFETIME), Some(900));
+    h.advance(Duration::from_secs(899));
+    assert_eq!(h.server.allocation_count(), 1);
+    let response = alice.call(&mut h, Method::REFRESH, &[lifetime(0)]);
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(response.u32(AttrType::LIFETIME), Some(0));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.released.len(), 1);
+    // The port is free again for the next client.
+    assert_eq!(
+        alice.call(&mut h, Method::REFRESH, &[]).error_code(),
+        Some(437)
+    );
+}
+
+#[test]
+fn requests_without_allocation_are_437() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    for method in [
+        Method::REFRESH,
+        Method::CREATE_PERMISSION,
+        Method::CHANNEL_BIND,
+    ] {
+        let response = alice.call(&mut h, method, &[peer(PEER), channel(0x4000)]);
+        assert_eq!(response.error_code(), Some(437), "{method:?}");
+    }
+}
+
+// ---------------------------------------------------------------- permissions
+
+#[test]
+fn create_permission_installs_every_peer_and_expires_after_300s() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    let other: SocketAddr = "198.51.100.8:9000".parse().unwrap();
+    let response = alice.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[peer(PEER), peer(other)],
+    );
+    assert_eq!(response.class(), Class::Success);
+    assert!(response.verifies(&alice.key()));
+    // A permission covers the IP, any port.
+    let same_ip_other_port = SocketAddr::new(PEER.ip(), 1);
+    assert!(h
+        .peer_to_client(relayed, same_ip_other_port, b"x")
+        .is_some());
+    assert!(h.peer_to_client(relayed, other, b"x").is_some());
+    h.advance(Duration::from_secs(300));
+    assert!(h.peer_to_client(relayed, PEER, b"x").is_none());
+    assert!(h.server.stats().dropped_no_permission >= 1);
+}
+
+#[test]
+fn create_permission_without_peer_is_400() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CREATE_PERMISSION, &[])
+            .error_code(),
+        Some(400)
+    );
+}
+
+#[test]
+fn denied_peer_is_403_and_no_permission_of_the_request_is_installed() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    for denied in [
+        "127.0.0.1:9",
+        "10.0.0.1:9",
+        "169.254.169.254:80",
+        "192.168.1.1:9",
+    ] {
+        let denied: SocketAddr = denied.parse().unwrap();
+        let response = alice.call(
+            &mut h,
+            Method::CREATE_PERMISSION,
+            &[peer(PEER), peer(denied)],
+        );
+        assert_eq!(response.error_code(), Some(403), "{denied}");
+        assert!(response.verifies(&alice.key()));
+    }
+    assert!(
+        h.peer_to_client(relayed, PEER, b"x").is_none(),
+        "all or nothing"
+    );
+    let response = alice.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[channel(0x4000), peer("127.0.0.1:9".parse().unwrap())],
+    );
+    assert_eq!(response.error_code(), Some(403));
+}
+
+#[test]
+fn operator_can_allow_loopback_peers() {
+    let mut h = Harness::with_config(|c| {
+        c.peers = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]);
+    });
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let loopback: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CREATE_PERMISSION, &[peer(loopback)])
+            .class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn peer_of_the_other_family_is_443() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let v6: SocketAddr = "[2606:4700::1111]:443".parse().unwrap();
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CREATE_PERMISSION, &[peer(v6)])
+            .error_code(),
+        Some(443)
+    );
+}
+
+// ---------------------------------------------------------------- data
+
+#[test]
+fn send_indication_needs_a_permission_and_data_indication_comes_back() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    let send = build(Method::SEND, &[peer(PEER), data(b"hello")], None, false);
+    let send = as_indication(send);
+    assert_eq!(h.client_to_peer(CLIENT, &send), None, "no permission yet");
+    alice.permit(&mut h, PEER);
+    let forwarded = h.client_to_peer(CLIENT, &send).unwrap();
+    assert_eq!(forwarded, (h.bound[0], PEER, b"hello".to_vec()));
+
+    let (to, bytes) = h.peer_to_client(relayed, PEER, b"world").unwrap();
+    assert_eq!(to, CLIENT);
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+    assert_eq!(
+        decode_xor_address(
+            m.attribute(AttrType::XOR_PEER_ADDRESS).unwrap(),
+            &m.transaction_id()
+        ),
+        Some(PEER)
+    );
+    assert_eq!(m.attribute(AttrType::DATA), Some(&b"world"[..]));
+}
+
+#[test]
+fn channel_bind_relays_channel_data_both_ways_until_it_expires() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    let response = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    assert_eq!(response.class(), Class::Success);
+    assert!(response.verifies(&alice.key()));
+
+    let mut frame = ChannelData::header(0x4001, 3).to_vec();
+    frame.extend_from_slice(b"abc");
+    assert_eq!(
+        h.client_to_peer(CLIENT, &frame),
+        Some((h.bound[0], PEER, b"abc".to_vec()))
+    );
+
+    let (to, bytes) = h.peer_to_client(relayed, PEER, b"xyz").unwrap();
+    assert_eq!(to, CLIENT);
+    assert_eq!(
+        bytes,
+        [0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z'],
+        "UDP ChannelData is not padded"
+    );
+
+    // ChannelBind also installed the permission; both live on while refreshed.
+    h.advance(Duration::from_secs(290));
+    alice.permit(&mut h, PEER);
+    h.advance(Duration::from_secs(290)); // t = 580
+    alice.permit(&mut h, PEER);
+    alice.call(&mut h, Method::REFRESH, &[]);
+    assert!(h.client_to_peer(CLIENT, &frame).is_some());
+    h.advance(Duration::from_secs(20)); // t = 600: the channel is gone, the permission not
+    assert_eq!(h.client_to_peer(CLIENT, &frame), None);
+    let (_, bytes) = h.peer_to_client(relayed, PEER, b"late").unwrap();
+    assert_eq!(
+        Message::parse(&bytes).unwrap().method(),
+        Method::DATA,
+        "falls back to Data indications"
+    );
+}
+
+#[test]
+fn channel_bind_rules_are_enforced() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let other: SocketAddr = "198.51.100.9:1".parse().unwrap();
+    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+        let response = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(bad), peer(PEER)]);
+        assert_eq!(response.error_code(), Some(400), "{bad:#x}");
+    }
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CHANNEL_BIND, &[channel(0x4000)])
+            .error_code(),
+        Some(400)
+    );
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CHANNEL_BIND, &[peer(PEER)])
+            .error_code(),
+        Some(400)
+    );
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CHANNEL_BIND, &[channel(0x4000), peer(PEER)])
+            .class(),
+        Class::Success
+    );
+    // Refreshing the same binding is fine; changing either side is not.
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CHANNEL_BIND, &[channel(0x4000), peer(PEER)])
+            .class(),
+        Class::Success
+    );
+    assert_eq!(
+        alice
+            .call(
+                &mut h,
+                Method::CHANNEL_BIND,
+                &[channel(0x4000), peer(other)]
+            )
+            .error_code(),
+        Some(400)
+    );
+    assert_eq!(
+        alice
+            .call(&mut h, Method::CHANNEL_BIND, &[channel(0x4002), peer(PEER)])
+            .error_code(),
+        Some(400)
+    );
+    // After expiry plus the 5-minute quarantine the number may be reused.
+    alice.call(&mut h, Method::REFRESH, &[lifetime(3600)]);
+    h.advance(Duration::from_secs(600 + 299));
+    assert_eq!(
+        alice
+            .call(
+                &mut h,
+                Method::CHANNEL_BIND,
+                &[channel(0x4000), peer(other)]
+            )
+            .error_code(),
+        Some(400)
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        alice
+            .call(
+                &mut h,
+                Method::CHANNEL_BIND,
+                &[channel(0x4000), peer(other)]
+            )
+            .class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn channel_data_on_unbound_channel_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let mut frame = ChannelData::header(0x4ABC, 2).to_vec();
+    frame.extend_from_slice(b"hi");
+    assert_eq!(h.client_to_peer(CLIENT, &frame), None);
+    assert_eq!(h.server.stats().dropped_unbound_channel, 1);
+    assert!(h.pump().is_empty(), "nothing is sent back");
+}
+
+#[test]
+fn stream_transports_get_padded_channel_data() {
+    let mut h = Harness::new();
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..CLIENT
+    };
+    let mut alice = Client::alice(tcp);
+    let relayed = alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let (_, bytes) = h.peer_to_client(relayed, PEER, b"abcde").unwrap();
+    assert_eq!(bytes.len(), 4 + 8);
+    assert_eq!(&bytes[..4], &[0x40, 0x01, 0x00, 0x05]);
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn garbage_is_dropped_counted_and_never_answered() {
+    let mut h = Harness::new();
+    let mut huge_length = build(Method::BINDING, &[], None, false);
+    huge_length[2] = 0xFF;
+    huge_length[3] = 0xFC;
+    let mut bad_fingerprint = build(Method::BINDING, &[], None, true);
+    let last = bad_fingerprint.len() - 1;
+    bad_fingerprint[last] ^= 0xFF;
+    let mut attribute_overrun = build(
+        Method::BINDING,
+        &[Attr::Raw(AttrType::SOFTWARE, vec![1; 4])],
+        None,
+        false,
+    );
+    attribute_overrun[22] = 0x40;
+    for bytes in [
+        vec![],
+        vec![0xFF; 100],
+        vec![0x00, 0x01, 0x00],
+        huge_length,
+        bad_fingerprint,
+        attribute_overrun,
+        vec![0x40, 0x00, 0xFF, 0xFF, 1, 2, 3],
+    ] {
+        assert_eq!(h.server.handle_client_packet(h.now, CLIENT, &bytes), None);
+    }
+    assert!(h.pump().is_empty());
+    assert_eq!(h.server.stats().malformed, 7);
+    // Everyone else is still served.
+    let response = h.request(CLIENT, &build(Method::BINDING, &[], None, false));
+    assert_eq!(response.class(), Class::Success);
+}
+
+#[test]
+fn packets_from_port_zero_are_dropped() {
+    let mut h = Harness::new();
+    let from = client_at(0);
+    assert_eq!(
+        h.server
+            .handle_client_packet(h.now, from, &build(Method::BINDING, &[], None, false)),
+        None
+    );
+    assert!(h.pump().is_empty());
+    assert_eq!(h.server.stats().invalid_source, 1);
+}
+
+#[test]
+fn peer_packets_to_unknown_relays_are_dropped() {
+    let mut h = Harness::new();
+    let nowhere: SocketAddr = "192.0.2.10:50050".parse().unwrap();
+    assert!(h.peer_to_client(nowhere, PEER, b"x").is_none());
+    assert_eq!(h.server.stats().dropped_no_allocation, 1);
+}
+
+// ================================================================ harness
+
+const CLIENT: FiveTuple = FiveTuple {
+    transport: Transport::Udp,
+    client: SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        5000,
+    ),
+    server: SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10)),
+        3478,
+    ),
+};
+const RELAY_BIND_IP: &str = "192.0.2.10";
+const PUBLIC_RELAY_IP: &str = "203.0.113.10";
+/// A peer in a documentation range the test config allows explicitly.
+const PEER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7)),
+    4000,
+);
+
+fn client_at(port: u16) -> FiveTuple {
+    FiveTuple {
+        client: SocketAddr::new(CLIENT.client.ip(), port),
+        ..CLIENT
+    }
+}
+
+struct Harness {
+    server: Server,
+    now: Instant,
+    bound: Vec<SocketAddr>,
+    released: Vec<SocketAddr>,
+    /// How many upcoming relay binds the fake I/O layer reports as failed.
+    failing_binds: usize,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    fn with_config(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let relay = RelayAddress {
+            bind: RELAY_BIND_IP.parse().unwrap(),
+            public: PUBLIC_RELAY_IP.parse().unwrap(),
+        };
+        let mut config = ServerConfig::new(REALM, relay, 50000..=50099);
+        config.users = vec![("alice".into(), UserSecret::Password("wonderland".into()))];
+        config.secrets = vec!["old-secret-1".into(), SECRET.into()];
+        config.peers = PeerPolicy::new(vec!["198.51.100.0/24".parse().unwrap()], vec![]);
+        tweak(&mut config);
+        let now = Instant::now();
+        Self {
+            server: Server::new(config, now, UNIX_START, 7, [9; 32]),
+            now,
+            bound: Vec::new(),
+            released: Vec::new(),
+            failing_binds: 0,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.server.handle_timeout(self.now);
+        let stray = self.pump();
+        assert!(stray.is_empty(), "timers never send to clients: {stray:?}");
+    }
+
+    /// Plays the I/O layer: binds relays (or fails to), records releases, returns sends.
+    fn pump(&mut self) -> Vec<(FiveTuple, Vec<u8>)> {
+        let mut sent = Vec::new();
+        while let Some(output) = self.server.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => sent.push((to, bytes)),
+                Output::BindRelay { relay } => {
+                    let ok = self.failing_binds == 0;
+                    self.failing_binds = self.failing_binds.saturating_sub(1);
+                    if ok {
+                        self.bound.push(relay);
+                    }
+                    self.server.handle_relay_bound(self.now, relay, ok);
+                }
+                Output::ReleaseRelay { relay } => self.released.push(relay),
+            }
+        }
+        sent
+    }
+
+    /// Sends a request and returns the one response.
+    fn request(&mut self, from: FiveTuple, bytes: &[u8]) -> Response {
+        assert_eq!(
+            self.server.handle_client_packet(self.now, from, bytes),
+            None
+        );
+        let mut sent = self.pump();
+        assert_eq!(sent.len(), 1, "expected exactly one response");
+        let (to, bytes) = sent.remove(0);
+        assert_eq!(to, from);
+        Response { bytes }
+    }
+
+    fn client_to_peer(
+        &mut self,
+        from: FiveTuple,
+        bytes: &[u8],
+    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let out = self.server.handle_client_packet(self.now, from, bytes);
+        out.map(|p| (p.relay, p.peer, p.payload.to_vec()))
+    }
+
+    /// `relayed` is the advertised address; the core is addressed by the bound one.
+    fn peer_to_client(
+        &mut self,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) -> Option<(FiveTuple, Vec<u8>)> {
+        let bound = SocketAddr::new(RELAY_BIND_IP.parse().unwrap(), relayed.port());
+        self.server
+            .handle_peer_packet(self.now, bound, peer, payload)
+            .map(|c| (c.client, c.bytes.to_vec()))
+    }
+}
+
+/// A TURN client that does the long-term credential dance.
+struct Client {
+    tuple: FiveTuple,
+    username: String,
+    password: String,
+    nonce: Option<Vec<u8>>,
+    algorithm: IntegrityAlgorithm,
+    next_tid: u8,
+}
+
+impl Client {
+    fn new(tuple: FiveTuple, username: &str, password: &str) -> Self {
+        Self {
+            tuple,
+            username: username.into(),
+            password: password.into(),
+            nonce: None,
+            algorithm: IntegrityAlgorithm::Sha1,
+            next_tid: 0,
+        }
+    }
+
+    fn alice(tuple: FiveTuple) -> Self {
+        Self::new(tuple, "alice", "wonderland")
+    }
+
+    fn key(&self) -> [u8; 16] {
+        rendez::stun::long_term_key(&self.username, REALM, &self.password)
+    }
+
+    /// Sends an authenticated request, fetching or renewing the nonce as a client does.
+    fn call(&mut self, h: &mut Harness, method: Method, attrs: &[Attr]) -> Response {
+        self.next_tid += 1;
+        let tid = TransactionId([self.next_tid; 12]);
+        self.call_with_tid(h, method, attrs, tid)
+    }
+
+    fn call_with_tid(
+        &mut self,
+        h: &mut Harness,
+        method: Method,
+        attrs: &[Attr],
+        tid: TransactionId,
+    ) -> Response {
+        if self.nonce.is_none() {
+            let challenge = h.request(
+                self.tuple,
+                &build_with_tid(method, attrs, None, false, tid, self.algorithm),
+            );
+            if challenge.error_code() != Some(401) {
+                return challenge;
+            }
+            self.nonce = challenge.attr(AttrType::NONCE);
+        }
+        let response = self.call_once(h, method, attrs, tid);
+        if response.error_code() == Some(438) {
+            self.nonce = response.attr(AttrType::NONCE);
+            return self.call_once(h, method, attrs, tid);
+        }
+        response
+    }
+
+    fn call_once(
+        &mut self,
+        h: &mut Harness,
+        method: Method,
+        attrs: &[Attr],
+        tid: TransactionId,
+    ) -> Response {
+        let nonce = self.nonce.clone().unwrap_or_default();
+        let auth = Auth {
+            username: Some(&self.username),
+            nonce: &nonce,
+            key: self.key(),
+        };
+        h.request(
+            self.tuple,
+            &build_with_tid(method, attrs, Some(auth), false, tid, self.algorithm),
+        )
+    }
+
+    /// Allocates and returns the advertised relayed address.
+    fn allocate(&mut self, h: &mut Harness) -> SocketAddr {
+        let response = self.call(h, Method::ALLOCATE, &[udp()]);
+        assert_eq!(response.class(), Class::Success);
+        response.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap()
+    }
+
+    fn permit(&mut self, h: &mut Harness, peer_addr: SocketAddr) {
+        let response = self.call(h, Method::CREATE_PERMISSION, &[peer(peer_addr)]);
+        assert_eq!(response.class(), Class::Success);
+    }
+}
+
+struct Auth<'a> {
+    username: Option<&'a str>,
+    nonce: &'a [u8],
+    key: [u8; 16],
+}
+
+enum Attr {
+    Raw(AttrType, Vec<u8>),
+    Xor(AttrType, SocketAddr),
+}
+
+fn udp() -> Attr {
+    Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+}
+
+fn lifetime(secs: u32) -> Attr {
+    Attr::Raw(AttrType::LIFETIME, secs.to_be_bytes().to_vec())
+}
+
+fn peer(addr: SocketAddr) -> Attr {
+    Attr::Xor(AttrType::XOR_PEER_ADDRESS, addr)
+}
+
+fn channel(number: u16) -> Attr {
+    let mut v = number.to_be_bytes().to_vec();
+    v.extend_from_slice(&[0, 0]);
+    Attr::Raw(AttrType::CHANNEL_NUMBER, v)
+}
+
+fn data(bytes: &[u8]) -> Attr {
+    Attr::Raw(AttrType::DATA, bytes.to_vec())
+}
+
+fn build(method: Method, attrs: &[Attr], auth: Option<Auth<'_>>, fingerprint: bool) -> Vec<u8> {
+    build_with_tid(
+        method,
+        attrs,
+        auth,
+        fingerprint,
+        TransactionId([0xAB; 12]),
+        IntegrityAlgorithm::Sha1,
+    )
+}
+
+fn build_with_tid(
+    method: Method,
+    attrs: &[Attr],
+    auth: Option<Auth<'_>>,
+    fingerprint: bool,
+    tid: TransactionId,
+    algorithm: IntegrityAlgorithm,
+) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Request, method, tid);
+    for attr in attrs {
+        match attr {
+            Attr::Raw(kind, value) => b.add(*kind, value),
+            Attr::Xor(kind, addr) => b.add_xor_address(*kind, *addr),
+        };
+    }
+    if let Some(auth) = auth {
+        if let Some(username) = auth.username {
+            b.add(AttrType::USERNAME, username.as_bytes());
+        }
+        b.add(AttrType::REALM, REALM.as_bytes())
+            .add(AttrType::NONCE, auth.nonce);
+        b.add_integrity(algorithm, &auth.key);
+    }
+    if fingerprint {
+        b.add_fingerprint();
+    }
+    b.finish()
+}
+
+/// Turns a built request into an indication (flips the class bits of the type field).
+fn as_indication(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes[1] |= 0x10;
+    bytes
+}
+
+struct Response {
+    bytes: Vec<u8>,
+}
+
+impl Response {
+    fn message(&self) -> Message<'_> {
+        Message::parse(&self.bytes).expect("server responses parse")
+    }
+
+    fn class(&self) -> Class {
+        self.message().class()
+    }
+
+    fn error_code(&self) -> Option<u16> {
+        let m = self.message();
+        (m.class() == Class::Error)
+            .then(|| ErrorCode::decode_code(m.attribute(AttrType::ERROR_CODE)?))?
+    }
+
+    fn attr(&self, kind: AttrType) -> Option<Vec<u8>> {
+        self.message().attribute(kind).map(<[u8]>::to_vec)
+    }
+
+    fn u32(&self, kind: AttrType) -> Option<u32> {
+        Some(u32::from_be_bytes(self.attr(kind)?.try_into().ok()?))
+    }
+
+    fn xor(&self, kind: AttrType) -> Option<SocketAddr> {
+        let m = self.message();
+        decode_xor_address(m.attribute(kind)?, &m.transaction_id())
+    }
+
+    fn verifies(&self, key: &[u8]) -> bool {
+        self.message().verify_integrity(key).is_some()
+    }
+}
