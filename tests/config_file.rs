@@ -1,0 +1,71 @@
+//! The shipped `config/rendez.toml` parses, documents every key, and its commented-out
+//! examples are valid too.
+
+use rendez::config::{Config, LogFormat, PortRange};
+
+const SHIPPED: &str = include_str!("../config/rendez.toml");
+
+#[test]
+fn shipped_config_parses_to_the_defaults() {
+    let config = Config::from_toml(SHIPPED).expect("config/rendez.toml parses");
+    assert_eq!(config, Config::default(), "the file shows the defaults");
+}
+
+#[test]
+fn commented_examples_are_valid_keys() {
+    let config = Config::from_toml(&uncomment_examples(SHIPPED)).expect("examples parse");
+    assert_eq!(config.external_ip, Some("203.0.113.7".parse().unwrap()));
+    assert_eq!(config.relay_ip, Some("10.0.0.4".parse().unwrap()));
+    assert_eq!(config.static_users().len(), 2);
+    assert_eq!(config.peers.allow.len(), 1);
+    assert_eq!(config.peers.deny.len(), 1);
+    assert_eq!(config.relay_ports, PortRange(49152..=65535));
+    assert_eq!(config.log_format, LogFormat::Text);
+}
+
+#[test]
+fn every_key_is_documented() {
+    for key in [
+        "realm",
+        "listen",
+        "external-ip",
+        "relay-ip",
+        "relay-ports",
+        "log-format",
+        "log-level",
+        "[auth]",
+        "secrets",
+        "credential-ttl",
+        "[[auth.users]]",
+        "name",
+        "password",
+        "key",
+        "[peers]",
+        "allow",
+        "deny",
+    ] {
+        let shown = SHIPPED
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim())
+            .any(|l| l.starts_with(key));
+        assert!(shown, "config/rendez.toml does not show `{key}`");
+    }
+}
+
+/// Turns `# key = value` and `# [table]` lines into live lines; prose stays a comment.
+fn uncomment_examples(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if looks_like_toml(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn looks_like_toml(line: &str) -> bool {
+    let is_key = line
+        .split_once(" = ")
+        .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
+    is_key || (line.starts_with('[') && line.ends_with(']'))
+}
