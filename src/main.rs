@@ -1,5 +1,6 @@
 //! The `rendez` binary: command line → config → logging → server.
 
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -12,11 +13,20 @@ use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs};
 use rendez::config::{Config, LogFormat};
 use rendez::credential;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Credential(args) => print_credential(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace: these
+            // messages are for operators.
+            eprintln!("rendez: error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
