@@ -196,6 +196,170 @@ fn reservation_token_is_508_and_even_port_gets_an_even_port() {
     );
 }
 
+// ---------------------------------------------------------------- address families
+
+fn dual_stack(c: &mut ServerConfig) {
+    c.relays.push(RelayAddress {
+        bind: "2001:db8:1::10".parse().unwrap(),
+        public: "2001:db8:1::10".parse().unwrap(),
+    });
+    c.peers = PeerPolicy::new(
+        vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:5::/48".parse().unwrap(),
+        ],
+        vec![],
+    );
+}
+
+const PEER_V6: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 7)),
+    4000,
+);
+
+fn family(code: u8) -> Attr {
+    Attr::Raw(AttrType::REQUESTED_ADDRESS_FAMILY, vec![code, 0, 0, 0])
+}
+
+fn additional_family(code: u8) -> Attr {
+    Attr::Raw(AttrType::ADDITIONAL_ADDRESS_FAMILY, vec![code, 0, 0, 0])
+}
+
+#[test]
+fn requested_address_family_ipv6_gets_an_ipv6_relay() {
+    let mut h = Harness::with_config(dual_stack);
+    let mut alice = Client::alice(CLIENT);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), family(2)]);
+    let relayed = response.xors(AttrType::XOR_RELAYED_ADDRESS);
+    assert_eq!(relayed.len(), 1);
+    assert!(relayed[0].is_ipv6());
+    // An IPv4 peer does not fit an IPv6 relay.
+    let response = alice.call(&mut h, Method::CREATE_PERMISSION, &[peer(PEER)]);
+    assert_eq!(response.error_code(), Some(443));
+    alice.permit(&mut h, PEER_V6);
+    let bound = SocketAddr::new("2001:db8:1::10".parse().unwrap(), relayed[0].port());
+    let to_client = h.server.handle_peer_packet(h.now, bound, PEER_V6, b"v6");
+    assert!(to_client.is_some());
+}
+
+#[test]
+fn additional_address_family_gives_a_dual_allocation() {
+    let mut h = Harness::with_config(dual_stack);
+    let mut alice = Client::alice(CLIENT);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), additional_family(2)]);
+    assert_eq!(response.class(), Class::Success);
+    let relayed = response.xors(AttrType::XOR_RELAYED_ADDRESS);
+    assert_eq!(relayed.len(), 2);
+    assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6(), "{relayed:?}");
+    assert_eq!(h.bound.len(), 2);
+    // Peers of both families work, each through the relay of its family.
+    alice.permit(&mut h, PEER);
+    alice.permit(&mut h, PEER_V6);
+    let send_v4 = as_indication(build(Method::SEND, &[peer(PEER), data(b"4")], None, false));
+    let send_v6 = as_indication(build(
+        Method::SEND,
+        &[peer(PEER_V6), data(b"6")],
+        None,
+        false,
+    ));
+    assert_eq!(h.client_to_peer(CLIENT, &send_v4).unwrap().0, h.bound[0]);
+    assert_eq!(h.client_to_peer(CLIENT, &send_v6).unwrap().0, h.bound[1]);
+    // Deleting the allocation releases both sockets.
+    alice.call(&mut h, Method::REFRESH, &[lifetime(0)]);
+    assert_eq!(h.released.len(), 2);
+}
+
+#[test]
+fn additional_family_without_ipv6_relay_answers_address_error_code() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), additional_family(2)]);
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(response.xors(AttrType::XOR_RELAYED_ADDRESS).len(), 1);
+    let error = response.attr(AttrType::ADDRESS_ERROR_CODE).unwrap();
+    assert_eq!(error[0], 2, "the IPv6 family");
+    assert_eq!(ErrorCode::decode_code(&error), Some(440));
+}
+
+#[test]
+fn malformed_family_combinations_are_400() {
+    let mut h = Harness::with_config(dual_stack);
+    let mut alice = Client::alice(CLIENT);
+    let both = [udp(), family(1), additional_family(2)];
+    assert_eq!(
+        alice.call(&mut h, Method::ALLOCATE, &both).error_code(),
+        Some(400)
+    );
+    let v4_additional = [udp(), additional_family(1)];
+    assert_eq!(
+        alice
+            .call(&mut h, Method::ALLOCATE, &v4_additional)
+            .error_code(),
+        Some(400)
+    );
+}
+
+#[test]
+fn default_family_is_configurable() {
+    use rendez::turn::DefaultFamily;
+    let v6_client = FiveTuple {
+        client: "[2001:db8:9::1]:5000".parse().unwrap(),
+        server: "[2001:db8:1::10]:3478".parse().unwrap(),
+        ..CLIENT
+    };
+    for (default, client, want_v6) in [
+        (DefaultFamily::Ipv4, v6_client, false),
+        (DefaultFamily::Ipv6, CLIENT, true),
+        (DefaultFamily::MatchClient, v6_client, true),
+        (DefaultFamily::MatchClient, CLIENT, false),
+    ] {
+        let mut h = Harness::with_config(|c| {
+            dual_stack(c);
+            c.default_family = default;
+        });
+        let mut alice = Client::alice(client);
+        let relayed = alice.allocate(&mut h);
+        assert_eq!(
+            relayed.is_ipv6(),
+            want_v6,
+            "{default:?} for {}",
+            client.client
+        );
+    }
+}
+
+#[test]
+fn refresh_for_a_family_the_allocation_lacks_is_443() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    assert_eq!(
+        alice
+            .call(&mut h, Method::REFRESH, &[family(2)])
+            .error_code(),
+        Some(443)
+    );
+    assert_eq!(
+        alice.call(&mut h, Method::REFRESH, &[family(1)]).class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn closing_a_stream_connection_ends_its_allocation() {
+    let mut h = Harness::new();
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..CLIENT
+    };
+    let mut alice = Client::alice(tcp);
+    alice.allocate(&mut h);
+    h.server.handle_connection_closed(tcp);
+    h.pump();
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.released, h.bound);
+}
+
 // ---------------------------------------------------------------- auth
 
 #[test]
@@ -1108,6 +1272,13 @@ impl Response {
     fn xor(&self, kind: AttrType) -> Option<SocketAddr> {
         let m = self.message();
         decode_xor_address(m.attribute(kind)?, &m.transaction_id())
+    }
+
+    fn xors(&self, kind: AttrType) -> Vec<SocketAddr> {
+        let m = self.message();
+        m.attributes(kind)
+            .filter_map(|v| decode_xor_address(v, &m.transaction_id()))
+            .collect()
     }
 
     fn verifies(&self, key: &[u8]) -> bool {

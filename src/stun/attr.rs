@@ -33,6 +33,7 @@ impl AttrType {
     pub const PRIORITY: AttrType = AttrType(0x0024);
     pub const USE_CANDIDATE: AttrType = AttrType(0x0025);
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+    pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
     pub const SOFTWARE: AttrType = AttrType(0x8022);
     pub const FINGERPRINT: AttrType = AttrType(0x8028);
     pub const ICE_CONTROLLED: AttrType = AttrType(0x8029);

@@ -58,6 +58,20 @@ impl MessageBuilder {
         })
     }
 
+    /// ADDRESS-ERROR-CODE: why the relay of one address family was not allocated
+    /// (RFC 8656 §14.10).
+    pub fn add_address_error(&mut self, family: u8, error: ErrorCode) -> &mut Self {
+        self.add_with(AttrType::ADDRESS_ERROR_CODE, |out| {
+            out.extend_from_slice(&[
+                family,
+                0,
+                (error.code / 100) as u8,
+                (error.code % 100) as u8,
+            ]);
+            out.extend_from_slice(error.reason.as_bytes());
+        })
+    }
+
     pub fn add_unknown_attributes(&mut self, kinds: &[u16]) -> &mut Self {
         self.add_with(AttrType::UNKNOWN_ATTRIBUTES, |out| {
             for kind in kinds {

@@ -21,10 +21,8 @@ pub const MAX_PERMISSIONS: usize = 128;
 pub const MAX_CHANNELS: usize = 128;
 
 pub struct Allocation {
-    /// The address the relay socket is bound to.
-    pub relay: SocketAddr,
-    /// The address advertised in XOR-RELAYED-ADDRESS (differs behind 1:1 NAT).
-    pub public_relay: SocketAddr,
+    /// One relayed address, or two for a dual-stack allocation (RFC 8656 §7.2), IPv4 first.
+    pub relays: Vec<Relay>,
     pub username: String,
     pub key: [u8; 16],
     pub expires_at: Instant,
@@ -36,6 +34,17 @@ pub struct Allocation {
     channels: Vec<ChannelBinding>,
     /// The deadline currently queued in the server's timer heap.
     pub scheduled: Option<Instant>,
+}
+
+/// One relayed transport address of an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// The address the relay socket is bound to.
+    pub bind: SocketAddr,
+    /// The address advertised in XOR-RELAYED-ADDRESS (differs behind 1:1 NAT).
+    pub public: SocketAddr,
+    /// Whether the I/O layer has confirmed the socket.
+    pub bound: bool,
 }
 
 /// An allocation waits for the I/O layer to bind its relay socket before it is answered.
@@ -52,6 +61,9 @@ pub struct PendingAllocate {
     pub fingerprint: bool,
     pub even_port: bool,
     pub attempts: u8,
+    /// The family (1 IPv4, 2 IPv6) of an ADDITIONAL-ADDRESS-FAMILY we could not serve: the
+    /// response carries ADDRESS-ERROR-CODE 440 for it (RFC 8656 §7.2).
+    pub unserved_family: Option<u8>,
 }
 
 struct Permission {
@@ -75,16 +87,14 @@ pub enum ChannelBindError {
 
 impl Allocation {
     pub fn new(
-        relay: SocketAddr,
-        public_relay: SocketAddr,
+        relays: Vec<Relay>,
         credentials: (String, [u8; 16]),
         transaction: TransactionId,
         pending: PendingAllocate,
         expires_at: Instant,
     ) -> Self {
         Self {
-            relay,
-            public_relay,
+            relays,
             username: credentials.0,
             key: credentials.1,
             expires_at,
@@ -99,6 +109,12 @@ impl Allocation {
 
     pub fn is_active(&self, now: Instant) -> bool {
         matches!(self.state, State::Active) && now < self.expires_at
+    }
+
+    /// The relayed address that talks to peers of `ip`'s family.
+    pub fn relay_for(&self, ip: IpAddr) -> Option<&Relay> {
+        let v6 = ip.to_canonical().is_ipv6();
+        self.relays.iter().find(|r| r.bind.is_ipv6() == v6)
     }
 
     /// Installs or refreshes permissions for every address, or none if that would exceed
@@ -229,10 +245,15 @@ mod tests {
             fingerprint: false,
             even_port: false,
             attempts: 0,
+            unserved_family: None,
+        };
+        let relay = Relay {
+            bind: "127.0.0.1:50000".parse().unwrap(),
+            public: "203.0.113.1:50000".parse().unwrap(),
+            bound: true,
         };
         let mut a = Allocation::new(
-            "127.0.0.1:50000".parse().unwrap(),
-            "203.0.113.1:50000".parse().unwrap(),
+            vec![relay],
             ("u".into(), [0; 16]),
             TransactionId::default(),
             pending,

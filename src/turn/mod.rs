@@ -17,10 +17,12 @@ mod allocation;
 mod auth;
 mod policy;
 mod ports;
+mod requests;
 mod server;
 
 pub use auth::{rest_expiry, rest_password, Credentials, Rejection, UserSecret};
 pub use policy::PeerPolicy;
+pub use requests::DefaultFamily;
 pub use server::{Server, ServerConfig, Stats};
 
 use std::net::SocketAddr;

@@ -2,29 +2,25 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, ChannelBindError, PendingAllocate, State};
-use super::auth::{Authenticator, Credentials, Rejection, UserSecret};
+use super::allocation::{Allocation, PendingAllocate, State};
+use super::auth::{Authenticator, Rejection, UserSecret};
 use super::policy::PeerPolicy;
 use super::ports::{PortPool, SplitMix64};
-use super::{FiveTuple, Output, RelayAddress, ToClient, ToPeer, CHANNEL_NUMBERS};
+use super::requests::DefaultFamily;
+use super::{FiveTuple, Output, RelayAddress, ToClient, ToPeer};
 use crate::stun::{
     classify, decode_xor_address, AttrType, ChannelData, Class, ErrorCode, Framing,
     IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
 };
 
-/// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
-const PROTOCOL_UDP: u8 = 17;
-/// REQUESTED-ADDRESS-FAMILY values (RFC 8656 §14.8).
-const FAMILY_IPV4: u8 = 0x01;
-const FAMILY_IPV6: u8 = 0x02;
 /// How many ports to try when the I/O layer finds the chosen one taken by another program.
 const RELAY_BIND_ATTEMPTS: u8 = 8;
 /// How long an allocation may wait for its relay socket before it is dropped.
-const RELAY_BIND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const RELAY_BIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the core needs to know from the configuration.
 #[derive(Clone, Debug)]
@@ -32,6 +28,8 @@ pub struct ServerConfig {
     pub realm: String,
     /// At most one relay address per IP family; the first is the default family.
     pub relays: Vec<RelayAddress>,
+    /// The relay family of an Allocate that does not ask for one.
+    pub default_family: DefaultFamily,
     pub relay_ports: RangeInclusive<u16>,
     pub users: Vec<(String, UserSecret)>,
     pub secrets: Vec<String>,
@@ -49,6 +47,7 @@ impl ServerConfig {
         Self {
             realm: realm.to_owned(),
             relays: vec![relay],
+            default_family: DefaultFamily::default(),
             relay_ports,
             users: Vec::new(),
             secrets: Vec::new(),
@@ -85,24 +84,26 @@ pub struct Stats {
 /// The sans-IO TURN server. See the module documentation of [`crate::turn`].
 pub struct Server {
     auth: Authenticator,
-    peers: PeerPolicy,
-    default_lifetime: Duration,
-    max_lifetime: Duration,
-    relays: Vec<Relay>,
-    allocations: HashMap<FiveTuple, Allocation>,
-    by_relay: HashMap<SocketAddr, FiveTuple>,
+    pub(super) peers: PeerPolicy,
+    pub(super) default_lifetime: Duration,
+    pub(super) max_lifetime: Duration,
+    pub(super) default_family: DefaultFamily,
+    pub(super) relays: Vec<RelayPool>,
+    pub(super) allocations: HashMap<FiveTuple, Allocation>,
+    pub(super) by_relay: HashMap<SocketAddr, FiveTuple>,
     timers: BinaryHeap<Reverse<(Instant, FiveTuple)>>,
-    outputs: VecDeque<Output>,
-    rng: SplitMix64,
+    pub(super) outputs: VecDeque<Output>,
+    pub(super) rng: SplitMix64,
     wall_clock: WallClock,
     /// Reused for every peer → client packet, so the hot path does not allocate.
     scratch: Vec<u8>,
     stats: Stats,
 }
 
-struct Relay {
-    address: RelayAddress,
-    ports: PortPool,
+/// A relay address and the ports in use on it.
+pub(super) struct RelayPool {
+    pub address: RelayAddress,
+    pub ports: PortPool,
 }
 
 /// Maps the monotonic `Instant`s the core runs on to unix seconds, which REST usernames
@@ -114,12 +115,12 @@ struct WallClock {
 }
 
 /// How to answer one request.
-struct Reply {
-    to: FiveTuple,
-    method: Method,
-    transaction: TransactionId,
-    fingerprint: bool,
-    integrity: Option<(IntegrityAlgorithm, [u8; 16])>,
+pub(super) struct Reply {
+    pub to: FiveTuple,
+    pub method: Method,
+    pub transaction: TransactionId,
+    pub fingerprint: bool,
+    pub integrity: Option<(IntegrityAlgorithm, [u8; 16])>,
 }
 
 impl Server {
@@ -142,7 +143,7 @@ impl Server {
         let relays = config
             .relays
             .iter()
-            .map(|&address| Relay {
+            .map(|&address| RelayPool {
                 address,
                 ports: PortPool::new(config.relay_ports.clone()),
             })
@@ -152,6 +153,7 @@ impl Server {
             peers: config.peers,
             default_lifetime: config.default_lifetime,
             max_lifetime: config.max_lifetime,
+            default_family: config.default_family,
             relays,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
@@ -261,53 +263,47 @@ impl Server {
             fingerprint: pending.fingerprint,
             integrity: Some((pending.algorithm, allocation.key)),
         };
+        let Some(index) = allocation.relays.iter().position(|r| r.bind == relay) else {
+            return;
+        };
         if bound {
-            allocation.state = State::Active;
-            allocation.expires_at = now + pending.lifetime;
-            let public_relay = allocation.public_relay;
-            let response = build(&reply, Class::Success, |b| {
-                b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, public_relay)
-                    .add_u32(AttrType::LIFETIME, pending.lifetime.as_secs() as u32)
-                    .add_xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client);
-            });
-            allocation.allocate_response = response.clone();
-            let deadline = allocation.next_deadline();
-            self.stats.allocations_created += 1;
-            tracing::debug!(client = %tuple.client, %relay, "allocation created");
-            self.outputs.push_back(Output::Transmit {
-                to: tuple,
-                bytes: response,
-            });
-            self.schedule(tuple, deadline);
+            allocation.relays[index].bound = true;
+            if allocation.relays.iter().all(|r| r.bound) {
+                self.activate(now, tuple, &reply, pending);
+            }
             return;
         }
         // The port is taken by another program: release our claim and try another.
         self.by_relay.remove(&relay);
-        if let Some(r) = self.relay_for_ip_mut(relay.ip()) {
-            r.ports.release(relay.port());
-        }
+        self.release_port(relay);
         let attempts = pending.attempts + 1;
         let retry = (attempts < RELAY_BIND_ATTEMPTS)
             .then(|| self.reserve_relay(relay.ip(), pending.even_port))
             .flatten();
-        match retry {
-            Some((bind, public)) => {
-                if let Some(allocation) = self.allocations.get_mut(&tuple) {
-                    allocation.relay = bind;
-                    allocation.public_relay = public;
-                    allocation.state = State::Binding(PendingAllocate {
-                        attempts,
-                        ..pending
-                    });
-                }
-                self.by_relay.insert(bind, tuple);
-                self.outputs.push_back(Output::BindRelay { relay: bind });
+        let Some(replacement) = retry else {
+            if let Some(allocation) = self.allocations.get_mut(&tuple) {
+                allocation.relays.remove(index);
             }
-            None => {
-                self.allocations.remove(&tuple);
-                self.send_error(&reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
-            }
+            self.remove_allocation(&tuple);
+            self.send_error(&reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
+            return;
+        };
+        if let Some(allocation) = self.allocations.get_mut(&tuple) {
+            allocation.relays[index] = replacement;
+            allocation.state = State::Binding(PendingAllocate {
+                attempts,
+                ..pending
+            });
         }
+        self.by_relay.insert(replacement.bind, tuple);
+        self.outputs.push_back(Output::BindRelay {
+            relay: replacement.bind,
+        });
+    }
+
+    /// A stream connection closed: its allocation ends with it (RFC 8656 §3.1).
+    pub fn handle_connection_closed(&mut self, tuple: FiveTuple) {
+        self.remove_allocation(&tuple);
     }
 
     /// Expires what is due at `now`.
@@ -454,210 +450,39 @@ impl Server {
         });
     }
 
-    // ---- requests ----
-
-    /// RFC 8656 §7.2.
-    fn handle_allocate(
+    /// Every relay socket is bound: answer the Allocate and start the lifetime.
+    fn activate(
         &mut self,
         now: Instant,
-        message: &Message<'_>,
-        credentials: Credentials,
+        tuple: FiveTuple,
         reply: &Reply,
+        pending: PendingAllocate,
     ) {
-        let tuple = reply.to;
-        if let Some(existing) = self.allocations.get(&tuple) {
-            if existing.allocate_transaction != reply.transaction {
-                self.send_error(reply, ErrorCode::ALLOCATION_MISMATCH, |_| {});
-            } else if matches!(existing.state, State::Active) {
-                // A retransmission: the first response was lost, so send it again.
-                let bytes = existing.allocate_response.clone();
-                self.outputs
-                    .push_back(Output::Transmit { to: tuple, bytes });
+        let Some(allocation) = self.allocations.get_mut(&tuple) else {
+            return;
+        };
+        allocation.state = State::Active;
+        allocation.expires_at = now + pending.lifetime;
+        let relays = allocation.relays.clone();
+        let response = build(reply, Class::Success, |b| {
+            for relay in &relays {
+                b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, relay.public);
             }
-            return;
-        }
-        let family = match self.allocate_family(message) {
-            Ok(family) => family,
-            Err(error) => {
-                self.send_error(reply, error, |_| {});
-                return;
+            if let Some(family) = pending.unserved_family {
+                b.add_address_error(family, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
             }
-        };
-        let even_port = message.attribute(AttrType::EVEN_PORT).is_some();
-        let Some((relay, public_relay)) = self.reserve_relay(family, even_port) else {
-            self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
-            return;
-        };
-        let Some((algorithm, _)) = reply.integrity else {
-            return;
-        };
-        let pending = PendingAllocate {
-            lifetime: self.granted_lifetime(message).max(self.default_lifetime),
-            algorithm,
-            fingerprint: reply.fingerprint,
-            even_port,
-            attempts: 0,
-        };
-        let allocation = Allocation::new(
-            relay,
-            public_relay,
-            (credentials.username, credentials.key),
-            reply.transaction,
-            pending,
-            now + RELAY_BIND_TIMEOUT,
-        );
-        self.allocations.insert(tuple, allocation);
-        self.by_relay.insert(relay, tuple);
-        self.schedule(tuple, now + RELAY_BIND_TIMEOUT);
-        self.outputs.push_back(Output::BindRelay { relay });
-    }
-
-    /// Checks REQUESTED-TRANSPORT, RESERVATION-TOKEN, EVEN-PORT and
-    /// REQUESTED-ADDRESS-FAMILY, and returns the relay family's bind address.
-    fn allocate_family(&self, message: &Message<'_>) -> Result<IpAddr, ErrorCode> {
-        let transport = message
-            .attribute(AttrType::REQUESTED_TRANSPORT)
-            .filter(|v| v.len() == 4)
-            .ok_or(ErrorCode::BAD_REQUEST)?;
-        if transport[0] != PROTOCOL_UDP {
-            return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
-        }
-        let token = message.attribute(AttrType::RESERVATION_TOKEN).is_some();
-        let requested_family = message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY);
-        if token && (message.attribute(AttrType::EVEN_PORT).is_some() || requested_family.is_some())
-        {
-            return Err(ErrorCode::BAD_REQUEST);
-        }
-        if token {
-            // We never hand out reservation tokens, so none can be valid (RFC 8656 §7.2).
-            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
-        }
-        let default = self.relays.first().map(|r| r.address.bind);
-        let wanted_v6 = match requested_family {
-            None => return default.ok_or(ErrorCode::SERVER_ERROR),
-            Some([FAMILY_IPV4, 0, 0, 0]) => false,
-            Some([FAMILY_IPV6, 0, 0, 0]) => true,
-            Some(_) => return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
-        };
-        self.relays
-            .iter()
-            .map(|r| r.address.bind)
-            .find(|ip| ip.is_ipv6() == wanted_v6)
-            .ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)
-    }
-
-    /// RFC 8656 §7.3: LIFETIME 0 deletes; otherwise the allocation lives on.
-    fn handle_refresh(
-        &mut self,
-        now: Instant,
-        message: &Message<'_>,
-        reply: &Reply,
-    ) -> Result<(), ErrorCode> {
-        let tuple = reply.to;
-        let relay_is_v6 = self
-            .allocations
-            .get(&tuple)
-            .is_some_and(|a| a.relay.is_ipv6());
-        match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
-            None => {}
-            Some([FAMILY_IPV4, 0, 0, 0]) if !relay_is_v6 => {}
-            Some([FAMILY_IPV6, 0, 0, 0]) if relay_is_v6 => {}
-            Some(_) => return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH),
-        }
-        let lifetime = self.granted_lifetime(message);
-        if lifetime.is_zero() {
-            self.remove_allocation(&tuple);
-        } else if let Some(allocation) = self.allocations.get_mut(&tuple) {
-            allocation.expires_at = now + lifetime;
-        }
-        self.send_success(reply, |b| {
-            b.add_u32(AttrType::LIFETIME, lifetime.as_secs() as u32);
+            b.add_u32(AttrType::LIFETIME, pending.lifetime.as_secs() as u32)
+                .add_xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client);
         });
-        Ok(())
-    }
-
-    /// RFC 8656 §9.2: every XOR-PEER-ADDRESS, all or nothing.
-    fn handle_create_permission(
-        &mut self,
-        now: Instant,
-        message: &Message<'_>,
-        reply: &Reply,
-    ) -> Result<(), ErrorCode> {
-        let transaction = reply.transaction;
-        let peers: Vec<SocketAddr> = message
-            .attributes(AttrType::XOR_PEER_ADDRESS)
-            .map(|v| decode_xor_address(v, &transaction))
-            .collect::<Option<_>>()
-            .ok_or(ErrorCode::BAD_REQUEST)?;
-        if peers.is_empty() {
-            return Err(ErrorCode::BAD_REQUEST);
-        }
-        let ips: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
-        for &ip in &ips {
-            self.check_peer(&reply.to, ip)?;
-        }
-        let allocation = self
-            .allocations
-            .get_mut(&reply.to)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        if !allocation.add_permissions(now, &ips) {
-            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
-        }
+        allocation.allocate_response = response.clone();
         let deadline = allocation.next_deadline();
-        self.schedule(reply.to, deadline);
-        self.send_success(reply, |_| {});
-        Ok(())
-    }
-
-    /// RFC 8656 §12.2.
-    fn handle_channel_bind(
-        &mut self,
-        now: Instant,
-        message: &Message<'_>,
-        reply: &Reply,
-    ) -> Result<(), ErrorCode> {
-        let number = message
-            .attribute(AttrType::CHANNEL_NUMBER)
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(|v| u16::from_be_bytes([v[0], v[1]]))
-            .filter(|n| CHANNEL_NUMBERS.contains(n))
-            .ok_or(ErrorCode::BAD_REQUEST)?;
-        let peer = message
-            .attribute(AttrType::XOR_PEER_ADDRESS)
-            .and_then(|v| decode_xor_address(v, &reply.transaction))
-            .ok_or(ErrorCode::BAD_REQUEST)?;
-        self.check_peer(&reply.to, peer.ip())?;
-        let allocation = self
-            .allocations
-            .get_mut(&reply.to)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        allocation
-            .bind_channel(now, number, peer)
-            .map_err(|error| match error {
-                ChannelBindError::TooManyChannels => ErrorCode::INSUFFICIENT_CAPACITY,
-                _ => ErrorCode::BAD_REQUEST,
-            })?;
-        let deadline = allocation.next_deadline();
-        self.schedule(reply.to, deadline);
-        self.send_success(reply, |_| {});
-        Ok(())
-    }
-
-    /// Family must match the relay (443), then the operator's policy must allow it (403).
-    fn check_peer(&self, tuple: &FiveTuple, ip: IpAddr) -> Result<(), ErrorCode> {
-        let relay_is_v6 = self
-            .allocations
-            .get(tuple)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?
-            .relay
-            .is_ipv6();
-        if ip.to_canonical().is_ipv6() != relay_is_v6 {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
-        }
-        if !self.peers.permits(ip) {
-            return Err(ErrorCode::FORBIDDEN);
-        }
-        Ok(())
+        self.stats.allocations_created += 1;
+        tracing::debug!(client = %tuple.client, relays = ?relays, "allocation created");
+        self.outputs.push_back(Output::Transmit {
+            to: tuple,
+            bytes: response,
+        });
+        self.schedule(tuple, deadline);
     }
 
     // ---- data ----
@@ -715,13 +540,15 @@ impl Server {
             self.stats.dropped_no_allocation += 1;
             return None;
         };
-        if !allocation.has_permission(now, peer.ip()) {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let relay = allocation.relay_for(peer.ip()).map(|r| r.bind);
+        let Some(relay) = relay.filter(|_| allocation.has_permission(now, peer.ip())) else {
             self.stats.dropped_no_permission += 1;
             return None;
-        }
+        };
         self.stats.relayed_to_peers += 1;
         Some(ToPeer {
-            relay: allocation.relay,
+            relay,
             peer,
             payload,
         })
@@ -729,54 +556,37 @@ impl Server {
 
     // ---- helpers ----
 
-    /// Requested LIFETIME capped at the maximum; the default when absent (RFC 8656 §7.2).
-    fn granted_lifetime(&self, message: &Message<'_>) -> Duration {
-        match message
-            .attribute(AttrType::LIFETIME)
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-        {
-            Some(raw) => {
-                Duration::from_secs(u64::from(u32::from_be_bytes(raw))).min(self.max_lifetime)
-            }
-            None => self.default_lifetime,
-        }
-    }
-
-    /// Picks a free port on the relay address of `family_ip`'s family.
-    fn reserve_relay(&mut self, family_ip: IpAddr, even: bool) -> Option<(SocketAddr, SocketAddr)> {
-        let random = self.rng.next_u64();
-        let relay = self.relay_for_ip_mut(family_ip)?;
-        let port = relay.ports.acquire(random, even)?;
-        Some((
-            SocketAddr::new(relay.address.bind, port),
-            SocketAddr::new(relay.address.public, port),
-        ))
-    }
-
-    fn relay_for_ip_mut(&mut self, ip: IpAddr) -> Option<&mut Relay> {
-        self.relays
-            .iter_mut()
-            .find(|r| r.address.bind.is_ipv6() == ip.is_ipv6())
-    }
-
-    fn remove_allocation(&mut self, tuple: &FiveTuple) {
+    /// Ends an allocation and gives back its ports and sockets.
+    pub(super) fn remove_allocation(&mut self, tuple: &FiveTuple) {
         let Some(allocation) = self.allocations.remove(tuple) else {
             return;
         };
-        let relay = allocation.relay;
-        self.by_relay.remove(&relay);
-        if let Some(r) = self.relay_for_ip_mut(relay.ip()) {
-            r.ports.release(relay.port());
+        for relay in &allocation.relays {
+            self.by_relay.remove(&relay.bind);
+            self.release_port(relay.bind);
+            if relay.bound {
+                self.outputs
+                    .push_back(Output::ReleaseRelay { relay: relay.bind });
+            }
         }
         if matches!(allocation.state, State::Active) {
             self.stats.allocations_ended += 1;
+            tracing::debug!(client = %tuple.client, "allocation ended");
         }
-        tracing::debug!(client = %tuple.client, %relay, "allocation ended");
-        self.outputs.push_back(Output::ReleaseRelay { relay });
+    }
+
+    pub(super) fn release_port(&mut self, relay: SocketAddr) {
+        if let Some(pool) = self
+            .relays
+            .iter_mut()
+            .find(|p| p.address.bind == relay.ip())
+        {
+            pool.ports.release(relay.port());
+        }
     }
 
     /// Queues a wake-up for `tuple` at `at` unless an earlier one is already queued.
-    fn schedule(&mut self, tuple: FiveTuple, at: Instant) {
+    pub(super) fn schedule(&mut self, tuple: FiveTuple, at: Instant) {
         let Some(allocation) = self.allocations.get_mut(&tuple) else {
             return;
         };
@@ -794,7 +604,11 @@ impl Server {
         self.wall_clock.unix_secs + elapsed.as_secs()
     }
 
-    fn send_success(&mut self, reply: &Reply, attributes: impl FnOnce(&mut MessageBuilder)) {
+    pub(super) fn send_success(
+        &mut self,
+        reply: &Reply,
+        attributes: impl FnOnce(&mut MessageBuilder),
+    ) {
         let bytes = build(reply, Class::Success, attributes);
         self.outputs.push_back(Output::Transmit {
             to: reply.to,
@@ -802,7 +616,7 @@ impl Server {
         });
     }
 
-    fn send_error(
+    pub(super) fn send_error(
         &mut self,
         reply: &Reply,
         error: ErrorCode,

@@ -1,0 +1,327 @@
+//! The TURN request handlers: Allocate, Refresh, CreatePermission, ChannelBind
+//! (RFC 8656 §7, §9, §12) and the address-family rules of RFC 8656 §7.2 / RFC 6156.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::allocation::{Allocation, ChannelBindError, PendingAllocate, Relay, State};
+use super::auth::Credentials;
+use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
+use super::{Output, CHANNEL_NUMBERS};
+use crate::stun::{decode_xor_address, AttrType, ErrorCode, Message};
+
+/// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
+const PROTOCOL_UDP: u8 = 17;
+/// Address family codes of REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY
+/// (RFC 8656 §14.8, §14.9).
+pub(super) const FAMILY_IPV4: u8 = 0x01;
+pub(super) const FAMILY_IPV6: u8 = 0x02;
+
+/// Which relay family an Allocate gets when it does not ask (browsers never do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DefaultFamily {
+    /// IPv4 when the server has an IPv4 relay address (RFC 8656 §7.2's default).
+    #[default]
+    Ipv4,
+    /// IPv6 when the server has an IPv6 relay address.
+    Ipv6,
+    /// The family the client reached us over.
+    MatchClient,
+}
+
+/// The relay families an Allocate asks for.
+struct Families {
+    /// Bind IPs to reserve a port on, IPv4 first.
+    binds: Vec<IpAddr>,
+    /// ADDITIONAL-ADDRESS-FAMILY that cannot be served (answered with ADDRESS-ERROR-CODE).
+    unserved: Option<u8>,
+}
+
+impl Server {
+    /// RFC 8656 §7.2.
+    pub(super) fn handle_allocate(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        credentials: Credentials,
+        reply: &Reply,
+    ) {
+        let tuple = reply.to;
+        if let Some(existing) = self.allocations.get(&tuple) {
+            if existing.allocate_transaction != reply.transaction {
+                self.send_error(reply, ErrorCode::ALLOCATION_MISMATCH, |_| {});
+            } else if matches!(existing.state, State::Active) {
+                // A retransmission: the first response was lost, so send it again.
+                let bytes = existing.allocate_response.clone();
+                self.outputs
+                    .push_back(Output::Transmit { to: tuple, bytes });
+            }
+            return;
+        }
+        let families = match self.allocate_families(message, tuple.client.ip()) {
+            Ok(families) => families,
+            Err(error) => {
+                self.send_error(reply, error, |_| {});
+                return;
+            }
+        };
+        let even_port = message.attribute(AttrType::EVEN_PORT).is_some();
+        let mut relays = Vec::with_capacity(families.binds.len());
+        for &ip in &families.binds {
+            match self.reserve_relay(ip, even_port) {
+                Some(relay) => relays.push(relay),
+                None => {
+                    for relay in relays {
+                        self.release_port(relay.bind);
+                    }
+                    self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
+                    return;
+                }
+            }
+        }
+        let Some((algorithm, _)) = reply.integrity else {
+            return;
+        };
+        let pending = PendingAllocate {
+            lifetime: self.granted_lifetime(message).max(self.default_lifetime),
+            algorithm,
+            fingerprint: reply.fingerprint,
+            even_port,
+            attempts: 0,
+            unserved_family: families.unserved,
+        };
+        for relay in &relays {
+            self.by_relay.insert(relay.bind, tuple);
+            self.outputs
+                .push_back(Output::BindRelay { relay: relay.bind });
+        }
+        let allocation = Allocation::new(
+            relays,
+            (credentials.username, credentials.key),
+            reply.transaction,
+            pending,
+            now + RELAY_BIND_TIMEOUT,
+        );
+        self.allocations.insert(tuple, allocation);
+        self.schedule(tuple, now + RELAY_BIND_TIMEOUT);
+    }
+
+    /// Checks REQUESTED-TRANSPORT, RESERVATION-TOKEN, EVEN-PORT, REQUESTED-ADDRESS-FAMILY
+    /// and ADDITIONAL-ADDRESS-FAMILY; returns the relay addresses to reserve.
+    fn allocate_families(
+        &self,
+        message: &Message<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Families, ErrorCode> {
+        let transport = message
+            .attribute(AttrType::REQUESTED_TRANSPORT)
+            .filter(|v| v.len() == 4)
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        if transport[0] != PROTOCOL_UDP {
+            return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
+        }
+        let token = message.attribute(AttrType::RESERVATION_TOKEN).is_some();
+        let requested = message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY);
+        let additional = message.attribute(AttrType::ADDITIONAL_ADDRESS_FAMILY);
+        let even_port = message.attribute(AttrType::EVEN_PORT).is_some();
+        if token && (even_port || requested.is_some())
+            || requested.is_some() && additional.is_some()
+        {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        if token {
+            // We never hand out reservation tokens, so none can be valid (RFC 8656 §7.2).
+            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+        }
+        let v4 = self.relay_bind_ip(false);
+        let v6 = self.relay_bind_ip(true);
+        let single = |ip: Option<IpAddr>| {
+            ip.map(|ip| Families {
+                binds: vec![ip],
+                unserved: None,
+            })
+            .ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)
+        };
+        if let Some(additional) = additional {
+            // Only IPv6 may be the additional family; IPv4 is always the first one.
+            if additional != [FAMILY_IPV6, 0, 0, 0] {
+                return Err(ErrorCode::BAD_REQUEST);
+            }
+            let v4 = v4.ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)?;
+            return Ok(match v6 {
+                Some(v6) => Families {
+                    binds: vec![v4, v6],
+                    unserved: None,
+                },
+                None => Families {
+                    binds: vec![v4],
+                    unserved: Some(FAMILY_IPV6),
+                },
+            });
+        }
+        match requested {
+            Some([FAMILY_IPV4, 0, 0, 0]) => single(v4),
+            Some([FAMILY_IPV6, 0, 0, 0]) => single(v6),
+            Some(_) => Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
+            None => {
+                let prefer_v6 = match self.default_family {
+                    DefaultFamily::Ipv4 => false,
+                    DefaultFamily::Ipv6 => true,
+                    DefaultFamily::MatchClient => client_ip.to_canonical().is_ipv6(),
+                };
+                let (first, second) = if prefer_v6 { (v6, v4) } else { (v4, v6) };
+                single(first.or(second))
+            }
+        }
+    }
+
+    /// RFC 8656 §7.3: LIFETIME 0 deletes; otherwise the allocation lives on.
+    pub(super) fn handle_refresh(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        reply: &Reply,
+    ) -> Result<(), ErrorCode> {
+        let tuple = reply.to;
+        let allocation = self
+            .allocations
+            .get(&tuple)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        let serves = |v6: bool| allocation.relays.iter().any(|r| r.bind.is_ipv6() == v6);
+        match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
+            None => {}
+            Some([FAMILY_IPV4, 0, 0, 0]) if serves(false) => {}
+            Some([FAMILY_IPV6, 0, 0, 0]) if serves(true) => {}
+            Some(_) => return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH),
+        }
+        let lifetime = self.granted_lifetime(message);
+        if lifetime.is_zero() {
+            self.remove_allocation(&tuple);
+        } else if let Some(allocation) = self.allocations.get_mut(&tuple) {
+            allocation.expires_at = now + lifetime;
+        }
+        self.send_success(reply, |b| {
+            b.add_u32(AttrType::LIFETIME, lifetime.as_secs() as u32);
+        });
+        Ok(())
+    }
+
+    /// RFC 8656 §9.2: every XOR-PEER-ADDRESS, all or nothing.
+    pub(super) fn handle_create_permission(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        reply: &Reply,
+    ) -> Result<(), ErrorCode> {
+        let transaction = reply.transaction;
+        let peers: Vec<SocketAddr> = message
+            .attributes(AttrType::XOR_PEER_ADDRESS)
+            .map(|v| decode_xor_address(v, &transaction))
+            .collect::<Option<_>>()
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        if peers.is_empty() {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        let ips: Vec<IpAddr> = peers.iter().map(|p| p.ip().to_canonical()).collect();
+        for &ip in &ips {
+            self.check_peer(reply, ip)?;
+        }
+        let allocation = self
+            .allocations
+            .get_mut(&reply.to)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        if !allocation.add_permissions(now, &ips) {
+            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+        }
+        let deadline = allocation.next_deadline();
+        self.schedule(reply.to, deadline);
+        self.send_success(reply, |_| {});
+        Ok(())
+    }
+
+    /// RFC 8656 §12.2.
+    pub(super) fn handle_channel_bind(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        reply: &Reply,
+    ) -> Result<(), ErrorCode> {
+        let number = message
+            .attribute(AttrType::CHANNEL_NUMBER)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .filter(|n| CHANNEL_NUMBERS.contains(n))
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        let peer = message
+            .attribute(AttrType::XOR_PEER_ADDRESS)
+            .and_then(|v| decode_xor_address(v, &reply.transaction))
+            .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
+            .ok_or(ErrorCode::BAD_REQUEST)?;
+        self.check_peer(reply, peer.ip())?;
+        let allocation = self
+            .allocations
+            .get_mut(&reply.to)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        allocation
+            .bind_channel(now, number, peer)
+            .map_err(|error| match error {
+                ChannelBindError::TooManyChannels => ErrorCode::INSUFFICIENT_CAPACITY,
+                _ => ErrorCode::BAD_REQUEST,
+            })?;
+        let deadline = allocation.next_deadline();
+        self.schedule(reply.to, deadline);
+        self.send_success(reply, |_| {});
+        Ok(())
+    }
+
+    /// The allocation must have a relay of the peer's family (443), then the operator's
+    /// policy must allow the peer (403).
+    fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<(), ErrorCode> {
+        let allocation = self
+            .allocations
+            .get(&reply.to)
+            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+        if allocation.relay_for(ip).is_none() {
+            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
+        if !self.peers.permits(ip) {
+            return Err(ErrorCode::FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    /// Requested LIFETIME capped at the maximum; the default when absent (RFC 8656 §7.2).
+    pub(super) fn granted_lifetime(&self, message: &Message<'_>) -> Duration {
+        match message
+            .attribute(AttrType::LIFETIME)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        {
+            Some(raw) => {
+                Duration::from_secs(u64::from(u32::from_be_bytes(raw))).min(self.max_lifetime)
+            }
+            None => self.default_lifetime,
+        }
+    }
+
+    /// Reserves a free port on the relay address of `family_ip`'s family.
+    pub(super) fn reserve_relay(&mut self, family_ip: IpAddr, even: bool) -> Option<Relay> {
+        let random = self.rng.next_u64();
+        let pool = self
+            .relays
+            .iter_mut()
+            .find(|r| r.address.bind.is_ipv6() == family_ip.is_ipv6())?;
+        let port = pool.ports.acquire(random, even)?;
+        Some(Relay {
+            bind: SocketAddr::new(pool.address.bind, port),
+            public: SocketAddr::new(pool.address.public, port),
+            bound: false,
+        })
+    }
+
+    fn relay_bind_ip(&self, v6: bool) -> Option<IpAddr> {
+        self.relays
+            .iter()
+            .map(|r| r.address.bind)
+            .find(|ip| ip.is_ipv6() == v6)
+    }
+}
