@@ -16,9 +16,20 @@ fn help_lists_subcommands_and_flags() {
     let out = rendez(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("serve") && text.contains("credential"), "{text}");
+    assert!(
+        text.contains("serve") && text.contains("credential"),
+        "{text}"
+    );
     let serve = String::from_utf8_lossy(&rendez(&["serve", "--help"]).stdout).to_string();
-    for flag in ["--config", "--listen", "--external-ip", "--relay-ip", "--relay-ports", "--secret", "RENDEZ_LISTEN"] {
+    for flag in [
+        "--config",
+        "--listen",
+        "--external-ip",
+        "--relay-ip",
+        "--relay-ports",
+        "--secret",
+        "RENDEZ_LISTEN",
+    ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}");
     }
     let credential = String::from_utf8_lossy(&rendez(&["credential", "--help"]).stdout).to_string();
@@ -29,7 +40,15 @@ fn help_lists_subcommands_and_flags() {
 
 #[test]
 fn credential_prints_rest_username_and_matching_password() {
-    let out = rendez(&["credential", "--secret", "s3cret", "--user", "alice", "--ttl", "1h"]);
+    let out = rendez(&[
+        "credential",
+        "--secret",
+        "s3cret",
+        "--user",
+        "alice",
+        "--ttl",
+        "1h",
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| {
@@ -47,7 +66,10 @@ fn credential_prints_rest_username_and_matching_password() {
         .unwrap()
         .as_secs();
     let expiry: u64 = expiry.parse().unwrap();
-    assert!((now + 3500..=now + 3700).contains(&expiry), "expiry {expiry} vs now {now}");
+    assert!(
+        (now + 3500..=now + 3700).contains(&expiry),
+        "expiry {expiry} vs now {now}"
+    );
     let expected = rendez::credential::mint(
         "s3cret",
         "alice",
@@ -59,9 +81,16 @@ fn credential_prints_rest_username_and_matching_password() {
 #[test]
 fn credential_json_is_an_ice_server_with_the_given_urls() {
     let out = rendez(&[
-        "credential", "--secret", "s", "--user", "bob", "--json",
-        "--url", "turn:turn.example.com:3478?transport=udp",
-        "--url", "turn:turn.example.com:3478?transport=tcp",
+        "credential",
+        "--secret",
+        "s",
+        "--user",
+        "bob",
+        "--json",
+        "--url",
+        "turn:turn.example.com:3478?transport=udp",
+        "--url",
+        "turn:turn.example.com:3478?transport=tcp",
     ]);
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -75,9 +104,24 @@ fn credential_takes_secret_from_config() {
     let dir = std::env::temp_dir().join(format!("rendez-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.toml");
-    std::fs::write(&path, "external-ip = \"203.0.113.9\"\n[auth]\nsecrets = [\"from-file\"]\n").unwrap();
-    let out = rendez(&["credential", "--config", path.to_str().unwrap(), "--user", "c", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        "external-ip = \"203.0.113.9\"\n[auth]\nsecrets = [\"from-file\"]\n",
+    )
+    .unwrap();
+    let out = rendez(&[
+        "credential",
+        "--config",
+        path.to_str().unwrap(),
+        "--user",
+        "c",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["urls"][0], "turn:203.0.113.9:3478?transport=udp");
     let username = json["username"].as_str().unwrap();

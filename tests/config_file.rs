@@ -64,8 +64,8 @@ fn uncomment_examples(text: &str) -> String {
 }
 
 fn looks_like_toml(line: &str) -> bool {
-    let is_key = line
-        .split_once(" = ")
-        .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
+    let is_key = line.split_once(" = ").is_some_and(|(k, _)| {
+        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+    });
     is_key || (line.starts_with('[') && line.ends_with(']'))
 }
