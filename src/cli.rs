@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat, PortRange};
+use crate::config::{Config, ConfigError, LogFormat, PortRange, TlsConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,12 +51,47 @@ pub struct ServeArgs {
     /// Realm used in authentication challenges; replaces `realm`.
     #[arg(long, env = "RENDEZ_REALM")]
     pub realm: Option<String>,
-    /// Public IP to advertise as the relayed address (1:1 NAT); replaces `external-ip`.
-    #[arg(long, env = "RENDEZ_EXTERNAL_IP", value_name = "IP")]
-    pub external_ip: Option<IpAddr>,
-    /// Local IP that relay sockets bind to; replaces `relay-ip`.
-    #[arg(long, env = "RENDEZ_RELAY_IP", value_name = "IP")]
-    pub relay_ip: Option<IpAddr>,
+    /// Public IP(s) to advertise as relayed addresses (1:1 NAT), one per family;
+    /// replaces `external-ip`.
+    #[arg(
+        long,
+        env = "RENDEZ_EXTERNAL_IP",
+        value_delimiter = ',',
+        value_name = "IP"
+    )]
+    pub external_ip: Vec<IpAddr>,
+    /// Local IP(s) that relay sockets bind to, one per family; replaces `relay-ip`.
+    #[arg(
+        long,
+        env = "RENDEZ_RELAY_IP",
+        value_delimiter = ',',
+        value_name = "IP"
+    )]
+    pub relay_ip: Vec<IpAddr>,
+    /// Address to listen on for TURN over TLS (repeatable); replaces `tls-listen`.
+    #[arg(
+        long,
+        env = "RENDEZ_TLS_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR:PORT"
+    )]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TURN over TLS; sets `[tls] cert` (with --tls-key).
+    #[arg(
+        long,
+        env = "RENDEZ_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TURN over TLS; sets `[tls] key` (with --tls-cert).
+    #[arg(
+        long,
+        env = "RENDEZ_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Relay port range; replaces `relay-ports`.
     #[arg(long, env = "RENDEZ_RELAY_PORTS", value_name = "START-END")]
     pub relay_ports: Option<PortRange>,
@@ -95,8 +130,9 @@ pub struct CredentialArgs {
     /// Print an RTCIceServer JSON object ready for a browser's iceServers.
     #[arg(long)]
     pub json: bool,
-    /// TURN URL(s) to put in the JSON (repeatable); default turn:HOST:PORT?transport=udp
-    /// from the config, else from this host's name.
+    /// TURN URL(s) to put in the JSON (repeatable). Default: every transport the config
+    /// serves (UDP, TCP, and TLS when `[tls]` is set) at its public address, else at
+    /// this host's name.
     #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
 }
@@ -122,11 +158,20 @@ impl ServeArgs {
         if let Some(realm) = &self.realm {
             config.realm = realm.clone();
         }
-        if self.external_ip.is_some() {
-            config.external_ip = self.external_ip;
+        if !self.external_ip.is_empty() {
+            config.external_ip = self.external_ip.clone();
         }
-        if self.relay_ip.is_some() {
-            config.relay_ip = self.relay_ip;
+        if !self.relay_ip.is_empty() {
+            config.relay_ip = self.relay_ip.clone();
+        }
+        if !self.tls_listen.is_empty() {
+            config.tls_listen = self.tls_listen.clone();
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
         }
         if let Some(ports) = &self.relay_ports {
             config.relay_ports = ports.clone();

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -18,19 +18,77 @@ use serde::Deserialize;
 pub struct Config {
     /// REALM sent in challenges; part of every long-term key.
     pub realm: String,
-    /// Addresses to listen on for STUN/TURN over UDP.
+    /// Addresses to listen on for STUN/TURN over UDP and TCP.
     pub listen: Vec<SocketAddr>,
-    /// The public address to advertise in XOR-RELAYED-ADDRESS (1:1 NAT, e.g. cloud VMs).
-    pub external_ip: Option<IpAddr>,
-    /// The local address relay sockets bind to; detected from the interfaces when unset.
-    pub relay_ip: Option<IpAddr>,
+    /// Addresses to listen on for TURN over TLS; used when `[tls]` is configured.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The public address(es) to advertise in XOR-RELAYED-ADDRESS (1:1 NAT, e.g. cloud VMs),
+    /// at most one per IP family. A single string or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub external_ip: Vec<IpAddr>,
+    /// The local address(es) relay sockets bind to, at most one per IP family; detected
+    /// from the interfaces when empty. A single string or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub relay_ip: Vec<IpAddr>,
     /// Relay ports, "START-END".
     pub relay_ports: PortRange,
+    /// The relay family for clients that do not ask (browsers never send
+    /// REQUESTED-ADDRESS-FAMILY).
+    pub default_relay_family: RelayFamily,
     pub log_format: LogFormat,
     /// A tracing filter: "info", "debug", "rendez=debug,warn", ...
     pub log_level: String,
     pub auth: AuthConfig,
     pub peers: PeersConfig,
+    pub tls: Option<TlsConfig>,
+    pub connections: ConnectionsConfig,
+}
+
+/// Certificate and key for TURN over TLS (`turns:`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Limits on TCP and TLS connections, so idle or hostile connections cost bounded memory.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ConnectionsConfig {
+    /// Open TCP/TLS connections in all.
+    pub max: usize,
+    /// Open TCP/TLS connections from one IP address.
+    pub max_per_ip: usize,
+    /// A TLS handshake, a new connection's first message, and every message once its first
+    /// byte has arrived must complete within this.
+    #[serde(with = "humantime_serde_compat")]
+    pub message_timeout: Duration,
+    /// A connection without an allocation that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            max: 10_000,
+            max_per_ip: 64,
+            message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
+    MatchClient,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -84,13 +142,20 @@ impl Default for Config {
                 SocketAddr::from(([0, 0, 0, 0], 3478)),
                 SocketAddr::from(([0u16; 8], 3478)),
             ],
-            external_ip: None,
-            relay_ip: None,
+            tls_listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 5349)),
+                SocketAddr::from(([0u16; 8], 5349)),
+            ],
+            external_ip: Vec::new(),
+            relay_ip: Vec::new(),
             relay_ports: PortRange(49152..=65535),
+            default_relay_family: RelayFamily::Ipv4,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             auth: AuthConfig::default(),
             peers: PeersConfig::default(),
+            tls: None,
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -155,29 +220,64 @@ impl Config {
                 "needs at least one address, e.g. [\"0.0.0.0:3478\"]",
             ));
         }
-        if let Some(ip) = self.relay_ip {
-            if ip.is_unspecified() || ip.is_multicast() {
-                return Err(invalid(
-                    "relay-ip",
-                    "must be one address of this host (not 0.0.0.0 or ::); leave it out to detect it",
-                ));
+        if self
+            .relay_ip
+            .iter()
+            .any(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(invalid(
+                "relay-ip",
+                "must be addresses of this host (not 0.0.0.0 or ::); leave it out to detect them",
+            ));
+        }
+        if self
+            .external_ip
+            .iter()
+            .any(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(invalid(
+                "external-ip",
+                "must be the public unicast addresses clients reach",
+            ));
+        }
+        for (key, ips) in [
+            ("relay-ip", &self.relay_ip),
+            ("external-ip", &self.external_ip),
+        ] {
+            if ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+                || ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+            {
+                return Err(invalid(key, "give at most one IPv4 and one IPv6 address"));
             }
         }
-        if let Some(ip) = self.external_ip {
-            if ip.is_unspecified() || ip.is_multicast() {
-                return Err(invalid(
-                    "external-ip",
-                    "must be the public unicast address clients reach",
-                ));
-            }
-            if let Some(relay) = self.relay_ip {
-                if relay.is_ipv4() != ip.is_ipv4() {
+        if !self.relay_ip.is_empty() {
+            for ip in &self.external_ip {
+                if !self.relay_ip.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) {
                     return Err(invalid(
                         "external-ip",
-                        "must be of the same IP family as relay-ip",
+                        "each external address needs a relay-ip of the same IP family",
                     ));
                 }
             }
+        }
+        if self.tls.is_some() && self.tls_listen.is_empty() {
+            return Err(invalid(
+                "tls-listen",
+                "needs at least one address when [tls] is set, e.g. [\"0.0.0.0:5349\"]",
+            ));
+        }
+        let c = &self.connections;
+        if c.max == 0 || c.max_per_ip == 0 {
+            return Err(invalid(
+                "connections",
+                "`max` and `max-per-ip` must be at least 1",
+            ));
+        }
+        if c.message_timeout.is_zero() || c.idle_timeout.is_zero() {
+            return Err(invalid(
+                "connections",
+                "timeouts must be positive, e.g. \"10s\"",
+            ));
         }
         if self.auth.secrets.iter().any(String::is_empty) {
             return Err(invalid("auth.secrets", "secrets must not be empty strings"));
@@ -228,6 +328,23 @@ impl Config {
                 Some((u.name.clone(), secret))
             })
             .collect()
+    }
+}
+
+/// Accepts `"1.2.3.4"` as well as `["1.2.3.4", "2001:db8::1"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(IpAddr),
+        Many(Vec<IpAddr>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(ip)) => Ok(vec![ip]),
+        Ok(OneOrMany::Many(ips)) => Ok(ips),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected an IP address or a list of them, like \"203.0.113.7\" or [\"203.0.113.7\", \"2001:db8::7\"]",
+        )),
     }
 }
 
@@ -328,6 +445,12 @@ mod tests {
                 "external-ip = \"::1\"\nrelay-ip = \"127.0.0.1\"",
                 "external-ip",
             ),
+            ("relay-ip = [\"127.0.0.1\", \"127.0.0.2\"]", "relay-ip"),
+            ("relay-ip = \"nope\"", "relay-ip"),
+            ("default-relay-family = \"ipv5\"", "default-relay-family"),
+            ("[tls]\ncert = \"a.pem\"", "key"),
+            ("[connections]\nmax = 0", "connections"),
+            ("[connections]\nidle-timeout = \"0s\"", "connections"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
@@ -341,7 +464,9 @@ mod tests {
             realm = "example.com"
             listen = ["127.0.0.1:3478", "[::1]:3478"]
             external-ip = "203.0.113.7"
-            relay-ip = "10.0.0.4"
+            relay-ip = ["10.0.0.4", "2001:db8::4"]
+            default-relay-family = "match-client"
+            tls-listen = ["127.0.0.1:5349"]
             relay-ports = "40000-40100"
             log-format = "json"
             [auth]
@@ -356,6 +481,14 @@ mod tests {
             [peers]
             allow = ["127.0.0.0/8"]
             deny = ["8.8.8.0/24"]
+            [tls]
+            cert = "/etc/rendez/cert.pem"
+            key = "/etc/rendez/key.pem"
+            [connections]
+            max = 100
+            max-per-ip = 4
+            message-timeout = "5s"
+            idle-timeout = "1m"
             "#,
         )
         .unwrap();
@@ -363,5 +496,13 @@ mod tests {
         assert_eq!(c.static_users().len(), 2);
         assert_eq!(c.auth.credential_ttl, Duration::from_secs(3600));
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.relay_ip.len(), 2);
+        assert_eq!(
+            c.external_ip,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.default_relay_family, RelayFamily::MatchClient);
+        assert_eq!(c.connections.max_per_ip, 4);
+        assert!(c.tls.is_some());
     }
 }

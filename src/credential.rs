@@ -37,6 +37,22 @@ pub fn ice_server_json(urls: &[String], credential: &Credential) -> serde_json::
     })
 }
 
+/// The TURN URLs a browser needs to reach every transport `config` serves, addressed to
+/// `host`: `turn:…?transport=udp`, `turn:…?transport=tcp`, and `turns:…?transport=tcp`
+/// when TLS is configured.
+pub fn ice_urls(config: &crate::Config, host: &str) -> Vec<String> {
+    let port = config.listen.first().map_or(3478, |a| a.port());
+    let mut urls = vec![
+        format!("turn:{host}:{port}?transport=udp"),
+        format!("turn:{host}:{port}?transport=tcp"),
+    ];
+    if config.tls.is_some() {
+        let tls_port = config.tls_listen.first().map_or(5349, |a| a.port());
+        urls.push(format!("turns:{host}:{tls_port}?transport=tcp"));
+    }
+    urls
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +69,19 @@ mod tests {
         let json = ice_server_json(&["turn:example.com:3478".into()], &c);
         assert_eq!(json["urls"][0], "turn:example.com:3478");
         assert_eq!(json["credential"], c.password);
+    }
+
+    #[test]
+    fn urls_cover_every_configured_transport() {
+        let plain = crate::Config::default();
+        assert_eq!(
+            ice_urls(&plain, "turn.example.com"),
+            [
+                "turn:turn.example.com:3478?transport=udp",
+                "turn:turn.example.com:3478?transport=tcp"
+            ]
+        );
+        let tls = crate::Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"").unwrap();
+        assert_eq!(ice_urls(&tls, "h")[2], "turns:h:5349?transport=tcp");
     }
 }

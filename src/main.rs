@@ -68,7 +68,7 @@ fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
     let credential = credential::mint(&secret, &args.user, expires_at);
     if args.json {
         let urls = if args.urls.is_empty() {
-            vec![default_url(config.as_ref())]
+            default_urls(config.as_ref())
         } else {
             args.urls.clone()
         };
@@ -85,25 +85,26 @@ fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `turn:HOST:PORT?transport=udp` from the config's public address, else this host's name.
-fn default_url(config: Option<&Config>) -> String {
-    let port = config
-        .and_then(|c| c.listen.first())
-        .map_or(3478, |a| a.port());
+/// URLs for every transport the config serves, at its public address or this host's name.
+fn default_urls(config: Option<&Config>) -> Vec<String> {
+    let default = Config::default();
+    let config = config.unwrap_or(&default);
     let host = config
-        .and_then(|c| {
-            c.external_ip.or(c.relay_ip).or(c
-                .listen
-                .iter()
-                .map(|a| a.ip())
-                .find(|ip| !ip.is_unspecified()))
-        })
+        .external_ip
+        .first()
+        .or(config.relay_ip.first())
+        .copied()
+        .or(config
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .find(|ip| !ip.is_unspecified()))
         .map(|ip| match ip {
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),
             v4 => v4.to_string(),
         })
         .unwrap_or_else(hostname);
-    format!("turn:{host}:{port}?transport=udp")
+    credential::ice_urls(config, &host)
 }
 
 fn hostname() -> String {

@@ -3,6 +3,7 @@
 //! One `turn::Server` sits behind a mutex that is held only for the synchronous core call
 //! (never across an `.await`). Tasks:
 //! - one per UDP listener: receive, hand the packet to the core, forward or answer;
+//! - one per TCP/TLS listener, and one per connection (see [`stream`]);
 //! - one per relay socket: receive from peers, hand to the core, send to the client;
 //! - one timer task that drives expiry.
 //!
@@ -10,7 +11,10 @@
 //! loops without touching the core.
 
 mod address;
+mod limits;
 mod relay;
+mod stream;
+mod tls;
 mod udp;
 
 use std::collections::HashMap;
@@ -21,18 +25,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::turn::{self, FiveTuple, Output, PeerPolicy, RelayAddress, ServerConfig, Stats};
+use crate::config::{Config, RelayFamily};
+use crate::turn::{
+    self, DefaultFamily, FiveTuple, Output, PeerPolicy, RelayAddress, ServerConfig, Stats,
+    Transport,
+};
 
-pub use address::resolve_relay_address;
+pub use address::resolve_relay_addresses;
 
 /// A running server. Dropping it does not stop the server; call [`Handle::shutdown`].
 pub struct Handle {
     udp_addrs: Vec<SocketAddr>,
-    relay: RelayAddress,
+    tcp_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    relays: Vec<RelayAddress>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -44,9 +53,19 @@ impl Handle {
         &self.udp_addrs
     }
 
-    /// Where relay sockets bind and what clients are told.
-    pub fn relay_address(&self) -> RelayAddress {
-        self.relay
+    /// The bound TCP listener addresses: the same addresses and ports as UDP.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// The bound TLS listener addresses (empty without `[tls]`).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    /// Where relay sockets bind and what clients are told, one per IP family.
+    pub fn relay_addresses(&self) -> &[RelayAddress] {
+        &self.relays
     }
 
     /// A snapshot of the core's counters.
@@ -70,42 +89,91 @@ impl Handle {
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
-    let relay = resolve_relay_address(&config)?;
-    let (listeners, udp_addrs) = udp::bind_listeners(&config.listen)?;
+    let relays = resolve_relay_addresses(&config)?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let (udp_sockets, udp_addrs) = udp::bind_listeners(&config.listen)?;
+    // TCP listens on exactly the UDP addresses, ports included (port 0 resolved by UDP).
+    let tcp_listeners = udp_addrs
+        .iter()
+        .map(|&addr| {
+            stream::bind_tcp(addr).with_context(|| {
+                format!("cannot listen on TCP {addr} (config key `listen`): is another server using the port?")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls_listeners = match tls {
+        None => Vec::new(),
+        Some(_) => config
+            .tls_listen
+            .iter()
+            .filter_map(|&addr| match stream::bind_tcp(addr) {
+                Ok(listener) => Some(Ok(listener)),
+                Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                    tracing::warn!(%addr, %error, "no IPv6 on this host; skipping this TLS listener");
+                    None
+                }
+                Err(error) => Some(Err(anyhow::Error::new(error).context(format!(
+                    "cannot listen on TLS {addr} (config key `tls-listen`): is another server using the port?"
+                )))),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    let tcp_addrs = local_addrs(&tcp_listeners)?;
+    let tls_addrs = local_addrs(&tls_listeners)?;
 
-    let mut core = ServerConfig::new(&config.realm, relay, config.relay_ports.0.clone());
-    core.users = config.static_users();
-    core.secrets = config.auth.secrets.clone();
-    core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
-    let (seed, nonce_key) = random_seed_and_key()?;
-    let server = turn::Server::new(core, Instant::now(), unix_now(), seed, nonce_key);
-
+    let server = turn::Server::new(
+        core_config(&config, &relays),
+        Instant::now(),
+        unix_now(),
+        random_u64()?,
+        random_key()?,
+    );
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             server,
             relays: HashMap::new(),
         }),
-        listeners: listeners
+        listeners: udp_sockets
             .iter()
             .map(|s| Ok((s.local_addr()?, s.clone())))
             .collect::<std::io::Result<_>>()?,
+        streams: Mutex::new(HashMap::new()),
     });
-    let mut tasks: Vec<JoinHandle<()>> = listeners
+    let limits =
+        limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
+    let mut tasks: Vec<JoinHandle<()>> = udp_sockets
         .into_iter()
         .map(|socket| tokio::spawn(udp::serve(shared.clone(), socket, stopped.clone())))
         .collect();
+    let stream_listeners = tcp_listeners
+        .into_iter()
+        .map(|l| (l, None))
+        .chain(tls_listeners.into_iter().map(|l| (l, tls.clone())));
+    for (listener, acceptor) in stream_listeners {
+        tasks.push(tokio::spawn(stream::accept(
+            shared.clone(),
+            listener,
+            acceptor,
+            limits.clone(),
+            config.connections.clone(),
+            stopped.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(drive_timers(shared.clone(), stopped)));
     tracing::info!(
-        listen = ?udp_addrs,
-        relay = %relay.bind,
-        advertised = %relay.public,
+        udp = ?udp_addrs,
+        tcp = ?tcp_addrs,
+        tls = ?tls_addrs,
+        relays = ?relays,
         ports = %config.relay_ports,
-        "rendez serving STUN/TURN over UDP"
+        "rendez serving STUN/TURN"
     );
     Ok(Handle {
         udp_addrs,
-        relay,
+        tcp_addrs,
+        tls_addrs,
+        relays,
         shared,
         stop,
         tasks,
@@ -124,11 +192,28 @@ pub async fn run(
     Ok(())
 }
 
+/// The TURN core's view of the configuration.
+fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
+    let mut core = ServerConfig::new(&config.realm, relays[0], config.relay_ports.0.clone());
+    core.relays = relays.to_vec();
+    core.default_family = match config.default_relay_family {
+        RelayFamily::Ipv4 => DefaultFamily::Ipv4,
+        RelayFamily::Ipv6 => DefaultFamily::Ipv6,
+        RelayFamily::MatchClient => DefaultFamily::MatchClient,
+    };
+    core.users = config.static_users();
+    core.secrets = config.auth.secrets.clone();
+    core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
+    core
+}
+
 /// State shared by the socket tasks.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Listener sockets by local address, to answer a client on the socket it used.
+    /// UDP listener sockets by local address, to answer a client on the socket it used.
     listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
+    /// Outgoing queues of TCP/TLS connections.
+    streams: Mutex<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
 }
 
 pub(crate) struct State {
@@ -145,13 +230,35 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends `bytes` to a client on the listener it used.
+    fn streams(&self) -> MutexGuard<'_, HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn register_stream(&self, tuple: FiveTuple, queue: mpsc::Sender<Vec<u8>>) {
+        self.streams().insert(tuple, queue);
+    }
+
+    pub(crate) fn unregister_stream(&self, tuple: &FiveTuple) {
+        self.streams().remove(tuple);
+    }
+
+    /// Sends `bytes` to a client: on the UDP listener it used, or queued on its connection.
     pub(crate) async fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
-        let Some(socket) = self.listeners.get(&to.server) else {
+        if to.transport == Transport::Udp {
+            let Some(socket) = self.listeners.get(&to.server) else {
+                return;
+            };
+            if let Err(error) = socket.send_to(bytes, to.client).await {
+                tracing::debug!(client = %to.client, %error, "send to client failed");
+            }
             return;
-        };
-        if let Err(error) = socket.send_to(bytes, to.client).await {
-            tracing::debug!(client = %to.client, %error, "send to client failed");
+        }
+        let queue = self.streams().get(&to).cloned();
+        if let Some(queue) = queue {
+            // A full queue means the client reads slower than its peers send: drop.
+            let _ = queue.try_send(bytes.to_vec());
         }
     }
 
@@ -220,19 +327,30 @@ async fn drive_timers(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+fn local_addrs(listeners: &[tokio::net::TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
+    listeners.iter().map(|l| l.local_addr()).collect()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn random_seed_and_key() -> anyhow::Result<(u64, [u8; 32])> {
-    let rng = SystemRandom::new();
+fn random_u64() -> anyhow::Result<u64> {
     let mut seed = [0u8; 8];
+    fill_random(&mut seed)?;
+    Ok(u64::from_le_bytes(seed))
+}
+
+fn random_key() -> anyhow::Result<[u8; 32]> {
     let mut key = [0u8; 32];
-    rng.fill(&mut seed)
-        .and_then(|()| rng.fill(&mut key))
+    fill_random(&mut key)?;
+    Ok(key)
+}
+
+fn fill_random(bytes: &mut [u8]) -> anyhow::Result<()> {
+    SystemRandom::new()
+        .fill(bytes)
         .map_err(|_| anyhow::anyhow!("the OS random number generator failed"))
-        .context("seeding the TURN core")?;
-    Ok((u64::from_le_bytes(seed), key))
 }

@@ -11,12 +11,14 @@
 mod attr;
 mod builder;
 mod channel_data;
+mod framing;
 mod integrity;
 mod message;
 
 pub use attr::{decode_xor_address, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
+pub use framing::{stream_frame, Frame};
 pub use integrity::{long_term_key, IntegrityAlgorithm};
 pub use message::{Message, ParseError};
 

@@ -342,6 +342,11 @@ impl Server {
         &self.stats
     }
 
+    /// Whether `tuple` holds an allocation (live or waiting for its relay sockets).
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.allocations.contains_key(tuple)
+    }
+
     /// Allocations that exist now (including those waiting for their relay socket).
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()

@@ -1,0 +1,80 @@
+//! Caps on open TCP/TLS connections, in all and per client IP.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub(crate) struct ConnectionLimits {
+    max: usize,
+    max_per_ip: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub(crate) struct Permit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            max_per_ip,
+            open: Mutex::new(Open::default()),
+        })
+    }
+
+    /// Admits a connection from `ip`, or `None` when a cap is reached.
+    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        if open.total >= self.max || from_ip >= self.max_per_ip {
+            return None;
+        }
+        open.total += 1;
+        open.per_ip.insert(ip, from_ip + 1);
+        Some(Permit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_total_and_per_ip_and_frees_on_drop() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = limits.try_admit(a).unwrap();
+        let _p2 = limits.try_admit(a).unwrap();
+        assert!(limits.try_admit(a).is_none(), "per-IP cap");
+        let _p3 = limits.try_admit(b).unwrap();
+        assert!(limits.try_admit(b).is_none(), "total cap");
+        drop(p1);
+        assert!(limits.try_admit(a).is_some());
+    }
+}
