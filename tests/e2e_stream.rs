@@ -1,0 +1,636 @@
+//! End to end over TCP, TLS and IPv6: the real server on loopback, a TURN client over a real
+//! socket, a UDP echo peer. Covers stream framing (split, coalesced, padded ChannelData),
+//! hostile connections (garbage, slowloris, silence, too many), and dual-stack allocations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rendez::stun::{
+    decode_xor_address, long_term_key, stream_frame, AttrType, ChannelData, Class, ErrorCode,
+    Frame, IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const WAIT: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------- TCP and TLS relaying
+
+#[tokio::test]
+async fn tcp_relays_channel_data_and_indications_both_ways() {
+    let server = start("").await;
+    let stream = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+    relay_round_trips(Conn::stream(stream)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_relays_channel_data_and_indications_both_ways() {
+    let certs = TestCert::new();
+    let server = start(&certs.config()).await;
+    let stream = certs
+        .connect(server.tls_addrs()[0], Some(b"stun.turn"))
+        .await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"stun.turn"[..]));
+    relay_round_trips(Conn::stream(stream)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_without_alpn_is_served_like_a_browser() {
+    let certs = TestCert::new();
+    let server = start(&certs.config()).await;
+    let stream = certs.connect(server.tls_addrs()[0], None).await;
+    let mut conn = Conn::stream(stream);
+    let response = conn.call(&binding(1)).await;
+    assert_eq!(Message::parse(&response).unwrap().class(), Class::Success);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_certificate_is_a_startup_error_naming_the_file() {
+    let config =
+        test_config("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
+    let error = rendez::start(config)
+        .await
+        .err()
+        .expect("startup must fail");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("/nonexistent/cert.pem") && text.contains("tls.cert"),
+        "{text}"
+    );
+}
+
+/// Allocate, permission, Send → peer, peer → Data indication, ChannelBind, ChannelData both
+/// ways with stream padding.
+async fn relay_round_trips(conn: Conn) {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut client = TurnClient::new(conn, "alice", "wonderland");
+    let relayed = client.allocate(&[]).await[0];
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+
+    let response = client
+        .request(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)])
+        .await;
+    assert_eq!(class_of(&response), Class::Success);
+    client
+        .conn
+        .send(&send_indication(peer_addr, b"via indication"))
+        .await;
+    assert_eq!(
+        recv_from(&peer).await,
+        (b"via indication".to_vec(), relayed)
+    );
+    peer.send_to(b"answer", relayed).await.unwrap();
+    let data = client.conn.recv().await;
+    let m = Message::parse(&data).unwrap();
+    assert_eq!(m.method(), Method::DATA);
+    assert_eq!(m.attribute(AttrType::DATA), Some(&b"answer"[..]));
+
+    let response = client
+        .request(
+            Method::CHANNEL_BIND,
+            &[channel(0x4000), xor_peer(peer_addr)],
+        )
+        .await;
+    assert_eq!(class_of(&response), Class::Success);
+    // 5 bytes of payload: 3 bytes of padding on a stream (RFC 8656 §12.5).
+    let mut frame = ChannelData::header(0x4000, 5).to_vec();
+    frame.extend_from_slice(b"hello\0\0\0");
+    client.conn.send(&frame).await;
+    assert_eq!(recv_from(&peer).await, (b"hello".to_vec(), relayed));
+    peer.send_to(b"world", relayed).await.unwrap();
+    let back = client.conn.recv().await;
+    assert_eq!(
+        back,
+        [0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd', 0, 0, 0]
+    );
+}
+
+// ---------------------------------------------------------------- framing
+
+#[tokio::test]
+async fn coalesced_and_split_messages_are_framed() {
+    let server = start("").await;
+    let mut stream = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+    let mut two = binding(1);
+    two.extend_from_slice(&binding(2));
+    stream.write_all(&two).await.unwrap();
+    let mut conn = Conn::stream(stream);
+    let first = Message::parse(&conn.recv().await).unwrap().transaction_id();
+    let second = Message::parse(&conn.recv().await).unwrap().transaction_id();
+    assert_eq!(
+        (first, second),
+        (TransactionId([1; 12]), TransactionId([2; 12]))
+    );
+
+    // One message dribbled a few bytes at a time.
+    let Conn::Stream { mut stream, .. } = conn else {
+        unreachable!()
+    };
+    for chunk in binding(3).chunks(3) {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut conn = Conn::Stream {
+        stream,
+        buffer: Vec::new(),
+    };
+    let third = Message::parse(&conn.recv().await).unwrap().transaction_id();
+    assert_eq!(third, TransactionId([3; 12]));
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- hostile connections
+
+#[tokio::test]
+async fn garbage_closes_the_connection_and_others_are_served() {
+    let server = start("").await;
+    for garbage in [
+        &b"\xff\xfe\xfd\xfc garbage"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+        stream.write_all(garbage).await.unwrap();
+        assert_closed_within(&mut stream, Duration::from_secs(1)).await;
+    }
+    let stream = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+    let response = Conn::stream(stream).call(&binding(9)).await;
+    assert_eq!(class_of(&response), Class::Success);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_and_silent_connections_are_closed_after_the_message_timeout() {
+    let server = start("[connections]\nmessage-timeout = \"1s\"\n").await;
+    let mut silent = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+    let mut stalled = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+    stalled.write_all(&binding(1)[..10]).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_closed_within(&mut silent, Duration::from_secs(3)).await;
+    assert_closed_within(&mut stalled, Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "not before the timeout"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_ip_connection_cap_refuses_extra_connections() {
+    let server = start("[connections]\nmax-per-ip = 2\n").await;
+    let addr = server.tcp_addrs()[0];
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert_closed_within(&mut third, Duration::from_secs(1)).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fourth = TcpStream::connect(addr).await.unwrap();
+    let response = Conn::stream(fourth).call(&binding(4)).await;
+    assert_eq!(class_of(&response), Class::Success);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn closing_the_connection_ends_the_allocation() {
+    let server = start("").await;
+    let stream = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+    let mut client = TurnClient::new(Conn::stream(stream), "alice", "wonderland");
+    client.allocate(&[]).await;
+    assert_eq!(server.stats().allocations_created, 1);
+    drop(client);
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.stats().allocations_ended == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allocation outlived its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- IPv6
+
+#[tokio::test]
+async fn ipv6_relay_and_dual_allocation_on_loopback() {
+    let server = start_with(
+        r#"listen = ["[::1]:0"]
+           relay-ip = ["127.0.0.1", "::1"]
+           [peers]
+           allow = ["127.0.0.0/8", "::1/128"]"#,
+    )
+    .await;
+    let peer6 = UdpSocket::bind("[::1]:0").await.unwrap();
+    let peer4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // REQUESTED-ADDRESS-FAMILY: IPv6 relay; an IPv4 peer does not fit it (443).
+    let mut client = TurnClient::new(
+        Conn::udp(server.udp_addrs()[0]).await,
+        "alice",
+        "wonderland",
+    );
+    let relayed = client
+        .allocate(&[family(AttrType::REQUESTED_ADDRESS_FAMILY, 2)])
+        .await;
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(relayed[0].ip().to_string(), "::1");
+    let response = client
+        .request(
+            Method::CREATE_PERMISSION,
+            &[xor_peer(peer4.local_addr().unwrap())],
+        )
+        .await;
+    assert_eq!(error_of(&response), Some(443));
+    client
+        .request(
+            Method::CREATE_PERMISSION,
+            &[xor_peer(peer6.local_addr().unwrap())],
+        )
+        .await;
+    client
+        .conn
+        .send(&send_indication(peer6.local_addr().unwrap(), b"six"))
+        .await;
+    assert_eq!(recv_from(&peer6).await, (b"six".to_vec(), relayed[0]));
+
+    // ADDITIONAL-ADDRESS-FAMILY: one IPv4 and one IPv6 relayed address, both working.
+    let mut dual = TurnClient::new(
+        Conn::udp(server.udp_addrs()[0]).await,
+        "alice",
+        "wonderland",
+    );
+    let relayed = dual
+        .allocate(&[family(AttrType::ADDITIONAL_ADDRESS_FAMILY, 2)])
+        .await;
+    assert_eq!(relayed.len(), 2);
+    assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6(), "{relayed:?}");
+    for (peer, relay) in [(&peer4, relayed[0]), (&peer6, relayed[1])] {
+        let addr = peer.local_addr().unwrap();
+        dual.request(Method::CREATE_PERMISSION, &[xor_peer(addr)])
+            .await;
+        dual.conn.send(&send_indication(addr, b"dual")).await;
+        assert_eq!(recv_from(peer).await, (b"dual".to_vec(), relay));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ipv6_relay_requested_from_an_ipv4_only_server_is_440() {
+    let server = start("").await;
+    let mut client = TurnClient::new(
+        Conn::udp(server.udp_addrs()[0]).await,
+        "alice",
+        "wonderland",
+    );
+    client.ensure_nonce(Method::ALLOCATE).await;
+    let response = client
+        .request(
+            Method::ALLOCATE,
+            &[
+                udp_transport(),
+                family(AttrType::REQUESTED_ADDRESS_FAMILY, 2),
+            ],
+        )
+        .await;
+    assert_eq!(error_of(&response), Some(440));
+    server.shutdown().await;
+}
+
+// ================================================================ helpers
+
+async fn start(extra: &str) -> rendez::Handle {
+    // `extra` may open tables, so it comes after the top-level keys and before [peers].
+    let top = "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n";
+    start_with(&format!(
+        "{top}{extra}\n[peers]\nallow = [\"127.0.0.0/8\"]\n"
+    ))
+    .await
+}
+
+async fn start_with(text: &str) -> rendez::Handle {
+    rendez::start(test_config(text))
+        .await
+        .expect("server starts")
+}
+
+/// Common keys plus `text`; later tables in `text` may not repeat earlier ones.
+fn test_config(text: &str) -> rendez::Config {
+    let full = format!(
+        "realm = \"rendez.test\"\nrelay-ports = \"41000-41999\"\n{text}\n[auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n"
+    );
+    rendez::Config::from_toml(&full).expect("test config parses")
+}
+
+async fn assert_closed_within(stream: &mut TcpStream, limit: Duration) {
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "server did not close the connection within {limit:?}"
+    );
+}
+
+async fn recv_from(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 2048];
+    let (len, from) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("peer received nothing")
+        .unwrap();
+    (buf[..len].to_vec(), from)
+}
+
+/// A client transport: a UDP socket talking to one server address, or a byte stream.
+enum Conn {
+    Udp {
+        socket: UdpSocket,
+        server: SocketAddr,
+    },
+    Stream {
+        stream: Box<dyn Duplex>,
+        buffer: Vec<u8>,
+    },
+}
+
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+impl Conn {
+    fn stream(stream: impl Duplex + 'static) -> Self {
+        Conn::Stream {
+            stream: Box::new(stream),
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn udp(server: SocketAddr) -> Self {
+        let local = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        Conn::Udp {
+            socket: UdpSocket::bind(local).await.unwrap(),
+            server,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Conn::Udp { socket, server } => {
+                socket.send_to(bytes, *server).await.unwrap();
+            }
+            Conn::Stream { stream, .. } => stream.write_all(bytes).await.unwrap(),
+        }
+    }
+
+    /// The next message, cut from the stream by its own length.
+    async fn recv(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            match self {
+                Conn::Udp { socket, .. } => {
+                    let mut buf = vec![0u8; 65536];
+                    let len = socket.recv(&mut buf).await.unwrap();
+                    buf.truncate(len);
+                    buf
+                }
+                Conn::Stream { stream, buffer } => loop {
+                    if let Frame::Complete(len) = stream_frame(buffer) {
+                        return buffer.drain(..len).collect();
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "server closed the connection");
+                    buffer.extend_from_slice(&chunk[..n]);
+                },
+            }
+        })
+        .await
+        .expect("no response from the server")
+    }
+
+    async fn call(&mut self, request: &[u8]) -> Vec<u8> {
+        self.send(request).await;
+        self.recv().await
+    }
+}
+
+/// Long-term credential dance over any [`Conn`].
+struct TurnClient {
+    conn: Conn,
+    username: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    next_tid: u8,
+}
+
+impl TurnClient {
+    fn new(conn: Conn, username: &str, password: &str) -> Self {
+        Self {
+            conn,
+            username: username.into(),
+            key: long_term_key(username, "rendez.test", password),
+            nonce: Vec::new(),
+            next_tid: 0,
+        }
+    }
+
+    /// Gets a nonce from a 401 challenge.
+    async fn ensure_nonce(&mut self, method: Method) {
+        if self.nonce.is_empty() {
+            let tid = self.tid();
+            let challenge = self.conn.call(&request_bytes(method, &[], None, tid)).await;
+            assert_eq!(error_of(&challenge), Some(401));
+            self.nonce = Message::parse(&challenge)
+                .unwrap()
+                .attribute(AttrType::NONCE)
+                .unwrap()
+                .to_vec();
+        }
+    }
+
+    async fn request(&mut self, method: Method, attrs: &[Attr]) -> Vec<u8> {
+        self.ensure_nonce(method).await;
+        let tid = self.tid();
+        let auth = (self.username.as_str(), self.nonce.as_slice(), &self.key);
+        let response = self
+            .conn
+            .call(&request_bytes(method, attrs, Some(auth), tid))
+            .await;
+        let m = Message::parse(&response).expect("responses parse");
+        assert_eq!(m.transaction_id(), tid);
+        if m.class() == Class::Success || error_of(&response) != Some(401) {
+            assert!(
+                m.verify_integrity(&self.key).is_some(),
+                "response integrity"
+            );
+        }
+        response
+    }
+
+    async fn allocate(&mut self, extra: &[Attr]) -> Vec<SocketAddr> {
+        let mut attrs = vec![udp_transport()];
+        attrs.extend(extra.iter().cloned());
+        let response = self.request(Method::ALLOCATE, &attrs).await;
+        let m = Message::parse(&response).unwrap();
+        assert_eq!(
+            m.class(),
+            Class::Success,
+            "allocate failed: {:?}",
+            error_of(&response)
+        );
+        m.attributes(AttrType::XOR_RELAYED_ADDRESS)
+            .map(|v| decode_xor_address(v, &m.transaction_id()).unwrap())
+            .collect()
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId([self.next_tid; 12])
+    }
+}
+
+#[derive(Clone)]
+enum Attr {
+    Raw(AttrType, Vec<u8>),
+    Peer(SocketAddr),
+}
+
+fn udp_transport() -> Attr {
+    Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+}
+
+fn family(kind: AttrType, code: u8) -> Attr {
+    Attr::Raw(kind, vec![code, 0, 0, 0])
+}
+
+fn channel(number: u16) -> Attr {
+    let [a, b] = number.to_be_bytes();
+    Attr::Raw(AttrType::CHANNEL_NUMBER, vec![a, b, 0, 0])
+}
+
+fn xor_peer(addr: SocketAddr) -> Attr {
+    Attr::Peer(addr)
+}
+
+fn request_bytes(
+    method: Method,
+    attrs: &[Attr],
+    auth: Option<(&str, &[u8], &[u8; 16])>,
+    tid: TransactionId,
+) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Request, method, tid);
+    for attr in attrs {
+        match attr {
+            Attr::Raw(kind, value) => b.add(*kind, value),
+            Attr::Peer(addr) => b.add_xor_address(AttrType::XOR_PEER_ADDRESS, *addr),
+        };
+    }
+    if let Some((username, nonce, key)) = auth {
+        b.add(AttrType::USERNAME, username.as_bytes())
+            .add(AttrType::REALM, b"rendez.test")
+            .add(AttrType::NONCE, nonce)
+            .add_integrity(IntegrityAlgorithm::Sha1, key);
+    }
+    b.add_fingerprint();
+    b.finish()
+}
+
+fn binding(tid: u8) -> Vec<u8> {
+    MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([tid; 12])).finish()
+}
+
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([0x55; 12]));
+    b.add_xor_address(AttrType::XOR_PEER_ADDRESS, peer)
+        .add(AttrType::DATA, data);
+    b.finish()
+}
+
+fn class_of(bytes: &[u8]) -> Class {
+    Message::parse(bytes).unwrap().class()
+}
+
+fn error_of(bytes: &[u8]) -> Option<u16> {
+    let m = Message::parse(bytes).ok()?;
+    ErrorCode::decode_code(m.attribute(AttrType::ERROR_CODE)?)
+}
+
+/// A self-signed certificate for 127.0.0.1, written to a temporary directory.
+struct TestCert {
+    dir: std::path::PathBuf,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    fn new() -> Self {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "rendez-tls-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+        Self {
+            dir,
+            cert_der: certified.cert.der().clone(),
+        }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "tls-listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.dir.join("cert.pem").display(),
+            self.dir.join("key.pem").display()
+        )
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<&[u8]>,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake")
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
