@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod net;
+pub mod signal;
 pub mod stun;
 pub mod turn;
 

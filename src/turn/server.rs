@@ -248,6 +248,10 @@ impl Server {
     /// The I/O layer's answer to [`Output::BindRelay`].
     pub fn handle_relay_bound(&mut self, now: Instant, relay: SocketAddr, bound: bool) {
         let Some(&tuple) = self.by_relay.get(&relay) else {
+            // The allocation gave up before the answer came: close what was bound.
+            if bound {
+                self.outputs.push_back(Output::ReleaseRelay { relay });
+            }
             return;
         };
         let Some(allocation) = self.allocations.get_mut(&tuple) else {
@@ -569,10 +573,10 @@ impl Server {
         for relay in &allocation.relays {
             self.by_relay.remove(&relay.bind);
             self.release_port(relay.bind);
-            if relay.bound {
-                self.outputs
-                    .push_back(Output::ReleaseRelay { relay: relay.bind });
-            }
+            // Also for relays not confirmed yet: a BindRelay may still be queued ahead of
+            // this, and the I/O layer ignores a release of a socket it does not have.
+            self.outputs
+                .push_back(Output::ReleaseRelay { relay: relay.bind });
         }
         if matches!(allocation.state, State::Active) {
             self.stats.allocations_ended += 1;

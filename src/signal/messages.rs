@@ -1,0 +1,112 @@
+//! The JSON messages of `GET /ws`. Names are part of the public protocol: add, never rename.
+
+use serde::{Deserialize, Serialize};
+
+/// What a browser sends.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientMessage {
+    Join {
+        room: String,
+        name: String,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    /// Opaque WebRTC negotiation data for one other participant of the same room.
+    Signal {
+        to: String,
+        data: serde_json::Value,
+    },
+    Leave,
+    Ping,
+}
+
+/// What the server sends.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage {
+    Welcome {
+        id: String,
+        peers: Vec<PeerInfo>,
+        #[serde(rename = "iceServers")]
+        ice_servers: serde_json::Value,
+    },
+    PeerJoined {
+        id: String,
+        name: String,
+    },
+    PeerLeft {
+        id: String,
+    },
+    Signal {
+        from: String,
+        data: serde_json::Value,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Pong,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    RoomFull,
+    BadMessage,
+    UnknownPeer,
+    Unauthorized,
+    RateLimited,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_the_protocol() {
+        let join: ClientMessage =
+            serde_json::from_str(r#"{"type":"join","room":"r","name":"n","extra":1}"#).unwrap();
+        assert_eq!(
+            join,
+            ClientMessage::Join {
+                room: "r".into(),
+                name: "n".into(),
+                token: None
+            }
+        );
+        let welcome = ServerMessage::Welcome {
+            id: "a".into(),
+            peers: vec![PeerInfo {
+                id: "b".into(),
+                name: "B".into(),
+            }],
+            ice_servers: serde_json::json!([]),
+        };
+        assert_eq!(
+            serde_json::to_string(&welcome).unwrap(),
+            r#"{"type":"welcome","id":"a","peers":[{"id":"b","name":"B"}],"iceServers":[]}"#
+        );
+        let error = ServerMessage::Error {
+            code: ErrorCode::RoomFull,
+            message: "m".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&error).unwrap(),
+            r#"{"type":"error","code":"room-full","message":"m"}"#
+        );
+        let joined = ServerMessage::PeerJoined {
+            id: "i".into(),
+            name: "n".into(),
+        };
+        assert!(serde_json::to_string(&joined)
+            .unwrap()
+            .contains(r#""type":"peer-joined""#));
+    }
+}

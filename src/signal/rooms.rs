@@ -1,0 +1,370 @@
+//! Rooms, participants and the abuse limits that keep one bad client from hurting others.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::messages::{ClientMessage, ErrorCode, PeerInfo, ServerMessage};
+use super::token;
+
+/// A connection as the I/O layer numbers it.
+pub type ConnId = u64;
+
+/// A message for one connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub to: ConnId,
+    pub message: ServerMessage,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoomsConfig {
+    /// Participants per room; the next joiner gets `room-full`.
+    pub room_size: usize,
+    /// Rooms one IP address may be in at once.
+    pub rooms_per_ip: usize,
+    /// Sustained messages per second per connection (bursts of twice that are allowed).
+    pub messages_per_second: u32,
+    /// Longest text message accepted.
+    pub max_message_bytes: usize,
+    /// When set, joining needs a token minted with this secret (see [`token`]).
+    pub token_secret: Option<String>,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            room_size: 6,
+            rooms_per_ip: 8,
+            messages_per_second: 20,
+            max_message_bytes: 64 * 1024,
+            token_secret: None,
+        }
+    }
+}
+
+/// Room and names: at most this many characters.
+const MAX_NAME_CHARS: usize = 64;
+/// Rate-limit errors are sent at most this often, so a flood gets one reply, not many.
+const RATE_LIMIT_REPLY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The sans-IO signaling state. See the module documentation of [`crate::signal`].
+pub struct Rooms {
+    config: RoomsConfig,
+    connections: HashMap<ConnId, Connection>,
+    /// Members of each room, in joining order.
+    rooms: HashMap<String, Vec<ConnId>>,
+    next_id: u64,
+    id_key: u64,
+}
+
+struct Connection {
+    ip: IpAddr,
+    /// What this connection's welcome carries: TURN credentials minted for it.
+    ice_servers: serde_json::Value,
+    member: Option<Member>,
+    bucket: TokenBucket,
+    last_rate_limit_reply: Option<Instant>,
+}
+
+struct Member {
+    id: String,
+    name: String,
+    room: String,
+}
+
+impl Rooms {
+    /// `id_seed` makes participant ids unguessable (take it from the OS RNG).
+    pub fn new(config: RoomsConfig, id_seed: u64) -> Self {
+        Self {
+            config,
+            connections: HashMap::new(),
+            rooms: HashMap::new(),
+            next_id: 0,
+            id_key: id_seed,
+        }
+    }
+
+    /// A WebSocket opened from `ip`; `ice_servers` goes into its welcome.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        ip: IpAddr,
+        ice_servers: serde_json::Value,
+    ) {
+        let burst = self.config.messages_per_second.saturating_mul(2).max(1);
+        self.connections.insert(
+            conn,
+            Connection {
+                ip,
+                ice_servers,
+                member: None,
+                bucket: TokenBucket::new(now, burst, self.config.messages_per_second),
+                last_rate_limit_reply: None,
+            },
+        );
+    }
+
+    /// One text frame from `conn`.
+    pub fn handle_text(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        conn: ConnId,
+        text: &str,
+    ) -> Vec<Outgoing> {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return Vec::new();
+        };
+        if !connection.bucket.take(now) {
+            let recently = connection
+                .last_rate_limit_reply
+                .is_some_and(|at| now.duration_since(at) < RATE_LIMIT_REPLY_INTERVAL);
+            if recently {
+                return Vec::new();
+            }
+            connection.last_rate_limit_reply = Some(now);
+            return error(conn, ErrorCode::RateLimited, "too many messages; slow down");
+        }
+        if text.len() > self.config.max_message_bytes {
+            return error(conn, ErrorCode::BadMessage, "message too large");
+        }
+        match serde_json::from_str::<ClientMessage>(text) {
+            Ok(ClientMessage::Join { room, name, token }) => {
+                self.join(unix_now, conn, room, name, token)
+            }
+            Ok(ClientMessage::Signal { to, data }) => self.relay(conn, &to, data),
+            Ok(ClientMessage::Leave) => self.leave(conn),
+            Ok(ClientMessage::Ping) => vec![Outgoing {
+                to: conn,
+                message: ServerMessage::Pong,
+            }],
+            Err(_) => error(conn, ErrorCode::BadMessage, "not a valid signaling message"),
+        }
+    }
+
+    /// A binary frame: not part of the protocol.
+    pub fn handle_binary(&mut self, conn: ConnId) -> Vec<Outgoing> {
+        error(
+            conn,
+            ErrorCode::BadMessage,
+            "binary frames are not supported",
+        )
+    }
+
+    /// The WebSocket closed.
+    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Outgoing> {
+        let out = self.leave(conn);
+        self.connections.remove(&conn);
+        out
+    }
+
+    /// Participants in `room` now.
+    pub fn room_len(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, Vec::len)
+    }
+
+    fn join(
+        &mut self,
+        unix_now: u64,
+        conn: ConnId,
+        room: String,
+        name: String,
+        token: Option<String>,
+    ) -> Vec<Outgoing> {
+        let (room, name) = (room.trim().to_owned(), name.trim().to_owned());
+        let valid = |s: &str| {
+            !s.is_empty() && s.chars().count() <= MAX_NAME_CHARS && !s.chars().any(char::is_control)
+        };
+        if !valid(&room) || !valid(&name) {
+            return error(
+                conn,
+                ErrorCode::BadMessage,
+                "room and name must be 1 to 64 printable characters",
+            );
+        }
+        if let Some(secret) = &self.config.token_secret {
+            let granted = token.is_some_and(|t| token::verify(secret, &room, &t, unix_now));
+            if !granted {
+                return error(
+                    conn,
+                    ErrorCode::Unauthorized,
+                    "this room needs a valid token",
+                );
+            }
+        }
+        let Some(connection) = self.connections.get(&conn) else {
+            return Vec::new();
+        };
+        if connection.member.is_some() {
+            return error(
+                conn,
+                ErrorCode::BadMessage,
+                "already in a room; leave first",
+            );
+        }
+        let ip = connection.ip;
+        let rooms_of_ip = self
+            .connections
+            .values()
+            .filter(|c| c.ip == ip && c.member.is_some())
+            .count();
+        if rooms_of_ip >= self.config.rooms_per_ip {
+            return error(
+                conn,
+                ErrorCode::RateLimited,
+                "too many rooms from your address",
+            );
+        }
+        let members = self.rooms.get(&room).map_or(&[][..], Vec::as_slice);
+        if members.len() >= self.config.room_size {
+            return error(conn, ErrorCode::RoomFull, "this room is full");
+        }
+        let peers: Vec<PeerInfo> = members
+            .iter()
+            .filter_map(|m| self.member(*m))
+            .map(|m| PeerInfo {
+                id: m.id.clone(),
+                name: m.name.clone(),
+            })
+            .collect();
+        let others = members.to_vec();
+        let ice_servers = connection.ice_servers.clone();
+        let id = self.new_id();
+        let mut out: Vec<Outgoing> = others
+            .iter()
+            .map(|&to| Outgoing {
+                to,
+                message: ServerMessage::PeerJoined {
+                    id: id.clone(),
+                    name: name.clone(),
+                },
+            })
+            .collect();
+        out.insert(
+            0,
+            Outgoing {
+                to: conn,
+                message: ServerMessage::Welcome {
+                    id: id.clone(),
+                    peers,
+                    ice_servers,
+                },
+            },
+        );
+        self.rooms.entry(room.clone()).or_default().push(conn);
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.member = Some(Member { id, name, room });
+        }
+        out
+    }
+
+    /// Delivers `data` to `to` only if it is in the sender's room.
+    fn relay(&mut self, conn: ConnId, to: &str, data: serde_json::Value) -> Vec<Outgoing> {
+        let Some(sender) = self.member(conn) else {
+            return error(conn, ErrorCode::BadMessage, "join a room first");
+        };
+        let target = self.rooms.get(&sender.room).and_then(|members| {
+            members
+                .iter()
+                .copied()
+                .find(|m| *m != conn && self.member(*m).is_some_and(|p| p.id == to))
+        });
+        match target {
+            Some(target) => vec![Outgoing {
+                to: target,
+                message: ServerMessage::Signal {
+                    from: sender.id.clone(),
+                    data,
+                },
+            }],
+            None => error(
+                conn,
+                ErrorCode::UnknownPeer,
+                "no such participant in your room",
+            ),
+        }
+    }
+
+    fn leave(&mut self, conn: ConnId) -> Vec<Outgoing> {
+        let Some(member) = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.member.take())
+        else {
+            return Vec::new();
+        };
+        let Some(members) = self.rooms.get_mut(&member.room) else {
+            return Vec::new();
+        };
+        members.retain(|m| *m != conn);
+        let remaining = members.clone();
+        if remaining.is_empty() {
+            self.rooms.remove(&member.room);
+        }
+        remaining
+            .into_iter()
+            .map(|to| Outgoing {
+                to,
+                message: ServerMessage::PeerLeft {
+                    id: member.id.clone(),
+                },
+            })
+            .collect()
+    }
+
+    fn member(&self, conn: ConnId) -> Option<&Member> {
+        self.connections.get(&conn)?.member.as_ref()
+    }
+
+    /// 16 hex digits, unpredictable without the seed, never repeated in a process.
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        let mut z = self.next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.id_key;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        format!("{:016x}", z ^ (z >> 31))
+    }
+}
+
+fn error(conn: ConnId, code: ErrorCode, message: &str) -> Vec<Outgoing> {
+    vec![Outgoing {
+        to: conn,
+        message: ServerMessage::Error {
+            code,
+            message: message.into(),
+        },
+    }]
+}
+
+/// Allows `rate` messages per second on average, `capacity` at once.
+struct TokenBucket {
+    capacity: f64,
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(now: Instant, capacity: u32, rate: u32) -> Self {
+        Self {
+            capacity: f64::from(capacity),
+            rate: f64::from(rate),
+            tokens: f64::from(capacity),
+            updated: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
