@@ -42,6 +42,50 @@ pub struct Config {
     pub peers: PeersConfig,
     pub tls: Option<TlsConfig>,
     pub connections: ConnectionsConfig,
+    pub signal: SignalConfig,
+}
+
+/// The HTTP server with the call page and WebSocket signaling.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SignalConfig {
+    /// Serve the page and signaling at all.
+    pub enabled: bool,
+    /// HTTP address (HTTPS when `[tls]` is set: browsers allow cameras only on secure
+    /// origins or localhost).
+    pub listen: SocketAddr,
+    /// Participants per room (full mesh).
+    pub room_size: usize,
+    /// When set, joining a room needs a token from `rendez token`.
+    pub token_secret: Option<String>,
+    /// Longest signaling message accepted.
+    pub max_message_bytes: usize,
+    /// Sustained messages per second per connection (bursts of twice that).
+    pub messages_per_second: u32,
+    /// Rooms one IP address may be in at once.
+    pub rooms_per_ip: usize,
+    /// A signaling connection that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// ICE server URLs handed to browsers; empty: every configured transport at the host
+    /// name the browser used to reach the page.
+    pub turn_urls: Vec<String>,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            room_size: 6,
+            token_secret: None,
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 20,
+            rooms_per_ip: 8,
+            idle_timeout: Duration::from_secs(60),
+            turn_urls: Vec::new(),
+        }
+    }
 }
 
 /// Certificate and key for TURN over TLS (`turns:`).
@@ -156,6 +200,7 @@ impl Default for Config {
             peers: PeersConfig::default(),
             tls: None,
             connections: ConnectionsConfig::default(),
+            signal: SignalConfig::default(),
         }
     }
 }
@@ -272,6 +317,22 @@ impl Config {
                 "connections",
                 "`max` and `max-per-ip` must be at least 1",
             ));
+        }
+        let signal = &self.signal;
+        if !(1..=16).contains(&signal.room_size) {
+            return Err(invalid("signal.room-size", "must be 1 to 16 (a full mesh beyond 6 strains browsers)"));
+        }
+        if signal.token_secret.as_deref() == Some("") {
+            return Err(invalid("signal.token-secret", "must not be empty; remove it to allow anyone"));
+        }
+        if signal.max_message_bytes < 1024 || signal.messages_per_second == 0 || signal.rooms_per_ip == 0 {
+            return Err(invalid(
+                "signal",
+                "`max-message-bytes` must be at least 1024, `messages-per-second` and `rooms-per-ip` at least 1",
+            ));
+        }
+        if signal.idle_timeout < Duration::from_secs(2) {
+            return Err(invalid("signal.idle-timeout", "must be at least 2s"));
         }
         if c.message_timeout.is_zero() || c.idle_timeout.is_zero() {
             return Err(invalid(
@@ -450,6 +511,10 @@ mod tests {
             ("default-relay-family = \"ipv5\"", "default-relay-family"),
             ("[tls]\ncert = \"a.pem\"", "key"),
             ("[connections]\nmax = 0", "connections"),
+            ("[signal]\nroom-size = 40", "signal.room-size"),
+            ("[signal]\nlisten = \"nope\"", "listen"),
+            ("[signal]\ntoken-secret = \"\"", "signal.token-secret"),
+            ("[signal]\nidle-timeout = \"1s\"", "signal.idle-timeout"),
             ("[connections]\nidle-timeout = \"0s\"", "connections"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();

@@ -368,3 +368,196 @@ impl TokenBucket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    struct World {
+        rooms: Rooms,
+        now: Instant,
+    }
+
+    impl World {
+        fn new(config: RoomsConfig) -> Self {
+            Self {
+                rooms: Rooms::new(config, 42),
+                now: Instant::now(),
+            }
+        }
+
+        fn connect(&mut self, conn: ConnId) {
+            self.connect_from(conn, IP);
+        }
+
+        fn connect_from(&mut self, conn: ConnId, ip: IpAddr) {
+            self.rooms.connect(self.now, conn, ip, json!([{"urls": ["turn:h:3478"]}]));
+        }
+
+        fn send(&mut self, conn: ConnId, message: serde_json::Value) -> Vec<Outgoing> {
+            self.rooms.handle_text(self.now, 1000, conn, &message.to_string())
+        }
+
+        /// Joins and returns the participant id from the welcome.
+        fn join(&mut self, conn: ConnId, room: &str, name: &str) -> String {
+            self.connect(conn);
+            let out = self.send(conn, json!({"type": "join", "room": room, "name": name}));
+            match &out[0].message {
+                ServerMessage::Welcome { id, .. } => id.clone(),
+                other => panic!("expected welcome, got {other:?}"),
+            }
+        }
+    }
+
+    fn error_code(out: &[Outgoing]) -> Option<ErrorCode> {
+        match out {
+            [Outgoing {
+                message: ServerMessage::Error { code, .. },
+                ..
+            }] => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn join_welcomes_with_peers_and_ice_servers_and_tells_the_others() {
+        let mut w = World::new(RoomsConfig::default());
+        let alice = w.join(1, "r", "Alice");
+        w.connect(2);
+        let out = w.send(2, json!({"type": "join", "room": "r", "name": "Bob"}));
+        assert_eq!(out.len(), 2);
+        let ServerMessage::Welcome { id: bob, peers, ice_servers } = &out[0].message else {
+            panic!("welcome first");
+        };
+        assert_eq!(out[0].to, 2);
+        assert_eq!(peers, &[PeerInfo { id: alice.clone(), name: "Alice".into() }]);
+        assert_eq!(ice_servers[0]["urls"][0], "turn:h:3478");
+        assert_eq!(out[1].to, 1);
+        assert_eq!(out[1].message, ServerMessage::PeerJoined { id: bob.clone(), name: "Bob".into() });
+        assert_ne!(&alice, bob);
+    }
+
+    #[test]
+    fn full_room_refuses_the_next_joiner() {
+        let mut w = World::new(RoomsConfig { room_size: 3, ..RoomsConfig::default() });
+        for conn in 1..=3 {
+            w.join(conn, "r", "x");
+        }
+        w.connect(4);
+        let out = w.send(4, json!({"type": "join", "room": "r", "name": "late"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::RoomFull));
+        assert_eq!(w.rooms.room_len("r"), 3);
+        // Someone leaves: there is room again.
+        w.rooms.disconnect(2);
+        let out = w.send(4, json!({"type": "join", "room": "r", "name": "late"}));
+        assert!(matches!(out[0].message, ServerMessage::Welcome { .. }));
+    }
+
+    #[test]
+    fn signal_reaches_the_named_peer_only() {
+        let mut w = World::new(RoomsConfig::default());
+        let a = w.join(1, "r", "A");
+        let b = w.join(2, "r", "B");
+        w.join(3, "r", "C");
+        let out = w.send(1, json!({"type": "signal", "to": b, "data": {"sdp": "x"}}));
+        assert_eq!(
+            out,
+            vec![Outgoing {
+                to: 2,
+                message: ServerMessage::Signal { from: a, data: json!({"sdp": "x"}) }
+            }]
+        );
+    }
+
+    #[test]
+    fn participants_in_other_rooms_cannot_be_addressed() {
+        let mut w = World::new(RoomsConfig::default());
+        w.join(1, "red", "A");
+        let blue = w.join(2, "blue", "B");
+        let out = w.send(1, json!({"type": "signal", "to": blue, "data": {}}));
+        assert_eq!(error_code(&out), Some(ErrorCode::UnknownPeer));
+        let me = w.join(3, "red", "C");
+        let out = w.send(3, json!({"type": "signal", "to": me, "data": {}}));
+        assert_eq!(error_code(&out), Some(ErrorCode::UnknownPeer), "not to yourself either");
+    }
+
+    #[test]
+    fn leaving_tells_the_others_and_empty_rooms_vanish() {
+        let mut w = World::new(RoomsConfig::default());
+        let a = w.join(1, "r", "A");
+        w.join(2, "r", "B");
+        let out = w.rooms.disconnect(1);
+        assert_eq!(out, vec![Outgoing { to: 2, message: ServerMessage::PeerLeft { id: a } }]);
+        assert!(w.send(2, json!({"type": "leave"})).is_empty());
+        assert_eq!(w.rooms.room_len("r"), 0);
+        assert!(w.rooms.rooms.is_empty());
+    }
+
+    #[test]
+    fn bad_messages_get_an_error_and_affect_no_one_else() {
+        let mut w = World::new(RoomsConfig::default());
+        w.join(1, "r", "A");
+        w.join(2, "r", "B");
+        for text in ["not json", "{\"type\":\"dance\"}", "{\"type\":\"signal\"}", "[]"] {
+            let out = w.rooms.handle_text(w.now, 1000, 1, text);
+            assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "{text}");
+            assert!(out.iter().all(|o| o.to == 1));
+        }
+        assert_eq!(error_code(&w.rooms.handle_binary(1)), Some(ErrorCode::BadMessage));
+        let huge = format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70_000));
+        assert_eq!(error_code(&w.rooms.handle_text(w.now, 0, 1, &huge)), Some(ErrorCode::BadMessage));
+        w.connect(3);
+        let out = w.send(3, json!({"type": "signal", "to": "x", "data": {}}));
+        assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "must join first");
+        for (room, name) in [("", "n"), ("r", ""), ("r", &"n".repeat(65)), ("r\u{7}", "n")] {
+            let out = w.send(3, json!({"type": "join", "room": room, "name": name}));
+            assert_eq!(error_code(&out), Some(ErrorCode::BadMessage));
+        }
+        let out = w.send(1, json!({"type": "join", "room": "s", "name": "A"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "one room per connection");
+        assert_eq!(w.rooms.room_len("r"), 2);
+    }
+
+    #[test]
+    fn flooding_is_rate_limited_with_one_reply_per_second() {
+        let mut w = World::new(RoomsConfig { messages_per_second: 5, ..RoomsConfig::default() });
+        w.connect(1);
+        let replies: Vec<_> = (0..30).map(|_| w.send(1, json!({"type": "ping"}))).collect();
+        assert!(replies[..10].iter().all(|r| r[0].message == ServerMessage::Pong), "burst of 2x rate");
+        let limited = replies.iter().filter(|r| error_code(r) == Some(ErrorCode::RateLimited)).count();
+        assert_eq!(limited, 1, "one rate-limited reply, the rest dropped silently");
+        w.now += Duration::from_secs(1);
+        assert_eq!(w.send(1, json!({"type": "ping"}))[0].message, ServerMessage::Pong, "refills");
+    }
+
+    #[test]
+    fn one_address_may_hold_only_so_many_rooms() {
+        let mut w = World::new(RoomsConfig { rooms_per_ip: 2, ..RoomsConfig::default() });
+        w.join(1, "a", "x");
+        w.join(2, "b", "x");
+        w.connect(3);
+        let out = w.send(3, json!({"type": "join", "room": "c", "name": "x"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::RateLimited));
+        w.connect_from(4, "192.0.2.2".parse().unwrap());
+        let out = w.send(4, json!({"type": "join", "room": "c", "name": "x"}));
+        assert!(matches!(out[0].message, ServerMessage::Welcome { .. }));
+    }
+
+    #[test]
+    fn token_protected_rooms_need_a_valid_token() {
+        let config = RoomsConfig { token_secret: Some("k".into()), ..RoomsConfig::default() };
+        let mut w = World::new(config);
+        w.connect(1);
+        let out = w.send(1, json!({"type": "join", "room": "r", "name": "A"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::Unauthorized));
+        let other_room = token::mint("k", "s", 2000);
+        let out = w.send(1, json!({"type": "join", "room": "r", "name": "A", "token": other_room}));
+        assert_eq!(error_code(&out), Some(ErrorCode::Unauthorized));
+        let good = token::mint("k", "r", 2000);
+        let out = w.send(1, json!({"type": "join", "room": "r", "name": "A", "token": good}));
+        assert!(matches!(out[0].message, ServerMessage::Welcome { .. }));
+    }
+}

@@ -1,0 +1,860 @@
+//! Browser test: two RTCPeerConnections in headless Chromium call each other through rendez.
+//!
+//! Each transport is its own test (`browser_relay_udp`, `browser_relay_tcp`,
+//! `browser_relay_tls`), and `browser_relay_tls_refuses_untrusted_certificate` shows that
+//! the TLS test's trust setup is load-bearing. Each one:
+//!
+//! 1. creates a network namespace `rendez-br-<pid>-<test>` holding `lo` and a veth
+//!    pair with 10.99.0.1/24 — every packet of the test stays inside it;
+//! 2. for TLS, makes a test CA and a certificate for `turn.rendez.test` (SAN also
+//!    10.99.0.1) with rcgen and adds the CA to a fresh NSS database that only this test's
+//!    Chromium reads (see "Trusting the certificate" below);
+//! 3. starts the real `rendez` binary in the namespace (`ip netns exec … serve --config`);
+//! 4. mints a TURN REST credential with [`rendez::credential::mint`];
+//! 5. runs `tests/browser/relay_call.mjs` under node in the namespace: it waits (bounded)
+//!    until the server answers, serves a page on 127.0.0.1, starts Debian's
+//!    `/usr/bin/chromium` through playwright-core (never a downloaded browser), connects two
+//!    peer connections with `iceTransportPolicy: "relay"` and rendez as their only ICE
+//!    server, sends a data-channel message each way and the fake camera's video one way,
+//!    and prints what `getStats()` says as one JSON line;
+//! 6. asserts that on both sides the selected candidate pair is relay–relay, that the
+//!    local candidate was allocated over the transport under test (`relayProtocol` "udp",
+//!    "tcp" or "tls") with a relayed address that rendez handed out (10.99.0.1, inside
+//!    `relay-ports`), that both messages arrived, and that video frames were decoded.
+//!
+//! # Why a network namespace with a veth address, not plain loopback
+//!
+//! Chromium's WebRTC network enumeration ignores loopback interfaces. With rendez on
+//! 127.0.0.1 and no other interface, Chromium gathers no candidate at all and never even
+//! sends an Allocate (tried: the call times out, the server sees no request). The switch
+//! `--allow-loopback-in-peer-connection` makes that work, but it is a test-only mode that
+//! changes how the browser picks networks, and a loopback relay would need rendez told to
+//! allow 127.0.0.0/8 as peers — switching off the most important part of its default peer
+//! policy. Instead the test gives the namespace an ordinary, non-loopback interface
+//! (10.99.0.1 on a veth pair whose both ends stay in the namespace; a `dummy` link would do
+//! too, but that driver is not in every kernel — this machine's lacks it). Chromium then gathers on 10.99.0.1 exactly as on a LAN with no
+//! special network flag, the relayed addresses are 10.99.0.1:40000-40199, and rendez is
+//! told to allow peers in 10.99.0.0/24 only — the documented way an operator opens a private
+//! range — while loopback stays refused. Only the page itself comes from 127.0.0.1, because
+//! that is a secure context where `getUserMedia` works; no media touches loopback except
+//! the kernel's own local delivery of packets addressed to 10.99.0.1.
+//!
+//! The namespace also means fixed ports (3478, 5349) cannot collide with anything on the
+//! host, and nothing the browser tries can leave the machine: the namespace has no routes
+//! but loopback and 10.99.0.0/24.
+//!
+//! The name `turn.rendez.test` is mapped with `--host-resolver-rules`. WebRTC resolves the
+//! TURN host as a fully qualified name with a trailing dot (`turn.rendez.test.`, as
+//! Chromium's log shows when it fails), which a rule for `turn.rendez.test` does not match,
+//! so both spellings are mapped.
+//!
+//! # Trusting the certificate
+//!
+//! Chromium opens `turns:` connections through its own network stack, with its usual
+//! certificate verifier: it checks the chain and the name, and on Linux it honours trust
+//! anchors that the user added to the NSS database in `$HOME/.pki/nssdb`. The test gives
+//! Chromium a fresh `HOME` whose NSS database (made with `certutil` from `libnss3-tools`)
+//! trusts only our test CA for TLS servers (`-t C,,`), and rendez serves a leaf signed by
+//! that CA. Verification stays fully on — chain, validity, name `turn.rendez.test` —
+//! unlike `--ignore-certificate-errors-spki-list`, which would tell Chromium to skip it.
+//! Without the CA in that database the same call fails with ERR_CERT_AUTHORITY_INVALID,
+//! which `browser_relay_tls_refuses_untrusted_certificate` checks. Nothing outside the
+//! test's own directory is touched (Chromium's `HOME` is that directory's `home/`, for the
+//! UDP and TCP tests too).
+//!
+//! # Skipping
+//!
+//! Without `/usr/bin/chromium`, `node`, `certutil` (TLS only), playwright-core (the test
+//! runs `npm ci` in `tests/browser` when `node_modules` is missing) or the right to create
+//! a network namespace (root), a test prints `skipped: <reason>` and passes — unless
+//! `RENDEZ_REQUIRE_BROWSER=1`, as in CI, where it fails instead.
+//!
+//! Every wait is bounded; a `Drop` guard kills what the test started (by pid, including any
+//! process still inside the namespace) and deletes the namespace even when an assertion
+//! fails. The tests run one at a time (a mutex): several Chromiums at once on a two-core
+//! machine would only make each of them slower. On failure the test's directory under
+//! `target/tmp/` (rendez.toml, server log at debug level, Chromium log, node output) is
+//! kept and its path printed; `RENDEZ_BROWSER_KEEP=1` keeps it on success too. The UDP test
+//! saves a screenshot of the call page to `target/browser-artifacts/udp.png`.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+#[test]
+fn browser_relay_udp() {
+    relay_call(Transport::Udp);
+}
+
+#[test]
+fn browser_relay_tcp() {
+    relay_call(Transport::Tcp);
+}
+
+#[test]
+fn browser_relay_tls() {
+    relay_call(Transport::Tls);
+}
+
+/// The premise of `browser_relay_tls`: Chromium does verify a `turns:` server's certificate,
+/// so trusting the test CA is what makes it pass, not a lax browser. Same server and
+/// certificate, but the CA is left out of the NSS database: Chromium must refuse the TLS
+/// connection and gather no relay candidate.
+#[test]
+fn browser_relay_tls_refuses_untrusted_certificate() {
+    let test = "browser_relay_tls_refuses_untrusted_certificate";
+    let Some((mut lab, result, started)) = call(test, Transport::Tls, Trust::Nothing) else {
+        return;
+    };
+    lab.check_refused(&result);
+    println!(
+        "{test}: Chromium refused the untrusted certificate ({}) in {:.1} s",
+        result["errors"],
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The namespace's own address: TURN server, relay addresses and the browser's network.
+const LAB_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const LAB_NET: &str = "10.99.0.0/24";
+/// The name in the TURN URLs and in the certificate.
+const TURN_HOST: &str = "turn.rendez.test";
+const TURN_PORT: u16 = 3478;
+const TURNS_PORT: u16 = 5349;
+const RELAY_PORTS: (u16, u16) = (40000, 40199);
+const CHROMIUM: &str = "/usr/bin/chromium";
+const REQUIRE_ENV: &str = "RENDEZ_REQUIRE_BROWSER";
+/// Set to keep each test's directory (logs, certificates, profile) even on success.
+const KEEP_ENV: &str = "RENDEZ_BROWSER_KEEP";
+
+/// Budget of the node script (server readiness, browser start, call, stats, screenshot).
+const CALL_BUDGET: Duration = Duration::from_secs(45);
+/// Hard limit for the node process; past it the test kills it and fails.
+const NODE_LIMIT: Duration = Duration::from_secs(60);
+/// Limit for small helper commands (`ip`, `certutil`, `node --version`).
+const COMMAND_LIMIT: Duration = Duration::from_secs(15);
+/// Limit for `npm ci` when node_modules is missing.
+const NPM_LIMIT: Duration = Duration::from_secs(300);
+
+/// One browser at a time; see the module docs.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    fn url(self) -> String {
+        match self {
+            Transport::Udp => format!("turn:{TURN_HOST}:{TURN_PORT}?transport=udp"),
+            Transport::Tcp => format!("turn:{TURN_HOST}:{TURN_PORT}?transport=tcp"),
+            Transport::Tls => format!("turns:{TURN_HOST}:{TURNS_PORT}?transport=tcp"),
+        }
+    }
+
+    /// What Chromium reports as the local relay candidate's `relayProtocol`: the transport
+    /// between browser and TURN server, proof that this transport carried the call.
+    fn relay_protocol(self) -> &'static str {
+        self.name()
+    }
+
+    /// Where the node script checks that the server is up before starting the browser.
+    fn probe(self) -> Value {
+        match self {
+            Transport::Udp => {
+                json!({"transport": "udp", "host": LAB_IP.to_string(), "port": TURN_PORT})
+            }
+            Transport::Tcp => {
+                json!({"transport": "tcp", "host": LAB_IP.to_string(), "port": TURN_PORT})
+            }
+            Transport::Tls => {
+                json!({"transport": "tcp", "host": LAB_IP.to_string(), "port": TURNS_PORT})
+            }
+        }
+    }
+}
+
+/// Whether the test CA goes into Chromium's NSS database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trust {
+    TestCa,
+    Nothing,
+}
+
+/// A call that must succeed, with every assertion of the module docs.
+fn relay_call(transport: Transport) {
+    let test = format!("browser_relay_{}", transport.name());
+    let Some((mut lab, result, started)) = call(&test, transport, Trust::TestCa) else {
+        return;
+    };
+    lab.check(transport, &result);
+    println!(
+        "{test}: relay-relay over {} with {} frames decoded in {:.1} s (node phases, ms: {})",
+        transport.relay_protocol(),
+        result["video"]["framesDecoded"],
+        started.elapsed().as_secs_f64(),
+        result["phases"],
+    );
+    if let Some(path) = result["screenshot"].as_str() {
+        println!("{test}: screenshot {path}");
+    }
+}
+
+/// Sets up the lab, runs the call and returns its result with the lab (still alive, so
+/// its processes and namespace go away only after the caller's assertions). `None` when
+/// the test was skipped.
+fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value, Instant)> {
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let started = Instant::now();
+
+    if let Err(reason) = prerequisites(transport) {
+        skip(test, &reason);
+        return None;
+    }
+    let mut lab = match Lab::create(test, serial) {
+        Ok(lab) => lab,
+        Err(reason) => {
+            skip(test, &reason);
+            return None;
+        }
+    };
+
+    let secret = format!(
+        "browser-test-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let tls_files = (transport == Transport::Tls).then(|| lab.make_certificates(trust));
+    let config = lab.write_config(&secret, tls_files.as_ref());
+    lab.start_server(&config);
+
+    let credential = rendez::credential::mint(
+        &secret,
+        "browser",
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    let ice_server = rendez::credential::ice_server_json(&[transport.url()], &credential);
+    let screenshot = (transport == Transport::Udp).then(|| artifacts_dir().join("udp.png"));
+    let args = json!({
+        "iceServer": ice_server,
+        "probe": transport.probe(),
+        "chromium": CHROMIUM,
+        "chromiumArgs": chromium_args(&lab.dir),
+        "userDataDir": lab.dir.join("profile"),
+        "home": lab.dir.join("home"),
+        "screenshot": screenshot,
+        "timeoutMs": CALL_BUDGET.as_millis() as u64,
+    });
+
+    let mut result = lab.run_call(&args);
+    if let (Some(path), true) = (&screenshot, result["ok"] == true) {
+        result["screenshot"] = json!(path);
+    }
+    Some((lab, result, started))
+}
+
+/// Chromium's command line (the node script adds only playwright's own switches).
+fn chromium_args(dir: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        // No internet here: without these, background services flood connection attempts.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        // A synthetic camera (green frame, moving pacman, timer) and no permission prompt.
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+    ]
+    .map(String::from)
+    .to_vec();
+    // WebRTC asks for "turn.rendez.test." (trailing dot); map both spellings.
+    args.push(format!(
+        "--host-resolver-rules=MAP {TURN_HOST} {LAB_IP}, MAP {TURN_HOST}. {LAB_IP}"
+    ));
+    args.push("--enable-logging".into());
+    args.push(format!("--log-file={}", dir.join("chromium.log").display()));
+    args.push("--v=0".into());
+    args
+}
+
+// ---------------------------------------------------------------------------------------
+// Prerequisites and skipping
+
+fn require_browser() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
+}
+
+fn skip(test: &str, reason: &str) {
+    if require_browser() {
+        panic!("{test}: {REQUIRE_ENV}=1 but the browser test cannot run: {reason}");
+    }
+    // Straight to stderr, past the test harness's capture, so a skip is never silent.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: {reason} (set {REQUIRE_ENV}=1 to make this an error)"
+    );
+}
+
+fn node_project() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn artifacts_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|target| target.join("browser-artifacts"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts"));
+    fs::create_dir_all(&dir).expect("create target/browser-artifacts");
+    dir
+}
+
+/// Everything but the namespace, which [`Lab::create`] checks by making one.
+fn prerequisites(transport: Transport) -> Result<(), String> {
+    if !Path::new(CHROMIUM).exists() {
+        return Err(format!(
+            "{CHROMIUM} not found (Debian: apt-get install chromium)"
+        ));
+    }
+    run_bounded(Command::new("node").arg("--version"), COMMAND_LIMIT)
+        .and_then(require_success)
+        .map_err(|e| format!("node is not runnable: {e}"))?;
+    run_bounded(Command::new("ip").arg("-V"), COMMAND_LIMIT)
+        .and_then(require_success)
+        .map_err(|e| format!("`ip` (iproute2) is not runnable: {e}"))?;
+    run_bounded(Command::new("kill").arg("-l"), COMMAND_LIMIT)
+        .and_then(require_success)
+        .map_err(|e| format!("`kill` (procps) is not runnable: {e}"))?;
+    if transport == Transport::Tls {
+        run_bounded(Command::new("certutil").arg("-H"), COMMAND_LIMIT).map_err(|e| {
+            format!("certutil is not runnable (apt-get install libnss3-tools): {e}")
+        })?;
+    }
+    let project = node_project();
+    if !project
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        run_bounded(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&project),
+            NPM_LIMIT,
+        )
+        .and_then(require_success)
+        .map_err(|e| format!("`npm ci` in {} failed: {e}", project.display()))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The lab: namespace, directory, processes, and their cleanup
+
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A network namespace, a directory and the processes started in it. Dropping it kills
+/// the processes and deletes the namespace; the directory goes too unless the test failed.
+struct Lab {
+    netns: String,
+    dir: PathBuf,
+    namespace_made: bool,
+    server: Option<Child>,
+    node: Option<Child>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// `serial` is held until the lab is dropped, after its cleanup.
+    fn create(test: &str, serial: MutexGuard<'static, ()>) -> Result<Lab, String> {
+        let short = test.trim_start_matches("browser_relay_").replace('_', "-");
+        let id = format!("{}-{short}", std::process::id());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["profile", "home"] {
+            fs::create_dir_all(dir.join(sub))
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let mut lab = Lab {
+            netns: format!("rendez-br-{id}"),
+            dir,
+            namespace_made: false,
+            server: None,
+            node: None,
+            _serial: serial,
+        };
+        // A leftover from a killed earlier run of this very pid is impossible in practice,
+        // but `ip netns add` would fail on it; delete quietly first.
+        let _ = run_bounded(
+            Command::new("ip").args(["netns", "del", &lab.netns]),
+            COMMAND_LIMIT,
+        );
+        run_bounded(
+            Command::new("ip").args(["netns", "add", &lab.netns]),
+            COMMAND_LIMIT,
+        )
+        .and_then(require_success)
+        .map_err(|e| {
+            format!("cannot create a network namespace (needs root or CAP_SYS_ADMIN): {e}")
+        })?;
+        lab.namespace_made = true;
+
+        let addr = format!("{LAB_IP}/24");
+        let steps: [&[&str]; 5] = [
+            &["link", "set", "lo", "up"],
+            &["link", "add", "rz0", "type", "veth", "peer", "name", "rz1"],
+            &["addr", "add", &addr, "dev", "rz0"],
+            &["link", "set", "rz0", "up"],
+            &["link", "set", "rz1", "up"],
+        ];
+        for step in steps {
+            run_bounded(
+                Command::new("ip").args(["-n", &lab.netns]).args(step),
+                COMMAND_LIMIT,
+            )
+            .and_then(require_success)
+            .map_err(|e| format!("cannot set up the namespace (`ip {}`): {e}", step.join(" ")))?;
+        }
+        Ok(lab)
+    }
+
+    /// A test CA and a leaf for TURN_HOST (and LAB_IP) signed by it; with
+    /// [`Trust::TestCa`] the CA goes into the fresh NSS database under the HOME that
+    /// Chromium gets (with [`Trust::Nothing`] that database stays empty).
+    fn make_certificates(&self, trust: Trust) -> TlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        // Validity around today (a year back, a year ahead); rcgen's default is centuries.
+        let year = 1970
+            + (SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                / 31_556_952) as i32;
+        let (not_before, not_after) = (
+            rcgen::date_time_ymd(year - 1, 1, 1),
+            rcgen::date_time_ymd(year + 1, 12, 31),
+        );
+
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "rendez browser-test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.not_before = not_before;
+        ca.not_after = not_after;
+        let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
+
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let mut leaf = CertificateParams::new(vec![TURN_HOST.to_string()]).expect("leaf params");
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(LAB_IP)));
+        leaf.distinguished_name.push(DnType::CommonName, TURN_HOST);
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.not_before = not_before;
+        leaf.not_after = not_after;
+        let leaf_cert = leaf
+            .signed_by(&leaf_key, &Issuer::from_params(&ca, &ca_key))
+            .expect("sign the leaf");
+
+        let files = TlsFiles {
+            cert: self.dir.join("cert.pem"),
+            key: self.dir.join("key.pem"),
+        };
+        let ca_pem = self.dir.join("ca.pem");
+        // The full chain, as an operator's fullchain.pem would be.
+        fs::write(&files.cert, leaf_cert.pem() + &ca_cert.pem()).expect("write cert.pem");
+        fs::write(&files.key, leaf_key.serialize_pem()).expect("write key.pem");
+        fs::write(&ca_pem, ca_cert.pem()).expect("write ca.pem");
+
+        let nssdb = self.dir.join("home/.pki/nssdb");
+        fs::create_dir_all(&nssdb).expect("create nssdb dir");
+        let db = format!("sql:{}", nssdb.display());
+        run_bounded(
+            Command::new("certutil").args(["-N", "-d", &db, "--empty-password"]),
+            COMMAND_LIMIT,
+        )
+        .and_then(require_success)
+        .expect("certutil -N (create the NSS database)");
+        if trust == Trust::Nothing {
+            return files;
+        }
+        run_bounded(
+            Command::new("certutil")
+                .args([
+                    "-A",
+                    "-d",
+                    &db,
+                    "-n",
+                    "rendez browser-test CA",
+                    "-t",
+                    "C,,",
+                    "-i",
+                ])
+                .arg(&ca_pem),
+            COMMAND_LIMIT,
+        )
+        .and_then(require_success)
+        .expect("certutil -A (trust the test CA)");
+        files
+    }
+
+    fn write_config(&self, secret: &str, tls: Option<&TlsFiles>) -> PathBuf {
+        let mut text = format!(
+            "realm = \"rendez.test\"\n\
+             listen = [\"{LAB_IP}:{TURN_PORT}\"]\n\
+             relay-ip = \"{LAB_IP}\"\n\
+             relay-ports = \"{}-{}\"\n\
+             log-level = \"rendez=debug\"\n",
+            RELAY_PORTS.0, RELAY_PORTS.1
+        );
+        if tls.is_some() {
+            text += &format!("tls-listen = [\"{LAB_IP}:{TURNS_PORT}\"]\n");
+        }
+        text += &format!(
+            "\n[auth]\nsecrets = [\"{secret}\"]\n\n\
+             # The peers' relayed addresses are in the namespace's private range.\n\
+             [peers]\nallow = [\"{LAB_NET}\"]\n"
+        );
+        if let Some(tls) = tls {
+            text += &format!(
+                "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                tls.cert.display(),
+                tls.key.display()
+            );
+        }
+        let path = self.dir.join("rendez.toml");
+        fs::write(&path, text).expect("write rendez.toml");
+        path
+    }
+
+    fn start_server(&mut self, config: &Path) {
+        let log = File::create(self.dir.join("server.log")).expect("create server.log");
+        let log2 = log.try_clone().expect("clone server.log");
+        // `ip netns exec` execs the command, so the child's pid is rendez's own.
+        let mut command = Command::new("ip");
+        // Only the config file speaks: RENDEZ_* variables would override its keys.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RENDEZ_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .args(["netns", "exec", &self.netns, env!("CARGO_BIN_EXE_rendez")])
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("start rendez");
+        self.server = Some(child);
+    }
+
+    /// Runs the node script (bounded) and returns its JSON line.
+    fn run_call(&mut self, args: &Value) -> Value {
+        let stdout_path = self.dir.join("node.out");
+        let stderr_path = self.dir.join("node.err");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "node"])
+            .arg(node_project().join("relay_call.mjs"))
+            .arg(args.to_string())
+            .current_dir(node_project())
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("create node.out"))
+            .stderr(File::create(&stderr_path).expect("create node.err"))
+            .spawn()
+            .expect("start node");
+        self.node = Some(child);
+
+        let deadline = Instant::now() + NODE_LIMIT;
+        let status = loop {
+            let node = self.node.as_mut().expect("node child");
+            match node.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+                Ok(None) | Err(_) => break None,
+            }
+            // A server that died (a config it rejects, say) fails the test now, not when
+            // node's readiness probe gives up.
+            if let Some(Ok(Some(_))) = self.server.as_mut().map(Child::try_wait) {
+                self.stop_node();
+                self.fail("rendez exited while the call was being set up");
+            }
+        };
+        let Some(status) = status else {
+            self.stop_node();
+            self.fail(&format!(
+                "node did not finish within {} s; killed it",
+                NODE_LIMIT.as_secs()
+            ));
+        };
+        self.node = None;
+
+        let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'));
+        match line.map(serde_json::from_str::<Value>) {
+            Some(Ok(value)) => value,
+            _ => self.fail(&format!(
+                "node exited with {status} without a JSON result\nstdout:\n{stdout}"
+            )),
+        }
+    }
+
+    /// The assertions, each with everything needed to understand a failure.
+    fn check(&mut self, transport: Transport, r: &Value) {
+        if r["ok"] != true {
+            self.fail(&format!("the call did not complete: {}", r["error"]));
+        }
+        if r["messageAtB"] != "ping from a through rendez"
+            || r["messageAtA"] != "pong from b through rendez"
+        {
+            self.fail("data-channel messages did not arrive intact");
+        }
+        for side in ["a", "b"] {
+            let pair = &r[side]["selected"];
+            if pair.is_null() {
+                self.fail(&format!("peer {side} has no selected candidate pair"));
+            }
+            for end in ["local", "remote"] {
+                let candidate = &pair[end];
+                if candidate["candidateType"] != "relay" {
+                    self.fail(&format!(
+                        "peer {side}: selected {end} candidate is {}, not relay",
+                        candidate["candidateType"]
+                    ));
+                }
+                let port = candidate["port"].as_u64().unwrap_or(0);
+                if candidate["address"] != LAB_IP.to_string()
+                    || !(u64::from(RELAY_PORTS.0)..=u64::from(RELAY_PORTS.1)).contains(&port)
+                {
+                    self.fail(&format!(
+                        "peer {side}: selected {end} candidate {}:{port} is not a rendez relay address",
+                        candidate["address"]
+                    ));
+                }
+            }
+            let local = &pair["local"];
+            if local["relayProtocol"] != transport.relay_protocol() {
+                self.fail(&format!(
+                    "peer {side}: relay allocated over {}, expected {}",
+                    local["relayProtocol"],
+                    transport.relay_protocol()
+                ));
+            }
+            if local["url"] != transport.url() {
+                self.fail(&format!(
+                    "peer {side}: relay candidate from {}",
+                    local["url"]
+                ));
+            }
+        }
+        if r["video"]["framesDecoded"].as_u64().unwrap_or(0) == 0 {
+            self.fail("no video frame was decoded at the receiving peer");
+        }
+    }
+
+    /// The call must fail because Chromium refused the certificate: no relay candidate on
+    /// either side, and an ICE candidate error for our `turns:` URL on each.
+    fn check_refused(&mut self, r: &Value) {
+        if r["ok"] != false {
+            self.fail("Chromium connected although the test CA is not trusted");
+        }
+        for side in ["a", "b"] {
+            if r["candidates"][side]
+                .as_array()
+                .is_none_or(|c| !c.is_empty())
+            {
+                self.fail(&format!(
+                    "peer {side} gathered a candidate without a trusted certificate"
+                ));
+            }
+            let refused = r["errors"].as_array().is_some_and(|errors| {
+                errors.iter().any(|e| {
+                    e["pc"] == side && e["url"] == Transport::Tls.url() && e["errorCode"] == 701
+                })
+            });
+            if !refused {
+                self.fail(&format!(
+                    "peer {side} reported no error for {}",
+                    Transport::Tls.url()
+                ));
+            }
+        }
+        // And for the right reason: Chromium's TLS client logs the net error of a failed
+        // handshake; -202 is ERR_CERT_AUTHORITY_INVALID (not a name or protocol problem).
+        let log = fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
+        if !log.contains("net_error -202") {
+            self.fail("Chromium's log shows no ERR_CERT_AUTHORITY_INVALID (net_error -202)");
+        }
+    }
+
+    /// Panics with the context of a failure: node's result, the server log, Chromium's log.
+    fn fail(&mut self, what: &str) -> ! {
+        let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        let server_exit = match self.server.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => format!("\n(rendez is not running any more: {status})"),
+            _ => String::new(),
+        };
+        let chromium_log: String = read("chromium.log")
+            .lines()
+            .filter(|l| !l.contains("dbus"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{what}{server_exit}\n\n--- node result ({dir}/node.out):\n{out}\n--- node stderr:\n{err}\n\
+             --- server log (tail):\n{server}\n--- chromium log (tail, dbus noise removed):\n{chromium}\n\
+             --- kept for inspection: {dir}",
+            out = read("node.out"),
+            err = tail(&read("node.err"), 40),
+            server = tail(&read("server.log"), 60),
+            chromium = tail(&chromium_log, 40),
+            dir = self.dir.display(),
+        );
+    }
+
+    fn stop_node(&mut self) {
+        if let Some(mut node) = self.node.take() {
+            // SIGTERM first: playwright then closes Chromium itself.
+            let _ = run_bounded(
+                Command::new("kill").args(["-TERM", &node.id().to_string()]),
+                COMMAND_LIMIT,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(node.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_node();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        if self.namespace_made {
+            // Anything still inside the namespace was started by this test (a Chromium
+            // whose node parent died, say): end it by pid, then delete the namespace.
+            if let Ok(out) = run_bounded(
+                Command::new("ip").args(["netns", "pids", &self.netns]),
+                COMMAND_LIMIT,
+            ) {
+                let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                if !pids.is_empty() {
+                    let _ =
+                        run_bounded(Command::new("kill").arg("-KILL").args(&pids), COMMAND_LIMIT);
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+            let _ = run_bounded(
+                Command::new("ip").args(["netns", "del", &self.netns]),
+                COMMAND_LIMIT,
+            );
+        }
+        if !thread::panicking() && std::env::var_os(KEEP_ENV).is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+/// Runs a command to completion within `limit`, killing it past that.
+fn run_bounded(command: &mut Command, limit: Duration) -> Result<Output, String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{command:?} did not finish within {limit:?}"));
+            }
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+fn require_success(output: Output) -> Result<Output, String> {
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(format!(
+            "{}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        ))
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
