@@ -32,6 +32,26 @@ pub enum Command {
     Serve(ServeArgs),
     /// Mint a short-lived TURN credential (TURN REST API scheme) for a user.
     Credential(CredentialArgs),
+    /// Mint a token that admits its holder to one room, for deployments with
+    /// `[signal] token-secret`.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["secret", "config"])))]
+pub struct TokenArgs {
+    /// The room the token admits to.
+    #[arg(long)]
+    pub room: String,
+    /// How long the token stays valid, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub ttl: Duration,
+    /// The token secret (as in `[signal] token-secret`). Prefer RENDEZ_TOKEN_SECRET or --config.
+    #[arg(long, env = "RENDEZ_TOKEN_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Take the secret from `[signal] token-secret` in this config.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -104,6 +124,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub secrets: Vec<String>,
+    /// Address for the call page and WebSocket signaling; replaces `signal.listen`.
+    #[arg(long, env = "RENDEZ_SIGNAL_LISTEN", value_name = "ADDR:PORT")]
+    pub signal_listen: Option<SocketAddr>,
     /// Log format; replaces `log-format`.
     #[arg(long, env = "RENDEZ_LOG_FORMAT", value_parser = parse_log_format, value_name = "text|json")]
     pub log_format: Option<LogFormat>,
@@ -178,6 +201,9 @@ impl ServeArgs {
         }
         if !self.secrets.is_empty() {
             config.auth.secrets = self.secrets.clone();
+        }
+        if let Some(listen) = self.signal_listen {
+            config.signal.listen = listen;
         }
         if let Some(format) = self.log_format {
             config.log_format = format;

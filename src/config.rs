@@ -320,12 +320,21 @@ impl Config {
         }
         let signal = &self.signal;
         if !(1..=16).contains(&signal.room_size) {
-            return Err(invalid("signal.room-size", "must be 1 to 16 (a full mesh beyond 6 strains browsers)"));
+            return Err(invalid(
+                "signal.room-size",
+                "must be 1 to 16 (a full mesh beyond 6 strains browsers)",
+            ));
         }
         if signal.token_secret.as_deref() == Some("") {
-            return Err(invalid("signal.token-secret", "must not be empty; remove it to allow anyone"));
+            return Err(invalid(
+                "signal.token-secret",
+                "must not be empty; remove it to allow anyone",
+            ));
         }
-        if signal.max_message_bytes < 1024 || signal.messages_per_second == 0 || signal.rooms_per_ip == 0 {
+        if signal.max_message_bytes < 1024
+            || signal.messages_per_second == 0
+            || signal.rooms_per_ip == 0
+        {
             return Err(invalid(
                 "signal",
                 "`max-message-bytes` must be at least 1024, `messages-per-second` and `rooms-per-ip` at least 1",

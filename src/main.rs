@@ -9,7 +9,7 @@ use clap::Parser;
 use ring::rand::{SecureRandom, SystemRandom};
 use tracing_subscriber::EnvFilter;
 
-use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs};
+use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs, TokenArgs};
 use rendez::config::{Config, LogFormat};
 use rendez::credential;
 
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Credential(args) => print_credential(args),
+        Command::Token(args) => print_token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,6 +83,26 @@ fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
             humantime::format_rfc3339_seconds(expires_at)
         );
     }
+    Ok(())
+}
+
+fn print_token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = match (&args.secret, &args.config) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(path)) => Config::from_file(path)?
+            .signal
+            .token_secret
+            .context("the config has no `[signal] token-secret`: add one, or pass --secret")?,
+        (None, None) => anyhow::bail!("give --secret or --config"),
+    };
+    let expires = SystemTime::now() + args.ttl;
+    let expires_unix = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{}",
+        rendez::signal::token::mint(&secret, &args.room, expires_unix)
+    );
     Ok(())
 }
 

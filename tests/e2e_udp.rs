@@ -311,6 +311,10 @@ listen = ["127.0.0.1:0"]
 relay-ip = "127.0.0.1"
 relay-ports = "{relay_ports}"
 
+# These tests exercise TURN alone.
+[signal]
+enabled = false
+
 [auth]
 secrets = ["s3cret"]
 

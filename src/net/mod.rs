@@ -11,6 +11,7 @@
 //! loops without touching the core.
 
 mod address;
+mod http;
 mod limits;
 mod relay;
 mod stream;
@@ -41,6 +42,7 @@ pub struct Handle {
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
+    signal_addr: Option<SocketAddr>,
     relays: Vec<RelayAddress>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -61,6 +63,11 @@ impl Handle {
     /// The bound TLS listener addresses (empty without `[tls]`).
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.tls_addrs
+    }
+
+    /// The bound address of the call page and signaling (None when `[signal]` is off).
+    pub fn signal_addr(&self) -> Option<SocketAddr> {
+        self.signal_addr
     }
 
     /// Where relay sockets bind and what clients are told, one per IP family.
@@ -120,6 +127,22 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     };
     let tcp_addrs = local_addrs(&tcp_listeners)?;
     let tls_addrs = local_addrs(&tls_listeners)?;
+    let signal_listener = config
+        .signal
+        .enabled
+        .then(|| {
+            stream::bind_tcp(config.signal.listen).with_context(|| {
+                format!(
+                    "cannot listen for HTTP on {} (config key `signal.listen`): is another server using the port?",
+                    config.signal.listen
+                )
+            })
+        })
+        .transpose()?;
+    let signal_addr = signal_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let server = turn::Server::new(
         core_config(&config, &relays),
@@ -160,11 +183,25 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             stopped.clone(),
         )));
     }
+    if let Some(listener) = signal_listener {
+        // The page must point browsers at the ports actually bound (port 0 in tests).
+        let mut bound = config.clone();
+        bound.listen = udp_addrs.clone();
+        bound.tls_listen = tls_addrs.clone();
+        let hub = http::Hub::new(&bound, random_u64()?);
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            tls.clone(),
+            hub,
+            stopped.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(drive_timers(shared.clone(), stopped)));
     tracing::info!(
         udp = ?udp_addrs,
         tcp = ?tcp_addrs,
         tls = ?tls_addrs,
+        signal = ?signal_addr,
         relays = ?relays,
         ports = %config.relay_ports,
         "rendez serving STUN/TURN"
@@ -173,6 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         udp_addrs,
         tcp_addrs,
         tls_addrs,
+        signal_addr,
         relays,
         shared,
         stop,
@@ -331,7 +369,7 @@ fn local_addrs(listeners: &[tokio::net::TcpListener]) -> std::io::Result<Vec<Soc
     listeners.iter().map(|l| l.local_addr()).collect()
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

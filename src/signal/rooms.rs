@@ -394,11 +394,13 @@ mod tests {
         }
 
         fn connect_from(&mut self, conn: ConnId, ip: IpAddr) {
-            self.rooms.connect(self.now, conn, ip, json!([{"urls": ["turn:h:3478"]}]));
+            self.rooms
+                .connect(self.now, conn, ip, json!([{"urls": ["turn:h:3478"]}]));
         }
 
         fn send(&mut self, conn: ConnId, message: serde_json::Value) -> Vec<Outgoing> {
-            self.rooms.handle_text(self.now, 1000, conn, &message.to_string())
+            self.rooms
+                .handle_text(self.now, 1000, conn, &message.to_string())
         }
 
         /// Joins and returns the participant id from the welcome.
@@ -429,20 +431,40 @@ mod tests {
         w.connect(2);
         let out = w.send(2, json!({"type": "join", "room": "r", "name": "Bob"}));
         assert_eq!(out.len(), 2);
-        let ServerMessage::Welcome { id: bob, peers, ice_servers } = &out[0].message else {
+        let ServerMessage::Welcome {
+            id: bob,
+            peers,
+            ice_servers,
+        } = &out[0].message
+        else {
             panic!("welcome first");
         };
         assert_eq!(out[0].to, 2);
-        assert_eq!(peers, &[PeerInfo { id: alice.clone(), name: "Alice".into() }]);
+        assert_eq!(
+            peers,
+            &[PeerInfo {
+                id: alice.clone(),
+                name: "Alice".into()
+            }]
+        );
         assert_eq!(ice_servers[0]["urls"][0], "turn:h:3478");
         assert_eq!(out[1].to, 1);
-        assert_eq!(out[1].message, ServerMessage::PeerJoined { id: bob.clone(), name: "Bob".into() });
+        assert_eq!(
+            out[1].message,
+            ServerMessage::PeerJoined {
+                id: bob.clone(),
+                name: "Bob".into()
+            }
+        );
         assert_ne!(&alice, bob);
     }
 
     #[test]
     fn full_room_refuses_the_next_joiner() {
-        let mut w = World::new(RoomsConfig { room_size: 3, ..RoomsConfig::default() });
+        let mut w = World::new(RoomsConfig {
+            room_size: 3,
+            ..RoomsConfig::default()
+        });
         for conn in 1..=3 {
             w.join(conn, "r", "x");
         }
@@ -467,7 +489,10 @@ mod tests {
             out,
             vec![Outgoing {
                 to: 2,
-                message: ServerMessage::Signal { from: a, data: json!({"sdp": "x"}) }
+                message: ServerMessage::Signal {
+                    from: a,
+                    data: json!({"sdp": "x"})
+                }
             }]
         );
     }
@@ -481,7 +506,11 @@ mod tests {
         assert_eq!(error_code(&out), Some(ErrorCode::UnknownPeer));
         let me = w.join(3, "red", "C");
         let out = w.send(3, json!({"type": "signal", "to": me, "data": {}}));
-        assert_eq!(error_code(&out), Some(ErrorCode::UnknownPeer), "not to yourself either");
+        assert_eq!(
+            error_code(&out),
+            Some(ErrorCode::UnknownPeer),
+            "not to yourself either"
+        );
     }
 
     #[test]
@@ -490,7 +519,13 @@ mod tests {
         let a = w.join(1, "r", "A");
         w.join(2, "r", "B");
         let out = w.rooms.disconnect(1);
-        assert_eq!(out, vec![Outgoing { to: 2, message: ServerMessage::PeerLeft { id: a } }]);
+        assert_eq!(
+            out,
+            vec![Outgoing {
+                to: 2,
+                message: ServerMessage::PeerLeft { id: a }
+            }]
+        );
         assert!(w.send(2, json!({"type": "leave"})).is_empty());
         assert_eq!(w.rooms.room_len("r"), 0);
         assert!(w.rooms.rooms.is_empty());
@@ -501,41 +536,88 @@ mod tests {
         let mut w = World::new(RoomsConfig::default());
         w.join(1, "r", "A");
         w.join(2, "r", "B");
-        for text in ["not json", "{\"type\":\"dance\"}", "{\"type\":\"signal\"}", "[]"] {
+        for text in [
+            "not json",
+            "{\"type\":\"dance\"}",
+            "{\"type\":\"signal\"}",
+            "[]",
+        ] {
             let out = w.rooms.handle_text(w.now, 1000, 1, text);
             assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "{text}");
             assert!(out.iter().all(|o| o.to == 1));
         }
-        assert_eq!(error_code(&w.rooms.handle_binary(1)), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            error_code(&w.rooms.handle_binary(1)),
+            Some(ErrorCode::BadMessage)
+        );
         let huge = format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70_000));
-        assert_eq!(error_code(&w.rooms.handle_text(w.now, 0, 1, &huge)), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            error_code(&w.rooms.handle_text(w.now, 0, 1, &huge)),
+            Some(ErrorCode::BadMessage)
+        );
         w.connect(3);
         let out = w.send(3, json!({"type": "signal", "to": "x", "data": {}}));
-        assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "must join first");
-        for (room, name) in [("", "n"), ("r", ""), ("r", &"n".repeat(65)), ("r\u{7}", "n")] {
+        assert_eq!(
+            error_code(&out),
+            Some(ErrorCode::BadMessage),
+            "must join first"
+        );
+        for (room, name) in [
+            ("", "n"),
+            ("r", ""),
+            ("r", &"n".repeat(65)),
+            ("r\u{7}", "n"),
+        ] {
             let out = w.send(3, json!({"type": "join", "room": room, "name": name}));
             assert_eq!(error_code(&out), Some(ErrorCode::BadMessage));
         }
         let out = w.send(1, json!({"type": "join", "room": "s", "name": "A"}));
-        assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "one room per connection");
+        assert_eq!(
+            error_code(&out),
+            Some(ErrorCode::BadMessage),
+            "one room per connection"
+        );
         assert_eq!(w.rooms.room_len("r"), 2);
     }
 
     #[test]
     fn flooding_is_rate_limited_with_one_reply_per_second() {
-        let mut w = World::new(RoomsConfig { messages_per_second: 5, ..RoomsConfig::default() });
+        let mut w = World::new(RoomsConfig {
+            messages_per_second: 5,
+            ..RoomsConfig::default()
+        });
         w.connect(1);
-        let replies: Vec<_> = (0..30).map(|_| w.send(1, json!({"type": "ping"}))).collect();
-        assert!(replies[..10].iter().all(|r| r[0].message == ServerMessage::Pong), "burst of 2x rate");
-        let limited = replies.iter().filter(|r| error_code(r) == Some(ErrorCode::RateLimited)).count();
-        assert_eq!(limited, 1, "one rate-limited reply, the rest dropped silently");
+        let replies: Vec<_> = (0..30)
+            .map(|_| w.send(1, json!({"type": "ping"})))
+            .collect();
+        assert!(
+            replies[..10]
+                .iter()
+                .all(|r| r[0].message == ServerMessage::Pong),
+            "burst of 2x rate"
+        );
+        let limited = replies
+            .iter()
+            .filter(|r| error_code(r) == Some(ErrorCode::RateLimited))
+            .count();
+        assert_eq!(
+            limited, 1,
+            "one rate-limited reply, the rest dropped silently"
+        );
         w.now += Duration::from_secs(1);
-        assert_eq!(w.send(1, json!({"type": "ping"}))[0].message, ServerMessage::Pong, "refills");
+        assert_eq!(
+            w.send(1, json!({"type": "ping"}))[0].message,
+            ServerMessage::Pong,
+            "refills"
+        );
     }
 
     #[test]
     fn one_address_may_hold_only_so_many_rooms() {
-        let mut w = World::new(RoomsConfig { rooms_per_ip: 2, ..RoomsConfig::default() });
+        let mut w = World::new(RoomsConfig {
+            rooms_per_ip: 2,
+            ..RoomsConfig::default()
+        });
         w.join(1, "a", "x");
         w.join(2, "b", "x");
         w.connect(3);
@@ -548,16 +630,25 @@ mod tests {
 
     #[test]
     fn token_protected_rooms_need_a_valid_token() {
-        let config = RoomsConfig { token_secret: Some("k".into()), ..RoomsConfig::default() };
+        let config = RoomsConfig {
+            token_secret: Some("k".into()),
+            ..RoomsConfig::default()
+        };
         let mut w = World::new(config);
         w.connect(1);
         let out = w.send(1, json!({"type": "join", "room": "r", "name": "A"}));
         assert_eq!(error_code(&out), Some(ErrorCode::Unauthorized));
         let other_room = token::mint("k", "s", 2000);
-        let out = w.send(1, json!({"type": "join", "room": "r", "name": "A", "token": other_room}));
+        let out = w.send(
+            1,
+            json!({"type": "join", "room": "r", "name": "A", "token": other_room}),
+        );
         assert_eq!(error_code(&out), Some(ErrorCode::Unauthorized));
         let good = token::mint("k", "r", 2000);
-        let out = w.send(1, json!({"type": "join", "room": "r", "name": "A", "token": good}));
+        let out = w.send(
+            1,
+            json!({"type": "join", "room": "r", "name": "A", "token": good}),
+        );
         assert!(matches!(out[0].message, ServerMessage::Welcome { .. }));
     }
 }

@@ -1,0 +1,341 @@
+//! End to end: the HTTP server inside `rendez serve` — the page, health check, and
+//! WebSocket signaling between real WebSocket clients on loopback.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn serves_the_page_its_assets_and_a_health_check() {
+    let server = start("").await;
+    let addr = server.signal_addr().unwrap();
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, page) = http_get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html") && page.contains("app.js"), "{page}");
+    assert_eq!(http_get(addr, "/app.js").await.0, 200);
+    assert_eq!(http_get(addr, "/style.css").await.0, 200);
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn joiners_get_welcome_with_peers_and_fresh_turn_credentials() {
+    let server = start("").await;
+    let mut alice = Client::connect(&server).await;
+    let welcome = alice.join("standup", "Alice").await;
+    assert_eq!(welcome["peers"], json!([]));
+    let alice_id = welcome["id"].as_str().unwrap().to_owned();
+
+    let mut bob = Client::connect(&server).await;
+    let welcome = bob.join("standup", "Bob").await;
+    assert_eq!(welcome["peers"], json!([{"id": alice_id, "name": "Alice"}]));
+    let joined = alice.recv().await;
+    assert_eq!(joined["type"], "peer-joined");
+    assert_eq!(joined["name"], "Bob");
+
+    // iceServers: STUN, and TURN on every transport with a REST credential that verifies.
+    let servers = welcome["iceServers"].as_array().unwrap();
+    let port = server.udp_addrs()[0].port();
+    assert_eq!(servers[0]["urls"][0], format!("stun:127.0.0.1:{port}"));
+    let turn = &servers[1];
+    let urls: Vec<&str> = turn["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            format!("turn:127.0.0.1:{port}?transport=udp"),
+            format!("turn:127.0.0.1:{port}?transport=tcp")
+        ]
+    );
+    let username = turn["username"].as_str().unwrap();
+    let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(expiry > now + 3500, "credential lasts the configured TTL");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"web-secret");
+    use base64::Engine;
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode(ring::hmac::sign(&key, username.as_bytes()));
+    assert_eq!(turn["credential"], expected);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn signals_reach_the_named_peer_only_and_never_another_room() {
+    let server = start("").await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    let mut c = Client::connect(&server).await;
+    let mut other = Client::connect(&server).await;
+    let a_id = a.join("r", "A").await["id"].as_str().unwrap().to_owned();
+    let b_id = b.join("r", "B").await["id"].as_str().unwrap().to_owned();
+    c.join("r", "C").await;
+    let other_id = other.join("elsewhere", "O").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.drain().await;
+
+    a.send(json!({"type": "signal", "to": b_id, "data": {"description": {"type": "offer", "sdp": "v=0"}}})).await;
+    let got = b.recv_type("signal").await;
+    assert_eq!(got["from"], a_id.as_str());
+    assert_eq!(got["data"]["description"]["sdp"], "v=0");
+    c.expect_silence().await;
+
+    a.send(json!({"type": "signal", "to": other_id, "data": {}}))
+        .await;
+    assert_eq!(a.recv().await["code"], "unknown-peer");
+    other.expect_silence().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_room_says_room_full_and_leaving_frees_a_place() {
+    let server = start("room-size = 2").await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    let mut c = Client::connect(&server).await;
+    a.join("tiny", "A").await;
+    let b_id = b.join("tiny", "B").await["id"].as_str().unwrap().to_owned();
+    c.send(json!({"type": "join", "room": "tiny", "name": "C"}))
+        .await;
+    let refused = c.recv().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("room-full"))
+    );
+
+    a.drain().await;
+    b.close().await;
+    let left = a.recv_type("peer-left").await;
+    assert_eq!(left["id"], b_id.as_str());
+    assert_eq!(c.join("tiny", "C").await["type"], "welcome");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_messages_get_an_error_and_the_room_carries_on() {
+    let server = start("").await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.join("r", "A").await;
+    let b_id = b.join("r", "B").await["id"].as_str().unwrap().to_owned();
+    a.drain().await;
+    a.socket
+        .send(Message::Text("{not json".into()))
+        .await
+        .unwrap();
+    assert_eq!(a.recv().await["code"], "bad-message");
+    a.socket
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(a.recv().await["code"], "bad-message");
+    a.send(json!({"type": "signal", "to": b_id, "data": {"candidate": {}}}))
+        .await;
+    assert_eq!(
+        b.recv_type("signal").await["data"],
+        json!({"candidate": {}})
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_protected_rooms_admit_only_token_holders() {
+    let server = start("token-secret = \"room-key\"").await;
+    let mut a = Client::connect(&server).await;
+    a.send(json!({"type": "join", "room": "private", "name": "A"}))
+        .await;
+    assert_eq!(a.recv().await["code"], "unauthorized");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = rendez::signal::token::mint("room-key", "private", expires);
+    a.send(json!({"type": "join", "room": "private", "name": "A", "token": token}))
+        .await;
+    assert_eq!(a.recv().await["type"], "welcome");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn flooding_is_rate_limited() {
+    let server = start("messages-per-second = 5").await;
+    let mut a = Client::connect(&server).await;
+    for _ in 0..40 {
+        a.send(json!({"type": "ping"})).await;
+    }
+    let mut codes = Vec::new();
+    while let Some(message) = a.try_recv(Duration::from_millis(300)).await {
+        codes.push(
+            message["type"].as_str().unwrap_or("").to_owned()
+                + message["code"].as_str().unwrap_or(""),
+        );
+    }
+    assert!(codes.iter().any(|c| c == "errorrate-limited"), "{codes:?}");
+    assert!(codes.len() < 40, "excess messages are dropped");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_is_served_over_https_when_tls_is_configured() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("rendez-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\ntls-listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
+         [tls]\ncert = \"{}\"\nkey = \"{}\"\n[auth]\nsecrets = [\"s\"]\n[signal]\nlisten = \"127.0.0.1:0\"\n",
+        cert.display(),
+        key.display()
+    );
+    let server = rendez::start(rendez::Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(server.signal_addr().unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("HTTPS handshake");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut response)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok\n"));
+    server.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ================================================================ helpers
+
+async fn start(signal_extra: &str) -> rendez::Handle {
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"42000-42999\"\n\
+         [auth]\nsecrets = [\"web-secret\"]\ncredential-ttl = \"1h\"\n\
+         [signal]\nlisten = \"127.0.0.1:0\"\n{signal_extra}\n"
+    );
+    let config = rendez::Config::from_toml(&text).expect("test config parses");
+    rendez::start(config).await.expect("server starts")
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("HTTP response")
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+struct Client {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    async fn connect(server: &rendez::Handle) -> Self {
+        let url = format!("ws://127.0.0.1:{}/ws", server.signal_addr().unwrap().port());
+        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("WebSocket connect")
+            .unwrap();
+        Self { socket }
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn try_recv(&mut self, limit: Duration) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout(limit, self.socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            if let Message::Text(text) = frame {
+                return serde_json::from_str(text.as_str()).ok();
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("expected a message")
+    }
+
+    /// The next message of `kind`, skipping others (such as peer-joined).
+    async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let message = self.recv().await;
+            if message["type"] == kind {
+                return message;
+            }
+        }
+    }
+
+    async fn join(&mut self, room: &str, name: &str) -> Value {
+        self.send(json!({"type": "join", "room": room, "name": name}))
+            .await;
+        let welcome = self.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        welcome
+    }
+
+    /// Reads whatever is queued (peer-joined notices and the like).
+    async fn drain(&mut self) {
+        while self.try_recv(Duration::from_millis(100)).await.is_some() {}
+    }
+
+    /// Nothing but join notices arrives.
+    async fn expect_silence(&mut self) {
+        while let Some(message) = self.try_recv(Duration::from_millis(200)).await {
+            assert!(
+                message["type"] == "peer-joined",
+                "unexpected message {message}"
+            );
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
