@@ -12,17 +12,19 @@
 const FIRST_RETRY_MS = 1000;
 const MAX_RETRY_MS = 10000;
 const STATS_EVERY_MS = 2000;
-// Keeps idle connections alive through proxies that close silent WebSockets after a minute.
-const PING_EVERY_MS = 25000;
 // Outgoing frames are paced below the server's default limit (20 per second, bursts of 40):
 // a newcomer to a full room sends five offers and dozens of ICE candidates within a second,
 // and a frame the server drops for going too fast is a candidate lost for good.
 const SEND_BURST = 30;
 const SEND_PER_SECOND = 15;
+// How long a warning stays up when the call itself goes on.
+const WARNING_MS = 8000;
+// The server's limit on room and display names.
+const MAX_NAME_CHARS = 64;
 
 // What the page says for each error code: the server's codes and the page's own.
 const ERROR_TEXT = {
-  "room-full": "This room is full: a call has at most six people. Try another room name.",
+  "room-full": "This room is full. Try another room name.",
   unauthorized:
     "The server did not let you in: this room needs a valid invitation link. Ask for a fresh one.",
   "rate-limited": "The server is asking this page to slow down.",
@@ -74,10 +76,12 @@ const call = {
   localStream: null,
   localTile: null,
   error: null,
+  // Counts Join presses, so a permission prompt answered after Leave (or after a second
+  // Join) cannot start a stale call.
+  attempt: 0,
   retryDelay: FIRST_RETRY_MS,
   retryTimer: 0,
   statsTimer: 0,
-  pingTimer: 0,
 };
 
 const outbox = { queue: [], tokens: SEND_BURST, refilledAt: 0, timer: 0 };
@@ -85,8 +89,9 @@ const outbox = { queue: [], tokens: SEND_BURST, refilledAt: 0, timer: 0 };
 init();
 
 function init() {
-  ui.room.value = params.get("room") ?? "";
-  ui.name.value = params.get("name") ?? "";
+  // The input's maxlength does not apply to values set from script.
+  ui.room.value = [...(params.get("room") ?? "")].slice(0, MAX_NAME_CHARS).join("");
+  ui.name.value = [...(params.get("name") ?? "")].slice(0, MAX_NAME_CHARS).join("");
   ui.form.addEventListener("submit", (event) => {
     event.preventDefault();
     joinFromForm();
@@ -127,13 +132,15 @@ function joinFromForm() {
 async function join(room, name) {
   clearMessage();
   Object.assign(call, { room, name, active: true, retryDelay: FIRST_RETRY_MS });
+  const attempt = ++call.attempt;
   showCallView();
-  call.localStream = await openLocalMedia();
+  const stream = await openLocalMedia();
   // The user may have pressed Leave while the browser was asking for permission.
-  if (!call.active) {
-    stopLocalMedia();
+  if (!call.active || attempt !== call.attempt) {
+    stream?.getTracks().forEach((track) => track.stop());
     return;
   }
+  call.localStream = stream;
   addLocalTile();
   call.statsTimer = setInterval(refreshStats, STATS_EVERY_MS);
   connect();
@@ -219,7 +226,6 @@ function onSocketOpen() {
   const join = { type: "join", room: call.room, name: call.name };
   if (call.token) join.token = call.token;
   send(join);
-  call.pingTimer = setInterval(() => send({ type: "ping" }), PING_EVERY_MS);
 }
 
 function onSocketMessage(text) {
@@ -241,7 +247,7 @@ function onSocketMessage(text) {
       return onSignal(message);
     case "error":
       return onServerError(message);
-    // "pong" and types added by newer servers need no action.
+    // Other types (such as "pong") need no action here.
   }
 }
 
@@ -251,7 +257,9 @@ function onSocketMessage(text) {
  */
 function onWelcome({ id, peers, iceServers }) {
   closeAllPeers();
-  Object.assign(call, { id, iceServers: iceServers ?? [], joined: true });
+  // An entry without URLs would make every RTCPeerConnection constructor throw.
+  const usable = (iceServers ?? []).filter((server) => [server.urls].flat().some(Boolean));
+  Object.assign(call, { id, iceServers: usable, joined: true });
   call.retryDelay = FIRST_RETRY_MS;
   if (call.error === "connection-lost" || call.error === "rate-limited") clearMessage();
   for (const peer of peers) createPeer(peer, { offerer: true });
@@ -286,7 +294,9 @@ function onServerError({ code, message }) {
   // Expected when a peer leaves while candidates to it are still on their way.
   if (code === "unknown-peer") return;
   if (call.joined) {
+    // The call goes on, so the warning goes away by itself.
     showError(code, ERROR_TEXT[code] ?? message);
+    setTimeout(() => call.error === code && clearMessage(), WARNING_MS);
     return;
   }
   // Turned away at the door. Being too fast (or in too many rooms) passes; the rest does not.
@@ -329,7 +339,6 @@ function closeSocket() {
   call.joined = false;
   outbox.queue = [];
   clearTimeout(outbox.timer);
-  clearInterval(call.pingTimer);
   socket?.close();
 }
 
@@ -628,7 +637,7 @@ function renderControls() {
 }
 
 function renderPeople() {
-  const items = [personItem(`${call.name} (you)`, call.joined ? "in the room" : "connecting…")];
+  const items = [personItem(`${call.name} (you)`, call.joined ? "in the room" : "connecting to the server…")];
   for (const peer of call.peers.values()) items.push(personItem(peer.name, describeLink(peer)));
   ui.people.replaceChildren(...items);
 }

@@ -119,21 +119,29 @@ const FAMILY_IPV6: u8 = 0x02;
 
 /// Writes an XOR-*-ADDRESS value (RFC 8489 §14.2) into `out`.
 pub(crate) fn encode_xor_address(addr: SocketAddr, tid: &TransactionId, out: &mut Vec<u8>) {
+    let (value, len) = xor_address_value(addr, tid);
+    out.extend_from_slice(&value[..len]);
+}
+
+/// An XOR-*-ADDRESS value in a fixed array (8 bytes used for IPv4, 20 for IPv6), for
+/// callers that must not allocate.
+pub fn xor_address_value(addr: SocketAddr, tid: &TransactionId) -> ([u8; 20], usize) {
+    let mut value = [0u8; 20];
     let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    out.push(0);
+    value[2..4].copy_from_slice(&port.to_be_bytes());
     match addr.ip() {
         IpAddr::V4(ip) => {
-            out.push(FAMILY_IPV4);
-            out.extend_from_slice(&port.to_be_bytes());
-            let x = u32::from(ip) ^ MAGIC_COOKIE;
-            out.extend_from_slice(&x.to_be_bytes());
+            value[1] = FAMILY_IPV4;
+            value[4..8].copy_from_slice(&(u32::from(ip) ^ MAGIC_COOKIE).to_be_bytes());
+            (value, 8)
         }
         IpAddr::V6(ip) => {
-            out.push(FAMILY_IPV6);
-            out.extend_from_slice(&port.to_be_bytes());
+            value[1] = FAMILY_IPV6;
             let mask = xor_mask_v6(tid);
-            let octets = ip.octets();
-            out.extend((0..16).map(|i| octets[i] ^ mask[i]));
+            for (i, octet) in ip.octets().iter().enumerate() {
+                value[4 + i] = octet ^ mask[i];
+            }
+            (value, 20)
         }
     }
 }

@@ -15,7 +15,7 @@ mod framing;
 mod integrity;
 mod message;
 
-pub use attr::{decode_xor_address, AttrType, ErrorCode};
+pub use attr::{decode_xor_address, xor_address_value, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
 pub use framing::{stream_frame, Frame};

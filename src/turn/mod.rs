@@ -15,12 +15,14 @@
 
 mod allocation;
 mod auth;
+mod deliver;
 mod policy;
 mod ports;
 mod requests;
 mod server;
 
 pub use auth::{rest_expiry, rest_password, Credentials, Rejection, UserSecret};
+pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use policy::PeerPolicy;
 pub use requests::DefaultFamily;
 pub use server::{Server, ServerConfig, Stats};

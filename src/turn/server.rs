@@ -3,11 +3,12 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use super::allocation::{Allocation, PendingAllocate, State};
 use super::auth::{Authenticator, Rejection, UserSecret};
+use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::PeerPolicy;
 use super::ports::{PortPool, SplitMix64};
 use super::requests::DefaultFamily;
@@ -201,7 +202,8 @@ impl Server {
     }
 
     /// A datagram from `peer` on the relay socket bound to `relay`. Returns the framed
-    /// bytes for the client, or `None` when it must be dropped.
+    /// bytes for the client, or `None` when it must be dropped. Copies the payload once;
+    /// [`Server::handle_peer_packet_in_place`] is the zero-copy form.
     pub fn handle_peer_packet(
         &mut self,
         now: Instant,
@@ -209,6 +211,40 @@ impl Server {
         peer: SocketAddr,
         payload: &[u8],
     ) -> Option<ToClient<'_>> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.resize(PEER_HEADROOM, 0);
+        scratch.extend_from_slice(payload);
+        scratch.extend_from_slice(&[0; PEER_TAILROOM]);
+        let framed = self.handle_peer_packet_in_place(
+            now,
+            relay,
+            peer,
+            &mut scratch,
+            PEER_HEADROOM,
+            payload.len(),
+        );
+        self.scratch = scratch;
+        let (client, range) = framed?;
+        Some(ToClient {
+            client,
+            bytes: &self.scratch[range],
+        })
+    }
+
+    /// The zero-copy hot path, peer → client: the payload is `buffer[headroom..headroom +
+    /// len]`, with at least [`PEER_HEADROOM`] bytes before it and [`PEER_TAILROOM`] after.
+    /// Writes the ChannelData or Data indication framing around it and returns the client
+    /// and the range of `buffer` to send.
+    pub fn handle_peer_packet_in_place(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buffer: &mut [u8],
+        headroom: usize,
+        len: usize,
+    ) -> Option<(FiveTuple, Range<usize>)> {
         let Some((tuple, allocation)) = self
             .by_relay
             .get(&relay)
@@ -222,27 +258,20 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return None;
         }
-        let scratch = std::mem::take(&mut self.scratch);
-        let transaction = random_transaction(&mut self.rng);
-        self.scratch = match allocation.channel_for_peer(now, peer) {
-            Some(channel) => frame_channel_data(scratch, channel, payload, tuple),
-            None => {
-                let mut b = MessageBuilder::with_buffer(
-                    scratch,
-                    Class::Indication,
-                    Method::DATA,
-                    transaction,
-                );
-                b.add_xor_address(AttrType::XOR_PEER_ADDRESS, peer)
-                    .add(AttrType::DATA, payload);
-                b.finish()
-            }
+        let framing = match allocation.channel_for_peer(now, peer) {
+            Some(channel) => ClientFraming::Channel(channel),
+            None => ClientFraming::Indication {
+                peer,
+                transaction: random_transaction(&mut self.rng),
+            },
+        };
+        let stream = tuple.transport.is_stream();
+        let Some(range) = frame_in_place(buffer, headroom, len, framing, stream) else {
+            self.stats.malformed += 1;
+            return None;
         };
         self.stats.relayed_to_clients += 1;
-        Some(ToClient {
-            client: tuple,
-            bytes: &self.scratch,
-        })
+        Some((tuple, range))
     }
 
     /// The I/O layer's answer to [`Output::BindRelay`].
@@ -662,16 +691,4 @@ fn random_transaction(rng: &mut SplitMix64) -> TransactionId {
     id[..8].copy_from_slice(&rng.next_u64().to_be_bytes());
     id[8..].copy_from_slice(&rng.next_u64().to_be_bytes()[..4]);
     TransactionId(id)
-}
-
-/// ChannelData for a client; stream transports pad to 4 bytes (RFC 8656 §12.5).
-fn frame_channel_data(mut buffer: Vec<u8>, channel: u16, payload: &[u8], to: FiveTuple) -> Vec<u8> {
-    buffer.clear();
-    buffer.extend_from_slice(&ChannelData::header(channel, payload.len() as u16));
-    buffer.extend_from_slice(payload);
-    if to.transport.is_stream() {
-        let padding = (4 - payload.len() % 4) % 4;
-        buffer.extend(std::iter::repeat_n(0u8, padding));
-    }
-    buffer
 }
