@@ -32,6 +32,8 @@ pub struct Config {
     pub relay_ip: Vec<IpAddr>,
     /// Relay ports, "START-END".
     pub relay_ports: PortRange,
+    /// UDP worker threads, each with its own sockets and allocations; 0: one per core.
+    pub workers: usize,
     /// The relay family for clients that do not ask (browsers never send
     /// REQUESTED-ADDRESS-FAMILY).
     pub default_relay_family: RelayFamily,
@@ -194,6 +196,7 @@ impl Default for Config {
             relay_ip: Vec::new(),
             relay_ports: PortRange(49152..=65535),
             default_relay_family: RelayFamily::Ipv4,
+            workers: 0,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             auth: AuthConfig::default(),
@@ -317,6 +320,9 @@ impl Config {
                 "connections",
                 "`max` and `max-per-ip` must be at least 1",
             ));
+        }
+        if self.workers > 256 {
+            return Err(invalid("workers", "must be 0 (one per core) to 256"));
         }
         let signal = &self.signal;
         if !(1..=16).contains(&signal.room_size) {

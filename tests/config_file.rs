@@ -37,6 +37,7 @@ fn every_key_is_documented() {
         "relay-ports",
         "tls-listen",
         "default-relay-family",
+        "workers",
         "[tls]",
         "cert",
         "[connections]",

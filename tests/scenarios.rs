@@ -600,6 +600,21 @@ fn refresh_extends_and_lifetime_zero_deletes() {
 }
 
 #[test]
+fn refresh_to_a_shorter_lifetime_expires_on_the_new_deadline() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::REFRESH, &[lifetime(5)]);
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.now + Duration::from_secs(5))
+    );
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.released.len(), 1);
+}
+
+#[test]
 fn requests_without_allocation_are_437() {
     let mut h = Harness::new();
     let mut alice = Client::alice(CLIENT);

@@ -102,6 +102,7 @@ function init() {
   ui.leave.addEventListener("click", leave);
   window.rendez = { state: testState };
   if (params.get("autojoin") === "1" && ui.form.checkValidity()) joinFromForm();
+  else (ui.room.value ? ui.name : ui.room).focus();
 }
 
 /** What automated tests read; users never see it. */
@@ -148,6 +149,7 @@ async function join(room, name) {
 
 function leave() {
   call.active = false;
+  // Straight out, not through the paced queue: the socket closes right after.
   if (socketIsOpen()) call.socket.send(JSON.stringify({ type: "leave" }));
   endCall();
   clearMessage();
@@ -215,7 +217,6 @@ function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${proto}//${location.host}/ws`);
   call.socket = socket;
-  outbox.queue = [];
   // Events of a socket that was replaced or closed on purpose are ignored.
   socket.onopen = () => call.socket === socket && onSocketOpen();
   socket.onmessage = (event) => call.socket === socket && onSocketMessage(event.data);
@@ -223,9 +224,9 @@ function connect() {
 }
 
 function onSocketOpen() {
-  const join = { type: "join", room: call.room, name: call.name };
-  if (call.token) join.token = call.token;
-  send(join);
+  const message = { type: "join", room: call.room, name: call.name };
+  if (call.token) message.token = call.token;
+  send(message);
 }
 
 function onSocketMessage(text) {

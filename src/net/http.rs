@@ -124,7 +124,11 @@ impl IceServers {
                     .replace("?transport=udp", "")
             })
             .collect();
-        let mut servers = vec![serde_json::json!({ "urls": stun })];
+        // Browsers reject an entry without URLs, so an empty STUN list is left out.
+        let mut servers: Vec<serde_json::Value> = Vec::new();
+        if !stun.is_empty() {
+            servers.push(serde_json::json!({ "urls": stun }));
+        }
         if let Some(secret) = &self.secret {
             let credential = credential::mint(secret, who, SystemTime::now() + self.ttl);
             servers.push(credential::ice_server_json(&urls, &credential));
@@ -222,6 +226,11 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // The page loads nothing from elsewhere; 'self' also covers its WebSocket.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
         ],
         body,
     )

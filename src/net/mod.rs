@@ -1,38 +1,38 @@
-//! The I/O layer: tokio sockets around the sans-IO [`turn::Server`].
+//! The I/O layer around the sans-IO cores.
 //!
-//! One `turn::Server` sits behind a mutex that is held only for the synchronous core call
-//! (never across an `.await`). Tasks:
-//! - one per UDP listener: receive, hand the packet to the core, forward or answer;
-//! - one per TCP/TLS listener, and one per connection (see [`stream`]);
-//! - one per relay socket: receive from peers, hand to the core, send to the client;
-//! - one timer task that drives expiry.
+//! - UDP: `workers` threads (default: one per core), each a [`worker`] with its own
+//!   `SO_REUSEPORT` listener sockets, its own [`turn::Server`] shard and its own relay
+//!   sockets, driven by batched system calls. No lock on the packet path.
+//! - TCP and TLS: tokio tasks (see [`stream`]) sharing one more `turn::Server` shard behind
+//!   a mutex held only for the synchronous core call, never across an `.await`.
+//! - HTTP and WebSocket signaling: tokio tasks (see [`http`]).
 //!
-//! This is the portable data plane; the batched thread-per-core one replaces the inner
-//! loops without touching the core.
+//! Every shard gets its own slice of the relay port range, so ports never collide.
 
 mod address;
+pub mod batch;
 mod http;
 mod limits;
 mod relay;
 mod stream;
 mod tls;
 mod udp;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, RelayFamily};
 use crate::turn::{
     self, DefaultFamily, FiveTuple, Output, PeerPolicy, RelayAddress, ServerConfig, Stats,
-    Transport,
 };
 
 pub use address::resolve_relay_addresses;
@@ -45,6 +45,7 @@ pub struct Handle {
     signal_addr: Option<SocketAddr>,
     relays: Vec<RelayAddress>,
     shared: Arc<Shared>,
+    workers: Vec<worker::WorkerHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,14 +76,36 @@ impl Handle {
         &self.relays
     }
 
-    /// A snapshot of the core's counters.
-    pub fn stats(&self) -> Stats {
-        self.shared.lock().server.stats().clone()
+    /// The number of UDP worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
-    /// Stops every task and closes every socket.
+    /// Each UDP worker's counters, in worker order (at most 100 ms old).
+    pub fn worker_stats(&self) -> Vec<Stats> {
+        self.workers
+            .iter()
+            .map(worker::WorkerHandle::stats)
+            .collect()
+    }
+
+    /// The counters of every shard, added up (UDP workers' are at most 100 ms old).
+    pub fn stats(&self) -> Stats {
+        let mut total = self.shared.lock().server.stats().clone();
+        for worker in &self.workers {
+            total.add(&worker.stats());
+        }
+        total
+    }
+
+    /// Stops every task and thread and closes every socket.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            workers.into_iter().for_each(worker::WorkerHandle::stop)
+        })
+        .await;
         for task in self.tasks {
             let _ = task.await;
         }
@@ -98,7 +121,13 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
     let relays = resolve_relay_addresses(&config)?;
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-    let (udp_sockets, udp_addrs) = udp::bind_listeners(&config.listen)?;
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // One slice of the relay ports per UDP worker, and one for TCP/TLS clients.
+    let port_slices = split_ports(&config.relay_ports.0, workers + 1)?;
+    let (listener_sets, udp_addrs) = udp::bind_listener_sets(&config.listen, workers)?;
     // TCP listens on exactly the UDP addresses, ports included (port 0 resolved by UDP).
     let tcp_listeners = udp_addrs
         .iter()
@@ -144,31 +173,37 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         .map(|l| l.local_addr())
         .transpose()?;
 
-    let server = turn::Server::new(
-        core_config(&config, &relays),
-        Instant::now(),
-        unix_now(),
-        random_u64()?,
-        random_key()?,
-    );
+    // Every shard signs nonces with the same key, so a nonce from one is good at another.
+    let nonce_key = random_key()?;
+    let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
+        let mut core = core_config(&config, &relays);
+        core.relay_ports = ports.clone();
+        Ok(turn::Server::new(
+            core,
+            Instant::now(),
+            unix_now(),
+            random_u64()?,
+            nonce_key,
+        ))
+    };
+    let mut worker_handles = Vec::with_capacity(workers);
+    for (id, sockets) in listener_sets.into_iter().enumerate() {
+        let server = shard(&port_slices[id])?;
+        worker_handles.push(worker::spawn(id, server, sockets).context("starting a UDP worker")?);
+    }
+    let stream_server = shard(&port_slices[workers])?;
+
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            server,
+            server: stream_server,
             relays: HashMap::new(),
         }),
-        listeners: udp_sockets
-            .iter()
-            .map(|s| Ok((s.local_addr()?, s.clone())))
-            .collect::<std::io::Result<_>>()?,
         streams: Mutex::new(HashMap::new()),
     });
     let limits =
         limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
-    let mut tasks: Vec<JoinHandle<()>> = udp_sockets
-        .into_iter()
-        .map(|socket| tokio::spawn(udp::serve(shared.clone(), socket, stopped.clone())))
-        .collect();
+    let mut tasks = Vec::new();
     let stream_listeners = tcp_listeners
         .into_iter()
         .map(|l| (l, None))
@@ -204,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         signal = ?signal_addr,
         relays = ?relays,
         ports = %config.relay_ports,
+        workers,
         "rendez serving STUN/TURN"
     );
     Ok(Handle {
@@ -213,9 +249,33 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         signal_addr,
         relays,
         shared,
+        workers: worker_handles,
         stop,
         tasks,
     })
+}
+
+/// Splits the relay port range into `shards` contiguous slices.
+fn split_ports(
+    range: &RangeInclusive<u16>,
+    shards: usize,
+) -> anyhow::Result<Vec<RangeInclusive<u16>>> {
+    let (start, end) = (usize::from(*range.start()), usize::from(*range.end()));
+    let size = end - start + 1;
+    if size < shards * 2 {
+        anyhow::bail!(
+            "`relay-ports` has {size} ports; {shards} shards ({} UDP workers and one for TCP/TLS) need at least {}: widen the range or lower `workers`",
+            shards - 1,
+            shards * 2
+        );
+    }
+    Ok((0..shards)
+        .map(|i| {
+            let first = start + size * i / shards;
+            let last = start + size * (i + 1) / shards - 1;
+            first as u16..=last as u16
+        })
+        .collect())
 }
 
 /// Runs until `shutdown` completes.
@@ -245,11 +305,9 @@ fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
     core
 }
 
-/// State shared by the socket tasks.
+/// The TCP/TLS shard, shared by its tasks.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// UDP listener sockets by local address, to answer a client on the socket it used.
-    listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
     /// Outgoing queues of TCP/TLS connections.
     streams: Mutex<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
 }
@@ -282,17 +340,8 @@ impl Shared {
         self.streams().remove(tuple);
     }
 
-    /// Sends `bytes` to a client: on the UDP listener it used, or queued on its connection.
+    /// Queues `bytes` on a stream client's connection.
     pub(crate) async fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
-        if to.transport == Transport::Udp {
-            let Some(socket) = self.listeners.get(&to.server) else {
-                return;
-            };
-            if let Err(error) = socket.send_to(bytes, to.client).await {
-                tracing::debug!(client = %to.client, %error, "send to client failed");
-            }
-            return;
-        }
         let queue = self.streams().get(&to).cloned();
         if let Some(queue) = queue {
             // A full queue means the client reads slower than its peers send: drop.

@@ -1,4 +1,5 @@
-//! Relay sockets: one UDP socket per allocation, with a task that reads from peers.
+//! Relay sockets of the TCP/TLS shard: one UDP socket per allocation, with a task that reads
+//! from peers. (UDP clients' relays live in the workers, see [`super::worker`].)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,8 +9,12 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use super::Shared;
+use crate::turn::{PEER_HEADROOM, PEER_TAILROOM};
 
-const MAX_DATAGRAM: usize = 65_536;
+/// Largest peer datagram relayed to a stream client; longer ones (rare: WebRTC keeps packets
+/// under the path MTU) are dropped rather than truncated. Small, because every stream
+/// allocation holds one.
+const MAX_PEER_DATAGRAM: usize = 4096;
 
 pub(crate) struct RelaySocket {
     pub socket: Arc<UdpSocket>,
@@ -19,36 +24,36 @@ pub(crate) struct RelaySocket {
 impl RelaySocket {
     /// Binds `relay` and starts reading from peers. Must run inside the tokio runtime.
     pub fn bind(shared: Arc<Shared>, relay: SocketAddr) -> std::io::Result<Self> {
-        let socket = Arc::new(super::udp::bind_udp(relay)?);
+        let socket = Arc::new(UdpSocket::from_std(super::udp::bind_udp(relay, false)?)?);
         let task = tokio::spawn(read_peers(shared, socket.clone(), relay));
         Ok(Self { socket, task })
     }
 }
 
 async fn read_peers(shared: Arc<Shared>, socket: Arc<UdpSocket>, relay: SocketAddr) {
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let mut framed = Vec::with_capacity(2048);
+    let mut buffer = vec![0u8; PEER_HEADROOM + MAX_PEER_DATAGRAM + PEER_TAILROOM];
     loop {
-        let (len, peer) = match socket.recv_from(&mut buffer).await {
+        let received = socket
+            .recv_from(&mut buffer[PEER_HEADROOM..PEER_HEADROOM + MAX_PEER_DATAGRAM])
+            .await;
+        let (len, peer) = match received {
+            Ok((len, _)) if len == MAX_PEER_DATAGRAM => continue,
             Ok(r) => r,
             Err(error) => {
                 tracing::debug!(%relay, %error, "relay receive error");
                 continue;
             }
         };
-        let client = {
-            let mut state = shared.lock();
-            state
-                .server
-                .handle_peer_packet(Instant::now(), relay, peer, &buffer[..len])
-                .map(|to_client| {
-                    framed.clear();
-                    framed.extend_from_slice(to_client.bytes);
-                    to_client.client
-                })
-        };
-        if let Some(client) = client {
-            shared.send_to_client(client, &framed).await;
+        let framed = shared.lock().server.handle_peer_packet_in_place(
+            Instant::now(),
+            relay,
+            peer,
+            &mut buffer,
+            PEER_HEADROOM,
+            len,
+        );
+        if let Some((client, range)) = framed {
+            shared.send_to_client(client, &buffer[range]).await;
         }
     }
 }

@@ -199,6 +199,9 @@ impl Server {
             self.remove_allocation(&tuple);
         } else if let Some(allocation) = self.allocations.get_mut(&tuple) {
             allocation.expires_at = now + lifetime;
+            // A shorter lifetime must wake the timer earlier than it was queued for.
+            let deadline = allocation.next_deadline();
+            self.schedule(tuple, deadline);
         }
         self.send_success(reply, |b| {
             b.add_u32(AttrType::LIFETIME, lifetime.as_secs() as u32);

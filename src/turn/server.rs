@@ -82,6 +82,38 @@ pub struct Stats {
     pub dropped_unbound_channel: u64,
 }
 
+impl Stats {
+    /// Adds another shard's counters to these.
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            malformed,
+            invalid_source,
+            requests,
+            error_responses,
+            auth_rejections,
+            allocations_created,
+            allocations_ended,
+            relayed_to_peers,
+            relayed_to_clients,
+            dropped_no_allocation,
+            dropped_no_permission,
+            dropped_unbound_channel,
+        } = other;
+        self.malformed += malformed;
+        self.invalid_source += invalid_source;
+        self.requests += requests;
+        self.error_responses += error_responses;
+        self.auth_rejections += auth_rejections;
+        self.allocations_created += allocations_created;
+        self.allocations_ended += allocations_ended;
+        self.relayed_to_peers += relayed_to_peers;
+        self.relayed_to_clients += relayed_to_clients;
+        self.dropped_no_allocation += dropped_no_allocation;
+        self.dropped_no_permission += dropped_no_permission;
+        self.dropped_unbound_channel += dropped_unbound_channel;
+    }
+}
+
 /// The sans-IO TURN server. See the module documentation of [`crate::turn`].
 pub struct Server {
     auth: Authenticator,
@@ -360,6 +392,7 @@ impl Server {
             let next = allocation.sweep(now);
             self.schedule(tuple, next);
         }
+        self.shrink_if_sparse();
     }
 
     /// When [`Server::handle_timeout`] next has work.
@@ -620,6 +653,20 @@ impl Server {
             .find(|p| p.address.bind == relay.ip())
         {
             pool.ports.release(relay.port());
+        }
+    }
+
+    /// Gives memory back after many allocations ended: hash maps never shrink by themselves.
+    fn shrink_if_sparse(&mut self) {
+        const MIN_CAPACITY: usize = 256;
+        if self.allocations.capacity() > MIN_CAPACITY
+            && self.allocations.len() * 4 < self.allocations.capacity()
+        {
+            self.allocations.shrink_to_fit();
+            self.by_relay.shrink_to_fit();
+        }
+        if self.timers.capacity() > MIN_CAPACITY && self.timers.len() * 4 < self.timers.capacity() {
+            self.timers.shrink_to_fit();
         }
     }
 

@@ -1,0 +1,345 @@
+//! The UDP data plane: one thread per worker, each with its own `SO_REUSEPORT` socket on
+//! every listen address, its own [`turn::Server`] shard, and the relay sockets of the
+//! allocations it created.
+//!
+//! The kernel hashes a client's 5-tuple to one listener socket, so a client's packets always
+//! reach the worker that owns its allocation, and peers' packets arrive on that worker's relay
+//! sockets: no lock and no cross-thread hand-off on the packet path. Each wake-up drains
+//! sockets with `recvmmsg`, peer → client datagrams are framed in place and leave with one
+//! `sendmmsg` per listener, and nothing on the relay path allocates.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::batch::{self, RecvBatch, BATCH};
+use crate::turn::{self, FiveTuple, Output, Stats, Transport, PEER_HEADROOM, PEER_TAILROOM};
+
+const WAKER: Token = Token(usize::MAX);
+/// Relay sockets get tokens from here up; listeners get 0, 1, ...
+const FIRST_RELAY_TOKEN: usize = 1 << 16;
+/// The longest the loop sleeps without checking timers and publishing stats.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Give freed memory back to the OS after this many allocations have ended.
+const TRIM_AFTER_ENDED: u64 = 1024;
+
+/// The parts of a running worker the rest of the server holds.
+pub(crate) struct WorkerHandle {
+    thread: Option<JoinHandle<()>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl WorkerHandle {
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks the worker to stop and waits for it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts worker `id` on its own thread with its listener sockets (already bound).
+pub(crate) fn spawn(
+    id: usize,
+    server: turn::Server,
+    listeners: Vec<std::net::UdpSocket>,
+) -> io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let mut worker = Worker {
+        poll,
+        server,
+        listeners: Vec::new(),
+        relays: HashMap::new(),
+        relay_tokens: Vec::new(),
+        free_tokens: Vec::new(),
+        recv: RecvBatch::new(PEER_HEADROOM, PEER_TAILROOM),
+        stop: stop.clone(),
+        stats: stats.clone(),
+        ended_at_last_trim: 0,
+    };
+    for (index, socket) in listeners.into_iter().enumerate() {
+        let local = socket.local_addr()?;
+        let mut socket = UdpSocket::from_std(socket);
+        worker
+            .poll
+            .registry()
+            .register(&mut socket, Token(index), Interest::READABLE)?;
+        worker.listeners.push(Listener { socket, local });
+    }
+    let thread = std::thread::Builder::new()
+        .name(format!("rendez-udp-{id}"))
+        .spawn(move || worker.run())?;
+    Ok(WorkerHandle {
+        thread: Some(thread),
+        waker,
+        stop,
+        stats,
+    })
+}
+
+struct Worker {
+    poll: Poll,
+    server: turn::Server,
+    listeners: Vec<Listener>,
+    relays: HashMap<SocketAddr, Relay>,
+    /// Relay address by token index (token - FIRST_RELAY_TOKEN).
+    relay_tokens: Vec<Option<SocketAddr>>,
+    free_tokens: Vec<usize>,
+    recv: RecvBatch,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<Stats>>,
+    ended_at_last_trim: u64,
+}
+
+struct Listener {
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+struct Relay {
+    socket: UdpSocket,
+    token: usize,
+}
+
+/// A framed datagram waiting in receive slot `slot` for the batched send to its client.
+#[derive(Clone, Copy)]
+struct ToClient {
+    listener: usize,
+    client: SocketAddr,
+    slot: usize,
+    range: (usize, usize),
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_stats = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let sleep = self.server.poll_timeout().map_or(MAX_SLEEP, |at| {
+                at.saturating_duration_since(now).min(MAX_SLEEP)
+            });
+            if let Err(error) = self.poll.poll(&mut events, Some(sleep)) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(%error, "UDP worker poll failed; stopping");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(index) if index < FIRST_RELAY_TOKEN => self.drain_listener(index),
+                    Token(token) => self.drain_relay(token - FIRST_RELAY_TOKEN),
+                }
+            }
+            let now = Instant::now();
+            if self.server.poll_timeout().is_some_and(|at| at <= now) {
+                self.server.handle_timeout(now);
+                self.carry_out_outputs();
+            }
+            if now.duration_since(last_stats) >= MAX_SLEEP {
+                last_stats = now;
+                self.server.set_wall_clock(now, super::unix_now());
+                self.publish_stats();
+                self.trim_memory();
+            }
+        }
+        self.publish_stats();
+    }
+
+    /// Client datagrams: requests are answered after the batch, relayed data goes straight
+    /// out of the receive slot to the peer.
+    fn drain_listener(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let received = match self.recv.recv(&listener.socket) {
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here; they concern one peer.
+                    tracing::debug!(%error, "UDP receive error");
+                    continue;
+                }
+            };
+            let local = listener.local;
+            let now = Instant::now();
+            let headroom = self.recv.headroom();
+            for i in 0..received {
+                let Some((client, slot, len)) = self.recv.datagram(i) else {
+                    continue;
+                };
+                let from = FiveTuple {
+                    transport: Transport::Udp,
+                    client,
+                    server: local,
+                };
+                let packet = &slot[headroom..headroom + len];
+                if let Some(to_peer) = self.server.handle_client_packet(now, from, packet) {
+                    if let Some(relay) = self.relays.get(&to_peer.relay) {
+                        let _ = relay.socket.send_to(to_peer.payload, to_peer.peer);
+                    }
+                }
+            }
+            // Answers to this batch's requests; the loop then reads until WouldBlock, as
+            // the edge-triggered poll requires.
+            self.carry_out_outputs();
+        }
+    }
+
+    /// Peer datagrams on one relay socket: framed in place, sent to clients in batches.
+    fn drain_relay(&mut self, token: usize) {
+        let Some(Some(relay_addr)) = self.relay_tokens.get(token).copied() else {
+            return;
+        };
+        loop {
+            let Some(relay) = self.relays.get(&relay_addr) else {
+                return;
+            };
+            let received = match self.recv.recv(&relay.socket) {
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    tracing::debug!(%error, relay = %relay_addr, "relay receive error");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            let headroom = self.recv.headroom();
+            let mut to_clients = [None::<ToClient>; BATCH];
+            for (i, entry) in to_clients.iter_mut().enumerate().take(received) {
+                let Some((peer, slot, len)) = self.recv.datagram(i) else {
+                    continue;
+                };
+                let framed = self
+                    .server
+                    .handle_peer_packet_in_place(now, relay_addr, peer, slot, headroom, len);
+                *entry = framed.and_then(|(client, range)| {
+                    let listener = self
+                        .listeners
+                        .iter()
+                        .position(|l| l.local == client.server)?;
+                    Some(ToClient {
+                        listener,
+                        client: client.client,
+                        slot: i,
+                        range: (range.start, range.end),
+                    })
+                });
+            }
+            self.send_to_clients(&to_clients[..received]);
+        }
+    }
+
+    /// One `sendmmsg` per listener for everything framed from the last receive batch.
+    fn send_to_clients(&mut self, framed: &[Option<ToClient>]) {
+        for (index, listener) in self.listeners.iter().enumerate() {
+            let mut outgoing: [batch::Outgoing<'_>; BATCH] = [(listener.local, &[][..]); BATCH];
+            let mut count = 0;
+            for entry in framed.iter().flatten().filter(|e| e.listener == index) {
+                let Range { start, end } = entry.range.0..entry.range.1;
+                let Some(bytes) = self.recv.slot(entry.slot).get(start..end) else {
+                    continue;
+                };
+                outgoing[count] = (entry.client, bytes);
+                count += 1;
+            }
+            if count > 0 {
+                batch::send_all(&listener.socket, &outgoing[..count]);
+            }
+        }
+    }
+
+    /// Responses, and binding and releasing relay sockets.
+    fn carry_out_outputs(&mut self) {
+        while let Some(output) = self.server.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => {
+                    if let Some(listener) = self.listeners.iter().find(|l| l.local == to.server) {
+                        let _ = listener.socket.send_to(&bytes, to.client);
+                    }
+                }
+                Output::BindRelay { relay } => {
+                    let bound = match self.bind_relay(relay) {
+                        Ok(()) => true,
+                        Err(error) => {
+                            tracing::debug!(%relay, %error, "relay port unavailable");
+                            false
+                        }
+                    };
+                    self.server.handle_relay_bound(Instant::now(), relay, bound);
+                }
+                Output::ReleaseRelay { relay } => self.release_relay(relay),
+            }
+        }
+    }
+
+    fn bind_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
+        let std_socket = super::udp::bind_udp(relay, false)?;
+        let mut socket = UdpSocket::from_std(std_socket);
+        let token = self.free_tokens.pop().unwrap_or(self.relay_tokens.len());
+        self.poll.registry().register(
+            &mut socket,
+            Token(FIRST_RELAY_TOKEN + token),
+            Interest::READABLE,
+        )?;
+        if token == self.relay_tokens.len() {
+            self.relay_tokens.push(Some(relay));
+        } else {
+            self.relay_tokens[token] = Some(relay);
+        }
+        self.relays.insert(relay, Relay { socket, token });
+        Ok(())
+    }
+
+    fn release_relay(&mut self, relay: SocketAddr) {
+        if let Some(mut entry) = self.relays.remove(&relay) {
+            let _ = self.poll.registry().deregister(&mut entry.socket);
+            self.relay_tokens[entry.token] = None;
+            self.free_tokens.push(entry.token);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut shared = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        *shared = self.server.stats().clone();
+    }
+
+    /// After many allocations end, hand freed heap back to the OS: allocators keep it
+    /// otherwise, and resident memory would only ever grow.
+    fn trim_memory(&mut self) {
+        let ended = self.server.stats().allocations_ended;
+        if ended - self.ended_at_last_trim < TRIM_AFTER_ENDED {
+            return;
+        }
+        self.ended_at_last_trim = ended;
+        if self.relays.capacity() > 64 && self.relays.len() * 4 < self.relays.capacity() {
+            self.relays.shrink_to_fit();
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}

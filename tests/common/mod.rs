@@ -1,0 +1,281 @@
+//! Shared by the end-to-end tests: starting a server on loopback, and a small TURN client
+//! over UDP or any byte stream (TCP, TLS) that does the long-term credential dance.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rendez::stun::{
+    decode_xor_address, long_term_key, stream_frame, AttrType, Class, ErrorCode, Frame,
+    IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+pub const WAIT: Duration = Duration::from_secs(3);
+
+pub async fn start(extra: &str) -> rendez::Handle {
+    // `extra` may open tables, so it comes after the top-level keys and before [peers].
+    let top = "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n";
+    start_with(&format!(
+        "{top}{extra}\n[peers]\nallow = [\"127.0.0.0/8\"]\n"
+    ))
+    .await
+}
+
+pub async fn start_with(text: &str) -> rendez::Handle {
+    rendez::start(test_config(text))
+        .await
+        .expect("server starts")
+}
+
+/// Common keys plus `text`; later tables in `text` may not repeat earlier ones.
+pub fn test_config(text: &str) -> rendez::Config {
+    let full = format!(
+        "realm = \"rendez.test\"\nrelay-ports = \"41000-41999\"\n{text}\n[auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n[signal]\nenabled = false\n"
+    );
+    rendez::Config::from_toml(&full).expect("test config parses")
+}
+
+pub async fn assert_closed_within(stream: &mut TcpStream, limit: Duration) {
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "server did not close the connection within {limit:?}"
+    );
+}
+
+pub async fn recv_from(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 2048];
+    let (len, from) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("peer received nothing")
+        .unwrap();
+    (buf[..len].to_vec(), from)
+}
+
+/// A client transport: a UDP socket talking to one server address, or a byte stream.
+pub enum Conn {
+    Udp {
+        socket: UdpSocket,
+        server: SocketAddr,
+    },
+    Stream {
+        stream: Box<dyn Duplex>,
+        buffer: Vec<u8>,
+    },
+}
+
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+impl Conn {
+    pub fn stream(stream: impl Duplex + 'static) -> Self {
+        Conn::Stream {
+            stream: Box::new(stream),
+            buffer: Vec::new(),
+        }
+    }
+
+    pub async fn udp(server: SocketAddr) -> Self {
+        let local = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        Conn::Udp {
+            socket: UdpSocket::bind(local).await.unwrap(),
+            server,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Conn::Udp { socket, server } => {
+                socket.send_to(bytes, *server).await.unwrap();
+            }
+            Conn::Stream { stream, .. } => stream.write_all(bytes).await.unwrap(),
+        }
+    }
+
+    /// The next message, cut from the stream by its own length.
+    pub async fn recv(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            match self {
+                Conn::Udp { socket, .. } => {
+                    let mut buf = vec![0u8; 65536];
+                    let len = socket.recv(&mut buf).await.unwrap();
+                    buf.truncate(len);
+                    buf
+                }
+                Conn::Stream { stream, buffer } => loop {
+                    if let Frame::Complete(len) = stream_frame(buffer) {
+                        return buffer.drain(..len).collect();
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "server closed the connection");
+                    buffer.extend_from_slice(&chunk[..n]);
+                },
+            }
+        })
+        .await
+        .expect("no response from the server")
+    }
+
+    pub async fn call(&mut self, request: &[u8]) -> Vec<u8> {
+        self.send(request).await;
+        self.recv().await
+    }
+}
+
+/// Long-term credential dance over any [`Conn`].
+pub struct TurnClient {
+    pub conn: Conn,
+    username: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    next_tid: u8,
+}
+
+impl TurnClient {
+    pub fn new(conn: Conn, username: &str, password: &str) -> Self {
+        Self {
+            conn,
+            username: username.into(),
+            key: long_term_key(username, "rendez.test", password),
+            nonce: Vec::new(),
+            next_tid: 0,
+        }
+    }
+
+    /// Gets a nonce from a 401 challenge.
+    pub async fn ensure_nonce(&mut self, method: Method) {
+        if self.nonce.is_empty() {
+            let tid = self.tid();
+            let challenge = self.conn.call(&request_bytes(method, &[], None, tid)).await;
+            assert_eq!(error_of(&challenge), Some(401));
+            self.nonce = Message::parse(&challenge)
+                .unwrap()
+                .attribute(AttrType::NONCE)
+                .unwrap()
+                .to_vec();
+        }
+    }
+
+    pub async fn request(&mut self, method: Method, attrs: &[Attr]) -> Vec<u8> {
+        self.ensure_nonce(method).await;
+        let tid = self.tid();
+        let auth = (self.username.as_str(), self.nonce.as_slice(), &self.key);
+        let response = self
+            .conn
+            .call(&request_bytes(method, attrs, Some(auth), tid))
+            .await;
+        let m = Message::parse(&response).expect("responses parse");
+        assert_eq!(m.transaction_id(), tid);
+        if m.class() == Class::Success || error_of(&response) != Some(401) {
+            assert!(
+                m.verify_integrity(&self.key).is_some(),
+                "response integrity"
+            );
+        }
+        response
+    }
+
+    pub async fn allocate(&mut self, extra: &[Attr]) -> Vec<SocketAddr> {
+        let mut attrs = vec![udp_transport()];
+        attrs.extend(extra.iter().cloned());
+        let response = self.request(Method::ALLOCATE, &attrs).await;
+        let m = Message::parse(&response).unwrap();
+        assert_eq!(
+            m.class(),
+            Class::Success,
+            "allocate failed: {:?}",
+            error_of(&response)
+        );
+        m.attributes(AttrType::XOR_RELAYED_ADDRESS)
+            .map(|v| decode_xor_address(v, &m.transaction_id()).unwrap())
+            .collect()
+    }
+
+    pub fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId([self.next_tid; 12])
+    }
+}
+
+#[derive(Clone)]
+pub enum Attr {
+    Raw(AttrType, Vec<u8>),
+    Peer(SocketAddr),
+}
+
+pub fn udp_transport() -> Attr {
+    Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+}
+
+pub fn family(kind: AttrType, code: u8) -> Attr {
+    Attr::Raw(kind, vec![code, 0, 0, 0])
+}
+
+pub fn channel(number: u16) -> Attr {
+    let [a, b] = number.to_be_bytes();
+    Attr::Raw(AttrType::CHANNEL_NUMBER, vec![a, b, 0, 0])
+}
+
+pub fn xor_peer(addr: SocketAddr) -> Attr {
+    Attr::Peer(addr)
+}
+
+pub fn request_bytes(
+    method: Method,
+    attrs: &[Attr],
+    auth: Option<(&str, &[u8], &[u8; 16])>,
+    tid: TransactionId,
+) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Request, method, tid);
+    for attr in attrs {
+        match attr {
+            Attr::Raw(kind, value) => b.add(*kind, value),
+            Attr::Peer(addr) => b.add_xor_address(AttrType::XOR_PEER_ADDRESS, *addr),
+        };
+    }
+    if let Some((username, nonce, key)) = auth {
+        b.add(AttrType::USERNAME, username.as_bytes())
+            .add(AttrType::REALM, b"rendez.test")
+            .add(AttrType::NONCE, nonce)
+            .add_integrity(IntegrityAlgorithm::Sha1, key);
+    }
+    b.add_fingerprint();
+    b.finish()
+}
+
+pub fn binding(tid: u8) -> Vec<u8> {
+    MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([tid; 12])).finish()
+}
+
+pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([0x55; 12]));
+    b.add_xor_address(AttrType::XOR_PEER_ADDRESS, peer)
+        .add(AttrType::DATA, data);
+    b.finish()
+}
+
+pub fn class_of(bytes: &[u8]) -> Class {
+    Message::parse(bytes).unwrap().class()
+}
+
+pub fn error_of(bytes: &[u8]) -> Option<u16> {
+    let m = Message::parse(bytes).ok()?;
+    ErrorCode::decode_code(m.attribute(AttrType::ERROR_CODE)?)
+}
