@@ -28,6 +28,8 @@ const WAKER: Token = Token(usize::MAX);
 const FIRST_RELAY_TOKEN: usize = 1 << 16;
 /// The longest the loop sleeps without checking timers and publishing stats.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Consecutive receive errors tolerated on one socket before the worker moves on.
+const MAX_RECV_ERRORS: usize = 16;
 /// Give freed memory back to the OS after this many allocations have ended.
 const TRIM_AFTER_ENDED: u64 = 1024;
 
@@ -169,6 +171,7 @@ impl Worker {
     /// Client datagrams: requests are answered after the batch, relayed data goes straight
     /// out of the receive slot to the peer.
     fn drain_listener(&mut self, index: usize) {
+        let mut errors = 0;
         loop {
             let Some(listener) = self.listeners.get(index) else {
                 return;
@@ -177,8 +180,13 @@ impl Worker {
                 Ok(n) => n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    // ICMP errors from earlier sends surface here; they concern one peer.
+                    // ICMP errors from earlier sends surface here, one per error; anything
+                    // that keeps failing must not spin the worker.
                     tracing::debug!(%error, "UDP receive error");
+                    errors += 1;
+                    if errors > MAX_RECV_ERRORS {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -212,6 +220,7 @@ impl Worker {
         let Some(Some(relay_addr)) = self.relay_tokens.get(token).copied() else {
             return;
         };
+        let mut errors = 0;
         loop {
             let Some(relay) = self.relays.get(&relay_addr) else {
                 return;
@@ -221,6 +230,10 @@ impl Worker {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
                     tracing::debug!(%error, relay = %relay_addr, "relay receive error");
+                    errors += 1;
+                    if errors > MAX_RECV_ERRORS {
+                        return;
+                    }
                     continue;
                 }
             };
