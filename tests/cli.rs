@@ -7,6 +7,7 @@ fn rendez(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rendez"))
         .args(args)
         .env_remove("RENDEZ_SECRET")
+        .env_remove("RENDEZ_TOKEN_SECRET")
         .output()
         .expect("run rendez")
 }
@@ -155,4 +156,35 @@ fn bad_config_stops_startup_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/rendez.toml"));
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn token_admits_to_its_room_only() {
+    let out = rendez(&[
+        "token", "--secret", "room-key", "--room", "standup", "--ttl", "1h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(rendez::signal::token::verify(
+        "room-key", "standup", &token, now
+    ));
+    assert!(!rendez::signal::token::verify(
+        "room-key", "other", &token, now
+    ));
+    assert!(!rendez::signal::token::verify(
+        "room-key",
+        "standup",
+        &token,
+        now + 3700
+    ));
+    let missing = rendez(&["token", "--room", "standup"]);
+    assert!(!missing.status.success(), "a secret source is required");
 }
