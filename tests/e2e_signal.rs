@@ -239,7 +239,7 @@ async fn page_is_served_over_https_when_tls_is_configured() {
 
 async fn start(signal_extra: &str) -> rendez::Handle {
     let text = format!(
-        "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"42000-42999\"\n\
+        "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"12000-12999\"\n\
          [auth]\nsecrets = [\"web-secret\"]\ncredential-ttl = \"1h\"\n\
          [signal]\nlisten = \"127.0.0.1:0\"\n{signal_extra}\n"
     );

@@ -7,7 +7,7 @@
 //! has a fixed count, so a broken server fails these tests quickly instead of
 //! hanging them.
 //!
-//! Each test gets its own slice of the 40000-40999 relay range so servers
+//! Each test gets its own slice of the 10000-10999 relay range so servers
 //! running in parallel tests never compete for the same relay ports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -53,8 +53,8 @@ const REALM: &str = "rendez.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_user_relays_echo() {
-    let server = start_server(&config("40000-40099", true)).await;
-    relay_echo_rounds(server_addr(&server), "alice", "wonderland", 40000..=40099).await;
+    let server = start_server(&config("10000-10099", true)).await;
+    relay_echo_rounds(server_addr(&server), "alice", "wonderland", 10000..=10099).await;
     shutdown(server).await;
 }
 
@@ -85,12 +85,12 @@ async fn rest_credential_relays_echo() {
     let expected = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
     assert_eq!(cred.password, expected);
 
-    let server = start_server(&config("40100-40199", true)).await;
+    let server = start_server(&config("10100-10199", true)).await;
     relay_echo_rounds(
         server_addr(&server),
         &cred.username,
         &cred.password,
-        40100..=40199,
+        10100..=10199,
     )
     .await;
     shutdown(server).await;
@@ -103,7 +103,7 @@ async fn expired_rest_credential_rejected() {
     let expired = SystemTime::now() - Duration::from_secs(60);
     let cred = rendez::credential::mint("s3cret", "bob", expired);
 
-    let server = start_server(&config("40200-40299", true)).await;
+    let server = start_server(&config("10200-10299", true)).await;
     let err = allocate_error(server_addr(&server), &cred.username, &cred.password).await;
     // RFC 8489 §9.2.4: bad credentials on a request with a valid nonce → 401.
     assert!(
@@ -115,7 +115,7 @@ async fn expired_rest_credential_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_rejected() {
-    let server = start_server(&config("40300-40399", true)).await;
+    let server = start_server(&config("10300-10399", true)).await;
     let err = allocate_error(server_addr(&server), "alice", "looking-glass").await;
     assert!(
         err.contains("error 401"),
@@ -126,7 +126,7 @@ async fn wrong_password_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binding_request_answered() {
-    let server = start_server(&config("40400-40499", true)).await;
+    let server = start_server(&config("10400-10499", true)).await;
     let sock = udp_socket().await;
 
     let resp = binding(&sock, server_addr(&server)).await;
@@ -151,7 +151,7 @@ async fn binding_request_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_peer_denied_by_default() {
     // No [peers] section: the default policy must refuse loopback peers.
-    let server = start_server(&config("40500-40599", false)).await;
+    let server = start_server(&config("10500-10599", false)).await;
     let server_addr = server_addr(&server);
     let sock = udp_socket().await;
 
@@ -217,7 +217,7 @@ async fn loopback_peer_denied_by_default() {
         .unwrap_or_else(|e| panic!("no XOR-RELAYED-ADDRESS in {resp}: {e}"));
     assert_eq!(relayed.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(
-        (40500..=40599).contains(&relayed.port),
+        (10500..=10599).contains(&relayed.port),
         "relay port {} outside relay-ports",
         relayed.port
     );
@@ -247,7 +247,7 @@ async fn loopback_peer_denied_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_does_not_stop_server() {
-    let server = start_server(&config("40600-40699", true)).await;
+    let server = start_server(&config("10600-10699", true)).await;
     let server_addr = server_addr(&server);
     let sock = udp_socket().await;
 

@@ -170,7 +170,7 @@ async fn start_workers() -> rendez::Handle {
     // 3 workers + the TCP/TLS shard share 120 ports: 30 each, a few more than CLIENTS / 3.
     let text = format!(
         "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
-         workers = {WORKERS}\nrelay-ports = \"43000-43119\"\n\
+         workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n\
          [auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
          [peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n"
     );

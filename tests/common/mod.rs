@@ -33,7 +33,7 @@ pub async fn start_with(text: &str) -> rendez::Handle {
 /// Common keys plus `text`; later tables in `text` may not repeat earlier ones.
 pub fn test_config(text: &str) -> rendez::Config {
     let full = format!(
-        "realm = \"rendez.test\"\nrelay-ports = \"41000-41999\"\n{text}\n[auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n[signal]\nenabled = false\n"
+        "realm = \"rendez.test\"\nrelay-ports = \"11000-11999\"\n{text}\n[auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n[signal]\nenabled = false\n"
     );
     rendez::Config::from_toml(&full).expect("test config parses")
 }
