@@ -42,6 +42,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  mint a credential: rendez credential --secret '{secret}' --user alice --json");
         config.auth.secrets = vec![secret];
     }
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -142,6 +143,28 @@ fn generate_secret() -> anyhow::Result<String> {
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("the OS random number generator failed"))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Every allocation holds a relay socket, so the default limit of 1024 open files would cap
+/// a server at about a thousand allocations: raise the soft limit to the hard one.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                let before = limit.rlim_cur;
+                limit.rlim_cur = limit.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    tracing::debug!(before, after = limit.rlim_cur, "raised the open file limit");
+                }
+            }
+        }
+    }
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
