@@ -1,5 +1,6 @@
 //! The `rendez` binary: command line → config → logging → server.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -156,7 +157,9 @@ fn raise_open_file_limit() {
         };
         // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
         unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
                 let before = limit.rlim_cur;
                 limit.rlim_cur = limit.rlim_max;
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
@@ -174,7 +177,10 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
             config.log_level
         )
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: journald and log files get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

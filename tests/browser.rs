@@ -1,4 +1,6 @@
-//! Browser test: two RTCPeerConnections in headless Chromium call each other through rendez.
+//! Browser tests: headless Chromium calls through rendez, first as two bare
+//! RTCPeerConnections relayed over each TURN transport, then as three people on rendez's own
+//! call page (see "The call page" below).
 //!
 //! Each transport is its own test (`browser_relay_udp`, `browser_relay_tcp`,
 //! `browser_relay_tls`), and `browser_relay_tls_refuses_untrusted_certificate` shows that
@@ -62,6 +64,30 @@
 //! test's own directory is touched (Chromium's `HOME` is that directory's `home/`, for the
 //! UDP and TCP tests too).
 //!
+//! # The call page
+//!
+//! `browser_call_three_relayed`, `browser_call_three_default_policy` and `browser_room_full`
+//! test what people use: the page that rendez itself serves (`web/`), its WebSocket
+//! signaling and the TURN credentials in its welcome. rendez gets the test certificate in
+//! `[tls]`, so it serves the page over HTTPS at `https://turn.rendez.test:8443/` (a secure
+//! origin, needed for the camera; the name is mapped to 10.99.0.1 like the TURN host, and
+//! the test CA is trusted as above), with `[signal] room-size = 3`. The welcome then lists
+//! `stun:`, `turn:` (UDP, TCP) and `turns:` URLs at `turn.rendez.test`, each with a
+//! credential minted for that connection. `tests/browser/call_page.mjs` opens one Chromium
+//! with one tab per participant (three tabs in one browser cost far less than three
+//! browsers on two cores), each at `?room=…&name=…&autojoin=1`, in turn, and reports what
+//! `window.rendez.state()` and the page show; the Rust test asserts:
+//!
+//! - `browser_call_three_relayed` (`&relay=1`, so the page sets `iceTransportPolicy:
+//!   "relay"`): every tab shows the two others connected, relayed, with decoded video, and
+//!   the server log shows that rendez made the allocations (at least one per peer
+//!   connection, six). The screenshot of the first tab's grid is saved as
+//!   `target/browser-artifacts/call-grid.png`.
+//! - `browser_call_three_default_policy`: the same without `&relay=1`; inside the namespace
+//!   the pages may well connect directly, so only "connected with decoded video" is asserted.
+//! - `browser_room_full`: with three in the room, a fourth tab shows the room-full message
+//!   (`<body data-error="room-full">`) and the three others still see only each other.
+//!
 //! # Skipping
 //!
 //! Without `/usr/bin/chromium`, `node`, `certutil` (TLS only), playwright-core (the test
@@ -75,11 +101,12 @@
 //! machine would only make each of them slower. On failure the test's directory under
 //! `target/tmp/` (rendez.toml, server log at debug level, Chromium log, node output) is
 //! kept and its path printed; `RENDEZ_BROWSER_KEEP=1` keeps it on success too. The UDP test
-//! saves a screenshot of the call page to `target/browser-artifacts/udp.png`.
+//! saves a screenshot of its page to `target/browser-artifacts/udp.png`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -110,14 +137,45 @@ fn browser_relay_tls() {
 #[test]
 fn browser_relay_tls_refuses_untrusted_certificate() {
     let test = "browser_relay_tls_refuses_untrusted_certificate";
-    let Some((mut lab, result, started)) = call(test, Transport::Tls, Trust::Nothing) else {
+    let Some((mut lab, result)) = call(test, Transport::Tls, Trust::Nothing) else {
         return;
     };
     lab.check_refused(&result);
     println!(
         "{test}: Chromium refused the untrusted certificate ({}) in {:.1} s",
         result["errors"],
-        started.elapsed().as_secs_f64()
+        lab.started.elapsed().as_secs_f64()
+    );
+}
+
+/// Three people on the served page, every stream through rendez's relay.
+#[test]
+fn browser_call_three_relayed() {
+    three_way_call("browser_call_three_relayed", IcePolicy::Relay);
+}
+
+/// Three people on the served page with the browser's default ICE policy.
+#[test]
+fn browser_call_three_default_policy() {
+    three_way_call("browser_call_three_default_policy", IcePolicy::All);
+}
+
+/// A fourth person is turned away from a room of three, and told so.
+#[test]
+fn browser_room_full() {
+    let test = "browser_room_full";
+    let Some(mut lab) = open_lab(test, true) else {
+        return;
+    };
+    let result = lab.run_call_page(CallScenario::RoomFull, IcePolicy::All, None);
+    lab.check_room_full(&result);
+    println!(
+        "{test}: {EXTRA} was shown \"{}\" in {:.1} s (node phases, ms: {})",
+        result["pages"][PARTICIPANTS.len()]["message"]["text"]
+            .as_str()
+            .unwrap_or_default(),
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
     );
 }
 
@@ -134,10 +192,22 @@ const REQUIRE_ENV: &str = "RENDEZ_REQUIRE_BROWSER";
 /// Set to keep each test's directory (logs, certificates, profile) even on success.
 const KEEP_ENV: &str = "RENDEZ_BROWSER_KEEP";
 
-/// Budget of the node script (server readiness, browser start, call, stats, screenshot).
+/// Budget of relay_call.mjs (server readiness, browser start, call, stats, screenshot).
 const CALL_BUDGET: Duration = Duration::from_secs(45);
-/// Hard limit for the node process; past it the test kills it and fails.
+/// Hard limit for the relay_call.mjs process; past it the test kills it and fails.
 const NODE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where rendez serves the call page (HTTPS, with the test certificate).
+const PAGE_PORT: u16 = 8443;
+const ROOM: &str = "standup";
+/// The call page's participants, in joining order; as many as `room-size`.
+const PARTICIPANTS: [&str; 3] = ["alice", "bob", "carol"];
+/// Who finds the room full.
+const EXTRA: &str = "dave";
+/// Budget of call_page.mjs: three tabs joining, three connections, decoded video.
+const CALL_PAGE_BUDGET: Duration = Duration::from_secs(60);
+/// Hard limit for the call_page.mjs process.
+const CALL_PAGE_NODE_LIMIT: Duration = Duration::from_secs(75);
 /// Limit for small helper commands (`ip`, `certutil`, `node --version`).
 const COMMAND_LIMIT: Duration = Duration::from_secs(15);
 /// Limit for `npm ci` when node_modules is missing.
@@ -202,7 +272,7 @@ enum Trust {
 /// A call that must succeed, with every assertion of the module docs.
 fn relay_call(transport: Transport) {
     let test = format!("browser_relay_{}", transport.name());
-    let Some((mut lab, result, started)) = call(&test, transport, Trust::TestCa) else {
+    let Some((mut lab, result)) = call(&test, transport, Trust::TestCa) else {
         return;
     };
     lab.check(transport, &result);
@@ -210,7 +280,7 @@ fn relay_call(transport: Transport) {
         "{test}: relay-relay over {} with {} frames decoded in {:.1} s (node phases, ms: {})",
         transport.relay_protocol(),
         result["video"]["framesDecoded"],
-        started.elapsed().as_secs_f64(),
+        lab.started.elapsed().as_secs_f64(),
         result["phases"],
     );
     if let Some(path) = result["screenshot"].as_str() {
@@ -221,32 +291,11 @@ fn relay_call(transport: Transport) {
 /// Sets up the lab, runs the call and returns its result with the lab (still alive, so
 /// its processes and namespace go away only after the caller's assertions). `None` when
 /// the test was skipped.
-fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value, Instant)> {
-    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let started = Instant::now();
-
-    if let Err(reason) = prerequisites(transport) {
-        skip(test, &reason);
-        return None;
-    }
-    let mut lab = match Lab::create(test, serial) {
-        Ok(lab) => lab,
-        Err(reason) => {
-            skip(test, &reason);
-            return None;
-        }
-    };
-
-    let secret = format!(
-        "browser-test-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    );
+fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value)> {
+    let mut lab = open_lab(test, transport == Transport::Tls)?;
+    let secret = fresh_secret();
     let tls_files = (transport == Transport::Tls).then(|| lab.make_certificates(trust));
-    let config = lab.write_config(&secret, tls_files.as_ref());
+    let config = lab.write_config(&secret, tls_files.as_ref(), None);
     lab.start_server(&config);
 
     let credential = rendez::credential::mint(
@@ -267,11 +316,40 @@ fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value, I
         "timeoutMs": CALL_BUDGET.as_millis() as u64,
     });
 
-    let mut result = lab.run_call(&args);
+    let mut result = lab.run_node("relay_call.mjs", &args, NODE_LIMIT);
     if let (Some(path), true) = (&screenshot, result["ok"] == true) {
         result["screenshot"] = json!(path);
     }
-    Some((lab, result, started))
+    Some((lab, result))
+}
+
+/// Takes the one-browser-at-a-time lock, checks the prerequisites and makes the namespace;
+/// `None` (after saying why) when the test is skipped. `tls`: the test needs `certutil`.
+fn open_lab(test: &str, tls: bool) -> Option<Lab> {
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(reason) = prerequisites(tls) {
+        skip(test, &reason);
+        return None;
+    }
+    match Lab::create(test, serial) {
+        Ok(lab) => Some(lab),
+        Err(reason) => {
+            skip(test, &reason);
+            None
+        }
+    }
+}
+
+/// A TURN REST secret that no other run shares.
+fn fresh_secret() -> String {
+    format!(
+        "browser-test-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    )
 }
 
 /// Chromium's command line (the node script adds only playwright's own switches).
@@ -299,6 +377,338 @@ fn chromium_args(dir: &Path) -> Vec<String> {
     args.push(format!("--log-file={}", dir.join("chromium.log").display()));
     args.push("--v=0".into());
     args
+}
+
+// ---------------------------------------------------------------------------------------
+// The call page
+
+/// Which candidates the pages may use: `&relay=1` on their URL, or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IcePolicy {
+    Relay,
+    All,
+}
+
+/// What call_page.mjs does once the participants have joined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallScenario {
+    /// Waits until every tab shows the others connected with decoded video.
+    Call,
+    /// Opens one more tab, which must be turned away.
+    RoomFull,
+}
+
+/// The three-way call of `browser_call_three_relayed` and `browser_call_three_default_policy`.
+fn three_way_call(test: &str, policy: IcePolicy) {
+    let Some(mut lab) = open_lab(test, true) else {
+        return;
+    };
+    let screenshot = (policy == IcePolicy::Relay).then(|| artifacts_dir().join("call-grid.png"));
+    let result = lab.run_call_page(CallScenario::Call, policy, screenshot.as_deref());
+    lab.check_three_way_call(&result, policy);
+    let allocations = lab.allocations();
+    if policy == IcePolicy::Relay {
+        lab.check_allocations(&allocations);
+    }
+    let links: Vec<String> = result["pages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|page| page["state"]["peers"].as_array().into_iter().flatten())
+        .map(|peer| {
+            let link = if peer["relayed"] == true {
+                "relayed"
+            } else {
+                "direct"
+            };
+            format!("{link} {}", peer["framesDecoded"])
+        })
+        .collect();
+    println!(
+        "{test}: 3 pages, each connected to 2 peers (link and frames decoded: {}); \
+         {} TURN allocations; {:.1} s (node phases, ms: {})",
+        links.join(", "),
+        allocations.len(),
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
+    );
+    if let Some(path) = screenshot {
+        println!("{test}: screenshot {}", path.display());
+    }
+}
+
+impl Lab {
+    /// Starts rendez with the call page on HTTPS (`room-size` = the participants) and runs
+    /// call_page.mjs; returns its JSON result.
+    fn run_call_page(
+        &mut self,
+        scenario: CallScenario,
+        policy: IcePolicy,
+        screenshot: Option<&Path>,
+    ) -> Value {
+        let tls = self.make_certificates(Trust::TestCa);
+        let config = self.write_config(&fresh_secret(), Some(&tls), Some(PARTICIPANTS.len()));
+        self.start_server(&config);
+        if let Some(path) = screenshot {
+            // A stale picture must not pass for this run's.
+            let _ = fs::remove_file(path);
+        }
+        let args = json!({
+            "scenario": match scenario {
+                CallScenario::Call => "call",
+                CallScenario::RoomFull => "room-full",
+            },
+            "pageUrl": format!("https://{TURN_HOST}:{PAGE_PORT}/"),
+            "probe": {"host": LAB_IP.to_string(), "port": PAGE_PORT},
+            "room": ROOM,
+            "participants": PARTICIPANTS,
+            "extra": EXTRA,
+            "relay": policy == IcePolicy::Relay,
+            "chromium": CHROMIUM,
+            "chromiumArgs": chromium_args(&self.dir),
+            "userDataDir": self.dir.join("profile"),
+            "home": self.dir.join("home"),
+            "viewport": {"width": 1000, "height": 700},
+            "screenshot": screenshot,
+            "timeoutMs": CALL_PAGE_BUDGET.as_millis() as u64,
+        });
+        self.run_node("call_page.mjs", &args, CALL_PAGE_NODE_LIMIT)
+    }
+
+    /// Every tab shows the two others, by name and id, connected with decoded video (over
+    /// the relay with [`IcePolicy::Relay`]), in its state and on screen.
+    fn check_three_way_call(&mut self, r: &Value, policy: IcePolicy) {
+        if r["ok"] != true {
+            self.fail(&format!(
+                "the three-way call did not come up: {}",
+                r["error"]
+            ));
+        }
+        let pages = self.pages(r, PARTICIPANTS.len());
+        let ids = self.ids_by_name(&pages);
+        for (page, name) in pages.iter().zip(PARTICIPANTS) {
+            let state = &page["state"];
+            let peers = state["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let mut seen: Vec<(&str, &str)> = peers
+                .iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or(""),
+                        p["id"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect();
+            seen.sort_unstable();
+            let mut expected: Vec<(&str, &str)> = PARTICIPANTS
+                .iter()
+                .filter(|&&other| other != name)
+                .map(|&other| (other, ids[other]))
+                .collect();
+            expected.sort_unstable();
+            if seen != expected {
+                self.fail(&format!(
+                    "{name} sees peers {seen:?}, expected the two others {expected:?}"
+                ));
+            }
+            if !state["error"].is_null() || !page["bodyError"].is_null() {
+                self.fail(&format!(
+                    "{name}'s page shows an error: {} / {}",
+                    state["error"], page["message"]
+                ));
+            }
+            for peer in peers {
+                let what = format!("{name} → {}", peer["name"]);
+                if peer["connectionState"] != "connected" {
+                    self.fail(&format!(
+                        "{what}: connectionState {}",
+                        peer["connectionState"]
+                    ));
+                }
+                if peer["framesDecoded"].as_u64().unwrap_or(0) == 0
+                    || peer["bytesReceived"].as_u64().unwrap_or(0) == 0
+                {
+                    self.fail(&format!(
+                        "{what}: no decoded video ({} frames, {} bytes)",
+                        peer["framesDecoded"], peer["bytesReceived"]
+                    ));
+                }
+                let relayed_ok = match policy {
+                    IcePolicy::Relay => peer["relayed"] == true,
+                    IcePolicy::All => peer["relayed"].is_boolean(),
+                };
+                if !relayed_ok {
+                    self.fail(&format!("{what}: relayed is {}", peer["relayed"]));
+                }
+            }
+            self.check_tiles(page, name, policy);
+        }
+    }
+
+    /// On screen: the own tile first, then one tile per other participant, each playing
+    /// video, the others captioned "connected · relayed" (or "· direct").
+    fn check_tiles(&mut self, page: &Value, name: &str, policy: IcePolicy) {
+        let tiles = page["tiles"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let own = format!("{name} (you)");
+        let captions: Vec<(&str, &str)> = tiles
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap_or(""),
+                    t["link"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        let mut names: Vec<&str> = captions.iter().map(|&(n, _)| n).collect();
+        names.sort_unstable();
+        let mut expected: Vec<&str> = PARTICIPANTS
+            .iter()
+            .copied()
+            .filter(|&other| other != name)
+            .chain([own.as_str()])
+            .collect();
+        expected.sort_unstable();
+        if tiles.first().is_none_or(|t| t["local"] != true) || names != expected {
+            self.fail(&format!(
+                "{name}'s grid shows tiles {captions:?}, expected its own first, then the others"
+            ));
+        }
+        for (tile, (tile_name, link)) in tiles.iter().zip(&captions).skip(1) {
+            let link_ok = match policy {
+                IcePolicy::Relay => *link == "connected · relayed",
+                IcePolicy::All => ["connected · relayed", "connected · direct"].contains(link),
+            };
+            if !link_ok {
+                self.fail(&format!("{name}'s tile for {tile_name} says {link:?}"));
+            }
+            if tile["videoWidth"].as_u64().unwrap_or(0) == 0 {
+                self.fail(&format!("{name}'s tile for {tile_name} shows no picture"));
+            }
+        }
+    }
+
+    /// The fourth tab shows the room-full message and never joined; the three members
+    /// still see exactly each other.
+    fn check_room_full(&mut self, r: &Value) {
+        if r["ok"] != true {
+            self.fail(&format!(
+                "the room-full scenario did not complete: {}",
+                r["error"]
+            ));
+        }
+        let pages = self.pages(r, PARTICIPANTS.len() + 1);
+        let (members, extra) = pages.split_at(PARTICIPANTS.len());
+        let extra = &extra[0];
+        if extra["bodyError"] != "room-full" || extra["state"]["error"] != "room-full" {
+            self.fail(&format!(
+                "{EXTRA}: body data-error {}, state error {}, expected room-full",
+                extra["bodyError"], extra["state"]["error"]
+            ));
+        }
+        if extra["state"]["joined"] != false || extra["state"]["peers"] != json!([]) {
+            self.fail(&format!("{EXTRA} got into the room: {}", extra["state"]));
+        }
+        let message = &extra["message"];
+        if message["hidden"] != false || !message["text"].as_str().unwrap_or("").contains("full") {
+            self.fail(&format!(
+                "{EXTRA} is not shown the room-full message: {message}"
+            ));
+        }
+        for (page, name) in members.iter().zip(PARTICIPANTS) {
+            let mut peers: Vec<&str> = page["state"]["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["name"].as_str().unwrap_or(""))
+                .collect();
+            peers.sort_unstable();
+            let mut expected: Vec<&str> = PARTICIPANTS.into_iter().filter(|&o| o != name).collect();
+            expected.sort_unstable();
+            if page["state"]["joined"] != true || peers != expected {
+                self.fail(&format!(
+                    "{name} (a member) shows joined {} with peers {peers:?}, expected {expected:?}",
+                    page["state"]["joined"]
+                ));
+            }
+        }
+    }
+
+    /// The `pages` of a call_page.mjs result, which must be one per participant in order.
+    fn pages(&mut self, r: &Value, count: usize) -> Vec<Value> {
+        let pages = r["pages"].as_array().cloned().unwrap_or_default();
+        let names: Vec<&str> = pages
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or(""))
+            .collect();
+        let expected: Vec<&str> = PARTICIPANTS
+            .into_iter()
+            .chain([EXTRA])
+            .take(count)
+            .collect();
+        if names != expected {
+            self.fail(&format!("pages {names:?}, expected {expected:?}"));
+        }
+        pages
+    }
+
+    /// Each participant's id as its own page reports it (all joined, all different).
+    fn ids_by_name<'a>(&mut self, pages: &'a [Value]) -> BTreeMap<&'a str, &'a str> {
+        let mut ids = BTreeMap::new();
+        for page in pages {
+            let name = page["name"].as_str().unwrap_or("");
+            let state = &page["state"];
+            match state["id"].as_str() {
+                Some(id) if state["joined"] == true && state["room"] == ROOM => {
+                    ids.insert(name, id);
+                }
+                _ => self.fail(&format!("{name} has not joined {ROOM}: {state}")),
+            }
+        }
+        let mut distinct: Vec<&str> = ids.values().copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != pages.len() {
+            self.fail(&format!("participants share ids: {ids:?}"));
+        }
+        ids
+    }
+
+    /// The server log's "allocation created" lines (one per TURN allocation), without
+    /// the terminal colours that the log has even in a file.
+    fn allocations(&self) -> Vec<String> {
+        strip_ansi(&fs::read_to_string(self.dir.join("server.log")).unwrap_or_default())
+            .lines()
+            .filter(|line| line.contains("allocation created"))
+            .map(String::from)
+            .collect()
+    }
+
+    /// With relay-only ICE, each of the six peer connections needs at least one allocation
+    /// of its own: a client on 10.99.0.1 (the browser), relayed on 10.99.0.1 in
+    /// `relay-ports`. The lines look like `allocation created client=10.99.0.1:51931
+    /// relays=[Relay { bind: 10.99.0.1:40122, public: 10.99.0.1:40122, bound: true }]`.
+    fn check_allocations(&mut self, allocations: &[String]) {
+        let connections = PARTICIPANTS.len() * (PARTICIPANTS.len() - 1);
+        if allocations.len() < connections {
+            self.fail(&format!(
+                "rendez logged {} allocations; {connections} relay-only peer connections need \
+                 at least one each",
+                allocations.len()
+            ));
+        }
+        let ports = RELAY_PORTS.0..=RELAY_PORTS.1;
+        let ours = |addr: &SocketAddr| addr.ip() == IpAddr::V4(LAB_IP);
+        for line in allocations {
+            let clients = logged_addrs(line, "client=");
+            let relayed = logged_addrs(line, "public: ");
+            let relayed_here = relayed.iter().any(|a| ours(a) && ports.contains(&a.port()));
+            if clients.len() != 1 || !ours(&clients[0]) || !relayed_here {
+                self.fail(&format!(
+                    "an allocation that is not a browser's relayed in the namespace \
+                     (client {clients:?}, relayed {relayed:?}): {line}"
+                ));
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -333,8 +743,9 @@ fn artifacts_dir() -> PathBuf {
     dir
 }
 
-/// Everything but the namespace, which [`Lab::create`] checks by making one.
-fn prerequisites(transport: Transport) -> Result<(), String> {
+/// Everything but the namespace, which [`Lab::create`] checks by making one. `tls`: the
+/// test makes a certificate and an NSS database, so it needs `certutil`.
+fn prerequisites(tls: bool) -> Result<(), String> {
     if !Path::new(CHROMIUM).exists() {
         return Err(format!(
             "{CHROMIUM} not found (Debian: apt-get install chromium)"
@@ -349,7 +760,7 @@ fn prerequisites(transport: Transport) -> Result<(), String> {
     run_bounded(Command::new("kill").arg("-l"), COMMAND_LIMIT)
         .and_then(require_success)
         .map_err(|e| format!("`kill` (procps) is not runnable: {e}"))?;
-    if transport == Transport::Tls {
+    if tls {
         run_bounded(Command::new("certutil").arg("-H"), COMMAND_LIMIT).map_err(|e| {
             format!("certutil is not runnable (apt-get install libnss3-tools): {e}")
         })?;
@@ -384,6 +795,8 @@ struct TlsFiles {
 struct Lab {
     netns: String,
     dir: PathBuf,
+    /// When the test got its turn (the serial lock), for the timings it prints.
+    started: Instant,
     namespace_made: bool,
     server: Option<Child>,
     node: Option<Child>,
@@ -393,7 +806,7 @@ struct Lab {
 impl Lab {
     /// `serial` is held until the lab is dropped, after its cleanup.
     fn create(test: &str, serial: MutexGuard<'static, ()>) -> Result<Lab, String> {
-        let short = test.trim_start_matches("browser_relay_").replace('_', "-");
+        let short = test.trim_start_matches("browser_").replace('_', "-");
         let id = format!("{}-{short}", std::process::id());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{id}"));
         let _ = fs::remove_dir_all(&dir);
@@ -404,6 +817,7 @@ impl Lab {
         let mut lab = Lab {
             netns: format!("rendez-br-{id}"),
             dir,
+            started: Instant::now(),
             namespace_made: false,
             server: None,
             node: None,
@@ -529,7 +943,14 @@ impl Lab {
         files
     }
 
-    fn write_config(&self, secret: &str, tls: Option<&TlsFiles>) -> PathBuf {
+    /// `room_size`: also serve the call page on LAB_IP:PAGE_PORT (HTTPS: pass `tls`) with
+    /// rooms of that size. Without it, the page stays at its default address, unused.
+    fn write_config(
+        &self,
+        secret: &str,
+        tls: Option<&TlsFiles>,
+        room_size: Option<usize>,
+    ) -> PathBuf {
         let mut text = format!(
             "realm = \"rendez.test\"\n\
              listen = [\"{LAB_IP}:{TURN_PORT}\"]\n\
@@ -551,6 +972,11 @@ impl Lab {
                 "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
                 tls.cert.display(),
                 tls.key.display()
+            );
+        }
+        if let Some(room_size) = room_size {
+            text += &format!(
+                "\n[signal]\nlisten = \"{LAB_IP}:{PAGE_PORT}\"\nroom-size = {room_size}\n"
             );
         }
         let path = self.dir.join("rendez.toml");
@@ -582,13 +1008,14 @@ impl Lab {
         self.server = Some(child);
     }
 
-    /// Runs the node script (bounded) and returns its JSON line.
-    fn run_call(&mut self, args: &Value) -> Value {
+    /// Runs `script` from tests/browser under node in the namespace, killed past `limit`,
+    /// and returns its JSON line.
+    fn run_node(&mut self, script: &str, args: &Value, limit: Duration) -> Value {
         let stdout_path = self.dir.join("node.out");
         let stderr_path = self.dir.join("node.err");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns, "node"])
-            .arg(node_project().join("relay_call.mjs"))
+            .arg(node_project().join(script))
             .arg(args.to_string())
             .current_dir(node_project())
             .stdin(Stdio::null())
@@ -598,7 +1025,7 @@ impl Lab {
             .expect("start node");
         self.node = Some(child);
 
-        let deadline = Instant::now() + NODE_LIMIT;
+        let deadline = Instant::now() + limit;
         let status = loop {
             let node = self.node.as_mut().expect("node child");
             match node.try_wait() {
@@ -616,8 +1043,8 @@ impl Lab {
         let Some(status) = status else {
             self.stop_node();
             self.fail(&format!(
-                "node did not finish within {} s; killed it",
-                NODE_LIMIT.as_secs()
+                "node {script} did not finish within {} s; killed it",
+                limit.as_secs()
             ));
         };
         self.node = None;
@@ -857,4 +1284,35 @@ fn require_success(output: Output) -> Result<Output, String> {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Removes terminal colour sequences (ESC `[` … letter).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The socket addresses written right after each `key` in a log line.
+fn logged_addrs(line: &str, key: &str) -> Vec<SocketAddr> {
+    line.match_indices(key)
+        .filter_map(|(at, _)| {
+            let rest = &line[at + key.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .collect()
 }

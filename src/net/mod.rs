@@ -120,7 +120,8 @@ impl Handle {
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
     let relays = resolve_relay_addresses(&config)?;
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = config.tls.as_ref().map(tls::turn_acceptor).transpose()?;
+    let https = config.tls.as_ref().map(tls::http_acceptor).transpose()?;
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -226,7 +227,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         let hub = http::Hub::new(&bound, random_u64()?);
         tasks.push(tokio::spawn(http::serve(
             listener,
-            tls.clone(),
+            https,
             hub,
             stopped.clone(),
         )));

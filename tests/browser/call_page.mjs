@@ -1,0 +1,265 @@
+// Several participants on rendez's own call page in headless Debian Chromium, for
+// tests/browser.rs.
+//
+//   node call_page.mjs '<json>'
+//
+// Runs inside the network namespace that the Rust test made (`ip netns exec`), so every
+// address it can reach is the test's own. Unlike relay_call.mjs, nothing here makes a peer
+// connection: the page served by rendez (web/app.js) does everything, as it would for
+// people, and this script only opens it and reads what it shows. It:
+//   1. waits (bounded) until rendez accepts connections on the page's port;
+//   2. launches /usr/bin/chromium through playwright-core (never a downloaded browser):
+//      one browser, one tab per participant, all with the fake camera and microphone;
+//   3. opens `pageUrl?room=R&name=N&autojoin=1` (plus `&relay=1` when asked) for each
+//      participant in turn, each once the previous one has joined (got its welcome);
+//   4. scenario "call": polls `window.rendez.state()` of every tab until each shows all the
+//      others connected with decoded video (relayed, when `relay` is set), waits until
+//      every tab's tiles play video with their captions, then screenshots the first tab;
+//      scenario "room-full": opens one more tab (`extra`) and waits until it shows the
+//      room-full message (`<body data-error="room-full">`);
+//   5. prints exactly one line of JSON on stdout: {"ok": true|false, "pages": [...], ...}.
+// The Rust test makes the assertions; this script only reports what the pages showed.
+//
+// Arguments (one JSON object):
+//   scenario        "call" or "room-full"
+//   pageUrl         where rendez serves the page, e.g. https://turn.rendez.test:8443/
+//   probe           {host, port}: where rendez must accept a TCP connection first
+//   room            the room every participant joins
+//   participants    their names, in joining order
+//   extra           "room-full" only: the name of the participant who must be turned away
+//   relay           add `&relay=1` (iceTransportPolicy "relay") to every page's URL
+//   chromium        path of the browser executable
+//   chromiumArgs    extra command-line flags (the Rust test owns the list)
+//   userDataDir     a fresh, empty profile directory
+//   home            HOME for Chromium (where its NSS database lives)
+//   viewport        {width, height} of every tab
+//   screenshot      optional PNG path ("call" only): the first participant's tab
+//   timeoutMs       budget for the whole script
+
+import { chromium } from "playwright-core";
+import net from "node:net";
+
+const args = JSON.parse(process.argv[2] ?? "{}");
+const started = Date.now();
+const deadline = started + (args.timeoutMs ?? 60000);
+const remaining = () => Math.max(0, deadline - Date.now());
+// A timeout for one step: at most `ms`, never past the deadline, never 0 (which playwright
+// takes as "no timeout").
+const stepTimeout = (ms) => Math.max(1, Math.min(ms, remaining()));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const phases = {};
+const mark = (name) => (phases[name] = Date.now() - started);
+
+let context = null;
+// The tab a persistent context starts with; the first participant gets it.
+let spareTab = null;
+let finished = false;
+// One entry per opened tab: {name, url, page, console: [...]}. Reported even on failure.
+const tabs = [];
+
+async function finish(result, code) {
+  if (finished) return;
+  finished = true;
+  // Describing the tabs and closing the browser must not hang.
+  setTimeout(() => process.exit(code), 8000).unref();
+  // What every tab shows, whatever went wrong: the first thing to read on a failure.
+  const pages = await Promise.all(
+    tabs.map((tab) =>
+      withTimeout(describe(tab), 2000).catch((e) => ({ name: tab.name, url: tab.url, error: String(e) })),
+    ),
+  );
+  process.stdout.write(JSON.stringify({ ...result, pages, phases }) + "\n");
+  if (context) await context.close().catch(() => {});
+  process.exit(code);
+}
+
+// A hard stop for the whole script, whatever is pending.
+setTimeout(() => finish({ ok: false, error: `call_page.mjs timed out after ${args.timeoutMs} ms` }, 2), remaining()).unref();
+process.on("SIGTERM", () => finish({ ok: false, error: "terminated (SIGTERM)" }, 3));
+process.on("uncaughtException", (e) => finish({ ok: false, error: "uncaught: " + String(e?.stack ?? e) }, 1));
+process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: " + String(e?.stack ?? e) }, 1));
+
+// ---------------------------------------------------------------------------------------
+
+/** Polls until rendez accepts a TCP connection on the page's port. */
+async function waitForServer({ host, port }) {
+  const until = Math.min(deadline, Date.now() + 15000);
+  let lastError = "no attempt";
+  while (Date.now() < until) {
+    try {
+      await tcpConnect(host, port, 300);
+      return;
+    } catch (error) {
+      lastError = String(error?.message ?? error);
+      await sleep(100);
+    }
+  }
+  throw new Error(`rendez at ${host}:${port} not ready within 15 s: ${lastError}`);
+}
+
+function withTimeout(promise, ms) {
+  return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`no answer within ${ms} ms`)))]);
+}
+
+function tcpConnect(host, port, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    const timer = setTimeout(() => done(new Error("connect timed out")), timeoutMs);
+    function done(error) {
+      clearTimeout(timer);
+      socket.destroy();
+      error ? reject(error) : resolve();
+    }
+    socket.on("connect", () => done());
+    socket.on("error", done);
+  });
+}
+
+/** Opens the page for `name` in a tab of its own; with `joined`, waits for its welcome. */
+async function openTab(name, { joined }) {
+  const url = new URL(args.pageUrl);
+  url.searchParams.set("room", args.room);
+  url.searchParams.set("name", name);
+  url.searchParams.set("autojoin", "1");
+  if (args.relay) url.searchParams.set("relay", "1");
+  const page = spareTab ?? (await context.newPage());
+  spareTab = null;
+  const tab = { name, url: url.href, page, console: [] };
+  tabs.push(tab);
+  page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
+  await page.goto(url.href, { timeout: stepTimeout(15000) });
+  if (joined) {
+    await page.waitForFunction(() => window.rendez?.state().joined === true, null, {
+      timeout: stepTimeout(15000),
+      polling: 100,
+    });
+  }
+  return tab;
+}
+
+/** Every other participant connected, with decoded video, over the relay if asked. */
+function callIsUp(state, others) {
+  if (!state?.joined || state.peers.length !== others) return false;
+  return state.peers.every(
+    (peer) =>
+      peer.connectionState === "connected" &&
+      peer.framesDecoded > 0 &&
+      (args.relay ? peer.relayed === true : peer.relayed !== null),
+  );
+}
+
+/** What one tab shows: the page's own state, the error marker, the message, the tiles. */
+async function describe(tab) {
+  const shown = await tab.page.evaluate(() => {
+    const message = document.getElementById("message");
+    return {
+      state: window.rendez?.state() ?? null,
+      bodyError: document.body.dataset.error ?? null,
+      message: { hidden: message.hidden, text: message.textContent },
+      tiles: [...document.querySelectorAll("#grid .tile")].map((tile) => {
+        const video = tile.querySelector("video");
+        return {
+          name: tile.querySelector(".name").textContent,
+          link: tile.querySelector(".link").textContent,
+          local: tile.classList.contains("local"),
+          videoWidth: video.videoWidth,
+          videoHeight: video.videoHeight,
+          paused: video.paused,
+        };
+      }),
+    };
+  });
+  return { name: tab.name, url: tab.url, ...shown, console: tab.console.slice(-30) };
+}
+
+/** Runs in a page: `count` tiles, all with a picture, the others' captions "connected · …". */
+function tilesArePlaying(count) {
+  const tiles = [...document.querySelectorAll("#grid .tile")];
+  return (
+    tiles.length === count &&
+    tiles.every((tile) => tile.querySelector("video").videoWidth > 0) &&
+    tiles
+      .filter((tile) => !tile.classList.contains("local"))
+      .every((tile) => tile.querySelector(".link").textContent.startsWith("connected · "))
+  );
+}
+
+async function callScenario() {
+  for (const name of args.participants) await openTab(name, { joined: true });
+  mark("all_joined");
+
+  const others = args.participants.length - 1;
+  let up = false;
+  while (!up && remaining() > 0) {
+    const states = await Promise.all(tabs.map((tab) => tab.page.evaluate(() => window.rendez.state())));
+    up = states.every((state) => callIsUp(state, others));
+    if (!up) await sleep(250);
+  }
+  if (!up) return { ok: false, error: "not every page showed the others connected with decoded video in time" };
+  mark("all_connected");
+
+  // What a person would see: every tile plays video (its <video> has dimensions) and the
+  // others' captions say how they are connected (they follow the stats, every 2 s).
+  for (const tab of tabs) {
+    try {
+      await tab.page.waitForFunction(tilesArePlaying, args.participants.length, {
+        timeout: stepTimeout(10000),
+        polling: 100,
+      });
+    } catch (error) {
+      return { ok: false, error: `${tab.name}'s tiles never all played video with captions: ${error.message}` };
+    }
+  }
+  mark("all_playing");
+
+  if (args.screenshot) {
+    // A few more frames, so no tile is caught on its very first picture.
+    await sleep(500);
+    await tabs[0].page.screenshot({ path: args.screenshot, timeout: stepTimeout(10000) });
+    mark("screenshot");
+  }
+  return { ok: true };
+}
+
+async function roomFullScenario() {
+  for (const name of args.participants) await openTab(name, { joined: true });
+  mark("all_joined");
+  const extra = await openTab(args.extra, { joined: false });
+  try {
+    await extra.page.waitForSelector('body[data-error="room-full"]', {
+      state: "attached",
+      timeout: stepTimeout(15000),
+    });
+  } catch (error) {
+    return { ok: false, error: `${args.extra} never showed room-full: ${error.message}` };
+  }
+  mark("room_full_shown");
+  // Let a wrongly admitted participant show up in the others' peer lists before they are read.
+  await sleep(1000);
+  return { ok: true };
+}
+
+// Last, so that everything above is initialised when it runs.
+async function main() {
+  try {
+    await waitForServer(args.probe);
+    mark("server_ready");
+    context = await chromium.launchPersistentContext(args.userDataDir, {
+      executablePath: args.chromium,
+      headless: true,
+      args: args.chromiumArgs,
+      env: { ...process.env, HOME: args.home },
+      timeout: stepTimeout(30000),
+      viewport: args.viewport,
+    });
+    spareTab = context.pages()[0] ?? null;
+    mark("browser_started");
+    const result = args.scenario === "room-full" ? await roomFullScenario() : await callScenario();
+    await finish(result, 0);
+  } catch (error) {
+    await finish({ ok: false, error: String(error?.stack ?? error) }, 1);
+  }
+}
+
+main();
