@@ -8,12 +8,17 @@
 //! client address to relay socket, created on a client's first packet. Batched with
 //! recvmmsg/sendmmsg on one thread (the counterpart of a one-worker server).
 //!
+//! With `--echo` it is the ceiling of a request/response server instead (the Binding
+//! scenario): every datagram goes straight back to its sender, one receive and one send.
+//!
 //! Loopback only and bounded: it refuses non-loopback addresses and exits by itself after
 //! `--duration` seconds (or when killed).
 //!
 //! ```text
 //! rendez-forwarder --listen 127.0.0.1:3600 --peer 127.0.0.1:3601 --duration 120
 //! rendez-loadgen --mode raw --server 127.0.0.1:3600 --peer 127.0.0.1:3601 ...
+//! rendez-forwarder --listen 127.0.0.1:3600 --echo
+//! rendez-loadgen --mode echo --server 127.0.0.1:3600 --size 20 ...
 //! ```
 
 mod udp_batch;
@@ -37,8 +42,11 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:3600")]
     listen: SocketAddrV4,
     /// The one peer every client's packets go to (the load generator's echo peer).
-    #[arg(long)]
-    peer: SocketAddrV4,
+    #[arg(long, required_unless_present = "echo")]
+    peer: Option<SocketAddrV4>,
+    /// Send every datagram back to its sender instead of forwarding it.
+    #[arg(long, conflicts_with = "peer")]
+    echo: bool,
     /// Exit after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     duration: f64,
@@ -61,7 +69,7 @@ const EMPTY: Datagram<'static> = Datagram {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !args.listen.ip().is_loopback() || !args.peer.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() || args.peer.is_some_and(|p| !p.ip().is_loopback()) {
         bail!("the forwarder runs on loopback only (127.0.0.0/8)");
     }
     if !(0.0..=3600.0).contains(&args.duration) {
@@ -81,7 +89,8 @@ struct Forwarder {
     listen: UdpSocket,
     /// Relay sockets bind here, beside the listening socket.
     listen_ip: Ipv4Addr,
-    peer: SocketAddrV4,
+    /// None in echo mode.
+    peer: Option<SocketAddrV4>,
     batch: usize,
     max_clients: usize,
     relays: Vec<Relay>,
@@ -116,6 +125,7 @@ impl Forwarder {
             ready.extend(self.epoll.tokens());
             for &token in &ready {
                 match token {
+                    LISTEN_TOKEN if self.peer.is_none() => self.echo_to_clients()?,
                     LISTEN_TOKEN => self.forward_from_clients()?,
                     relay => self.forward_from_peer(relay as usize - 1),
                 }
@@ -140,7 +150,7 @@ impl Forwarder {
                 for (slot, i) in datagrams.iter_mut().zip(run_start..run_end) {
                     *slot = Datagram {
                         payload: self.received.payload(i),
-                        to: Some(self.peer),
+                        to: self.peer,
                     };
                 }
                 // A full socket buffer drops, as a relay would.
@@ -149,6 +159,20 @@ impl Forwarder {
             }
             run_start = run_end;
         }
+        Ok(())
+    }
+
+    /// Echo mode: client → listening socket → the same client.
+    fn echo_to_clients(&mut self) -> anyhow::Result<()> {
+        let count = self.received.recv(self.listen.as_raw_fd(), self.batch)?;
+        let mut datagrams = [EMPTY; MAX_BATCH];
+        for (i, slot) in datagrams[..count].iter_mut().enumerate() {
+            *slot = Datagram {
+                payload: self.received.payload(i),
+                to: Some(self.received.source(i)),
+            };
+        }
+        let _ = send_many(self.listen.as_raw_fd(), &datagrams[..count]);
         Ok(())
     }
 
