@@ -592,6 +592,11 @@ fn refresh_extends_and_lifetime_zero_deletes() {
     assert_eq!(response.u32(AttrType::LIFETIME), Some(0));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.released.len(), 1);
+    assert_eq!(
+        h.server.poll_timeout(),
+        None,
+        "a deleted allocation leaves no timer behind"
+    );
     // Nothing is left to refresh.
     assert_eq!(
         alice.call(&mut h, Method::REFRESH, &[]).error_code(),

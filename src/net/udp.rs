@@ -32,11 +32,13 @@ pub(super) fn bind_listener_sets(
             }
         };
         let actual = first.local_addr()?;
+        enlarge_buffers(&first);
         bound.push(actual);
         per_worker[0].push(first);
         for sockets in per_worker.iter_mut().skip(1) {
             let socket = bind_udp(actual, true)
                 .with_context(|| format!("cannot add a worker socket on UDP {actual}"))?;
+            enlarge_buffers(&socket);
             sockets.push(socket);
         }
     }
@@ -56,4 +58,36 @@ pub(super) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<st
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Receive and send buffer of a listener socket. Every client shares it, so the kernel's
+/// default (about 200 KiB) overflows in bursts at a few tens of thousands of packets per
+/// second; relay sockets serve one allocation each and keep the default.
+const LISTENER_BUFFER_BYTES: usize = 4 << 20;
+
+/// Grows a listener's buffers: past `net.core.rmem_max` when the process may (root or
+/// CAP_NET_ADMIN), else as far as that limit allows.
+fn enlarge_buffers(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let size = LISTENER_BUFFER_BYTES as libc::c_int;
+        for option in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: setsockopt reads an int of the size given from a live local.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+    if socket.recv_buffer_size().unwrap_or(0) < LISTENER_BUFFER_BYTES {
+        let _ = socket.set_recv_buffer_size(LISTENER_BUFFER_BYTES);
+        let _ = socket.set_send_buffer_size(LISTENER_BUFFER_BYTES);
+    }
 }

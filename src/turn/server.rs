@@ -1,7 +1,6 @@
 //! The TURN server state machine: dispatch, the request handlers and the timers.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
@@ -124,7 +123,10 @@ pub struct Server {
     pub(super) relays: Vec<RelayPool>,
     pub(super) allocations: HashMap<FiveTuple, Allocation>,
     pub(super) by_relay: HashMap<SocketAddr, FiveTuple>,
-    timers: BinaryHeap<Reverse<(Instant, FiveTuple)>>,
+    /// One wake-up per allocation, at its `scheduled` instant. An ordered set rather than a
+    /// heap, so an allocation that ends early takes its entry with it: under churn a heap
+    /// would hold every ended allocation's entry until its old deadline.
+    timers: BTreeSet<(Instant, FiveTuple)>,
     pub(super) outputs: VecDeque<Output>,
     pub(super) rng: SplitMix64,
     wall_clock: WallClock,
@@ -190,7 +192,7 @@ impl Server {
             relays,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             rng: SplitMix64::new(seed),
             wall_clock: WallClock { at: now, unix_secs },
@@ -373,17 +375,14 @@ impl Server {
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, tuple))) = self.timers.peek() {
+        while let Some(&(at, tuple)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             let Some(allocation) = self.allocations.get_mut(&tuple) else {
                 continue;
             };
-            if allocation.scheduled != Some(at) {
-                continue; // superseded by an earlier deadline
-            }
             allocation.scheduled = None;
             if now >= allocation.expires_at {
                 self.remove_allocation(&tuple);
@@ -397,7 +396,7 @@ impl Server {
 
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.first().map(|(at, _)| *at)
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -632,6 +631,9 @@ impl Server {
         let Some(allocation) = self.allocations.remove(tuple) else {
             return;
         };
+        if let Some(at) = allocation.scheduled {
+            self.timers.remove(&(at, *tuple));
+        }
         for relay in &allocation.relays {
             self.by_relay.remove(&relay.bind);
             self.release_port(relay.bind);
@@ -665,9 +667,6 @@ impl Server {
             self.allocations.shrink_to_fit();
             self.by_relay.shrink_to_fit();
         }
-        if self.timers.capacity() > MIN_CAPACITY && self.timers.len() * 4 < self.timers.capacity() {
-            self.timers.shrink_to_fit();
-        }
     }
 
     /// Queues a wake-up for `tuple` at `at` unless an earlier one is already queued.
@@ -675,11 +674,14 @@ impl Server {
         let Some(allocation) = self.allocations.get_mut(&tuple) else {
             return;
         };
-        if allocation.scheduled.is_some_and(|queued| queued <= at) {
-            return;
+        if let Some(queued) = allocation.scheduled {
+            if queued <= at {
+                return;
+            }
+            self.timers.remove(&(queued, tuple));
         }
         allocation.scheduled = Some(at);
-        self.timers.push(Reverse((at, tuple)));
+        self.timers.insert((at, tuple));
     }
 
     fn unix_secs(&self, now: Instant) -> u64 {
