@@ -646,6 +646,7 @@ impl Server {
             self.stats.allocations_ended += 1;
             tracing::debug!(client = %tuple.client, "allocation ended");
         }
+        self.shrink_if_sparse();
     }
 
     pub(super) fn release_port(&mut self, relay: SocketAddr) {
