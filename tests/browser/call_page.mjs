@@ -37,7 +37,7 @@
 //   timeoutMs       budget for the whole script
 
 import { chromium } from "playwright-core";
-import net from "node:net";
+import { tcpConnect, waitForServer } from "./net_probe.mjs";
 
 const args = JSON.parse(process.argv[2] ?? "{}");
 const started = Date.now();
@@ -82,40 +82,10 @@ process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: "
 // ---------------------------------------------------------------------------------------
 
 /** Polls until rendez accepts a TCP connection on the page's port. */
-async function waitForServer({ host, port }) {
-  const until = Math.min(deadline, Date.now() + 15000);
-  let lastError = "no attempt";
-  while (Date.now() < until) {
-    try {
-      await tcpConnect(host, port, 300);
-      return;
-    } catch (error) {
-      lastError = String(error?.message ?? error);
-      await sleep(100);
-    }
-  }
-  throw new Error(`rendez at ${host}:${port} not ready within 15 s: ${lastError}`);
-}
-
 function withTimeout(promise, ms) {
   return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`no answer within ${ms} ms`)))]);
 }
 
-function tcpConnect(host, port, timeoutMs) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
-    const timer = setTimeout(() => done(new Error("connect timed out")), timeoutMs);
-    function done(error) {
-      clearTimeout(timer);
-      socket.destroy();
-      error ? reject(error) : resolve();
-    }
-    socket.on("connect", () => done());
-    socket.on("error", done);
-  });
-}
-
-/** Opens the page for `name` in a tab of its own; with `joined`, waits for its welcome. */
 async function openTab(name, { joined }) {
   const url = new URL(args.pageUrl);
   url.searchParams.set("room", args.room);
@@ -243,7 +213,8 @@ async function roomFullScenario() {
 // Last, so that everything above is initialised when it runs.
 async function main() {
   try {
-    await waitForServer(args.probe);
+    const { host, port } = args.probe;
+    await waitForServer(() => tcpConnect(host, port, 300), `${host}:${port}`, deadline);
     mark("server_ready");
     context = await chromium.launchPersistentContext(args.userDataDir, {
       executablePath: args.chromium,

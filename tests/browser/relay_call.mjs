@@ -26,7 +26,7 @@
 import { chromium } from "playwright-core";
 import dgram from "node:dgram";
 import http from "node:http";
-import net from "node:net";
+import { tcpConnect, waitForServer } from "./net_probe.mjs";
 import crypto from "node:crypto";
 
 const args = JSON.parse(process.argv[2] ?? "{}");
@@ -61,23 +61,7 @@ process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: "
 
 // ---------------------------------------------------------------------------------------
 
-/** Polls the server until it answers a STUN Binding (UDP) or accepts a connection (TCP). */
-async function waitForServer(probe) {
-  const until = Math.min(deadline, Date.now() + 15000);
-  let lastError = "no attempt";
-  while (Date.now() < until) {
-    try {
-      if (probe.transport === "udp") await stunBindingUdp(probe.host, probe.port, 300);
-      else await tcpConnect(probe.host, probe.port, 300);
-      return;
-    } catch (error) {
-      lastError = String(error?.message ?? error);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error(`server at ${probe.host}:${probe.port}/${probe.transport} not ready within 15 s: ${lastError}`);
-}
-
+/** Resolves when the server answers a STUN Binding request over UDP. */
 function stunBindingUdp(host, port, timeoutMs) {
   return new Promise((resolve, reject) => {
     const socket = dgram.createSocket("udp4");
@@ -95,20 +79,6 @@ function stunBindingUdp(host, port, timeoutMs) {
       if (msg.length >= 20 && msg.readUInt16BE(0) === 0x0101 && msg.subarray(8, 20).equals(tid)) done();
     });
     socket.send(request, port, host);
-  });
-}
-
-function tcpConnect(host, port, timeoutMs) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
-    const timer = setTimeout(() => done(new Error("connect timed out")), timeoutMs);
-    function done(error) {
-      clearTimeout(timer);
-      socket.destroy();
-      error ? reject(error) : resolve();
-    }
-    socket.on("connect", () => done());
-    socket.on("error", done);
   });
 }
 
@@ -306,7 +276,9 @@ window.relayCall = async function (iceServer, budgetMs) {
 // Last, so that everything above (PAGE included) is initialised when it runs.
 async function main() {
   try {
-    await waitForServer(args.probe);
+    const { host, port, transport } = args.probe;
+    const probe = transport === "udp" ? () => stunBindingUdp(host, port, 300) : () => tcpConnect(host, port, 300);
+    await waitForServer(probe, `${host}:${port}/${transport}`, deadline);
     mark("server_ready");
     server = await servePage();
     const pageUrl = `http://127.0.0.1:${server.address().port}/`;
