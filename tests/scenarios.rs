@@ -282,6 +282,34 @@ fn additional_family_without_ipv6_relay_answers_address_error_code() {
 }
 
 #[test]
+fn refresh_zero_for_one_family_keeps_the_other_relay_of_a_dual_allocation() {
+    let mut h = Harness::with_config(dual_stack);
+    let mut alice = Client::alice(CLIENT);
+    alice.call(&mut h, Method::ALLOCATE, &[udp(), additional_family(2)]);
+    alice.permit(&mut h, PEER);
+    alice.permit(&mut h, PEER_V6);
+    let response = alice.call(&mut h, Method::REFRESH, &[family(2), lifetime(0)]);
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(
+        h.released,
+        vec![h.bound[1]],
+        "only the IPv6 relay is released"
+    );
+    assert_eq!(h.server.allocation_count(), 1);
+    let send_v4 = as_indication(build(Method::SEND, &[peer(PEER), data(b"4")], None, false));
+    let send_v6 = as_indication(build(
+        Method::SEND,
+        &[peer(PEER_V6), data(b"6")],
+        None,
+        false,
+    ));
+    assert!(h.client_to_peer(CLIENT, &send_v4).is_some());
+    assert!(h.client_to_peer(CLIENT, &send_v6).is_none());
+    let response = alice.call(&mut h, Method::REFRESH, &[family(2)]);
+    assert_eq!(response.error_code(), Some(443), "the IPv6 relay is gone");
+}
+
+#[test]
 fn malformed_family_combinations_are_400() {
     let mut h = Harness::with_config(dual_stack);
     let mut alice = Client::alice(CLIENT);

@@ -175,7 +175,9 @@ impl Server {
         }
     }
 
-    /// RFC 8656 §7.3: LIFETIME 0 deletes; otherwise the allocation lives on.
+    /// RFC 8656 §7.3: LIFETIME 0 deletes; otherwise the allocation lives on. With
+    /// REQUESTED-ADDRESS-FAMILY, LIFETIME 0 deletes only that family's relayed address of a
+    /// dual allocation.
     pub(super) fn handle_refresh(
         &mut self,
         now: Instant,
@@ -187,26 +189,53 @@ impl Server {
             .allocations
             .get(&tuple)
             .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        let serves = |v6: bool| allocation.relays.iter().any(|r| r.bind.is_ipv6() == v6);
-        match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
-            None => {}
-            Some([FAMILY_IPV4, 0, 0, 0]) if serves(false) => {}
-            Some([FAMILY_IPV6, 0, 0, 0]) if serves(true) => {}
+        let family_v6 = match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
+            None => None,
+            Some([FAMILY_IPV4, 0, 0, 0]) => Some(false),
+            Some([FAMILY_IPV6, 0, 0, 0]) => Some(true),
             Some(_) => return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH),
+        };
+        let served = |v6: bool| allocation.relays.iter().any(|r| r.bind.is_ipv6() == v6);
+        if family_v6.is_some_and(|v6| !served(v6)) {
+            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
+        let dual = allocation.relays.len() > 1;
         let lifetime = self.granted_lifetime(message);
-        if lifetime.is_zero() {
-            self.remove_allocation(&tuple);
-        } else if let Some(allocation) = self.allocations.get_mut(&tuple) {
-            allocation.expires_at = now + lifetime;
-            // A shorter lifetime must wake the timer earlier than it was queued for.
-            let deadline = allocation.next_deadline();
-            self.schedule(tuple, deadline);
+        match family_v6 {
+            Some(v6) if lifetime.is_zero() && dual => self.remove_family(&tuple, v6),
+            _ if lifetime.is_zero() => self.remove_allocation(&tuple),
+            _ => {
+                if let Some(allocation) = self.allocations.get_mut(&tuple) {
+                    allocation.expires_at = now + lifetime;
+                    // A shorter lifetime must wake the timer earlier than it was queued for.
+                    let deadline = allocation.next_deadline();
+                    self.schedule(tuple, deadline);
+                }
+            }
         }
         self.send_success(reply, |b| {
             b.add_u32(AttrType::LIFETIME, lifetime.as_secs() as u32);
         });
         Ok(())
+    }
+
+    /// Drops one family's relayed address of a dual allocation; the other lives on.
+    fn remove_family(&mut self, tuple: &super::FiveTuple, v6: bool) {
+        let Some(allocation) = self.allocations.get_mut(tuple) else {
+            return;
+        };
+        let Some(index) = allocation
+            .relays
+            .iter()
+            .position(|r| r.bind.is_ipv6() == v6)
+        else {
+            return;
+        };
+        let relay = allocation.relays.remove(index);
+        self.by_relay.remove(&relay.bind);
+        self.release_port(relay.bind);
+        self.outputs
+            .push_back(Output::ReleaseRelay { relay: relay.bind });
     }
 
     /// RFC 8656 §9.2: every XOR-PEER-ADDRESS, all or nothing.
