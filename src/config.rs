@@ -32,6 +32,12 @@ pub struct Config {
     pub relay_ip: Vec<IpAddr>,
     /// Relay ports, "START-END".
     pub relay_ports: PortRange,
+    /// Lifetime of an allocation that asks for less or none (RFC 8656: 10 minutes).
+    #[serde(with = "humantime_serde_compat")]
+    pub allocation_lifetime: Duration,
+    /// The longest lifetime granted (RFC 8656: 1 hour).
+    #[serde(with = "humantime_serde_compat")]
+    pub max_allocation_lifetime: Duration,
     /// UDP worker threads, each with its own sockets and allocations; 0: one per core.
     pub workers: usize,
     /// The relay family for clients that do not ask (browsers never send
@@ -197,6 +203,8 @@ impl Default for Config {
             relay_ports: PortRange(49152..=65535),
             default_relay_family: RelayFamily::Ipv4,
             workers: 0,
+            allocation_lifetime: Duration::from_secs(600),
+            max_allocation_lifetime: Duration::from_secs(3600),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             auth: AuthConfig::default(),
@@ -319,6 +327,15 @@ impl Config {
             return Err(invalid(
                 "connections",
                 "`max` and `max-per-ip` must be at least 1",
+            ));
+        }
+        if self.allocation_lifetime < Duration::from_secs(1)
+            || self.allocation_lifetime > self.max_allocation_lifetime
+            || self.max_allocation_lifetime > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid(
+                "allocation-lifetime",
+                "must be at least 1s and at most `max-allocation-lifetime`, which is at most 24h",
             ));
         }
         if self.workers > 256 {

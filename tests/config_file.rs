@@ -38,6 +38,8 @@ fn every_key_is_documented() {
         "tls-listen",
         "default-relay-family",
         "workers",
+        "allocation-lifetime",
+        "max-allocation-lifetime",
         "[tls]",
         "cert",
         "[connections]",

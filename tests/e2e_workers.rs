@@ -77,7 +77,9 @@ async fn allocations_spread_over_workers_get_distinct_ports_and_relay_both_ways(
 
 #[tokio::test]
 async fn allocations_on_every_worker_expire_and_free_their_ports() {
-    let server = start_workers().await;
+    let server =
+        start_workers_with("allocation-lifetime = \"1s\"\nmax-allocation-lifetime = \"1s\"\n")
+            .await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let mut client = TurnClient::new(
@@ -85,10 +87,8 @@ async fn allocations_on_every_worker_expire_and_free_their_ports() {
             "alice",
             "wonderland",
         );
+        // `allocation-lifetime = "1s"`: the workers' timers must end it without any traffic.
         client.allocate(&[]).await;
-        // A one-second lifetime: the workers' timers must end it without any traffic.
-        let response = client.request(Method::REFRESH, &[lifetime(1)]).await;
-        assert_eq!(class_of(&response), Class::Success);
         clients.push(client);
     }
     wait_for_stats(&server, |stats| {
@@ -167,10 +167,15 @@ async fn bursts_cross_the_batched_path_intact_in_both_directions() {
 // ================================================================ helpers
 
 async fn start_workers() -> rendez::Handle {
+    start_workers_with("").await
+}
+
+/// `extra` holds top-level keys.
+async fn start_workers_with(extra: &str) -> rendez::Handle {
     // 3 workers + the TCP/TLS shard share 120 ports: 30 each, a few more than CLIENTS / 3.
     let text = format!(
         "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
-         workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n\
+         workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n{extra}\
          [auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
          [peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n"
     );
@@ -196,10 +201,6 @@ fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = ChannelData::header(channel, payload.len() as u16).to_vec();
     frame.extend_from_slice(payload);
     frame
-}
-
-fn lifetime(seconds: u32) -> Attr {
-    Attr::Raw(AttrType::LIFETIME, seconds.to_be_bytes().to_vec())
 }
 
 /// Polls the workers' counters (published every 100 ms) until `done` holds.

@@ -636,15 +636,25 @@ fn refresh_extends_and_lifetime_zero_deletes() {
 fn refresh_to_a_shorter_lifetime_expires_on_the_new_deadline() {
     let mut h = Harness::new();
     let mut alice = Client::alice(CLIENT);
-    alice.allocate(&mut h);
-    alice.call(&mut h, Method::REFRESH, &[lifetime(5)]);
+    alice.call(&mut h, Method::ALLOCATE, &[udp(), lifetime(3600)]);
+    let response = alice.call(&mut h, Method::REFRESH, &[lifetime(700)]);
+    assert_eq!(response.u32(AttrType::LIFETIME), Some(700));
     assert_eq!(
         h.server.poll_timeout(),
-        Some(h.now + Duration::from_secs(5))
+        Some(h.now + Duration::from_secs(700))
     );
-    h.advance(Duration::from_secs(5));
+    h.advance(Duration::from_secs(700));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.released.len(), 1);
+}
+
+#[test]
+fn refresh_below_the_default_lifetime_gets_the_default() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let response = alice.call(&mut h, Method::REFRESH, &[lifetime(5)]);
+    assert_eq!(response.u32(AttrType::LIFETIME), Some(600));
 }
 
 #[test]

@@ -300,6 +300,8 @@ fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
         RelayFamily::Ipv6 => DefaultFamily::Ipv6,
         RelayFamily::MatchClient => DefaultFamily::MatchClient,
     };
+    core.default_lifetime = config.allocation_lifetime;
+    core.max_lifetime = config.max_allocation_lifetime;
     core.users = config.static_users();
     core.secrets = config.auth.secrets.clone();
     core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());

@@ -164,6 +164,26 @@ mod tests {
     }
 
     #[test]
+    fn attributes_after_the_sha256_tag_are_not_covered() {
+        let key = b"k";
+        let mut b = MessageBuilder::new(Class::Request, Method::REFRESH, TransactionId([2; 12]));
+        b.add_u32(AttrType::LIFETIME, 600)
+            .add_integrity(IntegrityAlgorithm::Sha256, key);
+        // An attacker appends a LIFETIME and a bogus SHA-1 tag after the real SHA-256 one.
+        b.add_u32(AttrType::LIFETIME, 0)
+            .add(AttrType::MESSAGE_INTEGRITY, &[0; 20]);
+        let bytes = b.finish();
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.verify_integrity(key), Some(IntegrityAlgorithm::Sha256));
+        let lifetimes: Vec<&[u8]> = m.attributes(AttrType::LIFETIME).collect();
+        assert_eq!(
+            lifetimes,
+            vec![&600u32.to_be_bytes()[..]],
+            "the injected one is ignored"
+        );
+    }
+
+    #[test]
     fn flipped_bit_breaks_fingerprint() {
         let mut b = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([3; 12]));
         b.add(AttrType::SOFTWARE, b"x").add_fingerprint();

@@ -28,8 +28,8 @@ pub struct Message<'a> {
     class: Class,
     method: Method,
     transaction_id: TransactionId,
-    /// Offset of the first MESSAGE-INTEGRITY attribute: attributes after it are ignored
-    /// (RFC 8489 §14.5), except MESSAGE-INTEGRITY-SHA256 and FINGERPRINT.
+    /// Offset of the first MESSAGE-INTEGRITY attribute. Attributes after the first integrity
+    /// attribute of either kind are ignored (RFC 8489 §14.5, §14.6).
     integrity_at: Option<usize>,
     integrity_sha256_at: Option<usize>,
     has_fingerprint: bool,
@@ -152,9 +152,13 @@ impl<'a> Message<'a> {
 
     /// Attributes before the first integrity attribute: the only ones a receiver may act on.
     fn covered_attributes(&self) -> impl Iterator<Item = (AttrType, &'a [u8])> + 'a {
-        let end = self
-            .integrity_at
-            .or(self.integrity_sha256_at)
+        // Whichever integrity attribute comes first ends what the tag covers: attributes
+        // between MESSAGE-INTEGRITY-SHA256 and a later MESSAGE-INTEGRITY are not
+        // authenticated and must be ignored (RFC 8489 §14.6).
+        let end = [self.integrity_at, self.integrity_sha256_at]
+            .into_iter()
+            .flatten()
+            .min()
             .unwrap_or(self.bytes.len());
         // Parse already validated every attribute, so errors cannot occur here; `flatten`
         // keeps this total anyway.

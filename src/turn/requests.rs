@@ -322,15 +322,17 @@ impl Server {
         Ok(())
     }
 
-    /// Requested LIFETIME capped at the maximum; the default when absent (RFC 8656 §7.2).
+    /// The "desired lifetime" of RFC 8656 §7.2 and §7.3: zero when LIFETIME is zero;
+    /// otherwise the requested value capped at the maximum and raised to the default; the
+    /// default when LIFETIME is absent.
     pub(super) fn granted_lifetime(&self, message: &Message<'_>) -> Duration {
-        match message
+        let requested = message
             .attribute(AttrType::LIFETIME)
             .and_then(|v| <[u8; 4]>::try_from(v).ok())
-        {
-            Some(raw) => {
-                Duration::from_secs(u64::from(u32::from_be_bytes(raw))).min(self.max_lifetime)
-            }
+            .map(|raw| Duration::from_secs(u64::from(u32::from_be_bytes(raw))));
+        match requested {
+            Some(zero) if zero.is_zero() => zero,
+            Some(asked) => asked.min(self.max_lifetime).max(self.default_lifetime),
             None => self.default_lifetime,
         }
     }
