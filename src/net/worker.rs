@@ -28,6 +28,9 @@ const WAKER: Token = Token(usize::MAX);
 const FIRST_RELAY_TOKEN: usize = 1 << 16;
 /// The longest the loop sleeps without checking timers and publishing stats.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Receive batches taken from one socket per turn of the loop, so a flood on one socket
+/// cannot starve the others, the timers or a shutdown; what is left is read next turn.
+const MAX_BATCHES_PER_TURN: usize = 8;
 /// Consecutive receive errors tolerated on one socket before the worker moves on.
 const MAX_RECV_ERRORS: usize = 16;
 /// Give freed memory back to the OS after this many allocations have ended.
@@ -77,6 +80,8 @@ pub(crate) fn spawn(
         stop: stop.clone(),
         stats: stats.clone(),
         ended_at_last_trim: 0,
+        unfinished: Vec::new(),
+        resuming: Vec::new(),
     };
     for (index, socket) in listeners.into_iter().enumerate() {
         let local = socket.local_addr()?;
@@ -110,6 +115,10 @@ struct Worker {
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<Stats>>,
     ended_at_last_trim: u64,
+    /// Sockets left unread after [`MAX_BATCHES_PER_TURN`] batches, to read next turn.
+    unfinished: Vec<Token>,
+    /// The previous turn's `unfinished`, being read this turn (kept to reuse its memory).
+    resuming: Vec<Token>,
 }
 
 struct Listener {
@@ -137,21 +146,25 @@ impl Worker {
         let mut last_stats = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
-            let sleep = self.server.poll_timeout().map_or(MAX_SLEEP, |at| {
-                at.saturating_duration_since(now).min(MAX_SLEEP)
-            });
+            let sleep = if self.unfinished.is_empty() {
+                self.server.poll_timeout().map_or(MAX_SLEEP, |at| {
+                    at.saturating_duration_since(now).min(MAX_SLEEP)
+                })
+            } else {
+                Duration::ZERO
+            };
             if let Err(error) = self.poll.poll(&mut events, Some(sleep)) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(%error, "UDP worker poll failed; stopping");
                     return;
                 }
             }
+            std::mem::swap(&mut self.unfinished, &mut self.resuming);
             for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(index) if index < FIRST_RELAY_TOKEN => self.drain_listener(index),
-                    Token(token) => self.drain_relay(token - FIRST_RELAY_TOKEN),
-                }
+                self.read(event.token());
+            }
+            while let Some(token) = self.resuming.pop() {
+                self.read(token);
             }
             let now = Instant::now();
             if self.server.poll_timeout().is_some_and(|at| at <= now) {
@@ -168,24 +181,36 @@ impl Worker {
         self.publish_stats();
     }
 
+    /// Reads a socket that is ready, remembering it if it still has data after this turn.
+    fn read(&mut self, token: Token) {
+        let finished = match token {
+            WAKER => true,
+            Token(index) if index < FIRST_RELAY_TOKEN => self.drain_listener(index),
+            Token(token) => self.drain_relay(token - FIRST_RELAY_TOKEN),
+        };
+        if !finished && !self.unfinished.contains(&token) {
+            self.unfinished.push(token);
+        }
+    }
+
     /// Client datagrams: requests are answered after the batch, relayed data goes straight
-    /// out of the receive slot to the peer.
-    fn drain_listener(&mut self, index: usize) {
+    /// out of the receive slot to the peer. Returns whether the socket was drained.
+    fn drain_listener(&mut self, index: usize) -> bool {
         let mut errors = 0;
-        loop {
+        for _ in 0..MAX_BATCHES_PER_TURN {
             let Some(listener) = self.listeners.get(index) else {
-                return;
+                return true;
             };
             let received = match self.recv.recv(&listener.socket) {
                 Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(error) => {
                     // ICMP errors from earlier sends surface here, one per error; anything
                     // that keeps failing must not spin the worker.
                     tracing::debug!(%error, "UDP receive error");
                     errors += 1;
                     if errors > MAX_RECV_ERRORS {
-                        return;
+                        return true;
                     }
                     continue;
                 }
@@ -211,29 +236,31 @@ impl Worker {
             }
             self.carry_out_outputs();
             if drained(received) {
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Peer datagrams on one relay socket: framed in place, sent to clients in batches.
-    fn drain_relay(&mut self, token: usize) {
+    /// Returns whether the socket was drained.
+    fn drain_relay(&mut self, token: usize) -> bool {
         let Some(Some(relay_addr)) = self.relay_tokens.get(token).copied() else {
-            return;
+            return true;
         };
         let mut errors = 0;
-        loop {
+        for _ in 0..MAX_BATCHES_PER_TURN {
             let Some(relay) = self.relays.get(&relay_addr) else {
-                return;
+                return true;
             };
             let received = match self.recv.recv(&relay.socket) {
                 Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(error) => {
                     tracing::debug!(%error, relay = %relay_addr, "relay receive error");
                     errors += 1;
                     if errors > MAX_RECV_ERRORS {
-                        return;
+                        return true;
                     }
                     continue;
                 }
@@ -263,9 +290,10 @@ impl Worker {
             }
             self.send_to_clients(&to_clients[..received]);
             if drained(received) {
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// One `sendmmsg` per listener for everything framed from the last receive batch.
