@@ -563,13 +563,20 @@ fn sha256_integrity_is_answered_with_sha256() {
 #[test]
 fn unknown_comprehension_required_attribute_is_420_and_optional_is_ignored() {
     let mut h = Harness::new();
-    let odd = Attr::Raw(AttrType(0x7777), vec![1, 2, 3, 4]);
-    let response = h.request(CLIENT, &build(Method::ALLOCATE, &[udp(), odd], None, false));
+    let odd = || Attr::Raw(AttrType(0x7777), vec![1, 2, 3, 4]);
+    // Binding needs no authentication: 420 at once.
+    let response = h.request(CLIENT, &build(Method::BINDING, &[odd()], None, false));
     assert_eq!(response.error_code(), Some(420));
     assert_eq!(
         response.attr(AttrType::UNKNOWN_ATTRIBUTES),
         Some(vec![0x77, 0x77])
     );
+    // TURN requests are authenticated first, so the 420 carries integrity.
+    let mut alice = Client::alice(CLIENT);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), odd()]);
+    assert_eq!(response.error_code(), Some(420));
+    assert!(response.verifies(&alice.key()));
+    assert_eq!(h.server.allocation_count(), 0);
     let optional = Attr::Raw(AttrType(0xC001), vec![1]);
     let response = h.request(CLIENT, &build(Method::BINDING, &[optional], None, false));
     assert_eq!(response.class(), Class::Success);

@@ -128,7 +128,12 @@ pub struct Server {
     /// would hold every ended allocation's entry until its old deadline.
     timers: BTreeSet<(Instant, FiveTuple)>,
     pub(super) outputs: VecDeque<Output>,
+    /// Chooses relay ports.
     pub(super) rng: SplitMix64,
+    /// Chooses Data indication transaction ids. Separate from `rng`, and seeded through a
+    /// hash, because ids are sent to clients: SplitMix64 can be run backwards from one
+    /// output, which must not reveal the ports handed out next.
+    indication_ids: SplitMix64,
     wall_clock: WallClock,
     /// Reused for every peer → client packet, so the hot path does not allocate.
     scratch: Vec<u8>,
@@ -195,6 +200,7 @@ impl Server {
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             rng: SplitMix64::new(seed),
+            indication_ids: SplitMix64::new(hashed_seed(seed)),
             wall_clock: WallClock { at: now, unix_secs },
             scratch: Vec::with_capacity(2048),
             stats: Stats::default(),
@@ -296,7 +302,7 @@ impl Server {
             Some(channel) => ClientFraming::Channel(channel),
             None => ClientFraming::Indication {
                 peer,
-                transaction: random_transaction(&mut self.rng),
+                transaction: random_transaction(&mut self.indication_ids),
             },
         };
         let stream = tuple.transport.is_stream();
@@ -448,15 +454,11 @@ impl Server {
             fingerprint: message.has_fingerprint(),
             integrity: None,
         };
-        let unknown = message.unknown_required_attributes();
-        if !unknown.is_empty() {
-            self.send_error(&reply, ErrorCode::UNKNOWN_ATTRIBUTE, |b| {
-                b.add_unknown_attributes(&unknown);
-            });
-            return;
-        }
         let method = message.method();
         if method == Method::BINDING {
+            if self.refuse_unknown_attributes(message, &reply) {
+                return;
+            }
             self.send_success(&reply, |b| {
                 b.add_xor_address(AttrType::XOR_MAPPED_ADDRESS, from.client);
             });
@@ -483,6 +485,10 @@ impl Server {
             }
         };
         reply.integrity = Some((credentials.algorithm, credentials.key));
+        // After authentication, so the 420 carries MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
+        if self.refuse_unknown_attributes(message, &reply) {
+            return;
+        }
         if method == Method::ALLOCATE {
             self.handle_allocate(now, message, credentials, &reply);
             return;
@@ -500,6 +506,19 @@ impl Server {
         if let Err(error) = result {
             self.send_error(&reply, error, |_| {});
         }
+    }
+
+    /// Answers 420 with UNKNOWN-ATTRIBUTES when the request has comprehension-required
+    /// attributes this server does not know (RFC 8489 §6.3.1); returns whether it did.
+    fn refuse_unknown_attributes(&mut self, message: &Message<'_>, reply: &Reply) -> bool {
+        let unknown = message.unknown_required_attributes();
+        if unknown.is_empty() {
+            return false;
+        }
+        self.send_error(reply, ErrorCode::UNKNOWN_ATTRIBUTE, |b| {
+            b.add_unknown_attributes(&unknown);
+        });
+        true
     }
 
     /// 401 and 438 carry a fresh challenge (RFC 8489 §9.2.4); 400 does not.
@@ -734,6 +753,14 @@ fn build(reply: &Reply, class: Class, attributes: impl FnOnce(&mut MessageBuilde
         b.add_fingerprint();
     }
     b.finish()
+}
+
+/// A seed that says nothing about `seed`: the first 8 bytes of SHA-256(seed).
+fn hashed_seed(seed: u64) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &seed.to_le_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(bytes)
 }
 
 fn random_transaction(rng: &mut SplitMix64) -> TransactionId {
