@@ -237,6 +237,22 @@ async fn page_is_served_over_https_when_tls_is_configured() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[tokio::test]
+async fn http_connections_are_capped_per_address() {
+    let server = start("[connections]\nmax-per-ip = 2").await;
+    let addr = server.signal_addr().unwrap();
+    let _first = Client::connect(&server).await;
+    let _second = Client::connect(&server).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(WAIT, third.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "third connection was served"
+    );
+    server.shutdown().await;
+}
+
 // ================================================================ helpers
 
 async fn start(signal_extra: &str) -> rendez::Handle {

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::{ConnectionLimits, Permit};
 use crate::config::Config;
 use crate::credential;
 use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig};
@@ -142,6 +143,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     hub: Arc<Hub>,
+    limits: Arc<ConnectionLimits>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let router = Router::new()
@@ -160,11 +162,23 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let service =
-            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
+        // Every connection, WebSocket or not, holds a task and a file descriptor.
+        let Some(permit) = limits.try_admit(peer.ip()) else {
+            tracing::debug!(%peer, "HTTP connection refused: connection cap reached");
+            continue;
+        };
+        // Shared with a WebSocket session, which outlives the HTTP connection it upgraded.
+        let permit = Arc::new(permit);
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(ConnectInfo(peer)))
+                .layer(axum::Extension(permit.clone())),
+        );
         let tls = tls.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             match tls {
                 None => serve_connection(TokioIo::new(stream), service, stopped).await,
                 Some(acceptor) => {
@@ -241,6 +255,7 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(permit): axum::Extension<Arc<Permit>>,
     headers: HeaderMap,
 ) -> Response {
     let host = request_host(&headers);
@@ -250,7 +265,10 @@ async fn websocket(
     upgrade
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| session(hub, socket, peer.ip(), host))
+        .on_upgrade(move |socket| async move {
+            session(hub, socket, peer.ip(), host).await;
+            drop(permit);
+        })
 }
 
 /// The host name the browser used, without the port (IPv6 keeps its brackets).

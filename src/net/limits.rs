@@ -1,4 +1,6 @@
-//! Caps on open TCP/TLS connections, in all and per client IP.
+//! Caps on open TCP/TLS and HTTP connections, in all and per client address. IPv6 clients
+//! are counted per /64: one host usually holds a whole /64 and could otherwise open as
+//! many connections as it has addresses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,6 +35,7 @@ impl ConnectionLimits {
 
     /// Admits a connection from `ip`, or `None` when a cap is reached.
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        let ip = limit_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         if open.total >= self.max || from_ip >= self.max_per_ip {
@@ -44,6 +47,18 @@ impl ConnectionLimits {
             limits: self.clone(),
             ip,
         })
+    }
+}
+
+/// The address a client is counted under: IPv4 as is, IPv6 by its /64.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+        v4 => v4,
     }
 }
 
@@ -76,5 +91,19 @@ mod tests {
         assert!(limits.try_admit(b).is_none(), "total cap");
         drop(p1);
         assert!(limits.try_admit(a).is_some());
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_slash_64() {
+        let limits = ConnectionLimits::new(10, 1);
+        let _first = limits
+            .try_admit("2001:db8:1:2::1".parse().unwrap())
+            .unwrap();
+        assert!(limits
+            .try_admit("2001:db8:1:2::ffff".parse().unwrap())
+            .is_none());
+        assert!(limits
+            .try_admit("2001:db8:1:3::1".parse().unwrap())
+            .is_some());
     }
 }

@@ -37,7 +37,8 @@ use crate::turn::{
 
 pub use address::resolve_relay_addresses;
 
-/// A running server. Dropping it does not stop the server; call [`Handle::shutdown`].
+/// A running server. Dropping it stops the server without waiting; [`Handle::shutdown`]
+/// stops it and waits until every socket is closed.
 pub struct Handle {
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
@@ -99,19 +100,28 @@ impl Handle {
     }
 
     /// Stops every task and thread and closes every socket.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let workers = self.workers;
+        let workers = std::mem::take(&mut self.workers);
         let _ = tokio::task::spawn_blocking(move || {
             workers.into_iter().for_each(worker::WorkerHandle::stop)
         })
         .await;
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
         let relays = std::mem::take(&mut self.shared.lock().relays);
         for (_, relay) in relays {
             relay.task.abort();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for worker in &self.workers {
+            worker.signal_stop();
         }
     }
 }
@@ -225,10 +235,14 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         bound.listen = udp_addrs.clone();
         bound.tls_listen = tls_addrs.clone();
         let hub = http::Hub::new(&bound, random_u64()?);
+        // The page server has caps of its own, so it cannot use up the TURN connections'.
+        let http_limits =
+            limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
         tasks.push(tokio::spawn(http::serve(
             listener,
             https,
             hub,
+            http_limits,
             stopped.clone(),
         )));
     }

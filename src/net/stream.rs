@@ -22,8 +22,9 @@ use crate::config::ConnectionsConfig;
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{FiveTuple, Transport};
 
-/// Outgoing messages queued per connection before new ones are dropped.
-const OUTBOUND_QUEUE: usize = 256;
+/// Outgoing messages queued per connection before new ones are dropped: at most about
+/// 256 KiB (relayed datagrams to stream clients are at most 4 KiB) per slow reader.
+const OUTBOUND_QUEUE: usize = 64;
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 4096;
 

@@ -50,9 +50,14 @@ impl WorkerHandle {
     }
 
     /// Asks the worker to stop and waits for it.
-    pub fn stop(mut self) {
+    /// Asks the worker to stop, without waiting.
+    pub fn signal_stop(&self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.wake();
+    }
+
+    pub fn stop(mut self) {
+        self.signal_stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
