@@ -752,6 +752,36 @@ fn denied_peer_is_403_and_no_permission_of_the_request_is_installed() {
 }
 
 #[test]
+fn own_addresses_are_reachable_only_on_relay_ports() {
+    // A server whose public address is an ordinary public address to the default policy.
+    let public: std::net::IpAddr = "9.9.9.9".parse().unwrap();
+    let mut h = Harness::with_config(|c| {
+        c.relays[0].public = public;
+        c.own_addresses = vec![c.relays[0].bind, public];
+    });
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    let own_ip = relayed.ip();
+    alice.permit(&mut h, SocketAddr::new(own_ip, 53));
+    // Another allocation's relay port on this host: TURN-to-TURN relaying works.
+    let other_relay = SocketAddr::new(own_ip, 50050);
+    let send = as_indication(build(
+        Method::SEND,
+        &[peer(other_relay), data(b"hi")],
+        None,
+        false,
+    ));
+    assert!(h.client_to_peer(CLIENT, &send).is_some());
+    // A local service on the same address (DNS here) is out of reach, both ways.
+    let dns = SocketAddr::new(own_ip, 53);
+    let send = as_indication(build(Method::SEND, &[peer(dns), data(b"q")], None, false));
+    assert!(h.client_to_peer(CLIENT, &send).is_none());
+    assert!(h.peer_to_client(relayed, dns, b"answer").is_none());
+    let response = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4000), peer(dns)]);
+    assert_eq!(response.error_code(), Some(403));
+}
+
+#[test]
 fn operator_can_allow_loopback_peers() {
     let mut h = Harness::with_config(|c| {
         c.peers = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]);

@@ -314,12 +314,33 @@ fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
         RelayFamily::Ipv6 => DefaultFamily::Ipv6,
         RelayFamily::MatchClient => DefaultFamily::MatchClient,
     };
+    core.own_addresses = own_addresses(config, relays);
+    core.server_relay_ports = config.relay_ports.0.clone();
     core.default_lifetime = config.allocation_lifetime;
     core.max_lifetime = config.max_allocation_lifetime;
     core.users = config.static_users();
     core.secrets = config.auth.secrets.clone();
     core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
     core
+}
+
+/// Every address of this host: relay and advertised addresses, specific listen addresses
+/// and the interfaces' addresses.
+fn own_addresses(config: &Config, relays: &[RelayAddress]) -> Vec<std::net::IpAddr> {
+    let mut own: Vec<std::net::IpAddr> = relays.iter().flat_map(|r| [r.bind, r.public]).collect();
+    own.extend(
+        config
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    if let Ok(interfaces) = if_addrs::get_if_addrs() {
+        own.extend(interfaces.iter().map(|i| i.ip()));
+    }
+    own.sort();
+    own.dedup();
+    own
 }
 
 /// The TCP/TLS shard, shared by its tasks.

@@ -26,6 +26,12 @@ impl PeerPolicy {
         Self { allow, deny }
     }
 
+    /// Whether one of the operator's `allow` ranges names `ip` (not merely the default).
+    pub fn explicitly_allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|net| net.contains(&ip)) && self.permits(ip)
+    }
+
     /// Whether the relay may send to and accept from `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();

@@ -31,6 +31,12 @@ pub struct ServerConfig {
     /// The relay family of an Allocate that does not ask for one.
     pub default_family: DefaultFamily,
     pub relay_ports: RangeInclusive<u16>,
+    /// This host's own addresses. Peers there are refused (but for the relay ports of
+    /// `server_relay_ports`, where other allocations live) unless `peers` allows them
+    /// explicitly: a relay must not reach services that trust local traffic.
+    pub own_addresses: Vec<std::net::IpAddr>,
+    /// The whole relay port range of the server (all shards).
+    pub server_relay_ports: RangeInclusive<u16>,
     pub users: Vec<(String, UserSecret)>,
     pub secrets: Vec<String>,
     pub peers: PeerPolicy,
@@ -48,6 +54,8 @@ impl ServerConfig {
             realm: realm.to_owned(),
             relays: vec![relay],
             default_family: DefaultFamily::default(),
+            own_addresses: vec![relay.bind, relay.public],
+            server_relay_ports: relay_ports.clone(),
             relay_ports,
             users: Vec::new(),
             secrets: Vec::new(),
@@ -117,6 +125,9 @@ impl Stats {
 pub struct Server {
     auth: Authenticator,
     pub(super) peers: PeerPolicy,
+    /// Own addresses the operator has not allowed explicitly: only relay ports there.
+    own_addresses: Vec<std::net::IpAddr>,
+    server_relay_ports: RangeInclusive<u16>,
     pub(super) default_lifetime: Duration,
     pub(super) max_lifetime: Duration,
     pub(super) default_family: DefaultFamily,
@@ -190,6 +201,13 @@ impl Server {
             .collect();
         Self {
             auth,
+            own_addresses: config
+                .own_addresses
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .filter(|ip| !config.peers.explicitly_allows(*ip))
+                .collect(),
+            server_relay_ports: config.server_relay_ports,
             peers: config.peers,
             default_lifetime: config.default_lifetime,
             max_lifetime: config.max_lifetime,
@@ -294,7 +312,7 @@ impl Server {
             self.stats.dropped_no_allocation += 1;
             return None;
         };
-        if !allocation.has_permission(now, peer.ip()) {
+        if !allocation.has_permission(now, peer.ip()) || self.is_own_service(peer) {
             self.stats.dropped_no_permission += 1;
             return None;
         }
@@ -631,7 +649,8 @@ impl Server {
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let relay = allocation.relay_for(peer.ip()).map(|r| r.bind);
-        let Some(relay) = relay.filter(|_| allocation.has_permission(now, peer.ip())) else {
+        let permitted = allocation.has_permission(now, peer.ip()) && !self.is_own_service(peer);
+        let Some(relay) = relay.filter(|_| permitted) else {
             self.stats.dropped_no_permission += 1;
             return None;
         };
@@ -644,6 +663,12 @@ impl Server {
     }
 
     // ---- helpers ----
+
+    /// A port of this host that is not a relay port: a local service, never a peer.
+    pub(super) fn is_own_service(&self, peer: SocketAddr) -> bool {
+        self.own_addresses.contains(&peer.ip().to_canonical())
+            && !self.server_relay_ports.contains(&peer.port())
+    }
 
     /// Ends an allocation and gives back its ports and sockets.
     pub(super) fn remove_allocation(&mut self, tuple: &FiveTuple) {
