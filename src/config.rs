@@ -243,8 +243,8 @@ pub enum ConfigError {
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(describe_syntax_error(&e, text)))?;
         config.validate()?;
         Ok(config)
     }
@@ -424,6 +424,31 @@ impl Config {
     }
 }
 
+/// Keys whose values are secrets: an error on their line must not echo the value.
+const SECRET_KEYS: &[&str] = &["secret", "password", "key"];
+
+/// The parser's message with the offending line, unless that line holds a secret: then
+/// only the line number and the message with every quoted value blanked out.
+fn describe_syntax_error(error: &toml::de::Error, text: &str) -> String {
+    let Some(span) = error.span() else {
+        return error.to_string();
+    };
+    let line_number = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_number - 1).unwrap_or("");
+    if !SECRET_KEYS.iter().any(|key| line.contains(key)) {
+        return error.to_string();
+    }
+    let mut redacted = String::new();
+    for (i, part) in error.message().split('"').enumerate() {
+        if i > 0 {
+            redacted.push('"');
+        }
+        // Odd parts sit between quotes.
+        redacted.push_str(if i % 2 == 1 { "…" } else { part });
+    }
+    format!("line {line_number}: {redacted} (value not shown: it may be a secret)")
+}
+
 /// Accepts `"1.2.3.4"` as well as `["1.2.3.4", "2001:db8::1"]`.
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
     #[derive(Deserialize)]
@@ -552,6 +577,19 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn errors_on_secret_lines_do_not_echo_the_value() {
+        let err = Config::from_toml("[auth]\nsecrets = \"hunter2-very-secret\"")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::from_toml("[[auth.users]]\nname = \"a\"\npassword = 42")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
