@@ -366,6 +366,13 @@ impl Config {
         if signal.idle_timeout < Duration::from_secs(2) {
             return Err(invalid("signal.idle-timeout", "must be at least 2s"));
         }
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        if c.message_timeout > DAY || c.idle_timeout > DAY || signal.idle_timeout > DAY {
+            return Err(invalid("connections", "timeouts must be at most 24h"));
+        }
+        if self.auth.credential_ttl > 365 * DAY {
+            return Err(invalid("auth.credential-ttl", "must be at most 365 days"));
+        }
         if c.message_timeout.is_zero() || c.idle_timeout.is_zero() {
             return Err(invalid(
                 "connections",
