@@ -138,16 +138,11 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     };
     // One slice of the relay ports per UDP worker, and one for TCP/TLS clients.
     let port_slices = split_ports(&config.relay_ports.0, workers + 1)?;
-    let (listener_sets, udp_addrs) = udp::bind_listener_sets(&config.listen, workers)?;
-    // TCP listens on exactly the UDP addresses, ports included (port 0 resolved by UDP).
-    let tcp_listeners = udp_addrs
-        .iter()
-        .map(|&addr| {
-            stream::bind_tcp(addr).with_context(|| {
-                format!("cannot listen on TCP {addr} (config key `listen`): is another server using the port?")
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let BoundListeners {
+        udp_sets: listener_sets,
+        udp_addrs,
+        tcp: tcp_listeners,
+    } = bind_udp_and_tcp(&config.listen, workers)?;
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
@@ -268,6 +263,48 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         stop,
         tasks,
     })
+}
+
+struct BoundListeners {
+    /// One socket per listen address for each worker.
+    udp_sets: Vec<Vec<std::net::UdpSocket>>,
+    udp_addrs: Vec<SocketAddr>,
+    tcp: Vec<tokio::net::TcpListener>,
+}
+
+/// UDP listener sets for the workers, and TCP listeners on exactly the same addresses and
+/// ports. Port 0 is resolved by UDP; if TCP finds that port taken (the two port spaces are
+/// separate), the whole set is bound again on another port.
+fn bind_udp_and_tcp(listen: &[SocketAddr], workers: usize) -> anyhow::Result<BoundListeners> {
+    const ATTEMPTS_WITH_PORT_ZERO: usize = 16;
+    let any_port_zero = listen.iter().any(|a| a.port() == 0);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (sets, udp_addrs) = udp::bind_listener_sets(listen, workers)?;
+        let tcp: Result<Vec<_>, _> = udp_addrs
+            .iter()
+            .map(|&addr| stream::bind_tcp(addr).map_err(|e| (addr, e)))
+            .collect();
+        match tcp {
+            Ok(tcp) => {
+                return Ok(BoundListeners {
+                    udp_sets: sets,
+                    udp_addrs,
+                    tcp,
+                })
+            }
+            Err((_, error))
+                if any_port_zero
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS_WITH_PORT_ZERO => {}
+            Err((addr, error)) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot listen on TCP {addr} (config key `listen`): is another server using the port?"
+                )))
+            }
+        }
+    }
 }
 
 /// Splits the relay port range into `shards` contiguous slices.
