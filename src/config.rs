@@ -475,14 +475,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D:
 
 /// Parses 32 hex digits into a 16-byte key.
 pub fn parse_key(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 || !hex.is_ascii() {
-        return None;
-    }
-    let mut key = [0u8; 16];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(key)
+    crate::hex::decode(hex.as_bytes())?.try_into().ok()
 }
 
 impl TryFrom<String> for PortRange {

@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod config;
 pub mod credential;
+mod hex;
 pub mod net;
 pub mod signal;
 pub mod stun;

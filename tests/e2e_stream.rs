@@ -228,11 +228,7 @@ async fn ipv6_relay_and_dual_allocation_on_loopback() {
     let peer4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
     // REQUESTED-ADDRESS-FAMILY: IPv6 relay; an IPv4 peer does not fit it (443).
-    let mut client = TurnClient::new(
-        Conn::udp(server.udp_addrs()[0]).await,
-        "alice",
-        "wonderland",
-    );
+    let mut client = TurnClient::alice_udp(&server).await;
     let relayed = client
         .allocate(&[family(AttrType::REQUESTED_ADDRESS_FAMILY, 2)])
         .await;
@@ -258,11 +254,7 @@ async fn ipv6_relay_and_dual_allocation_on_loopback() {
     assert_eq!(recv_from(&peer6).await, (b"six".to_vec(), relayed[0]));
 
     // ADDITIONAL-ADDRESS-FAMILY: one IPv4 and one IPv6 relayed address, both working.
-    let mut dual = TurnClient::new(
-        Conn::udp(server.udp_addrs()[0]).await,
-        "alice",
-        "wonderland",
-    );
+    let mut dual = TurnClient::alice_udp(&server).await;
     let relayed = dual
         .allocate(&[family(AttrType::ADDITIONAL_ADDRESS_FAMILY, 2)])
         .await;
@@ -281,11 +273,7 @@ async fn ipv6_relay_and_dual_allocation_on_loopback() {
 #[tokio::test]
 async fn ipv6_relay_requested_from_an_ipv4_only_server_is_440() {
     let server = start("").await;
-    let mut client = TurnClient::new(
-        Conn::udp(server.udp_addrs()[0]).await,
-        "alice",
-        "wonderland",
-    );
+    let mut client = TurnClient::alice_udp(&server).await;
     client.ensure_nonce(Method::ALLOCATE).await;
     let response = client
         .request(

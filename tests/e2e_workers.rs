@@ -23,11 +23,7 @@ async fn allocations_spread_over_workers_get_distinct_ports_and_relay_both_ways(
     let mut clients = Vec::new();
     let mut relayed_ports = HashSet::new();
     for _ in 0..CLIENTS {
-        let mut client = TurnClient::new(
-            Conn::udp(server.udp_addrs()[0]).await,
-            "alice",
-            "wonderland",
-        );
+        let mut client = TurnClient::alice_udp(&server).await;
         let relayed = client.allocate(&[]).await[0];
         assert!(
             relayed_ports.insert(relayed.port()),
@@ -82,11 +78,7 @@ async fn allocations_on_every_worker_expire_and_free_their_ports() {
             .await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let mut client = TurnClient::new(
-            Conn::udp(server.udp_addrs()[0]).await,
-            "alice",
-            "wonderland",
-        );
+        let mut client = TurnClient::alice_udp(&server).await;
         // `allocation-lifetime = "1s"`: the workers' timers must end it without any traffic.
         client.allocate(&[]).await;
         clients.push(client);
@@ -100,11 +92,7 @@ async fn allocations_on_every_worker_expire_and_free_their_ports() {
     assert_eq!(error_of(&response), Some(437));
     // And their ports are free again: the range only has room for a few more than CLIENTS.
     for _ in 0..CLIENTS {
-        let mut client = TurnClient::new(
-            Conn::udp(server.udp_addrs()[0]).await,
-            "alice",
-            "wonderland",
-        );
+        let mut client = TurnClient::alice_udp(&server).await;
         client.allocate(&[]).await;
     }
     server.shutdown().await;
@@ -115,11 +103,7 @@ async fn bursts_cross_the_batched_path_intact_in_both_directions() {
     let server = start_workers().await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    let mut client = TurnClient::new(
-        Conn::udp(server.udp_addrs()[0]).await,
-        "alice",
-        "wonderland",
-    );
+    let mut client = TurnClient::alice_udp(&server).await;
     let relayed = client.allocate(&[]).await[0];
     client
         .request(

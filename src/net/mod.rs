@@ -416,17 +416,16 @@ impl Shared {
     }
 
     /// Queues `bytes` on a stream client's connection.
-    pub(crate) async fn send_to_client(&self, to: FiveTuple, bytes: &[u8]) {
-        let queue = self.streams().get(&to).cloned();
-        if let Some(queue) = queue {
+    pub(crate) fn send_to_client(&self, to: FiveTuple, bytes: Vec<u8>) {
+        if let Some(queue) = self.streams().get(&to) {
             // A full queue means the client reads slower than its peers send: drop.
-            let _ = queue.try_send(bytes.to_vec());
+            let _ = queue.try_send(bytes);
         }
     }
 
-    pub(crate) async fn transmit(&self, transmits: Vec<(FiveTuple, Vec<u8>)>) {
+    pub(crate) fn transmit(&self, transmits: Vec<(FiveTuple, Vec<u8>)>) {
         for (to, bytes) in transmits {
-            self.send_to_client(to, &bytes).await;
+            self.send_to_client(to, bytes);
         }
     }
 }
@@ -485,7 +484,7 @@ async fn drive_timers(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             state.server.handle_timeout(now);
             drain_outputs(&shared, &mut state)
         };
-        shared.transmit(transmits).await;
+        shared.transmit(transmits);
     }
 }
 

@@ -53,7 +53,7 @@ async fn read_peers(shared: Arc<Shared>, socket: Arc<UdpSocket>, relay: SocketAd
             len,
         );
         if let Some((client, range)) = framed {
-            shared.send_to_client(client, &buffer[range]).await;
+            shared.send_to_client(client, buffer[range].to_vec());
         }
     }
 }

@@ -184,7 +184,7 @@ async fn serve<S>(
         state.server.handle_connection_closed(tuple);
         drain_outputs(&shared, &mut state)
     };
-    shared.transmit(transmits).await;
+    shared.transmit(transmits);
 }
 
 async fn handle_message(shared: &Arc<Shared>, tuple: FiveTuple, message: &[u8]) {
@@ -204,7 +204,7 @@ async fn handle_message(shared: &Arc<Shared>, tuple: FiveTuple, message: &[u8]) 
             tracing::debug!(%peer, %error, "send to peer failed");
         }
     }
-    shared.transmit(transmits).await;
+    shared.transmit(transmits);
 }
 
 async fn write_queue<W: AsyncWrite>(writer: W, mut queue: mpsc::Receiver<Vec<u8>>) {

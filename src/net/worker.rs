@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -307,7 +306,7 @@ impl Worker {
             let mut outgoing: [batch::Outgoing<'_>; BATCH] = [(listener.local, &[][..]); BATCH];
             let mut count = 0;
             for entry in framed.iter().flatten().filter(|e| e.listener == index) {
-                let Range { start, end } = entry.range.0..entry.range.1;
+                let (start, end) = entry.range;
                 let Some(bytes) = self.recv.slot(entry.slot).get(start..end) else {
                     continue;
                 };

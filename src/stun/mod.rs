@@ -19,6 +19,7 @@ pub use attr::{decode_xor_address, xor_address_value, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
 pub use framing::{stream_frame, Frame};
+pub(crate) use integrity::constant_time_eq;
 pub use integrity::{long_term_key, IntegrityAlgorithm};
 pub use message::{Message, ParseError};
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use ring::hmac;
 
-use crate::stun::{long_term_key, AttrType, IntegrityAlgorithm, Message};
+use crate::stun::{constant_time_eq, long_term_key, AttrType, IntegrityAlgorithm, Message};
 
 /// Who sent an authenticated request and the key that protects the conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ impl Authenticator {
         let mut raw = Vec::with_capacity(8 + NONCE_MAC_LEN);
         raw.extend_from_slice(&expiry.to_be_bytes());
         raw.extend_from_slice(&mac);
-        hex(&raw)
+        crate::hex::encode(&raw)
     }
 
     /// Checks a request's credentials (RFC 8489 §9.2.4).
@@ -157,7 +157,11 @@ impl Authenticator {
     }
 
     fn nonce_is_valid(&self, nonce: &[u8], client: SocketAddr, unix_now: u64) -> bool {
-        let Some(raw) = unhex(nonce) else {
+        // Our nonces are short; anything long is not one of ours and not worth decoding.
+        let Some(raw) = (nonce.len() <= 64)
+            .then(|| crate::hex::decode(nonce))
+            .flatten()
+        else {
             return false;
         };
         let Ok(expiry_bytes) = <[u8; 8]>::try_from(&raw[..8.min(raw.len())]) else {
@@ -167,7 +171,9 @@ impl Authenticator {
         let expected = self.nonce_mac(expiry, client);
         // The MAC guards against forged expiries; comparing it in constant time keeps a
         // forger from learning it byte by byte.
-        raw.len() == 8 + NONCE_MAC_LEN && ring_eq(&raw[8..], &expected) && expiry > unix_now
+        raw.len() == 8 + NONCE_MAC_LEN
+            && constant_time_eq(&raw[8..], &expected)
+            && expiry > unix_now
     }
 
     fn nonce_mac(&self, expiry: u64, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {
@@ -198,26 +204,6 @@ pub fn rest_expiry(username: &str) -> Option<u64> {
 pub fn rest_password(secret: &hmac::Key, username: &str) -> String {
     let tag = hmac::sign(secret, username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
-}
-
-fn ring_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 64 {
-        return None;
-    }
-    text.chunks(2)
-        .map(|pair| {
-            let s = std::str::from_utf8(pair).ok()?;
-            u8::from_str_radix(s, 16).ok()
-        })
-        .collect()
 }
 
 #[cfg(test)]

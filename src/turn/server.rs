@@ -165,6 +165,21 @@ struct WallClock {
     unix_secs: u64,
 }
 
+/// Where a client's payload should go: a Send indication names the peer, ChannelData its
+/// channel.
+#[derive(Clone, Copy)]
+enum PeerTarget {
+    Address(SocketAddr),
+    Channel(u16),
+}
+
+/// Why a client's payload was not relayed (each has its counter).
+enum Dropped {
+    NoAllocation,
+    UnboundChannel,
+    NoPermission,
+}
+
 /// How to answer one request.
 pub(super) struct Reply {
     pub to: FiveTuple,
@@ -608,7 +623,7 @@ impl Server {
             self.stats.malformed += 1;
             return None;
         };
-        self.relay_to_peer(now, from, peer, payload)
+        self.relay_to_peer(now, from, PeerTarget::Address(peer), payload)
     }
 
     /// RFC 8656 §12.6: ChannelData on a bound channel is relayed to its peer.
@@ -622,44 +637,62 @@ impl Server {
             self.stats.malformed += 1;
             return None;
         };
-        let peer = match self.allocations.get(&from) {
-            Some(a) if a.is_active(now) => a.channel_peer(now, data.channel),
-            _ => {
-                self.stats.dropped_no_allocation += 1;
-                return None;
-            }
-        };
-        let Some(peer) = peer else {
-            self.stats.dropped_unbound_channel += 1;
-            return None;
-        };
-        self.relay_to_peer(now, from, peer, data.payload)
+        self.relay_to_peer(now, from, PeerTarget::Channel(data.channel), data.payload)
     }
 
+    /// The hot path, client → peer: one allocation lookup decides the relay socket and the
+    /// peer, or why the payload is dropped.
     fn relay_to_peer<'a>(
         &mut self,
         now: Instant,
         from: FiveTuple,
-        peer: SocketAddr,
+        target: PeerTarget,
         payload: &'a [u8],
     ) -> Option<ToPeer<'a>> {
-        let Some(allocation) = self.allocations.get(&from).filter(|a| a.is_active(now)) else {
-            self.stats.dropped_no_allocation += 1;
-            return None;
+        match self.route_to_peer(now, from, target) {
+            Ok((relay, peer)) => {
+                self.stats.relayed_to_peers += 1;
+                Some(ToPeer {
+                    relay,
+                    peer,
+                    payload,
+                })
+            }
+            Err(dropped) => {
+                *match dropped {
+                    Dropped::NoAllocation => &mut self.stats.dropped_no_allocation,
+                    Dropped::UnboundChannel => &mut self.stats.dropped_unbound_channel,
+                    Dropped::NoPermission => &mut self.stats.dropped_no_permission,
+                } += 1;
+                None
+            }
+        }
+    }
+
+    /// The relay socket and peer address for `target`, checked against the allocation's
+    /// channels, permissions and this host's own services.
+    fn route_to_peer(
+        &self,
+        now: Instant,
+        from: FiveTuple,
+        target: PeerTarget,
+    ) -> Result<(SocketAddr, SocketAddr), Dropped> {
+        let allocation = self
+            .allocations
+            .get(&from)
+            .filter(|a| a.is_active(now))
+            .ok_or(Dropped::NoAllocation)?;
+        let peer = match target {
+            PeerTarget::Address(peer) => SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            PeerTarget::Channel(number) => allocation
+                .channel_peer(now, number)
+                .ok_or(Dropped::UnboundChannel)?,
         };
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let relay = allocation.relay_for(peer.ip()).map(|r| r.bind);
-        let permitted = allocation.has_permission(now, peer.ip()) && !self.is_own_service(peer);
-        let Some(relay) = relay.filter(|_| permitted) else {
-            self.stats.dropped_no_permission += 1;
-            return None;
-        };
-        self.stats.relayed_to_peers += 1;
-        Some(ToPeer {
-            relay,
-            peer,
-            payload,
-        })
+        let relay = allocation
+            .relay_for(peer.ip())
+            .filter(|_| allocation.has_permission(now, peer.ip()) && !self.is_own_service(peer))
+            .ok_or(Dropped::NoPermission)?;
+        Ok((relay.bind, peer))
     }
 
     // ---- helpers ----

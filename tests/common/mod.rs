@@ -149,6 +149,15 @@ pub struct TurnClient {
 }
 
 impl TurnClient {
+    /// Alice, the test user, over UDP to the server's first listener.
+    pub async fn alice_udp(server: &rendez::Handle) -> Self {
+        Self::new(
+            Conn::udp(server.udp_addrs()[0]).await,
+            "alice",
+            "wonderland",
+        )
+    }
+
     pub fn new(conn: Conn, username: &str, password: &str) -> Self {
         Self {
             conn,
