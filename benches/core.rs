@@ -14,13 +14,18 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rendez::random::Rng;
 use rendez::stun::{
     long_term_key, AttrType, ChannelData, Class, ErrorCode, IntegrityAlgorithm, Message,
     MessageBuilder, Method, TransactionId,
 };
 use rendez::turn::{
-    FiveTuple, Output, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
+    FiveTuple, PeerPolicy, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
 };
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+use harness::{Event, RecordingIo};
 
 const REALM: &str = "rendez.bench";
 const USER: &str = "alice";
@@ -48,7 +53,7 @@ fn server(now: Instant) -> Server {
     let mut config = ServerConfig::new(REALM, relay, 50000..=50999);
     config.users = vec![(USER.to_owned(), UserSecret::Password(PASSWORD.to_owned()))];
     config.peers = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], Vec::new());
-    Server::new(config, now, 1_700_000_000, 1, [7; 32])
+    Server::new(config, now, 1_700_000_000, Rng::from_seed(1), [7; 32])
 }
 
 fn key() -> [u8; 16] {
@@ -81,8 +86,10 @@ fn allocate_request(nonce: &[u8]) -> Vec<u8> {
 /// Sends `bytes` from the client and returns the one response it gets.
 fn exchange(server: &mut Server, now: Instant, bytes: &[u8]) -> Vec<u8> {
     assert!(server.handle_client_packet(now, client(), bytes).is_none());
-    match server.poll_output() {
-        Some(Output::Transmit { bytes, .. }) => bytes,
+    let mut io = RecordingIo::default();
+    server.drive(now, &mut io);
+    match io.take().into_iter().next() {
+        Some(Event::Transmit(_, bytes)) => bytes,
         other => panic!("expected a response, got {other:?}"),
     }
 }
@@ -109,14 +116,12 @@ fn allocation_with_channel(server: &mut Server, now: Instant) -> SocketAddr {
     assert!(server
         .handle_client_packet(now, client(), &allocate_request(&nonce))
         .is_none());
-    let relay = match server.poll_output() {
-        Some(Output::BindRelay { relay }) => relay,
-        other => panic!("expected BindRelay, got {other:?}"),
+    let mut io = RecordingIo::default();
+    server.drive(now, &mut io);
+    let [Event::Bind(relay, RelayBind::Bound), Event::Transmit(_, bytes)] = &io.take()[..] else {
+        panic!("expected a relay bind and the Allocate response");
     };
-    server.handle_relay_bound(now, relay, true);
-    let Some(Output::Transmit { bytes, .. }) = server.poll_output() else {
-        panic!("no Allocate response");
-    };
+    let (relay, bytes) = (*relay, bytes.clone());
     assert_eq!(Message::parse(&bytes).unwrap().class(), Class::Success);
     let bind = authenticated(Method::CHANNEL_BIND, 3, &nonce, |b| {
         b.add(AttrType::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0])

@@ -17,6 +17,7 @@ pub mod config;
 pub mod credential;
 mod hex;
 pub mod net;
+pub mod random;
 pub mod signal;
 pub mod stun;
 pub mod turn;

@@ -10,9 +10,10 @@
 //!   permits, with the payload unchanged, and once every lifetime has run out no allocation,
 //!   no timer, no open relay socket and no used relay port is left.
 //!
-//! The harness drives the core the way `net::drain_outputs` does: after every input it drains
-//! `poll_output`, and either answers each `BindRelay` at once inside the drain (as the tokio
-//! layer does) or later, as a separate input, like an I/O layer that binds off-thread.
+//! The harness drives the core the way every I/O layer does, through `Server::drive` and the
+//! shared `harness::RecordingIo`: after every input it carries out the outputs, and either
+//! answers each relay bind at once (as the workers and the TCP/TLS shard do) or later, as a
+//! separate input, like an I/O layer that binds off-thread.
 //!
 //! The regression tests at the end are the minimal inputs the core-sequence property found.
 
@@ -24,14 +25,18 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use rendez::random::Rng;
 use rendez::stun::{
     classify, decode_xor_address, long_term_key, AttrType, ChannelData, Class, ErrorCode, Framing,
     IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
 };
 use rendez::turn::{
-    DefaultFamily, FiveTuple, Output, PeerPolicy, RelayAddress, Server, ServerConfig, Transport,
-    UserSecret, CHANNEL_NUMBERS,
+    DefaultFamily, FiveTuple, Io, Output, PeerPolicy, RelayAddress, RelayBind, Server,
+    ServerConfig, Transport, UserSecret, CHANNEL_NUMBERS,
 };
+
+mod harness;
+use harness::{Event, RecordingIo};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -595,7 +600,7 @@ enum Op {
 /// How the harness answers BindRelay.
 #[derive(Clone, Debug)]
 enum Binding {
-    /// At once, inside the drain loop, like `net::drain_outputs`; the answers cycle.
+    /// At once, inside `Server::drive`, like the I/O layers; the answers cycle.
     Immediate(Vec<bool>),
     /// Only through `Op::RelayBound`.
     Deferred,
@@ -917,7 +922,7 @@ struct Harness {
     /// The last nonce each client was given, and when.
     nonces: Vec<Option<(Vec<u8>, Instant)>>,
     binding: Binding,
-    answers_given: usize,
+    io: RecordingIo,
     /// Whether relays of both families exist, so one allocation may own two.
     dual_stack: bool,
     /// Relays the core asked to bind and that were not answered or released yet.
@@ -954,7 +959,7 @@ impl Harness {
             );
         }
         let policy = config.peers.clone();
-        let server = Server::new(config, start, START_UNIX, 7, [42; 32]);
+        let server = Server::new(config, start, START_UNIX, Rng::from_seed(7), [42; 32]);
         let valid = rendez::credential::mint(
             SECRET,
             "bob",
@@ -977,7 +982,7 @@ impl Harness {
             clients: clients(),
             nonces: vec![None; 3],
             binding: scenario.binding.clone(),
-            answers_given: 0,
+            io: RecordingIo::answering(bind_answers(&scenario.binding)),
             dual_stack: scenario.with_v6_relay,
             pending: BTreeSet::new(),
             open: BTreeSet::new(),
@@ -1322,10 +1327,11 @@ impl Harness {
 
     /// Carries out queued outputs as the I/O layer would, checking each.
     fn drain(&mut self) {
-        while let Some(output) = self.server.poll_output() {
-            match output {
-                Output::Transmit { to, bytes } => self.check_response(to, &bytes),
-                Output::BindRelay { relay } => {
+        self.server.drive(self.now, &mut self.io);
+        for event in self.io.take() {
+            match event {
+                Event::Transmit(to, bytes) => self.check_response(to, &bytes),
+                Event::Bind(relay, answer) => {
                     assert!(
                         !self.open.contains(&relay) && !self.pending.contains(&relay),
                         "BindRelay {relay} for a relay already in use"
@@ -1339,21 +1345,17 @@ impl Harness {
                     if !self.seen.contains(&relay) {
                         self.seen.push(relay);
                     }
-                    match &self.binding {
-                        Binding::Immediate(answers) => {
-                            let bound = answers[self.answers_given % answers.len()];
-                            self.answers_given += 1;
-                            if bound {
-                                self.open.insert(relay);
-                            }
-                            self.server.handle_relay_bound(self.now, relay, bound);
+                    match answer {
+                        RelayBind::Bound => {
+                            self.open.insert(relay);
                         }
-                        Binding::Deferred => {
+                        RelayBind::Unavailable => {}
+                        RelayBind::Deferred => {
                             self.pending.insert(relay);
                         }
                     }
                 }
-                Output::ReleaseRelay { relay } => {
+                Event::Release(relay) => {
                     // Closing a socket that is not open (its bind failed) is a no-op for
                     // the I/O layer; one still being bound is closed when the bind ends.
                     assert!(
@@ -1430,6 +1432,7 @@ impl Harness {
 
         // Every port can be allocated again: none leaked.
         self.binding = Binding::Immediate(vec![true]);
+        self.io.set_answers(vec![RelayBind::Bound]);
         let families: &[u8] = if with_v6_relay { &[1, 2] } else { &[1] };
         for &family in families {
             for i in 0..RELAY_PORTS.len() {
@@ -1467,6 +1470,23 @@ impl Harness {
             .add_integrity(IntegrityAlgorithm::Sha1, &key);
         let bytes = b.finish();
         self.client_packet(2, &bytes);
+    }
+}
+
+/// The harness's answers to relay binds in `binding` mode.
+fn bind_answers(binding: &Binding) -> Vec<RelayBind> {
+    match binding {
+        Binding::Immediate(answers) => answers
+            .iter()
+            .map(|&ok| {
+                if ok {
+                    RelayBind::Bound
+                } else {
+                    RelayBind::Unavailable
+                }
+            })
+            .collect(),
+        Binding::Deferred => vec![RelayBind::Deferred],
     }
 }
 
@@ -1554,7 +1574,7 @@ fn allocate_with_relays(now: Instant, dual_stack: bool) -> (Server, Vec<Output>)
     let mut config = ServerConfig::new(REALM, v4_relay(), RELAY_PORTS);
     config.relays.push(v6_relay());
     config.users = vec![(USER.to_owned(), UserSecret::Password(PASSWORD.to_owned()))];
-    let mut server = Server::new(config, now, START_UNIX, 7, [42; 32]);
+    let mut server = Server::new(config, now, START_UNIX, Rng::from_seed(7), [42; 32]);
     let client = clients()[0];
 
     let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([1; 12]));
@@ -1613,32 +1633,35 @@ fn a_bind_confirmed_after_the_allocation_gave_up_is_released() {
 
 /// A dual-stack Allocate whose binds keep failing: the core gives up after 8 failures
 /// (counted across both families) while the other family's retry is still queued as a
-/// BindRelay. `net::drain_outputs` binds that socket and confirms it, the core ignores the
+/// BindRelay. `Server::drive` binds that socket and confirms it, the core ignores the
 /// confirmation, and the socket is never released — reachable with today's I/O layer
 /// whenever ports are taken by other programs.
 #[test]
 fn a_dual_stack_allocate_that_gives_up_releases_every_socket() {
     let t0 = Instant::now();
     let (mut server, outputs) = allocate_with_relays(t0, true);
-    let mut queue: std::collections::VecDeque<Output> = outputs.into();
-    let mut answers = std::iter::repeat_n(false, 8).chain(std::iter::repeat(true));
+    // What every I/O layer does through `Server::drive`: answer each bind as it comes (the
+    // binds the Allocate queued first, then whatever the answers bring).
+    let mut io = RecordingIo::answering(vec![RelayBind::Bound]);
+    io.fail_next_binds(8);
+    for output in outputs {
+        if let Output::BindRelay { relay } = output {
+            let answer = io.bind_relay(relay);
+            server.handle_relay_bound(t0, relay, answer == RelayBind::Bound);
+        }
+    }
+    server.drive(t0, &mut io);
     let mut open = BTreeSet::new();
-    // Exactly what net::drain_outputs does: answer each BindRelay as it comes.
-    while let Some(output) = queue.pop_front() {
-        match output {
-            Output::BindRelay { relay } => {
-                let bound = answers.next().unwrap();
-                if bound {
-                    open.insert(relay);
-                }
-                server.handle_relay_bound(t0, relay, bound);
+    for event in io.take() {
+        match event {
+            Event::Bind(relay, RelayBind::Bound) => {
+                open.insert(relay);
             }
-            Output::ReleaseRelay { relay } => {
+            Event::Release(relay) => {
                 open.remove(&relay);
             }
-            Output::Transmit { .. } => {}
+            _ => {}
         }
-        queue.extend(std::iter::from_fn(|| server.poll_output()));
     }
     assert_eq!(server.allocation_count(), 0, "the Allocate was given up");
     assert!(open.is_empty(), "bound and never released: {open:?}");

@@ -4,13 +4,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rendez::random::Rng;
 use rendez::stun::{
     decode_xor_address, AttrType, ChannelData, Class, ErrorCode, IntegrityAlgorithm, Message,
     MessageBuilder, Method, TransactionId,
 };
 use rendez::turn::{
-    FiveTuple, Output, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
+    FiveTuple, PeerPolicy, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
 };
+
+mod harness;
+use harness::{Event, RecordingIo};
 
 const REALM: &str = "rendez.test";
 const SECRET: &str = "rotating-secret-2";
@@ -159,7 +163,7 @@ fn exhausted_relay_range_is_508() {
 #[test]
 fn port_taken_by_another_program_is_retried_then_508() {
     let mut h = Harness::new();
-    h.failing_binds = 3;
+    h.io.fail_next_binds(3);
     let mut alice = Client::alice(CLIENT);
     assert_eq!(
         alice.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
@@ -168,7 +172,7 @@ fn port_taken_by_another_program_is_retried_then_508() {
     assert_eq!(h.bound.len(), 1);
 
     let mut h = Harness::new();
-    h.failing_binds = 100;
+    h.io.fail_next_binds(100);
     let mut alice = Client::alice(CLIENT);
     assert_eq!(
         alice.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
@@ -1074,8 +1078,7 @@ struct Harness {
     now: Instant,
     bound: Vec<SocketAddr>,
     released: Vec<SocketAddr>,
-    /// How many upcoming relay binds the fake I/O layer reports as failed.
-    failing_binds: usize,
+    io: RecordingIo,
 }
 
 impl Harness {
@@ -1095,11 +1098,11 @@ impl Harness {
         tweak(&mut config);
         let now = Instant::now();
         Self {
-            server: Server::new(config, now, UNIX_START, 7, [9; 32]),
+            server: Server::new(config, now, UNIX_START, Rng::from_seed(7), [9; 32]),
             now,
             bound: Vec::new(),
             released: Vec::new(),
-            failing_binds: 0,
+            io: RecordingIo::default(),
         }
     }
 
@@ -1112,19 +1115,14 @@ impl Harness {
 
     /// Plays the I/O layer: binds relays (or fails to), records releases, returns sends.
     fn pump(&mut self) -> Vec<(FiveTuple, Vec<u8>)> {
+        self.server.drive(self.now, &mut self.io);
         let mut sent = Vec::new();
-        while let Some(output) = self.server.poll_output() {
-            match output {
-                Output::Transmit { to, bytes } => sent.push((to, bytes)),
-                Output::BindRelay { relay } => {
-                    let ok = self.failing_binds == 0;
-                    self.failing_binds = self.failing_binds.saturating_sub(1);
-                    if ok {
-                        self.bound.push(relay);
-                    }
-                    self.server.handle_relay_bound(self.now, relay, ok);
-                }
-                Output::ReleaseRelay { relay } => self.released.push(relay),
+        for event in self.io.take() {
+            match event {
+                Event::Transmit(to, bytes) => sent.push((to, bytes)),
+                Event::Bind(relay, RelayBind::Bound) => self.bound.push(relay),
+                Event::Bind(..) => {}
+                Event::Release(relay) => self.released.push(relay),
             }
         }
         sent

@@ -8,11 +8,15 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use rendez::net::batch::{send_all, RecvBatch};
+use rendez::random::Rng;
 use rendez::stun::{AttrType, ChannelData, Class, Message, MessageBuilder, Method, TransactionId};
 use rendez::turn::{
-    FiveTuple, Output, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
+    FiveTuple, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
     PEER_HEADROOM, PEER_TAILROOM,
 };
+
+mod harness;
+use harness::{Event, RecordingIo};
 
 struct CountingAllocator;
 
@@ -148,7 +152,7 @@ fn server_with_channel() -> (Server, FiveTuple, SocketAddr) {
     config.users = vec![("u".into(), UserSecret::Password("p".into()))];
     config.peers = PeerPolicy::new(vec!["198.51.100.0/24".parse().unwrap()], vec![]);
     let now = Instant::now();
-    let mut server = Server::new(config, now, 1_800_000_000, 1, [0; 32]);
+    let mut server = Server::new(config, now, 1_800_000_000, Rng::from_seed(1), [0; 32]);
     let tuple = FiveTuple {
         transport: Transport::Udp,
         client: CLIENT.parse().unwrap(),
@@ -225,12 +229,12 @@ fn request_with_tid(
             .add_integrity(rendez::stun::IntegrityAlgorithm::Sha1, key);
     }
     server.handle_client_packet(Instant::now(), tuple, &b.finish());
+    let mut io = RecordingIo::default();
+    server.drive(Instant::now(), &mut io);
     let mut response = Vec::new();
-    while let Some(output) = server.poll_output() {
-        match output {
-            Output::Transmit { bytes, .. } => response = bytes,
-            Output::BindRelay { relay } => server.handle_relay_bound(Instant::now(), relay, true),
-            Output::ReleaseRelay { .. } => {}
+    for event in io.take() {
+        if let Event::Transmit(_, bytes) = event {
+            response = bytes;
         }
     }
     let m = Message::parse(&response).expect("a response");

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         token_secret: data.first().filter(|b| *b & 1 == 1).map(|_| "k".to_owned()),
         ..RoomsConfig::default()
     };
-    let mut rooms = Rooms::new(config, 1);
+    let mut rooms = Rooms::new(config, rendez::random::Rng::from_seed(1));
     let mut open = [false; 4];
     for (i, chunk) in data.split(|b| *b == 0).enumerate() {
         let conn = (i % 4) as u64;

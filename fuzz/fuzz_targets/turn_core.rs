@@ -7,9 +7,33 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use rendez::random::Rng;
 use rendez::turn::{
-    FiveTuple, Output, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
+    FiveTuple, Io, PeerPolicy, RelayAddress, RelayBind, Server, ServerConfig, Transport,
+    UserSecret,
 };
+
+/// The fuzzer's I/O layer: binds fail when the current step's payload says so.
+struct FuzzIo {
+    bound: Vec<SocketAddr>,
+    fail: bool,
+}
+
+impl Io for FuzzIo {
+    fn transmit(&mut self, _: FiveTuple, _: Vec<u8>) {}
+
+    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+        if self.fail {
+            return RelayBind::Unavailable;
+        }
+        self.bound.push(relay);
+        RelayBind::Bound
+    }
+
+    fn release_relay(&mut self, relay: SocketAddr) {
+        self.bound.retain(|r| *r != relay);
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
@@ -22,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     config.users = vec![("u".into(), UserSecret::Password("p".into()))];
     config.secrets = vec!["s".into()];
     config.peers = PeerPolicy::new(vec!["198.51.100.0/24".parse().unwrap()], vec![]);
-    let mut server = Server::new(config, now, 1_800_000_000, 7, [1; 32]);
+    let mut server = Server::new(config, now, 1_800_000_000, Rng::from_seed(7), [1; 32]);
     let tuples: Vec<FiveTuple> = (0..3u16)
         .map(|i| FiveTuple {
             transport: if i == 2 {
@@ -34,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
             server: "192.0.2.10:3478".parse().unwrap(),
         })
         .collect();
-    let mut bound: Vec<SocketAddr> = Vec::new();
+    let mut io = FuzzIo {
+        bound: Vec::new(),
+        fail: false,
+    };
 
     // Each step: an opcode byte, a length byte, then that many bytes of payload.
     let mut rest = data;
@@ -48,7 +75,8 @@ fuzz_target!(|data: &[u8]| {
                 let _ = server.handle_client_packet(now, tuple, payload);
             }
             2 => {
-                if let Some(&relay) = bound.get(usize::from(op / 5) % bound.len().max(1)) {
+                let index = usize::from(op / 5) % io.bound.len().max(1);
+                if let Some(&relay) = io.bound.get(index) {
                     let peer = SocketAddr::from(([198, 51, 100, op / 5], 4000));
                     let _ = server.handle_peer_packet(now, relay, peer, payload);
                 }
@@ -56,19 +84,8 @@ fuzz_target!(|data: &[u8]| {
             3 => now += Duration::from_secs(u64::from(op / 5) * 40),
             _ => server.handle_timeout(now),
         }
-        while let Some(output) = server.poll_output() {
-            match output {
-                Output::BindRelay { relay } => {
-                    let ok = payload.first().is_none_or(|b| b % 4 != 0);
-                    if ok {
-                        bound.push(relay);
-                    }
-                    server.handle_relay_bound(now, relay, ok);
-                }
-                Output::ReleaseRelay { relay } => bound.retain(|r| *r != relay),
-                Output::Transmit { .. } => {}
-            }
-        }
+        io.fail = payload.first().is_some_and(|b| b % 4 == 0);
+        server.drive(now, &mut io);
         assert!(server.allocation_count() == 0 || server.poll_timeout().is_some());
     }
 });

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::messages::{ClientMessage, ErrorCode, PeerInfo, ServerMessage};
 use super::token;
+use crate::random::Rng;
 
 /// A connection as the I/O layer numbers it.
 pub type ConnId = u64;
@@ -54,8 +55,7 @@ pub struct Rooms {
     connections: HashMap<ConnId, Connection>,
     /// Members of each room, in joining order.
     rooms: HashMap<String, Vec<ConnId>>,
-    next_id: u64,
-    id_key: u64,
+    rng: Rng,
 }
 
 struct Connection {
@@ -74,14 +74,13 @@ struct Member {
 }
 
 impl Rooms {
-    /// `id_seed` makes participant ids unguessable (take it from the OS RNG).
-    pub fn new(config: RoomsConfig, id_seed: u64) -> Self {
+    /// `rng` makes participant ids unguessable (seed it from the OS, see [`Rng::from_os`]).
+    pub fn new(config: RoomsConfig, rng: Rng) -> Self {
         Self {
             config,
             connections: HashMap::new(),
             rooms: HashMap::new(),
-            next_id: 0,
-            id_key: id_seed,
+            rng,
         }
     }
 
@@ -158,6 +157,12 @@ impl Rooms {
         let out = self.leave(conn);
         self.connections.remove(&conn);
         out
+    }
+
+    /// Gives spare map capacity back (after many connections have gone).
+    pub fn shrink_to_fit(&mut self) {
+        self.connections.shrink_to_fit();
+        self.rooms.shrink_to_fit();
     }
 
     /// Participants in `room` now.
@@ -318,13 +323,9 @@ impl Rooms {
         self.connections.get(&conn)?.member.as_ref()
     }
 
-    /// 16 hex digits, unpredictable without the seed, never repeated in a process.
+    /// 16 random hex digits: unguessable, and 64 bits make a repeat as likely as a guess.
     fn new_id(&mut self) -> String {
-        self.next_id += 1;
-        let mut z = self.next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.id_key;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        format!("{:016x}", z ^ (z >> 31))
+        format!("{:016x}", self.rng.next_u64())
     }
 }
 
@@ -384,7 +385,7 @@ mod tests {
     impl World {
         fn new(config: RoomsConfig) -> Self {
             Self {
-                rooms: Rooms::new(config, 42),
+                rooms: Rooms::new(config, Rng::from_seed(42)),
                 now: Instant::now(),
             }
         }

@@ -12,10 +12,13 @@
 //!   binding is answered with `handle_relay_bound`, because only the I/O layer can learn
 //!   that a port is taken by another process.
 //! - `poll_timeout` / `handle_timeout` expire allocations, permissions and channels.
+//! - [`Server::drive`] carries the outputs out through an [`Io`]: the one loop every I/O
+//!   layer, test and benchmark uses (see [`drive`](self::drive) for the contract).
 
 mod allocation;
 mod auth;
 mod deliver;
+pub mod drive;
 mod policy;
 mod ports;
 mod requests;
@@ -23,6 +26,7 @@ mod server;
 
 pub use auth::{rest_expiry, rest_password, Credentials, Rejection, UserSecret};
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
+pub use drive::{Io, RelayBind};
 pub use policy::PeerPolicy;
 pub use requests::DefaultFamily;
 pub use server::{Server, ServerConfig, Stats};

@@ -61,24 +61,6 @@ impl PortPool {
     }
 }
 
-/// A small deterministic generator (SplitMix64): the core takes its seed from the I/O layer,
-/// so tests are reproducible and the core never touches the OS RNG.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,7 +68,7 @@ mod tests {
     #[test]
     fn hands_out_every_port_once_then_none() {
         let mut pool = PortPool::new(50000..=50009);
-        let mut rng = SplitMix64::new(1);
+        let mut rng = crate::random::Rng::from_seed(1);
         let mut got: Vec<u16> = (0..10)
             .map(|_| pool.acquire(rng.next_u64(), false).unwrap())
             .collect();

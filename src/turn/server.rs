@@ -9,9 +9,10 @@ use super::allocation::{Allocation, PendingAllocate, State};
 use super::auth::{Authenticator, Rejection, UserSecret};
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::PeerPolicy;
-use super::ports::{PortPool, SplitMix64};
+use super::ports::PortPool;
 use super::requests::DefaultFamily;
 use super::{FiveTuple, Output, RelayAddress, ToClient, ToPeer};
+use crate::random::Rng;
 use crate::stun::{
     classify, decode_xor_address, AttrType, ChannelData, Class, ErrorCode, Framing,
     IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
@@ -139,12 +140,8 @@ pub struct Server {
     /// would hold every ended allocation's entry until its old deadline.
     timers: BTreeSet<(Instant, FiveTuple)>,
     pub(super) outputs: VecDeque<Output>,
-    /// Chooses relay ports.
-    pub(super) rng: SplitMix64,
-    /// Chooses Data indication transaction ids. Separate from `rng`, and seeded through a
-    /// hash, because ids are sent to clients: SplitMix64 can be run backwards from one
-    /// output, which must not reveal the ports handed out next.
-    indication_ids: SplitMix64,
+    /// Chooses relay ports and Data indication transaction ids.
+    pub(super) rng: Rng,
     wall_clock: WallClock,
     /// Reused for every peer → client packet, so the hot path does not allocate.
     scratch: Vec<u8>,
@@ -190,13 +187,13 @@ pub(super) struct Reply {
 }
 
 impl Server {
-    /// `seed` drives relay port choice; `nonce_key` signs nonces (share it between nodes
-    /// that sit behind one name); `unix_secs` is the wall-clock time at `now`.
+    /// `rng` chooses relay ports and transaction ids; `nonce_key` signs nonces (share it
+    /// between nodes that sit behind one name); `unix_secs` is the wall-clock time at `now`.
     pub fn new(
         config: ServerConfig,
         now: Instant,
         unix_secs: u64,
-        seed: u64,
+        rng: Rng,
         nonce_key: [u8; 32],
     ) -> Self {
         let auth = Authenticator::new(
@@ -232,8 +229,7 @@ impl Server {
             by_relay: HashMap::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
-            rng: SplitMix64::new(seed),
-            indication_ids: SplitMix64::new(hashed_seed(seed)),
+            rng,
             wall_clock: WallClock { at: now, unix_secs },
             scratch: Vec::with_capacity(2048),
             stats: Stats::default(),
@@ -335,7 +331,7 @@ impl Server {
             Some(channel) => ClientFraming::Channel(channel),
             None => ClientFraming::Indication {
                 peer,
-                transaction: random_transaction(&mut self.indication_ids),
+                transaction: random_transaction(&mut self.rng),
             },
         };
         let stream = tuple.transport.is_stream();
@@ -813,17 +809,8 @@ fn build(reply: &Reply, class: Class, attributes: impl FnOnce(&mut MessageBuilde
     b.finish()
 }
 
-/// A seed that says nothing about `seed`: the first 8 bytes of SHA-256(seed).
-fn hashed_seed(seed: u64) -> u64 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, &seed.to_le_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_le_bytes(bytes)
-}
-
-fn random_transaction(rng: &mut SplitMix64) -> TransactionId {
+fn random_transaction(rng: &mut Rng) -> TransactionId {
     let mut id = [0u8; 12];
-    id[..8].copy_from_slice(&rng.next_u64().to_be_bytes());
-    id[8..].copy_from_slice(&rng.next_u64().to_be_bytes()[..4]);
+    rng.fill(&mut id);
     TransactionId(id)
 }

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// An unspecified IPv6 address is bound IPv6-only so it can sit beside 0.0.0.0 on the same
 /// port; if the host has no IPv6 at all, that listener is skipped with a warning rather than
 /// failing startup.
-pub(super) fn bind_listener_sets(
+pub(crate) fn bind_listener_sets(
     listen: &[SocketAddr],
     workers: usize,
 ) -> anyhow::Result<(Vec<Vec<std::net::UdpSocket>>, Vec<SocketAddr>)> {
@@ -46,7 +46,7 @@ pub(super) fn bind_listener_sets(
 }
 
 /// A nonblocking UDP socket on `addr` (IPv6-only for IPv6 addresses).
-pub(super) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

@@ -8,7 +8,6 @@
 //! sockets with `recvmmsg`, peer → client datagrams are framed in place and leave with one
 //! `sendmmsg` per listener, and nothing on the relay path allocates.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,15 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{self, RecvBatch, BATCH};
-use crate::turn::{self, FiveTuple, Output, Stats, Transport, PEER_HEADROOM, PEER_TAILROOM};
+use super::sockets::{Ready, Sockets};
+use crate::turn::{self, FiveTuple, Stats, Transport, PEER_HEADROOM, PEER_TAILROOM};
 
 const WAKER: Token = Token(usize::MAX);
-/// Relay sockets get tokens from here up; listeners get 0, 1, ...
-const FIRST_RELAY_TOKEN: usize = 1 << 16;
 /// The longest the loop sleeps without checking timers and publishing stats.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Receive batches taken from one socket per turn of the loop, so a flood on one socket
@@ -48,13 +45,13 @@ impl WorkerHandle {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Asks the worker to stop and waits for it.
     /// Asks the worker to stop, without waiting.
     pub fn signal_stop(&self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.wake();
     }
 
+    /// Asks the worker to stop and waits for it.
     pub fn stop(mut self) {
         self.signal_stop();
         if let Some(thread) = self.thread.take() {
@@ -73,13 +70,9 @@ pub(crate) fn spawn(
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let mut worker = Worker {
-        poll,
+    let worker = Worker {
         server,
-        listeners: Vec::new(),
-        relays: HashMap::new(),
-        relay_tokens: Vec::new(),
-        free_tokens: Vec::new(),
+        sockets: Sockets::new(poll, listeners)?,
         recv: RecvBatch::new(PEER_HEADROOM, PEER_TAILROOM),
         stop: stop.clone(),
         stats: stats.clone(),
@@ -87,15 +80,6 @@ pub(crate) fn spawn(
         unfinished: Vec::new(),
         resuming: Vec::new(),
     };
-    for (index, socket) in listeners.into_iter().enumerate() {
-        let local = socket.local_addr()?;
-        let mut socket = UdpSocket::from_std(socket);
-        worker
-            .poll
-            .registry()
-            .register(&mut socket, Token(index), Interest::READABLE)?;
-        worker.listeners.push(Listener { socket, local });
-    }
     let thread = std::thread::Builder::new()
         .name(format!("rendez-udp-{id}"))
         .spawn(move || worker.run())?;
@@ -108,13 +92,8 @@ pub(crate) fn spawn(
 }
 
 struct Worker {
-    poll: Poll,
     server: turn::Server,
-    listeners: Vec<Listener>,
-    relays: HashMap<SocketAddr, Relay>,
-    /// Relay address by token index (token - FIRST_RELAY_TOKEN).
-    relay_tokens: Vec<Option<SocketAddr>>,
-    free_tokens: Vec<usize>,
+    sockets: Sockets,
     recv: RecvBatch,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<Stats>>,
@@ -123,16 +102,6 @@ struct Worker {
     unfinished: Vec<Token>,
     /// The previous turn's `unfinished`, being read this turn (kept to reuse its memory).
     resuming: Vec<Token>,
-}
-
-struct Listener {
-    socket: UdpSocket,
-    local: SocketAddr,
-}
-
-struct Relay {
-    socket: UdpSocket,
-    token: usize,
 }
 
 /// A framed datagram waiting in receive slot `slot` for the batched send to its client.
@@ -157,7 +126,7 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            if let Err(error) = self.poll.poll(&mut events, Some(sleep)) {
+            if let Err(error) = self.sockets.poll().poll(&mut events, Some(sleep)) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(%error, "UDP worker poll failed; stopping");
                     return;
@@ -173,11 +142,11 @@ impl Worker {
             let now = Instant::now();
             if self.server.poll_timeout().is_some_and(|at| at <= now) {
                 self.server.handle_timeout(now);
-                self.carry_out_outputs();
+                self.server.drive(now, &mut self.sockets);
             }
             if now.duration_since(last_stats) >= MAX_SLEEP {
                 last_stats = now;
-                self.server.set_wall_clock(now, super::unix_now());
+                self.server.set_wall_clock(now, crate::net::unix_now());
                 self.publish_stats();
                 self.trim_memory();
             }
@@ -187,10 +156,10 @@ impl Worker {
 
     /// Reads a socket that is ready, remembering it if it still has data after this turn.
     fn read(&mut self, token: Token) {
-        let finished = match token {
-            WAKER => true,
-            Token(index) if index < FIRST_RELAY_TOKEN => self.drain_listener(index),
-            Token(token) => self.drain_relay(token - FIRST_RELAY_TOKEN),
+        let finished = match self.sockets.ready(token) {
+            Ready::Listener(index) => self.drain_listener(index),
+            Ready::Relay(relay) => self.drain_relay(relay),
+            Ready::Unknown => true,
         };
         if !finished && !self.unfinished.contains(&token) {
             self.unfinished.push(token);
@@ -202,7 +171,7 @@ impl Worker {
     fn drain_listener(&mut self, index: usize) -> bool {
         let mut errors = 0;
         for _ in 0..MAX_BATCHES_PER_TURN {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(listener) = self.sockets.listener(index) else {
                 return true;
             };
             let received = match self.recv.recv(&listener.socket) {
@@ -233,12 +202,11 @@ impl Worker {
                 };
                 let packet = &slot[headroom..headroom + len];
                 if let Some(to_peer) = self.server.handle_client_packet(now, from, packet) {
-                    if let Some(relay) = self.relays.get(&to_peer.relay) {
-                        let _ = relay.socket.send_to(to_peer.payload, to_peer.peer);
-                    }
+                    self.sockets
+                        .send_to_peer(to_peer.relay, to_peer.peer, to_peer.payload);
                 }
             }
-            self.carry_out_outputs();
+            self.server.drive(now, &mut self.sockets);
             if drained(received) {
                 return true;
             }
@@ -248,16 +216,13 @@ impl Worker {
 
     /// Peer datagrams on one relay socket: framed in place, sent to clients in batches.
     /// Returns whether the socket was drained.
-    fn drain_relay(&mut self, token: usize) -> bool {
-        let Some(Some(relay_addr)) = self.relay_tokens.get(token).copied() else {
-            return true;
-        };
+    fn drain_relay(&mut self, relay_addr: SocketAddr) -> bool {
         let mut errors = 0;
         for _ in 0..MAX_BATCHES_PER_TURN {
-            let Some(relay) = self.relays.get(&relay_addr) else {
+            let Some(relay) = self.sockets.relay(relay_addr) else {
                 return true;
             };
-            let received = match self.recv.recv(&relay.socket) {
+            let received = match self.recv.recv(relay) {
                 Ok(n) => n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(error) => {
@@ -280,10 +245,7 @@ impl Worker {
                     .server
                     .handle_peer_packet_in_place(now, relay_addr, peer, slot, headroom, len);
                 *entry = framed.and_then(|(client, range)| {
-                    let listener = self
-                        .listeners
-                        .iter()
-                        .position(|l| l.local == client.server)?;
+                    let listener = self.sockets.listener_at(client.server)?;
                     Some(ToClient {
                         listener,
                         client: client.client,
@@ -302,7 +264,7 @@ impl Worker {
 
     /// One `sendmmsg` per listener for everything framed from the last receive batch.
     fn send_to_clients(&mut self, framed: &[Option<ToClient>]) {
-        for (index, listener) in self.listeners.iter().enumerate() {
+        for (index, listener) in self.sockets.listeners().iter().enumerate() {
             let mut outgoing: [batch::Outgoing<'_>; BATCH] = [(listener.local, &[][..]); BATCH];
             let mut count = 0;
             for entry in framed.iter().flatten().filter(|e| e.listener == index) {
@@ -319,56 +281,6 @@ impl Worker {
         }
     }
 
-    /// Responses, and binding and releasing relay sockets.
-    fn carry_out_outputs(&mut self) {
-        while let Some(output) = self.server.poll_output() {
-            match output {
-                Output::Transmit { to, bytes } => {
-                    if let Some(listener) = self.listeners.iter().find(|l| l.local == to.server) {
-                        let _ = listener.socket.send_to(&bytes, to.client);
-                    }
-                }
-                Output::BindRelay { relay } => {
-                    let bound = match self.bind_relay(relay) {
-                        Ok(()) => true,
-                        Err(error) => {
-                            tracing::debug!(%relay, %error, "relay port unavailable");
-                            false
-                        }
-                    };
-                    self.server.handle_relay_bound(Instant::now(), relay, bound);
-                }
-                Output::ReleaseRelay { relay } => self.release_relay(relay),
-            }
-        }
-    }
-
-    fn bind_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
-        let std_socket = super::udp::bind_udp(relay, false)?;
-        let mut socket = UdpSocket::from_std(std_socket);
-        let token = self.free_tokens.pop().unwrap_or(self.relay_tokens.len());
-        self.poll.registry().register(
-            &mut socket,
-            Token(FIRST_RELAY_TOKEN + token),
-            Interest::READABLE,
-        )?;
-        if token == self.relay_tokens.len() {
-            self.relay_tokens.push(Some(relay));
-        } else {
-            self.relay_tokens[token] = Some(relay);
-        }
-        self.relays.insert(relay, Relay { socket, token });
-        Ok(())
-    }
-
-    fn release_relay(&mut self, relay: SocketAddr) {
-        if let Some(mut entry) = self.relays.remove(&relay) {
-            let _ = self.poll.registry().deregister(&mut entry.socket);
-            self.relay_tokens[entry.token] = None;
-            self.free_tokens.push(entry.token);
-        }
-    }
-
     fn publish_stats(&self) {
         let mut shared = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         *shared = self.server.stats().clone();
@@ -382,9 +294,7 @@ impl Worker {
             return;
         }
         self.ended_at_last_trim = ended;
-        if self.relays.capacity() > 64 && self.relays.len() * 4 < self.relays.capacity() {
-            self.relays.shrink_to_fit();
-        }
+        self.sockets.shrink();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
         unsafe {

@@ -1,0 +1,274 @@
+//! Starting a server: configuration → bound sockets → running shards and tasks.
+//!
+//! Everything that can fail (bad config, a port in use, a missing certificate) fails here,
+//! before anything is served, with a message that names the config key.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use super::address::resolve_relay_addresses;
+use super::handle::Handle;
+use super::turn_io::{stream, stream_shard, udp, worker};
+use super::{http, limits, tls, unix_now};
+use crate::config::{Config, RelayFamily};
+use crate::random::{fill_from_os, Rng};
+use crate::turn::{self, DefaultFamily, PeerPolicy, RelayAddress, ServerConfig};
+
+/// Binds every listener and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Handle> {
+    config.validate()?;
+    let relays = resolve_relay_addresses(&config)?;
+    let tls = config.tls.as_ref().map(tls::turn_acceptor).transpose()?;
+    let https = config.tls.as_ref().map(tls::http_acceptor).transpose()?;
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // One slice of the relay ports per UDP worker, and one for TCP/TLS clients.
+    let port_slices = split_ports(&config.relay_ports.0, workers + 1)?;
+    let BoundListeners {
+        udp_sets: listener_sets,
+        udp_addrs,
+        tcp: tcp_listeners,
+    } = bind_udp_and_tcp(&config.listen, workers)?;
+    let tls_listeners = match tls {
+        None => Vec::new(),
+        Some(_) => config
+            .tls_listen
+            .iter()
+            .filter_map(|&addr| match stream::bind_tcp(addr) {
+                Ok(listener) => Some(Ok(listener)),
+                Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                    tracing::warn!(%addr, %error, "no IPv6 on this host; skipping this TLS listener");
+                    None
+                }
+                Err(error) => Some(Err(anyhow::Error::new(error).context(format!(
+                    "cannot listen on TLS {addr} (config key `tls-listen`): is another server using the port?"
+                )))),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    let tcp_addrs = local_addrs(&tcp_listeners)?;
+    let tls_addrs = local_addrs(&tls_listeners)?;
+    let signal_listener = config
+        .signal
+        .enabled
+        .then(|| {
+            stream::bind_tcp(config.signal.listen).with_context(|| {
+                format!(
+                    "cannot listen for HTTP on {} (config key `signal.listen`): is another server using the port?",
+                    config.signal.listen
+                )
+            })
+        })
+        .transpose()?;
+    let signal_addr = signal_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+
+    // Every shard signs nonces with the same key, so a nonce from one is good at another.
+    let mut nonce_key = [0u8; 32];
+    fill_from_os(&mut nonce_key)?;
+    let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
+        let mut core = core_config(&config, &relays);
+        core.relay_ports = ports.clone();
+        Ok(turn::Server::new(
+            core,
+            Instant::now(),
+            unix_now(),
+            Rng::from_os()?,
+            nonce_key,
+        ))
+    };
+    let mut worker_handles = Vec::with_capacity(workers);
+    for (id, sockets) in listener_sets.into_iter().enumerate() {
+        let server = shard(&port_slices[id])?;
+        worker_handles.push(worker::spawn(id, server, sockets).context("starting a UDP worker")?);
+    }
+    let stream_server = shard(&port_slices[workers])?;
+
+    let (stop, stopped) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    let stream_shard = stream_shard::spawn(stream_server, &tracker, stopped.clone());
+    let limits =
+        limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
+    let stream_listeners = tcp_listeners
+        .into_iter()
+        .map(|l| (l, None))
+        .chain(tls_listeners.into_iter().map(|l| (l, tls.clone())));
+    for (listener, acceptor) in stream_listeners {
+        tracker.spawn(stream::accept(
+            stream_shard.clone(),
+            tracker.clone(),
+            listener,
+            acceptor,
+            limits.clone(),
+            config.connections.clone(),
+            stopped.clone(),
+        ));
+    }
+    if let Some(listener) = signal_listener {
+        // The page must point browsers at the ports actually bound (port 0 in tests).
+        let mut bound = config.clone();
+        bound.listen = udp_addrs.clone();
+        bound.tls_listen = tls_addrs.clone();
+        let hub = http::hub::spawn(&bound, Rng::from_os()?, &tracker, stopped.clone());
+        // The page server has caps of its own, so it cannot use up the TURN connections'.
+        let http_limits =
+            limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
+        tracker.spawn(http::serve(
+            listener,
+            https,
+            hub,
+            http_limits,
+            tracker.clone(),
+            stopped,
+        ));
+    }
+    tracing::info!(
+        udp = ?udp_addrs,
+        tcp = ?tcp_addrs,
+        tls = ?tls_addrs,
+        signal = ?signal_addr,
+        relays = ?relays,
+        ports = %config.relay_ports,
+        workers,
+        "rendez serving STUN/TURN"
+    );
+    Ok(Handle {
+        udp_addrs,
+        tcp_addrs,
+        tls_addrs,
+        signal_addr,
+        relays,
+        stream_shard,
+        workers: worker_handles,
+        stop,
+        tracker,
+    })
+}
+
+struct BoundListeners {
+    /// One socket per listen address for each worker.
+    udp_sets: Vec<Vec<std::net::UdpSocket>>,
+    udp_addrs: Vec<SocketAddr>,
+    tcp: Vec<tokio::net::TcpListener>,
+}
+
+/// UDP listener sets for the workers, and TCP listeners on exactly the same addresses and
+/// ports. Port 0 is resolved by UDP; if TCP finds that port taken (the two port spaces are
+/// separate), the whole set is bound again on another port.
+fn bind_udp_and_tcp(listen: &[SocketAddr], workers: usize) -> anyhow::Result<BoundListeners> {
+    const ATTEMPTS_WITH_PORT_ZERO: usize = 16;
+    let any_port_zero = listen.iter().any(|a| a.port() == 0);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (sets, udp_addrs) = udp::bind_listener_sets(listen, workers)?;
+        let tcp: Result<Vec<_>, _> = udp_addrs
+            .iter()
+            .map(|&addr| stream::bind_tcp(addr).map_err(|e| (addr, e)))
+            .collect();
+        match tcp {
+            Ok(tcp) => {
+                return Ok(BoundListeners {
+                    udp_sets: sets,
+                    udp_addrs,
+                    tcp,
+                })
+            }
+            Err((_, error))
+                if any_port_zero
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS_WITH_PORT_ZERO => {}
+            Err((addr, error)) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot listen on TCP {addr} (config key `listen`): is another server using the port?"
+                )))
+            }
+        }
+    }
+}
+
+/// Splits the relay port range into `shards` contiguous slices.
+fn split_ports(
+    range: &RangeInclusive<u16>,
+    shards: usize,
+) -> anyhow::Result<Vec<RangeInclusive<u16>>> {
+    let (start, end) = (usize::from(*range.start()), usize::from(*range.end()));
+    let size = end - start + 1;
+    if size < shards * 2 {
+        anyhow::bail!(
+            "`relay-ports` has {size} ports; {shards} shards ({} UDP workers and one for TCP/TLS) need at least {}: widen the range or lower `workers`",
+            shards - 1,
+            shards * 2
+        );
+    }
+    Ok((0..shards)
+        .map(|i| {
+            let first = start + size * i / shards;
+            let last = start + size * (i + 1) / shards - 1;
+            first as u16..=last as u16
+        })
+        .collect())
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let handle = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// The TURN core's view of the configuration.
+fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
+    let mut core = ServerConfig::new(&config.realm, relays[0], config.relay_ports.0.clone());
+    core.relays = relays.to_vec();
+    core.default_family = match config.default_relay_family {
+        RelayFamily::Ipv4 => DefaultFamily::Ipv4,
+        RelayFamily::Ipv6 => DefaultFamily::Ipv6,
+        RelayFamily::MatchClient => DefaultFamily::MatchClient,
+    };
+    core.own_addresses = own_addresses(config, relays);
+    core.server_relay_ports = config.relay_ports.0.clone();
+    core.default_lifetime = config.allocation_lifetime;
+    core.max_lifetime = config.max_allocation_lifetime;
+    core.users = config.static_users();
+    core.secrets = config.auth.secrets.clone();
+    core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
+    core
+}
+
+/// Every address of this host: relay and advertised addresses, specific listen addresses
+/// and the interfaces' addresses.
+fn own_addresses(config: &Config, relays: &[RelayAddress]) -> Vec<std::net::IpAddr> {
+    let mut own: Vec<std::net::IpAddr> = relays.iter().flat_map(|r| [r.bind, r.public]).collect();
+    own.extend(
+        config
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    if let Ok(interfaces) = if_addrs::get_if_addrs() {
+        own.extend(interfaces.iter().map(|i| i.ip()));
+    }
+    own.sort();
+    own.dedup();
+    own
+}
+
+fn local_addrs(listeners: &[tokio::net::TcpListener]) -> std::io::Result<Vec<SocketAddr>> {
+    listeners.iter().map(|l| l.local_addr()).collect()
+}

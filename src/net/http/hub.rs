@@ -1,0 +1,266 @@
+//! The signaling hub: one task owns the [`Rooms`] and every session's outgoing queue.
+//!
+//! Sessions send their input (opened, text, closed) over one bounded channel; the hub runs
+//! each through the room logic in arrival order and queues what comes out on the sessions'
+//! queues in the order the room logic produced it, so a participant's `welcome` always comes
+//! before any message about its room. A session whose queue is full (a browser that stopped
+//! reading) is dropped at once: it leaves its room, the others hear `peer-left`, and its
+//! queue closes, which ends the session. The hub never waits on a session.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::credential;
+use crate::random::Rng;
+use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig};
+
+/// Inputs waiting for the hub before sessions wait.
+const INPUT_QUEUE: usize = 1024;
+/// Inputs the hub takes per wake-up.
+const INPUT_BATCH: usize = 64;
+/// Give freed memory back to the OS after this many sessions have ended.
+const TRIM_AFTER_CLOSED: u64 = 1024;
+
+/// What a session tells the hub.
+pub(crate) enum Input {
+    /// A WebSocket opened; the hub queues its messages on `outbound`.
+    Opened {
+        conn: ConnId,
+        ip: IpAddr,
+        ice_servers: serde_json::Value,
+        outbound: mpsc::Sender<Message>,
+    },
+    Text {
+        conn: ConnId,
+        text: Utf8Bytes,
+    },
+    Binary {
+        conn: ConnId,
+    },
+    Closed {
+        conn: ConnId,
+    },
+}
+
+/// The sessions' side of the hub.
+#[derive(Clone)]
+pub(crate) struct HubHandle {
+    input: mpsc::Sender<Input>,
+    shared: Arc<Shared>,
+}
+
+/// Read-only settings and the connection counter, shared by sessions.
+pub(crate) struct Shared {
+    next_conn: AtomicU64,
+    ice: IceServers,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl HubHandle {
+    /// Hands `input` to the hub, waiting while its queue is full. False once it stopped.
+    pub async fn send(&self, input: Input) -> bool {
+        self.input.send(input).await.is_ok()
+    }
+
+    pub fn settings(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// A number for a new connection, never reused.
+    pub fn next_conn(&self) -> ConnId {
+        self.shared.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The `iceServers` of a connection's welcome: TURN credentials minted for it.
+    pub fn ice_servers(&self, host: &str, conn: ConnId) -> serde_json::Value {
+        self.shared.ice.for_connection(host, &format!("web-{conn}"))
+    }
+}
+
+/// Starts the hub task; it ends when `stopped` changes.
+pub(crate) fn spawn(
+    config: &Config,
+    rng: Rng,
+    tracker: &TaskTracker,
+    stopped: watch::Receiver<bool>,
+) -> HubHandle {
+    let signal = &config.signal;
+    let rooms = Rooms::new(
+        RoomsConfig {
+            room_size: signal.room_size,
+            rooms_per_ip: signal.rooms_per_ip,
+            messages_per_second: signal.messages_per_second,
+            max_message_bytes: signal.max_message_bytes,
+            token_secret: signal.token_secret.clone(),
+        },
+        rng,
+    );
+    if config.auth.secrets.is_empty() {
+        tracing::warn!("no `auth.secrets`: the call page gets STUN only, no TURN relay");
+    }
+    let (input, inbox) = mpsc::channel(INPUT_QUEUE);
+    let hub = Hub {
+        rooms,
+        queues: HashMap::new(),
+        closed: 0,
+    };
+    tracker.spawn(hub.run(inbox, stopped));
+    HubHandle {
+        input,
+        shared: Arc::new(Shared {
+            next_conn: AtomicU64::new(1),
+            ice: IceServers {
+                secret: config.auth.secrets.first().cloned(),
+                ttl: config.auth.credential_ttl,
+                fixed_urls: signal.turn_urls.clone(),
+                config: config.clone(),
+            },
+            idle_timeout: signal.idle_timeout,
+            max_message_bytes: signal.max_message_bytes,
+        }),
+    }
+}
+
+struct Hub {
+    rooms: Rooms,
+    queues: HashMap<ConnId, mpsc::Sender<Message>>,
+    /// Sessions ended since the last memory trim.
+    closed: u64,
+}
+
+impl Hub {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stopped: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(INPUT_BATCH);
+        loop {
+            tokio::select! {
+                received = inbox.recv_many(&mut batch, INPUT_BATCH) => {
+                    if received == 0 {
+                        return;
+                    }
+                    for input in batch.drain(..) {
+                        self.handle(input);
+                    }
+                }
+                _ = stopped.changed() => return,
+            }
+            if self.closed >= TRIM_AFTER_CLOSED {
+                self.give_memory_back();
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = Instant::now();
+        let outgoing = match input {
+            Input::Opened {
+                conn,
+                ip,
+                ice_servers,
+                outbound,
+            } => {
+                self.queues.insert(conn, outbound);
+                self.rooms.connect(now, conn, ip, ice_servers);
+                Vec::new()
+            }
+            Input::Text { conn, text } => {
+                let unix_now = crate::net::unix_now();
+                self.rooms.handle_text(now, unix_now, conn, text.as_str())
+            }
+            Input::Binary { conn } => self.rooms.handle_binary(conn),
+            Input::Closed { conn } => self.close(conn),
+        };
+        self.deliver(outgoing);
+    }
+
+    /// Queues each message on its session, in order. A session that cannot take one more
+    /// is dropped, and what its leaving produces is delivered in turn.
+    fn deliver(&mut self, mut outgoing: Vec<Outgoing>) {
+        while !outgoing.is_empty() {
+            let mut dropped = Vec::new();
+            for Outgoing { to, message } in outgoing.drain(..) {
+                let Some(queue) = self.queues.get(&to) else {
+                    continue;
+                };
+                let Ok(text) = serde_json::to_string(&message) else {
+                    continue;
+                };
+                if queue.try_send(Message::Text(text.into())).is_err() {
+                    tracing::debug!(conn = to, "signaling session not reading; dropped");
+                    dropped.push(to);
+                }
+            }
+            for conn in dropped {
+                outgoing.extend(self.close(conn));
+            }
+        }
+    }
+
+    /// Forgets a session: its queue closes (which ends the session) and it leaves its room.
+    fn close(&mut self, conn: ConnId) -> Vec<Outgoing> {
+        if self.queues.remove(&conn).is_none() {
+            return Vec::new();
+        }
+        self.closed += 1;
+        self.rooms.disconnect(conn)
+    }
+
+    /// After many sessions ended, hand the memory they used back to the OS: maps never
+    /// shrink by themselves, and the allocator keeps freed pages otherwise.
+    fn give_memory_back(&mut self) {
+        self.closed = 0;
+        self.queues.shrink_to_fit();
+        self.rooms.shrink_to_fit();
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// What goes into a welcome's `iceServers`.
+struct IceServers {
+    secret: Option<String>,
+    ttl: Duration,
+    /// Operator-given URLs; empty: derived from the config and the request's host.
+    fixed_urls: Vec<String>,
+    config: Config,
+}
+
+impl IceServers {
+    /// STUN for everyone, and TURN with credentials minted for `who` when a secret exists.
+    fn for_connection(&self, host: &str, who: &str) -> serde_json::Value {
+        let urls = if self.fixed_urls.is_empty() {
+            credential::ice_urls(&self.config, host)
+        } else {
+            self.fixed_urls.clone()
+        };
+        let stun: Vec<String> = urls
+            .iter()
+            .filter(|u| u.starts_with("turn:") && u.ends_with("transport=udp"))
+            .map(|u| {
+                u.replacen("turn:", "stun:", 1)
+                    .replace("?transport=udp", "")
+            })
+            .collect();
+        // Browsers reject an entry without URLs, so an empty STUN list is left out.
+        let mut servers: Vec<serde_json::Value> = Vec::new();
+        if !stun.is_empty() {
+            servers.push(serde_json::json!({ "urls": stun }));
+        }
+        if let Some(secret) = &self.secret {
+            let credential = credential::mint(secret, who, SystemTime::now() + self.ttl);
+            servers.push(credential::ice_server_json(&urls, &credential));
+        }
+        serde_json::Value::Array(servers)
+    }
+}

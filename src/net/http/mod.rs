@@ -1,0 +1,223 @@
+//! The HTTP side of `rendez serve`: the call page, `GET /ws` signaling and `GET /healthz`.
+//!
+//! Each WebSocket is one [`session`] task that owns the socket and a small queue of outgoing
+//! frames; the [`hub`] task owns the room logic. The welcome of each connection carries
+//! TURN credentials minted for it, addressed to the host name the browser used to reach
+//! this page (so `turns:` matches the certificate).
+
+pub(crate) mod hub;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use super::limits::{ConnectionLimits, Permit};
+use hub::HubHandle;
+
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+const APP_JS: &str = include_str!("../../../web/app.js");
+const STYLE_CSS: &str = include_str!("../../../web/style.css");
+
+/// How long a TLS handshake or an HTTP request head may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the router's handlers share.
+#[derive(Clone)]
+struct AppState {
+    hub: HubHandle,
+    tracker: TaskTracker,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Serves HTTP (or HTTPS with `tls`) on `listener` until stopped.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    hub: HubHandle,
+    limits: Arc<ConnectionLimits>,
+    tracker: TaskTracker,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let state = AppState {
+        hub,
+        tracker: tracker.clone(),
+        stopped: stopped.clone(),
+    };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/healthz", get(healthz))
+        .route("/ws", get(websocket))
+        .with_state(state);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopped.changed() => return,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        // Every connection, WebSocket or not, holds a task and a file descriptor.
+        let Some(permit) = limits.try_admit(peer.ip()) else {
+            tracing::debug!(%peer, "HTTP connection refused: connection cap reached");
+            continue;
+        };
+        // Shared with a WebSocket session, which outlives the HTTP connection it upgraded.
+        let permit = Arc::new(permit);
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(ConnectInfo(peer)))
+                .layer(axum::Extension(permit.clone())),
+        );
+        let tls = tls.clone();
+        let stopped = stopped.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(TokioIo::new(stream), service, stopped).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(TokioIo::new(stream), service, stopped).await
+                        }
+                        _ => tracing::debug!(%peer, "HTTPS handshake failed"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<I, S>(io: I, service: S, mut stopped: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped.changed() => connection.as_mut().graceful_shutdown(),
+    }
+}
+
+async fn index() -> Response {
+    static_file("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    static_file("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style_css() -> Response {
+    static_file("text/css; charset=utf-8", STYLE_CSS)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // The page loads nothing from elsewhere; 'self' also covers its WebSocket.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn websocket(
+    upgrade: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(permit): axum::Extension<Arc<Permit>>,
+    headers: HeaderMap,
+) -> Response {
+    let host = request_host(&headers);
+    // Frames a little over the cap reach the room logic, which answers `bad-message`;
+    // far larger ones close the socket.
+    let frame_limit = state.hub.settings().max_message_bytes * 2;
+    // Counted as a task of the server until the session ends, so shutdown waits for it.
+    let running = state.tracker.token();
+    session::configure(upgrade, frame_limit).on_upgrade(move |socket| async move {
+        session::run(state.hub, socket, peer.ip(), host, state.stopped).await;
+        drop((permit, running));
+    })
+}
+
+/// The host name the browser used, without the port (IPv6 keeps its brackets).
+fn request_host(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let without_port = if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(v6, _)| v6).to_owned() + "]"
+    } else {
+        host.split(':').next().unwrap_or(host).to_owned()
+    };
+    // Only characters of a host name or address: the value ends up in URLs.
+    if without_port
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+    {
+        without_port
+    } else {
+        "localhost".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_loses_its_port_and_odd_characters() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, value.parse().unwrap());
+            request_host(&headers)
+        };
+        assert_eq!(host("turn.example.com:8080"), "turn.example.com");
+        assert_eq!(host("10.99.0.1"), "10.99.0.1");
+        assert_eq!(host("[2001:db8::1]:8443"), "[2001:db8::1]");
+        assert_eq!(host("evil\"host"), "localhost");
+        assert_eq!(request_host(&HeaderMap::new()), "localhost");
+    }
+}

@@ -1,0 +1,113 @@
+//! One signaling WebSocket, from upgrade to close.
+//!
+//! The session reads frames and hands them to the hub, and writes what the hub queues for
+//! it. It never blocks the hub, and a browser that stops reading cannot block it either:
+//! every write has a deadline, and the hub closes the queue of a session that falls behind.
+//! Its buffers are sized for signaling messages (a few KiB), not for bulk data.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use tokio::sync::{mpsc, watch};
+
+use super::hub::{HubHandle, Input};
+
+/// Frames queued per session before the hub drops it as not reading.
+const OUTBOUND_QUEUE: usize = 64;
+/// How long one frame may take to leave; a browser that stopped reading is closed after it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The WebSocket's read buffer: most signaling messages fit; larger ones grow it for a
+/// moment.
+const READ_BUFFER_BYTES: usize = 4096;
+/// Writes are flushed once this much is buffered (each frame is flushed anyway).
+const WRITE_BUFFER_BYTES: usize = 4096;
+
+/// The upgrade with the session's limits and buffer sizes.
+pub(super) fn configure(upgrade: WebSocketUpgrade, frame_limit: usize) -> WebSocketUpgrade {
+    upgrade
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        // The write buffer only ever holds what the hub queued: bounded by the queue.
+        .max_write_buffer_size(frame_limit + WRITE_BUFFER_BYTES)
+}
+
+/// Why a session ended (for the debug log).
+#[derive(Debug)]
+enum Ended {
+    Closed,
+    Idle,
+    NotReading,
+    DroppedByHub,
+    Shutdown,
+}
+
+pub(super) async fn run(
+    hub: HubHandle,
+    mut socket: WebSocket,
+    ip: IpAddr,
+    host: String,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let conn = hub.next_conn();
+    let (outbound, mut queue) = mpsc::channel(OUTBOUND_QUEUE);
+    let ice_servers = hub.ice_servers(&host, conn);
+    let opened = Input::Opened {
+        conn,
+        ip,
+        ice_servers,
+        outbound,
+    };
+    if !hub.send(opened).await {
+        return;
+    }
+    let idle_timeout = hub.settings().idle_timeout;
+    let ping_every = idle_timeout / 2;
+    let mut last_heard = Instant::now();
+    let mut next_ping = Instant::now() + ping_every;
+    let ended = loop {
+        tokio::select! {
+            frame = socket.recv() => {
+                let Some(Ok(frame)) = frame else { break Ended::Closed };
+                last_heard = Instant::now();
+                let input = match frame {
+                    Message::Text(text) => Input::Text { conn, text },
+                    Message::Binary(_) => Input::Binary { conn },
+                    Message::Close(_) => break Ended::Closed,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if !hub.send(input).await {
+                    break Ended::Shutdown;
+                }
+            }
+            message = queue.recv() => {
+                let Some(message) = message else { break Ended::DroppedByHub };
+                if !send(&mut socket, message).await {
+                    break Ended::NotReading;
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping.into()) => {
+                if last_heard.elapsed() >= idle_timeout {
+                    break Ended::Idle;
+                }
+                next_ping = Instant::now() + ping_every;
+                if !send(&mut socket, Message::Ping(Vec::new().into())).await {
+                    break Ended::NotReading;
+                }
+            }
+            _ = stopped.changed() => break Ended::Shutdown,
+        }
+    };
+    tracing::debug!(%ip, ?ended, "signaling session ended");
+    hub.send(Input::Closed { conn }).await;
+}
+
+/// Sends one frame within [`SEND_TIMEOUT`]; false when the socket is gone or stuck.
+async fn send(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}

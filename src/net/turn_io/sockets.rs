@@ -1,0 +1,161 @@
+//! A UDP worker's socket set: its listener sockets and the relay sockets of its
+//! allocations, registered with the worker's poll. It is the worker's [`Io`]: the core's
+//! responses leave through the listener the request came to, and relay binds and releases
+//! open and close sockets here.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::UdpSocket;
+use mio::{Interest, Poll, Token};
+
+use super::udp::bind_udp;
+use crate::turn::{FiveTuple, Io, RelayBind};
+
+/// Relay sockets get tokens from here up; listeners get 0, 1, ...
+const FIRST_RELAY_TOKEN: usize = 1 << 16;
+
+/// What a poll token stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ready {
+    Listener(usize),
+    Relay(SocketAddr),
+    /// A relay socket closed since the event was queued, or a token of someone else's.
+    Unknown,
+}
+
+pub(super) struct Sockets {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    relays: HashMap<SocketAddr, Relay>,
+    /// Relay address by token index (token - FIRST_RELAY_TOKEN).
+    relay_tokens: Vec<Option<SocketAddr>>,
+    free_tokens: Vec<usize>,
+}
+
+pub(super) struct Listener {
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
+}
+
+struct Relay {
+    socket: UdpSocket,
+    token: usize,
+}
+
+impl Sockets {
+    /// Registers `listeners` (already bound) with `poll`.
+    pub fn new(poll: Poll, listeners: Vec<std::net::UdpSocket>) -> io::Result<Self> {
+        let mut sockets = Self {
+            poll,
+            listeners: Vec::with_capacity(listeners.len()),
+            relays: HashMap::new(),
+            relay_tokens: Vec::new(),
+            free_tokens: Vec::new(),
+        };
+        for (index, socket) in listeners.into_iter().enumerate() {
+            let local = socket.local_addr()?;
+            let mut socket = UdpSocket::from_std(socket);
+            sockets
+                .poll
+                .registry()
+                .register(&mut socket, Token(index), Interest::READABLE)?;
+            sockets.listeners.push(Listener { socket, local });
+        }
+        Ok(sockets)
+    }
+
+    pub fn poll(&mut self) -> &mut Poll {
+        &mut self.poll
+    }
+
+    pub fn ready(&self, token: Token) -> Ready {
+        match token.0 {
+            index if index < self.listeners.len() => Ready::Listener(index),
+            index if index >= FIRST_RELAY_TOKEN => self
+                .relay_tokens
+                .get(index - FIRST_RELAY_TOKEN)
+                .copied()
+                .flatten()
+                .map_or(Ready::Unknown, Ready::Relay),
+            _ => Ready::Unknown,
+        }
+    }
+
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    pub fn listener(&self, index: usize) -> Option<&Listener> {
+        self.listeners.get(index)
+    }
+
+    /// The listener bound to `local`, by index.
+    pub fn listener_at(&self, local: SocketAddr) -> Option<usize> {
+        self.listeners.iter().position(|l| l.local == local)
+    }
+
+    pub fn relay(&self, relay: SocketAddr) -> Option<&UdpSocket> {
+        self.relays.get(&relay).map(|r| &r.socket)
+    }
+
+    /// Sends `payload` from the relay socket on `relay` to `peer`; a full socket buffer
+    /// drops it, as a router would.
+    pub fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+        if let Some(relay) = self.relays.get(&relay) {
+            let _ = relay.socket.send_to(payload, peer);
+        }
+    }
+
+    /// Gives spare map memory back after many relays closed.
+    pub fn shrink(&mut self) {
+        if self.relays.capacity() > 64 && self.relays.len() * 4 < self.relays.capacity() {
+            self.relays.shrink_to_fit();
+        }
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
+        let mut socket = UdpSocket::from_std(bind_udp(relay, false)?);
+        let token = self.free_tokens.pop().unwrap_or(self.relay_tokens.len());
+        self.poll.registry().register(
+            &mut socket,
+            Token(FIRST_RELAY_TOKEN + token),
+            Interest::READABLE,
+        )?;
+        if token == self.relay_tokens.len() {
+            self.relay_tokens.push(Some(relay));
+        } else {
+            self.relay_tokens[token] = Some(relay);
+        }
+        self.relays.insert(relay, Relay { socket, token });
+        Ok(())
+    }
+}
+
+impl Io for Sockets {
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        debug_assert!(!to.transport.is_stream(), "a UDP shard answers UDP clients");
+        if let Some(listener) = self.listeners.iter().find(|l| l.local == to.server) {
+            let _ = listener.socket.send_to(&bytes, to.client);
+        }
+    }
+
+    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+        match self.open_relay(relay) {
+            Ok(()) => RelayBind::Bound,
+            Err(error) => {
+                tracing::debug!(%relay, %error, "relay port unavailable");
+                RelayBind::Unavailable
+            }
+        }
+    }
+
+    fn release_relay(&mut self, relay: SocketAddr) {
+        if let Some(mut entry) = self.relays.remove(&relay) {
+            let _ = self.poll.registry().deregister(&mut entry.socket);
+            self.relay_tokens[entry.token] = None;
+            self.free_tokens.push(entry.token);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! STUN/TURN over TCP and TLS: accept, frame, and hand whole messages to the shard.
+//!
+//! Each connection is a 5-tuple of its own; its allocation ends when it closes. A
+//! connection costs one task for reading, one for writing, one receive buffer that grows
+//! only as far as the largest message (64 KiB), and a bounded queue of outgoing messages
+//! filled by the [shard](super::stream_shard): a slow reader loses relayed packets instead
+//! of holding up the relay. Connections that send garbage are closed at once; connections
+//! that stall in the middle of a message, never send one, or sit idle without an allocation
+//! are closed after the configured timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use super::stream_shard::{Input, ShardHandle};
+use crate::config::ConnectionsConfig;
+use crate::net::limits::{ConnectionLimits, Permit};
+use crate::stun::{stream_frame, Frame};
+use crate::turn::{FiveTuple, Transport};
+
+/// Outgoing messages queued per connection before new ones are dropped: at most about
+/// 256 KiB (relayed datagrams to stream clients are at most 4 KiB) per slow reader.
+const OUTBOUND_QUEUE: usize = 64;
+/// Bytes requested from the socket per read.
+const READ_CHUNK: usize = 4096;
+
+/// Accepts connections until stopped. `tls` turns this into a `turns:` listener.
+pub(crate) async fn accept(
+    shard: ShardHandle,
+    tracker: TaskTracker,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Arc<ConnectionLimits>,
+    timeouts: ConnectionsConfig,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopped.changed() => return,
+        };
+        let (stream, client) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limits.try_admit(client.ip()) else {
+            tracing::debug!(%client, "connection refused: connection cap reached");
+            continue;
+        };
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let tuple = FiveTuple {
+            transport,
+            client,
+            server,
+        };
+        let connection = Connection {
+            shard: shard.clone(),
+            tracker: tracker.clone(),
+            tuple,
+            _permit: permit,
+            timeouts: timeouts.clone(),
+            stopped: stopped.clone(),
+        };
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            match tls {
+                None => connection.serve(stream).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    let timeout = connection.timeouts.message_timeout;
+                    match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Why a connection ended (for the debug log).
+#[derive(Debug)]
+enum Closed {
+    ByPeer,
+    Garbage,
+    Stalled,
+    Idle,
+    ReadError,
+    Shutdown,
+}
+
+/// One accepted connection: what its task needs.
+struct Connection {
+    shard: ShardHandle,
+    tracker: TaskTracker,
+    tuple: FiveTuple,
+    _permit: Permit,
+    timeouts: ConnectionsConfig,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve<S>(mut self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let tuple = self.tuple;
+        let (reader, writer) = tokio::io::split(stream);
+        let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+        if !self.shard.send(Input::Opened { tuple, outbound }).await {
+            return;
+        }
+        let writer = self.tracker.spawn(write_queue(writer, queue));
+        let reason = self.read_messages(reader).await;
+        tracing::debug!(client = %tuple.client, transport = ?tuple.transport, ?reason, "connection closed");
+        writer.abort();
+        self.shard.send(Input::Closed { tuple }).await;
+    }
+
+    /// Reads until the connection ends, handing every complete message to the shard.
+    async fn read_messages<R: AsyncRead>(&mut self, reader: R) -> Closed {
+        tokio::pin!(reader);
+        let timeouts = self.timeouts.clone();
+        let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let opened = Instant::now();
+        let mut last_message: Option<Instant> = None;
+        // When the first byte of the message now in the buffer arrived.
+        let mut partial_since: Option<Instant> = None;
+        loop {
+            // No channel can be bound before a STUN message: ChannelData (or text such as
+            // "GET /", which looks like it) as the first message is garbage.
+            if last_message.is_none() && buffer.first().is_some_and(|b| b >> 6 == 0b01) {
+                return Closed::Garbage;
+            }
+            // Every complete message in the buffer goes to the shard in one input.
+            let mut complete = 0;
+            let invalid = loop {
+                match stream_frame(&buffer[complete..]) {
+                    Frame::Complete(len) => complete += len,
+                    Frame::Incomplete => break false,
+                    Frame::Invalid => break true,
+                }
+            };
+            if complete > 0 {
+                let bytes = buffer[..complete].to_vec();
+                if !self
+                    .shard
+                    .send(Input::Messages {
+                        tuple: self.tuple,
+                        bytes,
+                    })
+                    .await
+                {
+                    return Closed::Shutdown;
+                }
+                last_message = Some(Instant::now());
+                buffer.drain(..complete);
+            }
+            if invalid {
+                return Closed::Garbage;
+            }
+            if buffer.is_empty() {
+                partial_since = None;
+            } else if partial_since.is_none() || complete > 0 {
+                partial_since = Some(Instant::now());
+            }
+
+            let (deadline, idle) = match (partial_since, last_message) {
+                (Some(since), _) => (since + timeouts.message_timeout, false),
+                (None, None) => (opened + timeouts.message_timeout, false),
+                (None, Some(at)) => (at + timeouts.idle_timeout, true),
+            };
+            buffer.reserve(READ_CHUNK);
+            tokio::select! {
+                read = reader.read_buf(&mut buffer) => match read {
+                    Ok(0) => return Closed::ByPeer,
+                    Ok(_) => {}
+                    Err(_) => return Closed::ReadError,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if !idle {
+                        return Closed::Stalled;
+                    }
+                    if !self.has_allocation().await {
+                        return Closed::Idle;
+                    }
+                    // An allocation keeps the connection; its own lifetime ends it.
+                    last_message = Some(Instant::now());
+                },
+                _ = self.stopped.changed() => return Closed::Shutdown,
+            }
+        }
+    }
+
+    async fn has_allocation(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let tuple = self.tuple;
+        self.shard.send(Input::HasAllocation { tuple, reply }).await && answer.await == Ok(true)
+    }
+}
+
+async fn write_queue<W: AsyncWrite>(writer: W, mut queue: mpsc::Receiver<Bytes>) {
+    tokio::pin!(writer);
+    while let Some(bytes) = queue.recv().await {
+        if writer.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Binds a TCP listener on `addr` (IPv6-only for IPv6, so it can share a port number with
+/// an IPv4 listener).
+pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

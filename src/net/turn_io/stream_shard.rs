@@ -1,0 +1,305 @@
+//! The TCP/TLS shard: one task owns the `turn::Server` of every stream client and the
+//! relay sockets of their allocations.
+//!
+//! Connections (see [`super::stream`]) and relay readers never touch the core: they send
+//! their input over one bounded channel, and the shard runs it in arrival order, carries
+//! out the core's outputs through [`Server::drive`], and queues bytes for each connection.
+//! Nothing is locked; a connection whose queue is full loses that message (a slow reader
+//! must not hold up the relay); a full input channel slows the readers down, which TCP's
+//! flow control and the relay sockets' buffers absorb.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use super::udp::bind_udp;
+use crate::stun::{stream_frame, Frame};
+use crate::turn::{FiveTuple, Io, RelayBind, Server, Stats, PEER_HEADROOM, PEER_TAILROOM};
+
+/// Inputs waiting for the shard before senders wait.
+const INPUT_QUEUE: usize = 1024;
+/// Inputs the shard takes per wake-up.
+const INPUT_BATCH: usize = 64;
+/// The longest the shard sleeps without re-anchoring the core's wall clock.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Largest peer datagram relayed to a stream client; longer ones (rare: WebRTC keeps packets
+/// under the path MTU) are dropped rather than truncated.
+const MAX_PEER_DATAGRAM: usize = 4096;
+
+/// Something for the shard to do, from a connection or a relay reader.
+pub(crate) enum Input {
+    /// A connection opened; the shard queues its outgoing bytes on `outbound`.
+    Opened {
+        tuple: FiveTuple,
+        outbound: mpsc::Sender<Bytes>,
+    },
+    /// One or more complete messages (STUN or ChannelData) from a connection, back to back.
+    Messages { tuple: FiveTuple, bytes: Vec<u8> },
+    /// The connection closed: its allocation ends with it.
+    Closed { tuple: FiveTuple },
+    /// Whether the connection holds an allocation (an idle connection without one closes).
+    HasAllocation {
+        tuple: FiveTuple,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A peer's datagram on a relay socket: `buffer[PEER_HEADROOM..][..len]`, with room
+    /// around it to frame it in place.
+    FromPeer {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buffer: Vec<u8>,
+        len: usize,
+    },
+}
+
+/// The rest of the server's side of the shard.
+#[derive(Clone)]
+pub(crate) struct ShardHandle {
+    input: mpsc::Sender<Input>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl ShardHandle {
+    /// Hands `input` to the shard, waiting while its queue is full. False once it stopped.
+    pub async fn send(&self, input: Input) -> bool {
+        self.input.send(input).await.is_ok()
+    }
+
+    /// The core's counters as of the last input the shard finished.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Starts the shard task; it ends when `stopped` changes.
+pub(crate) fn spawn(
+    server: Server,
+    tracker: &TaskTracker,
+    stopped: watch::Receiver<bool>,
+) -> ShardHandle {
+    let (input, inbox) = mpsc::channel(INPUT_QUEUE);
+    let stats = Arc::new(Mutex::new(server.stats().clone()));
+    let shard = Shard {
+        server,
+        io: StreamIo {
+            clients: HashMap::new(),
+            relays: HashMap::new(),
+            pending: Vec::new(),
+            input: input.downgrade(),
+            tracker: tracker.clone(),
+        },
+        stats: stats.clone(),
+    };
+    tracker.spawn(shard.run(inbox, stopped));
+    ShardHandle { input, stats }
+}
+
+struct Shard {
+    server: Server,
+    io: StreamIo,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl Shard {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stopped: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(INPUT_BATCH);
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .server
+                .poll_timeout()
+                .map_or(now + MAX_SLEEP, |at| at.min(now + MAX_SLEEP));
+            tokio::select! {
+                received = inbox.recv_many(&mut batch, INPUT_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    let now = Instant::now();
+                    for input in batch.drain(..) {
+                        self.handle(now, input);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    self.server.set_wall_clock(now, crate::net::unix_now());
+                    self.server.handle_timeout(now);
+                    self.server.drive(now, &mut self.io);
+                }
+                _ = stopped.changed() => break,
+            }
+            self.publish_stats();
+            // After the stats: whatever a client sees has been counted.
+            self.io.flush();
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Opened { tuple, outbound } => {
+                self.io.clients.insert(tuple, outbound);
+            }
+            Input::Messages { tuple, bytes } => {
+                let mut rest = &bytes[..];
+                while let Frame::Complete(len) = stream_frame(rest) {
+                    let (message, next) = rest.split_at(len);
+                    if let Some(to_peer) = self.server.handle_client_packet(now, tuple, message) {
+                        self.io
+                            .send_to_peer(to_peer.relay, to_peer.peer, to_peer.payload);
+                    }
+                    rest = next;
+                }
+                debug_assert!(rest.is_empty(), "connections send whole messages");
+            }
+            Input::Closed { tuple } => {
+                self.io.clients.remove(&tuple);
+                self.server.handle_connection_closed(tuple);
+            }
+            Input::HasAllocation { tuple, reply } => {
+                let _ = reply.send(self.server.has_allocation(&tuple));
+            }
+            Input::FromPeer {
+                relay,
+                peer,
+                mut buffer,
+                len,
+            } => {
+                let framed = self.server.handle_peer_packet_in_place(
+                    now,
+                    relay,
+                    peer,
+                    &mut buffer,
+                    PEER_HEADROOM,
+                    len,
+                );
+                if let Some((client, range)) = framed {
+                    self.io
+                        .pending
+                        .push((client, Bytes::from(buffer).slice(range)));
+                }
+            }
+        }
+        self.server.drive(now, &mut self.io);
+    }
+
+    fn publish_stats(&self) {
+        let mut shared = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        shared.clone_from(self.server.stats());
+    }
+}
+
+/// The shard's [`Io`]: connections' queues and relay sockets.
+struct StreamIo {
+    clients: HashMap<FiveTuple, mpsc::Sender<Bytes>>,
+    relays: HashMap<SocketAddr, RelaySocket>,
+    /// Bytes for clients, queued when the current inputs are done (see [`Shard::run`]).
+    pending: Vec<(FiveTuple, Bytes)>,
+    /// For new relay readers; weak, so the shard's own copy never keeps its inbox open.
+    input: mpsc::WeakSender<Input>,
+    tracker: TaskTracker,
+}
+
+impl StreamIo {
+    fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+        if let Some(relay) = self.relays.get(&relay) {
+            // A full socket buffer drops the datagram, as a router would.
+            if let Err(error) = relay.socket.try_send_to(payload, peer) {
+                tracing::debug!(%peer, %error, "send to peer failed");
+            }
+        }
+    }
+
+    /// Queues pending bytes on their connections; a full queue drops the message.
+    fn flush(&mut self) {
+        for (to, bytes) in self.pending.drain(..) {
+            if let Some(queue) = self.clients.get(&to) {
+                let _ = queue.try_send(bytes);
+            }
+        }
+    }
+}
+
+impl Io for StreamIo {
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        self.pending.push((to, Bytes::from(bytes)));
+    }
+
+    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+        let Some(input) = self.input.upgrade() else {
+            return RelayBind::Unavailable;
+        };
+        match RelaySocket::bind(relay, input, &self.tracker) {
+            Ok(socket) => {
+                self.relays.insert(relay, socket);
+                RelayBind::Bound
+            }
+            Err(error) => {
+                tracing::debug!(%relay, %error, "relay port unavailable");
+                RelayBind::Unavailable
+            }
+        }
+    }
+
+    fn release_relay(&mut self, relay: SocketAddr) {
+        self.relays.remove(&relay);
+    }
+}
+
+/// One allocation's relay socket and the task that reads peers' datagrams from it; dropping
+/// it stops the task and closes the socket.
+struct RelaySocket {
+    socket: Arc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+impl RelaySocket {
+    fn bind(
+        relay: SocketAddr,
+        input: mpsc::Sender<Input>,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Self> {
+        let socket = Arc::new(UdpSocket::from_std(bind_udp(relay, false)?)?);
+        let reader = tracker.spawn(read_peers(socket.clone(), relay, input));
+        Ok(Self { socket, reader })
+    }
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads peers' datagrams and hands each to the shard with room to frame it in place.
+async fn read_peers(socket: Arc<UdpSocket>, relay: SocketAddr, input: mpsc::Sender<Input>) {
+    let mut receive = vec![0u8; MAX_PEER_DATAGRAM];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut receive).await {
+            Ok((len, _)) if len == MAX_PEER_DATAGRAM => continue,
+            Ok(received) => received,
+            Err(error) => {
+                tracing::debug!(%relay, %error, "relay receive error");
+                continue;
+            }
+        };
+        let mut buffer = Vec::with_capacity(PEER_HEADROOM + len + PEER_TAILROOM);
+        buffer.resize(PEER_HEADROOM, 0);
+        buffer.extend_from_slice(&receive[..len]);
+        buffer.resize(PEER_HEADROOM + len + PEER_TAILROOM, 0);
+        let datagram = Input::FromPeer {
+            relay,
+            peer,
+            buffer,
+            len,
+        };
+        if input.send(datagram).await.is_err() {
+            return;
+        }
+    }
+}

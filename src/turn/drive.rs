@@ -1,0 +1,61 @@
+//! The driving contract between the core and an I/O layer, and the one function that
+//! carries out the core's outputs.
+//!
+//! Every I/O layer (the UDP workers, the TCP/TLS shard, the test harness, the benchmarks
+//! and the fuzz targets) runs the same loop:
+//!
+//! 1. Feed one input: [`Server::handle_client_packet`] (relay the returned payload to its
+//!    peer at once), [`Server::handle_peer_packet_in_place`] (send the framed bytes to the
+//!    client at once), [`Server::handle_connection_closed`], or [`Server::handle_timeout`]
+//!    when [`Server::poll_timeout`] has passed.
+//! 2. Call [`Server::drive`] with an [`Io`]: it hands every queued output to the I/O layer
+//!    in the order the core produced it, and feeds each relay bind's result straight back,
+//!    so no I/O layer can forget to answer one.
+//! 3. Sleep until the next input or [`Server::poll_timeout`], whichever comes first.
+//!
+//! Only step 1 mutates the core's state from outside; outputs never re-enter it except
+//! through the bind answers of step 2.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{FiveTuple, Output, Server};
+
+/// What the core needs an I/O layer to do.
+pub trait Io {
+    /// Sends `bytes` to the client on `to` (a response, never relayed data).
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
+    /// Binds a UDP relay socket on `relay` for peers' datagrams.
+    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind;
+    /// Closes the relay socket on `relay`; a relay that is not open is ignored.
+    fn release_relay(&mut self, relay: SocketAddr);
+}
+
+/// The outcome of [`Io::bind_relay`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayBind {
+    /// The socket is open and reading.
+    Bound,
+    /// The port is taken (by another program): the core tries another.
+    Unavailable,
+    /// The I/O layer answers later with [`Server::handle_relay_bound`] (an I/O layer that
+    /// binds off-thread; the tests use it to hold a bind back).
+    Deferred,
+}
+
+impl Server {
+    /// Carries out every queued output through `io`, in order (step 2 of the loop above).
+    pub fn drive(&mut self, now: Instant, io: &mut impl Io) {
+        while let Some(output) = self.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => io.transmit(to, bytes),
+                Output::BindRelay { relay } => match io.bind_relay(relay) {
+                    RelayBind::Bound => self.handle_relay_bound(now, relay, true),
+                    RelayBind::Unavailable => self.handle_relay_bound(now, relay, false),
+                    RelayBind::Deferred => {}
+                },
+                Output::ReleaseRelay { relay } => io.release_relay(relay),
+            }
+        }
+    }
+}

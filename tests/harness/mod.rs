@@ -1,0 +1,85 @@
+//! The one sans-IO harness of the TURN core: an [`Io`] that records what
+//! [`Server::drive`](rendez::turn::Server::drive) asks of it, in order, and answers relay
+//! binds from a plan. `scenarios.rs`, `properties.rs` and `zero_alloc.rs` drive the core
+//! through it, exactly as the UDP workers and the TCP/TLS shard do through their own `Io`.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use rendez::turn::{FiveTuple, Io, RelayBind};
+
+/// One thing the core asked for, in the order it asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Transmit(FiveTuple, Vec<u8>),
+    /// A relay bind and how it was answered.
+    Bind(SocketAddr, RelayBind),
+    Release(SocketAddr),
+}
+
+/// Records the core's outputs and answers binds: first from `script`, then by cycling
+/// through `cycle`.
+pub struct RecordingIo {
+    log: Vec<Event>,
+    script: VecDeque<RelayBind>,
+    cycle: Vec<RelayBind>,
+    answered: usize,
+}
+
+impl Default for RecordingIo {
+    fn default() -> Self {
+        Self::answering(vec![RelayBind::Bound])
+    }
+}
+
+impl RecordingIo {
+    /// Answers binds by cycling through `answers` (which must not be empty).
+    pub fn answering(answers: Vec<RelayBind>) -> Self {
+        assert!(!answers.is_empty(), "a bind needs an answer");
+        Self {
+            log: Vec::new(),
+            script: VecDeque::new(),
+            cycle: answers,
+            answered: 0,
+        }
+    }
+
+    /// From now on, answer binds by cycling through `answers`.
+    pub fn set_answers(&mut self, answers: Vec<RelayBind>) {
+        assert!(!answers.is_empty(), "a bind needs an answer");
+        self.cycle = answers;
+        self.answered = 0;
+    }
+
+    /// The next `count` binds fail as if the port were taken; later ones follow the cycle.
+    pub fn fail_next_binds(&mut self, count: usize) {
+        self.script = std::iter::repeat_n(RelayBind::Unavailable, count).collect();
+    }
+
+    /// What the core asked for since the last call, in order.
+    pub fn take(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.log)
+    }
+}
+
+impl Io for RecordingIo {
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        self.log.push(Event::Transmit(to, bytes));
+    }
+
+    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+        let answer = self.script.pop_front().unwrap_or_else(|| {
+            let answer = self.cycle[self.answered % self.cycle.len()];
+            self.answered += 1;
+            answer
+        });
+        self.log.push(Event::Bind(relay, answer));
+        answer
+    }
+
+    fn release_relay(&mut self, relay: SocketAddr) {
+        self.log.push(Event::Release(relay));
+    }
+}
