@@ -253,6 +253,120 @@ async fn http_connections_are_capped_per_address() {
     server.shutdown().await;
 }
 
+// ================================================================ order, backpressure, shutdown
+
+/// Thousands of joins racing, several times over: every participant's first message is its
+/// `welcome`, and in the end everyone has heard of all five others exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_comes_first_under_thousands_of_concurrent_joins() {
+    const TRIES: usize = 4;
+    const ROOMS: usize = 200;
+    const ROOM_SIZE: usize = 6;
+    raise_open_file_limit();
+    let server =
+        start("rooms-per-ip = 100000\n[connections]\nmax = 100000\nmax-per-ip = 100000\n").await;
+    for _ in 0..TRIES {
+        let mut joins = tokio::task::JoinSet::new();
+        for i in 0..ROOMS * ROOM_SIZE {
+            let url = ws_url(&server);
+            joins.spawn(async move {
+                let mut client = Client::connect_to(&url).await;
+                let room = format!("race-{}", i / ROOM_SIZE);
+                client
+                    .send(json!({"type": "join", "room": room, "name": format!("p{i}")}))
+                    .await;
+                let first = client.recv().await;
+                assert_eq!(first["type"], "welcome", "first message: {first}");
+                let mut known: Vec<String> = first["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["id"].as_str().unwrap().to_owned())
+                    .collect();
+                while known.len() < ROOM_SIZE - 1 {
+                    let message = client.recv().await;
+                    assert_eq!(message["type"], "peer-joined", "{message}");
+                    known.push(message["id"].as_str().unwrap().to_owned());
+                }
+                known.sort();
+                known.dedup();
+                assert_eq!(known.len(), ROOM_SIZE - 1, "each peer announced once");
+                client
+            });
+        }
+        let mut clients = Vec::new();
+        let all = async {
+            while let Some(joined) = joins.join_next().await {
+                clients.push(joined.expect("a participant saw the wrong order"));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), all)
+            .await
+            .expect("every join finished");
+        for client in clients {
+            client.close().await;
+        }
+    }
+    server.shutdown().await;
+}
+
+/// A browser that stops reading is dropped as soon as its queue is full: the others hear
+/// `peer-left` and its seat is free again, while the server never waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_stops_reading_is_dropped_and_its_seat_freed() {
+    let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
+    let mut stuck = Client::connect(&server).await;
+    let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
+    let mut sender = Client::connect(&server).await;
+    sender.join("pair", "Sender").await;
+    // From here on `stuck` never reads. Large signals fill its socket, then its queue.
+    let blob = "x".repeat(60_000);
+    let is_stuck_leaving = |m: &Value| m["type"] == "peer-left" && m["id"] == stuck_id;
+    let mut dropped = false;
+    for _ in 0..2000 {
+        sender
+            .send(json!({"type": "signal", "to": stuck_id, "data": blob}))
+            .await;
+        while let Some(message) = sender.try_recv(Duration::from_millis(1)).await {
+            dropped |= is_stuck_leaving(&message);
+        }
+        if dropped {
+            break;
+        }
+    }
+    if !dropped {
+        let left = sender
+            .recv_type_within("peer-left", Duration::from_secs(30))
+            .await;
+        assert!(is_stuck_leaving(&left), "{left}");
+    }
+    let mut next = Client::connect(&server).await;
+    let welcome = next.join("pair", "Next").await;
+    assert_eq!(welcome["peers"].as_array().unwrap().len(), 1, "{welcome}");
+    drop(stuck);
+    server.shutdown().await;
+}
+
+/// Shutdown returns only once every signaling session has ended: every client sees its
+/// socket closed at once.
+#[tokio::test]
+async fn shutdown_waits_for_every_session() {
+    let server = start("").await;
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut client = Client::connect(&server).await;
+        client.join("bye", &format!("p{i}")).await;
+        clients.push(client);
+    }
+    server.shutdown().await;
+    for mut client in clients {
+        let end = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(_)) = client.socket.next().await {}
+        });
+        assert!(end.await.is_ok(), "a session outlived shutdown");
+    }
+}
+
 // ================================================================ helpers
 
 async fn start(signal_extra: &str) -> rendez::Handle {
@@ -287,9 +401,31 @@ struct Client {
     socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
 }
 
+fn ws_url(server: &rendez::Handle) -> String {
+    format!("ws://127.0.0.1:{}/ws", server.signal_addr().unwrap().port())
+}
+
+/// Thousands of sockets on both ends of loopback need more than the usual 1024 descriptors.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 impl Client {
     async fn connect(server: &rendez::Handle) -> Self {
-        let url = format!("ws://127.0.0.1:{}/ws", server.signal_addr().unwrap().port());
+        Self::connect_to(&ws_url(server)).await
+    }
+
+    async fn connect_to(url: &str) -> Self {
         let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("WebSocket connect")
@@ -322,12 +458,22 @@ impl Client {
 
     /// The next message of `kind`, skipping others (such as peer-joined).
     async fn recv_type(&mut self, kind: &str) -> Value {
-        loop {
-            let message = self.recv().await;
-            if message["type"] == kind {
-                return message;
+        self.recv_type_within(kind, WAIT).await
+    }
+
+    /// The next message of `kind` within `limit`, skipping others.
+    async fn recv_type_within(&mut self, kind: &str, limit: Duration) -> Value {
+        tokio::time::timeout(limit, async {
+            loop {
+                if let Some(message) = self.try_recv(limit).await {
+                    if message["type"] == kind {
+                        return message;
+                    }
+                }
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} within {limit:?}"))
     }
 
     async fn join(&mut self, room: &str, name: &str) -> Value {

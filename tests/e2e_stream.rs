@@ -108,6 +108,96 @@ async fn relay_round_trips(conn: Conn) {
     );
 }
 
+// ---------------------------------------------------------------- the shard under load
+
+/// 120 TCP and 40 TLS clients at once, each with its own allocation, channel and peer,
+/// relaying in both directions: the shard keeps every connection's traffic apart and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_shard_serves_many_concurrent_connections() {
+    const TCP_CLIENTS: usize = 120;
+    const TLS_CLIENTS: usize = 40;
+    const PACKETS: usize = 20;
+    let certs = Arc::new(TestCert::new());
+    let limits = "[connections]\nmax-per-ip = 1000\n";
+    let server = start(&format!("{}{limits}", certs.config())).await;
+    let (tcp, tls) = (server.tcp_addrs()[0], server.tls_addrs()[0]);
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..TCP_CLIENTS + TLS_CLIENTS {
+        let certs = certs.clone();
+        clients.spawn(async move {
+            let conn = if i < TCP_CLIENTS {
+                Conn::stream(TcpStream::connect(tcp).await.unwrap())
+            } else {
+                Conn::stream(certs.connect(tls, Some(b"stun.turn")).await)
+            };
+            channel_burst(conn, i, PACKETS).await;
+        });
+    }
+    let all = async {
+        while let Some(done) = clients.join_next().await {
+            done.expect("a client failed");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("every client finished within a minute");
+    assert_eq!(
+        server.stats().allocations_created,
+        (TCP_CLIENTS + TLS_CLIENTS) as u64
+    );
+    server.shutdown().await;
+}
+
+/// Allocates, binds a channel to a fresh peer, and relays `packets` ChannelData
+/// messages each way, each tagged with `client` so a mix-up between connections shows.
+async fn channel_burst(conn: Conn, client: usize, packets: usize) {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut turn = TurnClient::new(conn, "alice", "wonderland");
+    let relayed = turn.allocate(&[]).await[0];
+    let response = turn
+        .request(
+            Method::CHANNEL_BIND,
+            &[channel(0x4000), xor_peer(peer_addr)],
+        )
+        .await;
+    assert_eq!(class_of(&response), Class::Success);
+    for n in 0..packets {
+        let payload = format!("c{client:04}-p{n:04}");
+        let mut frame = ChannelData::header(0x4000, payload.len() as u16).to_vec();
+        frame.extend_from_slice(payload.as_bytes());
+        frame.resize(frame.len().next_multiple_of(4), 0);
+        turn.conn.send(&frame).await;
+        assert_eq!(recv_from(&peer).await, (payload.into_bytes(), relayed));
+        let answer = format!("back-c{client:04}-p{n:04}");
+        peer.send_to(answer.as_bytes(), relayed).await.unwrap();
+        let data = turn.conn.recv().await;
+        let framed = ChannelData::parse(&data).expect("ChannelData from the relay");
+        assert_eq!(framed.payload, answer.as_bytes());
+    }
+}
+
+/// Shutdown returns only once every connection is closed: the client sees the end at once.
+#[tokio::test]
+async fn shutdown_closes_every_connection_before_it_returns() {
+    let server = start("").await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let stream = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+        let mut client = TurnClient::new(Conn::stream(stream), "alice", "wonderland");
+        client.allocate(&[]).await;
+        streams.push(client);
+    }
+    assert!(server.running_tasks() > 5);
+    server.shutdown().await;
+    for mut client in streams {
+        assert!(
+            client.conn.closes_within(Duration::from_millis(500)).await,
+            "a connection outlived shutdown"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- framing
 
 #[tokio::test]

@@ -133,6 +133,17 @@ impl Conn {
         .expect("no response from the server")
     }
 
+    /// Whether the server closes this stream within `limit` (bytes before the end are
+    /// skipped).
+    pub async fn closes_within(&mut self, limit: Duration) -> bool {
+        let Conn::Stream { stream, .. } = self else {
+            panic!("only a stream can be closed");
+        };
+        let mut buf = [0u8; 256];
+        let end = async { while let Ok(1..) = stream.read(&mut buf).await {} };
+        tokio::time::timeout(limit, end).await.is_ok()
+    }
+
     pub async fn call(&mut self, request: &[u8]) -> Vec<u8> {
         self.send(request).await;
         self.recv().await

@@ -84,7 +84,7 @@ pub(super) async fn run(
             }
             message = queue.recv() => {
                 let Some(message) = message else { break Ended::DroppedByHub };
-                if !send(&mut socket, message).await {
+                if !send(&mut socket, message, &mut stopped).await {
                     break Ended::NotReading;
                 }
             }
@@ -93,7 +93,8 @@ pub(super) async fn run(
                     break Ended::Idle;
                 }
                 next_ping = Instant::now() + ping_every;
-                if !send(&mut socket, Message::Ping(Vec::new().into())).await {
+                let ping = Message::Ping(Vec::new().into());
+                if !send(&mut socket, ping, &mut stopped).await {
                     break Ended::NotReading;
                 }
             }
@@ -104,10 +105,17 @@ pub(super) async fn run(
     hub.send(Input::Closed { conn }).await;
 }
 
-/// Sends one frame within [`SEND_TIMEOUT`]; false when the socket is gone or stuck.
-async fn send(socket: &mut WebSocket, message: Message) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await,
-        Ok(Ok(()))
-    )
+/// Sends one frame within [`SEND_TIMEOUT`]; false when the socket is gone or stuck, or the
+/// server is stopping.
+async fn send(
+    socket: &mut WebSocket,
+    message: Message,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(message)) => {
+            matches!(sent, Ok(Ok(())))
+        }
+        _ = stopped.changed() => false,
+    }
 }
