@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use super::accessors::AddressFamily;
 use super::attr::{encode_xor_address, AttrType, ErrorCode};
 use super::integrity::{self, IntegrityAlgorithm};
 use super::{join_message_type, Class, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
@@ -60,10 +61,10 @@ impl MessageBuilder {
 
     /// ADDRESS-ERROR-CODE: why the relay of one address family was not allocated
     /// (RFC 8656 §14.10).
-    pub fn add_address_error(&mut self, family: u8, error: ErrorCode) -> &mut Self {
+    pub fn add_address_error(&mut self, family: AddressFamily, error: ErrorCode) -> &mut Self {
         self.add_with(AttrType::ADDRESS_ERROR_CODE, |out| {
             out.extend_from_slice(&[
-                family,
+                family.code(),
                 0,
                 (error.code / 100) as u8,
                 (error.code % 100) as u8,

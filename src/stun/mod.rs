@@ -8,6 +8,7 @@
 //! state with a mutex, and cannot take a precomputed long-term key. Everything outside this
 //! folder sees only the small API below, so a swap stays local.
 
+mod accessors;
 mod attr;
 mod builder;
 mod channel_data;
@@ -15,6 +16,7 @@ mod framing;
 mod integrity;
 mod message;
 
+pub use accessors::AddressFamily;
 pub use attr::{decode_xor_address, xor_address_value, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::stun::{IntegrityAlgorithm, TransactionId};
+use crate::stun::{AddressFamily, IntegrityAlgorithm, TransactionId};
 
 /// How long a permission lasts (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -32,7 +32,7 @@ pub struct Allocation {
     pub allocate_response: Vec<u8>,
     permissions: Vec<Permission>,
     channels: Vec<ChannelBinding>,
-    /// The deadline currently queued in the server's timer heap.
+    /// The wake-up queued for it in the allocation table (only the table changes it).
     pub scheduled: Option<Instant>,
 }
 
@@ -61,9 +61,9 @@ pub struct PendingAllocate {
     pub fingerprint: bool,
     pub even_port: bool,
     pub attempts: u8,
-    /// The family (1 IPv4, 2 IPv6) of an ADDITIONAL-ADDRESS-FAMILY we could not serve: the
-    /// response carries ADDRESS-ERROR-CODE 440 for it (RFC 8656 §7.2).
-    pub unserved_family: Option<u8>,
+    /// The family of an ADDITIONAL-ADDRESS-FAMILY we could not serve: the response carries
+    /// ADDRESS-ERROR-CODE 440 for it (RFC 8656 §7.2).
+    pub unserved_family: Option<AddressFamily>,
 }
 
 struct Permission {

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use ring::hmac;
 
-use crate::stun::{constant_time_eq, long_term_key, AttrType, IntegrityAlgorithm, Message};
+use crate::stun::{constant_time_eq, long_term_key, IntegrityAlgorithm, Message};
 
 /// Who sent an authenticated request and the key that protects the conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,11 +109,9 @@ impl Authenticator {
         if !message.has_integrity() {
             return Err(Rejection::Unauthorized);
         }
-        let (Some(username), Some(realm), Some(nonce)) = (
-            message.attribute(AttrType::USERNAME),
-            message.attribute(AttrType::REALM),
-            message.attribute(AttrType::NONCE),
-        ) else {
+        let (Some(username), Some(realm), Some(nonce)) =
+            (message.username(), message.realm(), message.nonce())
+        else {
             return Err(Rejection::BadRequest);
         };
         let Ok(username) = std::str::from_utf8(username) else {

@@ -23,6 +23,7 @@ mod policy;
 mod ports;
 mod requests;
 mod server;
+mod table;
 
 pub use auth::{rest_expiry, rest_password, Credentials, Rejection, UserSecret};
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};

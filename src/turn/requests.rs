@@ -8,14 +8,10 @@ use super::allocation::{Allocation, ChannelBindError, PendingAllocate, Relay, St
 use super::auth::Credentials;
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
 use super::{Output, CHANNEL_NUMBERS};
-use crate::stun::{decode_xor_address, AttrType, ErrorCode, Message};
+use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
 /// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
 const PROTOCOL_UDP: u8 = 17;
-/// Address family codes of REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY
-/// (RFC 8656 §14.8, §14.9).
-pub(super) const FAMILY_IPV4: u8 = 0x01;
-pub(super) const FAMILY_IPV6: u8 = 0x02;
 
 /// Which relay family an Allocate gets when it does not ask (browsers never do).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -34,7 +30,7 @@ struct Families {
     /// Bind IPs to reserve a port on, IPv4 first.
     binds: Vec<IpAddr>,
     /// ADDITIONAL-ADDRESS-FAMILY that cannot be served (answered with ADDRESS-ERROR-CODE).
-    unserved: Option<u8>,
+    unserved: Option<AddressFamily>,
 }
 
 impl Server {
@@ -65,7 +61,7 @@ impl Server {
                 return;
             }
         };
-        let even_port = message.attribute(AttrType::EVEN_PORT).is_some();
+        let even_port = message.has_even_port();
         let mut relays = Vec::with_capacity(families.binds.len());
         for &ip in &families.binds {
             match self.reserve_relay(ip, even_port) {
@@ -80,6 +76,7 @@ impl Server {
             }
         }
         let Some((algorithm, _)) = reply.integrity else {
+            debug_assert!(false, "an Allocate is handled only once authenticated");
             return;
         };
         let pending = PendingAllocate {
@@ -91,7 +88,6 @@ impl Server {
             unserved_family: families.unserved,
         };
         for relay in &relays {
-            self.by_relay.insert(relay.bind, tuple);
             self.outputs
                 .push_back(Output::BindRelay { relay: relay.bind });
         }
@@ -102,8 +98,8 @@ impl Server {
             pending,
             now + RELAY_BIND_TIMEOUT,
         );
-        self.allocations.insert(tuple, allocation);
-        self.schedule(tuple, now + RELAY_BIND_TIMEOUT);
+        self.allocations
+            .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
     }
 
     /// Checks REQUESTED-TRANSPORT, RESERVATION-TOKEN, EVEN-PORT, REQUESTED-ADDRESS-FAMILY
@@ -114,16 +110,15 @@ impl Server {
         client_ip: IpAddr,
     ) -> Result<Families, ErrorCode> {
         let transport = message
-            .attribute(AttrType::REQUESTED_TRANSPORT)
-            .filter(|v| v.len() == 4)
+            .requested_transport()
             .ok_or(ErrorCode::BAD_REQUEST)?;
-        if transport[0] != PROTOCOL_UDP {
+        if transport != PROTOCOL_UDP {
             return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
         }
-        let token = message.attribute(AttrType::RESERVATION_TOKEN).is_some();
-        let requested = message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY);
-        let additional = message.attribute(AttrType::ADDITIONAL_ADDRESS_FAMILY);
-        let even_port = message.attribute(AttrType::EVEN_PORT).is_some();
+        let token = message.has_reservation_token();
+        let requested = message.requested_family();
+        let additional = message.additional_family();
+        let even_port = message.has_even_port();
         if token && (even_port || requested.is_some())
             || requested.is_some() && additional.is_some()
         {
@@ -144,7 +139,7 @@ impl Server {
         };
         if let Some(additional) = additional {
             // Only IPv6 may be the additional family; IPv4 is always the first one.
-            if additional != [FAMILY_IPV6, 0, 0, 0] {
+            if additional != AddressFamily::Ipv6 {
                 return Err(ErrorCode::BAD_REQUEST);
             }
             let v4 = v4.ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)?;
@@ -155,14 +150,14 @@ impl Server {
                 },
                 None => Families {
                     binds: vec![v4],
-                    unserved: Some(FAMILY_IPV6),
+                    unserved: Some(AddressFamily::Ipv6),
                 },
             });
         }
         match requested {
-            Some([FAMILY_IPV4, 0, 0, 0]) => single(v4),
-            Some([FAMILY_IPV6, 0, 0, 0]) => single(v6),
-            Some(_) => Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
+            Some(AddressFamily::Ipv4) => single(v4),
+            Some(AddressFamily::Ipv6) => single(v6),
+            Some(AddressFamily::Unknown) => Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
             None => {
                 let prefer_v6 = match self.default_family {
                     DefaultFamily::Ipv4 => false,
@@ -189,11 +184,11 @@ impl Server {
             .allocations
             .get(&tuple)
             .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        let family_v6 = match message.attribute(AttrType::REQUESTED_ADDRESS_FAMILY) {
+        let family_v6 = match message.requested_family() {
             None => None,
-            Some([FAMILY_IPV4, 0, 0, 0]) => Some(false),
-            Some([FAMILY_IPV6, 0, 0, 0]) => Some(true),
-            Some(_) => return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH),
+            Some(AddressFamily::Ipv4) => Some(false),
+            Some(AddressFamily::Ipv6) => Some(true),
+            Some(AddressFamily::Unknown) => return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH),
         };
         let served = |v6: bool| allocation.relays.iter().any(|r| r.bind.is_ipv6() == v6);
         if family_v6.is_some_and(|v6| !served(v6)) {
@@ -209,7 +204,7 @@ impl Server {
                     allocation.expires_at = now + lifetime;
                     // A shorter lifetime must wake the timer earlier than it was queued for.
                     let deadline = allocation.next_deadline();
-                    self.schedule(tuple, deadline);
+                    self.allocations.schedule(tuple, deadline);
                 }
             }
         }
@@ -221,18 +216,14 @@ impl Server {
 
     /// Drops one family's relayed address of a dual allocation; the other lives on.
     fn remove_family(&mut self, tuple: &super::FiveTuple, v6: bool) {
-        let Some(allocation) = self.allocations.get_mut(tuple) else {
+        let family = self.allocations.get(tuple).and_then(|allocation| {
+            let relay = allocation.relays.iter().find(|r| r.bind.is_ipv6() == v6)?;
+            Some(relay.bind)
+        });
+        let Some(relay) = family.and_then(|bind| self.allocations.remove_relay(tuple, bind)) else {
+            debug_assert!(false, "the caller checked that the family is served");
             return;
         };
-        let Some(index) = allocation
-            .relays
-            .iter()
-            .position(|r| r.bind.is_ipv6() == v6)
-        else {
-            return;
-        };
-        let relay = allocation.relays.remove(index);
-        self.by_relay.remove(&relay.bind);
         self.release_port(relay.bind);
         self.outputs
             .push_back(Output::ReleaseRelay { relay: relay.bind });
@@ -245,10 +236,8 @@ impl Server {
         message: &Message<'_>,
         reply: &Reply,
     ) -> Result<(), ErrorCode> {
-        let transaction = reply.transaction;
         let peers: Vec<SocketAddr> = message
-            .attributes(AttrType::XOR_PEER_ADDRESS)
-            .map(|v| decode_xor_address(v, &transaction))
+            .xor_peer_addresses()
             .collect::<Option<_>>()
             .ok_or(ErrorCode::BAD_REQUEST)?;
         if peers.is_empty() {
@@ -266,7 +255,7 @@ impl Server {
             return Err(ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let deadline = allocation.next_deadline();
-        self.schedule(reply.to, deadline);
+        self.allocations.schedule(reply.to, deadline);
         self.send_success(reply, |_| {});
         Ok(())
     }
@@ -279,14 +268,11 @@ impl Server {
         reply: &Reply,
     ) -> Result<(), ErrorCode> {
         let number = message
-            .attribute(AttrType::CHANNEL_NUMBER)
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .channel_number()
             .filter(|n| CHANNEL_NUMBERS.contains(n))
             .ok_or(ErrorCode::BAD_REQUEST)?;
         let peer = message
-            .attribute(AttrType::XOR_PEER_ADDRESS)
-            .and_then(|v| decode_xor_address(v, &reply.transaction))
+            .xor_peer_address()
             .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
             .ok_or(ErrorCode::BAD_REQUEST)?;
         self.check_peer(reply, peer.ip())?;
@@ -304,7 +290,7 @@ impl Server {
                 _ => ErrorCode::BAD_REQUEST,
             })?;
         let deadline = allocation.next_deadline();
-        self.schedule(reply.to, deadline);
+        self.allocations.schedule(reply.to, deadline);
         self.send_success(reply, |_| {});
         Ok(())
     }
@@ -329,11 +315,7 @@ impl Server {
     /// otherwise the requested value capped at the maximum and raised to the default; the
     /// default when LIFETIME is absent.
     pub(super) fn granted_lifetime(&self, message: &Message<'_>) -> Duration {
-        let requested = message
-            .attribute(AttrType::LIFETIME)
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(|raw| Duration::from_secs(u64::from(u32::from_be_bytes(raw))));
-        match requested {
+        match message.lifetime() {
             Some(zero) if zero.is_zero() => zero,
             Some(asked) => asked.min(self.max_lifetime).max(self.default_lifetime),
             None => self.default_lifetime,

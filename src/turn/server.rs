@@ -1,21 +1,22 @@
 //! The TURN server state machine: dispatch, the request handlers and the timers.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, PendingAllocate, State};
+use super::allocation::{PendingAllocate, State};
 use super::auth::{Authenticator, Rejection, UserSecret};
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
 use super::requests::DefaultFamily;
+use super::table::AllocationTable;
 use super::{FiveTuple, Output, RelayAddress, ToClient, ToPeer};
 use crate::random::Rng;
 use crate::stun::{
-    classify, decode_xor_address, AttrType, ChannelData, Class, ErrorCode, Framing,
-    IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
+    classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, Message,
+    MessageBuilder, Method, TransactionId,
 };
 
 /// How many ports to try when the I/O layer finds the chosen one taken by another program.
@@ -133,12 +134,7 @@ pub struct Server {
     pub(super) max_lifetime: Duration,
     pub(super) default_family: DefaultFamily,
     pub(super) relays: Vec<RelayPool>,
-    pub(super) allocations: HashMap<FiveTuple, Allocation>,
-    pub(super) by_relay: HashMap<SocketAddr, FiveTuple>,
-    /// One wake-up per allocation, at its `scheduled` instant. An ordered set rather than a
-    /// heap, so an allocation that ends early takes its entry with it: under churn a heap
-    /// would hold every ended allocation's entry until its old deadline.
-    timers: BTreeSet<(Instant, FiveTuple)>,
+    pub(super) allocations: AllocationTable,
     pub(super) outputs: VecDeque<Output>,
     /// Chooses relay ports and Data indication transaction ids.
     pub(super) rng: Rng,
@@ -225,9 +221,7 @@ impl Server {
             max_lifetime: config.max_lifetime,
             default_family: config.default_family,
             relays,
-            allocations: HashMap::new(),
-            by_relay: HashMap::new(),
-            timers: BTreeSet::new(),
+            allocations: AllocationTable::default(),
             outputs: VecDeque::new(),
             rng,
             wall_clock: WallClock { at: now, unix_secs },
@@ -315,9 +309,8 @@ impl Server {
         len: usize,
     ) -> Option<(FiveTuple, Range<usize>)> {
         let Some((tuple, allocation)) = self
-            .by_relay
-            .get(&relay)
-            .and_then(|tuple| Some((*tuple, self.allocations.get(tuple)?)))
+            .allocations
+            .by_relay(&relay)
             .filter(|(_, a)| a.is_active(now))
         else {
             self.stats.dropped_no_allocation += 1;
@@ -345,17 +338,15 @@ impl Server {
 
     /// The I/O layer's answer to [`Output::BindRelay`].
     pub fn handle_relay_bound(&mut self, now: Instant, relay: SocketAddr, bound: bool) {
-        let Some(&tuple) = self.by_relay.get(&relay) else {
+        let Some((tuple, allocation)) = self.allocations.by_relay(&relay) else {
             // The allocation gave up before the answer came: close what was bound.
             if bound {
                 self.outputs.push_back(Output::ReleaseRelay { relay });
             }
             return;
         };
-        let Some(allocation) = self.allocations.get_mut(&tuple) else {
-            return;
-        };
         let State::Binding(pending) = allocation.state else {
+            // A second answer for a socket already confirmed: nothing is waiting for it.
             return;
         };
         let reply = Reply {
@@ -365,39 +356,37 @@ impl Server {
             fingerprint: pending.fingerprint,
             integrity: Some((pending.algorithm, allocation.key)),
         };
-        let Some(index) = allocation.relays.iter().position(|r| r.bind == relay) else {
-            return;
-        };
         if bound {
-            allocation.relays[index].bound = true;
+            let Some(allocation) = self.allocations.get_mut(&tuple) else {
+                return;
+            };
+            for r in allocation.relays.iter_mut().filter(|r| r.bind == relay) {
+                r.bound = true;
+            }
             if allocation.relays.iter().all(|r| r.bound) {
                 self.activate(now, tuple, &reply, pending);
             }
             return;
         }
         // The port is taken by another program: release our claim and try another.
-        self.by_relay.remove(&relay);
         self.release_port(relay);
         let attempts = pending.attempts + 1;
         let retry = (attempts < RELAY_BIND_ATTEMPTS)
             .then(|| self.reserve_relay(relay.ip(), pending.even_port))
             .flatten();
         let Some(replacement) = retry else {
-            if let Some(allocation) = self.allocations.get_mut(&tuple) {
-                allocation.relays.remove(index);
-            }
+            self.allocations.remove_relay(&tuple, relay);
             self.remove_allocation(&tuple);
             self.send_error(&reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
             return;
         };
+        self.allocations.replace_relay(&tuple, relay, replacement);
         if let Some(allocation) = self.allocations.get_mut(&tuple) {
-            allocation.relays[index] = replacement;
             allocation.state = State::Binding(PendingAllocate {
                 attempts,
                 ..pending
             });
         }
-        self.by_relay.insert(replacement.bind, tuple);
         self.outputs.push_back(Output::BindRelay {
             relay: replacement.bind,
         });
@@ -410,28 +399,22 @@ impl Server {
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, tuple)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(tuple) = self.allocations.pop_due(now) {
             let Some(allocation) = self.allocations.get_mut(&tuple) else {
                 continue;
             };
-            allocation.scheduled = None;
             if now >= allocation.expires_at {
                 self.remove_allocation(&tuple);
                 continue;
             }
             let next = allocation.sweep(now);
-            self.schedule(tuple, next);
+            self.allocations.schedule(tuple, next);
         }
-        self.shrink_if_sparse();
     }
 
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.allocations.next_wake()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -444,7 +427,7 @@ impl Server {
 
     /// Whether `tuple` holds an allocation (live or waiting for its relay sockets).
     pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
-        self.allocations.contains_key(tuple)
+        self.allocations.contains(tuple)
     }
 
     /// Allocations that exist now (including those waiting for their relay socket).
@@ -577,6 +560,7 @@ impl Server {
         pending: PendingAllocate,
     ) {
         let Some(allocation) = self.allocations.get_mut(&tuple) else {
+            debug_assert!(false, "activating a missing allocation");
             return;
         };
         allocation.state = State::Active;
@@ -600,7 +584,7 @@ impl Server {
             to: tuple,
             bytes: response,
         });
-        self.schedule(tuple, deadline);
+        self.allocations.schedule(tuple, deadline);
     }
 
     // ---- data ----
@@ -612,10 +596,7 @@ impl Server {
         from: FiveTuple,
         message: &Message<'a>,
     ) -> Option<ToPeer<'a>> {
-        let peer = message
-            .attribute(AttrType::XOR_PEER_ADDRESS)
-            .and_then(|v| decode_xor_address(v, &message.transaction_id()));
-        let (Some(peer), Some(payload)) = (peer, message.attribute(AttrType::DATA)) else {
+        let (Some(peer), Some(payload)) = (message.xor_peer_address(), message.data()) else {
             self.stats.malformed += 1;
             return None;
         };
@@ -704,11 +685,7 @@ impl Server {
         let Some(allocation) = self.allocations.remove(tuple) else {
             return;
         };
-        if let Some(at) = allocation.scheduled {
-            self.timers.remove(&(at, *tuple));
-        }
         for relay in &allocation.relays {
-            self.by_relay.remove(&relay.bind);
             self.release_port(relay.bind);
             // Also for relays not confirmed yet: a BindRelay may still be queued ahead of
             // this, and the I/O layer ignores a release of a socket it does not have.
@@ -719,7 +696,6 @@ impl Server {
             self.stats.allocations_ended += 1;
             tracing::debug!(client = %tuple.client, "allocation ended");
         }
-        self.shrink_if_sparse();
     }
 
     pub(super) fn release_port(&mut self, relay: SocketAddr) {
@@ -730,32 +706,6 @@ impl Server {
         {
             pool.ports.release(relay.port());
         }
-    }
-
-    /// Gives memory back after many allocations ended: hash maps never shrink by themselves.
-    fn shrink_if_sparse(&mut self) {
-        const MIN_CAPACITY: usize = 256;
-        if self.allocations.capacity() > MIN_CAPACITY
-            && self.allocations.len() * 4 < self.allocations.capacity()
-        {
-            self.allocations.shrink_to_fit();
-            self.by_relay.shrink_to_fit();
-        }
-    }
-
-    /// Queues a wake-up for `tuple` at `at` unless an earlier one is already queued.
-    pub(super) fn schedule(&mut self, tuple: FiveTuple, at: Instant) {
-        let Some(allocation) = self.allocations.get_mut(&tuple) else {
-            return;
-        };
-        if let Some(queued) = allocation.scheduled {
-            if queued <= at {
-                return;
-            }
-            self.timers.remove(&(queued, tuple));
-        }
-        allocation.scheduled = Some(at);
-        self.timers.insert((at, tuple));
     }
 
     fn unix_secs(&self, now: Instant) -> u64 {

@@ -1,0 +1,167 @@
+//! Typed views of the attributes a TURN server reads, so the protocol core never slices
+//! attribute bytes itself. Each accessor returns `None` when the attribute is absent; a
+//! malformed value is `None` too where the RFC answers both the same way (400), and a
+//! distinct value where it does not (an unknown address family is 440 or 443, not 400).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{decode_xor_address, AttrType, Message};
+
+/// The family code of REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY (RFC 8656
+/// §14.8, §14.9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressFamily {
+    Ipv4,
+    Ipv6,
+    /// Any other value, or a value of the wrong length.
+    Unknown,
+}
+
+impl AddressFamily {
+    /// The family code on the wire (RFC 8656 §14.8): 0x01 IPv4, 0x02 IPv6.
+    pub fn code(self) -> u8 {
+        match self {
+            AddressFamily::Ipv4 => 0x01,
+            AddressFamily::Ipv6 => 0x02,
+            AddressFamily::Unknown => 0x00,
+        }
+    }
+
+    fn decode(value: &[u8]) -> Self {
+        match value {
+            [0x01, 0, 0, 0] => AddressFamily::Ipv4,
+            [0x02, 0, 0, 0] => AddressFamily::Ipv6,
+            _ => AddressFamily::Unknown,
+        }
+    }
+}
+
+impl<'a> Message<'a> {
+    /// The protocol number of REQUESTED-TRANSPORT (RFC 8656 §14.7); `None` when absent or
+    /// malformed.
+    pub fn requested_transport(&self) -> Option<u8> {
+        match self.attribute(AttrType::REQUESTED_TRANSPORT)? {
+            [protocol, _, _, _] => Some(*protocol),
+            _ => None,
+        }
+    }
+
+    pub fn requested_family(&self) -> Option<AddressFamily> {
+        self.attribute(AttrType::REQUESTED_ADDRESS_FAMILY)
+            .map(AddressFamily::decode)
+    }
+
+    pub fn additional_family(&self) -> Option<AddressFamily> {
+        self.attribute(AttrType::ADDITIONAL_ADDRESS_FAMILY)
+            .map(AddressFamily::decode)
+    }
+
+    /// Whether EVEN-PORT is present (RFC 8656 §14.6).
+    pub fn has_even_port(&self) -> bool {
+        self.attribute(AttrType::EVEN_PORT).is_some()
+    }
+
+    /// Whether RESERVATION-TOKEN is present (RFC 8656 §14.9).
+    pub fn has_reservation_token(&self) -> bool {
+        self.attribute(AttrType::RESERVATION_TOKEN).is_some()
+    }
+
+    /// LIFETIME (RFC 8656 §14.2); `None` when absent or malformed.
+    pub fn lifetime(&self) -> Option<Duration> {
+        let raw: [u8; 4] = self.attribute(AttrType::LIFETIME)?.try_into().ok()?;
+        Some(Duration::from_secs(u64::from(u32::from_be_bytes(raw))))
+    }
+
+    /// The number of CHANNEL-NUMBER (RFC 8656 §14.1); `None` when absent or malformed.
+    pub fn channel_number(&self) -> Option<u16> {
+        match self.attribute(AttrType::CHANNEL_NUMBER)? {
+            [high, low, _, _] => Some(u16::from_be_bytes([*high, *low])),
+            _ => None,
+        }
+    }
+
+    /// The first XOR-PEER-ADDRESS (RFC 8656 §14.3); `None` when absent or malformed.
+    pub fn xor_peer_address(&self) -> Option<SocketAddr> {
+        let transaction = self.transaction_id();
+        decode_xor_address(self.attribute(AttrType::XOR_PEER_ADDRESS)?, &transaction)
+    }
+
+    /// Every XOR-PEER-ADDRESS in order, `None` for each malformed one.
+    pub fn xor_peer_addresses(&self) -> impl Iterator<Item = Option<SocketAddr>> + 'a {
+        let transaction = self.transaction_id();
+        self.attributes(AttrType::XOR_PEER_ADDRESS)
+            .map(move |value| decode_xor_address(value, &transaction))
+    }
+
+    /// The payload of DATA (RFC 8656 §14.4).
+    pub fn data(&self) -> Option<&'a [u8]> {
+        self.attribute(AttrType::DATA)
+    }
+
+    /// USERNAME (RFC 8489 §14.3), as sent.
+    pub fn username(&self) -> Option<&'a [u8]> {
+        self.attribute(AttrType::USERNAME)
+    }
+
+    /// REALM (RFC 8489 §14.9), as sent.
+    pub fn realm(&self) -> Option<&'a [u8]> {
+        self.attribute(AttrType::REALM)
+    }
+
+    /// NONCE (RFC 8489 §14.10), as sent.
+    pub fn nonce(&self) -> Option<&'a [u8]> {
+        self.attribute(AttrType::NONCE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::{Class, MessageBuilder, Method, TransactionId};
+
+    fn parsed(build: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
+        let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([5; 12]));
+        build(&mut b);
+        b.finish()
+    }
+
+    #[test]
+    fn typed_values_and_malformed_ones() {
+        let peer: SocketAddr = "[2001:db8::9]:4242".parse().unwrap();
+        let bytes = parsed(|b| {
+            b.add(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .add(AttrType::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+                .add(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[9, 0, 0, 0])
+                .add(AttrType::LIFETIME, &600u32.to_be_bytes())
+                .add(AttrType::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
+                .add_xor_address(AttrType::XOR_PEER_ADDRESS, peer)
+                .add(AttrType::XOR_PEER_ADDRESS, &[0, 9])
+                .add(AttrType::DATA, b"payload");
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.requested_transport(), Some(17));
+        assert_eq!(m.requested_family(), Some(AddressFamily::Ipv6));
+        assert_eq!(m.additional_family(), Some(AddressFamily::Unknown));
+        assert_eq!(m.lifetime(), Some(Duration::from_secs(600)));
+        assert_eq!(m.channel_number(), Some(0x4001));
+        assert_eq!(m.xor_peer_address(), Some(peer));
+        assert_eq!(
+            m.xor_peer_addresses().collect::<Vec<_>>(),
+            [Some(peer), None]
+        );
+        assert_eq!(m.data(), Some(&b"payload"[..]));
+        assert!(!m.has_even_port() && !m.has_reservation_token());
+        assert_eq!(m.username(), None);
+
+        let bytes = parsed(|b| {
+            b.add(AttrType::REQUESTED_TRANSPORT, &[17])
+                .add(AttrType::LIFETIME, &[1, 2])
+                .add(AttrType::CHANNEL_NUMBER, &[0x40]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.requested_transport(), None);
+        assert_eq!(m.lifetime(), None);
+        assert_eq!(m.channel_number(), None);
+    }
+}
