@@ -25,6 +25,8 @@ fn commented_examples_are_valid_keys() {
     assert_eq!(config.peers.deny.len(), 1);
     assert_eq!(config.relay_ports, PortRange(49152..=65535));
     assert_eq!(config.log_format, LogFormat::Text);
+    assert!(config.signal.token_secret.is_some());
+    assert_eq!(config.signal.turn_urls.len(), 2);
 }
 
 #[test]
@@ -59,6 +61,14 @@ fn every_key_is_documented() {
         "[peers]",
         "allow",
         "deny",
+        "[signal]",
+        "enabled",
+        "room-size",
+        "token-secret",
+        "max-message-bytes",
+        "messages-per-second",
+        "rooms-per-ip",
+        "turn-urls",
     ] {
         let shown = SHIPPED
             .lines()

@@ -358,6 +358,7 @@ impl Server {
         };
         if bound {
             let Some(allocation) = self.allocations.get_mut(&tuple) else {
+                debug_assert!(false, "found by its relay a moment ago");
                 return;
             };
             for r in allocation.relays.iter_mut().filter(|r| r.bind == relay) {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
@@ -26,8 +26,9 @@ use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig};
 const INPUT_QUEUE: usize = 1024;
 /// Inputs the hub takes per wake-up.
 const INPUT_BATCH: usize = 64;
-/// Give freed memory back to the OS after this many sessions have ended.
-const TRIM_AFTER_CLOSED: u64 = 1024;
+/// How long after sessions end the hub gives their memory back to the OS: once a second at
+/// most, however many end.
+const TRIM_DELAY: Duration = Duration::from_secs(1);
 
 /// What a session tells the hub.
 pub(crate) enum Input {
@@ -36,7 +37,7 @@ pub(crate) enum Input {
         conn: ConnId,
         ip: IpAddr,
         ice_servers: serde_json::Value,
-        outbound: mpsc::Sender<Message>,
+        outbound: mpsc::Sender<Utf8Bytes>,
     },
     Text {
         conn: ConnId,
@@ -111,7 +112,7 @@ pub(crate) fn spawn(
     let hub = Hub {
         rooms,
         queues: HashMap::new(),
-        closed: 0,
+        trim_at: None,
     };
     tracker.spawn(hub.run(inbox, stopped));
     HubHandle {
@@ -132,15 +133,21 @@ pub(crate) fn spawn(
 
 struct Hub {
     rooms: Rooms,
-    queues: HashMap<ConnId, mpsc::Sender<Message>>,
-    /// Sessions ended since the last memory trim.
-    closed: u64,
+    queues: HashMap<ConnId, mpsc::Sender<Utf8Bytes>>,
+    /// When to give the memory of ended sessions back to the OS.
+    trim_at: Option<Instant>,
 }
 
 impl Hub {
     async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stopped: watch::Receiver<bool>) {
         let mut batch = Vec::with_capacity(INPUT_BATCH);
         loop {
+            let trim = async {
+                match self.trim_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 received = inbox.recv_many(&mut batch, INPUT_BATCH) => {
                     if received == 0 {
@@ -150,10 +157,8 @@ impl Hub {
                         self.handle(input);
                     }
                 }
+                _ = trim => self.give_memory_back(),
                 _ = stopped.changed() => return,
-            }
-            if self.closed >= TRIM_AFTER_CLOSED {
-                self.give_memory_back();
             }
         }
     }
@@ -193,7 +198,7 @@ impl Hub {
                 let Ok(text) = serde_json::to_string(&message) else {
                     continue;
                 };
-                if queue.try_send(Message::Text(text.into())).is_err() {
+                if queue.try_send(text.into()).is_err() {
                     tracing::debug!(conn = to, "signaling session not reading; dropped");
                     dropped.push(to);
                 }
@@ -209,14 +214,14 @@ impl Hub {
         if self.queues.remove(&conn).is_none() {
             return Vec::new();
         }
-        self.closed += 1;
+        self.trim_at.get_or_insert(Instant::now() + TRIM_DELAY);
         self.rooms.disconnect(conn)
     }
 
-    /// After many sessions ended, hand the memory they used back to the OS: maps never
-    /// shrink by themselves, and the allocator keeps freed pages otherwise.
+    /// After sessions ended, hand the memory they used back to the OS: maps never shrink by
+    /// themselves, and the allocator keeps freed pages in its per-thread arenas otherwise.
     fn give_memory_back(&mut self) {
-        self.closed = 0;
+        self.trim_at = None;
         self.queues.shrink_to_fit();
         self.rooms.shrink_to_fit();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -17,9 +17,9 @@ use super::hub::{HubHandle, Input};
 const OUTBOUND_QUEUE: usize = 64;
 /// How long one frame may take to leave; a browser that stopped reading is closed after it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// The WebSocket's read buffer: most signaling messages fit; larger ones grow it for a
-/// moment.
-const READ_BUFFER_BYTES: usize = 4096;
+/// The WebSocket's read buffer, held by every idle session: small, since a larger message
+/// only takes a few more reads.
+const READ_BUFFER_BYTES: usize = 1024;
 /// Writes are flushed once this much is buffered (each frame is flushed anyway).
 const WRITE_BUFFER_BYTES: usize = 4096;
 
@@ -83,8 +83,8 @@ pub(super) async fn run(
                 }
             }
             message = queue.recv() => {
-                let Some(message) = message else { break Ended::DroppedByHub };
-                if !send(&mut socket, message, &mut stopped).await {
+                let Some(text) = message else { break Ended::DroppedByHub };
+                if !send(&mut socket, Message::Text(text), &mut stopped).await {
                     break Ended::NotReading;
                 }
             }
