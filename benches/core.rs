@@ -20,7 +20,8 @@ use rendez::stun::{
     MessageBuilder, Method, TransactionId,
 };
 use rendez::turn::{
-    FiveTuple, PeerPolicy, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
+    FiveTuple, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig,
+    Transport, UserSecret,
 };
 
 #[path = "../tests/harness/mod.rs"]
@@ -182,8 +183,8 @@ fn channel_data_forward(c: &mut Criterion) {
         frame.extend_from_slice(&payload);
         // Check once that both directions really forward, outside the timed loop.
         let to_peer = s.handle_client_packet(now, from, &frame).expect("relayed");
-        assert_eq!((to_peer.relay, to_peer.peer), (relay, peer));
-        let to_client = s.handle_peer_packet(now, relay, peer, &payload);
+        assert_eq!((to_peer.relay.0, to_peer.peer.0), (relay, peer));
+        let to_client = s.handle_peer_packet(now, RelayAddr(relay), PeerAddr(peer), &payload);
         assert_eq!(to_client.map(|t| t.bytes.len()), Some(size + 4));
 
         group.bench_with_input(
@@ -201,7 +202,7 @@ fn channel_data_forward(c: &mut Criterion) {
             &payload,
             |b, payload| {
                 b.iter(|| {
-                    s.handle_peer_packet(now, relay, peer, black_box(payload))
+                    s.handle_peer_packet(now, RelayAddr(relay), PeerAddr(peer), black_box(payload))
                         .map(|t| black_box(t.bytes).len())
                 })
             },

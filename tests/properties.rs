@@ -31,8 +31,8 @@ use rendez::stun::{
     IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
 };
 use rendez::turn::{
-    DefaultFamily, FiveTuple, Io, Output, PeerPolicy, RelayAddress, RelayBind, Server,
-    ServerConfig, Transport, UserSecret, CHANNEL_NUMBERS,
+    DefaultFamily, FiveTuple, Io, Output, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind,
+    Server, ServerConfig, Transport, UserSecret, CHANNEL_NUMBERS,
 };
 
 mod harness;
@@ -1069,7 +1069,8 @@ impl Harness {
                         self.open.insert(relay);
                     }
                 }
-                self.server.handle_relay_bound(self.now, relay, *bound);
+                self.server
+                    .handle_relay_bound(self.now, RelayAddr(relay), *bound);
                 self.drain();
             }
             Op::Wait { secs } => self.wait(Duration::from_secs(*secs)),
@@ -1261,24 +1262,21 @@ impl Harness {
             Framing::Other => None,
         };
         if let Some(to_peer) = self.server.handle_client_packet(self.now, from, bytes) {
+            let (relay, peer) = (to_peer.relay.0, to_peer.peer.0);
             assert!(
-                self.open.contains(&to_peer.relay),
-                "relayed through {} which is not bound (open {:?})",
-                to_peer.relay,
+                self.open.contains(&relay),
+                "relayed through {relay} which is not bound (open {:?})",
                 self.open
             );
             assert!(self.server.poll_output().is_none(), "relayed and answered");
             assert_eq!(
-                to_peer.peer.is_ipv4(),
-                to_peer.relay.is_ipv4(),
-                "{} cannot send to {}",
-                to_peer.relay,
-                to_peer.peer
+                peer.is_ipv4(),
+                relay.is_ipv4(),
+                "{relay} cannot send to {peer}"
             );
             assert!(
-                self.policy.permits(to_peer.peer.ip()),
-                "relayed to {}, which the peer policy denies",
-                to_peer.peer
+                self.policy.permits(peer.ip()),
+                "relayed to {peer}, which the peer policy denies"
             );
             match expected {
                 Some(payload) => assert_eq!(to_peer.payload, payload),
@@ -1292,9 +1290,9 @@ impl Harness {
     /// bound relay, and carry the payload unchanged.
     fn peer_packet(&mut self, relay: SocketAddr, from: SocketAddr, payload: &[u8]) {
         let open = self.open.contains(&relay);
-        if let Some(to_client) = self
-            .server
-            .handle_peer_packet(self.now, relay, from, payload)
+        if let Some(to_client) =
+            self.server
+                .handle_peer_packet(self.now, RelayAddr(relay), PeerAddr(from), payload)
         {
             assert!(open, "peer data accepted on {relay}, which is not bound");
             assert!(
@@ -1407,7 +1405,8 @@ impl Harness {
         // socket it bound must be released whether or not the core still wants it.
         while let Some(relay) = self.pending.pop_first() {
             self.open.insert(relay);
-            self.server.handle_relay_bound(self.now, relay, true);
+            self.server
+                .handle_relay_bound(self.now, RelayAddr(relay), true);
             self.drain();
         }
         self.wait(PAST_EVERY_LIFETIME);
@@ -1557,8 +1556,13 @@ fn harness_drives_a_full_relay_session() {
     let mut cd = ChannelData::header(0x4000, payload.len() as u16).to_vec();
     cd.extend_from_slice(&payload);
     let to_peer = h.server.handle_client_packet(h.now, h.clients[0], &cd);
-    assert_eq!(to_peer.map(|t| (t.relay, t.peer)), Some((relay, peer(0))));
-    let back = h.server.handle_peer_packet(h.now, relay, peer(0), b"hi");
+    assert_eq!(
+        to_peer.map(|t| (t.relay.0, t.peer.0)),
+        Some((relay, peer(0)))
+    );
+    let back = h
+        .server
+        .handle_peer_packet(h.now, RelayAddr(relay), PeerAddr(peer(0)), b"hi");
     assert_eq!(
         back.map(|t| t.bytes.to_vec()),
         Some(vec![0x40, 0, 0, 2, b'h', b'i'])

@@ -10,7 +10,8 @@ use rendez::stun::{
     MessageBuilder, Method, TransactionId,
 };
 use rendez::turn::{
-    FiveTuple, PeerPolicy, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
+    FiveTuple, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig,
+    Transport, UserSecret,
 };
 
 mod harness;
@@ -242,7 +243,9 @@ fn requested_address_family_ipv6_gets_an_ipv6_relay() {
     assert_eq!(response.error_code(), Some(443));
     alice.permit(&mut h, PEER_V6);
     let bound = SocketAddr::new("2001:db8:1::10".parse().unwrap(), relayed[0].port());
-    let to_client = h.server.handle_peer_packet(h.now, bound, PEER_V6, b"v6");
+    let to_client = h
+        .server
+        .handle_peer_packet(h.now, RelayAddr(bound), PeerAddr(PEER_V6), b"v6");
     assert!(to_client.is_some());
 }
 
@@ -1147,7 +1150,7 @@ impl Harness {
         bytes: &[u8],
     ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
         let out = self.server.handle_client_packet(self.now, from, bytes);
-        out.map(|p| (p.relay, p.peer, p.payload.to_vec()))
+        out.map(|p| (p.relay.0, p.peer.0, p.payload.to_vec()))
     }
 
     /// `relayed` is the advertised address; the core is addressed by the bound one.
@@ -1159,7 +1162,7 @@ impl Harness {
     ) -> Option<(FiveTuple, Vec<u8>)> {
         let bound = SocketAddr::new(RELAY_BIND_IP.parse().unwrap(), relayed.port());
         self.server
-            .handle_peer_packet(self.now, bound, peer, payload)
+            .handle_peer_packet(self.now, RelayAddr(bound), PeerAddr(peer), payload)
             .map(|c| (c.client, c.bytes.to_vec()))
     }
 }

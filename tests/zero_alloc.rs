@@ -11,8 +11,8 @@ use rendez::net::batch::{send_all, RecvBatch};
 use rendez::random::Rng;
 use rendez::stun::{AttrType, ChannelData, Class, Message, MessageBuilder, Method, TransactionId};
 use rendez::turn::{
-    FiveTuple, PeerPolicy, RelayAddress, Server, ServerConfig, Transport, UserSecret,
-    PEER_HEADROOM, PEER_TAILROOM,
+    FiveTuple, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, Server, ServerConfig, Transport,
+    UserSecret, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 mod harness;
@@ -82,11 +82,11 @@ fn core_relay_path_allocates_nothing_per_packet() {
             let out = server.handle_client_packet(now, tuple, &channel_data);
             assert_eq!(out.map(|p| p.payload.len()), Some(1200));
             let out = server.handle_client_packet(now, tuple, &send);
-            assert_eq!(out.map(|p| p.peer), Some(other));
+            assert_eq!(out.map(|p| p.peer), Some(PeerAddr(other)));
             let framed = server.handle_peer_packet_in_place(
                 now,
-                relay,
-                peer,
+                RelayAddr(relay),
+                PeerAddr(peer),
                 &mut buffer,
                 PEER_HEADROOM,
                 1200,
@@ -94,8 +94,8 @@ fn core_relay_path_allocates_nothing_per_packet() {
             assert_eq!(framed.map(|(_, r)| r.len()), Some(1204), "ChannelData");
             let framed = server.handle_peer_packet_in_place(
                 now,
-                relay,
-                other,
+                RelayAddr(relay),
+                PeerAddr(other),
                 &mut buffer,
                 PEER_HEADROOM,
                 160,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use rendez::random::Rng;
 use rendez::turn::{
-    FiveTuple, Io, PeerPolicy, RelayAddress, RelayBind, Server, ServerConfig, Transport,
-    UserSecret,
+    FiveTuple, Io, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind, Server,
+    ServerConfig, Transport, UserSecret,
 };
 
 /// The fuzzer's I/O layer: binds fail when the current step's payload says so.
@@ -22,7 +22,7 @@ struct FuzzIo {
 impl Io for FuzzIo {
     fn transmit(&mut self, _: FiveTuple, _: Vec<u8>) {}
 
-    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr) -> RelayBind {
         if self.fail {
             return RelayBind::Unavailable;
         }
@@ -30,7 +30,7 @@ impl Io for FuzzIo {
         RelayBind::Bound
     }
 
-    fn release_relay(&mut self, relay: SocketAddr) {
+    fn release_relay(&mut self, RelayAddr(relay): RelayAddr) {
         self.bound.retain(|r| *r != relay);
     }
 }
@@ -78,7 +78,8 @@ fuzz_target!(|data: &[u8]| {
                 let index = usize::from(op / 5) % io.bound.len().max(1);
                 if let Some(&relay) = io.bound.get(index) {
                     let peer = SocketAddr::from(([198, 51, 100, op / 5], 4000));
-                    let _ = server.handle_peer_packet(now, relay, peer, payload);
+                    let _ =
+                        server.handle_peer_packet(now, RelayAddr(relay), PeerAddr(peer), payload);
                 }
             }
             3 => now += Duration::from_secs(u64::from(op / 5) * 40),

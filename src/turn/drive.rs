@@ -16,19 +16,18 @@
 //! Only step 1 mutates the core's state from outside; outputs never re-enter it except
 //! through the bind answers of step 2.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{FiveTuple, Output, Server};
+use super::{FiveTuple, Output, RelayAddr, Server};
 
 /// What the core needs an I/O layer to do.
 pub trait Io {
     /// Sends `bytes` to the client on `to` (a response, never relayed data).
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
     /// Binds a UDP relay socket on `relay` for peers' datagrams.
-    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind;
+    fn bind_relay(&mut self, relay: RelayAddr) -> RelayBind;
     /// Closes the relay socket on `relay`; a relay that is not open is ignored.
-    fn release_relay(&mut self, relay: SocketAddr);
+    fn release_relay(&mut self, relay: RelayAddr);
 }
 
 /// The outcome of [`Io::bind_relay`].

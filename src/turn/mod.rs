@@ -63,6 +63,27 @@ pub struct FiveTuple {
     pub server: SocketAddr,
 }
 
+/// A relayed transport address as bound on this host (what relay sockets bind to, not what
+/// clients are told): the name of a relay socket between the core and the I/O layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayAddr(pub SocketAddr);
+
+/// A peer's transport address, as a relay socket sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl std::fmt::Display for RelayAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A relay address pair: where relay sockets are bound, and what clients are told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayAddress {
@@ -73,8 +94,8 @@ pub struct RelayAddress {
 /// Payload to send from a relay socket to a peer (the hot path, client → peer).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ToPeer<'a> {
-    pub relay: SocketAddr,
-    pub peer: SocketAddr,
+    pub relay: RelayAddr,
+    pub peer: PeerAddr,
     pub payload: &'a [u8],
 }
 
@@ -91,7 +112,7 @@ pub enum Output {
     /// Send `bytes` to the client on `to`.
     Transmit { to: FiveTuple, bytes: Vec<u8> },
     /// Bind a UDP socket on `relay`, then call [`Server::handle_relay_bound`].
-    BindRelay { relay: SocketAddr },
+    BindRelay { relay: RelayAddr },
     /// Close the relay socket on `relay`.
-    ReleaseRelay { relay: SocketAddr },
+    ReleaseRelay { relay: RelayAddr },
 }

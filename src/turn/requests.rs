@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::allocation::{Allocation, ChannelBindError, PendingAllocate, Relay, State};
 use super::auth::Credentials;
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
-use super::{Output, CHANNEL_NUMBERS};
+use super::{Output, RelayAddr, CHANNEL_NUMBERS};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
 /// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
@@ -88,8 +88,9 @@ impl Server {
             unserved_family: families.unserved,
         };
         for relay in &relays {
-            self.outputs
-                .push_back(Output::BindRelay { relay: relay.bind });
+            self.outputs.push_back(Output::BindRelay {
+                relay: RelayAddr(relay.bind),
+            });
         }
         let allocation = Allocation::new(
             relays,
@@ -225,8 +226,9 @@ impl Server {
             return;
         };
         self.release_port(relay.bind);
-        self.outputs
-            .push_back(Output::ReleaseRelay { relay: relay.bind });
+        self.outputs.push_back(Output::ReleaseRelay {
+            relay: RelayAddr(relay.bind),
+        });
     }
 
     /// RFC 8656 §9.2: every XOR-PEER-ADDRESS, all or nothing.

@@ -12,7 +12,7 @@ use super::policy::PeerPolicy;
 use super::ports::PortPool;
 use super::requests::DefaultFamily;
 use super::table::AllocationTable;
-use super::{FiveTuple, Output, RelayAddress, ToClient, ToPeer};
+use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer};
 use crate::random::Rng;
 use crate::stun::{
     classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, Message,
@@ -270,8 +270,8 @@ impl Server {
     pub fn handle_peer_packet(
         &mut self,
         now: Instant,
-        relay: SocketAddr,
-        peer: SocketAddr,
+        relay: RelayAddr,
+        peer: PeerAddr,
         payload: &[u8],
     ) -> Option<ToClient<'_>> {
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -302,8 +302,8 @@ impl Server {
     pub fn handle_peer_packet_in_place(
         &mut self,
         now: Instant,
-        relay: SocketAddr,
-        peer: SocketAddr,
+        RelayAddr(relay): RelayAddr,
+        PeerAddr(peer): PeerAddr,
         buffer: &mut [u8],
         headroom: usize,
         len: usize,
@@ -337,11 +337,13 @@ impl Server {
     }
 
     /// The I/O layer's answer to [`Output::BindRelay`].
-    pub fn handle_relay_bound(&mut self, now: Instant, relay: SocketAddr, bound: bool) {
+    pub fn handle_relay_bound(&mut self, now: Instant, RelayAddr(relay): RelayAddr, bound: bool) {
         let Some((tuple, allocation)) = self.allocations.by_relay(&relay) else {
             // The allocation gave up before the answer came: close what was bound.
             if bound {
-                self.outputs.push_back(Output::ReleaseRelay { relay });
+                self.outputs.push_back(Output::ReleaseRelay {
+                    relay: RelayAddr(relay),
+                });
             }
             return;
         };
@@ -389,7 +391,7 @@ impl Server {
             });
         }
         self.outputs.push_back(Output::BindRelay {
-            relay: replacement.bind,
+            relay: RelayAddr(replacement.bind),
         });
     }
 
@@ -631,8 +633,8 @@ impl Server {
             Ok((relay, peer)) => {
                 self.stats.relayed_to_peers += 1;
                 Some(ToPeer {
-                    relay,
-                    peer,
+                    relay: RelayAddr(relay),
+                    peer: PeerAddr(peer),
                     payload,
                 })
             }
@@ -690,8 +692,9 @@ impl Server {
             self.release_port(relay.bind);
             // Also for relays not confirmed yet: a BindRelay may still be queued ahead of
             // this, and the I/O layer ignores a release of a socket it does not have.
-            self.outputs
-                .push_back(Output::ReleaseRelay { relay: relay.bind });
+            self.outputs.push_back(Output::ReleaseRelay {
+                relay: RelayAddr(relay.bind),
+            });
         }
         if matches!(allocation.state, State::Active) {
             self.stats.allocations_ended += 1;

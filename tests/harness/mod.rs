@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use rendez::turn::{FiveTuple, Io, RelayBind};
+use rendez::turn::{FiveTuple, Io, RelayAddr, RelayBind};
 
 /// One thing the core asked for, in the order it asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Io for RecordingIo {
         self.log.push(Event::Transmit(to, bytes));
     }
 
-    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr) -> RelayBind {
         let answer = self.script.pop_front().unwrap_or_else(|| {
             let answer = self.cycle[self.answered % self.cycle.len()];
             self.answered += 1;
@@ -79,7 +79,7 @@ impl Io for RecordingIo {
         answer
     }
 
-    fn release_relay(&mut self, relay: SocketAddr) {
+    fn release_relay(&mut self, RelayAddr(relay): RelayAddr) {
         self.log.push(Event::Release(relay));
     }
 }

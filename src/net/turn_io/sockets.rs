@@ -11,7 +11,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Poll, Token};
 
 use super::udp::bind_udp;
-use crate::turn::{FiveTuple, Io, RelayBind};
+use crate::turn::{FiveTuple, Io, PeerAddr, RelayAddr, RelayBind};
 
 /// Relay sockets get tokens from here up; listeners get 0, 1, ...
 const FIRST_RELAY_TOKEN: usize = 1 << 16;
@@ -102,9 +102,9 @@ impl Sockets {
 
     /// Sends `payload` from the relay socket on `relay` to `peer`; a full socket buffer
     /// drops it, as a router would.
-    pub fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+    pub fn send_to_peer(&self, RelayAddr(relay): RelayAddr, peer: PeerAddr, payload: &[u8]) {
         if let Some(relay) = self.relays.get(&relay) {
-            let _ = relay.socket.send_to(payload, peer);
+            let _ = relay.socket.send_to(payload, peer.0);
         }
     }
 
@@ -141,7 +141,7 @@ impl Io for Sockets {
         }
     }
 
-    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr) -> RelayBind {
         match self.open_relay(relay) {
             Ok(()) => RelayBind::Bound,
             Err(error) => {
@@ -151,7 +151,7 @@ impl Io for Sockets {
         }
     }
 
-    fn release_relay(&mut self, relay: SocketAddr) {
+    fn release_relay(&mut self, RelayAddr(relay): RelayAddr) {
         if let Some(mut entry) = self.relays.remove(&relay) {
             let _ = self.poll.registry().deregister(&mut entry.socket);
             self.relay_tokens[entry.token] = None;

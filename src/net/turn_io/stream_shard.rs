@@ -9,7 +9,6 @@
 //! flow control and the relay sockets' buffers absorb.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use super::udp::bind_udp;
 use crate::stun::{stream_frame, Frame};
-use crate::turn::{FiveTuple, Io, RelayBind, Server, Stats, PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::{
+    FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, Server, Stats, PEER_HEADROOM, PEER_TAILROOM,
+};
 
 /// Inputs waiting for the shard before senders wait.
 const INPUT_QUEUE: usize = 1024;
@@ -52,8 +53,8 @@ pub(crate) enum Input {
     /// A peer's datagram on a relay socket: `buffer[PEER_HEADROOM..][..len]`, with room
     /// around it to frame it in place.
     FromPeer {
-        relay: SocketAddr,
-        peer: SocketAddr,
+        relay: RelayAddr,
+        peer: PeerAddr,
         buffer: Vec<u8>,
         len: usize,
     },
@@ -197,7 +198,7 @@ impl Shard {
 /// The shard's [`Io`]: connections' queues and relay sockets.
 struct StreamIo {
     clients: HashMap<FiveTuple, mpsc::Sender<Bytes>>,
-    relays: HashMap<SocketAddr, RelaySocket>,
+    relays: HashMap<RelayAddr, RelaySocket>,
     /// Bytes for clients, queued when the current inputs are done (see [`Shard::run`]).
     pending: Vec<(FiveTuple, Bytes)>,
     /// For new relay readers; weak, so the shard's own copy never keeps its inbox open.
@@ -206,10 +207,10 @@ struct StreamIo {
 }
 
 impl StreamIo {
-    fn send_to_peer(&self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+    fn send_to_peer(&self, relay: RelayAddr, peer: PeerAddr, payload: &[u8]) {
         if let Some(relay) = self.relays.get(&relay) {
             // A full socket buffer drops the datagram, as a router would.
-            if let Err(error) = relay.socket.try_send_to(payload, peer) {
+            if let Err(error) = relay.socket.try_send_to(payload, peer.0) {
                 tracing::debug!(%peer, %error, "send to peer failed");
             }
         }
@@ -230,7 +231,7 @@ impl Io for StreamIo {
         self.pending.push((to, Bytes::from(bytes)));
     }
 
-    fn bind_relay(&mut self, relay: SocketAddr) -> RelayBind {
+    fn bind_relay(&mut self, relay: RelayAddr) -> RelayBind {
         let Some(input) = self.input.upgrade() else {
             return RelayBind::Unavailable;
         };
@@ -246,7 +247,7 @@ impl Io for StreamIo {
         }
     }
 
-    fn release_relay(&mut self, relay: SocketAddr) {
+    fn release_relay(&mut self, relay: RelayAddr) {
         self.relays.remove(&relay);
     }
 }
@@ -260,11 +261,11 @@ struct RelaySocket {
 
 impl RelaySocket {
     fn bind(
-        relay: SocketAddr,
+        relay: RelayAddr,
         input: mpsc::Sender<Input>,
         tracker: &TaskTracker,
     ) -> std::io::Result<Self> {
-        let socket = Arc::new(UdpSocket::from_std(bind_udp(relay, false)?)?);
+        let socket = Arc::new(UdpSocket::from_std(bind_udp(relay.0, false)?)?);
         let reader = tracker.spawn(read_peers(socket.clone(), relay, input));
         Ok(Self { socket, reader })
     }
@@ -277,7 +278,7 @@ impl Drop for RelaySocket {
 }
 
 /// Reads peers' datagrams and hands each to the shard with room to frame it in place.
-async fn read_peers(socket: Arc<UdpSocket>, relay: SocketAddr, input: mpsc::Sender<Input>) {
+async fn read_peers(socket: Arc<UdpSocket>, relay: RelayAddr, input: mpsc::Sender<Input>) {
     let mut receive = vec![0u8; MAX_PEER_DATAGRAM];
     loop {
         let (len, peer) = match socket.recv_from(&mut receive).await {
@@ -294,7 +295,7 @@ async fn read_peers(socket: Arc<UdpSocket>, relay: SocketAddr, input: mpsc::Send
         buffer.resize(PEER_HEADROOM + len + PEER_TAILROOM, 0);
         let datagram = Input::FromPeer {
             relay,
-            peer,
+            peer: PeerAddr(peer),
             buffer,
             len,
         };

@@ -19,7 +19,9 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{self, RecvBatch, BATCH};
 use super::sockets::{Ready, Sockets};
-use crate::turn::{self, FiveTuple, Stats, Transport, PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::{
+    self, FiveTuple, PeerAddr, RelayAddr, Stats, Transport, PEER_HEADROOM, PEER_TAILROOM,
+};
 
 const WAKER: Token = Token(usize::MAX);
 /// The longest the loop sleeps without checking timers and publishing stats.
@@ -217,6 +219,7 @@ impl Worker {
     /// Peer datagrams on one relay socket: framed in place, sent to clients in batches.
     /// Returns whether the socket was drained.
     fn drain_relay(&mut self, relay_addr: SocketAddr) -> bool {
+        let relay_name = RelayAddr(relay_addr);
         let mut errors = 0;
         for _ in 0..MAX_BATCHES_PER_TURN {
             let Some(relay) = self.sockets.relay(relay_addr) else {
@@ -241,9 +244,14 @@ impl Worker {
                 let Some((peer, slot, len)) = self.recv.datagram(i) else {
                     continue;
                 };
-                let framed = self
-                    .server
-                    .handle_peer_packet_in_place(now, relay_addr, peer, slot, headroom, len);
+                let framed = self.server.handle_peer_packet_in_place(
+                    now,
+                    relay_name,
+                    PeerAddr(peer),
+                    slot,
+                    headroom,
+                    len,
+                );
                 *entry = framed.and_then(|(client, range)| {
                     let listener = self.sockets.listener_at(client.server)?;
                     Some(ToClient {
