@@ -7,7 +7,9 @@
 //! the TLS test's trust setup is load-bearing. Each one:
 //!
 //! 1. creates a network namespace `rendez-br-<pid>-<test>` holding `lo` and a veth
-//!    pair with 10.99.0.1/24 — every packet of the test stays inside it;
+//!    pair with 10.99.0.1/24 — every packet of the test stays inside it — and waits until
+//!    it is in its final state, which nothing changes while the browser runs (see "Nothing
+//!    changes while Chromium runs" below);
 //! 2. for TLS, makes a test CA and a certificate for `turn.rendez.test` (SAN also
 //!    10.99.0.1) with rcgen and adds the CA to a fresh NSS database that only this test's
 //!    Chromium reads (see "Trusting the certificate" below);
@@ -44,6 +46,25 @@
 //! The namespace also means fixed ports (3478, 5349) cannot collide with anything on the
 //! host, and nothing the browser tries can leave the machine: the namespace has no routes
 //! but loopback and 10.99.0.0/24.
+//!
+//! # Nothing changes while Chromium runs
+//!
+//! Chromium watches the links and addresses of its network namespace over netlink, and any
+//! change there (an address that appears, goes or changes its flags, a link that goes up or
+//! down) counts as a network change: it aborts connections still being set up with
+//! `net::ERR_NETWORK_CHANGED` (tried: an address added during a page's TLS handshake fails the
+//! load so every time). A veth's IPv6 link-local address is such a change: the kernel adds it,
+//! tentative, when the link comes up, and announces it only when duplicate address detection
+//! ends 1-2 s later — just when Chromium has started and loads its first page (in a run where
+//! that load failed with ERR_NETWORK_CHANGED, the announcement came 0.7 s after Chromium
+//! started, and rendez logged the page's TLS handshake aborted 23 ms after it). So the veths
+//! get no kernel-made addresses (`addrgenmode none`; the test uses IPv4 only), the test waits
+//! until every link is up with its carrier and operstate UP (which the kernel may report a
+//! second late) and no address is tentative, and only then starts rendez and the browser. From
+//! then on `ip monitor link address` watches the namespace (`netlink.log`), and any event fails
+//! the test with the event named. Changes elsewhere cannot reach Chromium: it listens only to
+//! its own namespace (tried: a veth pair and addresses added and deleted in the host's
+//! namespace during a page load change nothing), and no other test touches this one's.
 //!
 //! The name `turn.rendez.test` is mapped with `--host-resolver-rules`. WebRTC resolves the
 //! TURN host as a fully qualified name with a trailing dot (`turn.rendez.test.`, as
@@ -181,7 +202,10 @@ fn browser_room_full() {
 
 /// The namespace's own address: TURN server, relay addresses and the browser's network.
 const LAB_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const LAB_PREFIX: u8 = 24;
 const LAB_NET: &str = "10.99.0.0/24";
+/// The veth pair in the namespace: LAB_IP is on the first end, the second has no address.
+const VETH: [&str; 2] = ["rz0", "rz1"];
 /// The name in the TURN URLs and in the certificate.
 const TURN_HOST: &str = "turn.rendez.test";
 const TURN_PORT: u16 = 3478;
@@ -210,6 +234,12 @@ const CALL_PAGE_BUDGET: Duration = Duration::from_secs(60);
 const CALL_PAGE_NODE_LIMIT: Duration = Duration::from_secs(75);
 /// Limit for small helper commands (`ip`, `certutil`, `node --version`).
 const COMMAND_LIMIT: Duration = Duration::from_secs(15);
+/// Limit for the namespace to reach its final state once configured (see [`Lab::create`]);
+/// it takes milliseconds, or up to a second when the kernel delays a carrier event.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+/// In each test's directory: what `ip monitor link address` saw in the namespace after it
+/// settled. Must stay empty: see [`Lab::watch_namespace`].
+const NETLINK_LOG: &str = "netlink.log";
 /// Limit for `npm ci` when node_modules is missing.
 const NPM_LIMIT: Duration = Duration::from_secs(300);
 
@@ -675,7 +705,7 @@ impl Lab {
     /// The server log's "allocation created" lines (one per TURN allocation), without
     /// the terminal colours that the log has even in a file.
     fn allocations(&self) -> Vec<String> {
-        strip_ansi(&fs::read_to_string(self.dir.join("server.log")).unwrap_or_default())
+        strip_ansi(&self.read("server.log"))
             .lines()
             .filter(|line| line.contains("allocation created"))
             .map(String::from)
@@ -798,6 +828,8 @@ struct Lab {
     /// When the test got its turn (the serial lock), for the timings it prints.
     started: Instant,
     namespace_made: bool,
+    /// `ip monitor` in the namespace, from the moment it settled; see [`Lab::watch_namespace`].
+    monitor: Option<Child>,
     server: Option<Child>,
     node: Option<Child>,
     _serial: MutexGuard<'static, ()>,
@@ -819,6 +851,7 @@ impl Lab {
             dir,
             started: Instant::now(),
             namespace_made: false,
+            monitor: None,
             server: None,
             node: None,
             _serial: serial,
@@ -839,13 +872,21 @@ impl Lab {
         })?;
         lab.namespace_made = true;
 
-        let addr = format!("{LAB_IP}/24");
-        let steps: [&[&str]; 5] = [
+        // The whole configuration, before anything runs in the namespace. Both veth ends get
+        // `addrgenmode none`: otherwise the kernel gives each an IPv6 link-local address
+        // when it comes up and announces it over netlink only once duplicate address
+        // detection ends, 1-2 s later — while Chromium starts, which takes that as a
+        // network change (see "Nothing changes while Chromium runs" in the module docs).
+        let addr = format!("{LAB_IP}/{LAB_PREFIX}");
+        let [veth, peer] = VETH;
+        let steps: [&[&str]; 7] = [
             &["link", "set", "lo", "up"],
-            &["link", "add", "rz0", "type", "veth", "peer", "name", "rz1"],
-            &["addr", "add", &addr, "dev", "rz0"],
-            &["link", "set", "rz0", "up"],
-            &["link", "set", "rz1", "up"],
+            &["link", "add", veth, "type", "veth", "peer", "name", peer],
+            &["link", "set", veth, "addrgenmode", "none"],
+            &["link", "set", peer, "addrgenmode", "none"],
+            &["addr", "add", &addr, "dev", veth],
+            &["link", "set", veth, "up"],
+            &["link", "set", peer, "up"],
         ];
         for step in steps {
             run_bounded(
@@ -855,7 +896,80 @@ impl Lab {
             .and_then(require_success)
             .map_err(|e| format!("cannot set up the namespace (`ip {}`): {e}", step.join(" ")))?;
         }
+        lab.wait_until_settled()?;
+        lab.watch_namespace()?;
         Ok(lab)
+    }
+
+    /// Waits (bounded) until the namespace is in its final state, as [`unsettled`] defines
+    /// it, so that nothing in it changes once rendez and Chromium run.
+    fn wait_until_settled(&self) -> Result<(), String> {
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        loop {
+            let output = run_bounded(
+                Command::new("ip").args(["-n", &self.netns, "-j", "addr", "show"]),
+                COMMAND_LIMIT,
+            )
+            .and_then(require_success)
+            .map_err(|e| format!("cannot read the namespace's links (`ip -j addr show`): {e}"))?;
+            let links: Value = serde_json::from_slice(&output.stdout)
+                .map_err(|e| format!("`ip -j addr show` printed no JSON: {e}"))?;
+            match unsettled(&links) {
+                None => return Ok(()),
+                Some(why) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "the namespace did not settle within {SETTLE_LIMIT:?}: {why}"
+                    ))
+                }
+                Some(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Starts `ip monitor link address` in the settled namespace — the netlink groups that
+    /// Chromium's address tracker listens to — writing to [`NETLINK_LOG`], and returns once
+    /// it is subscribed, so that every later change is on record: [`Lab::run_node`] fails
+    /// the test if there is any, naming it.
+    fn watch_namespace(&mut self) -> Result<(), String> {
+        let path = self.dir.join(NETLINK_LOG);
+        let log = File::create(&path).map_err(|e| format!("cannot create {NETLINK_LOG}: {e}"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("cannot clone {NETLINK_LOG}: {e}"))?;
+        let monitor = Command::new("ip")
+            .args(["-n", &self.netns, "-ts", "monitor", "link", "address"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot start `ip monitor`: {e}"))?;
+        let pid = monitor.id().to_string();
+        self.monitor = Some(monitor);
+        // Subscribed once its route socket (family 0) with a non-zero group mask shows in
+        // its own namespace's /proc/net/netlink, where the port id is its pid.
+        let table = format!("/proc/{pid}/net/netlink");
+        let deadline = Instant::now() + COMMAND_LIMIT;
+        loop {
+            let subscribed = fs::read_to_string(&table).is_ok_and(|text| {
+                text.lines().any(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    cols.len() > 3 && cols[1] == "0" && cols[2] == pid && cols[3] != "00000000"
+                })
+            });
+            if subscribed {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.monitor.as_mut().map(Child::try_wait) {
+                let said = fs::read_to_string(&path).unwrap_or_default();
+                return Err(format!("`ip monitor` exited ({status}): {}", said.trim()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "`ip monitor` did not subscribe within {COMMAND_LIMIT:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// A test CA and a leaf for TURN_HOST (and LAB_IP) signed by it; with
@@ -1048,6 +1162,12 @@ impl Lab {
             ));
         };
         self.node = None;
+        if !self.read(NETLINK_LOG).trim().is_empty() {
+            self.fail(
+                "the namespace's links or addresses changed while the browser ran (Chromium \
+                 aborts pending connections with ERR_NETWORK_CHANGED on such a change)",
+            );
+        }
 
         let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
         let line = stdout
@@ -1144,34 +1264,46 @@ impl Lab {
         }
         // And for the right reason: Chromium's TLS client logs the net error of a failed
         // handshake; -202 is ERR_CERT_AUTHORITY_INVALID (not a name or protocol problem).
-        let log = fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
+        let log = self.read("chromium.log");
         if !log.contains("net_error -202") {
             self.fail("Chromium's log shows no ERR_CERT_AUTHORITY_INVALID (net_error -202)");
         }
     }
 
-    /// Panics with the context of a failure: node's result, the server log, Chromium's log.
+    /// Panics with the context of a failure: node's result, the server log, Chromium's log
+    /// and any change in the namespace after it settled.
     fn fail(&mut self, what: &str) -> ! {
-        let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
         let server_exit = match self.server.as_mut().map(Child::try_wait) {
             Some(Ok(Some(status))) => format!("\n(rendez is not running any more: {status})"),
             _ => String::new(),
         };
-        let chromium_log: String = read("chromium.log")
+        let chromium_log: String = self
+            .read("chromium.log")
             .lines()
             .filter(|l| !l.contains("dbus"))
             .collect::<Vec<_>>()
             .join("\n");
+        let netlink = self.read(NETLINK_LOG);
+        let netlink = if netlink.trim().is_empty() {
+            String::new()
+        } else {
+            format!("--- links and addresses changed after the namespace settled:\n{netlink}\n")
+        };
         panic!(
             "{what}{server_exit}\n\n--- node result ({dir}/node.out):\n{out}\n--- node stderr:\n{err}\n\
              --- server log (tail):\n{server}\n--- chromium log (tail, dbus noise removed):\n{chromium}\n\
-             --- kept for inspection: {dir}",
-            out = read("node.out"),
-            err = tail(&read("node.err"), 40),
-            server = tail(&read("server.log"), 60),
+             {netlink}--- kept for inspection: {dir}",
+            out = self.read("node.out"),
+            err = tail(&self.read("node.err"), 40),
+            server = tail(&self.read("server.log"), 60),
             chromium = tail(&chromium_log, 40),
             dir = self.dir.display(),
         );
+    }
+
+    /// A file of the test's directory, empty when it is missing.
+    fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
     fn stop_node(&mut self) {
@@ -1194,9 +1326,12 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_node();
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
+        for mut child in [self.server.take(), self.monitor.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if self.namespace_made {
             // Anything still inside the namespace was started by this test (a Chromium
@@ -1224,6 +1359,62 @@ impl Drop for Lab {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Why the namespace, as `ip -j addr show` lists it, is not yet in its final state; `None`
+/// once it is: exactly `lo` and the veth pair, each up with its carrier (`LOWER_UP`), the
+/// veths also with operstate UP (Chromium's "running", which the kernel may report up to a
+/// second after the carrier), no address tentative (still in duplicate address detection,
+/// whose end is announced as a change), and on the veths exactly the test's address.
+fn unsettled(links: &Value) -> Option<String> {
+    let mut names = Vec::new();
+    for link in links.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let name = link["ifname"].as_str().unwrap_or("?");
+        names.push(name);
+        let flags = &link["flags"];
+        let flag = |f: &str| {
+            flags
+                .as_array()
+                .is_some_and(|all| all.iter().any(|x| x == f))
+        };
+        if !flag("UP") || !flag("LOWER_UP") {
+            return Some(format!("{name} is not up with a carrier: flags {flags}"));
+        }
+        if name != "lo" && link["operstate"] != "UP" {
+            return Some(format!("{name} has operstate {}", link["operstate"]));
+        }
+        let mut addrs = Vec::new();
+        for addr in link["addr_info"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let local = addr["local"].as_str().unwrap_or("?");
+            if ["tentative", "optimistic", "dadfailed"]
+                .iter()
+                .any(|f| addr[*f] == true)
+            {
+                return Some(format!("{name}: {local} is still tentative: {addr}"));
+            }
+            addrs.push(format!("{local}/{}", addr["prefixlen"]));
+        }
+        let expected = if name == VETH[0] {
+            vec![format!("{LAB_IP}/{LAB_PREFIX}")]
+        } else if name == VETH[1] {
+            Vec::new()
+        } else {
+            addrs.clone()
+        };
+        if addrs != expected {
+            return Some(format!(
+                "{name} has addresses {addrs:?}, expected {expected:?}"
+            ));
+        }
+    }
+    names.sort_unstable();
+    let mut expected = vec!["lo", VETH[0], VETH[1]];
+    expected.sort_unstable();
+    (names != expected).then(|| format!("links {names:?}, expected {expected:?}"))
 }
 
 // ---------------------------------------------------------------------------------------
