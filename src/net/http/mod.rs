@@ -93,7 +93,12 @@ pub(crate) async fn serve(
             match tls {
                 None => serve_connection(TokioIo::new(stream), service, stopped).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let mut stopped_early = stopped.clone();
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
+                        _ = stopped_early.changed() => return,
+                    };
+                    match handshake {
                         Ok(Ok(stream)) => {
                             serve_connection(TokioIo::new(stream), service, stopped).await
                         }

@@ -88,7 +88,12 @@ pub(crate) async fn accept(
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
                     let timeout = connection.timeouts.message_timeout;
-                    match tokio::time::timeout(timeout, handshake).await {
+                    let mut stopped = connection.stopped.clone();
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(timeout, handshake) => done,
+                        _ = stopped.changed() => return,
+                    };
+                    match handshake {
                         Ok(Ok(stream)) => connection.serve(stream).await,
                         Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
