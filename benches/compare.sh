@@ -3,17 +3,21 @@
 # alternating runs (rendez, coturn, forwarder, rendez, coturn, ...), and prints one table of
 # medians with the ratio rendez/coturn and the raw forwarder ceiling. See benches/README.md.
 #
-#   benches/compare.sh            # full run, about 6 minutes on 2 cores
-#   benches/compare.sh --quick    # smoke run, under 1 minute
+#   benches/compare.sh            # full run, about 10 minutes on 2 cores
+#   benches/compare.sh --quick    # smoke run, under 2 minutes
+#   benches/compare.sh --only tcp,tls   # TURN over TCP and TLS only, about 4 minutes
 #
 # Options (or environment variables REPS, DURATION, WARMUP, WINDOW, MEMORY_ALLOCATIONS,
-# ONLY, OUT, QUICK=1, BUILD=0, PIN=0):
+# ONLY, OUT, QUICK=1, BUILD=0, PIN=0, TLS_VERSION):
 #   --reps N           runs per server and scenario (default 3; quick 1)
 #   --duration S       measured seconds per run (default 3; quick 1)
 #   --warmup S         unmeasured seconds of traffic first (default 0.5; quick 0.3)
 #   --window N         packets in flight for saturation runs (default 64)
 #   --memory-allocations N   allocations held open in the memory scenario (default 10000)
-#   --only LIST        comma-separated scenarios: binding,relay,churn,memory,latency
+#   --only LIST        comma-separated groups: binding,relay,churn,memory,latency,tcp,tls
+#                      (tcp: tcp-100-1 … tcp-1000-4; tls: tls-100-1 … tls-1000-4)
+#   --tls-version V    TLS version the generator offers: 1.2 (default: coturn 4.6
+#                      speaks no 1.3), 1.3 or any
 #   --out DIR          where results.jsonl, logs and table.md go (default: a new /tmp dir)
 #   --no-build         use the binaries already in target/release
 #   --no-pin           do not pin the server to one CPU and the generator to the others
@@ -28,13 +32,14 @@ DURATION=${DURATION:-}
 WARMUP=${WARMUP:-}
 WINDOW=${WINDOW:-64}
 MEMORY_ALLOCATIONS=${MEMORY_ALLOCATIONS:-}
-ONLY=${ONLY:-binding,relay,churn,memory,latency}
+ONLY=${ONLY:-binding,relay,churn,memory,latency,tcp,tls}
+TLS_VERSION=${TLS_VERSION:-1.2}
 OUT=${OUT:-}
 BUILD=${BUILD:-1}
 PIN=${PIN:-1}
 QUICK=${QUICK:-0}
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
     case $1 in
@@ -45,6 +50,7 @@ while (($#)); do
         --window) WINDOW=$2; shift ;;
         --memory-allocations) MEMORY_ALLOCATIONS=$2; shift ;;
         --only) ONLY=$2; shift ;;
+        --tls-version) TLS_VERSION=$2; shift ;;
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
         --no-pin) PIN=0 ;;
@@ -65,13 +71,16 @@ mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 
-# Loopback ports. The relay range sits below the kernel's ephemeral range (32768+), where
-# the generator's client sockets live, so a relay bind never collides with a client.
+# Loopback ports. The listeners and the relay range sit below the kernel's ephemeral
+# range (32768+), where the generator's client sockets and connections (and any other
+# program's) live, so a server's bind never collides with someone's client port.
 LISTEN_IP=127.0.0.1
-RENDEZ_PORT=34780
-COTURN_PORT=34790
-FORWARDER_PORT=34800
-PEER_PORT=34801
+RENDEZ_PORT=30780 # UDP and TCP
+RENDEZ_TLS_PORT=30785
+COTURN_PORT=30790 # UDP and TCP
+COTURN_TLS_PORT=30795
+FORWARDER_PORT=30800
+PEER_PORT=30801
 RELAY_MIN=10000
 RELAY_MAX=29999
 USER_NAME=bench
@@ -81,6 +90,11 @@ REALM=bench
 BIN=target/release
 LOADGEN=$BIN/rendez-loadgen
 SERVER_PID=""
+# How the generator's clients reach the server: udp, tcp or tls (set per scenario group).
+TRANSPORT=udp
+# A self-signed certificate for 127.0.0.1, made by make_certificate for both servers.
+CERT=$OUT/cert.pem
+KEY=$OUT/key.pem
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -104,6 +118,20 @@ build() {
     log "building rendez, rendez-loadgen and rendez-forwarder (release)"
     cargo build --release --quiet --features loadgen \
         --bin rendez --bin rendez-loadgen --bin rendez-forwarder
+}
+
+# TLS scenarios: one self-signed ECDSA P-256 certificate for 127.0.0.1, used by both
+# servers (the generator accepts any certificate). Without openssl they are skipped.
+make_certificate() {
+    enabled tls || return 0
+    if ! command -v openssl >/dev/null; then
+        log "openssl is missing: the tls scenarios are skipped"
+        ONLY=${ONLY//tls/}
+        return 0
+    fi
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$KEY" -out "$CERT" -days 2 -subj /CN=localhost \
+        -addext subjectAltName=IP:127.0.0.1 2>>"$OUT/openssl.log"
 }
 
 # 10 000 client sockets in the generator and 10 000 relay sockets in the server.
@@ -137,7 +165,8 @@ describe_machine() {
         echo "coturn: $(turnserver --version 2>/dev/null | head -n 1)"
         echo "rendez: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "settings: reps=$REPS duration=${DURATION}s warmup=${WARMUP}s window=$WINDOW memory-allocations=$MEMORY_ALLOCATIONS pin=${SERVER_CPUS:-no}"
+        echo "openssl: $(openssl version 2>/dev/null)"
+        echo "settings: reps=$REPS duration=${DURATION}s warmup=${WARMUP}s window=$WINDOW memory-allocations=$MEMORY_ALLOCATIONS pin=${SERVER_CPUS:-no} tls-version=$TLS_VERSION"
     } >"$OUT/machine.txt"
 }
 
@@ -146,9 +175,15 @@ write_rendez_config() { # WORKERS FILE
     grep -q 'pub enabled: bool' src/config.rs && signal='enabled = false'
     local workers=""
     grep -q 'pub workers:' src/config.rs && workers="workers = $1"
+    local tls_listen="" tls_section=""
+    if [[ $TRANSPORT == tls ]]; then
+        tls_listen="tls-listen = [\"$LISTEN_IP:$RENDEZ_TLS_PORT\"]"
+        printf -v tls_section '[tls]\ncert = "%s"\nkey = "%s"' "$CERT" "$KEY"
+    fi
     cat >"$2" <<EOF
 realm = "$REALM"
 listen = ["$LISTEN_IP:$RENDEZ_PORT"]
+$tls_listen
 relay-ip = "$LISTEN_IP"
 relay-ports = "$RELAY_MIN-$RELAY_MAX"
 log-level = "warn"
@@ -164,13 +199,16 @@ password = "$PASSWORD"
 
 [peers]
 allow = ["127.0.0.0/8"]
+
+$tls_section
 EOF
 }
 
 # --- servers -------------------------------------------------------------------------------
 
 # Starts KIND (rendez, rendez-w2, coturn, forwarder) in the background; sets SERVER_PID
-# and SERVER_PORT. MODE is the generator's: the forwarder echoes for `echo`.
+# and SERVER_PORT (the TLS listener's with TRANSPORT=tls). MODE is the generator's: the
+# forwarder echoes for `echo`.
 start_server() { # KIND MODE
     local kind=$1 mode=$2 pin=()
     [[ -n $SERVER_CPUS && $kind != rendez-w2 ]] && pin=(taskset -c "$SERVER_CPUS")
@@ -178,15 +216,22 @@ start_server() { # KIND MODE
         rendez | rendez-w2)
             local workers=1
             [[ $kind == rendez-w2 ]] && workers=2
-            write_rendez_config "$workers" "$OUT/rendez-$kind.toml"
+            write_rendez_config "$workers" "$OUT/rendez-$kind-$TRANSPORT.toml"
             SERVER_PORT=$RENDEZ_PORT
-            "${pin[@]}" "$BIN/rendez" serve --config "$OUT/rendez-$kind.toml" \
+            [[ $TRANSPORT == tls ]] && SERVER_PORT=$RENDEZ_TLS_PORT
+            "${pin[@]}" "$BIN/rendez" serve --config "$OUT/rendez-$kind-$TRANSPORT.toml" \
                 >>"$OUT/$kind.log" 2>&1 &
             ;;
         coturn)
             SERVER_PORT=$COTURN_PORT
+            # TCP shares the UDP port; TLS gets its own listener and the certificate.
+            local tls=(--no-tls)
+            if [[ $TRANSPORT == tls ]]; then
+                SERVER_PORT=$COTURN_TLS_PORT
+                tls=(--tls-listening-port "$COTURN_TLS_PORT" --cert "$CERT" --pkey "$KEY")
+            fi
             # -n: no config file; foreground (no -o); one relay thread.
-            "${pin[@]}" turnserver -n --no-cli --no-tls --no-dtls \
+            "${pin[@]}" turnserver -n --no-cli "${tls[@]}" --no-dtls \
                 --listening-ip "$LISTEN_IP" --listening-port "$COTURN_PORT" \
                 --relay-ip "$LISTEN_IP" --min-port "$RELAY_MIN" --max-port "$RELAY_MAX" \
                 --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" \
@@ -236,6 +281,10 @@ run_case() { # SCENARIO KIND MODE GENERATOR-ARGS...
     start_server "$kind" "$mode"
     local pin=() json
     [[ -n $GENERATOR_CPUS ]] && pin=(taskset -c "$GENERATOR_CPUS")
+    if [[ $TRANSPORT != udp ]]; then
+        set -- "$@" --transport "$TRANSPORT"
+        [[ $TRANSPORT == tls ]] && set -- "$@" --tls-version "$TLS_VERSION"
+    fi
     if json=$(timeout --kill-after=5 240 "${pin[@]}" "$LOADGEN" --mode "$mode" \
         --server "$LISTEN_IP:$SERVER_PORT" --server-pid "$SERVER_PID" \
         --peer "$LISTEN_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
@@ -319,6 +368,18 @@ run_all() {
             log "latency: no coturn saturation rate measured; skipped"
         fi
     fi
+    # TURN over TCP and TLS: one connection per allocation, relay to the peers over UDP.
+    # The forwarder has no stream path, so these compare rendez with coturn only.
+    for TRANSPORT in tcp tls; do
+        enabled "$TRANSPORT" || continue
+        for size in 100 1000; do
+            for allocations in 1 4; do
+                scenario "$TRANSPORT-$size-$allocations" "rendez coturn" relay \
+                    --allocations "$allocations" --size "$size"
+            done
+        done
+    done
+    TRANSPORT=udp
 }
 
 # --- table ---------------------------------------------------------------------------------
@@ -362,6 +423,12 @@ for size in (160, 1200):
         rows.append((f"relay-{size}-{n}",
                      f"Relay {size} B × {n} alloc: packets / server CPU-s",
                      "packets_per_server_cpu_second"))
+for transport in ("tcp", "tls"):
+    for size in (100, 1000):
+        for n in (1, 4):
+            rows.append((f"{transport}-{size}-{n}",
+                         f"{transport.upper()} {size} B × {n} alloc: packets / server CPU-s",
+                         "packets_per_server_cpu_second"))
 rows += [
     ("churn", "Allocations / s", "allocations_per_second"),
     ("churn", "Allocations / server CPU-s", "allocations_per_server_cpu_second"),
@@ -409,22 +476,22 @@ for scenario, label in order:
           f"{fmt(median(scenario, label, 'server_cpu_seconds'))} | "
           f"{fmt(median(scenario, label, 'generator_cpu_seconds'))} | "
           f"{fmt(median(scenario, label, 'other_cpu_seconds'))} |")
-print()
-print("Server memory (VmRSS, medians): `memory` opens the allocations, reads, deletes them all")
-print("and reads again; `churn` reads before the first and after the last cycle, when no")
-print("allocation is open.")
-print()
-print("| scenario | server | runs | RSS before KiB | RSS with all open | RSS after delete | KiB / allocation | KiB / allocation after delete | B kept / churned allocation | allocations/s | failed |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for scenario, label in order:
-    if scenario not in ("memory", "churn"):
-        continue
-    m = lambda key: median(scenario, label, key)
-    failed = m("setup_failed") if scenario == "memory" else None
-    print(f"| {scenario} | {label} | {len(by[(scenario, label)])} | {fmt(m('rss_kib_before'))} | "
-          f"{fmt(m('rss_kib_during'))} | {fmt(m('rss_kib_after'))} | {fmt(m('kib_per_allocation'))} | "
-          f"{fmt(m('kib_per_allocation_after_delete'))} | {fmt(m('bytes_kept_per_churned_allocation'))} | "
-          f"{fmt(m('setup_allocations_per_second') or m('allocations_per_second'))} | {fmt(failed)} |")
+memory_rows = [k for k in order if k[0] in ("memory", "churn")]
+if memory_rows:
+    print()
+    print("Server memory (VmRSS, medians): `memory` opens the allocations, reads, deletes them all")
+    print("and reads again; `churn` reads before the first and after the last cycle, when no")
+    print("allocation is open.")
+    print()
+    print("| scenario | server | runs | RSS before KiB | RSS with all open | RSS after delete | KiB / allocation | KiB / allocation after delete | B kept / churned allocation | allocations/s | failed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for scenario, label in memory_rows:
+        m = lambda key: median(scenario, label, key)
+        failed = m("setup_failed") if scenario == "memory" else None
+        print(f"| {scenario} | {label} | {len(by[(scenario, label)])} | {fmt(m('rss_kib_before'))} | "
+              f"{fmt(m('rss_kib_during'))} | {fmt(m('rss_kib_after'))} | {fmt(m('kib_per_allocation'))} | "
+              f"{fmt(m('kib_per_allocation_after_delete'))} | {fmt(m('bytes_kept_per_churned_allocation'))} | "
+              f"{fmt(m('setup_allocations_per_second') or m('allocations_per_second'))} | {fmt(failed)} |")
 print()
 print("Machine:")
 print()
@@ -437,6 +504,7 @@ PY
 main() {
     ensure_coturn
     build
+    make_certificate
     raise_fd_limit
     setup_pinning
     describe_machine

@@ -4,7 +4,10 @@
 //! - `relay`: N allocations (one client socket each), one permission and M channels each,
 //!   bound to echo peers in this process; then ChannelData of `--size` bytes at `--rate`
 //!   packets/s in total (`--rate 0`: closed loop with `--window` packets in flight, i.e.
-//!   saturation). Path: client → server → peer → server → client.
+//!   saturation). Path: client → server → peer → server → client. With `--transport tcp`
+//!   or `tls` each allocation is one TCP (TLS) connection to the server instead of a UDP
+//!   socket: STUN and ChannelData (padded to 4 bytes) framed on the stream, RFC 8656 §12.5;
+//!   the relay to the peers stays UDP.
 //! - `raw`: the same traffic as bare UDP payloads through `rendez-forwarder` (the ceiling).
 //! - `echo`: bare payloads to `rendez-forwarder --echo`, which sends them straight back
 //!   (the ceiling of the Binding flood: one receive and one send per request).
@@ -24,13 +27,16 @@
 //!
 //! Layout: this file has the command line, the modes and the report; `loadgen/control.rs`
 //! opens and deletes allocations, `loadgen/traffic.rs` sends and receives the measured
-//! packets (and runs the echo peers), `loadgen/measure.rs` reads /proc and keeps the
-//! histogram; `udp_batch.rs` (shared with the forwarder) wraps recvmmsg/sendmmsg/epoll.
+//! packets (and runs the echo peers), `loadgen/stream.rs` is TURN over TCP/TLS (framing,
+//! the rustls client), `loadgen/measure.rs` reads /proc and keeps the histogram;
+//! `udp_batch.rs` (shared with the forwarder) wraps recvmmsg/sendmmsg/epoll.
 
 #[path = "loadgen/control.rs"]
 mod control;
 #[path = "loadgen/measure.rs"]
 mod measure;
+#[path = "loadgen/stream.rs"]
+mod stream;
 #[path = "loadgen/traffic.rs"]
 mod traffic;
 mod udp_batch;
@@ -46,7 +52,7 @@ use serde_json::{json, Map, Value};
 
 use control::{Control, Request, SetupOutcome};
 use measure::{read_cpu_seconds, read_rss_kib, Histogram, Snapshot};
-use traffic::{EchoPeers, Traffic, TrafficResult, Wire};
+use traffic::{EchoPeers, Links, Traffic, TrafficResult, Wire};
 use udp_batch::{bind_udp, DATAGRAM_CAPACITY};
 
 // ---------------------------------------------------------------------------------------
@@ -63,6 +69,27 @@ enum Mode {
     Memory,
 }
 
+/// TLS versions the generator offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TlsVersion {
+    /// TLS 1.3 and 1.2: the server chooses.
+    Any,
+    #[value(name = "1.2")]
+    V1_2,
+    #[value(name = "1.3")]
+    V1_3,
+}
+
+/// How clients reach the server (relay mode); the relay to the peers is UDP in every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Transport {
+    Udp,
+    /// One TCP connection per allocation.
+    Tcp,
+    /// One TLS connection per allocation (any server certificate is accepted).
+    Tls,
+}
+
 /// Command-line options. Counts and durations are capped so a typo cannot start an
 /// unbounded run.
 #[derive(Parser, Debug)]
@@ -70,9 +97,17 @@ enum Mode {
 struct Args {
     #[arg(long, value_enum)]
     mode: Mode,
-    /// The server's UDP address (the forwarder's in raw mode). Loopback only.
+    /// The server's address: UDP (the forwarder's in raw mode), or its TCP or TLS
+    /// listener with `--transport`. Loopback only.
     #[arg(long, default_value = "127.0.0.1:3478")]
     server: SocketAddrV4,
+    /// Client transport in relay mode: a UDP socket, or a TCP or TLS connection per
+    /// allocation.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    /// TLS versions offered with `--transport tls` (compare servers at the same version).
+    #[arg(long, value_enum, default_value = "any")]
+    tls_version: TlsVersion,
     #[arg(long, default_value = "bench")]
     user: String,
     #[arg(long, default_value = "bench")]
@@ -170,6 +205,9 @@ impl Args {
         if self.mode == Mode::Raw && (self.peer.is_none() || self.channels != 1) {
             bail!("raw mode needs --peer (the forwarder's peer) and exactly one channel");
         }
+        if self.transport != Transport::Udp && self.mode != Mode::Relay {
+            bail!("--transport tcp and tls are for relay mode only");
+        }
         Ok(())
     }
 
@@ -200,21 +238,38 @@ fn main() -> anyhow::Result<()> {
 
 /// Allocate, permission and channels, then ChannelData through the server and back.
 fn run_relay(args: &Args, report: &mut Report) -> anyhow::Result<()> {
-    wait_until_ready(args.server)?;
+    match args.transport {
+        Transport::Udp => wait_until_ready(args.server)?,
+        Transport::Tcp => stream::wait_until_ready(args.server, None, &binding_request())?,
+        Transport::Tls => {
+            let tls = stream::tls_config(args.tls_version)?;
+            stream::wait_until_ready(args.server, Some(&tls), &binding_request())?;
+        }
+    }
     report.server_memory("rss_kib_before", args.server_pid);
     let echo = EchoPeers::spawn(args.channels.into(), None, run_bound(args))?;
     let mut control = Control::new(args, args.allocations as usize, echo.addresses.clone())?;
     let setup = control.run_setup(args)?;
     report.setup(&setup, &control);
-    let sockets = control.ready_sockets();
-    if sockets.is_empty() {
+    if let Some((version, suite)) = control.tls_parameters() {
+        report.field("tls_version", version);
+        report.field("tls_cipher_suite", suite);
+    }
+    let links = match args.transport {
+        Transport::Udp => Links::Datagram(control.ready_sockets()),
+        Transport::Tcp | Transport::Tls => Links::Stream(control.ready_streams()),
+    };
+    if links.is_empty() {
         bail!("no allocation succeeded: {:?}", control.stats.errors);
     }
     let wire = Wire::ChannelData {
         channels: args.channels,
     };
-    let result = Traffic::new(args, wire, sockets)?.run(args)?;
+    let result = Traffic::new(args, wire, links)?.run(args)?;
     report.traffic(wire, &result);
+    if args.transport != Transport::Udp {
+        report.field("streams_closed", result.closed_streams as u64);
+    }
     report.field("echoed", echo.stop());
     report.server_memory("rss_kib_after", args.server_pid);
     control.run_teardown(args);
@@ -237,7 +292,7 @@ fn run_raw(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         .map(|_| client_socket(args.server))
         .collect::<anyhow::Result<_>>()?;
     let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-    let mut traffic = Traffic::new(args, Wire::Raw, fds)?;
+    let mut traffic = Traffic::new(args, Wire::Raw, Links::Datagram(fds))?;
     let started = Instant::now();
     traffic.open_raw_paths(args.deadline_after(args.setup_timeout))?;
     report.field("setup_seconds", started.elapsed().as_secs_f64());
@@ -260,7 +315,7 @@ fn run_binding(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         .map(|_| client_socket(args.server))
         .collect::<anyhow::Result<_>>()?;
     let fds = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-    let result = Traffic::new(args, Wire::Binding, fds)?.run(args)?;
+    let result = Traffic::new(args, Wire::Binding, Links::Datagram(fds))?.run(args)?;
     report.traffic(Wire::Binding, &result);
     Ok(())
 }
@@ -387,8 +442,7 @@ fn wait_until_ready(server: SocketAddrV4) -> anyhow::Result<()> {
     let socket = client_socket(server)?;
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let request =
-        MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([7; 12])).finish();
+    let request = binding_request();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut buffer = [0u8; 1500];
     while Instant::now() < deadline {
@@ -402,6 +456,11 @@ fn wait_until_ready(server: SocketAddrV4) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("no Binding response from {server} within 10 s: is the server running?")
+}
+
+/// The readiness probe: a Binding request.
+fn binding_request() -> Vec<u8> {
+    MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([7; 12])).finish()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -423,6 +482,8 @@ impl Report {
         fields.insert("label".into(), json!(args.label));
         fields.insert("mode".into(), json!(mode));
         fields.insert("server".into(), json!(args.server.to_string()));
+        let transport = format!("{:?}", args.transport).to_lowercase();
+        fields.insert("transport".into(), json!(transport));
         fields.insert("server_pid".into(), json!(args.server_pid));
         fields.insert("allocations".into(), json!(args.allocations));
         fields.insert("channels".into(), json!(args.channels));

@@ -1,6 +1,7 @@
 //! The control plane: opening allocations (with the 401 dance), permissions, channels,
-//! and deleting them. One transaction in flight per client socket, a window of sockets at
-//! a time, retransmission on timeout.
+//! and deleting them. One transaction in flight per client socket (or TCP/TLS connection),
+//! a window of them at a time, retransmission on timeout (UDP only: on a stream a request
+//! is sent once and only its timeout runs, RFC 8489 §6.2.2).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -13,8 +14,9 @@ use rendez::stun::{
 };
 
 use crate::measure::Histogram;
+use crate::stream::{tls_config, Stream};
 use crate::udp_batch::{Epoll, RecvBatch, MAX_BATCH};
-use crate::{client_socket, client_socket_on, Args};
+use crate::{client_socket, client_socket_on, Args, Transport};
 
 /// One request of a session's plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +62,33 @@ enum SessionState {
     Failed,
 }
 
-/// One client socket (one 5-tuple, so at most one allocation).
+/// What a session talks to the server over.
+enum Link {
+    Udp(UdpSocket),
+    Stream(Box<Stream>),
+}
+
+impl Link {
+    fn fd(&self) -> RawFd {
+        match self {
+            Link::Udp(socket) => socket.as_raw_fd(),
+            Link::Stream(stream) => stream.fd(),
+        }
+    }
+
+    /// Sends one request. A failed send is handled like a lost datagram: the transaction's
+    /// timer retries (UDP) or fails the session (a closed stream).
+    fn send(&mut self, bytes: &[u8]) {
+        let _ = match self {
+            Link::Udp(socket) => socket.send(bytes).map(drop),
+            Link::Stream(stream) => stream.send(bytes),
+        };
+    }
+}
+
+/// One client socket or connection (one 5-tuple, so at most one allocation).
 struct Session {
-    socket: UdpSocket,
+    link: Link,
     state: SessionState,
     step: usize,
     nonce: Option<Vec<u8>>,
@@ -129,12 +155,26 @@ impl Control {
         peers: Vec<SocketAddrV4>,
     ) -> anyhow::Result<Self> {
         let epoll = Epoll::new()?;
+        let tls = match args.transport {
+            Transport::Tls => Some(tls_config(args.tls_version)?),
+            Transport::Udp | Transport::Tcp => None,
+        };
+        // Streams are connected (and TLS handshakes done) here, one after the other,
+        // within the setup timeout.
+        let connect_deadline = args.deadline_after(args.setup_timeout);
         let sessions = (0..sessions)
             .map(|i| {
-                let socket = client_socket(args.server)?;
-                epoll.add(socket.as_raw_fd(), i as u64)?;
+                let link = match args.transport {
+                    Transport::Udp => Link::Udp(client_socket(args.server)?),
+                    Transport::Tcp | Transport::Tls => Link::Stream(Box::new(Stream::connect(
+                        args.server,
+                        tls.as_ref(),
+                        connect_deadline,
+                    )?)),
+                };
+                epoll.add(link.fd(), i as u64)?;
                 Ok(Session {
-                    socket,
+                    link,
                     state: SessionState::Idle,
                     step: 0,
                     nonce: None,
@@ -243,18 +283,48 @@ impl Control {
         self.sessions.iter().filter(|s| s.state == state).count()
     }
 
-    /// Sockets of the sessions whose whole setup succeeded.
+    /// UDP sockets of the sessions whose whole setup succeeded.
     pub(crate) fn ready_sockets(&self) -> Vec<RawFd> {
         self.sessions
             .iter()
             .filter(|s| s.state == SessionState::Done && s.allocated)
-            .map(|s| s.socket.as_raw_fd())
+            .filter_map(|s| match &s.link {
+                Link::Udp(socket) => Some(socket.as_raw_fd()),
+                Link::Stream(_) => None,
+            })
             .collect()
+    }
+
+    /// Connections of the sessions whose whole setup succeeded, lent for the traffic run.
+    pub(crate) fn ready_streams(&mut self) -> Vec<&mut Stream> {
+        self.sessions
+            .iter_mut()
+            .filter(|s| s.state == SessionState::Done && s.allocated)
+            .filter_map(|s| match &mut s.link {
+                Link::Udp(_) => None,
+                Link::Stream(stream) => Some(&mut **stream),
+            })
+            .collect()
+    }
+
+    /// The TLS version and cipher suite of the first connection, if TLS.
+    pub(crate) fn tls_parameters(&self) -> Option<(String, String)> {
+        self.sessions.iter().find_map(|s| match &s.link {
+            Link::Stream(stream) => stream.tls_parameters(),
+            Link::Udp(_) => None,
+        })
     }
 
     /// One turn: start queued sessions up to the window, wait up to `timeout` for
     /// responses, handle them, retransmit what timed out.
     pub(crate) fn poll(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for &s in &self.active {
+            if let Link::Stream(stream) = &mut self.sessions[s].link {
+                if stream.has_output() {
+                    let _ = stream.flush();
+                }
+            }
+        }
         while self.active.len() < self.window {
             let Some(s) = self.queue.pop_front() else {
                 break;
@@ -276,13 +346,27 @@ impl Control {
     }
 
     fn receive(&mut self, s: usize) {
-        let fd = self.sessions[s].socket.as_raw_fd();
-        let Ok(count) = self.received.recv(fd, MAX_BATCH) else {
-            return;
-        };
-        for i in 0..count {
-            // Copy out: handling the response borrows `self` mutably.
-            let bytes = self.received.payload(i).to_vec();
+        // Copy out: handling a response borrows `self` mutably.
+        let mut messages = Vec::new();
+        match &mut self.sessions[s].link {
+            Link::Udp(socket) => {
+                let Ok(count) = self.received.recv(socket.as_raw_fd(), MAX_BATCH) else {
+                    return;
+                };
+                messages.extend((0..count).map(|i| self.received.payload(i).to_vec()));
+            }
+            Link::Stream(stream) => {
+                if stream.closed {
+                    return; // failed once, when it closed
+                }
+                let result = stream.receive(|frame| messages.push(frame.to_vec()));
+                if result.is_err() && self.sessions[s].state == SessionState::Active {
+                    self.fail(s, "connection closed".into());
+                    return;
+                }
+            }
+        }
+        for bytes in messages {
             if let Ok(message) = Message::parse(&bytes) {
                 self.on_response(s, &message);
             }
@@ -383,7 +467,7 @@ impl Control {
                 continue;
             }
             // Dropping the old socket closes it, which also takes it out of the epoll set.
-            self.sessions[s].socket = socket;
+            self.sessions[s].link = Link::Udp(socket);
             self.sessions[s].nonce = None;
             return;
         }
@@ -430,8 +514,7 @@ impl Control {
         let transaction_id = self.new_transaction_id();
         let (bytes, authenticated) = self.build(s, request, transaction_id);
         let session = &mut self.sessions[s];
-        // A failed send is retried by the retransmission timer like a lost datagram.
-        let _ = session.socket.send(&bytes);
+        session.link.send(&bytes);
         session.pending = Some(Pending {
             transaction_id,
             request,
@@ -440,6 +523,9 @@ impl Control {
             tries: 1,
             authenticated,
         });
+        if matches!(&session.link, Link::Stream(stream) if stream.closed) {
+            self.fail(s, "connection closed".into());
+        }
     }
 
     fn retransmit_expired(&mut self) {
@@ -463,10 +549,13 @@ impl Control {
                 self.fail(s, "timeout".into());
                 continue;
             }
-            let _ = session.socket.send(&pending.bytes);
+            // A stream delivers the request or fails: the timer runs on, nothing is resent.
+            if let Link::Udp(socket) = &session.link {
+                let _ = socket.send(&pending.bytes);
+                self.stats.retransmits += 1;
+            }
             pending.sent_at = now;
             pending.tries += 1;
-            self.stats.retransmits += 1;
         }
     }
 

@@ -1,5 +1,9 @@
 //! The data plane: measured packets (sequence number and send time in each), sent in
 //! batches and paced by a rate or by a window of packets in flight; and the echo peers.
+//!
+//! Packets travel over UDP sockets (a burst is one sendmmsg) or over TCP/TLS streams (a
+//! burst is one write of padded ChannelData frames, see `stream.rs`); pacing, loss and
+//! round-trip accounting are the same for both.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -13,6 +17,7 @@ use rendez::stun::MAGIC_COOKIE;
 
 use crate::control::FIRST_CHANNEL;
 use crate::measure::{Bitmap, Histogram, Snapshot, SocketDrops};
+use crate::stream::{padded_len, Stream};
 use crate::udp_batch::{
     bind_udp, send_many, Datagram, Epoll, RecvBatch, DATAGRAM_CAPACITY, MAX_BATCH,
 };
@@ -88,7 +93,8 @@ const BINDING_SUCCESS: u16 = 0x0101;
 /// Sequence number of the raw mode's path-opening probes (never counted).
 const PROBE_SEQ: u64 = u64::MAX;
 /// Closed loop: with packets in flight and nothing received for this long, the ones in
-/// flight are written off (lost), so a drop cannot shrink the window for good.
+/// flight are written off (lost), so a drop cannot shrink the window for good; one that
+/// arrives after all is taken back (late, not lost).
 const STALL_TIMEOUT: Duration = Duration::from_millis(50);
 /// After the window, keep receiving this long for packets still on their way.
 const DRAIN: Duration = Duration::from_millis(200);
@@ -103,7 +109,7 @@ pub(crate) struct Counters {
     pub(crate) foreign: u64,
     pub(crate) send_errors: u64,
     pub(crate) receive_errors: u64,
-    /// Closed loop: packets written off after a stall.
+    /// Closed loop: packets written off after a stall and not received since.
     pub(crate) written_off: u64,
     /// Rate mode: packets the generator could not send on time and skipped.
     pub(crate) skipped: u64,
@@ -119,55 +125,122 @@ pub(crate) struct TrafficResult {
     pub(crate) total: Counters,
     pub(crate) in_window: Counters,
     pub(crate) rtt: Histogram,
+    /// Streams the server closed (or whose bytes could not be framed) during the run.
+    pub(crate) closed_streams: usize,
 }
 
-pub(crate) struct Traffic {
+/// What the packets travel over: UDP sockets, or TCP/TLS connections (one per allocation)
+/// lent by the control plane for the run.
+pub(crate) enum Links<'a> {
+    Datagram(Vec<RawFd>),
+    Stream(Vec<&'a mut Stream>),
+}
+
+impl Links<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Links::Datagram(fds) => fds.len(),
+            Links::Stream(streams) => streams.len(),
+        }
+    }
+
+    fn fd(&self, i: usize) -> RawFd {
+        match self {
+            Links::Datagram(fds) => fds[i],
+            Links::Stream(streams) => streams[i].fd(),
+        }
+    }
+}
+
+pub(crate) struct Traffic<'a> {
     wire: Wire,
     size: usize,
-    sockets: Vec<RawFd>,
+    links: Links<'a>,
     epoll: Epoll,
     received: RecvBatch,
-    /// Outgoing packets are built here: one DATAGRAM_CAPACITY slot per batch entry.
+    /// Outgoing datagrams are built here: one DATAGRAM_CAPACITY slot per batch entry.
     scratch: Vec<u8>,
+    /// Outgoing stream bytes (a burst of padded frames) are built here.
+    stream_out: Vec<u8>,
     rate: u64,
     window: usize,
     batch: usize,
     max_packets: u64,
     server_pid: Option<u32>,
     clock: Instant,
-    counters: Counters,
-    seen: Bitmap,
-    rtt: Histogram,
-    measuring: bool,
+    tally: Tally,
     next_socket: usize,
     next_channel: u16,
     last_receive: Instant,
     ready: Vec<u64>,
 }
 
-impl Traffic {
-    pub(crate) fn new(args: &Args, wire: Wire, sockets: Vec<RawFd>) -> anyhow::Result<Self> {
+/// What came back: counters, the loss bitmap and the round-trip histogram.
+struct Tally {
+    counters: Counters,
+    seen: Bitmap,
+    rtt: Histogram,
+    measuring: bool,
+    /// `sent` at the last write-off: every packet below it not received then was written
+    /// off, so one of those arriving later was late, not lost.
+    written_off_below: u64,
+}
+
+impl Tally {
+    /// Counts one received datagram or frame.
+    fn record(&mut self, wire: Wire, bytes: &[u8], now_ns: u64) {
+        match wire.decode(bytes) {
+            Some((seq, sent_ns)) if seq < self.counters.sent => {
+                if self.seen.insert(seq) {
+                    self.counters.received += 1;
+                    if seq < self.written_off_below {
+                        // Late, not lost (a stream never loses one): back into the count,
+                        // or the window would grow by every late packet.
+                        self.counters.written_off = self.counters.written_off.saturating_sub(1);
+                    }
+                    if self.measuring {
+                        self.rtt.record(now_ns.saturating_sub(sent_ns));
+                    }
+                } else {
+                    self.counters.duplicates += 1;
+                }
+            }
+            _ => self.counters.foreign += 1,
+        }
+    }
+}
+
+impl<'a> Traffic<'a> {
+    pub(crate) fn new(args: &Args, wire: Wire, links: Links<'a>) -> anyhow::Result<Self> {
         let epoll = Epoll::new()?;
-        for (i, &fd) in sockets.iter().enumerate() {
-            epoll.add(fd, i as u64)?;
+        for i in 0..links.len() {
+            epoll.add(links.fd(i), i as u64)?;
         }
         Ok(Self {
             wire,
             size: args.size,
-            sockets,
+            links,
             epoll,
             received: RecvBatch::new(),
             scratch: vec![0xA5; MAX_BATCH * DATAGRAM_CAPACITY],
+            stream_out: Vec::with_capacity(MAX_BATCH * DATAGRAM_CAPACITY),
             rate: args.rate,
             window: args.window,
             batch: args.batch.min(MAX_BATCH),
             max_packets: args.max_packets,
             server_pid: args.server_pid,
             clock: Instant::now(),
-            counters: Counters::default(),
-            seen: Bitmap::new(args.max_packets),
-            rtt: Histogram::default(),
-            measuring: false,
+            tally: Tally {
+                counters: Counters::default(),
+                seen: Bitmap::new(args.max_packets),
+                rtt: Histogram::default(),
+                measuring: false,
+                written_off_below: 0,
+            },
             next_socket: 0,
             next_channel: 0,
             last_receive: Instant::now(),
@@ -178,14 +251,18 @@ impl Traffic {
     /// Raw mode: each client's first packet makes the forwarder open its relay socket;
     /// send probes until every client has heard its own back.
     pub(crate) fn open_raw_paths(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let mut open = vec![false; self.sockets.len()];
+        let Links::Datagram(sockets) = &self.links else {
+            bail!("raw paths are UDP only");
+        };
+        let sockets = sockets.clone();
+        let mut open = vec![false; sockets.len()];
         let mut probe = vec![0u8; self.size];
         Wire::Raw.encode(&mut probe, 0, PROBE_SEQ, 0);
         while open.contains(&false) {
             if Instant::now() >= deadline {
                 bail!("the forwarder did not echo every client's probe in time");
             }
-            for (socket, _) in self.sockets.iter().zip(&open).filter(|(_, &o)| !o) {
+            for (socket, _) in sockets.iter().zip(&open).filter(|(_, &o)| !o) {
                 let _ = send_many(
                     *socket,
                     &[Datagram {
@@ -201,7 +278,7 @@ impl Traffic {
                 for token in tokens {
                     // "Connection refused" (the forwarder is not listening yet) is a
                     // pending error on the socket: read it and try again.
-                    let socket = self.sockets[token as usize];
+                    let socket = sockets[token as usize];
                     let count = self.received.recv(socket, MAX_BATCH).unwrap_or(0);
                     open[token as usize] |= count > 0;
                 }
@@ -220,22 +297,27 @@ impl Traffic {
             self.step()?;
         }
         let start = Snapshot::take(self.server_pid, 0);
-        let counters_at_start = self.counters;
-        self.measuring = true;
+        let counters_at_start = self.tally.counters;
+        self.tally.measuring = true;
         while Instant::now() < window_end {
             self.step()?;
         }
-        self.measuring = false;
+        self.tally.measuring = false;
         let end = Snapshot::take(self.server_pid, 0);
-        let counters_at_end = self.counters;
+        let counters_at_end = self.tally.counters;
         self.drain()?;
+        let closed_streams = match &self.links {
+            Links::Datagram(_) => 0,
+            Links::Stream(streams) => streams.iter().filter(|s| s.closed).count(),
+        };
         Ok(TrafficResult {
             drops: SocketDrops::take(self.server_pid).minus(&drops_before),
             start,
             end,
-            total: self.counters,
+            total: self.tally.counters,
             in_window: counters_at_end.minus(&counters_at_start),
-            rtt: self.rtt,
+            rtt: self.tally.rtt,
+            closed_streams,
         })
     }
 
@@ -253,25 +335,26 @@ impl Traffic {
 
     /// Packets that may leave now: the rate's schedule or the window's free room.
     fn send_budget(&mut self) -> u64 {
-        let left = self.max_packets.saturating_sub(self.counters.sent);
+        let left = self.max_packets.saturating_sub(self.tally.counters.sent);
         if self.rate == 0 {
             let in_flight = self.in_flight();
             return (self.window as u64).saturating_sub(in_flight).min(left);
         }
         let elapsed = self.clock.elapsed().as_nanos();
         let due = (elapsed * u128::from(self.rate) / 1_000_000_000) as u64;
-        let behind = due.saturating_sub(self.counters.sent + self.counters.skipped);
+        let counters = &mut self.tally.counters;
+        let behind = due.saturating_sub(counters.sent + counters.skipped);
         // Never catch up more than 1 ms of traffic in one go: a stalled generator would
         // otherwise flood the server with a burst nobody asked for.
         let burst = (self.rate / 1000).max(self.batch as u64);
         if behind > burst {
-            self.counters.skipped += behind - burst;
+            counters.skipped += behind - burst;
         }
         behind.min(burst).min(left)
     }
 
     fn in_flight(&self) -> u64 {
-        let c = &self.counters;
+        let c = &self.tally.counters;
         c.sent.saturating_sub(c.received + c.written_off)
     }
 
@@ -285,15 +368,23 @@ impl Traffic {
 
     /// Spreads `budget` packets over the sockets, a burst of at most `batch` each.
     fn send(&mut self, mut budget: u64) {
-        let per_socket = budget
-            .div_ceil(self.sockets.len() as u64)
-            .min(self.batch as u64);
-        for _ in 0..self.sockets.len() {
+        let links = self.links.len();
+        let per_socket = budget.div_ceil(links as u64).min(self.batch as u64);
+        for _ in 0..links {
             if budget == 0 {
                 break;
             }
             let socket = self.next_socket;
-            self.next_socket = (self.next_socket + 1) % self.sockets.len();
+            self.next_socket = (self.next_socket + 1) % links;
+            if let Links::Stream(streams) = &mut self.links {
+                // A stream whose earlier bytes still wait for the kernel takes no more.
+                let stream = &mut streams[socket];
+                if stream.closed
+                    || stream.has_output() && (stream.flush().is_err() || stream.has_output())
+                {
+                    continue;
+                }
+            }
             let wanted = per_socket.min(budget) as usize;
             let sent = self.send_burst(socket, wanted);
             budget -= sent as u64;
@@ -304,24 +395,22 @@ impl Traffic {
     }
 
     fn send_burst(&mut self, socket: usize, count: usize) -> usize {
+        if let Links::Stream(_) = self.links {
+            return self.send_stream_burst(socket, count);
+        }
         let len = self.wire.packet_len(self.size);
         let sent_ns = self.clock.elapsed().as_nanos() as u64;
-        let channels = match self.wire {
-            Wire::ChannelData { channels } => channels,
-            _ => 1,
-        };
         for (i, slot) in self
             .scratch
             .chunks_mut(DATAGRAM_CAPACITY)
             .take(count)
             .enumerate()
         {
-            let channel = FIRST_CHANNEL + self.next_channel;
-            self.next_channel = (self.next_channel + 1) % channels;
+            let channel = next_channel(self.wire, &mut self.next_channel);
             self.wire.encode(
                 &mut slot[..len],
                 channel,
-                self.counters.sent + i as u64,
+                self.tally.counters.sent + i as u64,
                 sent_ns,
             );
         }
@@ -333,13 +422,51 @@ impl Traffic {
         {
             datagram.payload = &slot[..len];
         }
-        match send_many(self.sockets[socket], &datagrams[..count]) {
+        match send_many(self.links.fd(socket), &datagrams[..count]) {
             Ok(sent) => {
-                self.counters.sent += sent as u64;
+                self.tally.counters.sent += sent as u64;
                 sent
             }
             Err(_) => {
-                self.counters.send_errors += 1;
+                self.tally.counters.send_errors += 1;
+                0
+            }
+        }
+    }
+
+    /// A burst on a stream: `count` ChannelData frames, each padded to 4 bytes, in one
+    /// write. Once queued they are all sent (what the kernel does not take now waits in
+    /// the stream), so they all count as sent.
+    fn send_stream_burst(&mut self, link: usize, count: usize) -> usize {
+        let len = self.wire.packet_len(self.size);
+        let padded = padded_len(len);
+        let sent_ns = self.clock.elapsed().as_nanos() as u64;
+        self.stream_out.clear();
+        for i in 0..count {
+            let at = self.stream_out.len();
+            self.stream_out.resize(at + padded, 0);
+            let channel = next_channel(self.wire, &mut self.next_channel);
+            self.wire.encode(
+                &mut self.stream_out[at..at + len],
+                channel,
+                self.tally.counters.sent + i as u64,
+                sent_ns,
+            );
+        }
+        let Links::Stream(streams) = &mut self.links else {
+            return 0;
+        };
+        let stream = &mut streams[link];
+        if stream.closed {
+            return 0;
+        }
+        match stream.send(&self.stream_out) {
+            Ok(()) => {
+                self.tally.counters.sent += count as u64;
+                count
+            }
+            Err(_) => {
+                self.tally.counters.send_errors += 1;
                 0
             }
         }
@@ -358,10 +485,24 @@ impl Traffic {
     }
 
     fn receive(&mut self, socket: usize) {
-        let count = match self.received.recv(self.sockets[socket], MAX_BATCH) {
+        if let Links::Stream(streams) = &mut self.links {
+            let stream = &mut streams[socket];
+            if stream.closed {
+                return; // counted once, when it closed
+            }
+            let now_ns = self.clock.elapsed().as_nanos() as u64;
+            let (tally, wire) = (&mut self.tally, self.wire);
+            match stream.receive(|frame| tally.record(wire, frame, now_ns)) {
+                Ok(0) => {}
+                Ok(_) => self.last_receive = Instant::now(),
+                Err(_) => tally.counters.receive_errors += 1,
+            }
+            return;
+        }
+        let count = match self.received.recv(self.links.fd(socket), MAX_BATCH) {
             Ok(count) => count,
             Err(_) => {
-                self.counters.receive_errors += 1;
+                self.tally.counters.receive_errors += 1;
                 return;
             }
         };
@@ -371,26 +512,16 @@ impl Traffic {
         let now_ns = self.clock.elapsed().as_nanos() as u64;
         self.last_receive = Instant::now();
         for i in 0..count {
-            match self.wire.decode(self.received.payload(i)) {
-                Some((seq, sent_ns)) if seq < self.counters.sent => {
-                    if self.seen.insert(seq) {
-                        self.counters.received += 1;
-                        if self.measuring {
-                            self.rtt.record(now_ns.saturating_sub(sent_ns));
-                        }
-                    } else {
-                        self.counters.duplicates += 1;
-                    }
-                }
-                _ => self.counters.foreign += 1,
-            }
+            self.tally
+                .record(self.wire, self.received.payload(i), now_ns);
         }
     }
 
     fn write_off_stalled(&mut self) {
         let in_flight = self.in_flight();
         if self.rate == 0 && in_flight > 0 && self.last_receive.elapsed() >= STALL_TIMEOUT {
-            self.counters.written_off += in_flight;
+            self.tally.counters.written_off += in_flight;
+            self.tally.written_off_below = self.tally.counters.sent;
             self.last_receive = Instant::now();
         }
     }
@@ -398,11 +529,22 @@ impl Traffic {
     /// Receives (without sending) until nothing is in flight or DRAIN has passed.
     fn drain(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + DRAIN;
-        while self.counters.received < self.counters.sent && Instant::now() < deadline {
+        while self.tally.counters.received < self.tally.counters.sent && Instant::now() < deadline {
             self.receive_ready(Duration::from_millis(5))?;
         }
         Ok(())
     }
+}
+
+/// The channel of the next packet: channels 0x4000.. of each allocation in turn.
+fn next_channel(wire: Wire, next: &mut u16) -> u16 {
+    let channels = match wire {
+        Wire::ChannelData { channels } => channels,
+        _ => 1,
+    };
+    let channel = FIRST_CHANNEL + *next;
+    *next = (*next + 1) % channels;
+    channel
 }
 
 /// Filler for the fixed-size send arrays.
@@ -420,7 +562,8 @@ impl Counters {
             foreign: self.foreign - earlier.foreign,
             send_errors: self.send_errors - earlier.send_errors,
             receive_errors: self.receive_errors - earlier.receive_errors,
-            written_off: self.written_off - earlier.written_off,
+            // Late arrivals take written-off packets back, so this one can shrink.
+            written_off: self.written_off.saturating_sub(earlier.written_off),
             skipped: self.skipped - earlier.skipped,
         }
     }
