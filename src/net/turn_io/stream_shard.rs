@@ -33,6 +33,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Largest peer datagram relayed to a stream client; longer ones (rare: WebRTC keeps packets
 /// under the path MTU) are dropped rather than truncated.
 const MAX_PEER_DATAGRAM: usize = 4096;
+/// Datagrams a relay reader hands over at once: what waits on the socket, up to this.
+const PEER_BATCH: usize = 32;
 
 /// Something for the shard to do, from a connection or a relay reader.
 pub(crate) enum Input {
@@ -50,14 +52,19 @@ pub(crate) enum Input {
         tuple: FiveTuple,
         reply: oneshot::Sender<bool>,
     },
-    /// A peer's datagram on a relay socket: `buffer[PEER_HEADROOM..][..len]`, with room
-    /// around it to frame it in place.
-    FromPeer {
+    /// Peers' datagrams that were waiting on one relay socket, in arrival order.
+    FromPeers {
         relay: RelayAddr,
-        peer: PeerAddr,
-        buffer: Vec<u8>,
-        len: usize,
+        datagrams: Vec<PeerDatagram>,
     },
+}
+
+/// A peer's datagram, `buffer[PEER_HEADROOM..][..len]`, with room around it to frame it in
+/// place for the client.
+pub(crate) struct PeerDatagram {
+    peer: PeerAddr,
+    buffer: Vec<u8>,
+    len: usize,
 }
 
 /// The rest of the server's side of the shard.
@@ -165,24 +172,26 @@ impl Shard {
             Input::HasAllocation { tuple, reply } => {
                 let _ = reply.send(self.server.has_allocation(&tuple));
             }
-            Input::FromPeer {
-                relay,
-                peer,
-                mut buffer,
-                len,
-            } => {
-                let framed = self.server.handle_peer_packet_in_place(
-                    now,
-                    relay,
+            Input::FromPeers { relay, datagrams } => {
+                for PeerDatagram {
                     peer,
-                    &mut buffer,
-                    PEER_HEADROOM,
+                    mut buffer,
                     len,
-                );
-                if let Some((client, range)) = framed {
-                    self.io
-                        .pending
-                        .push((client, Bytes::from(buffer).slice(range)));
+                } in datagrams
+                {
+                    let framed = self.server.handle_peer_packet_in_place(
+                        now,
+                        relay,
+                        peer,
+                        &mut buffer,
+                        PEER_HEADROOM,
+                        len,
+                    );
+                    if let Some((client, range)) = framed {
+                        self.io
+                            .pending
+                            .push((client, Bytes::from(buffer).slice(range)));
+                    }
                 }
             }
         }
@@ -277,29 +286,45 @@ impl Drop for RelaySocket {
     }
 }
 
-/// Reads peers' datagrams and hands each to the shard with room to frame it in place.
+/// Reads peers' datagrams and hands what waits on the socket to the shard in one input,
+/// each with room to frame it in place.
 async fn read_peers(socket: Arc<UdpSocket>, relay: RelayAddr, input: mpsc::Sender<Input>) {
     let mut receive = vec![0u8; MAX_PEER_DATAGRAM];
     loop {
-        let (len, peer) = match socket.recv_from(&mut receive).await {
-            Ok((len, _)) if len == MAX_PEER_DATAGRAM => continue,
-            Ok(received) => received,
-            Err(error) => {
-                tracing::debug!(%relay, %error, "relay receive error");
-                continue;
-            }
-        };
-        let mut buffer = Vec::with_capacity(PEER_HEADROOM + len + PEER_TAILROOM);
-        buffer.resize(PEER_HEADROOM, 0);
-        buffer.extend_from_slice(&receive[..len]);
-        buffer.resize(PEER_HEADROOM + len + PEER_TAILROOM, 0);
-        let datagram = Input::FromPeer {
-            relay,
-            peer: PeerAddr(peer),
-            buffer,
-            len,
-        };
-        if input.send(datagram).await.is_err() {
+        if let Err(error) = socket.readable().await {
+            tracing::debug!(%relay, %error, "relay socket failed");
+            return;
+        }
+        let mut datagrams = Vec::new();
+        while datagrams.len() < PEER_BATCH {
+            let (len, peer) = match socket.try_recv_from(&mut receive) {
+                Ok((len, _)) if len == MAX_PEER_DATAGRAM => continue,
+                Ok(received) => received,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here; the socket lives on.
+                    tracing::debug!(%relay, %error, "relay receive error");
+                    break;
+                }
+            };
+            let mut buffer = Vec::with_capacity(PEER_HEADROOM + len + PEER_TAILROOM);
+            buffer.resize(PEER_HEADROOM, 0);
+            buffer.extend_from_slice(&receive[..len]);
+            buffer.resize(PEER_HEADROOM + len + PEER_TAILROOM, 0);
+            datagrams.push(PeerDatagram {
+                peer: PeerAddr(peer),
+                buffer,
+                len,
+            });
+        }
+        if datagrams.is_empty() {
+            continue;
+        }
+        if input
+            .send(Input::FromPeers { relay, datagrams })
+            .await
+            .is_err()
+        {
             return;
         }
     }
