@@ -6,7 +6,8 @@
 //! socket. So one round trip costs two receives and two sends, like ChannelData through a
 //! TURN server, but without parsing, permissions or channel lookups — only a hash map from
 //! client address to relay socket, created on a client's first packet. Batched with
-//! recvmmsg/sendmmsg on one thread (the counterpart of a one-worker server).
+//! recvmmsg/sendmmsg on one thread (the counterpart of a one-worker server), through the same
+//! `rendez::net::batch` layer as rendez's UDP workers.
 //!
 //! With `--echo` it is the ceiling of a request/response server instead (the Binding
 //! scenario): every datagram goes straight back to its sender, one receive and one send.
@@ -21,16 +22,18 @@
 //! rendez-loadgen --mode echo --server 127.0.0.1:3600 --size 20 ...
 //! ```
 
-mod udp_batch;
+mod udp_sockets;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use udp_batch::{bind_udp, send_many, Datagram, Epoll, RecvBatch, MAX_BATCH};
+use rendez::net::batch::{send_until_full, Outgoing, RecvBatch, BATCH};
+use udp_sockets::{bind_udp, recv_batch, Epoll};
 
 /// Command-line options.
 #[derive(Parser, Debug)]
@@ -50,8 +53,8 @@ struct Args {
     /// Exit after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     duration: f64,
-    /// Datagrams per recvmmsg call.
-    #[arg(long, default_value_t = MAX_BATCH)]
+    /// Datagrams per recvmmsg call (at most rendez's batch, 32).
+    #[arg(long, default_value_t = BATCH)]
     batch: usize,
     /// At most this many relay sockets (clients).
     #[arg(long, default_value_t = 20_000)]
@@ -62,10 +65,10 @@ struct Args {
 const LISTEN_TOKEN: u64 = 0;
 
 /// Filler for the fixed-size send arrays (no heap allocation per batch).
-const EMPTY: Datagram<'static> = Datagram {
-    payload: &[],
-    to: None,
-};
+const EMPTY: Outgoing<'static> = (
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    &[],
+);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -82,7 +85,7 @@ fn main() -> anyhow::Result<()> {
 /// One client's relay socket.
 struct Relay {
     socket: UdpSocket,
-    client: SocketAddrV4,
+    client: SocketAddr,
 }
 
 struct Forwarder {
@@ -90,11 +93,11 @@ struct Forwarder {
     /// Relay sockets bind here, beside the listening socket.
     listen_ip: Ipv4Addr,
     /// None in echo mode.
-    peer: Option<SocketAddrV4>,
+    peer: Option<SocketAddr>,
     batch: usize,
     max_clients: usize,
     relays: Vec<Relay>,
-    relay_of: HashMap<SocketAddrV4, usize>,
+    relay_of: HashMap<SocketAddr, usize>,
     epoll: Epoll,
     received: RecvBatch,
 }
@@ -107,13 +110,13 @@ impl Forwarder {
         Ok(Self {
             listen,
             listen_ip: *args.listen.ip(),
-            peer: args.peer,
+            peer: args.peer.map(SocketAddr::V4),
             batch: args.batch,
             max_clients: args.max_clients,
             relays: Vec::new(),
             relay_of: HashMap::new(),
             epoll,
-            received: RecvBatch::new(),
+            received: recv_batch(),
         })
     }
 
@@ -137,25 +140,35 @@ impl Forwarder {
     /// Client → relay socket → peer. Consecutive datagrams of one client leave in one
     /// sendmmsg from its relay socket.
     fn forward_from_clients(&mut self) -> anyhow::Result<()> {
-        let count = self.received.recv(self.listen.as_raw_fd(), self.batch)?;
+        let count = self.receive_from_clients()?;
+        let Some(peer) = self.peer else {
+            return Ok(());
+        };
         let mut run_start = 0;
         while run_start < count {
-            let client = self.received.source(run_start);
+            let Some((client, _)) = self.received.received(run_start) else {
+                run_start += 1;
+                continue;
+            };
             let mut run_end = run_start + 1;
-            while run_end < count && self.received.source(run_end) == client {
+            while run_end < count
+                && self
+                    .received
+                    .received(run_end)
+                    .is_some_and(|(from, _)| from == client)
+            {
                 run_end += 1;
             }
             if let Some(relay) = self.relay_for(client)? {
-                let mut datagrams = [EMPTY; MAX_BATCH];
+                let mut datagrams = [EMPTY; BATCH];
                 for (slot, i) in datagrams.iter_mut().zip(run_start..run_end) {
-                    *slot = Datagram {
-                        payload: self.received.payload(i),
-                        to: self.peer,
-                    };
+                    if let Some((_, payload)) = self.received.received(i) {
+                        *slot = (peer, payload);
+                    }
                 }
                 // A full socket buffer drops, as a relay would.
                 let sends = &datagrams[..run_end - run_start];
-                let _ = send_many(self.relays[relay].socket.as_raw_fd(), sends);
+                let _ = send_until_full(&self.relays[relay].socket, sends);
             }
             run_start = run_end;
         }
@@ -164,16 +177,24 @@ impl Forwarder {
 
     /// Echo mode: client → listening socket → the same client.
     fn echo_to_clients(&mut self) -> anyhow::Result<()> {
-        let count = self.received.recv(self.listen.as_raw_fd(), self.batch)?;
-        let mut datagrams = [EMPTY; MAX_BATCH];
-        for (i, slot) in datagrams[..count].iter_mut().enumerate() {
-            *slot = Datagram {
-                payload: self.received.payload(i),
-                to: Some(self.received.source(i)),
-            };
+        let count = self.receive_from_clients()?;
+        let mut datagrams = [EMPTY; BATCH];
+        let mut echoes = 0;
+        for datagram in (0..count).filter_map(|i| self.received.received(i)) {
+            datagrams[echoes] = datagram;
+            echoes += 1;
         }
-        let _ = send_many(self.listen.as_raw_fd(), &datagrams[..count]);
+        let _ = send_until_full(&self.listen, &datagrams[..echoes]);
         Ok(())
+    }
+
+    /// One batch from the listening socket: how many arrived (0 when none waited).
+    fn receive_from_clients(&mut self) -> io::Result<usize> {
+        match self.received.recv_at_most(&self.listen, self.batch) {
+            Ok(count) => Ok(count),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     /// Peer → relay socket → listening socket → client.
@@ -181,21 +202,20 @@ impl Forwarder {
         let Some(Relay { socket, client }) = self.relays.get(relay) else {
             return;
         };
-        let Ok(count) = self.received.recv(socket.as_raw_fd(), self.batch) else {
+        let Ok(count) = self.received.recv_at_most(socket, self.batch) else {
             return;
         };
-        let mut datagrams = [EMPTY; MAX_BATCH];
-        for (i, slot) in datagrams[..count].iter_mut().enumerate() {
-            *slot = Datagram {
-                payload: self.received.payload(i),
-                to: Some(*client),
-            };
+        let mut datagrams = [EMPTY; BATCH];
+        let mut sends = 0;
+        for (_, payload) in (0..count).filter_map(|i| self.received.received(i)) {
+            datagrams[sends] = (*client, payload);
+            sends += 1;
         }
-        let _ = send_many(self.listen.as_raw_fd(), &datagrams[..count]);
+        let _ = send_until_full(&self.listen, &datagrams[..sends]);
     }
 
     /// The relay socket of `client`, bound on its first packet (None past `max_clients`).
-    fn relay_for(&mut self, client: SocketAddrV4) -> anyhow::Result<Option<usize>> {
+    fn relay_for(&mut self, client: SocketAddr) -> anyhow::Result<Option<usize>> {
         if let Some(&relay) = self.relay_of.get(&client) {
             return Ok(Some(relay));
         }

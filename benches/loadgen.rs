@@ -29,7 +29,8 @@
 //! opens and deletes allocations, `loadgen/traffic.rs` sends and receives the measured
 //! packets (and runs the echo peers), `loadgen/stream.rs` is TURN over TCP/TLS (framing,
 //! the rustls client), `loadgen/measure.rs` reads /proc and keeps the histogram;
-//! `udp_batch.rs` (shared with the forwarder) wraps recvmmsg/sendmmsg/epoll.
+//! `udp_sockets.rs` (shared with the forwarder) binds the UDP sockets and waits on them with
+//! epoll. recvmmsg/sendmmsg are rendez's own batching layer, `rendez::net::batch`.
 
 #[path = "loadgen/control.rs"]
 mod control;
@@ -39,7 +40,7 @@ mod measure;
 mod stream;
 #[path = "loadgen/traffic.rs"]
 mod traffic;
-mod udp_batch;
+mod udp_sockets;
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -53,7 +54,7 @@ use serde_json::{json, Map, Value};
 use control::{Control, Request, SetupOutcome};
 use measure::{read_cpu_seconds, read_rss_kib, Histogram, Snapshot};
 use traffic::{EchoPeers, Links, Traffic, TrafficResult, Wire};
-use udp_batch::{bind_udp, DATAGRAM_CAPACITY};
+use udp_sockets::{bind_udp, DATAGRAM_CAPACITY};
 
 // ---------------------------------------------------------------------------------------
 // Command line

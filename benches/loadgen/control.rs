@@ -8,6 +8,7 @@ use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use rendez::net::batch::RecvBatch;
 use rendez::stun::{
     long_term_key, AttrType, Class, ErrorCode, IntegrityAlgorithm, Message, MessageBuilder, Method,
     TransactionId,
@@ -15,7 +16,7 @@ use rendez::stun::{
 
 use crate::measure::Histogram;
 use crate::stream::{tls_config, Stream};
-use crate::udp_batch::{Epoll, RecvBatch, MAX_BATCH};
+use crate::udp_sockets::{recv_batch, Epoll};
 use crate::{client_socket, client_socket_on, Args, Transport};
 
 /// One request of a session's plan.
@@ -191,7 +192,7 @@ impl Control {
         Ok(Self {
             sessions,
             epoll,
-            received: RecvBatch::new(),
+            received: recv_batch(),
             user: args.user.clone(),
             password: args.password.clone(),
             realm: args.realm.clone(),
@@ -350,10 +351,11 @@ impl Control {
         let mut messages = Vec::new();
         match &mut self.sessions[s].link {
             Link::Udp(socket) => {
-                let Ok(count) = self.received.recv(socket.as_raw_fd(), MAX_BATCH) else {
+                let Ok(count) = self.received.recv(socket) else {
                     return;
                 };
-                messages.extend((0..count).map(|i| self.received.payload(i).to_vec()));
+                let received = (0..count).filter_map(|i| self.received.received(i));
+                messages.extend(received.map(|(_, payload)| payload.to_vec()));
             }
             Link::Stream(stream) => {
                 if stream.closed {

@@ -5,7 +5,8 @@
 //! burst is one write of padded ChannelData frames, see `stream.rs`); pacing, loss and
 //! round-trip accounting are the same for both.
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,14 +14,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rendez::net::batch::{send_connected, send_until_full, Outgoing, RecvBatch, BATCH};
 use rendez::stun::MAGIC_COOKIE;
 
 use crate::control::FIRST_CHANNEL;
 use crate::measure::{Bitmap, Histogram, Snapshot, SocketDrops};
 use crate::stream::{padded_len, Stream};
-use crate::udp_batch::{
-    bind_udp, send_many, Datagram, Epoll, RecvBatch, DATAGRAM_CAPACITY, MAX_BATCH,
-};
+use crate::udp_sockets::{bind_udp, recv_batch, Epoll, DATAGRAM_CAPACITY};
 use crate::Args;
 
 /// How a measured packet looks on the wire. Each carries (sequence, send time).
@@ -225,12 +225,12 @@ impl<'a> Traffic<'a> {
             size: args.size,
             links,
             epoll,
-            received: RecvBatch::new(),
-            scratch: vec![0xA5; MAX_BATCH * DATAGRAM_CAPACITY],
-            stream_out: Vec::with_capacity(MAX_BATCH * DATAGRAM_CAPACITY),
+            received: recv_batch(),
+            scratch: vec![0xA5; BATCH * DATAGRAM_CAPACITY],
+            stream_out: Vec::with_capacity(BATCH * DATAGRAM_CAPACITY),
             rate: args.rate,
             window: args.window,
-            batch: args.batch.min(MAX_BATCH),
+            batch: args.batch.min(BATCH),
             max_packets: args.max_packets,
             server_pid: args.server_pid,
             clock: Instant::now(),
@@ -263,13 +263,7 @@ impl<'a> Traffic<'a> {
                 bail!("the forwarder did not echo every client's probe in time");
             }
             for (socket, _) in sockets.iter().zip(&open).filter(|(_, &o)| !o) {
-                let _ = send_many(
-                    *socket,
-                    &[Datagram {
-                        payload: &probe,
-                        to: None,
-                    }],
-                );
+                let _ = send_connected(socket, &[&probe[..]]);
             }
             let wait_until = Instant::now() + Duration::from_millis(100);
             while let Some(left) = wait_until.checked_duration_since(Instant::now()) {
@@ -279,7 +273,7 @@ impl<'a> Traffic<'a> {
                     // "Connection refused" (the forwarder is not listening yet) is a
                     // pending error on the socket: read it and try again.
                     let socket = sockets[token as usize];
-                    let count = self.received.recv(socket, MAX_BATCH).unwrap_or(0);
+                    let count = self.received.recv(&socket).unwrap_or(0);
                     open[token as usize] |= count > 0;
                 }
             }
@@ -414,15 +408,15 @@ impl<'a> Traffic<'a> {
                 sent_ns,
             );
         }
-        let mut datagrams = [EMPTY; MAX_BATCH];
-        for (datagram, slot) in datagrams
+        let mut payloads: [&[u8]; BATCH] = [&[]; BATCH];
+        for (payload, slot) in payloads
             .iter_mut()
             .zip(self.scratch.chunks(DATAGRAM_CAPACITY))
             .take(count)
         {
-            datagram.payload = &slot[..len];
+            *payload = &slot[..len];
         }
-        match send_many(self.links.fd(socket), &datagrams[..count]) {
+        match send_connected(&self.links.fd(socket), &payloads[..count]) {
             Ok(sent) => {
                 self.tally.counters.sent += sent as u64;
                 sent
@@ -499,8 +493,9 @@ impl<'a> Traffic<'a> {
             }
             return;
         }
-        let count = match self.received.recv(self.links.fd(socket), MAX_BATCH) {
+        let count = match self.received.recv(&self.links.fd(socket)) {
             Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
                 self.tally.counters.receive_errors += 1;
                 return;
@@ -511,9 +506,8 @@ impl<'a> Traffic<'a> {
         }
         let now_ns = self.clock.elapsed().as_nanos() as u64;
         self.last_receive = Instant::now();
-        for i in 0..count {
-            self.tally
-                .record(self.wire, self.received.payload(i), now_ns);
+        for (_, payload) in (0..count).filter_map(|i| self.received.received(i)) {
+            self.tally.record(self.wire, payload, now_ns);
         }
     }
 
@@ -546,12 +540,6 @@ fn next_channel(wire: Wire, next: &mut u16) -> u16 {
     *next = (*next + 1) % channels;
     channel
 }
-
-/// Filler for the fixed-size send arrays.
-const EMPTY: Datagram<'static> = Datagram {
-    payload: &[],
-    to: None,
-};
 
 impl Counters {
     fn minus(&self, earlier: &Counters) -> Counters {
@@ -625,6 +613,12 @@ impl EchoPeers {
     }
 }
 
+/// Filler for the echo thread's fixed-size send array (no heap allocation per batch).
+const NO_DATAGRAM: Outgoing<'static> = (
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    &[],
+);
+
 fn echo_loop(sockets: &[UdpSocket], stop: &AtomicBool, deadline: Instant) -> u64 {
     let Ok(mut epoll) = Epoll::new() else {
         return 0;
@@ -634,7 +628,7 @@ fn echo_loop(sockets: &[UdpSocket], stop: &AtomicBool, deadline: Instant) -> u64
             return 0;
         }
     }
-    let mut batch = RecvBatch::new();
+    let mut batch = recv_batch();
     let mut echoed = 0;
     let mut ready = Vec::new();
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -645,17 +639,16 @@ fn echo_loop(sockets: &[UdpSocket], stop: &AtomicBool, deadline: Instant) -> u64
         ready.extend(epoll.tokens());
         for &token in &ready {
             let fd = sockets[token as usize].as_raw_fd();
-            let Ok(count) = batch.recv(fd, MAX_BATCH) else {
+            let Ok(count) = batch.recv(&fd) else {
                 continue;
             };
-            let mut datagrams = [EMPTY; MAX_BATCH];
-            for (i, datagram) in datagrams[..count].iter_mut().enumerate() {
-                *datagram = Datagram {
-                    payload: batch.payload(i),
-                    to: Some(batch.source(i)),
-                };
+            let mut datagrams = [NO_DATAGRAM; BATCH];
+            let mut echoes = 0;
+            for datagram in (0..count).filter_map(|i| batch.received(i)) {
+                datagrams[echoes] = datagram;
+                echoes += 1;
             }
-            echoed += send_many(fd, &datagrams[..count]).unwrap_or(0) as u64;
+            echoed += send_until_full(&fd, &datagrams[..echoes]).unwrap_or(0) as u64;
         }
     }
     echoed

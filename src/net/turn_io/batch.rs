@@ -1,10 +1,23 @@
 //! Many datagrams per system call: `recvmmsg`/`sendmmsg` on Linux, a loop of
 //! `recvfrom`/`sendto` elsewhere (or where the kernel lacks them).
 //!
+//! This is the crate's one batching layer: the UDP workers use it, and so do the benchmark
+//! binaries (`benches/loadgen.rs`, `benches/forwarder.rs`), so the load generator and the raw
+//! forwarder pay the same per-packet system call costs as the server they measure.
+//!
 //! [`RecvBatch`] owns fixed receive slots with headroom before each payload, so the TURN core
-//! can frame a peer's datagram in place; nothing here allocates after construction.
+//! can frame a peer's datagram in place; nothing here allocates after construction. Slots hold
+//! the largest UDP datagram by default; [`RecvBatch::with_payload`] makes them smaller where
+//! datagrams are known to be small. Sending comes in three flavours:
+//!
+//! - [`send_all`] drops what the kernel refuses and goes on, as a router does (the relay);
+//! - [`send_until_full`] stops at the first datagram the kernel refuses and says how many went,
+//!   so the caller can count, retry or back off (a load generator);
+//! - [`send_connected`] is [`send_until_full`] on a connected socket, where no destination is
+//!   given and the kernel reuses the socket's cached route.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -12,15 +25,20 @@ use socket2::SockAddr;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
-/// Payload bytes per slot: the largest UDP datagram.
-const SLOT_PAYLOAD: usize = 65_536;
+/// Payload bytes per slot of [`RecvBatch::new`]: the largest UDP datagram.
+pub const MAX_PAYLOAD: usize = 65_536;
 
 /// Fixed receive buffers and their results.
 pub struct RecvBatch {
     headroom: usize,
+    /// Payload bytes per slot: longer datagrams are dropped.
+    payload: usize,
     slot_len: usize,
     buffer: Vec<u8>,
+    /// Datagrams the last receive returned.
+    count: usize,
     lens: [usize; BATCH],
+    /// `None` for a datagram to skip: an unknown address family, or truncated.
     sources: [Option<SocketAddr>; BATCH],
     #[cfg(target_os = "linux")]
     names: Vec<libc::sockaddr_storage>,
@@ -35,13 +53,25 @@ enum Mmsg {
 }
 
 impl RecvBatch {
-    /// `headroom` free bytes precede each payload and `tailroom` follow it.
+    /// [`BATCH`] slots of [`MAX_PAYLOAD`] bytes; `headroom` free bytes precede each payload
+    /// and `tailroom` follow it.
     pub fn new(headroom: usize, tailroom: usize) -> Self {
-        let slot_len = headroom + SLOT_PAYLOAD + tailroom;
+        Self::with_payload(MAX_PAYLOAD, headroom, tailroom)
+    }
+
+    /// [`BATCH`] slots of `payload` bytes (at least 1) instead of [`MAX_PAYLOAD`]: for
+    /// callers that know their datagrams are small and keep the slots warm in the cache
+    /// (the benchmark binaries use 2 KiB). A longer datagram is read cut short and dropped:
+    /// [`RecvBatch::datagram`] and [`RecvBatch::received`] return `None` for it.
+    pub fn with_payload(payload: usize, headroom: usize, tailroom: usize) -> Self {
+        let payload = payload.clamp(1, MAX_PAYLOAD);
+        let slot_len = headroom + payload + tailroom;
         Self {
             headroom,
+            payload,
             slot_len,
             buffer: vec![0; slot_len * BATCH],
+            count: 0,
             lens: [0; BATCH],
             sources: [None; BATCH],
             // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
@@ -53,9 +83,17 @@ impl RecvBatch {
 
     /// Receives up to [`BATCH`] datagrams. Returns how many; `WouldBlock` when none wait.
     pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        self.recv_at_most(socket, BATCH)
+    }
+
+    /// Receives up to `limit` datagrams (1 to [`BATCH`]; other values are clamped), leaving
+    /// the rest queued. Returns how many; `WouldBlock` when none wait.
+    pub fn recv_at_most(&mut self, socket: &impl AsRawFd, limit: usize) -> io::Result<usize> {
+        let limit = limit.clamp(1, BATCH);
+        self.count = 0;
         #[cfg(target_os = "linux")]
         if self.mmsg == Mmsg::Yes {
-            match self.recv_mmsg(socket.as_raw_fd()) {
+            match self.recv_mmsg(socket.as_raw_fd(), limit) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => self.mmsg = Mmsg::No,
                 result => return result,
             }
@@ -63,13 +101,21 @@ impl RecvBatch {
         self.recv_one(socket.as_raw_fd())
     }
 
-    /// Datagram `i` of the last [`RecvBatch::recv`]: source, its whole slot (headroom,
-    /// payload, tailroom), and the payload length.
+    /// Datagram `i` of the last receive: source, its whole slot (headroom, payload,
+    /// tailroom), and the payload length.
     pub fn datagram(&mut self, i: usize) -> Option<(SocketAddr, &mut [u8], usize)> {
-        let source = (*self.sources.get(i)?)?;
+        let source = self.source(i)?;
         let len = self.lens[i];
         let slot = &mut self.buffer[i * self.slot_len..(i + 1) * self.slot_len];
         Some((source, slot, len))
+    }
+
+    /// Datagram `i` of the last receive, read-only: its source and payload (without
+    /// headroom or tailroom). The pair is an [`Outgoing`]: an echo sends it back as it is.
+    pub fn received(&self, i: usize) -> Option<Outgoing<'_>> {
+        let source = self.source(i)?;
+        let start = i * self.slot_len + self.headroom;
+        Some((source, &self.buffer[start..start + self.lens[i]]))
     }
 
     /// The whole of slot `i`, for sending what was framed in it.
@@ -79,35 +125,49 @@ impl RecvBatch {
             .unwrap_or(&[])
     }
 
+    /// Free bytes before each payload.
     pub fn headroom(&self) -> usize {
         self.headroom
     }
 
+    /// Payload bytes per slot: the longest datagram a slot takes.
+    pub fn payload_capacity(&self) -> usize {
+        self.payload
+    }
+
+    /// The source of datagram `i` of the last receive, if it is one to hand out.
+    fn source(&self, i: usize) -> Option<SocketAddr> {
+        if i >= self.count {
+            return None;
+        }
+        self.sources[i]
+    }
+
     #[cfg(target_os = "linux")]
-    fn recv_mmsg(&mut self, fd: RawFd) -> io::Result<usize> {
+    fn recv_mmsg(&mut self, fd: RawFd, limit: usize) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; BATCH];
         // SAFETY: mmsghdr is plain old data; every pointer is set below before use.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..BATCH {
+        for i in 0..limit {
             let payload = &mut self.buffer[i * self.slot_len + self.headroom..];
             iovecs[i].iov_base = payload.as_mut_ptr().cast();
-            iovecs[i].iov_len = SLOT_PAYLOAD;
+            iovecs[i].iov_len = self.payload;
             headers[i].msg_hdr.msg_name =
                 (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             headers[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
             headers[i].msg_hdr.msg_iov = &mut iovecs[i];
             headers[i].msg_hdr.msg_iovlen = 1;
         }
-        // SAFETY: every header points at live buffers owned by `self` or this frame, sized
-        // as declared; the kernel writes at most those lengths.
+        // SAFETY: the first `limit` headers point at live buffers owned by `self` or this
+        // frame, sized as declared; the kernel writes at most those lengths.
         let received = unsafe {
             libc::recvmmsg(
                 fd,
                 headers.as_mut_ptr(),
-                BATCH as u32,
+                limit as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -119,20 +179,28 @@ impl RecvBatch {
         let results = headers.iter().zip(&self.names).take(received);
         for (i, (header, name)) in results.enumerate() {
             self.lens[i] = header.msg_len as usize;
-            self.sources[i] = socket_addr(name);
+            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.sources[i] = if truncated { None } else { socket_addr(name) };
         }
+        self.count = received;
         Ok(received)
     }
 
     fn recv_one(&mut self, fd: RawFd) -> io::Result<usize> {
         let socket = borrow_socket(fd);
         let start = self.headroom;
-        let slot = &mut self.buffer[start..start + SLOT_PAYLOAD];
+        let slot = &mut self.buffer[start..start + self.payload];
         // SAFETY: MaybeUninit<u8> has the layout of u8 and the slot is initialised.
-        let slot: &mut [std::mem::MaybeUninit<u8>] = unsafe { std::mem::transmute(slot) };
-        let (len, source) = socket.recv_from(slot)?;
+        let slot: &mut [MaybeUninit<u8>] = unsafe { std::mem::transmute(slot) };
+        let mut bufs = [socket2::MaybeUninitSlice::new(slot)];
+        let (len, flags, source) = socket.recv_from_vectored(&mut bufs)?;
         self.lens[0] = len;
-        self.sources[0] = source.as_socket();
+        self.sources[0] = if flags.is_truncated() {
+            None
+        } else {
+            source.as_socket()
+        };
+        self.count = 1;
         Ok(1)
     }
 }
@@ -172,42 +240,106 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// One datagram to send: destination and bytes.
 pub type Outgoing<'a> = (SocketAddr, &'a [u8]);
 
-/// Sends `datagrams` on `socket`, batching where the kernel can. Returns how many were
-/// sent; the rest are dropped (a full socket buffer is congestion, as on any router).
+/// Sends `datagrams` on `socket`, batching where the kernel can. A datagram the kernel
+/// refuses (unreachable peer, full buffer) is dropped and the rest still go, as on any
+/// router. Returns how many were sent.
 pub fn send_all(socket: &impl AsRawFd, datagrams: &[Outgoing<'_>]) -> usize {
     let fd = socket.as_raw_fd();
+    let mut done = 0;
     let mut sent = 0;
-    while sent < datagrams.len() {
-        let chunk = &datagrams[sent..datagrams.len().min(sent + BATCH)];
+    while done < datagrams.len() {
+        let chunk = &datagrams[done..datagrams.len().min(done + BATCH)];
         match send_chunk(fd, chunk) {
             Ok(0) | Err(_) => {
-                // Skip the datagram that failed (unreachable peer, full buffer) and go on.
-                sent += 1;
+                // Skip the datagram that failed and go on.
+                done += 1;
             }
-            Ok(n) => sent += n,
+            Ok(n) => {
+                done += n;
+                sent += n;
+            }
         }
     }
     sent
 }
 
+/// Sends `datagrams` on `socket` in order, batching where the kernel can, and stops when the
+/// kernel refuses one. Returns how many were sent: fewer than given when the
+/// socket buffer is full (the rest are the caller's to drop or retry). An error (`WouldBlock`
+/// for a full buffer) is returned only when not even the first was sent.
+pub fn send_until_full(socket: &impl AsRawFd, datagrams: &[Outgoing<'_>]) -> io::Result<usize> {
+    send_prefix(socket.as_raw_fd(), datagrams)
+}
+
+/// [`send_until_full`] on a connected socket: every payload goes to the socket's peer.
+pub fn send_connected(socket: &impl AsRawFd, payloads: &[&[u8]]) -> io::Result<usize> {
+    send_prefix(socket.as_raw_fd(), payloads)
+}
+
+/// A datagram as the send functions take it: bytes, and a destination unless the socket is
+/// connected.
+trait ToSend {
+    fn destination(&self) -> Option<SocketAddr>;
+    fn bytes(&self) -> &[u8];
+}
+
+impl ToSend for Outgoing<'_> {
+    fn destination(&self) -> Option<SocketAddr> {
+        Some(self.0)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl ToSend for &[u8] {
+    fn destination(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// The longest prefix of `datagrams` the kernel takes; see [`send_until_full`].
+fn send_prefix<D: ToSend>(fd: RawFd, datagrams: &[D]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < datagrams.len() {
+        let chunk = &datagrams[sent..datagrams.len().min(sent + BATCH)];
+        match send_chunk(fd, chunk) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if sent == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(sent)
+}
+
 #[cfg(target_os = "linux")]
-fn send_chunk(fd: RawFd, chunk: &[Outgoing<'_>]) -> io::Result<usize> {
-    let mut names: [SockAddr; BATCH] =
-        std::array::from_fn(|_| SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))));
+fn send_chunk<D: ToSend>(fd: RawFd, chunk: &[D]) -> io::Result<usize> {
+    // Only the entries of `chunk` are written and read: no need to fill the rest.
+    let mut names: [MaybeUninit<SockAddr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
     let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; BATCH];
     // SAFETY: mmsghdr is plain old data; every pointer is set below before use.
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, (to, bytes)) in chunk.iter().enumerate() {
-        names[i] = SockAddr::from(*to);
+    for (i, datagram) in chunk.iter().enumerate() {
+        let bytes = datagram.bytes();
         iovecs[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
         iovecs[i].iov_len = bytes.len();
-        headers[i].msg_hdr.msg_name = names[i].as_ptr() as *mut libc::c_void;
-        headers[i].msg_hdr.msg_namelen = names[i].len();
         headers[i].msg_hdr.msg_iov = &mut iovecs[i];
         headers[i].msg_hdr.msg_iovlen = 1;
+        // No name on a connected socket: the kernel sends to its peer on the cached route.
+        if let Some(to) = datagram.destination() {
+            let name = names[i].write(SockAddr::from(to));
+            headers[i].msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
+            headers[i].msg_hdr.msg_namelen = name.len();
+        }
     }
     // SAFETY: the headers point at `names`, `iovecs` and the caller's byte slices, all
     // alive for this call; the kernel only reads them.
@@ -230,14 +362,17 @@ fn send_chunk(fd: RawFd, chunk: &[Outgoing<'_>]) -> io::Result<usize> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_chunk(fd: RawFd, chunk: &[Outgoing<'_>]) -> io::Result<usize> {
+fn send_chunk<D: ToSend>(fd: RawFd, chunk: &[D]) -> io::Result<usize> {
     send_one(fd, chunk)
 }
 
-fn send_one(fd: RawFd, chunk: &[Outgoing<'_>]) -> io::Result<usize> {
+fn send_one<D: ToSend>(fd: RawFd, chunk: &[D]) -> io::Result<usize> {
     let socket = borrow_socket(fd);
-    let (to, bytes) = chunk[0];
-    socket.send_to(bytes, &SockAddr::from(to))?;
+    let datagram = &chunk[0];
+    match datagram.destination() {
+        Some(to) => socket.send_to(datagram.bytes(), &SockAddr::from(to))?,
+        None => socket.send(datagram.bytes())?,
+    };
     Ok(1)
 }
 
@@ -281,6 +416,78 @@ mod tests {
             }
         }
         assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn a_limited_receive_leaves_the_rest_queued() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        let payloads: Vec<[u8; 1]> = (0..5u8).map(|i| [i]).collect();
+        let datagrams: Vec<Outgoing<'_>> = payloads.iter().map(|p| (to, &p[..])).collect();
+        assert_eq!(send_until_full(&sender, &datagrams).unwrap(), 5);
+
+        let mut batch = RecvBatch::with_payload(16, 0, 0);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < 5 && std::time::Instant::now() < deadline {
+            match batch.recv_at_most(&receiver, 2) {
+                Ok(n) => {
+                    assert!(n <= 2);
+                    got.extend((0..n).map(|i| batch.received(i).unwrap().1[0]));
+                    assert_eq!(batch.received(n), None, "nothing past the last receive");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_datagram_longer_than_its_slot_is_dropped() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.connect(receiver.local_addr().unwrap()).unwrap();
+        let (long, short) = ([1u8; 9], [2u8; 8]);
+        assert_eq!(
+            send_connected(&sender, &[&long[..], &short[..]]).unwrap(),
+            2
+        );
+
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut peek = [0u8; 16];
+        receiver.peek(&mut peek).unwrap(); // both queued before the nonblocking receive
+        receiver.set_nonblocking(true).unwrap();
+        let mut batch = RecvBatch::with_payload(8, 4, 0);
+        assert_eq!(batch.payload_capacity(), 8);
+        let mut kept = Vec::new();
+        let mut seen = 0;
+        while seen < 2 {
+            let n = batch.recv(&receiver).unwrap();
+            seen += n;
+            for i in 0..n {
+                if let Some((from, payload)) = batch.received(i) {
+                    assert_eq!(from, sender.local_addr().unwrap());
+                    kept.push(payload.to_vec());
+                }
+            }
+        }
+        assert_eq!(kept, [short.to_vec()]);
+    }
+
+    #[test]
+    fn sending_until_full_counts_only_what_left() {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(send_until_full(&sender, &[]).unwrap(), 0);
+        // Not connected: a send without a destination fails, and nothing counts as sent.
+        assert!(send_connected(&sender, &[&[1u8][..]]).is_err());
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        assert_eq!(send_all(&sender, &[(to, &[1u8][..])]), 1);
     }
 
     #[test]
