@@ -224,7 +224,8 @@ impl Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.validate()?;
-    raise_fd_limit();
+    // Thousands of client sockets need a high descriptor limit: take the hard limit.
+    rendez::net::raise_open_file_limit();
     let mut report = Report::new(&args);
     match args.mode {
         Mode::Relay => run_relay(&args, &mut report)?,
@@ -421,21 +422,6 @@ fn client_socket_on(server: SocketAddrV4, port: u16) -> anyhow::Result<UdpSocket
     let socket = bind_udp(SocketAddrV4::new(*server.ip(), port))?;
     socket.connect(server)?;
     Ok(socket)
-}
-
-/// Thousands of client sockets need a high descriptor limit: take the hard limit.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 /// Sends Binding requests until the server answers (it may still be starting).

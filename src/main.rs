@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use base64::Engine;
 use clap::Parser;
-use ring::rand::{SecureRandom, SystemRandom};
 use tracing_subscriber::EnvFilter;
 
 use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs, TokenArgs};
@@ -43,7 +42,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  mint a credential: rendez credential --secret '{secret}' --user alice --json");
         config.auth.secrets = vec![secret];
     }
-    raise_open_file_limit();
+    if let Some((before, after)) = rendez::net::raise_open_file_limit() {
+        tracing::debug!(before, after, "open file limit");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,34 +141,8 @@ fn hostname() -> String {
 
 fn generate_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("the OS random number generator failed"))?;
+    rendez::random::fill_from_os(&mut bytes)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// Every allocation holds a relay socket, so the default limit of 1024 open files would cap
-/// a server at about a thousand allocations: raise the soft limit to the hard one.
-fn raise_open_file_limit() {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-                && limit.rlim_cur < limit.rlim_max
-            {
-                let before = limit.rlim_cur;
-                limit.rlim_cur = limit.rlim_max;
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    tracing::debug!(before, after = limit.rlim_cur, "raised the open file limit");
-                }
-            }
-        }
-    }
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

@@ -265,7 +265,8 @@ async fn welcome_comes_first_under_thousands_of_concurrent_joins() {
     // Generous: 1200 handshakes at once on a loaded 2-core machine can take seconds; the
     // test is about order, not speed.
     const PATIENCE: Duration = Duration::from_secs(60);
-    raise_open_file_limit();
+    // Thousands of sockets on both ends of loopback need more than 1024 descriptors.
+    rendez::net::raise_open_file_limit();
     let server =
         start("rooms-per-ip = 100000\n[connections]\nmax = 100000\nmax-per-ip = 100000\n").await;
     for _ in 0..TRIES {
@@ -406,21 +407,6 @@ struct Client {
 
 fn ws_url(server: &rendez::Handle) -> String {
     format!("ws://127.0.0.1:{}/ws", server.signal_addr().unwrap().port())
-}
-
-/// Thousands of sockets on both ends of loopback need more than the usual 1024 descriptors.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 impl Client {

@@ -28,6 +28,29 @@ pub use bootstrap::{run, start};
 pub use handle::Handle;
 pub use turn_io::batch;
 
+/// Raises this process's soft limit on open files to its hard limit: every allocation holds
+/// a relay socket and every connection a descriptor, so the usual default of 1024 would cap
+/// a server (or a test with thousands of clients) at about a thousand. Returns the limit
+/// before and after, or `None` when it could not be read or changed.
+pub fn raise_open_file_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if before < limit.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return None;
+        }
+        Some((before, limit.rlim_cur))
+    }
+}
+
 /// Seconds since the unix epoch, by the system clock (0 if it is set before 1970).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
