@@ -269,13 +269,14 @@ async fn welcome_comes_first_under_thousands_of_concurrent_joins() {
     rendez::net::raise_open_file_limit();
     let server =
         start("rooms-per-ip = 100000\n[connections]\nmax = 100000\nmax-per-ip = 100000\n").await;
-    for _ in 0..TRIES {
+    for attempt in 0..TRIES {
         let mut joins = tokio::task::JoinSet::new();
         for i in 0..ROOMS * ROOM_SIZE {
             let url = ws_url(&server);
             joins.spawn(async move {
                 let mut client = Client::connect_within(&url, PATIENCE).await;
-                let room = format!("race-{}", i / ROOM_SIZE);
+                // Fresh rooms each try: the last try's participants may still be leaving.
+                let room = format!("race-{attempt}-{}", i / ROOM_SIZE);
                 client
                     .send(json!({"type": "join", "room": room, "name": format!("p{i}")}))
                     .await;
