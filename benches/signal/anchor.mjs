@@ -17,10 +17,11 @@
 //                        [--secret S] [--turn-port 3478] [--credential-ttl 86400]
 // Listens on loopback only. Prints "listening HOST:PORT" on stdout once bound.
 
+import { options } from './args.mjs';
 import { createHmac, randomBytes } from 'node:crypto';
 import { WebSocketServer } from 'ws';
 
-const args = parseArgs(process.argv.slice(2), {
+const args = options(process.argv.slice(2), {
   port: '18081',
   host: '127.0.0.1',
   'room-size': '6',
@@ -29,7 +30,7 @@ const args = parseArgs(process.argv.slice(2), {
   'credential-ttl': '86400',
   'max-message-bytes': '65536',
   'idle-timeout': '60',
-});
+}, 'anchor.mjs');
 const host = args.host;
 if (!isLoopback(host)) {
   fail(`refusing to listen on ${host}: loopback only (127.0.0.0/8 or ::1)`);
@@ -198,21 +199,6 @@ function intArg(key, min, max) {
   const n = Number(args[key]);
   if (!Number.isInteger(n) || n < min || n > max) fail(`--${key} must be an integer ${min}..${max}`);
   return n;
-}
-
-function parseArgs(argv, defaults) {
-  const out = { ...defaults };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '-h' || a === '--help') {
-      console.log('usage: node anchor.mjs ' + Object.keys(defaults).map((k) => `[--${k} V]`).join(' '));
-      process.exit(0);
-    }
-    const key = a.replace(/^--/, '');
-    if (!a.startsWith('--') || !(key in defaults) || i + 1 >= argv.length) fail(`bad argument: ${a}`);
-    out[key] = argv[++i];
-  }
-  return out;
 }
 
 function fail(message) {

@@ -20,12 +20,13 @@
 //
 // Loopback only: the URL's host must be a literal 127.0.0.0/8 or ::1 address.
 
+import { options } from './args.mjs';
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 
 const HARD_MAX_PARTICIPANTS = 50000;
 
-const args = parseArgs(process.argv.slice(2), {
+const args = options(process.argv.slice(2), {
   url: '',
   pid: '',
   participants: '5000',
@@ -36,7 +37,7 @@ const args = parseArgs(process.argv.slice(2), {
   'connect-timeout': '120',
   'close-timeout': '60',
   label: '',
-});
+}, 'clients.mjs');
 
 const url = new URL(args.url || fail('--url is required'));
 if (url.protocol !== 'ws:') fail(`only ws:// URLs (got ${url.protocol})`);
@@ -314,22 +315,6 @@ function numArg(key, min, max) {
   const v = Number(args[key]);
   if (!Number.isFinite(v) || v < min || v > max) fail(`--${key} must be a number ${min}..${max}`);
   return v;
-}
-
-function parseArgs(argv, defaults) {
-  const out = { ...defaults };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '-h' || a === '--help') {
-      console.log('usage: node clients.mjs --url ws://127.0.0.1:PORT/ws --pid PID '
-        + Object.keys(defaults).filter((k) => k !== 'url' && k !== 'pid').map((k) => `[--${k} V]`).join(' '));
-      process.exit(0);
-    }
-    const key = a.replace(/^--/, '');
-    if (!a.startsWith('--') || !(key in defaults) || i + 1 >= argv.length) fail(`bad argument: ${a}`);
-    out[key] = argv[++i];
-  }
-  return out;
 }
 
 function fail(message) {

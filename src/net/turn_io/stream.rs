@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -149,7 +149,7 @@ impl Connection {
     async fn read_messages<R: AsyncRead>(&mut self, reader: R) -> Closed {
         tokio::pin!(reader);
         let timeouts = self.timeouts.clone();
-        let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         let opened = Instant::now();
         let mut last_message: Option<Instant> = None;
         // When the first byte of the message now in the buffer arrived.
@@ -170,7 +170,8 @@ impl Connection {
                 }
             };
             if complete > 0 {
-                let bytes = buffer[..complete].to_vec();
+                // Handed over without a copy; the partial message after it stays here.
+                let bytes = buffer.split_to(complete).freeze();
                 if !self
                     .shard
                     .send(Input::Messages {
@@ -182,7 +183,6 @@ impl Connection {
                     return Closed::Shutdown;
                 }
                 last_message = Some(Instant::now());
-                buffer.drain(..complete);
             }
             if invalid {
                 return Closed::Garbage;

@@ -44,7 +44,7 @@ pub(crate) enum Input {
         outbound: mpsc::Sender<Bytes>,
     },
     /// One or more complete messages (STUN or ChannelData) from a connection, back to back.
-    Messages { tuple: FiveTuple, bytes: Vec<u8> },
+    Messages { tuple: FiveTuple, bytes: Bytes },
     /// The connection closed: its allocation ends with it.
     Closed { tuple: FiveTuple },
     /// Whether the connection holds an allocation (an idle connection without one closes).
