@@ -51,6 +51,57 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub connections: ConnectionsConfig,
     pub signal: SignalConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+    /// On SIGTERM, how long existing allocations may go on relaying (new ones are refused)
+    /// before the server exits anyway.
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
+    /// Where a draining server sends new allocations (300 Try Alternate with
+    /// ALTERNATE-SERVER); empty: they get 486.
+    pub alternate_servers: Vec<SocketAddr>,
+}
+
+/// Quotas and rate limits, so one user, address or flood cannot take the whole server.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LimitsConfig {
+    /// Allocations one user holds at once (a REST credential's user is the NAME in
+    /// `EXPIRY:NAME`, so minting new credentials does not escape it). A call-page visitor
+    /// in a full room of six holds up to 15: one per peer and TURN transport.
+    pub allocations_per_user: u32,
+    /// Allocations one client address holds at once (IPv6: one /64).
+    pub allocations_per_ip: u32,
+    /// Allocations on the whole server.
+    pub allocations_total: u32,
+    /// Bytes per second one allocation relays in each direction; the excess is dropped.
+    /// 0: no limit.
+    pub bandwidth_per_allocation: u64,
+    /// 401 and 438 replies per second over UDP to one source address (IPv6: one /64);
+    /// beyond it requests are dropped (clients retransmit), so the server cannot be used
+    /// to reflect traffic at a spoofed address.
+    pub unauthorized_per_ip: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            allocations_per_user: 30,
+            allocations_per_ip: 100,
+            allocations_total: 10_000,
+            bandwidth_per_allocation: 1_000_000,
+            unauthorized_per_ip: 20,
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (Prometheus text) here; off when unset. Keep it on loopback or a
+    /// private network: the figures describe the whole server.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The HTTP server with the call page and WebSocket signaling.
@@ -78,6 +129,11 @@ pub struct SignalConfig {
     /// ICE server URLs handed to browsers; empty: every configured transport at the host
     /// name the browser used to reach the page.
     pub turn_urls: Vec<String>,
+    /// Lifetime of the TURN credentials each page visitor gets. Allocations are refreshed
+    /// with them, so this bounds how long a relayed call can last without a reload of the
+    /// page.
+    #[serde(with = "humantime_serde_compat")]
+    pub credential_ttl: Duration,
 }
 
 impl Default for SignalConfig {
@@ -92,6 +148,7 @@ impl Default for SignalConfig {
             rooms_per_ip: 8,
             idle_timeout: Duration::from_secs(60),
             turn_urls: Vec::new(),
+            credential_ttl: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -212,6 +269,10 @@ impl Default for Config {
             tls: None,
             connections: ConnectionsConfig::default(),
             signal: SignalConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+            drain_timeout: Duration::from_secs(30),
+            alternate_servers: Vec::new(),
         }
     }
 }
@@ -404,6 +465,41 @@ impl Config {
                 _ => return Err(invalid(&key, "set exactly one of `password` or `key`")),
             }
         }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.allocations-per-user", limits.allocations_per_user),
+            ("limits.allocations-per-ip", limits.allocations_per_ip),
+            ("limits.allocations-total", limits.allocations_total),
+            ("limits.unauthorized-per-ip", limits.unauthorized_per_ip),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.signal.credential_ttl < Duration::from_secs(60)
+            || self.signal.credential_ttl > 7 * DAY
+        {
+            return Err(invalid(
+                "signal.credential-ttl",
+                "must be 1m to 7d, e.g. \"6h\"",
+            ));
+        }
+        if self.drain_timeout > DAY {
+            return Err(invalid(
+                "drain-timeout",
+                "must be at most 24h, e.g. \"30s\"",
+            ));
+        }
+        if self
+            .alternate_servers
+            .iter()
+            .any(|a| a.ip().is_unspecified() || a.port() == 0)
+        {
+            return Err(invalid(
+                "alternate-servers",
+                "must be addresses clients can reach, with a port, e.g. [\"203.0.113.8:3478\"]",
+            ));
+        }
         if self.auth.credential_ttl.is_zero() {
             return Err(invalid(
                 "auth.credential-ttl",
@@ -411,6 +507,35 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The keys that differ between `self` and `new` but take effect only after a restart
+    /// (sockets, threads and the relay port split are made once, at start).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let signal = |c: &Config| (c.signal.enabled, c.signal.listen);
+        [
+            ("listen", self.listen != new.listen),
+            ("tls-listen", self.tls_listen != new.tls_listen),
+            ("tls", self.tls.is_some() != new.tls.is_some()),
+            ("external-ip", self.external_ip != new.external_ip),
+            ("relay-ip", self.relay_ip != new.relay_ip),
+            ("relay-ports", self.relay_ports != new.relay_ports),
+            ("workers", self.workers != new.workers),
+            (
+                "default-relay-family",
+                self.default_relay_family != new.default_relay_family,
+            ),
+            ("log-format", self.log_format != new.log_format),
+            (
+                "signal.enabled / signal.listen",
+                signal(self) != signal(new),
+            ),
+            ("metrics.listen", self.metrics != new.metrics),
+            ("connections", self.connections != new.connections),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Static users with their secrets, as the TURN core takes them.
@@ -573,6 +698,22 @@ mod tests {
             ("[signal]\ntoken-secret = \"\"", "signal.token-secret"),
             ("[signal]\nidle-timeout = \"1s\"", "signal.idle-timeout"),
             ("[connections]\nidle-timeout = \"0s\"", "connections"),
+            (
+                "[limits]\nallocations-per-ip = 0",
+                "limits.allocations-per-ip",
+            ),
+            (
+                "[limits]\nunauthorized-per-ip = 0",
+                "limits.unauthorized-per-ip",
+            ),
+            ("[limits]\nbandwidth = 5", "bandwidth"),
+            ("[signal]\ncredential-ttl = \"5s\"", "signal.credential-ttl"),
+            ("drain-timeout = \"2d\"", "drain-timeout"),
+            (
+                "alternate-servers = [\"0.0.0.0:3478\"]",
+                "alternate-servers",
+            ),
+            ("[metrics]\nlisten = \"nope\"", "listen"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");

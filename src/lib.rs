@@ -23,4 +23,4 @@ pub mod stun;
 pub mod turn;
 
 pub use config::Config;
-pub use net::{run, start, Handle};
+pub use net::{run, start, Handle, Hooks};

@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs, TokenArgs};
 use rendez::config::{Config, LogFormat};
 use rendez::credential;
+use rendez::net::SetLogLevel;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,23 +34,43 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = args.load_config()?;
-    init_logging(&config)?;
-    if config.auth.secrets.is_empty() && config.auth.users.is_empty() {
+    let set_log_level = init_logging(&config)?;
+    // Without configured credentials a secret is generated for this run; a reload that
+    // still configures none keeps it, so clients keep working.
+    let generated = if config.auth.secrets.is_empty() && config.auth.users.is_empty() {
         let secret = generate_secret()?;
         // Printed once to the terminal (not the log) so the operator can mint credentials.
         println!("rendez: no credentials configured; generated a shared secret for this run:");
         println!("  secret: {secret}");
         println!("  mint a credential: rendez credential --secret '{secret}' --user alice --json");
-        config.auth.secrets = vec![secret];
-    }
+        config.auth.secrets = vec![secret.clone()];
+        Some(secret)
+    } else {
+        None
+    };
     if let Some((before, after)) = rendez::net::raise_open_file_limit() {
         tracing::debug!(before, after, "open file limit");
     }
+    let reload_config = move || -> anyhow::Result<rendez::Config> {
+        let mut config = args.load_config()?;
+        if let Some(secret) = &generated {
+            if config.auth.secrets.is_empty() && config.auth.users.is_empty() {
+                config.auth.secrets = vec![secret.clone()];
+            }
+        }
+        Ok(config)
+    };
+    let hooks = rendez::Hooks {
+        reload_config: Some(Box::new(reload_config)),
+        set_log_level: Some(set_log_level),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(rendez::run(config, shutdown_signal()))
+    runtime
+        .block_on(rendez::run(config, hooks))
+        .inspect_err(|error| tracing::error!("rendez stopped: {error:#}"))
 }
 
 fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
@@ -145,7 +166,8 @@ fn generate_secret() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// Starts logging; returns what changes the filter later.
+fn init_logging(config: &Config) -> anyhow::Result<SetLogLevel> {
     let filter = EnvFilter::try_new(&config.log_level).with_context(|| {
         format!(
             "`log-level` {:?} is not a valid filter; try \"info\"",
@@ -156,32 +178,19 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal());
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    macro_rules! init_reloadable {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let reload = builder.reload_handle();
+            builder.init();
+            Box::new(move |level: &str| {
+                reload.reload(EnvFilter::try_new(level)?)?;
+                Ok(())
+            })
+        }};
     }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    Ok(match config.log_format {
+        LogFormat::Text => init_reloadable!(builder),
+        LogFormat::Json => init_reloadable!(builder.json()),
+    })
 }

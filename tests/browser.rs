@@ -715,7 +715,7 @@ impl Lab {
     /// With relay-only ICE, each of the six peer connections needs at least one allocation
     /// of its own: a client on 10.99.0.1 (the browser), relayed on 10.99.0.1 in
     /// `relay-ports`. The lines look like `allocation created client=10.99.0.1:51931
-    /// relays=[Relay { bind: 10.99.0.1:40122, public: 10.99.0.1:40122, bound: true }]`.
+    /// transport="udp" user=… relayed=10.99.0.1:40122 lifetime_s=600`.
     fn check_allocations(&mut self, allocations: &[String]) {
         let connections = PARTICIPANTS.len() * (PARTICIPANTS.len() - 1);
         if allocations.len() < connections {
@@ -729,7 +729,7 @@ impl Lab {
         let ours = |addr: &SocketAddr| addr.ip() == IpAddr::V4(LAB_IP);
         for line in allocations {
             let clients = logged_addrs(line, "client=");
-            let relayed = logged_addrs(line, "public: ");
+            let relayed = logged_addrs(line, "relayed=");
             let relayed_here = relayed.iter().any(|a| ours(a) && ports.contains(&a.port()));
             if clients.len() != 1 || !ours(&clients[0]) || !relayed_here {
                 self.fail(&format!(

@@ -27,6 +27,8 @@ fn commented_examples_are_valid_keys() {
     assert_eq!(config.log_format, LogFormat::Text);
     assert!(config.signal.token_secret.is_some());
     assert_eq!(config.signal.turn_urls.len(), 2);
+    assert_eq!(config.alternate_servers.len(), 2);
+    assert!(config.metrics.listen.is_some_and(|a| a.ip().is_loopback()));
 }
 
 #[test]
@@ -69,6 +71,15 @@ fn every_key_is_documented() {
         "messages-per-second",
         "rooms-per-ip",
         "turn-urls",
+        "drain-timeout",
+        "alternate-servers",
+        "[limits]",
+        "allocations-per-user",
+        "allocations-per-ip",
+        "allocations-total",
+        "bandwidth-per-allocation",
+        "unauthorized-per-ip",
+        "[metrics]",
     ] {
         let shown = SHIPPED
             .lines()

@@ -118,7 +118,7 @@ async fn the_stream_shard_serves_many_concurrent_connections() {
     const TLS_CLIENTS: usize = 40;
     const PACKETS: usize = 20;
     let certs = Arc::new(TestCert::new());
-    let limits = "[connections]\nmax-per-ip = 1000\n";
+    let limits = "[connections]\nmax-per-ip = 1000\n[limits]\nallocations-per-user = 1000\nallocations-per-ip = 1000\n";
     let server = start(&format!("{}{limits}", certs.config())).await;
     let (tcp, tls) = (server.tcp_addrs()[0], server.tls_addrs()[0]);
     let mut clients = tokio::task::JoinSet::new();

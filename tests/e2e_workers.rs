@@ -50,7 +50,7 @@ async fn allocations_spread_over_workers_get_distinct_ports_and_relay_both_ways(
         );
     }
     let per_worker = wait_for_stats(&server, |stats| {
-        stats.iter().map(|s| s.relayed_to_clients).sum::<u64>() >= CLIENTS as u64
+        stats.iter().map(|s| s.relayed_to_clients()).sum::<u64>() >= CLIENTS as u64
     })
     .await;
     let busy = per_worker
@@ -161,7 +161,8 @@ async fn start_workers_with(extra: &str) -> rendez::Handle {
         "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
          workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n{extra}\
          [auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
-         [peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n"
+         [peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n\
+         [limits]\nallocations-per-user = {CLIENTS}\n"
     );
     let config = rendez::Config::from_toml(&text).expect("test config parses");
     rendez::start(config).await.expect("server starts")

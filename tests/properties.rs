@@ -1076,7 +1076,8 @@ impl Harness {
             Op::Wait { secs } => self.wait(Duration::from_secs(*secs)),
             Op::ConnectionClosed => {
                 let stream = self.clients.iter().find(|c| c.transport.is_stream());
-                self.server.handle_connection_closed(*stream.unwrap());
+                self.server
+                    .handle_connection_closed(self.now, *stream.unwrap());
                 self.drain();
             }
         }

@@ -10,8 +10,8 @@ use rendez::stun::{
     MessageBuilder, Method, TransactionId,
 };
 use rendez::turn::{
-    FiveTuple, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig,
-    Transport, UserSecret,
+    DropReason, FiveTuple, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind, Server,
+    ServerConfig, Transport, UserSecret,
 };
 
 mod harness;
@@ -389,7 +389,7 @@ fn closing_a_stream_connection_ends_its_allocation() {
     };
     let mut alice = Client::alice(tcp);
     alice.allocate(&mut h);
-    h.server.handle_connection_closed(tcp);
+    h.server.handle_connection_closed(h.now, tcp);
     h.pump();
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.released, h.bound);
@@ -710,7 +710,7 @@ fn create_permission_installs_every_peer_and_expires_after_300s() {
     assert!(h.peer_to_client(relayed, other, b"x").is_some());
     h.advance(Duration::from_secs(300));
     assert!(h.peer_to_client(relayed, PEER, b"x").is_none());
-    assert!(h.server.stats().dropped_no_permission >= 1);
+    assert!(h.server.stats().dropped(DropReason::NoPermission) >= 1);
 }
 
 #[test]
@@ -972,7 +972,7 @@ fn channel_data_on_unbound_channel_is_dropped_and_counted() {
     let mut frame = ChannelData::header(0x4ABC, 2).to_vec();
     frame.extend_from_slice(b"hi");
     assert_eq!(h.client_to_peer(CLIENT, &frame), None);
-    assert_eq!(h.server.stats().dropped_unbound_channel, 1);
+    assert_eq!(h.server.stats().dropped(DropReason::UnboundChannel), 1);
     assert!(h.pump().is_empty(), "nothing is sent back");
 }
 
@@ -1021,7 +1021,7 @@ fn garbage_is_dropped_counted_and_never_answered() {
         assert_eq!(h.server.handle_client_packet(h.now, CLIENT, &bytes), None);
     }
     assert!(h.pump().is_empty());
-    assert_eq!(h.server.stats().malformed, 7);
+    assert_eq!(h.server.stats().dropped(DropReason::Malformed), 7);
     // Everyone else is still served.
     let response = h.request(CLIENT, &build(Method::BINDING, &[], None, false));
     assert_eq!(response.class(), Class::Success);
@@ -1037,7 +1037,7 @@ fn packets_from_port_zero_are_dropped() {
         None
     );
     assert!(h.pump().is_empty());
-    assert_eq!(h.server.stats().invalid_source, 1);
+    assert_eq!(h.server.stats().dropped(DropReason::InvalidSource), 1);
 }
 
 #[test]
@@ -1045,7 +1045,7 @@ fn peer_packets_to_unknown_relays_are_dropped() {
     let mut h = Harness::new();
     let nowhere: SocketAddr = "192.0.2.10:50050".parse().unwrap();
     assert!(h.peer_to_client(nowhere, PEER, b"x").is_none());
-    assert_eq!(h.server.stats().dropped_no_allocation, 1);
+    assert_eq!(h.server.stats().dropped(DropReason::NoAllocation), 1);
 }
 
 // ================================================================ harness

@@ -13,18 +13,55 @@ use tokio_util::task::TaskTracker;
 
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
+use super::tls::CertStore;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, tls, unix_now};
-use crate::config::{Config, RelayFamily};
+use crate::config::{Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
-use crate::turn::{self, DefaultFamily, PeerPolicy, RelayAddress, ServerConfig};
+use crate::turn::{
+    self, ChallengeLimiter, DefaultFamily, PeerPolicy, QuotaLimits, Quotas, RelayAddress,
+    ServerConfig,
+};
+
+/// The limits every shard shares: allocation quotas and the challenge rate per source.
+#[derive(Clone)]
+pub(crate) struct SharedLimits {
+    quotas: Quotas,
+    challenges: ChallengeLimiter,
+}
+
+impl SharedLimits {
+    fn new(limits: &LimitsConfig) -> anyhow::Result<Self> {
+        let shared = Self {
+            quotas: Quotas::default(),
+            challenges: ChallengeLimiter::new(
+                limits.unauthorized_per_ip,
+                Rng::from_os()?.next_u64(),
+            ),
+        };
+        shared.apply(limits);
+        Ok(shared)
+    }
+
+    /// Takes new maximums (a reload); counts so far stay.
+    pub fn apply(&self, limits: &LimitsConfig) {
+        self.quotas.set_limits(QuotaLimits {
+            per_user: limits.allocations_per_user,
+            per_address: limits.allocations_per_ip,
+            total: limits.allocations_total,
+        });
+        self.challenges.set_per_second(limits.unauthorized_per_ip);
+    }
+}
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
     let relays = resolve_relay_addresses(&config)?;
-    let tls = config.tls.as_ref().map(tls::turn_acceptor).transpose()?;
-    let https = config.tls.as_ref().map(tls::http_acceptor).transpose()?;
+    let certs = config.tls.as_ref().map(CertStore::load).transpose()?;
+    let tls = certs.as_ref().map(tls::turn_acceptor).transpose()?;
+    let https = certs.as_ref().map(tls::http_acceptor).transpose()?;
+    let shared_limits = SharedLimits::new(&config.limits)?;
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -76,7 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let mut nonce_key = [0u8; 32];
     fill_from_os(&mut nonce_key)?;
     let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
-        let mut core = core_config(&config, &relays);
+        let mut core = core_config(&config, &relays, &shared_limits);
         core.relay_ports = ports.clone();
         Ok(turn::Server::new(
             core,
@@ -113,23 +150,28 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             stopped.clone(),
         ));
     }
+    let mut hub = None;
     if let Some(listener) = signal_listener {
-        // The page must point browsers at the ports actually bound (port 0 in tests).
-        let mut bound = config.clone();
-        bound.listen = udp_addrs.clone();
-        bound.tls_listen = tls_addrs.clone();
-        let hub = http::hub::spawn(&bound, Rng::from_os()?, &tracker, stopped.clone());
+        let signal_hub = http::hub::spawn(
+            &config,
+            &udp_addrs,
+            &tls_addrs,
+            Rng::from_os()?,
+            &tracker,
+            stopped.clone(),
+        );
         // The page server has caps of its own, so it cannot use up the TURN connections'.
         let http_limits =
             limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
         tracker.spawn(http::serve(
             listener,
             https,
-            hub,
+            signal_hub.clone(),
             http_limits,
             tracker.clone(),
             stopped,
         ));
+        hub = Some(signal_hub);
     }
     tracing::info!(
         udp = ?udp_addrs,
@@ -151,6 +193,10 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         workers: worker_handles,
         stop,
         tracker,
+        started: config,
+        limits: shared_limits,
+        certs,
+        hub,
     })
 }
 
@@ -219,20 +265,12 @@ fn split_ports(
         .collect())
 }
 
-/// Runs until `shutdown` completes.
-pub async fn run(
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let handle = start(config).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    handle.shutdown().await;
-    Ok(())
-}
-
 /// The TURN core's view of the configuration.
-fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
+pub(crate) fn core_config(
+    config: &Config,
+    relays: &[RelayAddress],
+    limits: &SharedLimits,
+) -> ServerConfig {
     let mut core = ServerConfig::new(&config.realm, relays[0], config.relay_ports.0.clone());
     core.relays = relays.to_vec();
     core.default_family = match config.default_relay_family {
@@ -247,6 +285,10 @@ fn core_config(config: &Config, relays: &[RelayAddress]) -> ServerConfig {
     core.users = config.static_users();
     core.secrets = config.auth.secrets.clone();
     core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
+    core.quotas = limits.quotas.clone();
+    core.challenge_limit = Some(limits.challenges.clone());
+    core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
+    core.alternate_servers = config.alternate_servers.clone();
     core
 }
 

@@ -1,13 +1,19 @@
 //! [`Handle`]: what a caller holds of a running server.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use super::turn_io::stream_shard::ShardHandle;
+use super::bootstrap::{core_config, SharedLimits};
+use super::http::hub::{HubHandle, SignalFigures};
+use super::tls::{self, CertStore};
+use super::turn_io::stream_shard::{self, ShardHandle};
 use super::turn_io::worker::WorkerHandle;
-use crate::turn::{RelayAddress, Stats};
+use super::turn_io::Control;
+use crate::config::Config;
+use crate::turn::{Gauges, RelayAddress, Stats};
 
 /// A running server. Dropping it stops the server without waiting; [`Handle::shutdown`]
 /// stops it and waits until every socket is closed.
@@ -22,6 +28,21 @@ pub struct Handle {
     pub(super) stop: watch::Sender<bool>,
     /// Every task: listeners, connections, sessions, the shard, the hub, relay readers.
     pub(super) tracker: TaskTracker,
+    /// The configuration the server started with: what sockets and threads were made of.
+    pub(super) started: Config,
+    /// Quotas and the challenge limit, shared by every shard.
+    pub(super) limits: SharedLimits,
+    /// The certificate of every TLS listener (None without `[tls]`).
+    pub(super) certs: Option<Arc<CertStore>>,
+    pub(super) hub: Option<HubHandle>,
+}
+
+/// What a reload applied.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Changed keys that take effect only after a restart (listen addresses, relay ports,
+    /// workers, ...); everything else is in effect.
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl Handle {
@@ -57,16 +78,103 @@ impl Handle {
 
     /// Each UDP worker's counters, in worker order (at most 100 ms old).
     pub fn worker_stats(&self) -> Vec<Stats> {
-        self.workers.iter().map(WorkerHandle::stats).collect()
+        self.workers.iter().map(|w| w.figures().stats).collect()
     }
 
     /// The counters of every shard, added up (UDP workers' are at most 100 ms old).
     pub fn stats(&self) -> Stats {
-        let mut total = self.stream_shard.stats();
+        let mut total = self.stream_shard.figures().stats;
         for worker in &self.workers {
-            total.add(&worker.stats());
+            total.add(&worker.figures().stats);
         }
         total
+    }
+
+    /// Allocations, permissions, channels and relay ports of every shard, added up (at
+    /// most 100 ms old).
+    pub fn gauges(&self) -> Gauges {
+        let mut total = self.stream_shard.figures().gauges;
+        for worker in &self.workers {
+            total.add(&worker.figures().gauges);
+        }
+        total
+    }
+
+    /// One line for a status display (systemd's STATUS=): "120 allocations, 3 rooms".
+    pub fn status_line(&self) -> String {
+        let allocations = self.gauges().allocations;
+        match self.signal_figures() {
+            Some(signal) => format!(
+                "{allocations} allocations, {} rooms, {} participants",
+                signal.rooms, signal.participants
+            ),
+            None => format!("{allocations} allocations"),
+        }
+    }
+
+    /// Each UDP worker's gauges, in worker order (at most 100 ms old).
+    pub fn worker_gauges(&self) -> Vec<Gauges> {
+        self.workers.iter().map(|w| w.figures().gauges).collect()
+    }
+
+    /// The TCP/TLS shard's counters and gauges.
+    pub fn stream_stats(&self) -> (Stats, Gauges) {
+        let figures = self.stream_shard.figures();
+        (figures.stats, figures.gauges)
+    }
+
+    /// Rooms, participants and sessions of the signaling service (None when it is off).
+    pub fn signal_figures(&self) -> Option<SignalFigures> {
+        self.hub.as_ref().map(HubHandle::figures)
+    }
+
+    /// Applies a new configuration to every shard, the signaling hub and the TLS listeners,
+    /// without ending any allocation, connection or session. Nothing is applied unless all
+    /// of it is good: an invalid config or an unreadable certificate is an error naming the
+    /// key or file, and the running configuration stays. Keys that need a restart are
+    /// reported, not applied.
+    pub async fn reload(&mut self, new: Config) -> anyhow::Result<Reloaded> {
+        new.validate()?;
+        let certificate = match (&self.certs, &new.tls) {
+            (Some(_), Some(tls)) => Some(tls::load_certified_key(tls)?),
+            _ => None,
+        };
+        let needs_restart = self.started.restart_only_changes(&new);
+        // Everything fallible is done: from here on the new configuration is applied.
+        self.limits.apply(&new.limits);
+        let core = core_config(&new, &self.relays, &self.limits);
+        for worker in &self.workers {
+            worker.send(Control::Reconfigure(Box::new(core.clone())));
+        }
+        self.stream_shard
+            .send(stream_shard::Input::Control(Control::Reconfigure(
+                Box::new(core),
+            )))
+            .await;
+        if let (Some(store), Some(certificate)) = (&self.certs, certificate) {
+            store.replace(certificate);
+        }
+        if let Some(hub) = &self.hub {
+            hub.reconfigure(&new, &self.udp_addrs, &self.tls_addrs)
+                .await;
+        }
+        Ok(Reloaded { needs_restart })
+    }
+
+    /// Starts draining: new allocations are refused (300 Try Alternate to an
+    /// `alternate-servers` entry, else 486), existing ones go on relaying, and signaling
+    /// clients are told to reconnect elsewhere. Wait for [`Handle::gauges`] to show no
+    /// allocations (or a timeout), then [`Handle::shutdown`].
+    pub async fn drain(&self) {
+        for worker in &self.workers {
+            worker.send(Control::Drain);
+        }
+        self.stream_shard
+            .send(stream_shard::Input::Control(Control::Drain))
+            .await;
+        if let Some(hub) = &self.hub {
+            hub.drain().await;
+        }
     }
 
     /// Stops every task and thread, and returns once every connection, session and socket

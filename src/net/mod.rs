@@ -17,6 +17,7 @@ mod address;
 mod bootstrap;
 mod handle;
 mod http;
+mod lifecycle;
 mod limits;
 mod tls;
 mod turn_io;
@@ -24,8 +25,10 @@ mod turn_io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use address::resolve_relay_addresses;
-pub use bootstrap::{run, start};
-pub use handle::Handle;
+pub use bootstrap::start;
+pub use handle::{Handle, Reloaded};
+pub use http::hub::SignalFigures;
+pub use lifecycle::{run, Hooks, ReloadConfig, SetLogLevel};
 pub use turn_io::batch;
 
 /// Raises this process's soft limit on open files to its hard limit: every allocation holds

@@ -1,10 +1,13 @@
-//! TURN over TLS (`turns:`): the rustls server configuration.
+//! TLS for `turns:` and the HTTPS page: the rustls server configurations, and the
+//! certificate store they share, which a reload swaps without touching open connections.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -15,19 +18,65 @@ const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 /// ALPN protocol id of HTTP/1.1, the only HTTP the page server speaks.
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
+/// The certificate every TLS listener presents. Handshakes read it; a reload replaces it,
+/// and only handshakes after that see the new one: established connections keep theirs.
+#[derive(Debug)]
+pub(crate) struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Loads the certificate and key named in `[tls]`.
+    pub fn load(tls: &TlsConfig) -> anyhow::Result<Arc<CertStore>> {
+        Ok(Arc::new(CertStore {
+            current: RwLock::new(Arc::new(load_certified_key(tls)?)),
+        }))
+    }
+
+    /// Serves `fresh` (from [`load_certified_key`]) from the next handshake on.
+    pub fn replace(&self, fresh: CertifiedKey) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
 /// The TURN-over-TLS acceptor: clients that offer ALPN must offer "stun.turn"; clients that
 /// offer none (browsers' TURN stacks) are accepted as well.
-pub(crate) fn turn_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    acceptor(tls, ALPN_STUN_TURN)
+pub(crate) fn turn_acceptor(certs: &Arc<CertStore>) -> anyhow::Result<TlsAcceptor> {
+    acceptor(certs, ALPN_STUN_TURN)
 }
 
 /// The HTTPS acceptor for the page and signaling: browsers offer "h2" and "http/1.1".
-pub(crate) fn http_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    acceptor(tls, ALPN_HTTP_1_1)
+pub(crate) fn http_acceptor(certs: &Arc<CertStore>) -> anyhow::Result<TlsAcceptor> {
+    acceptor(certs, ALPN_HTTP_1_1)
 }
 
-/// Loads the certificate chain and key named in `[tls]`; errors name the file and key.
-fn acceptor(tls: &TlsConfig, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
+fn acceptor(certs: &Arc<CertStore>, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads the certificate chain and key named in `[tls]`; errors name the file and key.
+pub(crate) fn load_certified_key(tls: &TlsConfig) -> anyhow::Result<CertifiedKey> {
     let cert_path = tls.cert.display().to_string();
     let key_path = tls.key.display().to_string();
     std::fs::metadata(&tls.cert).with_context(|| {
@@ -49,15 +98,8 @@ fn acceptor(tls: &TlsConfig, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
         .with_context(|| {
             format!("cannot parse TLS private key {key_path} (config key `tls.key`): expected a PEM private key")
         })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!("the key in {key_path} does not fit the certificate in {cert_path}")
-        })?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let certified = CertifiedKey::from_der(certs, key, &provider()).with_context(|| {
+        format!("the key in {key_path} does not fit the certificate in {cert_path}")
+    })?;
+    Ok(certified)
 }

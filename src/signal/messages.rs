@@ -47,6 +47,9 @@ pub enum ServerMessage {
         message: String,
     },
     Pong,
+    /// This server is going away (draining): connect again, and the page rejoins through
+    /// another server behind the same name.
+    Reconnect,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub enum ErrorCode {
     UnknownPeer,
     Unauthorized,
     RateLimited,
+    /// The server takes no new joins now (it is draining); try again shortly.
+    Unavailable,
 }
 
 #[cfg(test)]
@@ -108,5 +113,16 @@ mod tests {
         assert!(serde_json::to_string(&joined)
             .unwrap()
             .contains(r#""type":"peer-joined""#));
+        assert_eq!(
+            serde_json::to_string(&ServerMessage::Reconnect).unwrap(),
+            r#"{"type":"reconnect"}"#
+        );
+        let unavailable = ServerMessage::Error {
+            code: ErrorCode::Unavailable,
+            message: "m".into(),
+        };
+        assert!(serde_json::to_string(&unavailable)
+            .unwrap()
+            .contains(r#""code":"unavailable""#));
     }
 }

@@ -11,4 +11,4 @@ mod rooms;
 pub mod token;
 
 pub use messages::{ClientMessage, ErrorCode, PeerInfo, ServerMessage};
-pub use rooms::{ConnId, Outgoing, Rooms, RoomsConfig};
+pub use rooms::{ConnId, Outgoing, Rooms, RoomsConfig, RoomsFigures};

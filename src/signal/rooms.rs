@@ -58,6 +58,17 @@ pub struct Rooms {
     /// How many rooms each address is in now (for `rooms_per_ip`).
     rooms_of_ip: HashMap<IpAddr, usize>,
     rng: Rng,
+    /// Set by [`Rooms::drain`]: no new joins.
+    draining: bool,
+}
+
+/// How much signaling there is now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoomsFigures {
+    pub rooms: usize,
+    pub participants: usize,
+    /// Open connections, in a room or not.
+    pub connections: usize,
 }
 
 struct Connection {
@@ -85,6 +96,34 @@ impl Rooms {
             rooms: HashMap::new(),
             rooms_of_ip: HashMap::new(),
             rng,
+            draining: false,
+        }
+    }
+
+    /// Takes reloaded settings. Rooms already fuller than a smaller `room_size` keep their
+    /// members; connections keep their message rate until they reconnect.
+    pub fn reconfigure(&mut self, config: RoomsConfig) {
+        self.config = config;
+    }
+
+    /// The server is going away: every connection is told to reconnect (elsewhere), and
+    /// joins from now on get `unavailable`.
+    pub fn drain(&mut self) -> Vec<Outgoing> {
+        self.draining = true;
+        self.connections
+            .keys()
+            .map(|&to| Outgoing {
+                to,
+                message: ServerMessage::Reconnect,
+            })
+            .collect()
+    }
+
+    pub fn figures(&self) -> RoomsFigures {
+        RoomsFigures {
+            rooms: self.rooms.len(),
+            participants: self.rooms.values().map(Vec::len).sum(),
+            connections: self.connections.len(),
         }
     }
 
@@ -192,6 +231,13 @@ impl Rooms {
                 conn,
                 ErrorCode::BadMessage,
                 "room and name must be 1 to 64 printable characters",
+            );
+        }
+        if self.draining {
+            return error(
+                conn,
+                ErrorCode::Unavailable,
+                "this server is restarting; try again in a moment",
             );
         }
         if let Some(secret) = &self.config.token_secret {
@@ -659,5 +705,47 @@ mod tests {
             json!({"type": "join", "room": "r", "name": "A", "token": good}),
         );
         assert!(matches!(out[0].message, ServerMessage::Welcome { .. }));
+    }
+
+    #[test]
+    fn draining_tells_everyone_to_reconnect_and_refuses_joins() {
+        let mut w = World::new(RoomsConfig::default());
+        w.join(1, "r", "A");
+        w.join(2, "r", "B");
+        w.connect(3);
+        assert_eq!(
+            w.rooms.figures(),
+            RoomsFigures {
+                rooms: 1,
+                participants: 2,
+                connections: 3
+            }
+        );
+        let mut told: Vec<ConnId> = w
+            .rooms
+            .drain()
+            .into_iter()
+            .inspect(|o| assert_eq!(o.message, ServerMessage::Reconnect))
+            .map(|o| o.to)
+            .collect();
+        told.sort();
+        assert_eq!(told, [1, 2, 3]);
+        let out = w.send(3, json!({"type": "join", "room": "r", "name": "C"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::Unavailable));
+        assert_eq!(w.rooms.room_len("r"), 2, "members stay until they go");
+    }
+
+    #[test]
+    fn reconfigure_applies_to_the_next_join() {
+        let mut w = World::new(RoomsConfig::default());
+        w.join(1, "r", "A");
+        w.join(2, "r", "B");
+        w.rooms.reconfigure(RoomsConfig {
+            room_size: 2,
+            ..RoomsConfig::default()
+        });
+        w.connect(3);
+        let out = w.send(3, json!({"type": "join", "room": "r", "name": "C"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::RoomFull));
     }
 }

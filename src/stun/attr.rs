@@ -35,6 +35,7 @@ impl AttrType {
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
     pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
     pub const SOFTWARE: AttrType = AttrType(0x8022);
+    pub const ALTERNATE_SERVER: AttrType = AttrType(0x8023);
     pub const FINGERPRINT: AttrType = AttrType(0x8028);
     pub const ICE_CONTROLLED: AttrType = AttrType(0x8029);
     pub const ICE_CONTROLLING: AttrType = AttrType(0x802A);
@@ -85,6 +86,7 @@ pub struct ErrorCode {
 }
 
 impl ErrorCode {
+    pub const TRY_ALTERNATE: ErrorCode = ErrorCode::new(300, "Try Alternate");
     pub const BAD_REQUEST: ErrorCode = ErrorCode::new(400, "Bad Request");
     pub const UNAUTHORIZED: ErrorCode = ErrorCode::new(401, "Unauthorized");
     pub const FORBIDDEN: ErrorCode = ErrorCode::new(403, "Forbidden");
@@ -116,6 +118,22 @@ impl ErrorCode {
 
 const FAMILY_IPV4: u8 = 0x01;
 const FAMILY_IPV6: u8 = 0x02;
+
+/// Writes a plain (not XORed) address value, as MAPPED-ADDRESS and ALTERNATE-SERVER carry
+/// it (RFC 8489 §14.1), into `out`.
+pub(crate) fn encode_plain_address(addr: SocketAddr, out: &mut Vec<u8>) {
+    let family = if addr.is_ipv4() {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
+    };
+    out.extend_from_slice(&[0, family]);
+    out.extend_from_slice(&addr.port().to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+    }
+}
 
 /// Writes an XOR-*-ADDRESS value (RFC 8489 §14.2) into `out`.
 pub(crate) fn encode_xor_address(addr: SocketAddr, tid: &TransactionId, out: &mut Vec<u8>) {

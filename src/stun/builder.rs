@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::accessors::AddressFamily;
-use super::attr::{encode_xor_address, AttrType, ErrorCode};
+use super::attr::{encode_plain_address, encode_xor_address, AttrType, ErrorCode};
 use super::integrity::{self, IntegrityAlgorithm};
 use super::{join_message_type, Class, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
@@ -48,6 +48,11 @@ impl MessageBuilder {
     pub fn add_xor_address(&mut self, kind: AttrType, addr: SocketAddr) -> &mut Self {
         let tid = self.transaction_id;
         self.add_with(kind, |out| encode_xor_address(addr, &tid, out))
+    }
+
+    /// An address attribute that is not XORed (ALTERNATE-SERVER, MAPPED-ADDRESS).
+    pub fn add_plain_address(&mut self, kind: AttrType, addr: SocketAddr) -> &mut Self {
+        self.add_with(kind, |out| encode_plain_address(addr, out))
     }
 
     pub fn add_error(&mut self, error: ErrorCode) -> &mut Self {

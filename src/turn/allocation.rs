@@ -6,6 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::meter::Meter;
+use super::quota::QuotaClaim;
 use crate::stun::{AddressFamily, IntegrityAlgorithm, TransactionId};
 
 /// How long a permission lasts (RFC 8656 §9).
@@ -34,6 +36,18 @@ pub struct Allocation {
     channels: Vec<ChannelBinding>,
     /// The wake-up queued for it in the allocation table (only the table changes it).
     pub scheduled: Option<Instant>,
+    pub created_at: Instant,
+    pub to_peers: Meter,
+    pub to_clients: Meter,
+    /// Its place in the server-wide quotas, given back when the allocation is dropped.
+    _quota: QuotaClaim,
+}
+
+/// Who an allocation belongs to.
+pub struct Owner {
+    pub username: String,
+    pub key: [u8; 16],
+    pub quota: QuotaClaim,
 }
 
 /// One relayed transport address of an allocation.
@@ -88,15 +102,20 @@ pub enum ChannelBindError {
 impl Allocation {
     pub fn new(
         relays: Vec<Relay>,
-        credentials: (String, [u8; 16]),
+        owner: Owner,
         transaction: TransactionId,
         pending: PendingAllocate,
+        now: Instant,
         expires_at: Instant,
     ) -> Self {
         Self {
             relays,
-            username: credentials.0,
-            key: credentials.1,
+            username: owner.username,
+            key: owner.key,
+            _quota: owner.quota,
+            created_at: now,
+            to_peers: Meter::new(now),
+            to_clients: Meter::new(now),
             expires_at,
             state: State::Binding(pending),
             allocate_transaction: transaction,
@@ -105,6 +124,11 @@ impl Allocation {
             channels: Vec::new(),
             scheduled: None,
         }
+    }
+
+    /// Permissions and channel bindings held now (expired ones until the next sweep).
+    pub fn permission_and_channel_counts(&self) -> (usize, usize) {
+        (self.permissions.len(), self.channels.len())
     }
 
     pub fn is_active(&self, now: Instant) -> bool {
@@ -237,6 +261,7 @@ impl Allocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::turn::quota::Quotas;
 
     fn allocation(now: Instant) -> Allocation {
         let pending = PendingAllocate {
@@ -252,11 +277,19 @@ mod tests {
             public: "203.0.113.1:50000".parse().unwrap(),
             bound: true,
         };
+        let owner = Owner {
+            username: "u".into(),
+            key: [0; 16],
+            quota: Quotas::default()
+                .claim("u", "192.0.2.1".parse().unwrap())
+                .unwrap(),
+        };
         let mut a = Allocation::new(
             vec![relay],
-            ("u".into(), [0; 16]),
+            owner,
             TransactionId::default(),
             pending,
+            now,
             now + Duration::from_secs(600),
         );
         a.state = State::Active;

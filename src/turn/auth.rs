@@ -25,15 +25,51 @@ pub struct Credentials {
     pub algorithm: IntegrityAlgorithm,
 }
 
-/// Why a request was not authenticated; each maps to one error response.
+/// Why a request was not authenticated; each maps to one error response and is counted
+/// apart (so an operator can tell a wrong secret from a clock problem).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// 400: integrity present but USERNAME, REALM or NONCE missing.
     BadRequest,
-    /// 401 with a fresh challenge: no integrity, unknown user, expired REST name, wrong key.
-    Unauthorized,
+    /// 401 with a challenge: no MESSAGE-INTEGRITY (every client's first request).
+    Challenge,
+    /// 401: the REALM is not ours.
+    WrongRealm,
+    /// 401: neither a static user nor a REST name (`EXPIRY:NAME`).
+    UnknownUser,
+    /// 401: a REST name whose expiry has passed (or a clock skew between the minting
+    /// backend and this server).
+    Expired,
+    /// 401: MESSAGE-INTEGRITY does not verify with the user's key (wrong password or
+    /// secret).
+    WrongKey,
     /// 438 with a fresh nonce.
     StaleNonce,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 7] = [
+        Self::BadRequest,
+        Self::Challenge,
+        Self::WrongRealm,
+        Self::UnknownUser,
+        Self::Expired,
+        Self::WrongKey,
+        Self::StaleNonce,
+    ];
+
+    /// A label for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Challenge => "challenge",
+            Self::WrongRealm => "wrong_realm",
+            Self::UnknownUser => "unknown_user",
+            Self::Expired => "expired",
+            Self::WrongKey => "wrong_key",
+            Self::StaleNonce => "stale_nonce",
+        }
+    }
 }
 
 /// A static user's secret as configured.
@@ -85,6 +121,20 @@ impl Authenticator {
         }
     }
 
+    /// Replaces realm, users and secrets (a reload); the nonce key stays, so nonces handed
+    /// out before remain valid.
+    pub fn set_credentials(
+        &mut self,
+        realm: &str,
+        users: &[(String, UserSecret)],
+        secrets: &[String],
+    ) {
+        let fresh = Self::new(realm, users, secrets, &[0; 32], self.nonce_lifetime_secs);
+        self.realm = fresh.realm;
+        self.users = fresh.users;
+        self.secrets = fresh.secrets;
+    }
+
     pub fn realm(&self) -> &str {
         &self.realm
     }
@@ -107,7 +157,7 @@ impl Authenticator {
         unix_now: u64,
     ) -> Result<Credentials, Rejection> {
         if !message.has_integrity() {
-            return Err(Rejection::Unauthorized);
+            return Err(Rejection::Challenge);
         }
         let (Some(username), Some(realm), Some(nonce)) =
             (message.username(), message.realm(), message.nonce())
@@ -118,12 +168,12 @@ impl Authenticator {
             return Err(Rejection::BadRequest);
         };
         if realm != self.realm.as_bytes() {
-            return Err(Rejection::Unauthorized);
+            return Err(Rejection::WrongRealm);
         }
         if !self.nonce_is_valid(nonce, client, unix_now) {
             return Err(Rejection::StaleNonce);
         }
-        for key in self.candidate_keys(username, unix_now) {
+        for key in self.candidate_keys(username, unix_now)? {
             if let Some(algorithm) = message.verify_integrity(&key) {
                 return Ok(Credentials {
                     username: username.to_owned(),
@@ -132,25 +182,27 @@ impl Authenticator {
                 });
             }
         }
-        Err(Rejection::Unauthorized)
+        Err(Rejection::WrongKey)
     }
 
     /// The keys `username` may hold: its static key, or one per REST secret while the
     /// name's expiry lies in the future.
-    fn candidate_keys(&self, username: &str, unix_now: u64) -> Vec<[u8; 16]> {
+    fn candidate_keys(&self, username: &str, unix_now: u64) -> Result<Vec<[u8; 16]>, Rejection> {
         if let Some(key) = self.users.get(username) {
-            return vec![*key];
+            return Ok(vec![*key]);
         }
         match rest_expiry(username) {
-            Some(expiry) if expiry > unix_now => self
+            Some(expiry) if expiry > unix_now => Ok(self
                 .secrets
                 .iter()
                 .map(|secret| {
                     let password = rest_password(secret, username);
                     long_term_key(username, &self.realm, &password)
                 })
-                .collect(),
-            _ => Vec::new(),
+                .collect()),
+            // Without secrets, REST names are unknown users, not expired ones.
+            Some(_) if !self.secrets.is_empty() => Err(Rejection::Expired),
+            _ => Err(Rejection::UnknownUser),
         }
     }
 
@@ -186,6 +238,15 @@ impl Authenticator {
         let mut mac = [0u8; NONCE_MAC_LEN];
         mac.copy_from_slice(&tag.as_ref()[..NONCE_MAC_LEN]);
         mac
+    }
+}
+
+/// The name quotas count a user by: NAME for a REST username `EXPIRY:NAME` (so minting
+/// fresh credentials does not make a new user), else the whole username.
+pub fn quota_name(username: &str) -> &str {
+    match rest_expiry(username) {
+        Some(_) => username.split_once(':').map_or(username, |(_, name)| name),
+        None => username,
     }
 }
 
@@ -238,6 +299,14 @@ mod tests {
     }
 
     #[test]
+    fn quota_names_drop_the_rest_expiry() {
+        assert_eq!(quota_name("1700000000:bob"), "bob");
+        assert_eq!(quota_name("1700000000"), "1700000000");
+        assert_eq!(quota_name("alice"), "alice");
+        assert_eq!(quota_name("a:b"), "a:b");
+    }
+
+    #[test]
     fn rest_names_parse_expiry() {
         assert_eq!(rest_expiry("1700000000:bob"), Some(1_700_000_000));
         assert_eq!(rest_expiry("1700000000"), Some(1_700_000_000));
@@ -249,10 +318,10 @@ mod tests {
     #[test]
     fn every_configured_secret_yields_a_candidate_until_expiry() {
         let a = auth();
-        assert_eq!(a.candidate_keys("2000:bob", 1999).len(), 2);
-        assert!(a.candidate_keys("2000:bob", 2000).is_empty());
-        assert_eq!(a.candidate_keys("alice", 0).len(), 1);
-        assert!(a.candidate_keys("mallory", 0).is_empty());
+        assert_eq!(a.candidate_keys("2000:bob", 1999).unwrap().len(), 2);
+        assert_eq!(a.candidate_keys("2000:bob", 2000), Err(Rejection::Expired));
+        assert_eq!(a.candidate_keys("alice", 0).unwrap().len(), 1);
+        assert_eq!(a.candidate_keys("mallory", 0), Err(Rejection::UnknownUser));
     }
 
     #[test]

@@ -17,20 +17,27 @@
 
 mod allocation;
 mod auth;
+mod challenge_limit;
 mod deliver;
 pub mod drive;
+mod meter;
 mod policy;
 mod ports;
+mod quota;
 mod requests;
 mod server;
+mod stats;
 mod table;
 
-pub use auth::{rest_expiry, rest_password, Credentials, Rejection, UserSecret};
+pub use auth::{quota_name, rest_expiry, rest_password, Credentials, Rejection, UserSecret};
+pub use challenge_limit::ChallengeLimiter;
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
 pub use policy::PeerPolicy;
+pub use quota::{QuotaExceeded, QuotaKey, QuotaLimits, Quotas};
 pub use requests::DefaultFamily;
-pub use server::{Server, ServerConfig, Stats};
+pub use server::{Server, ServerConfig};
+pub use stats::{DropReason, Gauges, Outcomes, Relayed, RequestMethod, Stats, Traffic};
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -47,6 +54,17 @@ pub enum Transport {
 }
 
 impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// A label for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
     /// Stream transports pad ChannelData to a multiple of 4 bytes (RFC 8656 §12.5).
     pub fn is_stream(self) -> bool {
         !matches!(self, Transport::Udp)

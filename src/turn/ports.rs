@@ -40,9 +40,13 @@ impl PortPool {
         }
     }
 
-    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.used
+    }
+
+    /// Ports in the range, used or not.
+    pub fn capacity(&self) -> usize {
+        self.range.len()
     }
 
     fn is_used(&self, port: u16) -> bool {

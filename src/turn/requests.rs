@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, ChannelBindError, PendingAllocate, Relay, State};
-use super::auth::Credentials;
+use super::allocation::{Allocation, ChannelBindError, Owner, PendingAllocate, Relay, State};
+use super::auth::{quota_name, Credentials};
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
 use super::{Output, RelayAddr, CHANNEL_NUMBERS};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
@@ -54,6 +54,28 @@ impl Server {
             }
             return;
         }
+        if self.draining {
+            self.stats.refused_draining += 1;
+            self.refuse_while_draining(reply);
+            return;
+        }
+        let quota = match self
+            .quotas
+            .claim(quota_name(&credentials.username), tuple.client.ip())
+        {
+            Ok(claim) => claim,
+            Err(exceeded) => {
+                self.stats.quota_refusals[exceeded as usize] += 1;
+                tracing::info!(
+                    client = %tuple.client,
+                    user = %credentials.username,
+                    quota = exceeded.name(),
+                    "allocation refused: quota reached"
+                );
+                self.send_error(reply, ErrorCode::ALLOCATION_QUOTA_REACHED, |_| {});
+                return;
+            }
+        };
         let families = match self.allocate_families(message, tuple.client.ip()) {
             Ok(families) => families,
             Err(error) => {
@@ -92,15 +114,39 @@ impl Server {
                 relay: RelayAddr(relay.bind),
             });
         }
+        let owner = Owner {
+            username: credentials.username,
+            key: credentials.key,
+            quota,
+        };
         let allocation = Allocation::new(
             relays,
-            (credentials.username, credentials.key),
+            owner,
             reply.transaction,
             pending,
+            now,
             now + RELAY_BIND_TIMEOUT,
         );
         self.allocations
             .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
+    }
+
+    /// A draining server sends new allocations to an alternate server of the client's
+    /// family (300, RFC 8489 §10), or refuses them with 486 when it has none.
+    fn refuse_while_draining(&mut self, reply: &Reply) {
+        let client_v4 = reply.to.client.ip().to_canonical().is_ipv4();
+        let alternate = self
+            .alternate_servers
+            .iter()
+            .find(|a| a.is_ipv4() == client_v4)
+            .or(self.alternate_servers.first())
+            .copied();
+        match alternate {
+            Some(server) => self.send_error(reply, ErrorCode::TRY_ALTERNATE, |b| {
+                b.add_plain_address(AttrType::ALTERNATE_SERVER, server);
+            }),
+            None => self.send_error(reply, ErrorCode::ALLOCATION_QUOTA_REACHED, |_| {}),
+        }
     }
 
     /// Checks REQUESTED-TRANSPORT, RESERVATION-TOKEN, EVEN-PORT, REQUESTED-ADDRESS-FAMILY
@@ -199,7 +245,7 @@ impl Server {
         let lifetime = self.granted_lifetime(message);
         match family_v6 {
             Some(v6) if lifetime.is_zero() && dual => self.remove_family(&tuple, v6),
-            _ if lifetime.is_zero() => self.remove_allocation(&tuple),
+            _ if lifetime.is_zero() => self.remove_allocation(now, &tuple),
             _ => {
                 if let Some(allocation) = self.allocations.get_mut(&tuple) {
                     allocation.expires_at = now + lifetime;

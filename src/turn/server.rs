@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, State};
 use super::auth::{Authenticator, Rejection, UserSecret};
+use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
+use super::quota::Quotas;
 use super::requests::DefaultFamily;
+use super::stats::{DropReason, Gauges, RequestMethod, Stats};
 use super::table::AllocationTable;
-use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer};
+use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer, Transport};
 use crate::random::Rng;
 use crate::stun::{
     classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, Message,
@@ -25,7 +28,7 @@ const RELAY_BIND_ATTEMPTS: u8 = 8;
 pub(super) const RELAY_BIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the core needs to know from the configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     pub realm: String,
     /// At most one relay address per IP family; the first is the default family.
@@ -47,6 +50,14 @@ pub struct ServerConfig {
     /// The longest lifetime granted (RFC 8656 §7.2: 1 hour).
     pub max_lifetime: Duration,
     pub nonce_lifetime: Duration,
+    /// Allocation counts shared by every shard of the server.
+    pub quotas: Quotas,
+    /// 401/438 replies per source per second, shared by every shard; `None`: no limit.
+    pub challenge_limit: Option<ChallengeLimiter>,
+    /// Bytes per second one allocation relays in each direction; 0: no limit.
+    pub bandwidth_per_allocation: u64,
+    /// Where new allocations go while the server drains (300 Try Alternate).
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -65,61 +76,11 @@ impl ServerConfig {
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             nonce_lifetime: Duration::from_secs(3600),
+            quotas: Quotas::default(),
+            challenge_limit: None,
+            bandwidth_per_allocation: 0,
+            alternate_servers: Vec::new(),
         }
-    }
-}
-
-/// Counters for what happened to traffic; never labelled with users or addresses.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Packets that were neither STUN nor ChannelData, or failed to parse.
-    pub malformed: u64,
-    /// Packets from a source that cannot be a client (port 0).
-    pub invalid_source: u64,
-    pub requests: u64,
-    pub error_responses: u64,
-    pub auth_rejections: u64,
-    pub allocations_created: u64,
-    pub allocations_ended: u64,
-    pub relayed_to_peers: u64,
-    pub relayed_to_clients: u64,
-    /// Data for an allocation that does not exist or has expired.
-    pub dropped_no_allocation: u64,
-    /// Data to or from a peer without a permission.
-    pub dropped_no_permission: u64,
-    /// ChannelData on a channel that is not bound.
-    pub dropped_unbound_channel: u64,
-}
-
-impl Stats {
-    /// Adds another shard's counters to these.
-    pub fn add(&mut self, other: &Stats) {
-        let Stats {
-            malformed,
-            invalid_source,
-            requests,
-            error_responses,
-            auth_rejections,
-            allocations_created,
-            allocations_ended,
-            relayed_to_peers,
-            relayed_to_clients,
-            dropped_no_allocation,
-            dropped_no_permission,
-            dropped_unbound_channel,
-        } = other;
-        self.malformed += malformed;
-        self.invalid_source += invalid_source;
-        self.requests += requests;
-        self.error_responses += error_responses;
-        self.auth_rejections += auth_rejections;
-        self.allocations_created += allocations_created;
-        self.allocations_ended += allocations_ended;
-        self.relayed_to_peers += relayed_to_peers;
-        self.relayed_to_clients += relayed_to_clients;
-        self.dropped_no_allocation += dropped_no_allocation;
-        self.dropped_no_permission += dropped_no_permission;
-        self.dropped_unbound_channel += dropped_unbound_channel;
     }
 }
 
@@ -134,6 +95,12 @@ pub struct Server {
     pub(super) max_lifetime: Duration,
     pub(super) default_family: DefaultFamily,
     pub(super) relays: Vec<RelayPool>,
+    pub(super) quotas: Quotas,
+    challenge_limit: Option<ChallengeLimiter>,
+    bandwidth_per_allocation: u64,
+    pub(super) alternate_servers: Vec<SocketAddr>,
+    /// Set by [`Server::start_draining`]: new allocations are refused.
+    pub(super) draining: bool,
     pub(super) allocations: AllocationTable,
     pub(super) outputs: VecDeque<Output>,
     /// Chooses relay ports and Data indication transaction ids.
@@ -141,7 +108,7 @@ pub struct Server {
     wall_clock: WallClock,
     /// Reused for every peer → client packet, so the hot path does not allocate.
     scratch: Vec<u8>,
-    stats: Stats,
+    pub(super) stats: Stats,
 }
 
 /// A relay address and the ports in use on it.
@@ -164,13 +131,6 @@ struct WallClock {
 enum PeerTarget {
     Address(SocketAddr),
     Channel(u16),
-}
-
-/// Why a client's payload was not relayed (each has its counter).
-enum Dropped {
-    NoAllocation,
-    UnboundChannel,
-    NoPermission,
 }
 
 /// How to answer one request.
@@ -209,18 +169,18 @@ impl Server {
             .collect();
         Self {
             auth,
-            own_addresses: config
-                .own_addresses
-                .iter()
-                .map(|ip| ip.to_canonical())
-                .filter(|ip| !config.peers.explicitly_allows(*ip))
-                .collect(),
+            own_addresses: unprotected_own_addresses(&config),
             server_relay_ports: config.server_relay_ports,
             peers: config.peers,
             default_lifetime: config.default_lifetime,
             max_lifetime: config.max_lifetime,
             default_family: config.default_family,
             relays,
+            quotas: config.quotas,
+            challenge_limit: config.challenge_limit,
+            bandwidth_per_allocation: config.bandwidth_per_allocation,
+            alternate_servers: config.alternate_servers,
+            draining: false,
             allocations: AllocationTable::default(),
             outputs: VecDeque::new(),
             rng,
@@ -228,6 +188,30 @@ impl Server {
             scratch: Vec::with_capacity(2048),
             stats: Stats::default(),
         }
+    }
+
+    /// Applies a reloaded configuration: credentials, realm, peer policy, lifetimes and
+    /// limits. Existing allocations keep their relays, permissions and channels (their
+    /// next request is authenticated under the new credentials). Relay addresses and
+    /// ports are fixed at start and not taken from `config`.
+    pub fn reconfigure(&mut self, config: &ServerConfig) {
+        self.auth
+            .set_credentials(&config.realm, &config.users, &config.secrets);
+        self.own_addresses = unprotected_own_addresses(config);
+        self.peers = config.peers.clone();
+        self.default_lifetime = config.default_lifetime;
+        self.max_lifetime = config.max_lifetime;
+        self.default_family = config.default_family;
+        self.quotas = config.quotas.clone();
+        self.challenge_limit = config.challenge_limit.clone();
+        self.bandwidth_per_allocation = config.bandwidth_per_allocation;
+        self.alternate_servers = config.alternate_servers.clone();
+    }
+
+    /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);
+    /// existing ones go on until they end.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
     }
 
     /// Re-anchors wall-clock time (call now and then: `Instant` and the wall clock drift).
@@ -244,7 +228,7 @@ impl Server {
         bytes: &'a [u8],
     ) -> Option<ToPeer<'a>> {
         if from.client.port() == 0 {
-            self.stats.invalid_source += 1;
+            self.stats.drop(DropReason::InvalidSource);
             return None;
         }
         match classify(bytes) {
@@ -253,12 +237,12 @@ impl Server {
                 Ok(message) => self.handle_stun(now, from, &message),
                 Err(error) => {
                     tracing::debug!(client = %from.client, %error, "dropped malformed STUN");
-                    self.stats.malformed += 1;
+                    self.stats.drop(DropReason::Malformed);
                     None
                 }
             },
             Framing::Other => {
-                self.stats.malformed += 1;
+                self.stats.drop(DropReason::Malformed);
                 None
             }
         }
@@ -308,16 +292,24 @@ impl Server {
         headroom: usize,
         len: usize,
     ) -> Option<(FiveTuple, Range<usize>)> {
+        let own_service = self.is_own_service(peer);
         let Some((tuple, allocation)) = self
             .allocations
-            .by_relay(&relay)
+            .by_relay_mut(&relay)
             .filter(|(_, a)| a.is_active(now))
         else {
-            self.stats.dropped_no_allocation += 1;
+            self.stats.drop(DropReason::NoAllocation);
             return None;
         };
-        if !allocation.has_permission(now, peer.ip()) || self.is_own_service(peer) {
-            self.stats.dropped_no_permission += 1;
+        if !allocation.has_permission(now, peer.ip()) || own_service {
+            self.stats.drop(DropReason::NoPermission);
+            return None;
+        }
+        if !allocation
+            .to_clients
+            .admit(now, len, self.bandwidth_per_allocation)
+        {
+            self.stats.drop(DropReason::OverBandwidth);
             return None;
         }
         let framing = match allocation.channel_for_peer(now, peer) {
@@ -329,10 +321,12 @@ impl Server {
         };
         let stream = tuple.transport.is_stream();
         let Some(range) = frame_in_place(buffer, headroom, len, framing, stream) else {
-            self.stats.malformed += 1;
+            self.stats.drop(DropReason::Malformed);
             return None;
         };
-        self.stats.relayed_to_clients += 1;
+        self.stats.relayed[tuple.transport as usize]
+            .to_clients
+            .count(len);
         Some((tuple, range))
     }
 
@@ -379,7 +373,7 @@ impl Server {
             .flatten();
         let Some(replacement) = retry else {
             self.allocations.remove_relay(&tuple, relay);
-            self.remove_allocation(&tuple);
+            self.remove_allocation(now, &tuple);
             self.send_error(&reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
             return;
         };
@@ -396,8 +390,8 @@ impl Server {
     }
 
     /// A stream connection closed: its allocation ends with it (RFC 8656 §3.1).
-    pub fn handle_connection_closed(&mut self, tuple: FiveTuple) {
-        self.remove_allocation(&tuple);
+    pub fn handle_connection_closed(&mut self, now: Instant, tuple: FiveTuple) {
+        self.remove_allocation(now, &tuple);
     }
 
     /// Expires what is due at `now`.
@@ -407,7 +401,7 @@ impl Server {
                 continue;
             };
             if now >= allocation.expires_at {
-                self.remove_allocation(&tuple);
+                self.remove_allocation(now, &tuple);
                 continue;
             }
             let next = allocation.sweep(now);
@@ -426,6 +420,25 @@ impl Server {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// What exists now: allocations, permissions, channels, relay ports. A walk over the
+    /// allocations: call it when publishing, not per packet.
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            allocations: self.allocations.len() as u64,
+            ..Gauges::default()
+        };
+        for allocation in self.allocations.iter() {
+            let (permissions, channels) = allocation.permission_and_channel_counts();
+            gauges.permissions += permissions as u64;
+            gauges.channels += channels as u64;
+        }
+        for pool in &self.relays {
+            gauges.relay_ports_in_use += pool.ports.in_use() as u64;
+            gauges.relay_ports_free += (pool.ports.capacity() - pool.ports.in_use()) as u64;
+        }
+        gauges
     }
 
     /// Whether `tuple` holds an allocation (live or waiting for its relay sockets).
@@ -448,14 +461,13 @@ impl Server {
     ) -> Option<ToPeer<'a>> {
         match (message.class(), message.method()) {
             (Class::Request, _) => {
-                self.stats.requests += 1;
                 self.handle_request(now, from, message);
                 None
             }
             (Class::Indication, Method::SEND) => self.handle_send(now, from, message),
             _ => {
                 // Responses and other indications are not for a server.
-                self.stats.malformed += 1;
+                self.stats.drop(DropReason::Malformed);
                 None
             }
         }
@@ -494,7 +506,7 @@ impl Server {
         let credentials = match self.auth.authenticate(message, from.client, unix_now) {
             Ok(credentials) => credentials,
             Err(rejection) => {
-                self.stats.auth_rejections += 1;
+                self.stats.auth_failures[rejection as usize] += 1;
                 self.reject(&reply, rejection, unix_now);
                 return;
             }
@@ -536,16 +548,33 @@ impl Server {
         true
     }
 
-    /// 401 and 438 carry a fresh challenge (RFC 8489 §9.2.4); 400 does not.
+    /// 401 and 438 carry a fresh challenge (RFC 8489 §9.2.4); 400 does not. Challenges
+    /// beyond `unauthorized-per-ip` are dropped: they are what a reflection attack buys.
     fn reject(&mut self, reply: &Reply, rejection: Rejection, unix_now: u64) {
         let error = match rejection {
             Rejection::BadRequest => {
                 self.send_error(reply, ErrorCode::BAD_REQUEST, |_| {});
                 return;
             }
-            Rejection::Unauthorized => ErrorCode::UNAUTHORIZED,
             Rejection::StaleNonce => ErrorCode::STALE_NONCE,
+            _ => ErrorCode::UNAUTHORIZED,
         };
+        // Only UDP sources can be spoofed: a stream's source has completed a handshake,
+        // and a stream client has no retransmission to recover a dropped challenge.
+        let udp = reply.to.transport == Transport::Udp;
+        if let Some(limiter) = self.challenge_limit.as_ref().filter(|_| udp) {
+            if !limiter.allow(reply.to.client.ip(), unix_now) {
+                self.stats.drop(DropReason::UnauthorizedRate);
+                return;
+            }
+        }
+        if !matches!(rejection, Rejection::Challenge | Rejection::StaleNonce) {
+            tracing::debug!(
+                client = %reply.to.client,
+                reason = rejection.name(),
+                "authentication failed"
+            );
+        }
         let nonce = self.auth.nonce(reply.to.client, unix_now);
         let realm = self.auth.realm().to_owned();
         self.send_error(reply, error, |b| {
@@ -582,7 +611,19 @@ impl Server {
         allocation.allocate_response = response.clone();
         let deadline = allocation.next_deadline();
         self.stats.allocations_created += 1;
-        tracing::debug!(client = %tuple.client, relays = ?relays, "allocation created");
+        self.stats.request(RequestMethod::Allocate).success += 1;
+        tracing::info!(
+            client = %tuple.client,
+            transport = tuple.transport.name(),
+            user = %allocation.username,
+            relayed = %relays
+                .iter()
+                .map(|r| r.public.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            lifetime_s = pending.lifetime.as_secs(),
+            "allocation created"
+        );
         self.outputs.push_back(Output::Transmit {
             to: tuple,
             bytes: response,
@@ -600,7 +641,7 @@ impl Server {
         message: &Message<'a>,
     ) -> Option<ToPeer<'a>> {
         let (Some(peer), Some(payload)) = (message.xor_peer_address(), message.data()) else {
-            self.stats.malformed += 1;
+            self.stats.drop(DropReason::Malformed);
             return None;
         };
         self.relay_to_peer(now, from, PeerTarget::Address(peer), payload)
@@ -614,14 +655,15 @@ impl Server {
         bytes: &'a [u8],
     ) -> Option<ToPeer<'a>> {
         let Some(data) = ChannelData::parse(bytes) else {
-            self.stats.malformed += 1;
+            self.stats.drop(DropReason::Malformed);
             return None;
         };
         self.relay_to_peer(now, from, PeerTarget::Channel(data.channel), data.payload)
     }
 
-    /// The hot path, client → peer: one allocation lookup decides the relay socket and the
-    /// peer, or why the payload is dropped.
+    /// The hot path, client → peer: one allocation lookup decides the relay socket, the
+    /// peer and whether the allocation is within its bandwidth, or why the payload is
+    /// dropped.
     fn relay_to_peer<'a>(
         &mut self,
         now: Instant,
@@ -629,62 +671,68 @@ impl Server {
         target: PeerTarget,
         payload: &'a [u8],
     ) -> Option<ToPeer<'a>> {
-        match self.route_to_peer(now, from, target) {
+        match self.route_to_peer(now, from, target, payload.len()) {
             Ok((relay, peer)) => {
-                self.stats.relayed_to_peers += 1;
+                self.stats.relayed[from.transport as usize]
+                    .to_peers
+                    .count(payload.len());
                 Some(ToPeer {
                     relay: RelayAddr(relay),
                     peer: PeerAddr(peer),
                     payload,
                 })
             }
-            Err(dropped) => {
-                *match dropped {
-                    Dropped::NoAllocation => &mut self.stats.dropped_no_allocation,
-                    Dropped::UnboundChannel => &mut self.stats.dropped_unbound_channel,
-                    Dropped::NoPermission => &mut self.stats.dropped_no_permission,
-                } += 1;
+            Err(reason) => {
+                self.stats.drop(reason);
                 None
             }
         }
     }
 
     /// The relay socket and peer address for `target`, checked against the allocation's
-    /// channels, permissions and this host's own services.
+    /// channels, permissions, bandwidth and this host's own services.
     fn route_to_peer(
-        &self,
+        &mut self,
         now: Instant,
         from: FiveTuple,
         target: PeerTarget,
-    ) -> Result<(SocketAddr, SocketAddr), Dropped> {
+        len: usize,
+    ) -> Result<(SocketAddr, SocketAddr), DropReason> {
         let allocation = self
             .allocations
-            .get(&from)
+            .get_mut(&from)
             .filter(|a| a.is_active(now))
-            .ok_or(Dropped::NoAllocation)?;
+            .ok_or(DropReason::NoAllocation)?;
         let peer = match target {
             PeerTarget::Address(peer) => SocketAddr::new(peer.ip().to_canonical(), peer.port()),
             PeerTarget::Channel(number) => allocation
                 .channel_peer(now, number)
-                .ok_or(Dropped::UnboundChannel)?,
+                .ok_or(DropReason::UnboundChannel)?,
         };
+        let own_service = is_own_service(&self.own_addresses, &self.server_relay_ports, peer);
         let relay = allocation
             .relay_for(peer.ip())
-            .filter(|_| allocation.has_permission(now, peer.ip()) && !self.is_own_service(peer))
-            .ok_or(Dropped::NoPermission)?;
-        Ok((relay.bind, peer))
+            .filter(|_| allocation.has_permission(now, peer.ip()) && !own_service)
+            .ok_or(DropReason::NoPermission)?
+            .bind;
+        if !allocation
+            .to_peers
+            .admit(now, len, self.bandwidth_per_allocation)
+        {
+            return Err(DropReason::OverBandwidth);
+        }
+        Ok((relay, peer))
     }
 
     // ---- helpers ----
 
     /// A port of this host that is not a relay port: a local service, never a peer.
     pub(super) fn is_own_service(&self, peer: SocketAddr) -> bool {
-        self.own_addresses.contains(&peer.ip().to_canonical())
-            && !self.server_relay_ports.contains(&peer.port())
+        is_own_service(&self.own_addresses, &self.server_relay_ports, peer)
     }
 
     /// Ends an allocation and gives back its ports and sockets.
-    pub(super) fn remove_allocation(&mut self, tuple: &FiveTuple) {
+    pub(super) fn remove_allocation(&mut self, now: Instant, tuple: &FiveTuple) {
         let Some(allocation) = self.allocations.remove(tuple) else {
             return;
         };
@@ -698,7 +746,19 @@ impl Server {
         }
         if matches!(allocation.state, State::Active) {
             self.stats.allocations_ended += 1;
-            tracing::debug!(client = %tuple.client, "allocation ended");
+            let (to_peers, to_clients) =
+                (allocation.to_peers.traffic, allocation.to_clients.traffic);
+            tracing::info!(
+                client = %tuple.client,
+                transport = tuple.transport.name(),
+                user = %allocation.username,
+                duration_s = now.saturating_duration_since(allocation.created_at).as_secs(),
+                to_peers_packets = to_peers.packets,
+                to_peers_bytes = to_peers.bytes,
+                to_clients_packets = to_clients.packets,
+                to_clients_bytes = to_clients.bytes,
+                "allocation ended"
+            );
         }
     }
 
@@ -724,6 +784,7 @@ impl Server {
         reply: &Reply,
         attributes: impl FnOnce(&mut MessageBuilder),
     ) {
+        self.stats.request(RequestMethod::of(reply.method)).success += 1;
         let bytes = build(reply, Class::Success, attributes);
         self.outputs.push_back(Output::Transmit {
             to: reply.to,
@@ -737,7 +798,7 @@ impl Server {
         error: ErrorCode,
         attributes: impl FnOnce(&mut MessageBuilder),
     ) {
-        self.stats.error_responses += 1;
+        self.stats.request(RequestMethod::of(reply.method)).error += 1;
         let bytes = build(reply, Class::Error, |b| {
             b.add_error(error);
             attributes(b);
@@ -747,6 +808,25 @@ impl Server {
             bytes,
         });
     }
+}
+
+/// Own addresses the operator has not allowed explicitly: only relay ports there.
+fn unprotected_own_addresses(config: &ServerConfig) -> Vec<std::net::IpAddr> {
+    config
+        .own_addresses
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| !config.peers.explicitly_allows(*ip))
+        .collect()
+}
+
+/// A port of this host that is not a relay port: a local service, never a peer.
+fn is_own_service(
+    own_addresses: &[std::net::IpAddr],
+    relay_ports: &RangeInclusive<u16>,
+    peer: SocketAddr,
+) -> bool {
+    own_addresses.contains(&peer.ip().to_canonical()) && !relay_ports.contains(&peer.port())
 }
 
 /// A response with integrity when the request was authenticated and FINGERPRINT when the

@@ -56,6 +56,16 @@ impl AllocationTable {
         Some((tuple, allocation?))
     }
 
+    /// The allocation that owns the relay socket on `relay`, to meter its traffic.
+    pub fn by_relay_mut(&mut self, relay: &SocketAddr) -> Option<(FiveTuple, &mut Allocation)> {
+        let tuple = *self.by_relay.get(relay)?;
+        Some((tuple, self.allocations.get_mut(&tuple)?))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
     /// Adds an allocation with its relays, to be woken at `wake_at`.
     pub fn insert(&mut self, tuple: FiveTuple, allocation: Allocation, wake_at: Instant) {
         debug_assert!(

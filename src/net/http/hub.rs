@@ -8,9 +8,9 @@
 //! queue closes, which ends the session. The hub never waits on a session.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::credential;
 use crate::random::Rng;
-use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig};
+use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig, RoomsFigures};
 
 /// Inputs waiting for the hub before sessions wait.
 const INPUT_QUEUE: usize = 1024;
@@ -49,6 +49,21 @@ pub(crate) enum Input {
     Closed {
         conn: ConnId,
     },
+    /// Reloaded room settings.
+    Reconfigure(RoomsConfig),
+    /// The server drains: tell everyone to reconnect, take no new joins.
+    Drain,
+}
+
+/// How much signaling there is, as of the hub's last input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalFigures {
+    pub rooms: usize,
+    pub participants: usize,
+    /// Open WebSocket connections, in a room or not.
+    pub connections: usize,
+    /// Sessions dropped because they stopped reading (their queue was full).
+    pub dropped_not_reading: u64,
 }
 
 /// The sessions' side of the hub.
@@ -58,9 +73,16 @@ pub(crate) struct HubHandle {
     shared: Arc<Shared>,
 }
 
-/// Read-only settings and the connection counter, shared by sessions.
-pub(crate) struct Shared {
+/// What sessions share: the connection counter, the settings a reload replaces, and the
+/// hub's published figures.
+struct Shared {
     next_conn: AtomicU64,
+    settings: RwLock<Arc<SessionSettings>>,
+    figures: Mutex<SignalFigures>,
+}
+
+/// A session's settings, taken when it opens (a reload applies to sessions opened after).
+pub(crate) struct SessionSettings {
     ice: IceServers,
     pub idle_timeout: Duration,
     pub max_message_bytes: usize,
@@ -72,8 +94,12 @@ impl HubHandle {
         self.input.send(input).await.is_ok()
     }
 
-    pub fn settings(&self) -> &Shared {
-        &self.shared
+    pub fn settings(&self) -> Arc<SessionSettings> {
+        self.shared
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A number for a new connection, never reused.
@@ -81,54 +107,98 @@ impl HubHandle {
         self.shared.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The `iceServers` of a connection's welcome: TURN credentials minted for it.
-    pub fn ice_servers(&self, host: &str, conn: ConnId) -> serde_json::Value {
-        self.shared.ice.for_connection(host, &format!("web-{conn}"))
+    pub fn figures(&self) -> SignalFigures {
+        *self
+            .shared
+            .figures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies reloaded `[signal]` and `[auth]` settings: rooms at once, session settings
+    /// and ICE servers for sessions that open from now on.
+    pub async fn reconfigure(&self, config: &Config, udp: &[SocketAddr], tls: &[SocketAddr]) {
+        let settings = Arc::new(SessionSettings::new(config, udp, tls));
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = settings;
+        self.send(Input::Reconfigure(rooms_config(config))).await;
+    }
+
+    pub async fn drain(&self) {
+        self.send(Input::Drain).await;
     }
 }
 
-/// Starts the hub task; it ends when `stopped` changes.
+impl SessionSettings {
+    fn new(config: &Config, udp: &[SocketAddr], tls: &[SocketAddr]) -> Self {
+        // The page must point browsers at the ports actually bound (port 0 in tests).
+        let mut bound = config.clone();
+        bound.listen = udp.to_vec();
+        bound.tls_listen = tls.to_vec();
+        let signal = &config.signal;
+        Self {
+            ice: IceServers {
+                secret: config.auth.secrets.first().cloned(),
+                ttl: signal.credential_ttl,
+                fixed_urls: signal.turn_urls.clone(),
+                config: bound,
+            },
+            idle_timeout: signal.idle_timeout,
+            max_message_bytes: signal.max_message_bytes,
+        }
+    }
+
+    /// The `iceServers` of a connection's welcome: TURN credentials minted for it, named
+    /// `web-CONN`, so `allocations-per-user` bounds what one visit's credentials can take
+    /// wherever they are used from, and `allocations-per-ip` what one address takes.
+    pub fn ice_servers(&self, host: &str, conn: ConnId) -> serde_json::Value {
+        self.ice.for_connection(host, &format!("web-{conn}"))
+    }
+}
+
+fn rooms_config(config: &Config) -> RoomsConfig {
+    let signal = &config.signal;
+    RoomsConfig {
+        room_size: signal.room_size,
+        rooms_per_ip: signal.rooms_per_ip,
+        messages_per_second: signal.messages_per_second,
+        max_message_bytes: signal.max_message_bytes,
+        token_secret: signal.token_secret.clone(),
+    }
+}
+
+/// Starts the hub task; it ends when `stopped` changes. `udp` and `tls` are the bound
+/// TURN addresses, for the page's ICE servers.
 pub(crate) fn spawn(
     config: &Config,
+    udp: &[SocketAddr],
+    tls: &[SocketAddr],
     rng: Rng,
     tracker: &TaskTracker,
     stopped: watch::Receiver<bool>,
 ) -> HubHandle {
-    let signal = &config.signal;
-    let rooms = Rooms::new(
-        RoomsConfig {
-            room_size: signal.room_size,
-            rooms_per_ip: signal.rooms_per_ip,
-            messages_per_second: signal.messages_per_second,
-            max_message_bytes: signal.max_message_bytes,
-            token_secret: signal.token_secret.clone(),
-        },
-        rng,
-    );
+    let rooms = Rooms::new(rooms_config(config), rng);
     if config.auth.secrets.is_empty() {
         tracing::warn!("no `auth.secrets`: the call page gets STUN only, no TURN relay");
     }
     let (input, inbox) = mpsc::channel(INPUT_QUEUE);
+    let shared = Arc::new(Shared {
+        next_conn: AtomicU64::new(1),
+        settings: RwLock::new(Arc::new(SessionSettings::new(config, udp, tls))),
+        figures: Mutex::default(),
+    });
     let hub = Hub {
         rooms,
         queues: HashMap::new(),
         trim_at: None,
+        shared: shared.clone(),
+        dropped_not_reading: 0,
     };
     tracker.spawn(hub.run(inbox, stopped));
-    HubHandle {
-        input,
-        shared: Arc::new(Shared {
-            next_conn: AtomicU64::new(1),
-            ice: IceServers {
-                secret: config.auth.secrets.first().cloned(),
-                ttl: config.auth.credential_ttl,
-                fixed_urls: signal.turn_urls.clone(),
-                config: config.clone(),
-            },
-            idle_timeout: signal.idle_timeout,
-            max_message_bytes: signal.max_message_bytes,
-        }),
-    }
+    HubHandle { input, shared }
 }
 
 struct Hub {
@@ -136,6 +206,8 @@ struct Hub {
     queues: HashMap<ConnId, mpsc::Sender<Utf8Bytes>>,
     /// When to give the memory of ended sessions back to the OS.
     trim_at: Option<Instant>,
+    shared: Arc<Shared>,
+    dropped_not_reading: u64,
 }
 
 impl Hub {
@@ -156,6 +228,7 @@ impl Hub {
                     for input in batch.drain(..) {
                         self.handle(input);
                     }
+                    self.publish_figures();
                 }
                 _ = trim => self.give_memory_back(),
                 _ = stopped.changed() => return,
@@ -182,6 +255,11 @@ impl Hub {
             }
             Input::Binary { conn } => self.rooms.handle_binary(conn),
             Input::Closed { conn } => self.close(conn),
+            Input::Reconfigure(config) => {
+                self.rooms.reconfigure(config);
+                Vec::new()
+            }
+            Input::Drain => self.rooms.drain(),
         };
         self.deliver(outgoing);
     }
@@ -200,6 +278,7 @@ impl Hub {
                 };
                 if queue.try_send(text.into()).is_err() {
                     tracing::debug!(conn = to, "signaling session not reading; dropped");
+                    self.dropped_not_reading += 1;
                     dropped.push(to);
                 }
             }
@@ -207,6 +286,24 @@ impl Hub {
                 outgoing.extend(self.close(conn));
             }
         }
+    }
+
+    fn publish_figures(&self) {
+        let RoomsFigures {
+            rooms,
+            participants,
+            connections,
+        } = self.rooms.figures();
+        *self
+            .shared
+            .figures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = SignalFigures {
+            rooms,
+            participants,
+            connections,
+            dropped_not_reading: self.dropped_not_reading,
+        };
     }
 
     /// Forgets a session: its queue closes (which ends the session) and it leaves its room.

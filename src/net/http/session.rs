@@ -52,8 +52,9 @@ pub(super) async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let conn = hub.next_conn();
+    let settings = hub.settings();
     let (outbound, mut queue) = mpsc::channel(OUTBOUND_QUEUE);
-    let ice_servers = hub.ice_servers(&host, conn);
+    let ice_servers = settings.ice_servers(&host, conn);
     let opened = Input::Opened {
         conn,
         ip,
@@ -63,7 +64,8 @@ pub(super) async fn run(
     if !hub.send(opened).await {
         return;
     }
-    let idle_timeout = hub.settings().idle_timeout;
+    let idle_timeout = settings.idle_timeout;
+    drop(settings);
     let ping_every = idle_timeout / 2;
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + ping_every;

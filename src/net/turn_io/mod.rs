@@ -8,3 +8,53 @@ pub(crate) mod stream;
 pub(crate) mod stream_shard;
 pub(crate) mod udp;
 pub(crate) mod worker;
+
+use std::sync::{Arc, Mutex};
+
+use crate::turn::{Gauges, Server, ServerConfig, Stats};
+
+/// Orders from the rest of the server to a shard, carried out between its inputs.
+#[derive(Clone)]
+pub(crate) enum Control {
+    /// A reload: new credentials, policy and limits (see [`Server::reconfigure`]).
+    Reconfigure(Box<ServerConfig>),
+    /// Refuse new allocations from now on (see [`Server::start_draining`]).
+    Drain,
+}
+
+impl Control {
+    fn apply(self, server: &mut Server) {
+        match self {
+            Control::Reconfigure(config) => server.reconfigure(&config),
+            Control::Drain => server.start_draining(),
+        }
+    }
+}
+
+/// A shard's figures as the rest of the server reads them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Figures {
+    pub stats: Stats,
+    pub gauges: Gauges,
+}
+
+/// Where a shard publishes its [`Figures`]; read by metrics, the status line and tests.
+#[derive(Clone, Default)]
+pub(crate) struct PublishedFigures(Arc<Mutex<Figures>>);
+
+impl PublishedFigures {
+    pub fn read(&self) -> Figures {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes the counters, and the gauges too when `gauges` is given (they cost a walk
+    /// over the allocations, so shards refresh them less often).
+    fn publish(&self, server: &Server, gauges: bool) {
+        let gauges = gauges.then(|| server.gauges());
+        let mut figures = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        figures.stats.clone_from(server.stats());
+        if let Some(gauges) = gauges {
+            figures.gauges = gauges;
+        }
+    }
+}

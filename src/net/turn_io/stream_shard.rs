@@ -9,7 +9,7 @@
 //! flow control and the relay sockets' buffers absorb.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::udp::bind_udp;
+use super::{Control, Figures, PublishedFigures};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{
-    FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, Server, Stats, PEER_HEADROOM, PEER_TAILROOM,
+    FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, Server, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 /// Inputs waiting for the shard before senders wait.
@@ -30,6 +31,8 @@ const INPUT_QUEUE: usize = 1024;
 const INPUT_BATCH: usize = 64;
 /// The longest the shard sleeps without re-anchoring the core's wall clock.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often the gauges (a walk over the allocations) are published.
+const GAUGES_EVERY: Duration = Duration::from_millis(100);
 /// Largest peer datagram relayed to a stream client; longer ones (rare: WebRTC keeps packets
 /// under the path MTU) are dropped rather than truncated.
 const MAX_PEER_DATAGRAM: usize = 4096;
@@ -57,6 +60,8 @@ pub(crate) enum Input {
         relay: RelayAddr,
         datagrams: Vec<PeerDatagram>,
     },
+    /// An order from the server (reload, drain).
+    Control(Control),
 }
 
 /// A peer's datagram, `buffer[PEER_HEADROOM..][..len]`, with room around it to frame it in
@@ -71,7 +76,7 @@ pub(crate) struct PeerDatagram {
 #[derive(Clone)]
 pub(crate) struct ShardHandle {
     input: mpsc::Sender<Input>,
-    stats: Arc<Mutex<Stats>>,
+    figures: PublishedFigures,
 }
 
 impl ShardHandle {
@@ -80,9 +85,10 @@ impl ShardHandle {
         self.input.send(input).await.is_ok()
     }
 
-    /// The core's counters as of the last input the shard finished.
-    pub fn stats(&self) -> Stats {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The core's counters as of the last input the shard finished; its gauges at most
+    /// 100 ms old.
+    pub fn figures(&self) -> Figures {
+        self.figures.read()
     }
 }
 
@@ -93,7 +99,8 @@ pub(crate) fn spawn(
     stopped: watch::Receiver<bool>,
 ) -> ShardHandle {
     let (input, inbox) = mpsc::channel(INPUT_QUEUE);
-    let stats = Arc::new(Mutex::new(server.stats().clone()));
+    let figures = PublishedFigures::default();
+    figures.publish(&server, true);
     let shard = Shard {
         server,
         io: StreamIo {
@@ -103,21 +110,22 @@ pub(crate) fn spawn(
             input: input.downgrade(),
             tracker: tracker.clone(),
         },
-        stats: stats.clone(),
+        figures: figures.clone(),
     };
     tracker.spawn(shard.run(inbox, stopped));
-    ShardHandle { input, stats }
+    ShardHandle { input, figures }
 }
 
 struct Shard {
     server: Server,
     io: StreamIo,
-    stats: Arc<Mutex<Stats>>,
+    figures: PublishedFigures,
 }
 
 impl Shard {
     async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stopped: watch::Receiver<bool>) {
         let mut batch = Vec::with_capacity(INPUT_BATCH);
+        let mut gauges_at = Instant::now();
         loop {
             let now = Instant::now();
             let wake = self
@@ -142,7 +150,11 @@ impl Shard {
                 }
                 _ = stopped.changed() => break,
             }
-            self.publish_stats();
+            let refresh_gauges = gauges_at.elapsed() >= GAUGES_EVERY;
+            if refresh_gauges {
+                gauges_at = Instant::now();
+            }
+            self.figures.publish(&self.server, refresh_gauges);
             // After the stats: whatever a client sees has been counted.
             self.io.flush();
         }
@@ -167,11 +179,12 @@ impl Shard {
             }
             Input::Closed { tuple } => {
                 self.io.clients.remove(&tuple);
-                self.server.handle_connection_closed(tuple);
+                self.server.handle_connection_closed(now, tuple);
             }
             Input::HasAllocation { tuple, reply } => {
                 let _ = reply.send(self.server.has_allocation(&tuple));
             }
+            Input::Control(order) => order.apply(&mut self.server),
             Input::FromPeers { relay, datagrams } => {
                 for PeerDatagram {
                     peer,
@@ -196,11 +209,6 @@ impl Shard {
             }
         }
         self.server.drive(now, &mut self.io);
-    }
-
-    fn publish_stats(&self) {
-        let mut shared = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        shared.clone_from(self.server.stats());
     }
 }
 

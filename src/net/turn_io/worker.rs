@@ -11,7 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,9 +19,8 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{self, RecvBatch, BATCH};
 use super::sockets::{Ready, Sockets};
-use crate::turn::{
-    self, FiveTuple, PeerAddr, RelayAddr, Stats, Transport, PEER_HEADROOM, PEER_TAILROOM,
-};
+use super::{Control, Figures, PublishedFigures};
+use crate::turn::{self, FiveTuple, PeerAddr, RelayAddr, Transport, PEER_HEADROOM, PEER_TAILROOM};
 
 const WAKER: Token = Token(usize::MAX);
 /// The longest the loop sleeps without checking timers and publishing stats.
@@ -39,12 +38,21 @@ pub(crate) struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<Stats>>,
+    figures: PublishedFigures,
+    control: mpsc::Sender<Control>,
 }
 
 impl WorkerHandle {
-    pub fn stats(&self) -> Stats {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The worker's counters and gauges, at most 100 ms old.
+    pub fn figures(&self) -> Figures {
+        self.figures.read()
+    }
+
+    /// Hands the worker an order; it runs it at its next wake-up, which this causes.
+    pub fn send(&self, control: Control) {
+        if self.control.send(control).is_ok() {
+            let _ = self.waker.wake();
+        }
     }
 
     /// Asks the worker to stop, without waiting.
@@ -71,13 +79,15 @@ pub(crate) fn spawn(
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Mutex::new(Stats::default()));
+    let figures = PublishedFigures::default();
+    let (control, orders) = mpsc::channel();
     let worker = Worker {
         server,
         sockets: Sockets::new(poll, listeners)?,
         recv: RecvBatch::new(PEER_HEADROOM, PEER_TAILROOM),
         stop: stop.clone(),
-        stats: stats.clone(),
+        figures: figures.clone(),
+        orders,
         ended_at_last_trim: 0,
         unfinished: Vec::new(),
         resuming: Vec::new(),
@@ -89,7 +99,8 @@ pub(crate) fn spawn(
         thread: Some(thread),
         waker,
         stop,
-        stats,
+        figures,
+        control,
     })
 }
 
@@ -98,7 +109,8 @@ struct Worker {
     sockets: Sockets,
     recv: RecvBatch,
     stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<Stats>>,
+    figures: PublishedFigures,
+    orders: mpsc::Receiver<Control>,
     ended_at_last_trim: u64,
     /// Sockets left unread after [`MAX_BATCHES_PER_TURN`] batches, to read next turn.
     unfinished: Vec<Token>,
@@ -134,6 +146,9 @@ impl Worker {
                     return;
                 }
             }
+            while let Ok(order) = self.orders.try_recv() {
+                order.apply(&mut self.server);
+            }
             std::mem::swap(&mut self.unfinished, &mut self.resuming);
             for event in events.iter() {
                 self.read(event.token());
@@ -149,11 +164,11 @@ impl Worker {
             if now.duration_since(last_stats) >= MAX_SLEEP {
                 last_stats = now;
                 self.server.set_wall_clock(now, crate::net::unix_now());
-                self.publish_stats();
+                self.figures.publish(&self.server, true);
                 self.trim_memory();
             }
         }
-        self.publish_stats();
+        self.figures.publish(&self.server, true);
     }
 
     /// Reads a socket that is ready, remembering it if it still has data after this turn.
@@ -287,11 +302,6 @@ impl Worker {
                 batch::send_all(&listener.socket, &outgoing[..count]);
             }
         }
-    }
-
-    fn publish_stats(&self) {
-        let mut shared = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        *shared = self.server.stats().clone();
     }
 
     /// After many allocations end, hand freed heap back to the OS: allocators keep it
