@@ -27,6 +27,13 @@ fn commented_examples_are_valid_keys() {
     assert_eq!(config.log_format, LogFormat::Text);
     assert!(config.signal.token_secret.is_some());
     assert_eq!(config.signal.turn_urls.len(), 2);
+    assert_eq!(
+        config.auth.secret_file,
+        [std::path::PathBuf::from(
+            "$CREDENTIALS_DIRECTORY/turn-secret"
+        )]
+    );
+    assert!(config.signal.token_secret_file.is_some());
 }
 
 #[test]
@@ -53,6 +60,7 @@ fn every_key_is_documented() {
         "log-level",
         "[auth]",
         "secrets",
+        "secret-file",
         "credential-ttl",
         "[[auth.users]]",
         "name",
@@ -65,6 +73,7 @@ fn every_key_is_documented() {
         "enabled",
         "room-size",
         "token-secret",
+        "token-secret-file",
         "max-message-bytes",
         "messages-per-second",
         "rooms-per-ip",

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
+use super::notify::Notifier;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, tls, unix_now};
 use crate::config::{Config, RelayFamily};
@@ -219,13 +220,20 @@ fn split_ports(
         .collect())
 }
 
-/// Runs until `shutdown` completes.
+/// Runs until `shutdown` completes. When started by systemd (`NOTIFY_SOCKET`), tells it
+/// when every listener is bound, how the server is doing, and when shutdown begins.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
     let handle = start(config).await?;
-    shutdown.await;
+    notifier.ready();
+    tokio::select! {
+        () = shutdown => {}
+        () = notifier.report(&handle) => {}
+    }
+    notifier.stopping();
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())

@@ -69,6 +69,12 @@ impl Handle {
         total
     }
 
+    /// Whether every shard is still running: each UDP worker thread and the TCP/TLS shard
+    /// task. False means part of the server has died and a restart is due.
+    pub fn is_healthy(&self) -> bool {
+        self.stream_shard.is_running() && self.workers.iter().all(WorkerHandle::is_running)
+    }
+
     /// Stops every task and thread, and returns once every connection, session and socket
     /// is closed.
     pub async fn shutdown(mut self) {

@@ -80,6 +80,11 @@ impl ShardHandle {
         self.input.send(input).await.is_ok()
     }
 
+    /// Whether the shard task is still taking input.
+    pub fn is_running(&self) -> bool {
+        !self.input.is_closed()
+    }
+
     /// The core's counters as of the last input the shard finished.
     pub fn stats(&self) -> Stats {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
