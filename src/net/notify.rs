@@ -110,19 +110,24 @@ impl Notifier {
         });
         let mut was_healthy = true;
         loop {
-            tokio::select! {
-                _ = status.tick() => self.status(&status_line(handle)),
-                _ = tick(&mut watchdog) => {
-                    let healthy = handle.is_healthy();
-                    if healthy {
-                        self.watchdog();
-                    } else if was_healthy {
-                        tracing::error!("a shard has stopped; no more watchdog pings, so systemd restarts rendez");
-                        self.status("unhealthy: a shard has stopped");
-                    }
-                    was_healthy = healthy;
-                }
+            let watchdog_due = tokio::select! {
+                _ = status.tick() => false,
+                _ = tick(&mut watchdog) => true,
+            };
+            let healthy = handle.is_healthy();
+            if was_healthy && !healthy {
+                tracing::error!(
+                    watchdog = self.watchdog.is_some(),
+                    "a shard has stopped and part of the server is down; with the watchdog on, systemd restarts rendez"
+                );
             }
+            if watchdog_due && healthy {
+                self.watchdog();
+            }
+            if !watchdog_due || healthy != was_healthy {
+                self.status(&status_line(handle, healthy));
+            }
+            was_healthy = healthy;
         }
     }
 
@@ -165,14 +170,19 @@ impl Notifier {
 }
 
 /// What `systemctl status` shows on its Status: line.
-fn status_line(handle: &Handle) -> String {
+fn status_line(handle: &Handle, healthy: bool) -> String {
     let stats = handle.stats();
     let allocations = stats
         .allocations_created
         .saturating_sub(stats.allocations_ended);
     let plural = if allocations == 1 { "" } else { "s" };
+    let health = if healthy {
+        ""
+    } else {
+        "unhealthy (a shard has stopped): "
+    };
     // Signaling rooms join this line once the handle can count them.
-    format!("{allocations} allocation{plural}")
+    format!("{health}{allocations} allocation{plural}")
 }
 
 /// Waits for the next tick, or forever without a watchdog.
