@@ -211,6 +211,9 @@ impl ServeArgs {
         if let Some(level) = &self.log_level {
             config.log_level = level.clone();
         }
+        // The file's secret files are read already; this expands $CREDENTIALS_DIRECTORY
+        // in --tls-cert and --tls-key too.
+        config.load_secrets()?;
         config.validate()?;
         Ok(config)
     }

@@ -24,11 +24,11 @@ pub struct Config {
     pub tls_listen: Vec<SocketAddr>,
     /// The public address(es) to advertise in XOR-RELAYED-ADDRESS (1:1 NAT, e.g. cloud VMs),
     /// at most one per IP family. A single string or a list.
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "one_or_many_ips")]
     pub external_ip: Vec<IpAddr>,
     /// The local address(es) relay sockets bind to, at most one per IP family; detected
     /// from the interfaces when empty. A single string or a list.
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "one_or_many_ips")]
     pub relay_ip: Vec<IpAddr>,
     /// Relay ports, "START-END".
     pub relay_ports: PortRange,
@@ -117,6 +117,9 @@ pub struct SignalConfig {
     pub room_size: usize,
     /// When set, joining a room needs a token from `rendez token`.
     pub token_secret: Option<String>,
+    /// A file holding `token-secret` instead (e.g. a systemd credential); read by
+    /// [`Config::load_secrets`].
+    pub token_secret_file: Option<PathBuf>,
     /// Longest signaling message accepted.
     pub max_message_bytes: usize,
     /// Sustained messages per second per connection (bursts of twice that).
@@ -143,6 +146,7 @@ impl Default for SignalConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             room_size: 6,
             token_secret: None,
+            token_secret_file: None,
             max_message_bytes: 64 * 1024,
             messages_per_second: 20,
             rooms_per_ip: 8,
@@ -205,6 +209,10 @@ pub enum RelayFamily {
 pub struct AuthConfig {
     /// TURN REST API shared secrets; the first one mints, all of them verify.
     pub secrets: Vec<String>,
+    /// Files holding one more shared secret each (e.g. systemd credentials), added after
+    /// `secrets` by [`Config::load_secrets`]. A single path or a list.
+    #[serde(deserialize_with = "one_or_many_paths")]
+    pub secret_file: Vec<PathBuf>,
     /// Static users.
     pub users: Vec<UserConfig>,
     /// Lifetime of credentials minted by `rendez credential` when --ttl is not given.
@@ -281,6 +289,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             secrets: Vec::new(),
+            secret_file: Vec::new(),
             users: Vec::new(),
             credential_ttl: Duration::from_secs(24 * 3600),
         }
@@ -310,13 +319,69 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads, parses and validates a file.
+    /// Reads, parses and validates a file, then reads the secret files it names
+    /// ([`Config::load_secrets`]).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text)
+        let mut config = Self::from_toml(&text)?;
+        config.load_secrets()?;
+        Ok(config)
+    }
+
+    /// Reads the secret files — `[auth] secret-file` into `auth.secrets` (after those
+    /// already there), `[signal] token-secret-file` into `signal.token-secret` — and expands
+    /// `$CREDENTIALS_DIRECTORY` (where systemd puts `LoadCredential=` files) in them and in
+    /// `[tls] cert` and `key`. Each file holds one secret; a trailing newline is dropped.
+    ///
+    /// Afterwards the config holds the values themselves and no file keys, so running this
+    /// again changes nothing; a reload parses the file anew and runs it on the new config.
+    /// On error (naming the key and the file, never the content) `self` is unchanged.
+    pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        let credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
+        self.load_secrets_from(credentials.as_deref())
+    }
+
+    /// [`Config::load_secrets`] with systemd's credentials directory given.
+    fn load_secrets_from(&mut self, credentials: Option<&Path>) -> Result<(), ConfigError> {
+        const SECRET_FILE: &str = "auth.secret-file";
+        const TOKEN_SECRET_FILE: &str = "signal.token-secret-file";
+        let mut secrets = self.auth.secrets.clone();
+        for path in &self.auth.secret_file {
+            let secret = read_secret(&expand_credentials(path, credentials, SECRET_FILE)?)
+                .map_err(|problem| problem.for_key(SECRET_FILE))?;
+            if !secrets.contains(&secret) {
+                secrets.push(secret);
+            }
+        }
+        let token_secret = match &self.signal.token_secret_file {
+            Some(_) if self.signal.token_secret.is_some() => {
+                return Err(ConfigError::Invalid {
+                    key: TOKEN_SECRET_FILE.into(),
+                    problem: "set either `token-secret` or `token-secret-file`, not both".into(),
+                })
+            }
+            Some(path) => Some(
+                read_secret(&expand_credentials(path, credentials, TOKEN_SECRET_FILE)?)
+                    .map_err(|problem| problem.for_key(TOKEN_SECRET_FILE))?,
+            ),
+            None => self.signal.token_secret.clone(),
+        };
+        let tls = match &self.tls {
+            Some(tls) => Some(TlsConfig {
+                cert: expand_credentials(&tls.cert, credentials, "tls.cert")?,
+                key: expand_credentials(&tls.key, credentials, "tls.key")?,
+            }),
+            None => None,
+        };
+        self.auth.secrets = secrets;
+        self.auth.secret_file.clear();
+        self.signal.token_secret = token_secret;
+        self.signal.token_secret_file = None;
+        self.tls = tls;
+        Ok(())
     }
 
     /// Checks what types alone cannot. Called by the parsers and again after overrides.
@@ -556,6 +621,92 @@ impl Config {
     }
 }
 
+/// The environment variable in which systemd names the directory of a unit's credentials
+/// (`LoadCredential=`, `SetCredential=`, `LoadCredentialEncrypted=`).
+const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The most a secret file may hold: a secret is a line, not a megabyte (or `/dev/zero`).
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// `path` with `$CREDENTIALS_DIRECTORY` or `${CREDENTIALS_DIRECTORY}` replaced by
+/// `credentials`; an error naming `key` if it is used but systemd did not set it.
+fn expand_credentials(
+    path: &Path,
+    credentials: Option<&Path>,
+    key: &str,
+) -> Result<PathBuf, ConfigError> {
+    const BRACED: &str = "${CREDENTIALS_DIRECTORY}";
+    const BARE: &str = "$CREDENTIALS_DIRECTORY";
+    let Some(text) = path
+        .to_str()
+        .filter(|t| t.contains(BARE) || t.contains(BRACED))
+    else {
+        return Ok(path.to_owned());
+    };
+    let invalid = |problem: &str| ConfigError::Invalid {
+        key: key.into(),
+        problem: format!("{}: {problem}", path.display()),
+    };
+    let Some(directory) = credentials else {
+        return Err(invalid(
+            "$CREDENTIALS_DIRECTORY is not set: systemd sets it for a unit with \
+             LoadCredential=; outside systemd, write the file's own path",
+        ));
+    };
+    let directory = directory
+        .to_str()
+        .ok_or_else(|| invalid("$CREDENTIALS_DIRECTORY is not UTF-8"))?;
+    Ok(PathBuf::from(
+        text.replace(BRACED, directory).replace(BARE, directory),
+    ))
+}
+
+/// Why a secret file could not be used; [`SecretFileProblem::for_key`] makes it a
+/// [`ConfigError`] that names the key and the file, never the content.
+struct SecretFileProblem {
+    path: PathBuf,
+    problem: String,
+}
+
+impl SecretFileProblem {
+    fn for_key(self, key: &str) -> ConfigError {
+        let hint = if self.path.starts_with("/run/credentials") {
+            " (does the unit have a LoadCredential= for it?)"
+        } else {
+            ""
+        };
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: format!("{}: {}{hint}", self.path.display(), self.problem),
+        }
+    }
+}
+
+/// The one secret in the file at `path`, without its trailing newline.
+fn read_secret(path: &Path) -> Result<String, SecretFileProblem> {
+    use std::io::Read;
+    let problem = |problem: String| SecretFileProblem {
+        path: path.to_owned(),
+        problem,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|error| problem(format!("cannot read it: {error}")))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(problem(format!(
+            "is larger than {} KiB: a secret file holds one secret",
+            MAX_SECRET_FILE_BYTES / 1024
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| problem("is not UTF-8 text".into()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(problem("is empty: write the secret into it".into()));
+    }
+    Ok(secret.to_owned())
+}
+
 /// Keys whose values are secrets: an error on their line must not echo the value.
 const SECRET_KEYS: &[&str] = &["secret", "password", "key"];
 
@@ -582,19 +733,37 @@ fn describe_syntax_error(error: &toml::de::Error, text: &str) -> String {
 }
 
 /// Accepts `"1.2.3.4"` as well as `["1.2.3.4", "2001:db8::1"]`.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+fn one_or_many_ips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    one_or_many(
+        d,
+        "expected an IP address or a list of them, like \"203.0.113.7\" or [\"203.0.113.7\", \"2001:db8::7\"]",
+    )
+}
+
+/// Accepts `"/a"` as well as `["/a", "/b"]`.
+fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    one_or_many(
+        d,
+        "expected a file path or a list of them, like \"$CREDENTIALS_DIRECTORY/turn-secret\"",
+    )
+}
+
+/// One value or a list of them, with `expected` as the message for anything else.
+fn one_or_many<'de, D, T>(d: D, expected: &str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(IpAddr),
-        Many(Vec<IpAddr>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     match OneOrMany::deserialize(d) {
-        Ok(OneOrMany::One(ip)) => Ok(vec![ip]),
-        Ok(OneOrMany::Many(ips)) => Ok(ips),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected an IP address or a list of them, like \"203.0.113.7\" or [\"203.0.113.7\", \"2001:db8::7\"]",
-        )),
+        Ok(OneOrMany::One(value)) => Ok(vec![value]),
+        Ok(OneOrMany::Many(values)) => Ok(values),
+        Err(_) => Err(serde::de::Error::custom(expected)),
     }
 }
 
@@ -731,6 +900,174 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    /// A directory of secret files, removed when the test ends.
+    struct SecretDir(PathBuf);
+
+    impl SecretDir {
+        fn new(name: &str, files: &[(&str, &[u8])]) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("rendez-secrets-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, content) in files {
+                std::fs::write(dir.join(file), content).unwrap();
+            }
+            Self(dir)
+        }
+    }
+
+    impl Drop for SecretDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn secret_files_are_added_after_inline_secrets() {
+        let dir = SecretDir::new(
+            "added",
+            &[
+                ("turn-secret", b"from-credential\n"),
+                ("old", b"older-secret\r\n"),
+                ("token", b"room-key"),
+            ],
+        );
+        let mut config = Config::from_toml(
+            r#"
+            [auth]
+            secrets = ["inline"]
+            secret-file = ["$CREDENTIALS_DIRECTORY/turn-secret", "${CREDENTIALS_DIRECTORY}/old"]
+            [signal]
+            token-secret-file = "$CREDENTIALS_DIRECTORY/token"
+            [tls]
+            cert = "${CREDENTIALS_DIRECTORY}/cert.pem"
+            key = "$CREDENTIALS_DIRECTORY/key.pem"
+            "#,
+        )
+        .unwrap();
+        config.load_secrets_from(Some(&dir.0)).unwrap();
+        assert_eq!(
+            config.auth.secrets,
+            ["inline", "from-credential", "older-secret"]
+        );
+        assert_eq!(config.signal.token_secret.as_deref(), Some("room-key"));
+        let tls = config.tls.clone().unwrap();
+        assert_eq!(tls.cert, dir.0.join("cert.pem"));
+        assert_eq!(tls.key, dir.0.join("key.pem"));
+        // The file keys are used up: running it again (a reload would parse anew) is a no-op.
+        let resolved = config.clone();
+        config.load_secrets_from(None).unwrap();
+        assert_eq!(config, resolved);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn one_secret_file_may_be_a_plain_path() {
+        let dir = SecretDir::new("plain", &[("s", b"only\n\n")]);
+        let path = dir.0.join("s");
+        let mut config =
+            Config::from_toml(&format!("[auth]\nsecret-file = {:?}", path.display())).unwrap();
+        config.load_secrets_from(None).unwrap();
+        assert_eq!(config.auth.secrets, ["only"]);
+    }
+
+    #[test]
+    fn unusable_secret_files_name_the_key_and_file_but_not_the_content() {
+        let dir = SecretDir::new(
+            "bad",
+            &[
+                ("empty", b"\n"),
+                ("binary", b"\xff\xfehunter2"),
+                ("huge", &[b'h'; 70 * 1024]),
+                ("token", b"hunter2"),
+            ],
+        );
+        for (text, key, file, problem) in [
+            (
+                "[auth]\nsecret-file = \"$CREDENTIALS_DIRECTORY/missing\"",
+                "auth.secret-file",
+                "missing",
+                "cannot read",
+            ),
+            (
+                "[auth]\nsecret-file = \"$CREDENTIALS_DIRECTORY/empty\"",
+                "auth.secret-file",
+                "empty",
+                "is empty",
+            ),
+            (
+                "[auth]\nsecret-file = [\"$CREDENTIALS_DIRECTORY/binary\"]",
+                "auth.secret-file",
+                "binary",
+                "UTF-8",
+            ),
+            (
+                "[auth]\nsecret-file = \"$CREDENTIALS_DIRECTORY/huge\"",
+                "auth.secret-file",
+                "huge",
+                "larger than 64 KiB",
+            ),
+            (
+                "[signal]\ntoken-secret-file = \"$CREDENTIALS_DIRECTORY/empty\"",
+                "signal.token-secret-file",
+                "empty",
+                "is empty",
+            ),
+        ] {
+            let mut config = Config::from_toml(text).unwrap();
+            let before = config.clone();
+            let err = config
+                .load_secrets_from(Some(&dir.0))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+            assert!(
+                err.contains(&dir.0.join(file).display().to_string()),
+                "{text:?} gave {err}"
+            );
+            assert!(err.contains(problem), "{text:?} gave {err}");
+            assert!(!err.contains("hunter2") && !err.contains("hhhh"), "{err}");
+            assert_eq!(config, before, "a failed load leaves the config as it was");
+        }
+        let mut both = Config::from_toml(
+            "[signal]\ntoken-secret = \"a\"\ntoken-secret-file = \"$CREDENTIALS_DIRECTORY/token\"",
+        )
+        .unwrap();
+        let err = both
+            .load_secrets_from(Some(&dir.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("signal.token-secret-file") && err.contains("not both"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_directory_must_be_set_when_used() {
+        for (text, key) in [
+            (
+                "[auth]\nsecret-file = \"$CREDENTIALS_DIRECTORY/s\"",
+                "auth.secret-file",
+            ),
+            (
+                "[tls]\ncert = \"/etc/c.pem\"\nkey = \"${CREDENTIALS_DIRECTORY}/k.pem\"",
+                "tls.key",
+            ),
+        ] {
+            let mut config = Config::from_toml(text).unwrap();
+            let err = config.load_secrets_from(None).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("LoadCredential="),
+                "{err}"
+            );
+        }
+        let mut plain =
+            Config::from_toml("[tls]\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"").unwrap();
+        plain.load_secrets_from(None).unwrap();
+        assert_eq!(plain.tls.unwrap().key, PathBuf::from("/etc/k.pem"));
     }
 
     #[test]

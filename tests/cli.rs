@@ -158,6 +158,77 @@ fn bad_config_stops_startup_naming_the_key() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The README's service setup: the shipped config with its `secret-file` example turned on,
+/// and the secret where systemd's LoadCredential= puts it (`$CREDENTIALS_DIRECTORY`).
+#[test]
+fn secret_file_is_read_from_the_credentials_directory() {
+    let dir = std::env::temp_dir().join(format!("rendez-creds-{}", std::process::id()));
+    let credentials = dir.join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("turn-secret"), "s3cret-from-systemd\n").unwrap();
+    let example = "# secret-file = \"$CREDENTIALS_DIRECTORY/turn-secret\"";
+    let shipped = include_str!("../config/rendez.toml");
+    assert!(
+        shipped.contains(example),
+        "config/rendez.toml shows {example}"
+    );
+    let config = dir.join("rendez.toml");
+    std::fs::write(&config, shipped.replace(example, &example[2..])).unwrap();
+    let config = config.to_str().unwrap();
+    let with_credentials = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rendez"))
+            .args(args)
+            .env_remove("RENDEZ_SECRET")
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .output()
+            .expect("run rendez")
+    };
+
+    let out = with_credentials(&["credential", "--config", config, "--user", "alice"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let username = field("username:");
+    let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
+    let expected = rendez::credential::mint(
+        "s3cret-from-systemd",
+        "alice",
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(expiry),
+    );
+    assert_eq!(field("password:"), expected.password);
+
+    // Outside systemd the variable is unset: the error says which key and why.
+    let out = rendez(&["credential", "--config", config, "--user", "alice"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth.secret-file") && stderr.contains("CREDENTIALS_DIRECTORY"),
+        "{stderr}"
+    );
+
+    // A missing credential stops `serve` before it binds anything, naming key and file.
+    std::fs::remove_file(credentials.join("turn-secret")).unwrap();
+    let out = with_credentials(&["serve", "--config", config]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = credentials.join("turn-secret");
+    assert!(
+        stderr.contains("auth.secret-file") && stderr.contains(path.to_str().unwrap()),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn token_admits_to_its_room_only() {
     let out = rendez(&[

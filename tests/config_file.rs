@@ -29,6 +29,13 @@ fn commented_examples_are_valid_keys() {
     assert_eq!(config.signal.turn_urls.len(), 2);
     assert_eq!(config.alternate_servers.len(), 2);
     assert!(config.metrics.listen.is_some_and(|a| a.ip().is_loopback()));
+    assert_eq!(
+        config.auth.secret_file,
+        [std::path::PathBuf::from(
+            "$CREDENTIALS_DIRECTORY/turn-secret"
+        )]
+    );
+    assert!(config.signal.token_secret_file.is_some());
 }
 
 #[test]
@@ -55,6 +62,7 @@ fn every_key_is_documented() {
         "log-level",
         "[auth]",
         "secrets",
+        "secret-file",
         "credential-ttl",
         "[[auth.users]]",
         "name",
@@ -67,6 +75,7 @@ fn every_key_is_documented() {
         "enabled",
         "room-size",
         "token-secret",
+        "token-secret-file",
         "max-message-bytes",
         "messages-per-second",
         "rooms-per-ip",

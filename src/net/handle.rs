@@ -100,15 +100,21 @@ impl Handle {
         total
     }
 
-    /// One line for a status display (systemd's STATUS=): "120 allocations, 3 rooms".
+    /// One line for a status display (systemd's STATUS=): "120 allocations, 3 rooms,
+    /// 11 participants".
     pub fn status_line(&self) -> String {
-        let allocations = self.gauges().allocations;
+        let count = |n: u64, what: &str| {
+            let plural = if n == 1 { "" } else { "s" };
+            format!("{n} {what}{plural}")
+        };
+        let allocations = count(self.gauges().allocations, "allocation");
         match self.signal_figures() {
             Some(signal) => format!(
-                "{allocations} allocations, {} rooms, {} participants",
-                signal.rooms, signal.participants
+                "{allocations}, {}, {}",
+                count(signal.rooms as u64, "room"),
+                count(signal.participants as u64, "participant")
             ),
-            None => format!("{allocations} allocations"),
+            None => allocations,
         }
     }
 
@@ -133,7 +139,7 @@ impl Handle {
     /// of it is good: an invalid config or an unreadable certificate is an error naming the
     /// key or file, and the running configuration stays. Keys that need a restart are
     /// reported, not applied.
-    pub async fn reload(&mut self, new: Config) -> anyhow::Result<Reloaded> {
+    pub async fn reload(&self, new: Config) -> anyhow::Result<Reloaded> {
         new.validate()?;
         let certificate = match (&self.certs, &new.tls) {
             (Some(_), Some(tls)) => Some(tls::load_certified_key(tls)?),
@@ -175,6 +181,12 @@ impl Handle {
         if let Some(hub) = &self.hub {
             hub.drain().await;
         }
+    }
+
+    /// Whether every shard is still running: each UDP worker thread and the TCP/TLS shard
+    /// task. False means part of the server has died and a restart is due.
+    pub fn is_healthy(&self) -> bool {
+        self.stream_shard.is_running() && self.workers.iter().all(WorkerHandle::is_running)
     }
 
     /// Stops every task and thread, and returns once every connection, session and socket

@@ -1,6 +1,8 @@
 //! A server's life as a service: start; reload on SIGHUP; on SIGTERM (or Ctrl-C) drain,
 //! then exit once the allocations have ended or `drain-timeout` has passed. A second
-//! SIGTERM ends the drain at once.
+//! SIGTERM ends the drain at once. Under systemd (`NOTIFY_SOCKET`) each step is reported:
+//! READY=1 once every listener is bound, RELOADING=1 and READY=1 around a reload,
+//! STOPPING=1 when the drain begins, STATUS= and WATCHDOG=1 all along.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::bootstrap::start;
 use super::handle::Handle;
+use super::notify::Notifier;
 use crate::config::Config;
 
 /// How often a drain looks whether allocations are left.
@@ -31,18 +34,25 @@ pub struct Hooks {
 pub async fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     // Before anything is bound: from here on SIGHUP reloads instead of killing.
     let mut signals = Signals::new()?;
+    let notifier = Notifier::from_env();
     let mut drain_timeout = config.drain_timeout;
-    let mut handle = start(config).await?;
+    let handle = start(config).await?;
+    notifier.ready();
     loop {
         tokio::select! {
             _ = signals.hangup.recv() => {
-                if let Some(timeout) = reload(&mut handle, &hooks).await {
+                notifier.reloading();
+                if let Some(timeout) = reload(&handle, &hooks).await {
                     drain_timeout = timeout;
                 }
+                notifier.ready();
             }
             _ = signals.stop.recv() => break,
+            // Never ends: status lines and watchdog pings while the server runs.
+            () = notifier.report(&handle) => {}
         }
     }
+    notifier.stopping();
     drain(&handle, drain_timeout, &mut signals).await;
     tracing::info!("shutting down");
     handle.shutdown().await;
@@ -50,7 +60,7 @@ pub async fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
 }
 
 /// Reloads, or logs why not; returns the new drain timeout when the reload took.
-async fn reload(handle: &mut Handle, hooks: &Hooks) -> Option<Duration> {
+async fn reload(handle: &Handle, hooks: &Hooks) -> Option<Duration> {
     let began = Instant::now();
     let Some(reload_config) = &hooks.reload_config else {
         tracing::warn!("SIGHUP: this server has no configuration to reload");

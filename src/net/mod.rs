@@ -9,6 +9,8 @@
 //!   TLS connections talk over a bounded channel to one more shard, owned by one task.
 //! - `http`: the call page and WebSocket signaling; a hub task owns the
 //!   [`Rooms`](crate::signal::Rooms) and sessions talk to it over a bounded channel.
+//! - [`Notifier`]: telling systemd (`Type=notify`) that the server is ready, how it is
+//!   doing, that it is alive (watchdog), reloading or stopping.
 //!
 //! Every piece of mutable state has exactly one owner that runs its inputs in order; every
 //! shard gets its own slice of the relay port range, so ports never collide.
@@ -19,6 +21,7 @@ mod handle;
 mod http;
 mod lifecycle;
 mod limits;
+mod notify;
 mod tls;
 mod turn_io;
 
@@ -29,6 +32,7 @@ pub use bootstrap::start;
 pub use handle::{Handle, Reloaded};
 pub use http::hub::SignalFigures;
 pub use lifecycle::{run, Hooks, ReloadConfig, SetLogLevel};
+pub use notify::Notifier;
 pub use turn_io::batch;
 
 /// Raises this process's soft limit on open files to its hard limit: every allocation holds

@@ -85,6 +85,11 @@ impl ShardHandle {
         self.input.send(input).await.is_ok()
     }
 
+    /// Whether the shard task is still taking input.
+    pub fn is_running(&self) -> bool {
+        !self.input.is_closed()
+    }
+
     /// The core's counters as of the last input the shard finished; its gauges at most
     /// 100 ms old.
     pub fn figures(&self) -> Figures {

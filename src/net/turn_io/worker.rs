@@ -55,6 +55,11 @@ impl WorkerHandle {
         }
     }
 
+    /// Whether the worker's thread is still running (it ends on a fatal poll error).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Asks the worker to stop, without waiting.
     pub fn signal_stop(&self) {
         self.stop.store(true, Ordering::Release);
