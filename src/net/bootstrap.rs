@@ -22,6 +22,17 @@ use crate::turn::{self, DefaultFamily, PeerPolicy, RelayAddress, ServerConfig};
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
+    let trusts_everyone = |net: &ipnet::IpNet| net.prefix_len() == 0;
+    if config
+        .connections
+        .proxy_protocol_from
+        .iter()
+        .any(trusts_everyone)
+    {
+        tracing::warn!(
+            "`connections.proxy-protocol-from` includes every address: any client can claim any source address; list only your load balancers"
+        );
+    }
     let relays = resolve_relay_addresses(&config)?;
     let tls = config.tls.as_ref().map(tls::turn_acceptor).transpose()?;
     let https = config.tls.as_ref().map(tls::http_acceptor).transpose()?;

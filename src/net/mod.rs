@@ -9,6 +9,8 @@
 //!   TLS connections talk over a bounded channel to one more shard, owned by one task.
 //! - `http`: the call page and WebSocket signaling; a hub task owns the
 //!   [`Rooms`](crate::signal::Rooms) and sessions talk to it over a bounded channel.
+//! - `proxy_protocol`: the header a load balancer in `[connections] proxy-protocol-from`
+//!   begins each TCP connection with, naming the client it relays.
 //!
 //! Every piece of mutable state has exactly one owner that runs its inputs in order; every
 //! shard gets its own slice of the relay port range, so ports never collide.
@@ -18,6 +20,7 @@ mod bootstrap;
 mod handle;
 mod http;
 mod limits;
+mod proxy_protocol;
 mod tls;
 mod turn_io;
 
