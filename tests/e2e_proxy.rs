@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rendez::stun::{decode_xor_address, AttrType, Class, Message, Method};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 mod common;
+use common::tls::TestCert;
 use common::*;
 
 /// Loopback is the load balancer: every test client connects from 127.0.0.1.
@@ -282,4 +283,73 @@ fn mapped_address(response: &[u8]) -> SocketAddr {
         &m.transaction_id(),
     )
     .unwrap()
+}
+
+// ---------------------------------------------------------------- the signaling listener
+
+/// The page and signaling behind the same balancer: the header is read before HTTP, and
+/// the named client is the one counted (here by `max-per-ip`; `rooms-per-ip` uses the same
+/// address).
+#[tokio::test]
+async fn the_signaling_listener_reads_headers_and_counts_named_clients() {
+    let server = start_signaling(&format!("{BEHIND_LOOPBACK}max-per-ip = 1\n")).await;
+    let addr = server.signal_addr().unwrap();
+    let to: SocketAddr = "203.0.113.1:443".parse().unwrap();
+    let other: SocketAddr = "198.51.100.8:4242".parse().unwrap();
+    // 198.51.100.7 holds its one connection open, once answered on it.
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    let keep_alive = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    held.write_all(&[&v2_proxy(claimed(), to), &keep_alive[..]].concat())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok\n") {
+        let mut chunk = [0; 512];
+        let read = tokio::time::timeout(WAIT, held.read(&mut chunk)).await;
+        let n = read.expect("an answer").unwrap();
+        assert!(n > 0, "the held connection was closed");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let (status, body) = http_get_behind(addr, &v2_proxy(other, to)).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _) = http_get_behind(addr, V1_TCP4).await;
+    assert_eq!(
+        status, 0,
+        "a second connection of 198.51.100.7 is over its cap"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(http_get_behind(addr, V1_TCP4).await.0, 200);
+    // From the balancer without a header: closed, not served.
+    assert_eq!(http_get_behind(addr, b"").await.0, 0);
+    server.shutdown().await;
+}
+
+async fn start_signaling(extra: &str) -> rendez::Handle {
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"13000-13999\"\n\
+         [auth]\nsecrets = [\"web-secret\"]\n[signal]\nlisten = \"127.0.0.1:0\"\n{extra}"
+    );
+    let config = rendez::Config::from_toml(&text).expect("test config parses");
+    rendez::start(config).await.expect("server starts")
+}
+
+/// GET /healthz after `header`: the status (0 when the server closed the connection
+/// without an answer) and the body.
+async fn http_get_behind(addr: SocketAddr, header: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    // A closed connection may refuse the write; the answer (none) says the rest.
+    let _ = stream.write_all(&[header, request].concat()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("the server answers or closes");
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
 }

@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 mod common;
+use common::tls::TestCert;
 use common::*;
 
 // ---------------------------------------------------------------- TCP and TLS relaying

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
+use super::proxy_protocol::TrustedProxies;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, tls, unix_now};
 use crate::config::{Config, RelayFamily};
@@ -133,9 +134,11 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         // The page server has caps of its own, so it cannot use up the TURN connections'.
         let http_limits =
             limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
+        let proxies = TrustedProxies::new(config.connections.proxy_protocol_from.clone());
         tracker.spawn(http::serve(
             listener,
             https,
+            proxies,
             hub,
             http_limits,
             tracker.clone(),

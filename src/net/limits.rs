@@ -142,7 +142,7 @@ mod tests {
         let _third = limits.try_admit_unattributed().unwrap();
         assert!(limits.try_admit_unattributed().is_none(), "total cap");
         drop((first, second));
-        assert!(limits.open.lock().unwrap().per_ip.get(&client).is_none());
+        assert!(!limits.open.lock().unwrap().per_ip.contains_key(&client));
         assert!(limits.try_admit(client).is_some());
     }
 

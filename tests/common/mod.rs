@@ -13,8 +13,7 @@ use rendez::stun::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-mod tls;
-pub use tls::TestCert;
+pub mod tls;
 
 pub const WAIT: Duration = Duration::from_secs(3);
 
