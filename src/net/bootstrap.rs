@@ -23,13 +23,8 @@ use crate::turn::{self, DefaultFamily, PeerPolicy, RelayAddress, ServerConfig};
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
-    let trusts_everyone = |net: &ipnet::IpNet| net.prefix_len() == 0;
-    if config
-        .connections
-        .proxy_protocol_from
-        .iter()
-        .any(trusts_everyone)
-    {
+    let proxies = &config.connections.proxy_protocol_from;
+    if proxies.iter().any(|net| net.prefix_len() == 0) {
         tracing::warn!(
             "`connections.proxy-protocol-from` includes every address: any client can claim any source address; list only your load balancers"
         );

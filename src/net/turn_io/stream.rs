@@ -127,37 +127,45 @@ impl Connection {
     /// Before anything else, a load balancer's PROXY header names the client; on `turns:`
     /// listeners the TLS handshake follows. Then the connection is served.
     async fn open(mut self, mut stream: TcpStream, behind_proxy: bool, tls: Option<TlsAcceptor>) {
-        let peer = self.tuple.client;
-        if behind_proxy {
-            match self.in_time(proxy_protocol::read_header(&mut stream)).await {
-                Ok(Ok(Origin::Relayed { client, server })) => {
-                    self.tuple.client = client;
-                    self.tuple.server = server;
-                }
-                Ok(Ok(Origin::AsConnected)) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "connection from a proxy closed");
-                    return;
-                }
-                Err(reason) => {
-                    tracing::debug!(%peer, ?reason, "connection from a proxy closed before its PROXY header");
-                    return;
-                }
-            }
-            if !self.permit.attribute(self.tuple.client.ip()) {
-                let client = self.tuple.client;
-                tracing::debug!(%client, %peer, "connection refused: per-IP cap reached");
-                return;
-            }
+        if behind_proxy && !self.take_proxy_header(&mut stream).await {
+            return;
         }
+        let client = self.tuple.client;
         match tls {
             None => self.serve(stream).await,
             Some(acceptor) => match self.in_time(acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => self.serve(stream).await,
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(reason) => tracing::debug!(%peer, ?reason, "TLS handshake not completed"),
+                Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                Err(reason) => tracing::debug!(%client, ?reason, "TLS handshake not completed"),
             },
         }
+    }
+
+    /// Takes the client's address from a balancer's PROXY header and counts the connection
+    /// under it; false (logged) when the connection must close.
+    async fn take_proxy_header(&mut self, stream: &mut TcpStream) -> bool {
+        let proxy = self.tuple.client;
+        match self.in_time(proxy_protocol::read_header(stream)).await {
+            Ok(Ok(Origin::Relayed { client, server })) => {
+                self.tuple.client = client;
+                self.tuple.server = server;
+            }
+            Ok(Ok(Origin::AsConnected)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%proxy, %error, "connection from a proxy closed");
+                return false;
+            }
+            Err(reason) => {
+                tracing::debug!(%proxy, ?reason, "connection from a proxy closed before its header");
+                return false;
+            }
+        }
+        let client = self.tuple.client;
+        if !self.permit.attribute(client.ip()) {
+            tracing::debug!(%client, %proxy, "connection refused: per-IP cap reached");
+            return false;
+        }
+        true
     }
 
     /// Runs one step of opening a connection within the message timeout, unless the server
