@@ -9,9 +9,10 @@
 //!
 //! The header is read exactly, never a byte beyond it: what follows belongs to STUN or to the
 //! TLS handshake. Every header is at least 15 bytes long ("PROXY UNKNOWN\r\n"), so that much
-//! is read first; version 2 then says its own length in its 16th byte, and a version 1 line
-//! is read a byte at a time up to its LF (at most 107 bytes; a TCP4 line is about 45, and
-//! this happens once per connection from a balancer). The caller bounds the time it takes.
+//! is read first. Version 2 then says its own length in its 15th and 16th bytes (at most
+//! 64 KiB with TLVs, held only until parsed, like a STUN message); a version 1 line is read
+//! a byte at a time up to its LF (at most 107 bytes; a TCP4 line is about 45, and this
+//! happens once per connection from a balancer). The caller bounds the time it all takes.
 //! Parsing the complete header is the `ppp` crate's job; what its addresses mean is ours.
 
 use std::net::{IpAddr, SocketAddr};
@@ -114,53 +115,51 @@ fn parse_v1(line: &[u8]) -> Result<Origin, HeaderError> {
     let header = v1::Header::try_from(line)?;
     Ok(match header.addresses {
         v1::Addresses::Tcp4(a) => relayed(
-            (a.source_address.into(), a.source_port),
-            (a.destination_address.into(), a.destination_port),
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
         ),
         v1::Addresses::Tcp6(a) => relayed(
-            (a.source_address.into(), a.source_port),
-            (a.destination_address.into(), a.destination_port),
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
         ),
         v1::Addresses::Unknown => Origin::AsConnected,
     })
 }
 
 fn parse_v2(bytes: &[u8]) -> Result<Origin, HeaderError> {
+    use v2::{AddressFamily as Family, Protocol};
     let header = v2::Header::try_from(bytes)?;
     if header.command == v2::Command::Local {
         // The balancer's own connection; its address block, if any, is ignored.
         return Ok(Origin::AsConnected);
     }
-    use v2::{AddressFamily as Family, Protocol};
-    Ok(
-        match (header.address_family(), header.protocol, header.addresses) {
-            (_, Protocol::Stream, v2::Addresses::IPv4(a)) => relayed(
-                (a.source_address.into(), a.source_port),
-                (a.destination_address.into(), a.destination_port),
-            ),
-            (_, Protocol::Stream, v2::Addresses::IPv6(a)) => relayed(
-                (a.source_address.into(), a.source_port),
-                (a.destination_address.into(), a.destination_port),
-            ),
-            // The other combinations the spec defines (UNSPEC, UDP, UNIX) fall back to the
-            // connection's own addresses, as it asks of receivers that do not support them;
-            // any other "must be rejected as invalid" (proxy-protocol.txt §2.2).
-            (Family::Unspecified, Protocol::Unspecified, _)
-            | (Family::IPv4 | Family::IPv6 | Family::Unix, Protocol::Datagram, _)
-            | (Family::Unix, Protocol::Stream, _) => Origin::AsConnected,
-            (family, protocol, _) => {
-                return Err(HeaderError::UndefinedTransport(
-                    family as u8 | protocol as u8,
-                ))
-            }
-        },
-    )
+    let origin = match (header.address_family(), header.protocol, header.addresses) {
+        (_, Protocol::Stream, v2::Addresses::IPv4(a)) => relayed(
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
+        ),
+        (_, Protocol::Stream, v2::Addresses::IPv6(a)) => relayed(
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
+        ),
+        // The other combinations the spec defines (UNSPEC, UDP, UNIX) fall back to the
+        // connection's own addresses, as it asks of receivers that do not support them;
+        // any other "must be rejected as invalid" (proxy-protocol.txt §2.2).
+        (Family::Unspecified, Protocol::Unspecified, _)
+        | (Family::IPv4 | Family::IPv6 | Family::Unix, Protocol::Datagram, _)
+        | (Family::Unix, Protocol::Stream, _) => Origin::AsConnected,
+        (family, protocol, _) => {
+            let transport = family as u8 | protocol as u8;
+            return Err(HeaderError::UndefinedTransport(transport));
+        }
+    };
+    Ok(origin)
 }
 
 /// A relayed client, with IPv4-mapped IPv6 addresses (from a dual-stack balancer) as the
 /// IPv4 addresses they are, so the client is told and counted as it connected.
-fn relayed(client: (IpAddr, u16), server: (IpAddr, u16)) -> Origin {
-    let canonical = |(ip, port): (IpAddr, u16)| SocketAddr::new(ip.to_canonical(), port);
+fn relayed<A: Into<IpAddr>>(client: (A, u16), server: (A, u16)) -> Origin {
+    let canonical = |(ip, port): (A, u16)| SocketAddr::new(ip.into().to_canonical(), port);
     Origin::Relayed {
         client: canonical(client),
         server: canonical(server),
