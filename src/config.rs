@@ -175,13 +175,17 @@ pub struct ConnectionsConfig {
     pub max: usize,
     /// Open TCP/TLS connections from one IP address.
     pub max_per_ip: usize,
-    /// A TLS handshake, a new connection's first message, and every message once its first
-    /// byte has arrived must complete within this.
+    /// A PROXY header, a TLS handshake, a new connection's first message, and every message
+    /// once its first byte has arrived must complete within this.
     #[serde(with = "humantime_serde_compat")]
     pub message_timeout: Duration,
     /// A connection without an allocation that sends nothing for this long is closed.
     #[serde(with = "humantime_serde_compat")]
     pub idle_timeout: Duration,
+    /// Load balancers whose TCP/TLS connections begin with a PROXY protocol (v1 or v2)
+    /// header naming the client they relay. Connections from these must have one, and no
+    /// one else's are read for one. Empty: off.
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 impl Default for ConnectionsConfig {
@@ -191,6 +195,7 @@ impl Default for ConnectionsConfig {
             max_per_ip: 64,
             message_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -883,6 +888,10 @@ mod tests {
                 "alternate-servers",
             ),
             ("[metrics]\nlisten = \"nope\"", "listen"),
+            (
+                "[connections]\nproxy-protocol-from = [\"10.0.0.1\"]",
+                "proxy-protocol-from",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
@@ -1102,6 +1111,7 @@ mod tests {
             max-per-ip = 4
             message-timeout = "5s"
             idle-timeout = "1m"
+            proxy-protocol-from = ["10.0.0.0/8", "2001:db8::/32"]
             "#,
         )
         .unwrap();
@@ -1116,6 +1126,7 @@ mod tests {
         );
         assert_eq!(c.default_relay_family, RelayFamily::MatchClient);
         assert_eq!(c.connections.max_per_ip, 4);
+        assert_eq!(c.connections.proxy_protocol_from.len(), 2);
         assert!(c.tls.is_some());
     }
 }

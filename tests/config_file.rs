@@ -23,6 +23,7 @@ fn commented_examples_are_valid_keys() {
     assert_eq!(config.static_users().len(), 2);
     assert_eq!(config.peers.allow.len(), 1);
     assert_eq!(config.peers.deny.len(), 1);
+    assert_eq!(config.connections.proxy_protocol_from.len(), 1);
     assert_eq!(config.relay_ports, PortRange(49152..=65535));
     assert_eq!(config.log_format, LogFormat::Text);
     assert!(config.signal.token_secret.is_some());
@@ -58,6 +59,7 @@ fn every_key_is_documented() {
         "max-per-ip",
         "message-timeout",
         "idle-timeout",
+        "proxy-protocol-from",
         "log-format",
         "log-level",
         "[auth]",

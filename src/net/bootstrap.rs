@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
+use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, tls, unix_now};
@@ -57,6 +58,12 @@ impl SharedLimits {
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
+    let proxies = &config.connections.proxy_protocol_from;
+    if proxies.iter().any(|net| net.prefix_len() == 0) {
+        tracing::warn!(
+            "`connections.proxy-protocol-from` includes every address: any client can claim any source address; list only your load balancers"
+        );
+    }
     let relays = resolve_relay_addresses(&config)?;
     let certs = config.tls.as_ref().map(CertStore::load).transpose()?;
     let tls = certs.as_ref().map(tls::turn_acceptor).transpose()?;
@@ -163,9 +170,11 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         // The page server has caps of its own, so it cannot use up the TURN connections'.
         let http_limits =
             limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
+        let proxies = TrustedProxies::new(config.connections.proxy_protocol_from.clone());
         tracker.spawn(http::serve(
             listener,
             https,
+            proxies,
             signal_hub.clone(),
             http_limits,
             tracker.clone(),

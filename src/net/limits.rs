@@ -1,6 +1,8 @@
 //! Caps on open TCP/TLS and HTTP connections, in all and per client address. IPv6 clients
 //! are counted per /64: one host usually holds a whole /64 and could otherwise open as
-//! many connections as it has addresses.
+//! many connections as it has addresses. A connection from a load balancer that speaks
+//! the PROXY protocol is counted under the client its header names, not the balancer's
+//! address (which would reach `max-per-ip` at once).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,7 +23,8 @@ struct Open {
 /// One admitted connection; dropping it frees the slot.
 pub(crate) struct Permit {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    /// The client it is counted under (its `limit_key`), once known.
+    ip: Option<IpAddr>,
 }
 
 impl ConnectionLimits {
@@ -45,8 +48,40 @@ impl ConnectionLimits {
         open.per_ip.insert(ip, from_ip + 1);
         Some(Permit {
             limits: self.clone(),
-            ip,
+            ip: Some(ip),
         })
+    }
+
+    /// Admits a connection whose client is not known yet (a load balancer's, whose PROXY
+    /// header will name it): counted in the total now, under its client once
+    /// [attributed](Permit::attribute). `None` when the total cap is reached.
+    pub fn try_admit_unattributed(self: &Arc<Self>) -> Option<Permit> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= self.max {
+            return None;
+        }
+        open.total += 1;
+        Some(Permit {
+            limits: self.clone(),
+            ip: None,
+        })
+    }
+}
+
+impl Permit {
+    /// Counts an unattributed connection under its client `ip`; false (and still
+    /// unattributed) when that client already has `max-per-ip` connections.
+    pub fn attribute(&mut self, ip: IpAddr) -> bool {
+        debug_assert!(self.ip.is_none(), "a connection is attributed once");
+        let ip = limit_key(ip);
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= self.limits.max_per_ip {
+            return false;
+        }
+        open.per_ip.insert(ip, from_ip + 1);
+        self.ip = Some(ip);
+        true
     }
 }
 
@@ -66,10 +101,11 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
         open.total = open.total.saturating_sub(1);
-        if let Some(count) = open.per_ip.get_mut(&self.ip) {
+        let Some(ip) = self.ip else { return };
+        if let Some(count) = open.per_ip.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                open.per_ip.remove(&self.ip);
+                open.per_ip.remove(&ip);
             }
         }
     }
@@ -91,6 +127,23 @@ mod tests {
         assert!(limits.try_admit(b).is_none(), "total cap");
         drop(p1);
         assert!(limits.try_admit(a).is_some());
+    }
+
+    #[test]
+    fn proxied_connections_count_under_the_client_their_header_names() {
+        let limits = ConnectionLimits::new(3, 1);
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+        // Any number of a balancer's connections wait for their headers at once.
+        let mut first = limits.try_admit_unattributed().unwrap();
+        let mut second = limits.try_admit_unattributed().unwrap();
+        assert!(first.attribute(client));
+        assert!(!second.attribute(client), "per-IP cap of the named client");
+        assert!(limits.try_admit(client).is_none());
+        let _third = limits.try_admit_unattributed().unwrap();
+        assert!(limits.try_admit_unattributed().is_none(), "total cap");
+        drop((first, second));
+        assert!(!limits.open.lock().unwrap().per_ip.contains_key(&client));
+        assert!(limits.try_admit(client).is_some());
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   [`Rooms`](crate::signal::Rooms) and sessions talk to it over a bounded channel.
 //! - [`Notifier`]: telling systemd (`Type=notify`) that the server is ready, how it is
 //!   doing, that it is alive (watchdog), reloading or stopping.
+//! - `proxy_protocol`: the header a load balancer in `[connections] proxy-protocol-from`
+//!   begins each TCP connection with, naming the client it relays.
 //!
 //! Every piece of mutable state has exactly one owner that runs its inputs in order; every
 //! shard gets its own slice of the relay port range, so ports never collide.
@@ -22,6 +24,7 @@ mod http;
 mod lifecycle;
 mod limits;
 mod notify;
+mod proxy_protocol;
 mod tls;
 mod turn_io;
 

@@ -77,7 +77,9 @@ pub struct FiveTuple {
     pub transport: Transport,
     /// The client's address as we see it (its server-reflexive address).
     pub client: SocketAddr,
-    /// Our listening address the client sent to.
+    /// The address the client sent to: our listening address, or for a client behind a
+    /// load balancer the balancer's, as its PROXY header says (so the tuple is the
+    /// connection the client made, unique like any other).
     pub server: SocketAddr,
 }
 

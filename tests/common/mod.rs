@@ -13,6 +13,8 @@ use rendez::stun::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod tls;
+
 pub const WAIT: Duration = Duration::from_secs(3);
 
 pub async fn start(extra: &str) -> rendez::Handle {

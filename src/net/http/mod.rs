@@ -20,19 +20,20 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::limits::{ConnectionLimits, Permit};
+use super::proxy_protocol::{self, Origin, TrustedProxies};
 use hub::HubHandle;
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 const APP_JS: &str = include_str!("../../../web/app.js");
 const STYLE_CSS: &str = include_str!("../../../web/style.css");
 
-/// How long a TLS handshake or an HTTP request head may take.
+/// How long a PROXY header, a TLS handshake or an HTTP request head may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the router's handlers share.
@@ -43,10 +44,13 @@ struct AppState {
     stopped: watch::Receiver<bool>,
 }
 
-/// Serves HTTP (or HTTPS with `tls`) on `listener` until stopped.
+/// Serves HTTP (or HTTPS with `tls`) on `listener` until stopped. Connections from
+/// `proxies` begin with a PROXY header naming the client (whose rooms and connections are
+/// counted).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    proxies: TrustedProxies,
     hub: HubHandle,
     limits: Arc<ConnectionLimits>,
     tracker: TaskTracker,
@@ -73,27 +77,39 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        // Every connection, WebSocket or not, holds a task and a file descriptor.
-        let Some(permit) = limits.try_admit(peer.ip()) else {
+        // Every connection, WebSocket or not, holds a task and a file descriptor. A load
+        // balancer's counts under the client its header names, once read.
+        let behind_proxy = proxies.trusts(peer.ip());
+        let admitted = if behind_proxy {
+            limits.try_admit_unattributed()
+        } else {
+            limits.try_admit(peer.ip())
+        };
+        let Some(permit) = admitted else {
             tracing::debug!(%peer, "HTTP connection refused: connection cap reached");
             continue;
         };
-        // Shared with a WebSocket session, which outlives the HTTP connection it upgraded.
-        let permit = Arc::new(permit);
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(ConnectInfo(peer)))
-                .layer(axum::Extension(permit.clone())),
-        );
+        let router = router.clone();
         let tls = tls.clone();
         let stopped = stopped.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let mut stopped_early = stopped.clone();
+            let (mut stream, mut permit, mut client) = (stream, permit, peer);
+            if behind_proxy {
+                let named = named_client(&mut stream, peer, &mut permit, &mut stopped_early);
+                let Some(named) = named.await else { return };
+                client = named;
+            }
+            // Shared with a WebSocket session, which outlives the HTTP connection it upgraded.
+            let permit = Arc::new(permit);
+            let service = TowerToHyperService::new(
+                router
+                    .layer(axum::Extension(ConnectInfo(client)))
+                    .layer(axum::Extension(permit.clone())),
+            );
             match tls {
                 None => serve_connection(TokioIo::new(stream), service, stopped).await,
                 Some(acceptor) => {
-                    let mut stopped_early = stopped.clone();
                     let handshake = tokio::select! {
                         done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
                         _ = stopped_early.changed() => return,
@@ -108,6 +124,37 @@ pub(crate) async fn serve(
             }
         });
     }
+}
+
+/// The client a load balancer's PROXY header names, counted under its address; `None`
+/// (logged) when the connection must close.
+async fn named_client(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    permit: &mut Permit,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<SocketAddr> {
+    let header = tokio::select! {
+        read = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_protocol::read_header(stream)) => read,
+        _ = stopped.changed() => return None,
+    };
+    let client = match header {
+        Ok(Ok(Origin::Relayed { client, .. })) => client,
+        Ok(Ok(Origin::AsConnected)) => peer,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "HTTP connection from a proxy closed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP connection from a proxy closed: no PROXY header in time");
+            return None;
+        }
+    };
+    if !permit.attribute(client.ip()) {
+        tracing::debug!(%client, %peer, "HTTP connection refused: per-IP cap reached");
+        return None;
+    }
+    Some(client)
 }
 
 async fn serve_connection<I, S>(io: I, service: S, mut stopped: watch::Receiver<bool>)

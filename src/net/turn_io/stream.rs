@@ -7,14 +7,19 @@
 //! of holding up the relay. Connections that send garbage are closed at once; connections
 //! that stall in the middle of a message, never send one, or sit idle without an allocation
 //! are closed after the configured timeouts.
+//!
+//! Behind a load balancer in `[connections] proxy-protocol-from`, a connection's client is
+//! the one its PROXY header names, read before anything else (before the TLS ClientHello),
+//! in the connection's own task like the handshake, so the accept loop never waits on it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -22,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use super::stream_shard::{Input, ShardHandle};
 use crate::config::ConnectionsConfig;
 use crate::net::limits::{ConnectionLimits, Permit};
+use crate::net::proxy_protocol::{self, Origin, TrustedProxies};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{FiveTuple, Transport};
 
@@ -34,13 +40,14 @@ const READ_CHUNK: usize = 4096;
 const COALESCE_KEEP: usize = 16 * 1024;
 
 /// Accepts connections until stopped. `tls` turns this into a `turns:` listener.
+/// Connections from `settings.proxy_protocol_from` begin with a PROXY header.
 pub(crate) async fn accept(
     shard: ShardHandle,
     tracker: TaskTracker,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Arc<ConnectionLimits>,
-    timeouts: ConnectionsConfig,
+    settings: ConnectionsConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
     let transport = if tls.is_some() {
@@ -48,12 +55,13 @@ pub(crate) async fn accept(
     } else {
         Transport::Tcp
     };
+    let proxies = TrustedProxies::new(settings.proxy_protocol_from.clone());
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stopped.changed() => return,
         };
-        let (stream, client) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(error) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -62,47 +70,34 @@ pub(crate) async fn accept(
                 continue;
             }
         };
-        let Some(permit) = limits.try_admit(client.ip()) else {
-            tracing::debug!(%client, "connection refused: connection cap reached");
+        let behind_proxy = proxies.trusts(peer.ip());
+        // A balancer's connection counts under the client its header names, once read.
+        let admitted = if behind_proxy {
+            limits.try_admit_unattributed()
+        } else {
+            limits.try_admit(peer.ip())
+        };
+        let Some(permit) = admitted else {
+            tracing::debug!(%peer, "connection refused: connection cap reached");
             continue;
         };
         let Ok(server) = stream.local_addr() else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let tuple = FiveTuple {
-            transport,
-            client,
-            server,
-        };
         let connection = Connection {
             shard: shard.clone(),
             tracker: tracker.clone(),
-            tuple,
-            _permit: permit,
-            timeouts: timeouts.clone(),
+            tuple: FiveTuple {
+                transport,
+                client: peer,
+                server,
+            },
+            permit,
+            timeouts: settings.clone(),
             stopped: stopped.clone(),
         };
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                None => connection.serve(stream).await,
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    let timeout = connection.timeouts.message_timeout;
-                    let mut stopped = connection.stopped.clone();
-                    let handshake = tokio::select! {
-                        done = tokio::time::timeout(timeout, handshake) => done,
-                        _ = stopped.changed() => return,
-                    };
-                    match handshake {
-                        Ok(Ok(stream)) => connection.serve(stream).await,
-                        Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        tracker.spawn(connection.open(stream, behind_proxy, tls.clone()));
     }
 }
 
@@ -121,13 +116,70 @@ enum Closed {
 struct Connection {
     shard: ShardHandle,
     tracker: TaskTracker,
+    /// The client's address is the peer's until a PROXY header names another.
     tuple: FiveTuple,
-    _permit: Permit,
+    permit: Permit,
     timeouts: ConnectionsConfig,
     stopped: watch::Receiver<bool>,
 }
 
 impl Connection {
+    /// Before anything else, a load balancer's PROXY header names the client; on `turns:`
+    /// listeners the TLS handshake follows. Then the connection is served.
+    async fn open(mut self, mut stream: TcpStream, behind_proxy: bool, tls: Option<TlsAcceptor>) {
+        if behind_proxy && !self.take_proxy_header(&mut stream).await {
+            return;
+        }
+        let client = self.tuple.client;
+        match tls {
+            None => self.serve(stream).await,
+            Some(acceptor) => match self.in_time(acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => self.serve(stream).await,
+                Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                Err(reason) => tracing::debug!(%client, ?reason, "TLS handshake not completed"),
+            },
+        }
+    }
+
+    /// Takes the client's address from a balancer's PROXY header and counts the connection
+    /// under it; false (logged) when the connection must close.
+    async fn take_proxy_header(&mut self, stream: &mut TcpStream) -> bool {
+        let proxy = self.tuple.client;
+        match self.in_time(proxy_protocol::read_header(stream)).await {
+            Ok(Ok(Origin::Relayed { client, server })) => {
+                self.tuple.client = client;
+                self.tuple.server = server;
+            }
+            Ok(Ok(Origin::AsConnected)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%proxy, %error, "connection from a proxy closed");
+                return false;
+            }
+            Err(reason) => {
+                tracing::debug!(%proxy, ?reason, "connection from a proxy closed before its header");
+                return false;
+            }
+        }
+        let client = self.tuple.client;
+        if !self.permit.attribute(client.ip()) {
+            tracing::debug!(%client, %proxy, "connection refused: per-IP cap reached");
+            return false;
+        }
+        true
+    }
+
+    /// Runs one step of opening a connection within the message timeout, unless the server
+    /// stops first.
+    async fn in_time<F: Future>(&self, step: F) -> Result<F::Output, Closed> {
+        let mut stopped = self.stopped.clone();
+        tokio::select! {
+            done = tokio::time::timeout(self.timeouts.message_timeout, step) => {
+                done.map_err(|_| Closed::Stalled)
+            }
+            _ = stopped.changed() => Err(Closed::Shutdown),
+        }
+    }
+
     async fn serve<S>(mut self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
