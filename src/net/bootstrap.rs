@@ -13,10 +13,11 @@ use tokio_util::task::TaskTracker;
 
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
+use super::observe::Observer;
 use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
 use super::turn_io::{stream, stream_shard, udp, worker};
-use super::{http, limits, tls, unix_now};
+use super::{http, limits, metrics, tls, unix_now};
 use crate::config::{Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
@@ -182,11 +183,30 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         ));
         hub = Some(signal_hub);
     }
+    let observer = Observer {
+        workers: worker_handles.iter().map(|w| w.published()).collect(),
+        stream: stream_shard.published(),
+        hub: hub.clone(),
+    };
+    let metrics_addr = match config.metrics.listen {
+        Some(addr) => {
+            let listener = stream::bind_tcp(addr).with_context(|| {
+                format!(
+                    "cannot listen for metrics on {addr} (config key `metrics.listen`): is another server using the port?"
+                )
+            })?;
+            let bound = listener.local_addr()?;
+            tracker.spawn(metrics::serve(listener, observer.clone(), stop.subscribe()));
+            Some(bound)
+        }
+        None => None,
+    };
     tracing::info!(
         udp = ?udp_addrs,
         tcp = ?tcp_addrs,
         tls = ?tls_addrs,
         signal = ?signal_addr,
+        metrics = ?metrics_addr,
         relays = ?relays,
         ports = %config.relay_ports,
         workers,
@@ -206,6 +226,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         limits: shared_limits,
         certs,
         hub,
+        observer,
+        metrics_addr,
     })
 }
 

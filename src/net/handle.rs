@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use super::bootstrap::{core_config, SharedLimits};
 use super::http::hub::{HubHandle, SignalFigures};
+use super::observe::Observer;
 use super::tls::{self, CertStore};
 use super::turn_io::stream_shard::{self, ShardHandle};
 use super::turn_io::worker::WorkerHandle;
@@ -35,6 +36,9 @@ pub struct Handle {
     /// The certificate of every TLS listener (None without `[tls]`).
     pub(super) certs: Option<Arc<CertStore>>,
     pub(super) hub: Option<HubHandle>,
+    pub(super) observer: Observer,
+    /// Where `/metrics` is served (None unless `[metrics] listen` is set).
+    pub(super) metrics_addr: Option<SocketAddr>,
 }
 
 /// What a reload applied.
@@ -76,28 +80,29 @@ impl Handle {
         self.workers.len()
     }
 
+    /// The bound address of `/metrics` (None unless `[metrics] listen` is set).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Each UDP worker's counters, in worker order (at most 100 ms old).
     pub fn worker_stats(&self) -> Vec<Stats> {
-        self.workers.iter().map(|w| w.figures().stats).collect()
+        let shards = self.observer.shards();
+        shards[..self.workers.len()]
+            .iter()
+            .map(|s| s.figures.stats.clone())
+            .collect()
     }
 
     /// The counters of every shard, added up (UDP workers' are at most 100 ms old).
     pub fn stats(&self) -> Stats {
-        let mut total = self.stream_shard.figures().stats;
-        for worker in &self.workers {
-            total.add(&worker.figures().stats);
-        }
-        total
+        self.observer.stats()
     }
 
     /// Allocations, permissions, channels and relay ports of every shard, added up (at
     /// most 100 ms old).
     pub fn gauges(&self) -> Gauges {
-        let mut total = self.stream_shard.figures().gauges;
-        for worker in &self.workers {
-            total.add(&worker.figures().gauges);
-        }
-        total
+        self.observer.gauges()
     }
 
     /// One line for a status display (systemd's STATUS=): "120 allocations, 3 rooms,
@@ -118,20 +123,9 @@ impl Handle {
         }
     }
 
-    /// Each UDP worker's gauges, in worker order (at most 100 ms old).
-    pub fn worker_gauges(&self) -> Vec<Gauges> {
-        self.workers.iter().map(|w| w.figures().gauges).collect()
-    }
-
-    /// The TCP/TLS shard's counters and gauges.
-    pub fn stream_stats(&self) -> (Stats, Gauges) {
-        let figures = self.stream_shard.figures();
-        (figures.stats, figures.gauges)
-    }
-
     /// Rooms, participants and sessions of the signaling service (None when it is off).
     pub fn signal_figures(&self) -> Option<SignalFigures> {
-        self.hub.as_ref().map(HubHandle::figures)
+        self.observer.signal()
     }
 
     /// Applies a new configuration to every shard, the signaling hub and the TLS listeners,

@@ -9,6 +9,10 @@
 //!   TLS connections talk over a bounded channel to one more shard, owned by one task.
 //! - `http`: the call page and WebSocket signaling; a hub task owns the
 //!   [`Rooms`](crate::signal::Rooms) and sessions talk to it over a bounded channel.
+//! - [`run`] (`lifecycle`): the service loop: reload on SIGHUP ([`Handle::reload`]
+//!   reaches every shard through its input channel), drain on SIGTERM.
+//! - `observe` and `metrics`: a read-only view of every shard's published counters, and
+//!   `/metrics` made of it; `tls`: the certificate store a reload swaps.
 //! - [`Notifier`]: telling systemd (`Type=notify`) that the server is ready, how it is
 //!   doing, that it is alive (watchdog), reloading or stopping.
 //! - `proxy_protocol`: the header a load balancer in `[connections] proxy-protocol-from`
@@ -23,7 +27,9 @@ mod handle;
 mod http;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod notify;
+mod observe;
 mod proxy_protocol;
 mod tls;
 mod turn_io;

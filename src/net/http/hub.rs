@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,6 +79,9 @@ struct Shared {
     next_conn: AtomicU64,
     settings: RwLock<Arc<SessionSettings>>,
     figures: Mutex<SignalFigures>,
+    /// Set when the server drains: `/healthz` answers 503 so load balancers send new
+    /// visitors elsewhere.
+    draining: AtomicBool,
 }
 
 /// A session's settings, taken when it opens (a reload applies to sessions opened after).
@@ -128,7 +131,12 @@ impl HubHandle {
     }
 
     pub async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
         self.send(Input::Drain).await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -189,6 +197,7 @@ pub(crate) fn spawn(
         next_conn: AtomicU64::new(1),
         settings: RwLock::new(Arc::new(SessionSettings::new(config, udp, tls))),
         figures: Mutex::default(),
+        draining: AtomicBool::new(false),
     });
     let hub = Hub {
         rooms,

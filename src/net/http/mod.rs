@@ -192,8 +192,14 @@ async fn style_css() -> Response {
     static_file("text/css; charset=utf-8", STYLE_CSS)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 while serving; 503 once the server drains, so a load balancer stops sending new
+/// visitors here while existing calls go on.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.hub.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {

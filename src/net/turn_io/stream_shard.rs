@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::udp::bind_udp;
-use super::{Control, Figures, PublishedFigures};
+use super::{Control, PublishedFigures};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{
     FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, Server, PEER_HEADROOM, PEER_TAILROOM,
@@ -90,10 +90,10 @@ impl ShardHandle {
         !self.input.is_closed()
     }
 
-    /// The core's counters as of the last input the shard finished; its gauges at most
-    /// 100 ms old.
-    pub fn figures(&self) -> Figures {
-        self.figures.read()
+    /// Where the shard publishes its counters (after every input) and gauges (every
+    /// 100 ms).
+    pub fn published(&self) -> PublishedFigures {
+        self.figures.clone()
     }
 }
 

@@ -19,7 +19,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{self, RecvBatch, BATCH};
 use super::sockets::{Ready, Sockets};
-use super::{Control, Figures, PublishedFigures};
+use super::{Control, PublishedFigures};
 use crate::turn::{self, FiveTuple, PeerAddr, RelayAddr, Transport, PEER_HEADROOM, PEER_TAILROOM};
 
 const WAKER: Token = Token(usize::MAX);
@@ -43,9 +43,9 @@ pub(crate) struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// The worker's counters and gauges, at most 100 ms old.
-    pub fn figures(&self) -> Figures {
-        self.figures.read()
+    /// Where the worker publishes its counters and gauges (every 100 ms).
+    pub fn published(&self) -> PublishedFigures {
+        self.figures.clone()
     }
 
     /// Hands the worker an order; it runs it at its next wake-up, which this causes.
