@@ -28,6 +28,7 @@ const ERROR_TEXT = {
   unauthorized:
     "The server did not let you in: this room needs a valid invitation link. Ask for a fresh one.",
   "rate-limited": "The server is asking this page to slow down.",
+  unavailable: "The server is restarting and takes no new joins right now.",
   "bad-message":
     "The server did not understand this page. Reloading the page may help.",
   "media-denied":
@@ -248,6 +249,8 @@ function onSocketMessage(text) {
       return onSignal(message);
     case "error":
       return onServerError(message);
+    case "reconnect":
+      return onReconnectAsked();
     // Other types (such as "pong") need no action here.
   }
 }
@@ -300,8 +303,9 @@ function onServerError({ code, message }) {
     setTimeout(() => call.error === code && clearMessage(), WARNING_MS);
     return;
   }
-  // Turned away at the door. Being too fast (or in too many rooms) passes; the rest does not.
-  if (code === "rate-limited") {
+  // Turned away at the door. Being too fast, or a server that is restarting, passes; the
+  // rest does not.
+  if (code === "rate-limited" || code === "unavailable") {
     closeSocket();
     const delay = scheduleReconnect();
     showError(code, `${ERROR_TEXT[code]} Trying again in ${delay / 1000} s…`);
@@ -311,6 +315,18 @@ function onServerError({ code, message }) {
   endCall();
   showJoinView();
   showError(code, ERROR_TEXT[code] ?? message);
+}
+
+/**
+ * The server is going away (it drains before a restart or hands its visitors to another
+ * node): reconnect, and the welcome rebuilds the mesh. Peers keep talking meanwhile.
+ */
+function onReconnectAsked() {
+  closeSocket();
+  if (!call.active) return;
+  const delay = scheduleReconnect();
+  showError("connection-lost", `The server is restarting. Reconnecting in ${delay / 1000} s…`);
+  render();
 }
 
 /** The connection to the server dropped: peers keep talking while we reconnect. */
