@@ -10,8 +10,8 @@ use rendez::stun::{
     MessageBuilder, Method, TransactionId,
 };
 use rendez::turn::{
-    DropReason, FiveTuple, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind, Server,
-    ServerConfig, Transport, UserSecret,
+    ChallengeLimiter, DropReason, FiveTuple, PeerAddr, PeerPolicy, QuotaExceeded, QuotaLimits,
+    Quotas, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
 };
 
 mod harness;
@@ -21,6 +21,140 @@ const REALM: &str = "rendez.test";
 const SECRET: &str = "rotating-secret-2";
 /// Wall-clock time at the start of every scenario (unix seconds).
 const UNIX_START: u64 = 1_800_000_000;
+
+// ---------------------------------------------------------------- operations: drain, quotas, limits
+
+#[test]
+fn draining_refuses_new_allocations_with_486_and_keeps_existing_ones() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    h.server.start_draining();
+    let mut late = Client::alice(client_at(7100));
+    let refused = late.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(refused.error_code(), Some(486));
+    assert!(
+        refused.verifies(&late.key()),
+        "answered after authentication"
+    );
+    let send = as_indication(build(Method::SEND, &[peer(PEER), data(b"on")], None, false));
+    assert!(
+        h.client_to_peer(CLIENT, &send).is_some(),
+        "existing allocations relay on"
+    );
+    let refresh = alice.call(&mut h, Method::REFRESH, &[lifetime(600)]);
+    assert_eq!(refresh.class(), Class::Success, "and may be refreshed");
+    assert_eq!(h.server.stats().refused_draining, 1);
+}
+
+#[test]
+fn draining_with_alternates_answers_300_with_an_alternate_of_the_clients_family() {
+    let v6: SocketAddr = "[2001:db8::8]:3478".parse().unwrap();
+    let v4: SocketAddr = "203.0.113.8:3478".parse().unwrap();
+    let mut h = Harness::with_config(|c| c.alternate_servers = vec![v6, v4]);
+    h.server.start_draining();
+    let mut alice = Client::alice(CLIENT);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(response.error_code(), Some(300));
+    let value = response.attr(AttrType::ALTERNATE_SERVER).unwrap();
+    // A plain (not XORed) address: family 1, port, IPv4.
+    assert_eq!(value, [0, 1, 0x0d, 0x96, 203, 0, 113, 8]);
+}
+
+#[test]
+fn quotas_are_shared_between_shards_and_give_486() {
+    let quotas = Quotas::new(QuotaLimits {
+        per_user: 2,
+        per_address: 3,
+        total: 100,
+    });
+    // Two shards (as two UDP workers would be) sharing one set of quotas.
+    let mut one = Harness::with_config(|c| c.quotas = quotas.clone());
+    let mut two = Harness::with_config(|c| c.quotas = quotas.clone());
+    Client::alice(client_at(7201)).allocate(&mut one);
+    Client::alice(client_at(7202)).allocate(&mut two);
+    let third = Client::alice(client_at(7203)).call(&mut two, Method::ALLOCATE, &[udp()]);
+    assert_eq!(
+        third.error_code(),
+        Some(486),
+        "alice's third, on another shard"
+    );
+    assert_eq!(two.server.stats().quota_refusals(QuotaExceeded::User), 1);
+    // Bob is another user, but from the same address: the address quota (3) still has room
+    // for one.
+    let mut bob = Client::rest(client_at(7204), "bob", UNIX_START + 600);
+    assert_eq!(bob.allocate_response(&mut one).class(), Class::Success);
+    let mut carol = Client::rest(client_at(7205), "carol", UNIX_START + 600);
+    let refused = carol.allocate_response(&mut one);
+    assert_eq!(refused.error_code(), Some(486));
+    assert_eq!(one.server.stats().quota_refusals(QuotaExceeded::Address), 1);
+    // When one of alice's allocations ends, she may have another.
+    let mut alice = Client::alice(client_at(7201));
+    alice.call(&mut one, Method::REFRESH, &[lifetime(0)]);
+    let again = Client::alice(client_at(7206)).call(&mut two, Method::ALLOCATE, &[udp()]);
+    assert_eq!(again.class(), Class::Success);
+}
+
+#[test]
+fn bandwidth_per_allocation_drops_the_excess_each_way() {
+    // 1000 B/s with a one-second burst: ten 100-byte packets, then nothing until time passes.
+    let mut h = Harness::with_config(|c| c.bandwidth_per_allocation = 1000);
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    let send = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(&[7; 100])],
+        None,
+        false,
+    ));
+    let sent = (0..15)
+        .filter(|_| h.client_to_peer(CLIENT, &send).is_some())
+        .count();
+    assert_eq!(sent, 10);
+    let back = (0..15)
+        .filter(|_| h.peer_to_client(relayed, PEER, &[8; 100]).is_some())
+        .count();
+    assert_eq!(back, 10, "each direction has its own bucket");
+    assert_eq!(h.server.stats().dropped(DropReason::OverBandwidth), 10);
+    h.now += Duration::from_millis(500);
+    let later = (0..15)
+        .filter(|_| h.client_to_peer(CLIENT, &send).is_some())
+        .count();
+    assert_eq!(later, 5, "half a second refills half the bucket");
+}
+
+#[test]
+fn challenges_beyond_the_limit_per_source_are_dropped_over_udp_only() {
+    let limiter = ChallengeLimiter::new(3, 11);
+    let mut h = Harness::with_config(|c| c.challenge_limit = Some(limiter));
+    let request = build(Method::ALLOCATE, &[udp()], None, false);
+    let answered = (0..10u16)
+        .filter(|i| {
+            h.server
+                .handle_client_packet(h.now, client_at(7300 + i), &request);
+            !h.pump().is_empty()
+        })
+        .count();
+    assert_eq!(answered, 3, "one source address, any port");
+    assert_eq!(h.server.stats().dropped(DropReason::UnauthorizedRate), 7);
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..client_at(7400)
+    };
+    assert_eq!(
+        h.request(tcp, &request).error_code(),
+        Some(401),
+        "streams are not limited"
+    );
+    h.now += Duration::from_secs(1);
+    assert_eq!(
+        h.request(client_at(7301), &request).error_code(),
+        Some(401),
+        "next second"
+    );
+}
 
 // ---------------------------------------------------------------- Binding
 
@@ -1191,6 +1325,17 @@ impl Client {
 
     fn alice(tuple: FiveTuple) -> Self {
         Self::new(tuple, "alice", "wonderland")
+    }
+
+    /// A TURN REST user `EXPIRY:name`, minted with the current secret.
+    fn rest(tuple: FiveTuple, name: &str, expiry_unix: u64) -> Self {
+        let expires = std::time::UNIX_EPOCH + Duration::from_secs(expiry_unix);
+        let credential = rendez::credential::mint(SECRET, name, expires);
+        Self::new(tuple, &credential.username, &credential.password)
+    }
+
+    fn allocate_response(&mut self, h: &mut Harness) -> Response {
+        self.call(h, Method::ALLOCATE, &[udp()])
     }
 
     fn key(&self) -> [u8; 16] {
