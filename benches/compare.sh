@@ -200,6 +200,15 @@ password = "$PASSWORD"
 [peers]
 allow = ["127.0.0.0/8"]
 
+# One generator, one address, one user, hundreds of thousands of 401s and megabytes per
+# second per allocation: lifted to match coturn's defaults, which have no such limits.
+[limits]
+allocations-per-user = 1000000
+allocations-per-ip = 1000000
+allocations-total = 1000000
+bandwidth-per-allocation = 0
+unauthorized-per-ip = 1000000
+
 $tls_section
 EOF
 }
