@@ -167,9 +167,12 @@ pub(crate) fn render(observer: &Observer) -> String {
         "counter",
         "Packets dropped without an answer, by reason.",
         &|f| {
-            DropReason::ALL
-                .map(|r| (vec![("reason", r.name())], f.stats.dropped(r)))
-                .into()
+            let core = DropReason::ALL.map(|r| (vec![("reason", r.name())], f.stats.dropped(r)));
+            let io = [
+                (vec![("reason", "send_failed")], f.io.send_failed),
+                (vec![("reason", "client_backlog")], f.io.client_backlog),
+            ];
+            core.into_iter().chain(io).collect()
         },
     );
     if let Some(signal) = observer.signal() {

@@ -36,6 +36,17 @@ impl Control {
 pub(crate) struct Figures {
     pub stats: Stats,
     pub gauges: Gauges,
+    pub io: IoDrops,
+}
+
+/// Datagrams the core relayed that the I/O layer could not deliver (each also has a
+/// debug log line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct IoDrops {
+    /// The kernel refused a send (a full socket buffer, an unreachable peer).
+    pub send_failed: u64,
+    /// A TCP/TLS client's outgoing queue was full: it reads slower than its peers send.
+    pub client_backlog: u64,
 }
 
 /// Where a shard publishes its [`Figures`]; read by metrics, the status line and tests.
@@ -49,10 +60,11 @@ impl PublishedFigures {
 
     /// Publishes the counters, and the gauges too when `gauges` is given (they cost a walk
     /// over the allocations, so shards refresh them less often).
-    fn publish(&self, server: &Server, gauges: bool) {
+    fn publish(&self, server: &Server, io: IoDrops, gauges: bool) {
         let gauges = gauges.then(|| server.gauges());
         let mut figures = self.0.lock().unwrap_or_else(|p| p.into_inner());
         figures.stats.clone_from(server.stats());
+        figures.io = io;
         if let Some(gauges) = gauges {
             figures.gauges = gauges;
         }

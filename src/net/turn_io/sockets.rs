@@ -102,10 +102,16 @@ impl Sockets {
 
     /// Sends `payload` from the relay socket on `relay` to `peer`; a full socket buffer
     /// drops it, as a router would.
-    pub fn send_to_peer(&self, RelayAddr(relay): RelayAddr, peer: PeerAddr, payload: &[u8]) {
-        if let Some(relay) = self.relays.get(&relay) {
-            let _ = relay.socket.send_to(payload, peer.0);
-        }
+    /// Sends one datagram from a relay socket; false when the kernel refused it.
+    pub fn send_to_peer(
+        &self,
+        RelayAddr(relay): RelayAddr,
+        peer: PeerAddr,
+        payload: &[u8],
+    ) -> bool {
+        self.relays
+            .get(&relay)
+            .is_some_and(|relay| relay.socket.send_to(payload, peer.0).is_ok())
     }
 
     /// Gives spare map memory back after many relays closed.

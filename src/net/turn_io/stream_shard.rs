@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::udp::bind_udp;
-use super::{Control, PublishedFigures};
+use super::{Control, IoDrops, PublishedFigures};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{
     FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, Server, PEER_HEADROOM, PEER_TAILROOM,
@@ -105,7 +105,7 @@ pub(crate) fn spawn(
 ) -> ShardHandle {
     let (input, inbox) = mpsc::channel(INPUT_QUEUE);
     let figures = PublishedFigures::default();
-    figures.publish(&server, true);
+    figures.publish(&server, IoDrops::default(), true);
     let shard = Shard {
         server,
         io: StreamIo {
@@ -113,6 +113,7 @@ pub(crate) fn spawn(
             relays: HashMap::new(),
             pending: Vec::new(),
             input: input.downgrade(),
+            drops: IoDrops::default(),
             tracker: tracker.clone(),
         },
         figures: figures.clone(),
@@ -159,7 +160,8 @@ impl Shard {
             if refresh_gauges {
                 gauges_at = Instant::now();
             }
-            self.figures.publish(&self.server, refresh_gauges);
+            self.figures
+                .publish(&self.server, self.io.drops, refresh_gauges);
             // After the stats: whatever a client sees has been counted.
             self.io.flush();
         }
@@ -225,14 +227,16 @@ struct StreamIo {
     pending: Vec<(FiveTuple, Bytes)>,
     /// For new relay readers; weak, so the shard's own copy never keeps its inbox open.
     input: mpsc::WeakSender<Input>,
+    drops: IoDrops,
     tracker: TaskTracker,
 }
 
 impl StreamIo {
-    fn send_to_peer(&self, relay: RelayAddr, peer: PeerAddr, payload: &[u8]) {
+    fn send_to_peer(&mut self, relay: RelayAddr, peer: PeerAddr, payload: &[u8]) {
         if let Some(relay) = self.relays.get(&relay) {
             // A full socket buffer drops the datagram, as a router would.
             if let Err(error) = relay.socket.try_send_to(payload, peer.0) {
+                self.drops.send_failed += 1;
                 tracing::debug!(%peer, %error, "send to peer failed");
             }
         }
@@ -242,7 +246,9 @@ impl StreamIo {
     fn flush(&mut self) {
         for (to, bytes) in self.pending.drain(..) {
             if let Some(queue) = self.clients.get(&to) {
-                let _ = queue.try_send(bytes);
+                if queue.try_send(bytes).is_err() {
+                    self.drops.client_backlog += 1;
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{self, RecvBatch, BATCH};
 use super::sockets::{Ready, Sockets};
-use super::{Control, PublishedFigures};
+use super::{Control, IoDrops, PublishedFigures};
 use crate::turn::{self, FiveTuple, PeerAddr, RelayAddr, Transport, PEER_HEADROOM, PEER_TAILROOM};
 
 const WAKER: Token = Token(usize::MAX);
@@ -92,6 +92,7 @@ pub(crate) fn spawn(
         recv: RecvBatch::new(PEER_HEADROOM, PEER_TAILROOM),
         stop: stop.clone(),
         figures: figures.clone(),
+        drops: IoDrops::default(),
         orders,
         ended_at_last_trim: 0,
         unfinished: Vec::new(),
@@ -115,6 +116,7 @@ struct Worker {
     recv: RecvBatch,
     stop: Arc<AtomicBool>,
     figures: PublishedFigures,
+    drops: IoDrops,
     orders: mpsc::Receiver<Control>,
     ended_at_last_trim: u64,
     /// Sockets left unread after [`MAX_BATCHES_PER_TURN`] batches, to read next turn.
@@ -169,11 +171,11 @@ impl Worker {
             if now.duration_since(last_stats) >= MAX_SLEEP {
                 last_stats = now;
                 self.server.set_wall_clock(now, crate::net::unix_now());
-                self.figures.publish(&self.server, true);
+                self.figures.publish(&self.server, self.drops, true);
                 self.trim_memory();
             }
         }
-        self.figures.publish(&self.server, true);
+        self.figures.publish(&self.server, self.drops, true);
     }
 
     /// Reads a socket that is ready, remembering it if it still has data after this turn.
@@ -224,8 +226,10 @@ impl Worker {
                 };
                 let packet = &slot[headroom..headroom + len];
                 if let Some(to_peer) = self.server.handle_client_packet(now, from, packet) {
-                    self.sockets
-                        .send_to_peer(to_peer.relay, to_peer.peer, to_peer.payload);
+                    let sent =
+                        self.sockets
+                            .send_to_peer(to_peer.relay, to_peer.peer, to_peer.payload);
+                    self.drops.send_failed += u64::from(!sent);
                 }
             }
             self.server.drive(now, &mut self.sockets);
@@ -304,7 +308,8 @@ impl Worker {
                 count += 1;
             }
             if count > 0 {
-                batch::send_all(&listener.socket, &outgoing[..count]);
+                let sent = batch::send_all(&listener.socket, &outgoing[..count]);
+                self.drops.send_failed += (count - sent) as u64;
             }
         }
     }
