@@ -44,7 +44,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 #[command(group(
-    clap::ArgGroup::new("login").required(true).multiple(true).args(["secret", "config", "password"])
+    clap::ArgGroup::new("login")
+        .required(true)
+        .multiple(true)
+        .args(["secret", "config", "password"])
 ))]
 pub struct CheckArgs {
     /// The server as clients see it: turn:HOST:PORT?transport=udp|tcp or turns:HOST:PORT.
@@ -303,7 +306,10 @@ mod tests {
     fn check_needs_a_url_and_a_login() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["rendez", "check"], args].concat());
         assert!(parse(&["turn:h", "--user", "a"]).is_err());
-        assert!(parse(&["turn:h", "--password", "p"]).is_err(), "--password needs --user");
+        assert!(
+            parse(&["turn:h", "--password", "p"]).is_err(),
+            "--password needs --user"
+        );
         assert!(parse(&["stun:h", "--secret", "s"]).is_err());
         assert!(parse(&["turn:h", "--secret", "s", "--timeout", "0s"]).is_err());
         let Command::Check(args) = parse(&[

@@ -150,9 +150,11 @@ impl<W: Wire> TurnClient<W> {
             let message = Message::parse(&bytes).expect("transact returns parsed responses");
             if message.class() == Class::Success {
                 return match &self.challenge {
-                    Some(c) if message.verify_integrity(&c.key).is_none() => Err(
-                        RequestError::Unexpected("the response's MESSAGE-INTEGRITY does not verify"),
-                    ),
+                    Some(c) if message.verify_integrity(&c.key).is_none() => {
+                        Err(RequestError::Unexpected(
+                            "the response's MESSAGE-INTEGRITY does not verify",
+                        ))
+                    }
                     _ => Ok(Reply(bytes)),
                 };
             }
@@ -240,11 +242,9 @@ pub async fn binding(
     if message.class() == Class::Error {
         return Err(RequestError::Refused(ErrorReply::from_message(&message)));
     }
-    message
-        .xor_mapped_address()
-        .ok_or(RequestError::Unexpected(
-            "the Binding response has no XOR-MAPPED-ADDRESS",
-        ))
+    message.xor_mapped_address().ok_or(RequestError::Unexpected(
+        "the Binding response has no XOR-MAPPED-ADDRESS",
+    ))
 }
 
 fn new_transaction_id(rng: &mut Rng) -> TransactionId {

@@ -311,7 +311,11 @@ impl fmt::Display for Diagnosis {
                 write!(f, "cannot connect to {server}: {error}")
             }
             Diagnosis::CertificateNameMismatch { host, names } => {
-                write!(f, "certificate name mismatch: the server's certificate is not valid for `{host}`; ")?;
+                write!(
+                    f,
+                    "certificate name mismatch: the server's certificate is not valid for \
+                     `{host}`; "
+                )?;
                 if names.is_empty() {
                     write!(f, "it names no host this check can read")?;
                 } else {
@@ -325,15 +329,15 @@ impl fmt::Display for Diagnosis {
             }
             Diagnosis::CertificateUntrusted => write!(
                 f,
-                "the server's certificate is not signed by an authority this check trusts \
-                 (self-signed, or a private CA), and browsers will refuse it too: use a \
-                 certificate from a public CA (e.g. Let's Encrypt), or pass your own CA with \
-                 `--ca FILE` if every client trusts it"
+                "untrusted certificate: the server's certificate is not signed by an authority \
+                 this check trusts (self-signed, or a private CA), and browsers will refuse it \
+                 too: use a certificate from a public CA (e.g. Let's Encrypt), or pass your own \
+                 CA with `--ca FILE` if every client trusts it"
             ),
             Diagnosis::CertificateExpired => write!(
                 f,
-                "the server's certificate has expired or is not valid yet: renew the \
-                 certificate in `[tls] cert`, or check this machine's clock"
+                "expired certificate: the server's certificate has expired or is not valid yet: \
+                 renew the certificate in `[tls] cert`, or check this machine's clock"
             ),
             Diagnosis::TlsFailed { server, error } => write!(
                 f,
@@ -347,9 +351,16 @@ impl fmt::Display for Diagnosis {
             ),
             Diagnosis::NoAnswer { step, closed } => {
                 if *closed {
-                    write!(f, "the server closed the connection instead of answering {step}")
+                    write!(
+                        f,
+                        "the server closed the connection instead of answering {step}"
+                    )
                 } else {
-                    write!(f, "the server answered before but not {step}: is it overloaded or shutting down?")
+                    write!(
+                        f,
+                        "the server answered before but not {step}: is it overloaded or shutting \
+                         down?"
+                    )
                 }
             }
             Diagnosis::WrongSecret { realm } => write!(
@@ -376,20 +387,32 @@ impl fmt::Display for Diagnosis {
             Diagnosis::Refused { step, reply } => {
                 let (code, reason) = (reply.code, &reply.reason);
                 write!(f, "the server refused {step} with {code} {reason}")?;
-                match code {
-                    300 => write!(f, ": it is draining (shutting down) and sends new clients to another server"),
-                    403 => write!(f, ": this client is not allowed to use the relay"),
-                    437 => write!(f, ": a previous allocation from this address still exists; run the check again"),
-                    440 | 442 => write!(f, ": the server does not relay this address family or transport"),
-                    486 => write!(f, ": allocation quota reached for this user or address (`[limits]`), or the server is draining"),
-                    508 => write!(f, ": no relay port is free (widen `relay-ports`)"),
-                    _ => Ok(()),
-                }
+                let hint = match code {
+                    300 => "it is draining (shutting down) and sends new clients elsewhere",
+                    403 => "this client may not use the relay",
+                    437 => "an earlier allocation from this address still exists; run again",
+                    440 | 442 => "the server does not relay this address family or transport",
+                    486 => {
+                        "allocation quota reached for this user or address (`[limits]`), or the \
+                         server is draining"
+                    }
+                    508 => "no relay port is free (widen `relay-ports`)",
+                    _ => return Ok(()),
+                };
+                write!(f, ": {hint}")
             }
             Diagnosis::PeerDenied { peer } => {
-                write!(f, "peer address denied: the server's peer policy refuses {peer} (403 Forbidden). ")?;
+                write!(
+                    f,
+                    "peer address denied: the server's peer policy refuses {peer} (403 \
+                     Forbidden). "
+                )?;
                 if is_public(*peer) {
-                    write!(f, "This machine's address is in a `[peers] deny` range; run the check from another machine, or narrow `deny`")
+                    write!(
+                        f,
+                        "This machine's address is in a `[peers] deny` range: run the check from \
+                         another machine, or narrow `deny`"
+                    )
                 } else {
                     write!(
                         f,
@@ -420,7 +443,11 @@ impl fmt::Display for Diagnosis {
                  the firewall or cloud security group (or `external-ip` is wrong)"
             ),
             Diagnosis::OutboundLost { peer, peer_assumed } => {
-                write!(f, "the relay got this machine's packet, but what it relayed to {peer} never arrived: ")?;
+                write!(
+                    f,
+                    "the relay got this machine's packet, but what it relayed to {peer} never \
+                     arrived: "
+                )?;
                 if *peer_assumed {
                     write!(
                         f,
@@ -428,11 +455,17 @@ impl fmt::Display for Diagnosis {
                          public address), and behind NAT it is probably wrong"
                     )
                 } else {
-                    write!(f, "this machine's NAT or firewall dropped it; the server itself looks fine")
+                    write!(
+                        f,
+                        "this machine's NAT or firewall dropped it; the server itself looks fine"
+                    )
                 }
             }
             Diagnosis::NothingThrough { relayed } => {
-                write!(f, "nothing came through the relay at {relayed} in either direction: ")?;
+                write!(
+                    f,
+                    "nothing came through the relay at {relayed} in either direction: "
+                )?;
                 if is_public(relayed.ip()) {
                     write!(
                         f,
@@ -531,10 +564,10 @@ mod tests {
 
     #[test]
     fn echo_evidence_decides_the_cause() {
-        let relayed = addr("203.0.113.10:50000");
+        let relayed = addr("1.2.3.4:50000");
         let base = EchoEvidence {
             relayed,
-            peer: addr("198.51.100.2:40000"),
+            peer: addr("5.6.7.8:40000"),
             peer_assumed: false,
             inbound_arrived: true,
             outbound_source: Some(relayed),
@@ -543,18 +576,18 @@ mod tests {
 
         let from_elsewhere = EchoEvidence {
             inbound_arrived: false,
-            outbound_source: Some(addr("192.0.2.99:50000")),
+            outbound_source: Some(addr("9.9.9.9:50000")),
             ..base
         };
         assert_eq!(
             echo_failure(&from_elsewhere),
             Some(Diagnosis::ExternalIpWrong {
                 advertised: relayed,
-                actual: addr("192.0.2.99:50000")
+                actual: addr("9.9.9.9:50000")
             })
         );
         let text = echo_failure(&from_elsewhere).unwrap().to_string();
-        assert!(text.contains("external-ip = \"192.0.2.99\""), "{text}");
+        assert!(text.contains("external-ip = \"9.9.9.9\""), "{text}");
 
         let inbound_only_blocked = EchoEvidence {
             inbound_arrived: false,
@@ -582,15 +615,19 @@ mod tests {
             echo_failure(&nothing),
             Some(Diagnosis::NothingThrough { relayed })
         );
+        let text = echo_failure(&nothing).unwrap().to_string();
+        assert!(text.contains("UDP to and from `relay-ports` is blocked"), "{text}");
         let private = Diagnosis::NothingThrough {
             relayed: addr("10.0.0.5:50000"),
         };
-        assert!(private.to_string().contains("`external-ip` is probably missing"));
+        assert!(private
+            .to_string()
+            .contains("`external-ip` is probably missing"));
     }
 
     #[test]
     fn private_relayed_address_is_a_warning_only_for_a_public_server() {
-        let warning = relayed_address(addr("10.0.0.5:50000"), addr("203.0.113.10:3478"));
+        let warning = relayed_address(addr("10.0.0.5:50000"), addr("1.2.3.4:3478"));
         assert!(matches!(
             warning,
             Some(Diagnosis::RelayedAddressPrivate { .. })
@@ -602,7 +639,7 @@ mod tests {
             None
         );
         assert_eq!(
-            relayed_address(addr("203.0.113.10:50000"), addr("203.0.113.10:3478")),
+            relayed_address(addr("1.2.3.4:50000"), addr("1.2.3.4:3478")),
             None
         );
     }
@@ -643,8 +680,7 @@ mod tests {
             tls_failure("h", server, &untrusted),
             Diagnosis::CertificateUntrusted
         );
-        let expired =
-            handshake_error(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        let expired = handshake_error(rustls::Error::InvalidCertificate(CertificateError::Expired));
         assert_eq!(
             tls_failure("h", server, &expired),
             Diagnosis::CertificateExpired
@@ -666,7 +702,9 @@ mod tests {
             Diagnosis::UdpRefused { server }
         );
         let udp_silent = unreachable(server, Transport::Udp, &silent);
-        assert!(udp_silent.to_string().starts_with("UDP blocked or nothing listening"));
+        assert!(udp_silent
+            .to_string()
+            .starts_with("UDP blocked or nothing listening"));
         assert!(unreachable(server, Transport::Tls, &refused)
             .to_string()
             .contains("`tls-listen`"));

@@ -50,6 +50,11 @@ pub const MINTED_TTL: Duration = Duration::from_secs(10 * 60);
 /// secret.
 const LONG_LIVED_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest wait for the peer's own Binding. The socket is unconnected (it must hear
+/// the relay later), so a "port unreachable" cannot cut the wait short; and without an
+/// answer the check still has a good guess.
+const PEER_BINDING_WAIT: Duration = Duration::from_secs(1);
+
 /// What to check and how to log in.
 pub struct Options {
     pub url: TurnUrl,
@@ -200,8 +205,7 @@ impl<W: Write> Check<'_, W> {
             _ => None,
         };
         let started = Instant::now();
-        let tcp = match tokio::time::timeout(self.options.timeout, TcpStream::connect(server))
-            .await
+        let tcp = match tokio::time::timeout(self.options.timeout, TcpStream::connect(server)).await
         {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(error)) => return Ok(self.unreachable("connect", started, server, &error)),
@@ -233,11 +237,9 @@ impl<W: Write> Check<'_, W> {
                 let version = session
                     .protocol_version()
                     .map_or("TLS".to_owned(), |v| format!("{v:?}"));
-                let alpn = session
-                    .alpn_protocol()
-                    .map_or("no ALPN".to_owned(), |p| {
-                        format!("ALPN {}", String::from_utf8_lossy(p))
-                    });
+                let alpn = session.alpn_protocol().map_or("no ALPN".to_owned(), |p| {
+                    format!("ALPN {}", String::from_utf8_lossy(p))
+                });
                 self.report.step(
                     "tls",
                     Status::Ok,
@@ -277,7 +279,9 @@ impl<W: Write> Check<'_, W> {
                 let silent = std::io::ErrorKind::TimedOut.into();
                 match self.options.url.transport {
                     Transport::Udp => self.unreachable("binding", started, server, &silent),
-                    _ => self.not_turn("binding", started, server, "no answer to a Binding request"),
+                    _ => {
+                        self.not_turn("binding", started, server, "no answer to a Binding request")
+                    }
                 }
             }
             Err(RequestError::Transport(TransactError::Io(error))) => {
@@ -340,8 +344,12 @@ impl<W: Write> Check<'_, W> {
                 self.findings.push(skew);
             }
             Err(RequestError::Refused(again)) if again.code == 401 => {
-                self.report
-                    .step("allocate", Status::Fail, Some(started.elapsed()), describe(again));
+                self.report.step(
+                    "allocate",
+                    Status::Fail,
+                    Some(started.elapsed()),
+                    describe(again),
+                );
                 return self.fail(diagnosis::allocate_refused(again, kind, Some(false)));
             }
             Err(_) => {}
@@ -452,9 +460,8 @@ impl<W: Write> Check<'_, W> {
                 socket: &socket,
                 server: stun_server,
             };
-            client::binding(&mut wire, &mut self.rng, self.options.timeout)
-                .await
-                .ok()
+            let wait = self.options.timeout.min(PEER_BINDING_WAIT);
+            client::binding(&mut wire, &mut self.rng, wait).await.ok()
         } else {
             None
         };
@@ -463,7 +470,9 @@ impl<W: Write> Check<'_, W> {
                 "peer",
                 Status::Ok,
                 Some(started.elapsed()),
-                format_args!("{addr} (this machine's UDP address, from a Binding to {stun_server})"),
+                format_args!(
+                    "{addr} (this machine's UDP address, from a Binding to {stun_server})"
+                ),
             );
             return Ok(Peer {
                 socket,
@@ -727,7 +736,13 @@ impl<W: Write> Check<'_, W> {
         ))
     }
 
-    fn not_turn<T>(&mut self, step: &str, started: Instant, server: SocketAddr, what: &str) -> Step<T> {
+    fn not_turn<T>(
+        &mut self,
+        step: &str,
+        started: Instant,
+        server: SocketAddr,
+        what: &str,
+    ) -> Step<T> {
         self.report
             .step(step, Status::Fail, Some(started.elapsed()), what);
         self.fail(Diagnosis::NotTurn {

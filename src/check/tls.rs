@@ -20,14 +20,19 @@ pub fn connector(extra_roots: Option<&Path>) -> anyhow::Result<TlsConnector> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect())
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("cannot read CA certificates from {} (--ca)", path.display()))?;
+            .with_context(|| {
+                format!("cannot read CA certificates from {} (--ca)", path.display())
+            })?;
         if certs.is_empty() {
             anyhow::bail!("no PEM certificate in {} (--ca)", path.display());
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("a certificate in {} (--ca) is not usable as a root", path.display()))?;
+            roots.add(cert).with_context(|| {
+                format!(
+                    "a certificate in {} (--ca) is not usable as a root",
+                    path.display()
+                )
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -49,7 +49,9 @@ pub enum UrlError {
     UnbracketedIpv6,
     #[error("port `{0}` is not a number from 1 to 65535")]
     Port(String),
-    #[error("`{0}` is not a query this check understands: use `?transport=udp` or `?transport=tcp`")]
+    #[error(
+        "`{0}` is not a query this check understands: use `?transport=udp` or `?transport=tcp`"
+    )]
     Query(String),
     #[error("`turns:` runs over TLS on TCP: leave out `?transport=` or write `?transport=tcp`")]
     TlsOverUdp,
@@ -163,7 +165,10 @@ mod tests {
                 url("2001:db8::1", 3478, Transport::Udp),
             ),
             ("turns:h:443", url("h", 443, Transport::Tls)),
-            ("turns:[::1]:5350?transport=tcp", url("::1", 5350, Transport::Tls)),
+            (
+                "turns:[::1]:5350?transport=tcp",
+                url("::1", 5350, Transport::Tls),
+            ),
             ("turns:h", url("h", 5349, Transport::Tls)),
         ];
         for (text, expected) in cases {
@@ -195,7 +200,10 @@ mod tests {
             ("turn:h:0", UrlError::Port("0".into())),
             ("turn:h:70000", UrlError::Port("70000".into())),
             ("turn:h:", UrlError::Port("".into())),
-            ("turn:h?transport=sctp", UrlError::Query("transport=sctp".into())),
+            (
+                "turn:h?transport=sctp",
+                UrlError::Query("transport=sctp".into()),
+            ),
             ("turns:h?transport=udp", UrlError::TlsOverUdp),
         ];
         for (text, expected) in cases {
