@@ -192,13 +192,13 @@ pub enum LoginKind {
     Static { user: String },
 }
 
-/// Why an authenticated Allocate was refused. `long_lived_accepted` says what happened
-/// when a minted credential was refused and the check tried one valid for a day: accepted
-/// means the first was refused as expired, so the server's clock is ahead of ours.
+/// Why an authenticated Allocate was refused. `long_lived_accepted`: after a minted
+/// credential was refused, one valid for a day was accepted, so the first was refused as
+/// expired and the server's clock is ahead of ours.
 pub fn allocate_refused(
     reply: &ErrorReply,
     login: &LoginKind,
-    long_lived_accepted: Option<bool>,
+    long_lived_accepted: bool,
 ) -> Diagnosis {
     if reply.code != 401 {
         return Diagnosis::Refused {
@@ -212,9 +212,7 @@ pub fn allocate_refused(
             realm,
             user: user.clone(),
         },
-        LoginKind::Minted { ttl } if long_lived_accepted == Some(true) => {
-            Diagnosis::ClockSkew { ttl: *ttl }
-        }
+        LoginKind::Minted { ttl } if long_lived_accepted => Diagnosis::ClockSkew { ttl: *ttl },
         LoginKind::Minted { .. } => Diagnosis::WrongSecret { realm },
     }
 }
@@ -517,7 +515,7 @@ mod tests {
         let minted = LoginKind::Minted {
             ttl: Duration::from_secs(600),
         };
-        let skew = allocate_refused(&reply, &minted, Some(true));
+        let skew = allocate_refused(&reply, &minted, true);
         assert_eq!(
             skew,
             Diagnosis::ClockSkew {
@@ -525,7 +523,7 @@ mod tests {
             }
         );
         assert!(skew.to_string().contains("at least 10m ahead"), "{skew}");
-        let wrong = allocate_refused(&reply, &minted, Some(false));
+        let wrong = allocate_refused(&reply, &minted, false);
         assert_eq!(
             wrong,
             Diagnosis::WrongSecret {
@@ -540,7 +538,7 @@ mod tests {
         let login = LoginKind::Static {
             user: "alice".into(),
         };
-        let text = allocate_refused(&unauthorized_reply(), &login, None).to_string();
+        let text = allocate_refused(&unauthorized_reply(), &login, false).to_string();
         assert!(
             text.contains("\"turn.example.org\"") && text.contains("`alice`"),
             "{text}"
@@ -555,7 +553,7 @@ mod tests {
             realm: None,
         };
         let login = LoginKind::Static { user: "a".into() };
-        let text = allocate_refused(&reply, &login, None).to_string();
+        let text = allocate_refused(&reply, &login, false).to_string();
         assert!(
             text.contains("486 Allocation Quota Reached") && text.contains("[limits]"),
             "{text}"
@@ -616,7 +614,10 @@ mod tests {
             Some(Diagnosis::NothingThrough { relayed })
         );
         let text = echo_failure(&nothing).unwrap().to_string();
-        assert!(text.contains("UDP to and from `relay-ports` is blocked"), "{text}");
+        assert!(
+            text.contains("UDP to and from `relay-ports` is blocked"),
+            "{text}"
+        );
         let private = Diagnosis::NothingThrough {
             relayed: addr("10.0.0.5:50000"),
         };

@@ -101,7 +101,11 @@ pub async fn run(options: &Options, out: impl Write) -> anyhow::Result<Outcome> 
         rng: Rng::from_os()?,
     };
     check.report.title(&options.url);
-    let echoed = check.all_steps().await?.is_ok();
+    let echoed = match check.all_steps().await {
+        Ok(()) => true,
+        Err(Halt::Diagnosed) => false,
+        Err(Halt::Local(error)) => return Err(error),
+    };
     for finding in &check.findings {
         check.report.finding(finding);
     }
@@ -113,11 +117,21 @@ pub async fn run(options: &Options, out: impl Write) -> anyhow::Result<Outcome> 
     Ok(outcome)
 }
 
-/// A failure has been recorded as a finding; the remaining steps are skipped.
-struct Stopped;
+/// Why the remaining steps are skipped.
+enum Halt {
+    /// A failure has been recorded as a finding.
+    Diagnosed,
+    /// Something failed on this machine: the check cannot go on.
+    Local(anyhow::Error),
+}
 
-/// A step's result: `Err(Stopped)` once a failure is recorded.
-type Step<T> = Result<T, Stopped>;
+impl From<anyhow::Error> for Halt {
+    fn from(error: anyhow::Error) -> Self {
+        Halt::Local(error)
+    }
+}
+
+type Step<T> = Result<T, Halt>;
 
 struct Check<'a, W: Write> {
     options: &'a Options,
@@ -134,32 +148,18 @@ struct Peer {
 }
 
 impl<W: Write> Check<'_, W> {
-    /// Every step in order. The outer `Err` is a local problem; the inner one means the
-    /// echo did not come back.
-    async fn all_steps(&mut self) -> anyhow::Result<Step<()>> {
-        let server = match self.resolve().await {
-            Ok(server) => server,
-            Err(Stopped) => return Ok(Err(Stopped)),
-        };
-        let connection = match self.connect(server).await? {
-            Ok(connection) => connection,
-            Err(Stopped) => return Ok(Err(Stopped)),
-        };
+    /// Every step in order; `Ok` when the echo came back.
+    async fn all_steps(&mut self) -> Step<()> {
+        let server = self.resolve().await?;
+        let connection = self.connect(server).await?;
         let (login, kind) = self.login(MINTED_TTL);
-        let rng = Rng::from_os()?;
+        let rng = Rng::from_os().context("seeding transaction ids")?;
         let mut client = TurnClient::new(connection, login, rng, self.options.timeout);
-        let allocated = match self.binding(&mut client, server).await {
-            Ok(()) => self.allocate(&mut client, &kind, server).await,
-            Err(Stopped) => Err(Stopped),
-        };
-        let Ok((relayed, mapped)) = allocated else {
-            return Ok(Err(Stopped));
-        };
-        let echoed = self
-            .relay_echo(&mut client, server, relayed, mapped)
-            .await?;
+        self.binding(&mut client, server).await?;
+        let (relayed, mapped) = self.allocate(&mut client, &kind, server).await?;
+        let echoed = self.relay_echo(&mut client, server, relayed, mapped).await;
         self.release(&mut client).await;
-        Ok(echoed)
+        echoed
     }
 
     async fn resolve(&mut self) -> Step<SocketAddr> {
@@ -191,13 +191,13 @@ impl<W: Write> Check<'_, W> {
     }
 
     /// UDP needs no connection; TCP connects, and TLS shakes hands on top.
-    async fn connect(&mut self, server: SocketAddr) -> anyhow::Result<Step<Connection>> {
+    async fn connect(&mut self, server: SocketAddr) -> Step<Connection> {
         let transport = self.options.url.transport;
         if transport == Transport::Udp {
             let connection = Connection::udp(server)
                 .await
                 .context("opening a local UDP socket")?;
-            return Ok(Ok(connection));
+            return Ok(connection);
         }
         // Read the CA file before connecting, so a bad file is reported as such.
         let connector = match transport {
@@ -208,10 +208,10 @@ impl<W: Write> Check<'_, W> {
         let tcp = match tokio::time::timeout(self.options.timeout, TcpStream::connect(server)).await
         {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(error)) => return Ok(self.unreachable("connect", started, server, &error)),
+            Ok(Err(error)) => return self.unreachable("connect", started, server, &error),
             Err(_) => {
                 let error = std::io::ErrorKind::TimedOut.into();
-                return Ok(self.unreachable("connect", started, server, &error));
+                return self.unreachable("connect", started, server, &error);
             }
         };
         // Requests are small and each waits for its answer: Nagle's algorithm would only
@@ -224,7 +224,7 @@ impl<W: Write> Check<'_, W> {
             format_args!("tcp {server}"),
         );
         let Some(connector) = connector else {
-            return Ok(Ok(Connection::stream(tcp)));
+            return Ok(Connection::stream(tcp));
         };
         let host = &self.options.url.host;
         let name = tls::server_name(host)?;
@@ -246,7 +246,7 @@ impl<W: Write> Check<'_, W> {
                     Some(started.elapsed()),
                     format_args!("{version}, {alpn}, certificate valid for {host}"),
                 );
-                return Ok(Ok(Connection::stream(stream)));
+                return Ok(Connection::stream(stream));
             }
             Ok(Err(error)) => error,
             Err(_) => std::io::Error::new(
@@ -256,7 +256,7 @@ impl<W: Write> Check<'_, W> {
         };
         self.report
             .step("tls", Status::Fail, Some(started.elapsed()), &error);
-        Ok(self.fail(diagnosis::tls_failure(host, server, &error)))
+        self.fail(diagnosis::tls_failure(host, server, &error))
     }
 
     async fn binding(
@@ -338,21 +338,9 @@ impl<W: Write> Check<'_, W> {
         client.change_login(long_lived);
         let started = Instant::now();
         let retry = client.request(Method::ALLOCATE, request_udp_relay).await;
-        match &retry {
-            Ok(_) => {
-                let skew = diagnosis::allocate_refused(&refused, kind, Some(true));
-                self.findings.push(skew);
-            }
-            Err(RequestError::Refused(again)) if again.code == 401 => {
-                self.report.step(
-                    "allocate",
-                    Status::Fail,
-                    Some(started.elapsed()),
-                    describe(again),
-                );
-                return self.fail(diagnosis::allocate_refused(again, kind, Some(false)));
-            }
-            Err(_) => {}
+        if retry.is_ok() {
+            self.findings
+                .push(diagnosis::allocate_refused(&refused, kind, true));
         }
         self.allocated(retry, started, server, kind, client.realm())
     }
@@ -373,7 +361,9 @@ impl<W: Write> Check<'_, W> {
                 self.report
                     .step("allocate", Status::Fail, elapsed, describe_error(&error));
                 return self.fail(match error {
-                    RequestError::Refused(reply) => diagnosis::allocate_refused(&reply, kind, None),
+                    RequestError::Refused(reply) => {
+                        diagnosis::allocate_refused(&reply, kind, false)
+                    }
                     other => request_failed("Allocate", server, other),
                 });
             }
@@ -407,19 +397,16 @@ impl<W: Write> Check<'_, W> {
         Ok((relayed, mapped))
     }
 
-    /// The peer, the permission for it, and the echo both ways. `Err` only for a local
-    /// problem.
+    /// The peer, the permission for it, and the echo both ways.
     async fn relay_echo(
         &mut self,
         client: &mut TurnClient<Connection>,
         server: SocketAddr,
         relayed: SocketAddr,
         mapped: SocketAddr,
-    ) -> anyhow::Result<Step<()>> {
+    ) -> Step<()> {
         let peer = self.peer(server, relayed, mapped).await?;
-        if self.permission(client, server, peer.addr).await.is_err() {
-            return Ok(Err(Stopped));
-        }
+        self.permission(client, server, peer.addr).await?;
         let inbound_arrived = self.echo_inbound(client, &peer, relayed).await?;
         let outbound_source = self.echo_outbound(client, &peer, relayed).await?;
         let evidence = EchoEvidence {
@@ -429,10 +416,10 @@ impl<W: Write> Check<'_, W> {
             inbound_arrived,
             outbound_source,
         };
-        Ok(match diagnosis::echo_failure(&evidence) {
+        match diagnosis::echo_failure(&evidence) {
             Some(failure) => self.fail(failure),
             None => Ok(()),
-        })
+        }
     }
 
     /// Opens the peer socket and learns its public address with a Binding over UDP to the
@@ -449,23 +436,23 @@ impl<W: Write> Check<'_, W> {
             .await
             .context("opening the peer's UDP socket")?;
         let local_port = socket.local_addr()?.port();
-        let stun_port = match self.options.url.transport {
-            Transport::Tls => TURN_PORT,
-            _ => self.options.url.port,
-        };
-        let stun_server = SocketAddr::new(server.ip(), stun_port);
         let started = Instant::now();
-        let learned = if stun_server.is_ipv4() == relayed.is_ipv4() {
-            let mut wire = UdpTo {
-                socket: &socket,
-                server: stun_server,
-            };
-            let wait = self.options.timeout.min(PEER_BINDING_WAIT);
-            client::binding(&mut wire, &mut self.rng, wait).await.ok()
-        } else {
-            None
+        let stun_server = self.stun_server(server, relayed).await;
+        let learned = match stun_server {
+            Some(stun_server) => {
+                let mut wire = UdpTo {
+                    socket: &socket,
+                    server: stun_server,
+                };
+                let wait = self.options.timeout.min(PEER_BINDING_WAIT);
+                client::binding(&mut wire, &mut self.rng, wait)
+                    .await
+                    .ok()
+                    .map(|addr| (addr, stun_server))
+            }
+            None => None,
         };
-        if let Some(addr) = learned {
+        if let Some((addr, stun_server)) = learned {
             self.report.step(
                 "peer",
                 Status::Ok,
@@ -490,13 +477,40 @@ impl<W: Write> Check<'_, W> {
             "peer",
             Status::Warn,
             Some(started.elapsed()),
-            format_args!("{addr} (a guess: no Binding answer over UDP from {stun_server})"),
+            match stun_server {
+                Some(asked) => format!("{addr} (a guess: no Binding answer over UDP from {asked})"),
+                None => {
+                    format!("{addr} (a guess: the server has no address of the relay's family)")
+                }
+            },
         );
         Ok(Peer {
             socket,
             addr,
             assumed: true,
         })
+    }
+
+    /// Where the peer asks for its public address: the server over UDP, on the URL's port
+    /// (for `turns:`, the standard STUN port), at an address of the relay's family.
+    async fn stun_server(&self, server: SocketAddr, relayed: SocketAddr) -> Option<SocketAddr> {
+        let url = &self.options.url;
+        let port = match url.transport {
+            Transport::Tls => TURN_PORT,
+            _ => url.port,
+        };
+        if server.is_ipv4() == relayed.is_ipv4() {
+            return Some(SocketAddr::new(server.ip(), port));
+        }
+        // Reached over the other family: a dual-stack name may have an address of this one.
+        let lookup = tokio::net::lookup_host((url.host.as_str(), port));
+        let addrs = tokio::time::timeout(self.options.timeout, lookup)
+            .await
+            .ok()?
+            .ok()?;
+        addrs
+            .into_iter()
+            .find(|addr| addr.is_ipv4() == relayed.is_ipv4())
     }
 
     async fn permission(
@@ -753,7 +767,7 @@ impl<W: Write> Check<'_, W> {
 
     fn fail<T>(&mut self, diagnosis: Diagnosis) -> Step<T> {
         self.findings.push(diagnosis);
-        Err(Stopped)
+        Err(Halt::Diagnosed)
     }
 }
 
