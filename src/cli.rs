@@ -60,7 +60,8 @@ pub struct CheckArgs {
     /// Take the secret (the first of `auth.secrets`) from this config.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The user name: put in the minted credential, or a static user with --password.
+    /// The user name: put in the minted credential (default "rendez-check"), or a static
+    /// user with --password.
     #[arg(long)]
     pub user: Option<String>,
     /// A static user's password (`[[auth.users]]`), with --user; used instead of a secret.
