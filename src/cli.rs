@@ -1,4 +1,4 @@
-//! The command line: `rendez serve` and `rendez credential`.
+//! The command line: `rendez serve`, `rendez credential`, `rendez token` and `rendez check`.
 //!
 //! Flags override the config file for the common keys; each flag also reads a `RENDEZ_*`
 //! environment variable, so a container or systemd unit can configure rendez without a file.
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::check::TurnUrl;
 use crate::config::{Config, ConfigError, LogFormat, PortRange, TlsConfig};
 
 #[derive(Parser, Debug)]
@@ -35,6 +36,57 @@ pub enum Command {
     /// Mint a token that admits its holder to one room, for deployments with
     /// `[signal] token-secret`.
     Token(TokenArgs),
+    /// Check a TURN server from this machine: Binding, Allocate, CreatePermission and a
+    /// relayed echo back to this machine, each step with its latency, and a plain diagnosis
+    /// of what fails. Exit status 0 only when the echo came back.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("login")
+        .required(true)
+        .multiple(true)
+        .args(["secret", "config", "password"])
+))]
+pub struct CheckArgs {
+    /// The server as clients see it: turn:HOST:PORT?transport=udp|tcp or turns:HOST:PORT.
+    #[arg(value_name = "URL")]
+    pub url: TurnUrl,
+    /// Mint a 10-minute credential from this shared secret (as in `auth.secrets`).
+    /// Prefer RENDEZ_SECRET or --config: command lines are visible to other local users.
+    #[arg(long, env = "RENDEZ_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Take the secret (the first of `auth.secrets`) from this config.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The user name: put in the minted credential (default "rendez-check"), or a static
+    /// user with --password.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A static user's password (`[[auth.users]]`), with --user; used instead of a secret.
+    #[arg(
+        long,
+        env = "RENDEZ_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<String>,
+    /// How long to wait for each step.
+    #[arg(long, default_value = "3s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Also trust the CA certificate(s) in this PEM file for `turns:` (besides the public
+    /// roots browsers trust).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(600) {
+        return Err("must be from 10ms to 10m, e.g. 3s".into());
+    }
+    Ok(timeout)
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +304,34 @@ mod tests {
         assert_eq!(config.relay_ports, PortRange(50000..=50010));
         assert_eq!(config.realm, "r.example");
         assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn check_needs_a_url_and_a_login() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["rendez", "check"], args].concat());
+        assert!(parse(&["turn:h", "--user", "a"]).is_err());
+        assert!(
+            parse(&["turn:h", "--password", "p"]).is_err(),
+            "--password needs --user"
+        );
+        assert!(parse(&["stun:h", "--secret", "s"]).is_err());
+        assert!(parse(&["turn:h", "--secret", "s", "--timeout", "0s"]).is_err());
+        let Command::Check(args) = parse(&[
+            "turns:h:443",
+            "--user",
+            "a",
+            "--password",
+            "p",
+            "--timeout",
+            "500ms",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected check");
+        };
+        assert_eq!(args.url.port, 443);
+        assert_eq!(args.timeout, Duration::from_millis(500));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod credential;

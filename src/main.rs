@@ -9,7 +9,7 @@ use base64::Engine;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use rendez::cli::{Cli, Command, CredentialArgs, ServeArgs, TokenArgs};
+use rendez::cli::{CheckArgs, Cli, Command, CredentialArgs, ServeArgs, TokenArgs};
 use rendez::config::{Config, LogFormat};
 use rendez::credential;
 use rendez::net::SetLogLevel;
@@ -17,12 +17,13 @@ use rendez::net::SetLogLevel;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Credential(args) => print_credential(args),
-        Command::Token(args) => print_token(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Credential(args) => print_credential(args).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => print_token(args).map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => check(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // `{:#}` prints the whole context chain on one line, without a backtrace: these
             // messages are for operators.
@@ -128,6 +129,49 @@ fn print_token(args: TokenArgs) -> anyhow::Result<()> {
         rendez::signal::token::mint(&secret, &args.room, expires_unix)
     );
     Ok(())
+}
+
+/// `rendez check`: exit status 0 only when the relayed echo came back and nothing failed.
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let credentials = match (&args.password, &args.secret, &args.config) {
+        (Some(password), _, _) => rendez::check::Credentials::Password {
+            // clap makes --password require --user.
+            user: args.user.clone().unwrap_or_default(),
+            password: password.clone(),
+        },
+        (None, secret, config) => {
+            let secret = match (secret, config) {
+                (Some(secret), _) => secret.clone(),
+                (None, Some(path)) => Config::from_file(path)?
+                    .auth
+                    .secrets
+                    .first()
+                    .cloned()
+                    .context("the config has no `auth.secrets`: add one, or pass --secret")?,
+                (None, None) => anyhow::bail!("give --secret, --config, or --user and --password"),
+            };
+            rendez::check::Credentials::Secret {
+                secret,
+                user: args.user.clone().unwrap_or_else(|| "rendez-check".into()),
+            }
+        }
+    };
+    let options = rendez::check::Options {
+        url: args.url,
+        credentials,
+        timeout: args.timeout,
+        ca: args.ca,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(rendez::check::run(&options, std::io::stdout()))?;
+    Ok(if outcome.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// URLs for every transport the config serves, at its public address or this host's name.

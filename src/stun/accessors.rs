@@ -94,6 +94,24 @@ impl<'a> Message<'a> {
             .map(move |value| decode_xor_address(value, &transaction))
     }
 
+    /// The first XOR-MAPPED-ADDRESS (RFC 8489 §14.2): the sender as the server saw it.
+    pub fn xor_mapped_address(&self) -> Option<SocketAddr> {
+        let transaction = self.transaction_id();
+        decode_xor_address(self.attribute(AttrType::XOR_MAPPED_ADDRESS)?, &transaction)
+    }
+
+    /// Every XOR-RELAYED-ADDRESS (RFC 8656 §14.5) in order, malformed ones left out.
+    pub fn xor_relayed_addresses(&self) -> impl Iterator<Item = SocketAddr> + 'a {
+        let transaction = self.transaction_id();
+        self.attributes(AttrType::XOR_RELAYED_ADDRESS)
+            .filter_map(move |value| decode_xor_address(value, &transaction))
+    }
+
+    /// The code of ERROR-CODE (RFC 8489 §14.8), e.g. 401; `None` when absent or malformed.
+    pub fn error_code(&self) -> Option<u16> {
+        super::ErrorCode::decode_code(self.attribute(AttrType::ERROR_CODE)?)
+    }
+
     /// The payload of DATA (RFC 8656 §14.4).
     pub fn data(&self) -> Option<&'a [u8]> {
         self.attribute(AttrType::DATA)
@@ -163,5 +181,29 @@ mod tests {
         assert_eq!(m.requested_transport(), None);
         assert_eq!(m.lifetime(), None);
         assert_eq!(m.channel_number(), None);
+    }
+
+    #[test]
+    fn response_addresses_and_error_code() {
+        let mapped: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let relayed: [SocketAddr; 2] = [
+            "203.0.113.5:50000".parse().unwrap(),
+            "[2001:db8::5]:50002".parse().unwrap(),
+        ];
+        let mut b = MessageBuilder::new(Class::Success, Method::ALLOCATE, TransactionId([6; 12]));
+        b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, relayed[0])
+            .add(AttrType::XOR_RELAYED_ADDRESS, &[0, 7])
+            .add_xor_address(AttrType::XOR_RELAYED_ADDRESS, relayed[1])
+            .add_xor_address(AttrType::XOR_MAPPED_ADDRESS, mapped);
+        let bytes = b.finish();
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.xor_mapped_address(), Some(mapped));
+        assert_eq!(m.xor_relayed_addresses().collect::<Vec<_>>(), relayed);
+        assert_eq!(m.error_code(), None);
+
+        let mut b = MessageBuilder::new(Class::Error, Method::ALLOCATE, TransactionId([6; 12]));
+        b.add_error(crate::stun::ErrorCode::UNAUTHORIZED);
+        let bytes = b.finish();
+        assert_eq!(Message::parse(&bytes).unwrap().error_code(), Some(401));
     }
 }
