@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use super::proxy_protocol::TrustedProxies;
+
 pub(crate) struct ConnectionLimits {
     max: usize,
     max_per_ip: usize,
@@ -50,6 +52,21 @@ impl ConnectionLimits {
             limits: self.clone(),
             ip: Some(ip),
         })
+    }
+
+    /// Admits a connection from `peer`: under its own address, or, from a load balancer in
+    /// `proxies`, unattributed until its PROXY header names the client. Returns the permit
+    /// and whether a header must be read first; `None` when a cap is reached.
+    pub fn try_admit_from(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        proxies: &TrustedProxies,
+    ) -> Option<(Permit, bool)> {
+        if proxies.trusts(peer) {
+            Some((self.try_admit_unattributed()?, true))
+        } else {
+            Some((self.try_admit(peer)?, false))
+        }
     }
 
     /// Admits a connection whose client is not known yet (a load balancer's, whose PROXY

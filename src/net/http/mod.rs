@@ -79,13 +79,7 @@ pub(crate) async fn serve(
         };
         // Every connection, WebSocket or not, holds a task and a file descriptor. A load
         // balancer's counts under the client its header names, once read.
-        let behind_proxy = proxies.trusts(peer.ip());
-        let admitted = if behind_proxy {
-            limits.try_admit_unattributed()
-        } else {
-            limits.try_admit(peer.ip())
-        };
-        let Some(permit) = admitted else {
+        let Some((permit, behind_proxy)) = limits.try_admit_from(peer.ip(), &proxies) else {
             tracing::debug!(%peer, "HTTP connection refused: connection cap reached");
             continue;
         };

@@ -70,14 +70,8 @@ pub(crate) async fn accept(
                 continue;
             }
         };
-        let behind_proxy = proxies.trusts(peer.ip());
         // A balancer's connection counts under the client its header names, once read.
-        let admitted = if behind_proxy {
-            limits.try_admit_unattributed()
-        } else {
-            limits.try_admit(peer.ip())
-        };
-        let Some(permit) = admitted else {
+        let Some((permit, behind_proxy)) = limits.try_admit_from(peer.ip(), &proxies) else {
             tracing::debug!(%peer, "connection refused: connection cap reached");
             continue;
         };
