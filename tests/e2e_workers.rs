@@ -157,14 +157,14 @@ async fn start_workers() -> rendez::Handle {
 /// `extra` holds top-level keys.
 async fn start_workers_with(extra: &str) -> rendez::Handle {
     // 3 workers + the TCP/TLS shard share 120 ports: 30 each, a few more than CLIENTS / 3.
-    // Every client starts with an unauthenticated request and none retransmits, so the
-    // challenge limit per source is lifted.
+    // Every client is challenged once, all from 127.0.0.1 within a second, and this client
+    // does not retransmit: `unauthorized-per-ip` must let every challenge through.
     let text = format!(
         "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
          workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n{extra}\
          [auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
          [peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n\
-         [limits]\nallocations-per-user = {CLIENTS}\nunauthorized-per-ip = 1000\n"
+         [limits]\nallocations-per-user = {CLIENTS}\nunauthorized-per-ip = {CLIENTS}\n"
     );
     let config = rendez::Config::from_toml(&text).expect("test config parses");
     rendez::start(config).await.expect("server starts")

@@ -7,11 +7,10 @@ mod common;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Conn, TurnClient};
+use common::{Conn, TempDir, TurnClient};
 
 /// Longest wait for one notification; the server sends READY=1 well within it.
 const NOTIFY_WAIT: Duration = Duration::from_secs(15);
@@ -265,24 +264,5 @@ impl Drop for NotifiedServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A directory removed when the test ends, even by a panic.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("rendez-systemd-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(Path::new(&self.0));
     }
 }

@@ -54,6 +54,12 @@ impl SharedLimits {
         });
         self.challenges.set_per_second(limits.unauthorized_per_ip);
     }
+
+    /// Allocations on every shard at this moment: each is counted by its quota claim as it
+    /// is created and uncounted as it ends.
+    pub fn allocations(&self) -> u32 {
+        self.quotas.total()
+    }
 }
 
 /// Binds every listener and starts serving.

@@ -105,6 +105,12 @@ impl Handle {
         self.observer.gauges()
     }
 
+    /// Allocations on every shard at this moment, exactly (the gauges are published
+    /// periodically and may lag behind an allocation that just started or ended).
+    pub fn allocations_now(&self) -> u64 {
+        u64::from(self.limits.allocations())
+    }
+
     /// One line for a status display (systemd's STATUS=): "120 allocations, 3 rooms,
     /// 11 participants".
     pub fn status_line(&self) -> String {
@@ -121,6 +127,12 @@ impl Handle {
             ),
             None => allocations,
         }
+    }
+
+    /// The TCP/TLS shard's counters and gauges.
+    pub fn stream_stats(&self) -> (Stats, Gauges) {
+        let figures = self.observer.stream.read();
+        (figures.stats, figures.gauges)
     }
 
     /// Rooms, participants and sessions of the signaling service (None when it is off).
@@ -163,8 +175,8 @@ impl Handle {
 
     /// Starts draining: new allocations are refused (300 Try Alternate to an
     /// `alternate-servers` entry, else 486), existing ones go on relaying, and signaling
-    /// clients are told to reconnect elsewhere. Wait for [`Handle::gauges`] to show no
-    /// allocations (or a timeout), then [`Handle::shutdown`].
+    /// clients are told to reconnect elsewhere. Wait for [`Handle::allocations_now`] to be
+    /// zero (or a timeout), then [`Handle::shutdown`].
     pub async fn drain(&self) {
         for worker in &self.workers {
             worker.send(Control::Drain);

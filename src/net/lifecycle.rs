@@ -107,12 +107,11 @@ async fn drain(handle: &Handle, timeout: Duration, signals: &mut Signals) {
     let deadline = began + timeout;
     handle.drain().await;
     tracing::info!(
-        allocations = handle.gauges().allocations,
+        allocations = handle.allocations_now(),
         timeout_s = timeout.as_secs_f64(),
         "draining: new allocations are refused, existing ones go on"
     );
     loop {
-        // Gauges are published every 100 ms: wait one round before trusting a zero.
         tokio::select! {
             _ = tokio::time::sleep(DRAIN_POLL) => {}
             _ = signals.stop.recv() => {
@@ -120,7 +119,9 @@ async fn drain(handle: &Handle, timeout: Duration, signals: &mut Signals) {
                 return;
             }
         }
-        let left = handle.gauges().allocations;
+        // The exact count, not the gauges: those lag by up to a publishing round, and a
+        // zero read from them could end an allocation made just before the drain.
+        let left = handle.allocations_now();
         if left == 0 {
             let elapsed_s = began.elapsed().as_secs_f64();
             tracing::info!(elapsed_s, "drained: every allocation has ended");

@@ -1,9 +1,13 @@
-//! Shared by the end-to-end tests: starting a server on loopback, and a small TURN client
-//! over UDP or any byte stream (TCP, TLS) that does the long-term credential dance.
+//! Shared by the end-to-end tests: starting a server on loopback, a small TURN client over
+//! UDP or any byte stream (TCP, TLS) that does the long-term credential dance, and a
+//! self-signed certificate for TLS.
 
 #![allow(dead_code)] // each test file uses a different part
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rendez::stun::{
@@ -90,13 +94,14 @@ impl Conn {
     }
 
     pub async fn udp(server: SocketAddr) -> Self {
-        let local = if server.is_ipv6() {
-            "[::1]:0"
-        } else {
-            "127.0.0.1:0"
-        };
+        let local = if server.is_ipv6() { "::1" } else { "127.0.0.1" };
+        Self::udp_from(local.parse().unwrap(), server).await
+    }
+
+    /// A UDP socket on `local` (any port), e.g. 127.0.0.2 for a second client address.
+    pub async fn udp_from(local: IpAddr, server: SocketAddr) -> Self {
         Conn::Udp {
-            socket: UdpSocket::bind(local).await.unwrap(),
+            socket: UdpSocket::bind((local, 0)).await.unwrap(),
             server,
         }
     }
@@ -230,6 +235,25 @@ impl TurnClient {
             .collect()
     }
 
+    /// Allocate: the relayed address, or the error code the server answered with.
+    pub async fn try_allocate(&mut self) -> Result<SocketAddr, u16> {
+        let response = self.request(Method::ALLOCATE, &[udp_transport()]).await;
+        if let Some(code) = error_of(&response) {
+            return Err(code);
+        }
+        let m = Message::parse(&response).unwrap();
+        let relayed = m
+            .attribute(AttrType::XOR_RELAYED_ADDRESS)
+            .expect("a relayed address");
+        Ok(decode_xor_address(relayed, &m.transaction_id()).unwrap())
+    }
+
+    /// Refresh with `lifetime_secs` (0 deletes the allocation): the error code, if any.
+    pub async fn refresh(&mut self, lifetime_secs: u32) -> Option<u16> {
+        let lifetime = Attr::Raw(AttrType::LIFETIME, lifetime_secs.to_be_bytes().to_vec());
+        error_of(&self.request(Method::REFRESH, &[lifetime]).await)
+    }
+
     pub fn tid(&mut self) -> TransactionId {
         self.next_tid += 1;
         TransactionId([self.next_tid; 12])
@@ -300,4 +324,122 @@ pub fn class_of(bytes: &[u8]) -> Class {
 pub fn error_of(bytes: &[u8]) -> Option<u16> {
     let m = Message::parse(bytes).ok()?;
     ErrorCode::decode_code(m.attribute(AttrType::ERROR_CODE)?)
+}
+
+/// A directory removed when the test ends, even by a panic.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "rendez-test-{name}-{}-{unique}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1, written to a temporary directory.
+pub struct TestCert {
+    dir: TempDir,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    pub fn new() -> Self {
+        let mut cert = Self {
+            dir: TempDir::new("tls"),
+            cert_der: Vec::new().into(),
+        };
+        cert.renew();
+        cert
+    }
+
+    /// A new key and certificate written over the same files, as a certificate renewal
+    /// does; `cert_der` is the new one.
+    pub fn renew(&mut self) {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        std::fs::write(self.cert_path(), certified.cert.pem()).unwrap();
+        std::fs::write(self.key_path(), certified.signing_key.serialize_pem()).unwrap();
+        self.cert_der = certified.cert.der().clone();
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.0.join("cert.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.0.join("key.pem")
+    }
+
+    /// `tls-listen` (a top-level key) and the `[tls]` table.
+    pub fn config(&self) -> String {
+        tls_config(&self.cert_path(), &self.key_path())
+    }
+
+    /// A TLS connection that trusts only this certificate.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<&[u8]>,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        tokio::time::timeout(WAIT, self.try_connect(addr, alpn))
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake")
+    }
+
+    /// The handshake fails unless the server presents this certificate.
+    pub async fn try_connect(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<&[u8]>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        connector.connect(name, tcp).await
+    }
+}
+
+/// `tls-listen` on loopback and a `[tls]` table naming these files.
+pub fn tls_config(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls-listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// The certificate the server presented on `stream`.
+pub fn peer_certificate(
+    stream: &tokio_rustls::client::TlsStream<TcpStream>,
+) -> rustls::pki_types::CertificateDer<'static> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("a server certificate")[0]
+        .clone()
 }

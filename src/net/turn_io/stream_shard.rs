@@ -132,12 +132,18 @@ impl Shard {
     async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stopped: watch::Receiver<bool>) {
         let mut batch = Vec::with_capacity(INPUT_BATCH);
         let mut gauges_at = Instant::now();
+        // Whether inputs were handled since the gauges were last published.
+        let mut gauges_behind = false;
         loop {
             let now = Instant::now();
-            let wake = self
+            let mut wake = self
                 .server
                 .poll_timeout()
                 .map_or(now + MAX_SLEEP, |at| at.min(now + MAX_SLEEP));
+            if gauges_behind {
+                // An idle shard still publishes what its last inputs changed, in time.
+                wake = wake.min(gauges_at + GAUGES_EVERY);
+            }
             tokio::select! {
                 received = inbox.recv_many(&mut batch, INPUT_BATCH) => {
                     if received == 0 {
@@ -160,6 +166,7 @@ impl Shard {
             if refresh_gauges {
                 gauges_at = Instant::now();
             }
+            gauges_behind = !refresh_gauges;
             self.figures
                 .publish(&self.server, self.io.drops, refresh_gauges);
             // After the stats: whatever a client sees has been counted.

@@ -141,9 +141,14 @@ impl Worker {
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             let sleep = if self.unfinished.is_empty() {
-                self.server.poll_timeout().map_or(MAX_SLEEP, |at| {
-                    at.saturating_duration_since(now).min(MAX_SLEEP)
-                })
+                // Awake for the next publishing round at the latest, so the published
+                // figures are never more than MAX_SLEEP old.
+                let publish_at = last_stats + MAX_SLEEP;
+                let wake = self
+                    .server
+                    .poll_timeout()
+                    .map_or(publish_at, |at| at.min(publish_at));
+                wake.saturating_duration_since(now)
             } else {
                 Duration::ZERO
             };
