@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 mod common;
+use common::tls::TestCert;
 use common::*;
 
 const SECRET: &str = "check-secret";
@@ -54,10 +55,17 @@ async fn tcp_with_a_static_user_passes() {
 
 #[tokio::test]
 async fn turns_with_the_test_ca_passes() {
-    let cert = TestCert::new(&["127.0.0.1", "localhost"]);
+    let cert = TestCert::for_names(&["127.0.0.1", "localhost"]);
     let server = start_with_secret(&cert.config()).await;
     let url = format!("turns:{}", server.tls_addrs()[0]);
-    let run = check(&[&url, "--secret", SECRET, "--ca", &cert.pem_path()]).await;
+    let run = check(&[
+        &url,
+        "--secret",
+        SECRET,
+        "--ca",
+        &cert.cert_path().display().to_string(),
+    ])
+    .await;
     run.assert_passed();
     run.assert_step_ok("tls");
     run.assert_contains("ALPN stun.turn");
@@ -150,10 +158,17 @@ async fn denied_peer_address_is_diagnosed() {
 
 #[tokio::test]
 async fn certificate_for_another_name_is_diagnosed_with_its_names() {
-    let cert = TestCert::new(&["turn.example.org"]);
+    let cert = TestCert::for_names(&["turn.example.org"]);
     let server = start_with_secret(&cert.config()).await;
     let url = format!("turns:{}", server.tls_addrs()[0]);
-    let run = check(&[&url, "--secret", SECRET, "--ca", &cert.pem_path()]).await;
+    let run = check(&[
+        &url,
+        "--secret",
+        SECRET,
+        "--ca",
+        &cert.cert_path().display().to_string(),
+    ])
+    .await;
     run.assert_failed_with(
         "certificate name mismatch: the server's certificate is not valid for `127.0.0.1`; \
          it is for turn.example.org",
@@ -163,7 +178,7 @@ async fn certificate_for_another_name_is_diagnosed_with_its_names() {
 
 #[tokio::test]
 async fn untrusted_certificate_is_diagnosed() {
-    let cert = TestCert::new(&["127.0.0.1"]);
+    let cert = TestCert::for_names(&["127.0.0.1"]);
     let server = start_with_secret(&cert.config()).await;
     let url = format!("turns:{}", server.tls_addrs()[0]);
     let run = check(&[&url, "--secret", SECRET]).await;
@@ -273,44 +288,4 @@ fn libfaketime() -> Option<PathBuf> {
         println!("skipped: {reason}");
     }
     found
-}
-
-/// A self-signed certificate for `names` and its key, in a directory of their own.
-struct TestCert {
-    dir: PathBuf,
-}
-
-impl TestCert {
-    fn new(names: &[&str]) -> Self {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let certified = rcgen::generate_simple_self_signed(names).unwrap();
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("rendez-check-{}-{unique}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-        Self { dir }
-    }
-
-    fn pem_path(&self) -> String {
-        self.dir.join("cert.pem").display().to_string()
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "tls-listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            self.dir.join("cert.pem").display(),
-            self.dir.join("key.pem").display()
-        )
-    }
-}
-
-impl Drop for TestCert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite;
 
+use common::tls::{peer_certificate, tls_config, TestCert};
 use common::*;
 
 const ALICE: (&str, &str) = ("alice", "wonderland");

@@ -5,9 +5,8 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rendez::stun::{
@@ -347,99 +346,4 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A self-signed certificate for 127.0.0.1, written to a temporary directory.
-pub struct TestCert {
-    dir: TempDir,
-    pub cert_der: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl TestCert {
-    pub fn new() -> Self {
-        let mut cert = Self {
-            dir: TempDir::new("tls"),
-            cert_der: Vec::new().into(),
-        };
-        cert.renew();
-        cert
-    }
-
-    /// A new key and certificate written over the same files, as a certificate renewal
-    /// does; `cert_der` is the new one.
-    pub fn renew(&mut self) {
-        let certified =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-                .unwrap();
-        std::fs::write(self.cert_path(), certified.cert.pem()).unwrap();
-        std::fs::write(self.key_path(), certified.signing_key.serialize_pem()).unwrap();
-        self.cert_der = certified.cert.der().clone();
-    }
-
-    pub fn cert_path(&self) -> PathBuf {
-        self.dir.0.join("cert.pem")
-    }
-
-    pub fn key_path(&self) -> PathBuf {
-        self.dir.0.join("key.pem")
-    }
-
-    /// `tls-listen` (a top-level key) and the `[tls]` table.
-    pub fn config(&self) -> String {
-        tls_config(&self.cert_path(), &self.key_path())
-    }
-
-    /// A TLS connection that trusts only this certificate.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        alpn: Option<&[u8]>,
-    ) -> tokio_rustls::client::TlsStream<TcpStream> {
-        tokio::time::timeout(WAIT, self.try_connect(addr, alpn))
-            .await
-            .expect("TLS handshake timed out")
-            .expect("TLS handshake")
-    }
-
-    /// The handshake fails unless the server presents this certificate.
-    pub async fn try_connect(
-        &self,
-        addr: SocketAddr,
-        alpn: Option<&[u8]>,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(addr).await?;
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        connector.connect(name, tcp).await
-    }
-}
-
-/// `tls-listen` on loopback and a `[tls]` table naming these files.
-pub fn tls_config(cert: &Path, key: &Path) -> String {
-    format!(
-        "tls-listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    )
-}
-
-/// The certificate the server presented on `stream`.
-pub fn peer_certificate(
-    stream: &tokio_rustls::client::TlsStream<TcpStream>,
-) -> rustls::pki_types::CertificateDer<'static> {
-    stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a server certificate")[0]
-        .clone()
 }

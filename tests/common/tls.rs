@@ -1,55 +1,77 @@
-//! TLS for the end-to-end tests: a self-signed certificate for the server, and a client.
+//! TLS for the end-to-end tests: a self-signed certificate for the server (renewable in
+//! place, as a certificate renewal rewrites its files), and a client that trusts only it.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::WAIT;
+use super::{TempDir, WAIT};
 
-/// A self-signed certificate for 127.0.0.1, written to a temporary directory.
+/// A self-signed certificate and its key, written to a temporary directory.
 pub struct TestCert {
-    dir: std::path::PathBuf,
-    cert_der: rustls::pki_types::CertificateDer<'static>,
+    dir: TempDir,
+    names: Vec<String>,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl TestCert {
+    /// A certificate for 127.0.0.1 and localhost.
     pub fn new() -> Self {
-        let certified =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-                .unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "rendez-tls-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-        Self {
-            dir,
-            cert_der: certified.cert.der().clone(),
-        }
+        Self::for_names(&["127.0.0.1", "localhost"])
     }
 
+    /// A certificate for `names` (DNS names or IP addresses).
+    pub fn for_names(names: &[&str]) -> Self {
+        let mut cert = Self {
+            dir: TempDir::new("tls"),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            cert_der: Vec::new().into(),
+        };
+        cert.renew();
+        cert
+    }
+
+    /// A new key and certificate written over the same files, as a certificate renewal
+    /// does; `cert_der` is the new one.
+    pub fn renew(&mut self) {
+        let certified = rcgen::generate_simple_self_signed(self.names.clone()).unwrap();
+        std::fs::write(self.cert_path(), certified.cert.pem()).unwrap();
+        std::fs::write(self.key_path(), certified.signing_key.serialize_pem()).unwrap();
+        self.cert_der = certified.cert.der().clone();
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.0.join("cert.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.0.join("key.pem")
+    }
+
+    /// `tls-listen` (a top-level key) and the `[tls]` table.
     pub fn config(&self) -> String {
-        format!(
-            "tls-listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            self.dir.join("cert.pem").display(),
-            self.dir.join("key.pem").display()
-        )
+        tls_config(&self.cert_path(), &self.key_path())
     }
 
+    /// A TLS connection that trusts only this certificate.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         alpn: Option<&[u8]>,
     ) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        self.connect_over(tcp, alpn).await
+        self.try_connect(addr, alpn).await.expect("TLS handshake")
+    }
+
+    /// The handshake fails unless the server presents this certificate.
+    pub async fn try_connect(
+        &self,
+        addr: SocketAddr,
+        alpn: Option<&[u8]>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        self.handshake(tcp, alpn).await
     }
 
     /// The TLS handshake over a connection already open (after a PROXY header, say).
@@ -84,8 +106,23 @@ impl TestCert {
     }
 }
 
-impl Drop for TestCert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `tls-listen` on loopback and a `[tls]` table naming these files.
+pub fn tls_config(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls-listen = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// The certificate the server presented on `stream`.
+pub fn peer_certificate(
+    stream: &tokio_rustls::client::TlsStream<TcpStream>,
+) -> rustls::pki_types::CertificateDer<'static> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("a server certificate")[0]
+        .clone()
 }
