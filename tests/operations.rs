@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite;
 
+use common::process::{message_of, ServerProcess};
 use common::tls::{peer_certificate, tls_config, TestCert};
 use common::*;
 
@@ -589,10 +589,7 @@ async fn sighup_reloads_the_file_and_a_broken_file_is_refused() {
     );
 
     rendez.signal(libc::SIGTERM);
-    assert!(rendez
-        .wait_for_exit(Duration::from_secs(10))
-        .await
-        .success());
+    assert!(rendez.wait_for_exit(Duration::from_secs(10)).success());
 }
 
 #[tokio::test]
@@ -615,7 +612,7 @@ async fn sigterm_drains_and_exits_once_the_last_allocation_ends() {
 
     let ended = Instant::now();
     assert_eq!(alice.refresh(0).await, None);
-    let status = rendez.wait_for_exit(Duration::from_secs(10)).await;
+    let status = rendez.wait_for_exit(Duration::from_secs(10));
     let exit_after = ended.elapsed();
     eprintln!(
         "drain: exit {exit_after:?} after the last allocation ended, {:?} after SIGTERM \
@@ -659,7 +656,7 @@ async fn sigterm_sends_new_clients_to_the_alternate_server_and_stops_at_the_drai
     tcp_path.assert_relays(&mut tcp, b"live").await;
 
     // The allocations are still live: the process waits out drain-timeout, then exits 0.
-    let status = rendez.wait_for_exit(Duration::from_secs(10)).await;
+    let status = rendez.wait_for_exit(Duration::from_secs(10));
     let exit_after = terminated.elapsed();
     eprintln!(
         "drain: exit {exit_after:?} after SIGTERM with an allocation left (drain-timeout 1s)"
@@ -681,7 +678,7 @@ async fn a_second_sigterm_exits_at_once() {
 
     let second = Instant::now();
     rendez.signal(libc::SIGTERM);
-    let status = rendez.wait_for_exit(Duration::from_secs(10)).await;
+    let status = rendez.wait_for_exit(Duration::from_secs(10));
     let exit_after = second.elapsed();
     eprintln!("drain: exit {exit_after:?} after the second SIGTERM (drain-timeout 30s)");
     assert!(status.success(), "{status}");
@@ -1046,9 +1043,7 @@ impl SignalClient {
 
 /// `rendez serve` with a config file this test writes, logging JSON to a file.
 struct Rendez {
-    child: Child,
-    dir: TempDir,
-    config: PathBuf,
+    process: ServerProcess,
     udp: SocketAddr,
 }
 
@@ -1058,60 +1053,30 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 impl Rendez {
     /// Starts the binary and waits until it serves.
     async fn start(name: &str, setup: &Setup) -> Self {
-        let dir = TempDir::new(name);
-        let config = dir.0.join("rendez.toml");
-        let log = File::create(dir.0.join("log")).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rendez"));
-        command
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Only the file configures it: no overrides from this environment.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("RENDEZ_")
-                || ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUST_LOG"]
-                    .contains(&key.as_ref())
-            {
-                command.env_remove(key.as_ref());
-            }
-        }
-        std::fs::write(&config, with_json_log(setup)).unwrap();
+        let process = ServerProcess::spawn(name, &with_json_log(setup), &[]);
         let mut rendez = Self {
-            child: command.spawn().expect("start rendez"),
-            dir,
-            config,
+            process,
             udp: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let serving = rendez.wait_for_log("rendez serving STUN/TURN", 1).await;
-        let udp = serving["fields"]["udp"].as_str().unwrap();
-        rendez.udp = udp.trim_matches(['[', ']']).parse().unwrap();
+        rendez.wait_for_log("rendez serving STUN/TURN", 1).await;
+        rendez.udp = rendez
+            .process
+            .logged_udp_addr()
+            .expect("logged UDP listener");
         rendez
     }
 
     fn write_config(&self, setup: &Setup) {
-        std::fs::write(&self.config, with_json_log(setup)).unwrap();
+        self.process.write_config(&with_json_log(setup));
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill only sends a signal, to the child this test started.
-        unsafe { libc::kill(pid, signal) };
-    }
-
-    /// Every JSON log line so far.
-    fn log_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.0.join("log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+        self.process.signal(signal);
     }
 
     fn count_log(&self, text: &str) -> usize {
-        self.log_lines()
+        self.process
+            .json_log()
             .iter()
             .filter(|line| message_of(line).contains(text))
             .count()
@@ -1122,51 +1087,30 @@ impl Rendez {
         let deadline = Instant::now() + LOG_WAIT;
         while Instant::now() < deadline {
             let found = self
-                .log_lines()
+                .process
+                .json_log()
                 .into_iter()
                 .filter(|line| message_of(line).contains(text))
                 .nth(nth - 1);
             if let Some(line) = found {
                 return line;
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.try_wait() {
                 panic!(
                     "rendez exited ({status}) before logging {text:?}:\n{}",
-                    self.log()
+                    self.process.log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("no {text:?} within {LOG_WAIT:?}:\n{}", self.log())
+        panic!("no {text:?} within {LOG_WAIT:?}:\n{}", self.process.log())
     }
 
-    async fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("rendez still running after {limit:?}:\n{}", self.log())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Rendez {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        self.process.wait_for_exit(limit)
     }
 }
 
 fn with_json_log(setup: &Setup) -> String {
     setup.clone().top("log-format = \"json\"").toml()
-}
-
-fn message_of(line: &Value) -> &str {
-    line["fields"]["message"].as_str().unwrap_or("")
 }

@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::ServerProcess;
 use common::{Conn, TempDir, TurnClient};
 
 /// Longest wait for one notification; the server sends READY=1 well within it.
@@ -33,9 +33,9 @@ async fn ready_once_serving_then_status_then_stopping_on_sigterm() {
     );
 
     // The allocation is still live: the drain waits out `drain-timeout` (1 s), then exits 0.
-    server.terminate();
+    server.process.terminate();
     server.expect("STOPPING=1");
-    let status = server.wait_for_exit(Duration::from_secs(20));
+    let status = server.process.wait_for_exit(Duration::from_secs(20));
     assert!(status.success(), "rendez exited with {status}");
 }
 
@@ -50,8 +50,8 @@ fn watchdog_pings_at_half_the_interval() {
         (4..=15).contains(&pings),
         "{pings} watchdog pings in one second"
     );
-    server.terminate();
-    server.wait_for_exit(Duration::from_secs(20));
+    server.process.terminate();
+    server.process.wait_for_exit(Duration::from_secs(20));
 }
 
 #[test]
@@ -70,8 +70,8 @@ fn watchdog_meant_for_another_process_is_left_alone() {
         !messages.iter().any(|m| m == "WATCHDOG=1"),
         "WATCHDOG_PID is not rendez: {messages:?}"
     );
-    server.terminate();
-    server.wait_for_exit(Duration::from_secs(20));
+    server.process.terminate();
+    server.process.wait_for_exit(Duration::from_secs(20));
 }
 
 /// `systemd-analyze verify` on the shipped unit, with `ExecStart=` pointed at the binary
@@ -121,21 +121,19 @@ fn systemd_analyze_verify_is_clean() {
 
 /// `rendez serve` on loopback with a notify socket, as systemd would run it.
 struct NotifiedServer {
-    child: Child,
+    process: ServerProcess,
     socket: UnixDatagram,
-    dir: TempDir,
+    /// Where the notify socket is bound; removed with the server.
+    _socket_dir: TempDir,
 }
 
 impl NotifiedServer {
     fn start(name: &str, env: &[(&str, &str)]) -> Self {
-        let dir = TempDir::new(name);
+        let dir = TempDir::new(&format!("{name}-notify"));
         let socket_path = dir.0.join("notify");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         socket.set_read_timeout(Some(NOTIFY_WAIT)).unwrap();
-        let config = dir.0.join("rendez.toml");
-        std::fs::write(
-            &config,
-            "realm = \"rendez.test\"\n\
+        let config = "realm = \"rendez.test\"\n\
              listen = [\"127.0.0.1:0\"]\n\
              relay-ip = \"127.0.0.1\"\n\
              relay-ports = \"14000-14099\"\n\
@@ -144,24 +142,15 @@ impl NotifiedServer {
              drain-timeout = \"1s\"\n\
              [[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
              [peers]\nallow = [\"127.0.0.0/8\"]\n\
-             [signal]\nlisten = \"127.0.0.1:0\"\n",
-        )
-        .unwrap();
-        let log = File::create(dir.0.join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rendez"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("RENDEZ_SECRET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env("NOTIFY_SOCKET", &socket_path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start rendez");
-        Self { child, socket, dir }
+             [signal]\nlisten = \"127.0.0.1:0\"\n";
+        let socket_var = socket_path.display().to_string();
+        let mut vars = vec![("NOTIFY_SOCKET", socket_var.as_str())];
+        vars.extend(env.iter().copied());
+        Self {
+            process: ServerProcess::spawn(name, config, &vars),
+            socket,
+            _socket_dir: dir,
+        }
     }
 
     /// The next notification.
@@ -225,44 +214,15 @@ impl NotifiedServer {
 
     /// The UDP listener rendez logged (JSON) before it said READY=1.
     fn udp_addr(&self) -> SocketAddr {
-        let log = self.log();
-        let serving = log
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find(|line| line["fields"]["message"] == "rendez serving STUN/TURN")
-            .unwrap_or_else(|| panic!("no 'rendez serving' line before READY=1:\n{log}"));
-        let udp = serving["fields"]["udp"].as_str().unwrap();
-        udp.trim_matches(['[', ']']).parse().unwrap()
-    }
-
-    fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill only sends a signal, to the child this test started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-
-    fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "rendez still running {limit:?} after SIGTERM:\n{}",
-            self.log()
-        )
+        self.process.logged_udp_addr().unwrap_or_else(|| {
+            panic!(
+                "no 'rendez serving' line before READY=1:\n{}",
+                self.process.log()
+            )
+        })
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for NotifiedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }

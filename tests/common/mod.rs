@@ -16,6 +16,7 @@ use rendez::stun::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod process;
 pub mod tls;
 
 pub const WAIT: Duration = Duration::from_secs(3);
