@@ -15,7 +15,7 @@
 //!   `/metrics` made of it; `tls`: the certificate store a reload swaps.
 //! - [`Notifier`]: telling systemd (`Type=notify`) that the server is ready, how it is
 //!   doing, that it is alive (watchdog), reloading or stopping.
-//! - `proxy_protocol`: the header a load balancer in `[connections] proxy-protocol-from`
+//! - [`proxy_protocol`]: the header a load balancer in `[connections] proxy-protocol-from`
 //!   begins each TCP connection with, naming the client it relays.
 //!
 //! Every piece of mutable state has exactly one owner that runs its inputs in order; every
@@ -30,7 +30,7 @@ mod limits;
 mod metrics;
 mod notify;
 mod observe;
-mod proxy_protocol;
+pub mod proxy_protocol;
 mod tls;
 mod turn_io;
 

@@ -23,11 +23,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The sources allowed to speak the PROXY protocol (`[connections] proxy-protocol-from`).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies(Vec<IpNet>);
 
 /// Where a proxied connection comes from, by its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
+pub enum Origin {
     /// Relayed on behalf of `client`, which had connected to `server` (the balancer's
     /// address): the connection as the client made it.
     Relayed {
@@ -42,7 +42,7 @@ pub(crate) enum Origin {
 
 /// Why a connection from a trusted proxy is closed before it is served.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HeaderError {
+pub enum HeaderError {
     #[error("the connection ended before a complete PROXY header: {0}")]
     Read(#[from] std::io::Error),
     #[error("no PROXY header: the connection does not begin with one")]
@@ -79,7 +79,7 @@ impl TrustedProxies {
 }
 
 /// Reads the header a trusted proxy's connection begins with, and nothing after it.
-pub(crate) async fn read_header<R: AsyncRead + Unpin>(
+pub async fn read_header<R: AsyncRead + Unpin>(
     stream: &mut R,
 ) -> Result<Origin, HeaderError> {
     let mut header = vec![0; SHORTEST];
@@ -103,7 +103,7 @@ pub(crate) async fn read_header<R: AsyncRead + Unpin>(
 }
 
 /// What a complete header (exactly its bytes) says.
-pub(crate) fn parse(header: &[u8]) -> Result<Origin, HeaderError> {
+pub fn parse(header: &[u8]) -> Result<Origin, HeaderError> {
     if header.starts_with(v2::PROTOCOL_PREFIX) {
         parse_v2(header)
     } else {
