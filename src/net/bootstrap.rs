@@ -196,6 +196,9 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     };
     let metrics_addr = match config.metrics.listen {
         Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "`metrics.listen` is not a loopback address: anyone who reaches it reads the server's figures; firewall it or use 127.0.0.1");
+            }
             let listener = stream::bind_tcp(addr).with_context(|| {
                 format!(
                     "cannot listen for metrics on {addr} (config key `metrics.listen`): is another server using the port?"

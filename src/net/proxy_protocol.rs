@@ -79,9 +79,7 @@ impl TrustedProxies {
 }
 
 /// Reads the header a trusted proxy's connection begins with, and nothing after it.
-pub async fn read_header<R: AsyncRead + Unpin>(
-    stream: &mut R,
-) -> Result<Origin, HeaderError> {
+pub async fn read_header<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Origin, HeaderError> {
     let mut header = vec![0; SHORTEST];
     stream.read_exact(&mut header).await?;
     if header.starts_with(v2::PROTOCOL_PREFIX) {
