@@ -198,7 +198,7 @@ name = "$USER_NAME"
 password = "$PASSWORD"
 
 [peers]
-allow = ["127.0.0.0/8"]
+allow = ["127.0.0.0/8", "127.0.0.1/32"]
 
 # One generator, one address, one user, hundreds of thousands of 401s and hundreds of
 # megabytes per second per allocation: raised past what the generator reaches, as coturn's

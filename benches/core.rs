@@ -53,7 +53,13 @@ fn server(now: Instant) -> Server {
     };
     let mut config = ServerConfig::new(REALM, relay, 50000..=50999);
     config.users = vec![(USER.to_owned(), UserSecret::Password(PASSWORD.to_owned()))];
-    config.peers = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], Vec::new());
+    config.peers = PeerPolicy::new(
+        vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ],
+        Vec::new(),
+    );
     Server::new(config, now, 1_700_000_000, Rng::from_seed(1), [7; 32])
 }
 

@@ -193,7 +193,7 @@ async fn untrusted_certificate_is_diagnosed() {
 async fn start_with_secret(extra: &str) -> rendez::Handle {
     let top = "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n";
     let mut config = test_config(&format!(
-        "{top}{extra}\n[peers]\nallow = [\"127.0.0.0/8\"]\n"
+        "{top}{extra}\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n"
     ));
     config.auth.secrets = vec![SECRET.into()];
     rendez::start(config).await.expect("server starts")

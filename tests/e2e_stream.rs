@@ -311,7 +311,7 @@ async fn ipv6_relay_and_dual_allocation_on_loopback() {
         r#"listen = ["[::1]:0"]
            relay-ip = ["127.0.0.1", "::1"]
            [peers]
-           allow = ["127.0.0.0/8", "::1/128"]"#,
+           allow = ["127.0.0.0/8", "127.0.0.1/32", "::1/128"]"#,
     )
     .await;
     let peer6 = UdpSocket::bind("[::1]:0").await.unwrap();

@@ -324,7 +324,7 @@ password = "wonderland"
 "#
     );
     if allow_loopback {
-        toml.push_str("\n[peers]\nallow = [\"127.0.0.0/8\"]\n");
+        toml.push_str("\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n");
     }
     toml
 }

@@ -163,7 +163,7 @@ async fn start_workers_with(extra: &str) -> rendez::Handle {
         "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
          workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n{extra}\
          [auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
-         [peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n\
+         [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n[signal]\nenabled = false\n\
          [limits]\nallocations-per-user = {CLIENTS}\nunauthorized-per-ip = {CLIENTS}\n"
     );
     let config = rendez::Config::from_toml(&text).expect("test config parses");

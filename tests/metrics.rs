@@ -196,7 +196,7 @@ async fn start() -> rendez::Handle {
     let text = "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"15000-15099\"\n\
                 workers = 2\nrealm = \"rendez.test\"\n\
                 [auth]\nsecrets = [\"s3cret\"]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
-                [peers]\nallow = [\"127.0.0.0/8\"]\n\
+                [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
                 [signal]\nlisten = \"127.0.0.1:0\"\n\
                 [metrics]\nlisten = \"127.0.0.1:0\"\n";
     let config = rendez::Config::from_toml(text).expect("test config parses");

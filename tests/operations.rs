@@ -778,7 +778,7 @@ impl Setup {
             "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
              relay-ports = \"{}-{}\"\nworkers = {}\n{}{}\
              [auth]\nsecrets = {:?}\n{users}\
-             [peers]\nallow = [\"127.0.0.0/8\"]\n\
+             [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
              [limits]\n{}\
              [signal]\n{}\n",
             RELAY_PORTS.start(),

@@ -954,7 +954,11 @@ impl Harness {
         config.secrets = vec![SECRET.to_owned()];
         if scenario.allow_loopback {
             config.peers = PeerPolicy::new(
-                vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                vec![
+                    "127.0.0.0/8".parse().unwrap(),
+                    "127.0.0.1/32".parse().unwrap(),
+                    "::1/128".parse().unwrap(),
+                ],
                 Vec::new(),
             );
         }

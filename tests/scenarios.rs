@@ -936,6 +936,45 @@ fn operator_can_allow_loopback_peers() {
             .class(),
         Class::Success
     );
+    // Loopback is this host: a range that merely contains it does not open its services.
+    let send = as_indication(build(
+        Method::SEND,
+        &[peer(loopback), data(b"q")],
+        None,
+        false,
+    ));
+    assert!(h.client_to_peer(CLIENT, &send).is_none());
+}
+
+#[test]
+fn only_an_exact_allow_opens_an_own_address_and_every_spelling_is_checked() {
+    let own_ip: std::net::IpAddr = RELAY_BIND_IP.parse().unwrap();
+    let nat64: SocketAddr = "[64:ff9b::c000:20a]:53".parse().unwrap(); // 192.0.2.10
+    let broad = "192.0.2.0/24".parse().unwrap();
+    let mut h = Harness::with_config(|c| c.peers = PeerPolicy::new(vec![broad], vec![]));
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let dns = SocketAddr::new(own_ip, 53);
+    alice.permit(&mut h, dns);
+    let send = as_indication(build(Method::SEND, &[peer(dns), data(b"q")], None, false));
+    assert!(
+        h.client_to_peer(CLIENT, &send).is_none(),
+        "own address, /24 allow"
+    );
+    let exact = format!("{own_ip}/32").parse().unwrap();
+    let mut h = Harness::with_config(|c| c.peers = PeerPolicy::new(vec![broad, exact], vec![]));
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.permit(&mut h, dns);
+    assert!(h.client_to_peer(CLIENT, &send).is_some(), "named exactly");
+    // The NAT64 spelling of an own address is that address; the harness relay has no IPv6
+    // relay, so its ChannelBind is refused before policy (443), but the own-address rule
+    // alone must refuse it where it applies.
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    let response = alice.call(&mut h, Method::CREATE_PERMISSION, &[peer(nat64)]);
+    assert_ne!(response.class(), Class::Success);
 }
 
 #[test]

@@ -141,7 +141,7 @@ impl NotifiedServer {
              log-format = \"json\"\n\
              drain-timeout = \"1s\"\n\
              [[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
-             [peers]\nallow = [\"127.0.0.0/8\"]\n\
+             [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
              [signal]\nlisten = \"127.0.0.1:0\"\n";
         let socket_var = socket_path.display().to_string();
         let mut vars = vec![("NOTIFY_SOCKET", socket_var.as_str())];

@@ -9,7 +9,14 @@
 //!
 //! Operators add `allow` and `deny` ranges. Among the operator's ranges the most specific one
 //! that contains the address decides (a tie goes to deny); only when none contains it does the
-//! default list apply.
+//! default list apply. Every spelling of an address is judged this way — the address itself
+//! and each IPv4 address it embeds — and all of them must pass: `deny = ["1.2.3.0/24"]` also
+//! refuses `::ffff:1.2.3.4`, `::1.2.3.4`, `64:ff9b::102:304`, `2002:102:304::` and the
+//! Teredo form.
+//!
+//! [`HostAddresses`] is the other half: this host's own addresses, where only relay ports are
+//! peers (never the services that trust local traffic), again in every spelling. An operator
+//! lifts that protection only for an address an `allow` range names exactly (/32, /128).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -26,15 +33,22 @@ impl PeerPolicy {
         Self { allow, deny }
     }
 
-    /// Whether one of the operator's `allow` ranges names `ip` (not merely the default).
-    pub fn explicitly_allows(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.allow.iter().any(|net| net.contains(&ip)) && self.permits(ip)
+    /// The addresses `allow` names exactly (/32, /128): the one way an operator opens one of
+    /// the host's own addresses to clients.
+    pub fn exact_allows(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.allow
+            .iter()
+            .filter(|net| net.prefix_len() == net.max_prefix_len())
+            .map(|net| net.addr().to_canonical())
     }
 
-    /// Whether the relay may send to and accept from `ip`.
+    /// Whether the relay may send to and accept from `ip`: every spelling of it passes.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
+        spellings(ip).all(|spelling| self.permits_spelling(spelling))
+    }
+
+    /// The operator's most specific range decides; without one, the default list.
+    fn permits_spelling(&self, ip: IpAddr) -> bool {
         let most_specific = |ranges: &[IpNet]| {
             ranges
                 .iter()
@@ -49,6 +63,42 @@ impl PeerPolicy {
             (None, None) => !denied_by_default(ip),
         }
     }
+}
+
+/// This host's own addresses: a peer there may only be a relay port (another allocation on
+/// this server), never a local service. Loopback counts as own whatever the interfaces say
+/// (the kernel delivers all of 127.0.0.0/8 locally).
+#[derive(Clone, Debug, Default)]
+pub struct HostAddresses {
+    own: Vec<IpAddr>,
+    /// Own addresses an operator's `allow` names exactly.
+    opened: Vec<IpAddr>,
+}
+
+impl HostAddresses {
+    pub fn new(own: &[IpAddr], policy: &PeerPolicy) -> Self {
+        Self {
+            own: own.iter().map(|ip| ip.to_canonical()).collect(),
+            opened: policy.exact_allows().collect(),
+        }
+    }
+
+    /// Whether traffic to `ip`, in any of its spellings, reaches this host (and the operator
+    /// has not opened that address). On the packet path: no allocation.
+    pub fn protects(&self, ip: IpAddr) -> bool {
+        spellings(ip)
+            .any(|s| (s.is_loopback() || self.own.contains(&s)) && !self.opened.contains(&s))
+    }
+}
+
+/// An address and the IPv4 addresses it embeds: everything traffic to it may reach.
+fn spellings(ip: IpAddr) -> impl Iterator<Item = IpAddr> {
+    let ip = ip.to_canonical();
+    let embedded = match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6),
+        IpAddr::V4(_) => [None; 2],
+    };
+    std::iter::once(ip).chain(embedded.into_iter().flatten().map(IpAddr::V4))
 }
 
 /// IPv4 ranges that are not public unicast (RFC 6890 and the IANA special-purpose registry).
@@ -85,13 +135,11 @@ const DENIED_V6: &[(Ipv6Addr, u8)] = &[
     (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
 ];
 
+/// The default list for one spelling (embedded IPv4 addresses are spellings of their own).
 fn denied_by_default(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => denied_v4(v4),
-        IpAddr::V6(v6) => {
-            DENIED_V6.iter().any(|&(net, len)| in_v6(v6, net, len))
-                || embedded_ipv4(v6).iter().any(|&v4| denied_v4(v4))
-        }
+        IpAddr::V6(v6) => DENIED_V6.iter().any(|&(net, len)| in_v6(v6, net, len)),
     }
 }
 
@@ -105,31 +153,34 @@ fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
     Ipv6Net::new(net, len).is_ok_and(|net| net.contains(&ip))
 }
 
-/// IPv4 addresses that an IPv6 address carries and that traffic to it may reach.
-fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+/// IPv4 addresses that an IPv6 address carries and that traffic to it may reach (at most
+/// two: the prefixes below do not overlap). `::ffff:a.b.c.d` is not here: canonical form
+/// already turned it into IPv4.
+fn embedded_ipv4(ip: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
     let s = ip.segments();
     let o = ip.octets();
     let last32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
-    let mut found = Vec::new();
-    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated but still routable by
-    // some stacks); :: and ::1 are in DENIED_V6.
-    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
-        found.push(last32);
+    // ::a.b.c.d (IPv4-compatible, deprecated but still routed by some stacks); :: and ::1
+    // are not (RFC 4291 §2.5.5.1): they are spellings of their own, in DENIED_V6.
+    if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
+        return [Some(last32), None];
     }
     // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052).
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        found.push(last32);
+        return [Some(last32), None];
     }
     // 6to4 2002:AABB:CCDD::/48 (RFC 3056).
     if s[0] == 0x2002 {
-        found.push(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+        return [Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])), None];
     }
     // Teredo 2001:0::/32 (RFC 4380): server address, and the client's obfuscated address.
     if s[0] == 0x2001 && s[1] == 0 {
-        found.push(Ipv4Addr::new(o[4], o[5], o[6], o[7]));
-        found.push(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
+        return [
+            Some(Ipv4Addr::new(o[4], o[5], o[6], o[7])),
+            Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15])),
+        ];
     }
-    found
+    [None; 2]
 }
 
 #[cfg(test)]
@@ -217,5 +268,57 @@ mod tests {
             vec!["1.2.3.0/24".parse().unwrap()],
         );
         assert!(!tie.permits("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn operator_ranges_apply_to_every_spelling() {
+        let p = PeerPolicy::new(vec![], vec!["1.2.3.0/24".parse().unwrap()]);
+        for ip in [
+            "1.2.3.4",
+            "::ffff:1.2.3.4",
+            "::1.2.3.4",
+            "64:ff9b::102:304",
+            "2002:102:304::",
+            "2002:102:304:1::5",
+            "2001:0:102:304::1",                    // Teredo server 1.2.3.4
+            "2001:0:4136:e378:8000:63bf:fefd:fcfb", // Teredo client 1.2.3.4
+        ] {
+            assert!(!p.permits(ip.parse().unwrap()), "{ip} should be denied");
+        }
+        assert!(p.permits("64:ff9b::808:808".parse().unwrap()));
+        // An allow reaches the embedded forms too.
+        let p = PeerPolicy::new(vec!["10.1.0.0/16".parse().unwrap()], vec![]);
+        assert!(p.permits("64:ff9b::a01:203".parse().unwrap()));
+        assert!(!p.permits("64:ff9b::a02:203".parse().unwrap()));
+    }
+
+    #[test]
+    fn own_addresses_are_protected_in_every_spelling_unless_named_exactly() {
+        let own: Vec<IpAddr> = vec!["203.0.113.5".parse().unwrap(), "10.0.0.4".parse().unwrap()];
+        let broad = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![]);
+        let host = HostAddresses::new(&own, &broad);
+        for ip in [
+            "203.0.113.5",
+            "::ffff:203.0.113.5",
+            "64:ff9b::cb00:7105",
+            "2002:cb00:7105::1",
+            "10.0.0.4",
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(host.protects(ip.parse().unwrap()), "{ip} is this host");
+        }
+        assert!(!host.protects("203.0.113.6".parse().unwrap()));
+        assert!(!host.protects("8.8.8.8".parse().unwrap()));
+        let exact = PeerPolicy::new(vec!["203.0.113.5/32".parse().unwrap()], vec![]);
+        let host = HostAddresses::new(&own, &exact);
+        assert!(
+            !host.protects("203.0.113.5".parse().unwrap()),
+            "named exactly"
+        );
+        assert!(!host.protects("64:ff9b::cb00:7105".parse().unwrap()));
+        assert!(host.protects("10.0.0.4".parse().unwrap()));
     }
 }

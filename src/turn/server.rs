@@ -9,7 +9,7 @@ use super::allocation::{PendingAllocate, State};
 use super::auth::{Authenticator, Rejection, UserSecret};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
-use super::policy::PeerPolicy;
+use super::policy::{HostAddresses, PeerPolicy};
 use super::ports::PortPool;
 use super::quota::Quotas;
 use super::requests::DefaultFamily;
@@ -37,8 +37,8 @@ pub struct ServerConfig {
     pub default_family: DefaultFamily,
     pub relay_ports: RangeInclusive<u16>,
     /// This host's own addresses. Peers there are refused (but for the relay ports of
-    /// `server_relay_ports`, where other allocations live) unless `peers` allows them
-    /// explicitly: a relay must not reach services that trust local traffic.
+    /// `server_relay_ports`, where other allocations live) unless an `allow` range of
+    /// `peers` names one exactly: a relay must not reach services that trust local traffic.
     pub own_addresses: Vec<std::net::IpAddr>,
     /// The whole relay port range of the server (all shards).
     pub server_relay_ports: RangeInclusive<u16>,
@@ -88,8 +88,8 @@ impl ServerConfig {
 pub struct Server {
     auth: Authenticator,
     pub(super) peers: PeerPolicy,
-    /// Own addresses the operator has not allowed explicitly: only relay ports there.
-    own_addresses: Vec<std::net::IpAddr>,
+    /// This host's addresses: only relay ports there are peers.
+    host: HostAddresses,
     server_relay_ports: RangeInclusive<u16>,
     pub(super) default_lifetime: Duration,
     pub(super) max_lifetime: Duration,
@@ -169,7 +169,7 @@ impl Server {
             .collect();
         Self {
             auth,
-            own_addresses: unprotected_own_addresses(&config),
+            host: HostAddresses::new(&config.own_addresses, &config.peers),
             server_relay_ports: config.server_relay_ports,
             peers: config.peers,
             default_lifetime: config.default_lifetime,
@@ -197,7 +197,7 @@ impl Server {
     pub fn reconfigure(&mut self, config: &ServerConfig) {
         self.auth
             .set_credentials(&config.realm, &config.users, &config.secrets);
-        self.own_addresses = unprotected_own_addresses(config);
+        self.host = HostAddresses::new(&config.own_addresses, &config.peers);
         self.peers = config.peers.clone();
         self.default_lifetime = config.default_lifetime;
         self.max_lifetime = config.max_lifetime;
@@ -709,7 +709,7 @@ impl Server {
                 .channel_peer(now, number)
                 .ok_or(DropReason::UnboundChannel)?,
         };
-        let own_service = is_own_service(&self.own_addresses, &self.server_relay_ports, peer);
+        let own_service = is_own_service(&self.host, &self.server_relay_ports, peer);
         let relay = allocation
             .relay_for(peer.ip())
             .filter(|_| allocation.has_permission(now, peer.ip()) && !own_service)
@@ -728,7 +728,7 @@ impl Server {
 
     /// A port of this host that is not a relay port: a local service, never a peer.
     pub(super) fn is_own_service(&self, peer: SocketAddr) -> bool {
-        is_own_service(&self.own_addresses, &self.server_relay_ports, peer)
+        is_own_service(&self.host, &self.server_relay_ports, peer)
     }
 
     /// Ends an allocation and gives back its ports and sockets.
@@ -810,23 +810,13 @@ impl Server {
     }
 }
 
-/// Own addresses the operator has not allowed explicitly: only relay ports there.
-fn unprotected_own_addresses(config: &ServerConfig) -> Vec<std::net::IpAddr> {
-    config
-        .own_addresses
-        .iter()
-        .map(|ip| ip.to_canonical())
-        .filter(|ip| !config.peers.explicitly_allows(*ip))
-        .collect()
-}
-
 /// A port of this host that is not a relay port: a local service, never a peer.
 fn is_own_service(
-    own_addresses: &[std::net::IpAddr],
+    host: &HostAddresses,
     relay_ports: &RangeInclusive<u16>,
     peer: SocketAddr,
 ) -> bool {
-    own_addresses.contains(&peer.ip().to_canonical()) && !relay_ports.contains(&peer.port())
+    host.protects(peer.ip()) && !relay_ports.contains(&peer.port())
 }
 
 /// A response with integrity when the request was authenticated and FINGERPRINT when the

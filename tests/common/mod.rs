@@ -25,7 +25,7 @@ pub async fn start(extra: &str) -> rendez::Handle {
     // `extra` may open tables, so it comes after the top-level keys and before [peers].
     let top = "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n";
     start_with(&format!(
-        "{top}{extra}\n[peers]\nallow = [\"127.0.0.0/8\"]\n"
+        "{top}{extra}\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n"
     ))
     .await
 }
