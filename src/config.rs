@@ -536,6 +536,12 @@ impl Config {
             }
         }
         let limits = &self.limits;
+        if (1..MIN_BANDWIDTH).contains(&limits.bandwidth_per_allocation) {
+            return Err(invalid(
+                "limits.bandwidth-per-allocation",
+                "is bytes per second (1000000 = 8 Mbit/s): at least 64000, or 0 for no limit",
+            ));
+        }
         for (key, value) in [
             ("limits.allocations-per-user", limits.allocations_per_user),
             ("limits.allocations-per-ip", limits.allocations_per_ip),
@@ -563,11 +569,11 @@ impl Config {
         if self
             .alternate_servers
             .iter()
-            .any(|a| a.ip().is_unspecified() || a.port() == 0)
+            .any(|a| a.ip().is_unspecified() || a.port() == 0 || a.ip().to_canonical() != a.ip())
         {
             return Err(invalid(
                 "alternate-servers",
-                "must be addresses clients can reach, with a port, e.g. [\"203.0.113.8:3478\"]",
+                "must be addresses clients can reach, with a port, written plainly (IPv4 as IPv4, not ::ffff:…), e.g. [\"203.0.113.8:3478\", \"[2001:db8::8]:3478\"]",
             ));
         }
         if self.auth.credential_ttl.is_zero() {
@@ -591,10 +597,6 @@ impl Config {
             ("relay-ip", self.relay_ip != new.relay_ip),
             ("relay-ports", self.relay_ports != new.relay_ports),
             ("workers", self.workers != new.workers),
-            (
-                "default-relay-family",
-                self.default_relay_family != new.default_relay_family,
-            ),
             ("log-format", self.log_format != new.log_format),
             (
                 "signal.enabled / signal.listen",
@@ -711,6 +713,10 @@ fn read_secret(path: &Path) -> Result<String, SecretFileProblem> {
     }
     Ok(secret.to_owned())
 }
+
+/// The lowest `bandwidth-per-allocation` (bytes/s) accepted: below it a video call cannot
+/// work, and the value was most likely meant as kbit/s.
+const MIN_BANDWIDTH: u64 = 64_000;
 
 /// Keys whose values are secrets: an error on their line must not echo the value.
 const SECRET_KEYS: &[&str] = &["secret", "password", "key"];
@@ -881,6 +887,14 @@ mod tests {
                 "limits.unauthorized-per-ip",
             ),
             ("[limits]\nbandwidth = 5", "bandwidth"),
+            (
+                "[limits]\nbandwidth-per-allocation = 1000",
+                "limits.bandwidth-per-allocation",
+            ),
+            (
+                "alternate-servers = [\"[::ffff:1.2.3.4]:3478\"]",
+                "alternate-servers",
+            ),
             ("[signal]\ncredential-ttl = \"5s\"", "signal.credential-ttl"),
             ("drain-timeout = \"2d\"", "drain-timeout"),
             (

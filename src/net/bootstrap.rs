@@ -237,6 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         hub,
         observer,
         metrics_addr,
+        reloading: tokio::sync::Mutex::new(()),
     })
 }
 

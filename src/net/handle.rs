@@ -39,6 +39,8 @@ pub struct Handle {
     pub(super) observer: Observer,
     /// Where `/metrics` is served (None unless `[metrics] listen` is set).
     pub(super) metrics_addr: Option<SocketAddr>,
+    /// One reload at a time, so shards, certificate and hub always end on the same one.
+    pub(super) reloading: tokio::sync::Mutex<()>,
 }
 
 /// What a reload applied.
@@ -146,6 +148,7 @@ impl Handle {
     /// key or file, and the running configuration stays. Keys that need a restart are
     /// reported, not applied.
     pub async fn reload(&self, new: Config) -> anyhow::Result<Reloaded> {
+        let _one_at_a_time = self.reloading.lock().await;
         new.validate()?;
         let certificate = match (&self.certs, &new.tls) {
             (Some(_), Some(tls)) => Some(tls::load_certified_key(tls)?),

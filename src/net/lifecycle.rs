@@ -75,10 +75,11 @@ async fn reload(handle: &Handle, hooks: &Hooks) -> Option<Duration> {
                 config.log_level
             )
         })?;
-        let reloaded = handle.reload(config.clone()).await?;
+        // The filter was checked above; set first, so a failure here applies nothing.
         if let Some(set_log_level) = &hooks.set_log_level {
             set_log_level(&config.log_level)?;
         }
+        let reloaded = handle.reload(config.clone()).await?;
         anyhow::Ok((reloaded, config.drain_timeout))
     }
     .await;

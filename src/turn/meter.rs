@@ -4,7 +4,8 @@
 //! The bucket is kept as one instant (the generic cell rate algorithm): `paid_until` is
 //! when everything admitted so far would have drained at the configured rate. A packet is
 //! admitted while that lies less than [`BURST`] ahead of now, so an allocation may send a
-//! second's worth at once and then the rate, with no per-tick refill and no rounding loss.
+//! second's worth at once and then the rate, with no per-tick refill and no rounding loss;
+//! an idle allocation may always send one packet, however low the rate.
 
 use std::time::{Duration, Instant};
 
@@ -34,13 +35,14 @@ impl Meter {
             .saturating_mul(1_000_000_000)
             .checked_div(bytes_per_second)
         {
-            let start = self.paid_until.max(now);
+            let backlog = self.paid_until.saturating_duration_since(now);
             let cost = Duration::from_nanos(nanos);
-            let paid_until = start + cost;
-            if paid_until.saturating_duration_since(now) > BURST {
+            // An idle allocation may always send one packet, even one larger than a
+            // second's worth: a low rate slows an allocation down, it never silences it.
+            if !backlog.is_zero() && backlog + cost > BURST {
                 return false;
             }
-            self.paid_until = paid_until;
+            self.paid_until = now + backlog + cost;
         }
         self.traffic.count(bytes);
         true
@@ -77,6 +79,15 @@ mod tests {
             * 1200;
         // 10 s at the rate plus the one-second burst, within one packet.
         assert!((10_998_000..=11_001_200).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn an_idle_allocation_may_send_one_packet_larger_than_the_burst() {
+        let t0 = Instant::now();
+        let mut meter = Meter::new(t0);
+        assert!(meter.admit(t0, 1200, 1000));
+        assert!(!meter.admit(t0 + Duration::from_millis(500), 1200, 1000));
+        assert!(meter.admit(t0 + Duration::from_millis(1200), 1200, 1000));
     }
 
     #[test]

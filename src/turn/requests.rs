@@ -131,15 +131,15 @@ impl Server {
             .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
     }
 
-    /// A draining server sends new allocations to an alternate server of the client's
-    /// family (300, RFC 8489 §10), or refuses them with 486 when it has none.
+    /// A draining server sends new allocations to an alternate server (300, RFC 8489 §10)
+    /// of the client's own family, as ALTERNATE-SERVER must be (§14.15); a client of a
+    /// family no alternate has gets 486.
     fn refuse_while_draining(&mut self, reply: &Reply) {
         let client_v4 = reply.to.client.ip().to_canonical().is_ipv4();
         let alternate = self
             .alternate_servers
             .iter()
-            .find(|a| a.is_ipv4() == client_v4)
-            .or(self.alternate_servers.first())
+            .find(|a| a.ip().to_canonical().is_ipv4() == client_v4)
             .copied();
         match alternate {
             Some(server) => self.send_error(reply, ErrorCode::TRY_ALTERNATE, |b| {

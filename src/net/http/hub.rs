@@ -159,11 +159,19 @@ impl SessionSettings {
         }
     }
 
-    /// The `iceServers` of a connection's welcome: TURN credentials minted for it, named
-    /// `web-CONN`, so `allocations-per-user` bounds what one visit's credentials can take
-    /// wherever they are used from, and `allocations-per-ip` what one address takes.
-    pub fn ice_servers(&self, host: &str, conn: ConnId) -> serde_json::Value {
-        self.ice.for_connection(host, &format!("web-{conn}"))
+    /// The `iceServers` of a connection's welcome: TURN credentials minted for this visit,
+    /// under a random name (`web-` and 64 random bits, unique across restarts and nodes
+    /// that share the secret), so `allocations-per-user` bounds what one visit's
+    /// credentials can take wherever they are used from, and `allocations-per-ip` what one
+    /// address takes.
+    pub fn ice_servers(&self, host: &str) -> serde_json::Value {
+        let mut id = [0u8; 8];
+        if crate::random::fill_from_os(&mut id).is_err() {
+            // Without the OS RNG there is no unguessable name: no TURN for this visit.
+            return self.ice.for_connection(host, None);
+        }
+        let name = format!("web-{}", crate::hex::encode(&id));
+        self.ice.for_connection(host, Some(&name))
     }
 }
 
@@ -348,8 +356,9 @@ struct IceServers {
 }
 
 impl IceServers {
-    /// STUN for everyone, and TURN with credentials minted for `who` when a secret exists.
-    fn for_connection(&self, host: &str, who: &str) -> serde_json::Value {
+    /// STUN for everyone, and TURN with credentials minted for `who` when a secret (and a
+    /// name) exists.
+    fn for_connection(&self, host: &str, who: Option<&str>) -> serde_json::Value {
         let urls = if self.fixed_urls.is_empty() {
             credential::ice_urls(&self.config, host)
         } else {
@@ -368,7 +377,7 @@ impl IceServers {
         if !stun.is_empty() {
             servers.push(serde_json::json!({ "urls": stun }));
         }
-        if let Some(secret) = &self.secret {
+        if let (Some(secret), Some(who)) = (&self.secret, who) {
             let credential = credential::mint(secret, who, SystemTime::now() + self.ttl);
             servers.push(credential::ice_server_json(&urls, &credential));
         }

@@ -54,7 +54,7 @@ pub(super) async fn run(
     let conn = hub.next_conn();
     let settings = hub.settings();
     let (outbound, mut queue) = mpsc::channel(OUTBOUND_QUEUE);
-    let ice_servers = settings.ice_servers(&host, conn);
+    let ice_servers = settings.ice_servers(&host);
     let opened = Input::Opened {
         conn,
         ip,

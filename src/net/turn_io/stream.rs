@@ -181,7 +181,18 @@ impl Connection {
         let tuple = self.tuple;
         let (reader, writer) = tokio::io::split(stream);
         let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-        if !self.shard.send(Input::Opened { tuple, outbound }).await {
+        let (accepted, answer) = oneshot::channel();
+        let opened = Input::Opened {
+            tuple,
+            outbound,
+            accepted,
+        };
+        if !self.shard.send(opened).await {
+            return;
+        }
+        if answer.await != Ok(true) {
+            // Its 5-tuple is another connection's: closing it keeps that one's allocation.
+            tracing::debug!(client = %tuple.client, "connection refused: its 5-tuple is already open");
             return;
         }
         let writer = self.tracker.spawn(write_queue(writer, queue));

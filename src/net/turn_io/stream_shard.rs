@@ -41,10 +41,13 @@ const PEER_BATCH: usize = 32;
 
 /// Something for the shard to do, from a connection or a relay reader.
 pub(crate) enum Input {
-    /// A connection opened; the shard queues its outgoing bytes on `outbound`.
+    /// A connection opened; the shard queues its outgoing bytes on `outbound`, and answers
+    /// `accepted` with false when another open connection has the same 5-tuple (only a
+    /// PROXY header can make that happen: a balancer naming one client twice).
     Opened {
         tuple: FiveTuple,
         outbound: mpsc::Sender<Bytes>,
+        accepted: oneshot::Sender<bool>,
     },
     /// One or more complete messages (STUN or ChannelData) from a connection, back to back.
     Messages { tuple: FiveTuple, bytes: Bytes },
@@ -176,8 +179,16 @@ impl Shard {
 
     fn handle(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Opened { tuple, outbound } => {
-                self.io.clients.insert(tuple, outbound);
+            Input::Opened {
+                tuple,
+                outbound,
+                accepted,
+            } => {
+                let fresh = !self.io.clients.contains_key(&tuple);
+                if fresh {
+                    self.io.clients.insert(tuple, outbound);
+                }
+                let _ = accepted.send(fresh);
             }
             Input::Messages { tuple, bytes } => {
                 let mut rest = &bytes[..];
