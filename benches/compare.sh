@@ -209,6 +209,7 @@ allocations-per-ip = 1000000
 allocations-total = 1000000
 bandwidth-per-allocation = 1000000000
 unauthorized-per-ip = 1000000
+binding-per-ip = 1000000
 
 $tls_section
 EOF

@@ -81,6 +81,10 @@ pub struct LimitsConfig {
     /// beyond it requests are dropped (clients retransmit), so the server cannot be used
     /// to reflect traffic at a spoofed address.
     pub unauthorized_per_ip: u32,
+    /// Binding responses per second over UDP to one source address (IPv6: one /64). Binding
+    /// needs no credentials and its answer is larger than the request, so a spoofed flood is
+    /// limited too; ICE sends a few per call.
+    pub binding_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -91,6 +95,7 @@ impl Default for LimitsConfig {
             allocations_total: 10_000,
             bandwidth_per_allocation: 1_000_000,
             unauthorized_per_ip: 20,
+            binding_per_ip: 100,
         }
     }
 }
@@ -547,6 +552,7 @@ impl Config {
             ("limits.allocations-per-ip", limits.allocations_per_ip),
             ("limits.allocations-total", limits.allocations_total),
             ("limits.unauthorized-per-ip", limits.unauthorized_per_ip),
+            ("limits.binding-per-ip", limits.binding_per_ip),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

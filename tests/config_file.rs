@@ -90,6 +90,7 @@ fn every_key_is_documented() {
         "allocations-total",
         "bandwidth-per-allocation",
         "unauthorized-per-ip",
+        "binding-per-ip",
         "[metrics]",
     ] {
         let shown = SHIPPED

@@ -161,6 +161,8 @@ async fn no_label_value_carries_a_user_an_address_or_a_room() {
         "unbound_channel",
         "over_bandwidth",
         "unauthorized_rate",
+        "binding_rate",
+        "unknown_attribute",
         "send_failed",
         "client_backlog",
     ]

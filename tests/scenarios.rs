@@ -156,6 +156,82 @@ fn challenges_beyond_the_limit_per_source_are_dropped_over_udp_only() {
     );
 }
 
+// ---------------------------------------------------------------- hostile input: constant work, no reflection
+
+#[test]
+fn allocate_without_transport_is_400_before_any_challenge() {
+    let mut h = Harness::new();
+    let response = h.request(CLIENT, &build(Method::ALLOCATE, &[], None, false));
+    assert_eq!(response.error_code(), Some(400));
+    assert!(
+        response.attr(AttrType::NONCE).is_none(),
+        "no challenge: nothing to gain"
+    );
+}
+
+#[test]
+fn binding_floods_from_one_udp_source_are_limited() {
+    let limiter = ChallengeLimiter::new(5, 3);
+    let mut h = Harness::with_config(|c| c.binding_limit = Some(limiter));
+    let binding = build(Method::BINDING, &[], None, false);
+    let answered = (0..20u16)
+        .filter(|i| {
+            h.server
+                .handle_client_packet(h.now, client_at(7500 + i), &binding);
+            !h.pump().is_empty()
+        })
+        .count();
+    assert_eq!(answered, 5);
+    assert_eq!(h.server.stats().dropped(DropReason::BindingRate), 15);
+}
+
+#[test]
+fn create_permission_over_the_cap_is_refused_before_any_policy_work() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    // Far more addresses than an allocation may hold, all of them denied by the policy:
+    // the answer is the cap's 508, not the policy's 403.
+    let denied: Vec<Attr> = (0..500u32)
+        .map(|i| {
+            peer(SocketAddr::from((
+                std::net::Ipv4Addr::from(0x0a00_0000 + i),
+                9,
+            )))
+        })
+        .collect();
+    let response = alice.call(&mut h, Method::CREATE_PERMISSION, &denied);
+    assert_eq!(response.error_code(), Some(508));
+}
+
+#[test]
+fn send_indication_with_unknown_required_attribute_is_discarded() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    let unknown = Attr::Raw(AttrType(0x7ff0), vec![1, 2, 3, 4]);
+    let send = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(b"x"), unknown],
+        None,
+        false,
+    ));
+    assert!(h.client_to_peer(CLIENT, &send).is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::UnknownAttribute), 1);
+    let optional = Attr::Raw(AttrType(0xfff0), vec![1, 2, 3, 4]);
+    let send = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(b"x"), optional],
+        None,
+        false,
+    ));
+    assert!(
+        h.client_to_peer(CLIENT, &send).is_some(),
+        "optional ones are ignored"
+    );
+}
+
 // ---------------------------------------------------------------- Binding
 
 #[test]

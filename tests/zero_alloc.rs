@@ -159,14 +159,20 @@ fn server_with_channel() -> (Server, FiveTuple, SocketAddr) {
         server: "192.0.2.10:3478".parse().unwrap(),
     };
     let key = rendez::stun::long_term_key("u", "r", "p");
-    let challenge = request(&mut server, tuple, Method::ALLOCATE, &[], None);
+    let transport = (AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    let challenge = request(
+        &mut server,
+        tuple,
+        Method::ALLOCATE,
+        &[transport.clone()],
+        None,
+    );
     let nonce = Message::parse(&challenge)
         .unwrap()
         .attribute(AttrType::NONCE)
         .unwrap()
         .to_vec();
     let auth = Some((&nonce[..], &key));
-    let transport = (AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
     let allocated = request(&mut server, tuple, Method::ALLOCATE, &[transport], auth);
     let allocated = Message::parse(&allocated).unwrap();
     let relayed = allocated.attribute(AttrType::XOR_RELAYED_ADDRESS).unwrap();

@@ -30,6 +30,7 @@ use crate::turn::{
 pub(crate) struct SharedLimits {
     quotas: Quotas,
     challenges: ChallengeLimiter,
+    bindings: ChallengeLimiter,
 }
 
 impl SharedLimits {
@@ -40,6 +41,7 @@ impl SharedLimits {
                 limits.unauthorized_per_ip,
                 Rng::from_os()?.next_u64(),
             ),
+            bindings: ChallengeLimiter::new(limits.binding_per_ip, Rng::from_os()?.next_u64()),
         };
         shared.apply(limits);
         Ok(shared)
@@ -53,6 +55,7 @@ impl SharedLimits {
             total: limits.allocations_total,
         });
         self.challenges.set_per_second(limits.unauthorized_per_ip);
+        self.bindings.set_per_second(limits.binding_per_ip);
     }
 
     /// Allocations on every shard at this moment: each is counted by its quota claim as it
@@ -328,6 +331,7 @@ pub(crate) fn core_config(
     core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
     core.quotas = limits.quotas.clone();
     core.challenge_limit = Some(limits.challenges.clone());
+    core.binding_limit = Some(limits.bindings.clone());
     core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
     core.alternate_servers = config.alternate_servers.clone();
     core

@@ -125,6 +125,13 @@ impl<'a> Message<'a> {
     }
 
     /// Comprehension-required attribute types this server does not understand.
+    /// Whether [`Message::unknown_required_attributes`] would be non-empty, without
+    /// allocating (for the Send indication hot path).
+    pub fn has_unknown_required_attributes(&self) -> bool {
+        self.covered_attributes()
+            .any(|(kind, _)| kind.is_comprehension_required() && !kind.is_understood())
+    }
+
     pub fn unknown_required_attributes(&self) -> Vec<u16> {
         let mut unknown: Vec<u16> = self
             .covered_attributes()

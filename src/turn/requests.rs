@@ -4,7 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, ChannelBindError, Owner, PendingAllocate, Relay, State};
+use super::allocation::{
+    Allocation, ChannelBindError, Owner, PendingAllocate, Relay, State, MAX_PERMISSIONS,
+};
 use super::auth::{quota_name, Credentials};
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
 use super::{Output, RelayAddr, CHANNEL_NUMBERS};
@@ -284,10 +286,15 @@ impl Server {
         message: &Message<'_>,
         reply: &Reply,
     ) -> Result<(), ErrorCode> {
-        let peers: Vec<SocketAddr> = message
-            .xor_peer_addresses()
-            .collect::<Option<_>>()
-            .ok_or(ErrorCode::BAD_REQUEST)?;
+        // The cap first: a request may carry thousands of addresses, and none of them is
+        // worth the policy's work once there are more than an allocation may hold.
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        for peer in message.xor_peer_addresses() {
+            if peers.len() == MAX_PERMISSIONS {
+                return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+            }
+            peers.push(peer.ok_or(ErrorCode::BAD_REQUEST)?);
+        }
         if peers.is_empty() {
             return Err(ErrorCode::BAD_REQUEST);
         }

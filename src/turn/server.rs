@@ -52,8 +52,11 @@ pub struct ServerConfig {
     pub nonce_lifetime: Duration,
     /// Allocation counts shared by every shard of the server.
     pub quotas: Quotas,
-    /// 401/438 replies per source per second, shared by every shard; `None`: no limit.
+    /// Unauthenticated error replies (400, 401, 438) per UDP source per second, shared by
+    /// every shard; `None`: no limit.
     pub challenge_limit: Option<ChallengeLimiter>,
+    /// Binding responses per UDP source per second, shared by every shard; `None`: no limit.
+    pub binding_limit: Option<ChallengeLimiter>,
     /// Bytes per second one allocation relays in each direction; 0: no limit.
     pub bandwidth_per_allocation: u64,
     /// Where new allocations go while the server drains (300 Try Alternate).
@@ -78,6 +81,7 @@ impl ServerConfig {
             nonce_lifetime: Duration::from_secs(3600),
             quotas: Quotas::default(),
             challenge_limit: None,
+            binding_limit: None,
             bandwidth_per_allocation: 0,
             alternate_servers: Vec::new(),
         }
@@ -97,6 +101,7 @@ pub struct Server {
     pub(super) relays: Vec<RelayPool>,
     pub(super) quotas: Quotas,
     challenge_limit: Option<ChallengeLimiter>,
+    binding_limit: Option<ChallengeLimiter>,
     bandwidth_per_allocation: u64,
     pub(super) alternate_servers: Vec<SocketAddr>,
     /// Set by [`Server::start_draining`]: new allocations are refused.
@@ -131,6 +136,15 @@ struct WallClock {
 enum PeerTarget {
     Address(SocketAddr),
     Channel(u16),
+}
+
+/// The kinds of reply sent without authentication, each with its own per-source limit.
+#[derive(Clone, Copy)]
+enum Unauthenticated {
+    /// 400, 401, 438 before authentication (`unauthorized-per-ip`).
+    Error,
+    /// A Binding response or its 420 (`binding-per-ip`).
+    Binding,
 }
 
 /// How to answer one request.
@@ -178,6 +192,7 @@ impl Server {
             relays,
             quotas: config.quotas,
             challenge_limit: config.challenge_limit,
+            binding_limit: config.binding_limit,
             bandwidth_per_allocation: config.bandwidth_per_allocation,
             alternate_servers: config.alternate_servers,
             draining: false,
@@ -204,6 +219,7 @@ impl Server {
         self.default_family = config.default_family;
         self.quotas = config.quotas.clone();
         self.challenge_limit = config.challenge_limit.clone();
+        self.binding_limit = config.binding_limit.clone();
         self.bandwidth_per_allocation = config.bandwidth_per_allocation;
         self.alternate_servers = config.alternate_servers.clone();
     }
@@ -482,7 +498,11 @@ impl Server {
             integrity: None,
         };
         let method = message.method();
+        let unix_now = self.unix_secs(now);
         if method == Method::BINDING {
+            if !self.may_answer_unauthenticated(&reply, Unauthenticated::Binding, unix_now) {
+                return;
+            }
             if self.refuse_unknown_attributes(message, &reply) {
                 return;
             }
@@ -491,18 +511,22 @@ impl Server {
             });
             return;
         }
-        if ![
+        let known = [
             Method::ALLOCATE,
             Method::REFRESH,
             Method::CREATE_PERMISSION,
             Method::CHANNEL_BIND,
         ]
-        .contains(&method)
-        {
-            self.send_error(&reply, ErrorCode::BAD_REQUEST, |_| {});
+        .contains(&method);
+        // An Allocate that could never succeed is refused before any challenge, so it earns
+        // only a short 400, and that only within the per-source limit.
+        let hopeless = method == Method::ALLOCATE && message.requested_transport().is_none();
+        if !known || hopeless {
+            if self.may_answer_unauthenticated(&reply, Unauthenticated::Error, unix_now) {
+                self.send_error(&reply, ErrorCode::BAD_REQUEST, |_| {});
+            }
             return;
         }
-        let unix_now = self.unix_secs(now);
         let credentials = match self.auth.authenticate(message, from.client, unix_now) {
             Ok(credentials) => credentials,
             Err(rejection) => {
@@ -551,6 +575,9 @@ impl Server {
     /// 401 and 438 carry a fresh challenge (RFC 8489 §9.2.4); 400 does not. Challenges
     /// beyond `unauthorized-per-ip` are dropped: they are what a reflection attack buys.
     fn reject(&mut self, reply: &Reply, rejection: Rejection, unix_now: u64) {
+        if !self.may_answer_unauthenticated(reply, Unauthenticated::Error, unix_now) {
+            return;
+        }
         let error = match rejection {
             Rejection::BadRequest => {
                 self.send_error(reply, ErrorCode::BAD_REQUEST, |_| {});
@@ -559,15 +586,6 @@ impl Server {
             Rejection::StaleNonce => ErrorCode::STALE_NONCE,
             _ => ErrorCode::UNAUTHORIZED,
         };
-        // Only UDP sources can be spoofed: a stream's source has completed a handshake,
-        // and a stream client has no retransmission to recover a dropped challenge.
-        let udp = reply.to.transport == Transport::Udp;
-        if let Some(limiter) = self.challenge_limit.as_ref().filter(|_| udp) {
-            if !limiter.allow(reply.to.client.ip(), unix_now) {
-                self.stats.drop(DropReason::UnauthorizedRate);
-                return;
-            }
-        }
         if !matches!(rejection, Rejection::Challenge | Rejection::StaleNonce) {
             tracing::debug!(
                 client = %reply.to.client,
@@ -581,6 +599,33 @@ impl Server {
             b.add(AttrType::REALM, realm.as_bytes())
                 .add(AttrType::NONCE, nonce.as_bytes());
         });
+    }
+
+    /// Whether an unauthenticated reply may go to `reply.to`: it costs an attacker nothing to
+    /// trigger, so over UDP (where the source may be spoofed, making us a reflector) each
+    /// source gets only so many per second; the rest are dropped and counted. Stream
+    /// sources have completed a handshake and are not limited (nor could a stream client
+    /// recover a dropped reply: it does not retransmit).
+    fn may_answer_unauthenticated(
+        &mut self,
+        reply: &Reply,
+        kind: Unauthenticated,
+        unix_now: u64,
+    ) -> bool {
+        if reply.to.transport != Transport::Udp {
+            return true;
+        }
+        let (limiter, reason) = match kind {
+            Unauthenticated::Error => (&self.challenge_limit, DropReason::UnauthorizedRate),
+            Unauthenticated::Binding => (&self.binding_limit, DropReason::BindingRate),
+        };
+        let allowed = limiter
+            .as_ref()
+            .is_none_or(|l| l.allow(reply.to.client.ip(), unix_now));
+        if !allowed {
+            self.stats.drop(reason);
+        }
+        allowed
     }
 
     /// Every relay socket is bound: answer the Allocate and start the lifetime.
@@ -644,6 +689,12 @@ impl Server {
             self.stats.drop(DropReason::Malformed);
             return None;
         };
+        // RFC 8489 §6.3.2: an indication with unknown comprehension-required attributes is
+        // discarded, not acted on.
+        if message.has_unknown_required_attributes() {
+            self.stats.drop(DropReason::UnknownAttribute);
+            return None;
+        }
         self.relay_to_peer(now, from, PeerTarget::Address(peer), payload)
     }
 

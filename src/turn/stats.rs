@@ -91,12 +91,17 @@ pub enum DropReason {
     UnboundChannel,
     /// Over the allocation's `bandwidth-per-allocation`.
     OverBandwidth,
-    /// A 401 or 438 that would exceed `unauthorized-per-ip`.
+    /// An unauthenticated error reply (400, 401, 438) over `unauthorized-per-ip`.
     UnauthorizedRate,
+    /// A Binding over `binding-per-ip`.
+    BindingRate,
+    /// An indication with a comprehension-required attribute this server does not know
+    /// (RFC 8489 §6.3.2: discarded).
+    UnknownAttribute,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         Self::Malformed,
         Self::InvalidSource,
         Self::NoAllocation,
@@ -104,6 +109,8 @@ impl DropReason {
         Self::UnboundChannel,
         Self::OverBandwidth,
         Self::UnauthorizedRate,
+        Self::BindingRate,
+        Self::UnknownAttribute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +122,8 @@ impl DropReason {
             Self::UnboundChannel => "unbound_channel",
             Self::OverBandwidth => "over_bandwidth",
             Self::UnauthorizedRate => "unauthorized_rate",
+            Self::BindingRate => "binding_rate",
+            Self::UnknownAttribute => "unknown_attribute",
         }
     }
 }

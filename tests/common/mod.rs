@@ -190,7 +190,17 @@ impl TurnClient {
     pub async fn ensure_nonce(&mut self, method: Method) {
         if self.nonce.is_empty() {
             let tid = self.tid();
-            let challenge = self.conn.call(&request_bytes(method, &[], None, tid)).await;
+            // As clients do, the first request is the real one without credentials (an
+            // Allocate without REQUESTED-TRANSPORT would get 400, not a challenge).
+            let attrs = if method == Method::ALLOCATE {
+                vec![udp_transport()]
+            } else {
+                Vec::new()
+            };
+            let challenge = self
+                .conn
+                .call(&request_bytes(method, &attrs, None, tid))
+                .await;
             assert_eq!(error_of(&challenge), Some(401));
             self.nonce = Message::parse(&challenge)
                 .unwrap()
