@@ -164,7 +164,7 @@ fn server_with_channel() -> (Server, FiveTuple, SocketAddr) {
         &mut server,
         tuple,
         Method::ALLOCATE,
-        &[transport.clone()],
+        std::slice::from_ref(&transport),
         None,
     );
     let nonce = Message::parse(&challenge)
