@@ -98,7 +98,7 @@ async function openTab(name, { joined }) {
   if (args.relay) url.searchParams.set("relay", "1");
   const tab = await newTab(name, url);
   await tab.page.goto(url.href, { timeout: stepTimeout(15000) });
-  await tab.page.click("#join", { timeout: stepTimeout(5000) });
+  await pressJoin(tab);
   if (joined) await waitUntilJoined(tab);
   return tab;
 }
@@ -112,6 +112,14 @@ async function newTab(name, url) {
   page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
   return tab;
+}
+
+/**
+ * Clicks Join as a person would. The click returns once the page has handled it, which with
+ * other tabs in a call on a loaded machine can take seconds (the page asks for the camera).
+ */
+function pressJoin(tab) {
+  return tab.page.click("#join", { timeout: stepTimeout(15000) });
 }
 
 function waitUntilJoined(tab) {
@@ -273,7 +281,7 @@ async function linkOnlyScenario() {
   await sleep(2000);
   const before = await linkOnlyView(tab);
   mark("waited_without_click");
-  await tab.page.click("#join", { timeout: stepTimeout(5000) });
+  await pressJoin(tab);
   try {
     await waitUntilJoined(tab);
   } catch (error) {
