@@ -129,7 +129,7 @@ pub struct SignalConfig {
     pub max_message_bytes: usize,
     /// Sustained messages per second per connection (bursts of twice that).
     pub messages_per_second: u32,
-    /// Rooms one IP address may be in at once.
+    /// Rooms one IP address (IPv6: one /64) may be in at once.
     pub rooms_per_ip: usize,
     /// A signaling connection that sends nothing (not even a pong) for this long is closed.
     #[serde(with = "humantime_serde_compat")]
@@ -178,7 +178,7 @@ pub struct TlsConfig {
 pub struct ConnectionsConfig {
     /// Open TCP/TLS connections in all.
     pub max: usize,
-    /// Open TCP/TLS connections from one IP address.
+    /// Open TCP/TLS connections from one IP address (IPv6: one /64).
     pub max_per_ip: usize,
     /// A PROXY header, a TLS handshake, a new connection's first message, and every message
     /// once its first byte has arrived must complete within this.

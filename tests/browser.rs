@@ -96,8 +96,8 @@
 //! `stun:`, `turn:` (UDP, TCP) and `turns:` URLs at `turn.rendez.test`, each with a
 //! credential minted for that connection. `tests/browser/call_page.mjs` opens one Chromium
 //! with one tab per participant (three tabs in one browser cost far less than three
-//! browsers on two cores), each at `?room=…&name=…&autojoin=1`, in turn, and reports what
-//! `window.rendez.state()` and the page show; the Rust test asserts:
+//! browsers on two cores), each at `?room=…&name=…`, in turn, presses Join as a person would,
+//! and reports what `window.rendez.state()` and the page show; the Rust test asserts:
 //!
 //! - `browser_call_three_relayed` (`&relay=1`, so the page sets `iceTransportPolicy:
 //!   "relay"`): every tab shows the two others connected, relayed, with decoded video, and
@@ -108,6 +108,11 @@
 //!   the pages may well connect directly, so only "connected with decoded video" is asserted.
 //! - `browser_room_full`: with three in the room, a fourth tab shows the room-full message
 //!   (`<body data-error="room-full">`) and the three others still see only each other.
+//! - `browser_link_only_prefills_the_form`: a link cannot join for the visitor. A tab opened
+//!   at `?room=…&name=…&autojoin=1` (with `getUserMedia` and `WebSocket` counted from before
+//!   the page's own script runs) still shows the join form, filled in, two seconds later,
+//!   has not joined, and has asked for neither camera nor socket; pressing Join then joins
+//!   (and the counts show both calls, so the counting is not blind).
 //!
 //! # Skipping
 //!
@@ -179,6 +184,25 @@ fn browser_call_three_relayed() {
 #[test]
 fn browser_call_three_default_policy() {
     three_way_call("browser_call_three_default_policy", IcePolicy::All);
+}
+
+/// A link names the room and the person but never joins for them: no camera, no socket,
+/// until Join is pressed.
+#[test]
+fn browser_link_only_prefills_the_form() {
+    let test = "browser_link_only_prefills_the_form";
+    let Some(mut lab) = open_lab(test, true) else {
+        return;
+    };
+    let result = lab.run_call_page(CallScenario::LinkOnly, IcePolicy::All, None);
+    lab.check_link_only(&result);
+    println!(
+        "{test}: without a click: {}; after Join: {} ({:.1} s, node phases, ms: {})",
+        result["before"]["calls"],
+        result["after"]["calls"],
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
+    );
 }
 
 /// A fourth person is turned away from a room of three, and told so.
@@ -426,6 +450,9 @@ enum CallScenario {
     Call,
     /// Opens one more tab, which must be turned away.
     RoomFull,
+    /// Opens one tab from a link with `autojoin=1`, which must not join until Join is
+    /// pressed.
+    LinkOnly,
 }
 
 /// The three-way call of `browser_call_three_relayed` and `browser_call_three_default_policy`.
@@ -487,6 +514,7 @@ impl Lab {
             "scenario": match scenario {
                 CallScenario::Call => "call",
                 CallScenario::RoomFull => "room-full",
+                CallScenario::LinkOnly => "link-only",
             },
             "pageUrl": format!("https://{TURN_HOST}:{PAGE_PORT}/"),
             "probe": {"host": LAB_IP.to_string(), "port": PAGE_PORT},
@@ -659,6 +687,54 @@ impl Lab {
                     page["state"]["joined"]
                 ));
             }
+        }
+    }
+
+    /// The link-only tab showed the filled-in form and had asked for neither camera nor
+    /// signaling socket before the click, and joined (asking for both) after it.
+    fn check_link_only(&mut self, r: &Value) {
+        let before = &r["before"];
+        if before.is_null() {
+            self.fail(&format!(
+                "the link-only scenario did not get as far as the page: {}",
+                r["error"]
+            ));
+        }
+        let name = PARTICIPANTS[0];
+        if before["state"]["joined"] != false || before["state"]["room"] != Value::Null {
+            self.fail(&format!("the link alone joined: {}", before["state"]));
+        }
+        if before["calls"] != json!({"getUserMedia": 0, "webSocket": 0}) {
+            self.fail(&format!(
+                "the link alone asked for camera or socket: {}",
+                before["calls"]
+            ));
+        }
+        if before["joinViewHidden"] != false || before["callViewHidden"] != true {
+            self.fail(&format!(
+                "the join form is not what the link shows: {before}"
+            ));
+        }
+        if before["room"] != ROOM || before["name"] != name || before["focused"] != "join" {
+            self.fail(&format!(
+                "the form is not filled in from the link, Join focused: {before}"
+            ));
+        }
+        if r["ok"] != true {
+            self.fail(&format!(
+                "the link-only scenario did not complete: {}",
+                r["error"]
+            ));
+        }
+        let after = &r["after"];
+        let calls = &after["calls"];
+        let counted = |key: &str| calls[key].as_u64().unwrap_or(0) >= 1;
+        if after["state"]["joined"] != true
+            || after["state"]["room"] != ROOM
+            || !counted("getUserMedia")
+            || !counted("webSocket")
+        {
+            self.fail(&format!("pressing Join did not join as counted: {after}"));
         }
     }
 

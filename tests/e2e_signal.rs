@@ -1,7 +1,7 @@
 //! End to end: the HTTP server inside `rendez serve` — the page, health check, and
 //! WebSocket signaling between real WebSocket clients on loopback.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(3);
+/// How long the server gives one frame to leave before it closes a socket that is not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn serves_the_page_its_assets_and_a_health_check() {
@@ -192,6 +194,50 @@ async fn flooding_is_rate_limited() {
     server.shutdown().await;
 }
 
+/// Binary frames are not part of the protocol, but each still costs a read and a reply: they
+/// spend the same rate limit as text.
+#[tokio::test]
+async fn binary_floods_are_rate_limited_like_text() {
+    let server = start("messages-per-second = 5").await;
+    let mut a = Client::connect(&server).await;
+    for _ in 0..40 {
+        a.socket
+            .send(Message::Binary(vec![0; 1000].into()))
+            .await
+            .unwrap();
+    }
+    let mut codes = Vec::new();
+    while let Some(message) = a.try_recv(Duration::from_millis(300)).await {
+        codes.push(message["code"].as_str().unwrap_or("").to_owned());
+    }
+    let refused = codes.iter().filter(|c| *c == "bad-message").count();
+    let limited = codes.iter().filter(|c| *c == "rate-limited").count();
+    // A burst of twice the rate, and perhaps a token or two refilled while sending.
+    assert!((10..=12).contains(&refused), "{codes:?}");
+    assert_eq!(limited, 1, "{codes:?}");
+    assert_eq!(codes.len(), refused + limited, "{codes:?}");
+    server.shutdown().await;
+}
+
+/// A request head over 16 KiB is refused with 431 instead of being buffered (hyper's
+/// default would take ~400 KiB); an ordinary one with a few KiB of cookies is served.
+#[tokio::test]
+async fn request_heads_over_16_kib_are_refused() {
+    let server = start("").await;
+    let addr = server.signal_addr().unwrap();
+    let head = |cookie_bytes: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: c={}\r\nConnection: close\r\n\r\n",
+            "x".repeat(cookie_bytes)
+        )
+    };
+    let (status, body) = http_request(addr, &head(4 * 1024)).await;
+    assert_eq!((status, body.trim()), (Some(200), "ok"));
+    let (status, _) = http_request(addr, &head(32 * 1024)).await;
+    assert_eq!(status, Some(431));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn page_is_served_over_https_when_tls_is_configured() {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
@@ -315,41 +361,138 @@ async fn welcome_comes_first_under_thousands_of_concurrent_joins() {
     server.shutdown().await;
 }
 
-/// A browser that stops reading is dropped as soon as its queue is full: the others hear
-/// `peer-left` and its seat is free again, while the server never waits on it.
+/// A browser that stops reading while a peer keeps signalling to it is dropped as soon as its
+/// queue's byte budget is spent, long before the write deadline: the others hear
+/// `peer-left`, its seat is free again, a session in another room never notices, and
+/// everything held for it — queue, write buffer, both kernels' socket buffers — is bounded
+/// by what the peer got to send before the drop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_that_stops_reading_is_dropped_and_its_seat_freed() {
+async fn a_stuck_reader_flooded_by_a_peer_is_dropped_at_once() {
     let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
-    let mut stuck = Client::connect(&server).await;
+    let mut stuck = Client::connect_with_small_receive_buffer(&server).await;
     let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
     let mut sender = Client::connect(&server).await;
     sender.join("pair", "Sender").await;
-    // From here on `stuck` never reads. Large signals fill its socket, then its queue.
-    let blob = "x".repeat(60_000);
-    let is_stuck_leaving = |m: &Value| m["type"] == "peer-left" && m["id"] == stuck_id;
+    let mut bystander = Client::connect(&server).await;
+    bystander.join("elsewhere", "Bystander").await;
+
+    // From here on `stuck` never reads.
+    let signal = json!({"type": "signal", "to": stuck_id, "data": "x".repeat(60_000)}).to_string();
+    let started = Instant::now();
+    let (mut sent, mut slowest_pong) = (0usize, Duration::ZERO);
     let mut dropped = false;
-    for _ in 0..2000 {
+    while !dropped && sent < 500 {
         sender
-            .send(json!({"type": "signal", "to": stuck_id, "data": blob}))
-            .await;
+            .socket
+            .send(Message::Text(signal.clone().into()))
+            .await
+            .unwrap();
+        sent += 1;
         while let Some(message) = sender.try_recv(Duration::from_millis(1)).await {
-            dropped |= is_stuck_leaving(&message);
+            dropped |= message["type"] == "peer-left" && message["id"] == stuck_id;
         }
-        if dropped {
-            break;
-        }
+        let asked = Instant::now();
+        bystander.send(json!({"type": "ping"})).await;
+        assert_eq!(bystander.recv().await["type"], "pong");
+        slowest_pong = slowest_pong.max(asked.elapsed());
     }
-    if !dropped {
-        let left = sender
-            .recv_type_within("peer-left", Duration::from_secs(30))
-            .await;
-        assert!(is_stuck_leaving(&left), "{left}");
-    }
+    let took = started.elapsed();
+    // The signal that found the queue full was not kept: the rest is all the server and
+    // both kernels held for the stuck reader at most.
+    let held_bytes = sent.saturating_sub(1) * signal.len();
+    println!(
+        "stuck reader dropped after {sent} signals in {} ms, {} KiB held for it at most; \
+         slowest pong elsewhere meanwhile {} ms",
+        took.as_millis(),
+        held_bytes / 1024,
+        slowest_pong.as_millis()
+    );
+    assert!(dropped, "still in the room after {sent} signals");
+    assert!(
+        took < SEND_TIMEOUT,
+        "dropped by the budget, not the deadline"
+    );
+    // With a queue bounded only in frames, 64 of these would be queued before the drop.
+    assert!(sent < 64, "{sent} signals of {} bytes", signal.len());
+    assert!(slowest_pong < Duration::from_secs(1));
+    let figures = server.signal_figures().unwrap();
+    assert_eq!(figures.dropped_not_reading, 1, "{figures:?}");
+
     let mut next = Client::connect(&server).await;
     let welcome = next.join("pair", "Next").await;
     assert_eq!(welcome["peers"].as_array().unwrap().len(), 1, "{welcome}");
-    drop(stuck);
+    assert!(
+        stuck.ends_within(WAIT).await,
+        "the server closed its socket"
+    );
     server.shutdown().await;
+}
+
+/// A stuck reader sent too little to spend its queue's budget is closed by the write
+/// deadline instead: within [`SEND_TIMEOUT`] of its socket filling up.
+#[tokio::test]
+async fn a_stuck_reader_is_closed_by_the_write_deadline() {
+    let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
+    let mut stuck = Client::connect_with_small_receive_buffer(&server).await;
+    let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
+    let mut sender = Client::connect(&server).await;
+    sender.join("pair", "Sender").await;
+    // Four signals: more than the socket buffers on both ends take, less than the budget.
+    let blob = "x".repeat(60_000);
+    for _ in 0..4 {
+        sender
+            .send(json!({"type": "signal", "to": stuck_id, "data": blob}))
+            .await;
+    }
+    let started = Instant::now();
+    let left = sender
+        .recv_type_within("peer-left", SEND_TIMEOUT + Duration::from_secs(5))
+        .await;
+    let took = started.elapsed();
+    println!(
+        "stuck reader closed by the write deadline in {} ms",
+        took.as_millis()
+    );
+    assert_eq!(left["id"], stuck_id);
+    assert!(
+        took > SEND_TIMEOUT / 2,
+        "not closed by the deadline: {took:?}"
+    );
+    let figures = server.signal_figures().unwrap();
+    assert_eq!(figures.dropped_not_reading, 0, "{figures:?}");
+    assert!(
+        stuck.ends_within(WAIT).await,
+        "the server closed its socket"
+    );
+    server.shutdown().await;
+}
+
+/// Shutdown does not wait for a write that cannot finish.
+#[tokio::test]
+async fn shutdown_is_prompt_with_a_stuck_reader_mid_write() {
+    let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
+    let mut stuck = Client::connect_with_small_receive_buffer(&server).await;
+    let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
+    let mut sender = Client::connect(&server).await;
+    sender.join("pair", "Sender").await;
+    let blob = "x".repeat(60_000);
+    for _ in 0..4 {
+        sender
+            .send(json!({"type": "signal", "to": stuck_id, "data": blob}))
+            .await;
+    }
+    // Its session is now blocked writing to it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    tokio::time::timeout(WAIT, server.shutdown())
+        .await
+        .expect("shutdown finished");
+    println!(
+        "shutdown with a stuck reader took {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(stuck.ends_within(WAIT).await);
 }
 
 /// Shutdown returns only once every signaling session has ended: every client sees its
@@ -386,15 +529,25 @@ async fn start(signal_extra: &str) -> rendez::Handle {
 
 /// A minimal HTTP/1.1 GET: status code and body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+    let (status, body) = http_request(addr, &request).await;
+    (status.expect("an HTTP status line"), body)
+}
+
+/// Sends `request` as is and reads until the server closes: the status code, if the
+/// answer has one, and the body.
+async fn http_request(addr: std::net::SocketAddr, request: &str) -> (Option<u16>, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read all of a refused request.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
-        .expect("HTTP response")
-        .unwrap();
-    let status = response[9..12].parse().unwrap();
+        .expect("the server answered and closed");
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3)?.parse().ok());
     let body = response
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
@@ -417,6 +570,26 @@ impl Client {
 
     async fn connect_to(url: &str) -> Self {
         Self::connect_within(url, WAIT).await
+    }
+
+    /// A client whose socket takes only a few KiB before the server's writes to it block
+    /// while it does not read (loopback would otherwise buffer megabytes), as on a slow link.
+    async fn connect_with_small_receive_buffer(server: &rendez::Handle) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(server.signal_addr().unwrap()))
+            .await
+            .expect("TCP connect")
+            .unwrap();
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (socket, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(ws_url(server), stream),
+        )
+        .await
+        .expect("WebSocket handshake")
+        .unwrap();
+        Self { socket }
     }
 
     async fn connect_within(url: &str, limit: Duration) -> Self {
@@ -495,6 +668,16 @@ impl Client {
                 "unexpected message {message}"
             );
         }
+    }
+
+    /// Reads on until the server has closed the socket; false if it is still open after
+    /// `limit`.
+    async fn ends_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await
+        .is_ok()
     }
 
     async fn close(mut self) {

@@ -48,6 +48,7 @@ const ui = {
   joinView: byId("join-view"),
   callView: byId("call-view"),
   form: byId("join-form"),
+  join: byId("join"),
   room: byId("room"),
   name: byId("name"),
   roomLabel: byId("room-label"),
@@ -102,7 +103,10 @@ function init() {
   ui.sound.addEventListener("click", enableSound);
   ui.leave.addEventListener("click", leave);
   window.rendez = { state: testState };
-  if (params.get("autojoin") === "1" && ui.form.checkValidity()) joinFromForm();
+  // A link fills in the form, never joins: joining turns on the camera and microphone and
+  // puts them in the link's room, so it takes the visitor's own press of Join. (Older links
+  // carry `autojoin=1`; it changes nothing now.) With both fields filled, Enter joins.
+  if (ui.form.checkValidity()) ui.join.focus();
   else (ui.room.value ? ui.name : ui.room).focus();
 }
 
@@ -572,8 +576,8 @@ function addLocalTile() {
 function playRemoteVideo(video) {
   video.play().catch((error) => {
     if (error.name !== "NotAllowedError") return;
-    // Browsers play sound only after a user gesture, which ?autojoin=1 skips: play muted
-    // and offer one button that turns sound on for every tile.
+    // Browsers may refuse sound without a recent user gesture (their autoplay policy): play
+    // muted and offer one button that turns sound on for every tile.
     video.muted = true;
     video.play().catch(() => {});
     ui.sound.hidden = false;

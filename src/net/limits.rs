@@ -1,6 +1,6 @@
 //! Caps on open TCP/TLS and HTTP connections, in all and per client address. IPv6 clients
-//! are counted per /64: one host usually holds a whole /64 and could otherwise open as
-//! many connections as it has addresses. A connection from a load balancer that speaks
+//! are counted per /64 ([`QuotaKey`], as every per-address limit): one host usually holds a
+//! whole /64 and could otherwise open as many connections as it has addresses. A connection from a load balancer that speaks
 //! the PROXY protocol is counted under the client its header names, not the balancer's
 //! address (which would reach `max-per-ip` at once).
 
@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use super::proxy_protocol::TrustedProxies;
+use crate::turn::QuotaKey;
 
 pub(crate) struct ConnectionLimits {
     max: usize,
@@ -19,14 +20,14 @@ pub(crate) struct ConnectionLimits {
 #[derive(Default)]
 struct Open {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<QuotaKey, usize>,
 }
 
 /// One admitted connection; dropping it frees the slot.
 pub(crate) struct Permit {
     limits: Arc<ConnectionLimits>,
-    /// The client it is counted under (its `limit_key`), once known.
-    ip: Option<IpAddr>,
+    /// The client it is counted under, once known.
+    ip: Option<QuotaKey>,
 }
 
 impl ConnectionLimits {
@@ -40,7 +41,7 @@ impl ConnectionLimits {
 
     /// Admits a connection from `ip`, or `None` when a cap is reached.
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
-        let ip = limit_key(ip);
+        let ip = QuotaKey::of(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         if open.total >= self.max || from_ip >= self.max_per_ip {
@@ -90,7 +91,7 @@ impl Permit {
     /// unattributed) when that client already has `max-per-ip` connections.
     pub fn attribute(&mut self, ip: IpAddr) -> bool {
         debug_assert!(self.ip.is_none(), "a connection is attributed once");
-        let ip = limit_key(ip);
+        let ip = QuotaKey::of(ip);
         let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         if from_ip >= self.limits.max_per_ip {
@@ -99,18 +100,6 @@ impl Permit {
         open.per_ip.insert(ip, from_ip + 1);
         self.ip = Some(ip);
         true
-    }
-}
-
-/// The address a client is counted under: IPv4 as is, IPv6 by its /64.
-fn limit_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            IpAddr::from(octets)
-        }
-        v4 => v4,
     }
 }
 
@@ -159,7 +148,12 @@ mod tests {
         let _third = limits.try_admit_unattributed().unwrap();
         assert!(limits.try_admit_unattributed().is_none(), "total cap");
         drop((first, second));
-        assert!(!limits.open.lock().unwrap().per_ip.contains_key(&client));
+        assert!(!limits
+            .open
+            .lock()
+            .unwrap()
+            .per_ip
+            .contains_key(&QuotaKey::of(client)));
         assert!(limits.try_admit(client).is_some());
     }
 

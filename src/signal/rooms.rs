@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::messages::{ClientMessage, ErrorCode, PeerInfo, ServerMessage};
 use super::token;
 use crate::random::Rng;
+use crate::turn::QuotaKey;
 
 /// A connection as the I/O layer numbers it.
 pub type ConnId = u64;
@@ -22,7 +23,7 @@ pub struct Outgoing {
 pub struct RoomsConfig {
     /// Participants per room; the next joiner gets `room-full`.
     pub room_size: usize,
-    /// Rooms one IP address may be in at once.
+    /// Rooms one IP address (IPv6: one /64) may be in at once.
     pub rooms_per_ip: usize,
     /// Sustained messages per second per connection (bursts of twice that are allowed).
     pub messages_per_second: u32,
@@ -55,8 +56,8 @@ pub struct Rooms {
     connections: HashMap<ConnId, Connection>,
     /// Members of each room, in joining order.
     rooms: HashMap<String, Vec<ConnId>>,
-    /// How many rooms each address is in now (for `rooms_per_ip`).
-    rooms_of_ip: HashMap<IpAddr, usize>,
+    /// How many rooms each address (IPv6: each /64) is in now (for `rooms_per_ip`).
+    rooms_of_ip: HashMap<QuotaKey, usize>,
     rng: Rng,
     /// Set by [`Rooms::drain`]: no new joins.
     draining: bool,
@@ -72,7 +73,8 @@ pub struct RoomsFigures {
 }
 
 struct Connection {
-    ip: IpAddr,
+    /// Where it comes from, as `rooms_per_ip` counts it.
+    address: QuotaKey,
     /// What this connection's welcome carries: TURN credentials minted for it. Kept as
     /// JSON text, a third of the memory of a `Value`, for every idle connection.
     ice_servers: Box<str>,
@@ -139,7 +141,7 @@ impl Rooms {
         self.connections.insert(
             conn,
             Connection {
-                ip,
+                address: QuotaKey::of(ip),
                 ice_servers: ice_servers.to_string().into_boxed_str(),
                 member: None,
                 bucket: TokenBucket::new(now, burst, self.config.messages_per_second),
@@ -156,18 +158,8 @@ impl Rooms {
         conn: ConnId,
         text: &str,
     ) -> Vec<Outgoing> {
-        let Some(connection) = self.connections.get_mut(&conn) else {
-            return Vec::new();
-        };
-        if !connection.bucket.take(now) {
-            let recently = connection
-                .last_rate_limit_reply
-                .is_some_and(|at| now.duration_since(at) < RATE_LIMIT_REPLY_INTERVAL);
-            if recently {
-                return Vec::new();
-            }
-            connection.last_rate_limit_reply = Some(now);
-            return error(conn, ErrorCode::RateLimited, "too many messages; slow down");
+        if let Err(refused) = self.take_token(now, conn) {
+            return refused;
         }
         if text.len() > self.config.max_message_bytes {
             return error(conn, ErrorCode::BadMessage, "message too large");
@@ -186,8 +178,12 @@ impl Rooms {
         }
     }
 
-    /// A binary frame: not part of the protocol.
-    pub fn handle_binary(&mut self, conn: ConnId) -> Vec<Outgoing> {
+    /// A binary frame: not part of the protocol, but it costs the server a read and a reply
+    /// all the same, so it spends a message from the same rate limit as text.
+    pub fn handle_binary(&mut self, now: Instant, conn: ConnId) -> Vec<Outgoing> {
+        if let Err(refused) = self.take_token(now, conn) {
+            return refused;
+        }
         error(
             conn,
             ErrorCode::BadMessage,
@@ -260,8 +256,8 @@ impl Rooms {
                 "already in a room; leave first",
             );
         }
-        let ip = connection.ip;
-        if self.rooms_of_ip.get(&ip).copied().unwrap_or(0) >= self.config.rooms_per_ip {
+        let address = connection.address;
+        if self.rooms_of_ip.get(&address).copied().unwrap_or(0) >= self.config.rooms_per_ip {
             return error(
                 conn,
                 ErrorCode::RateLimited,
@@ -306,7 +302,7 @@ impl Rooms {
             },
         );
         self.rooms.entry(room.clone()).or_default().push(conn);
-        *self.rooms_of_ip.entry(ip).or_default() += 1;
+        *self.rooms_of_ip.entry(address).or_default() += 1;
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.member = Some(Member { id, name, room });
         }
@@ -341,17 +337,17 @@ impl Rooms {
     }
 
     fn leave(&mut self, conn: ConnId) -> Vec<Outgoing> {
-        let Some((ip, member)) = self
+        let Some((address, member)) = self
             .connections
             .get_mut(&conn)
-            .and_then(|c| Some((c.ip, c.member.take()?)))
+            .and_then(|c| Some((c.address, c.member.take()?)))
         else {
             return Vec::new();
         };
-        if let Some(count) = self.rooms_of_ip.get_mut(&ip) {
+        if let Some(count) = self.rooms_of_ip.get_mut(&address) {
             *count -= 1;
             if *count == 0 {
-                self.rooms_of_ip.remove(&ip);
+                self.rooms_of_ip.remove(&address);
             }
         }
         let Some(members) = self.rooms.get_mut(&member.room) else {
@@ -371,6 +367,29 @@ impl Rooms {
                 },
             })
             .collect()
+    }
+
+    /// Spends one of `conn`'s messages. Over its rate: a `rate-limited` error at most once
+    /// per [`RATE_LIMIT_REPLY_INTERVAL`], nothing otherwise (as for an unknown `conn`).
+    fn take_token(&mut self, now: Instant, conn: ConnId) -> Result<(), Vec<Outgoing>> {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return Err(Vec::new());
+        };
+        if connection.bucket.take(now) {
+            return Ok(());
+        }
+        let recently = connection
+            .last_rate_limit_reply
+            .is_some_and(|at| now.duration_since(at) < RATE_LIMIT_REPLY_INTERVAL);
+        if recently {
+            return Err(Vec::new());
+        }
+        connection.last_rate_limit_reply = Some(now);
+        Err(error(
+            conn,
+            ErrorCode::RateLimited,
+            "too many messages; slow down",
+        ))
     }
 
     fn member(&self, conn: ConnId) -> Option<&Member> {
@@ -602,7 +621,7 @@ mod tests {
             assert!(out.iter().all(|o| o.to == 1));
         }
         assert_eq!(
-            error_code(&w.rooms.handle_binary(1)),
+            error_code(&w.rooms.handle_binary(w.now, 1)),
             Some(ErrorCode::BadMessage)
         );
         let huge = format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70_000));
@@ -681,6 +700,74 @@ mod tests {
         w.connect_from(4, "192.0.2.2".parse().unwrap());
         let out = w.send(4, json!({"type": "join", "room": "c", "name": "x"}));
         assert!(matches!(out[0].message, ServerMessage::Welcome { .. }));
+    }
+
+    #[test]
+    fn binary_frames_spend_the_same_rate_limit_as_text() {
+        let mut w = World::new(RoomsConfig {
+            messages_per_second: 5,
+            ..RoomsConfig::default()
+        });
+        w.connect(1);
+        let replies: Vec<_> = (0..30).map(|_| w.rooms.handle_binary(w.now, 1)).collect();
+        let codes: Vec<_> = replies.iter().map(|r| error_code(r)).collect();
+        assert!(
+            codes[..10]
+                .iter()
+                .all(|c| *c == Some(ErrorCode::BadMessage)),
+            "burst of 2x rate: {codes:?}"
+        );
+        assert_eq!(codes[10], Some(ErrorCode::RateLimited), "{codes:?}");
+        assert!(
+            replies[11..].iter().all(Vec::is_empty),
+            "the rest dropped silently: {codes:?}"
+        );
+        // One bucket for both kinds: text is limited after a binary flood, and within the
+        // same second gets no second rate-limited reply either.
+        assert!(w.send(1, json!({"type": "ping"})).is_empty());
+        w.now += Duration::from_secs(1);
+        assert_eq!(
+            w.send(1, json!({"type": "ping"}))[0].message,
+            ServerMessage::Pong,
+            "refills"
+        );
+        assert!(
+            w.rooms.handle_binary(w.now, 99).is_empty(),
+            "unknown connection"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address_for_rooms() {
+        let mut w = World::new(RoomsConfig {
+            rooms_per_ip: 2,
+            ..RoomsConfig::default()
+        });
+        let join_from = |w: &mut World, conn: ConnId, ip: &str, room: &str| {
+            w.connect_from(conn, ip.parse().unwrap());
+            w.send(conn, json!({"type": "join", "room": room, "name": "x"}))
+        };
+        let welcomed = |out: &[Outgoing]| matches!(out[0].message, ServerMessage::Welcome { .. });
+        assert!(welcomed(&join_from(&mut w, 1, "2001:db8:1:2::1", "a")));
+        assert!(welcomed(&join_from(&mut w, 2, "2001:db8:1:2::2", "b")));
+        // A third address of the same /64, however it is spelled, is the same client.
+        let out = join_from(&mut w, 3, "2001:db8:1:2:ffff:ffff:ffff:ffff", "c");
+        assert_eq!(error_code(&out), Some(ErrorCode::RateLimited));
+        // The neighbouring /64 is someone else.
+        assert!(welcomed(&join_from(&mut w, 4, "2001:db8:1:3::1", "c")));
+        // An IPv4-mapped client counts under its IPv4 address, not as an IPv6 /64.
+        assert!(welcomed(&join_from(&mut w, 5, "192.0.2.7", "d")));
+        assert!(welcomed(&join_from(&mut w, 6, "::ffff:192.0.2.7", "e")));
+        let out = join_from(&mut w, 7, "192.0.2.7", "f");
+        assert_eq!(error_code(&out), Some(ErrorCode::RateLimited));
+        // Leaving gives the /64 its place back.
+        w.rooms.disconnect(1);
+        assert!(welcomed(&join_from(&mut w, 8, "2001:db8:1:2::3", "c")));
+        assert_eq!(
+            w.rooms.rooms_of_ip.len(),
+            3,
+            "two /64s and one IPv4 address"
+        );
     }
 
     #[test]

@@ -73,8 +73,10 @@ struct Counts {
     total: u32,
 }
 
-/// A client address as quotas count it: IPv4 as is, IPv6 by its /64, since one host
-/// usually holds a whole /64.
+/// A client address as every per-address limit counts it: IPv4 as is, IPv6 by its /64,
+/// since one host usually holds a whole /64. The one definition of "per IP" — TURN quotas,
+/// the unauthorized-reply limiter, connection caps and signaling's `rooms-per-ip` all key
+/// on it, so no limit can be dodged by hopping addresses inside one /64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuotaKey {
     V4(u32),

@@ -10,22 +10,27 @@
 //   1. waits (bounded) until rendez accepts connections on the page's port;
 //   2. launches /usr/bin/chromium through playwright-core (never a downloaded browser):
 //      one browser, one tab per participant, all with the fake camera and microphone;
-//   3. opens `pageUrl?room=R&name=N&autojoin=1` (plus `&relay=1` when asked) for each
-//      participant in turn, each once the previous one has joined (got its welcome);
+//   3. opens `pageUrl?room=R&name=N` (plus `&relay=1` when asked) for each participant in
+//      turn and presses Join, as a person would (a link never joins by itself), each once
+//      the previous one has joined (got its welcome);
 //   4. scenario "call": polls `window.rendez.state()` of every tab until each shows all the
 //      others connected with decoded video (relayed, when `relay` is set), waits until
 //      every tab's tiles play video with their captions, then screenshots the first tab;
 //      scenario "room-full": opens one more tab (`extra`) and waits until it shows the
 //      room-full message (`<body data-error="room-full">`);
+//      scenario "link-only": opens one tab at `pageUrl?room=R&name=N&autojoin=1` with
+//      getUserMedia and WebSocket counted from before the page's script runs, reports what
+//      it shows after a while without a click (`before`), then presses Join and reports
+//      again once it has joined (`after`, which shows the counting sees the page's calls);
 //   5. prints exactly one line of JSON on stdout: {"ok": true|false, "pages": [...], ...}.
 // The Rust test makes the assertions; this script only reports what the pages showed.
 //
 // Arguments (one JSON object):
-//   scenario        "call" or "room-full"
+//   scenario        "call", "room-full" or "link-only"
 //   pageUrl         where rendez serves the page, e.g. https://turn.rendez.test:8443/
 //   probe           {host, port}: where rendez must accept a TCP connection first
 //   room            the room every participant joins
-//   participants    their names, in joining order
+//   participants    their names, in joining order ("link-only": the first one only)
 //   extra           "room-full" only: the name of the participant who must be turned away
 //   relay           add `&relay=1` (iceTransportPolicy "relay") to every page's URL
 //   chromium        path of the browser executable
@@ -90,22 +95,38 @@ async function openTab(name, { joined }) {
   const url = new URL(args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
-  url.searchParams.set("autojoin", "1");
   if (args.relay) url.searchParams.set("relay", "1");
+  const tab = await newTab(name, url);
+  await tab.page.goto(url.href, { timeout: stepTimeout(15000) });
+  await pressJoin(tab);
+  if (joined) await waitUntilJoined(tab);
+  return tab;
+}
+
+/** A tab for `name` (the spare one first), its console collected for the report. */
+async function newTab(name, url) {
   const page = spareTab ?? (await context.newPage());
   spareTab = null;
   const tab = { name, url: url.href, page, console: [] };
   tabs.push(tab);
   page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
-  await page.goto(url.href, { timeout: stepTimeout(15000) });
-  if (joined) {
-    await page.waitForFunction(() => window.rendez?.state().joined === true, null, {
-      timeout: stepTimeout(15000),
-      polling: 100,
-    });
-  }
   return tab;
+}
+
+/**
+ * Clicks Join as a person would. The click returns once the page has handled it, which with
+ * other tabs in a call on a loaded machine can take seconds (the page asks for the camera).
+ */
+function pressJoin(tab) {
+  return tab.page.click("#join", { timeout: stepTimeout(15000) });
+}
+
+function waitUntilJoined(tab) {
+  return tab.page.waitForFunction(() => window.rendez?.state().joined === true, null, {
+    timeout: stepTimeout(15000),
+    polling: 100,
+  });
 }
 
 /** Every other participant connected, with decoded video, over the relay if asked. */
@@ -210,6 +231,67 @@ async function roomFullScenario() {
   return { ok: true };
 }
 
+/**
+ * Runs in the page before its own script: counts what joining would do, camera and
+ * microphone requests and signaling sockets, passing each call on unchanged.
+ */
+function countJoinCalls() {
+  const calls = { getUserMedia: 0, webSocket: 0 };
+  window.__joinCalls = calls;
+  const devices = navigator.mediaDevices;
+  if (devices?.getUserMedia) {
+    const getUserMedia = devices.getUserMedia.bind(devices);
+    devices.getUserMedia = (constraints) => {
+      calls.getUserMedia += 1;
+      return getUserMedia(constraints);
+    };
+  }
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) {
+      calls.webSocket += 1;
+      super(...args);
+    }
+  };
+}
+
+/** What the link-only tab shows: the page's state, which view is up, the form, the counts. */
+function linkOnlyView(tab) {
+  return tab.page.evaluate(() => ({
+    state: window.rendez?.state() ?? null,
+    calls: { ...window.__joinCalls },
+    joinViewHidden: document.getElementById("join-view").hidden,
+    callViewHidden: document.getElementById("call-view").hidden,
+    room: document.getElementById("room").value,
+    name: document.getElementById("name").value,
+    focused: document.activeElement?.id ?? null,
+  }));
+}
+
+async function linkOnlyScenario() {
+  const name = args.participants[0];
+  const url = new URL(args.pageUrl);
+  url.searchParams.set("room", args.room);
+  url.searchParams.set("name", name);
+  url.searchParams.set("autojoin", "1");
+  const tab = await newTab(name, url);
+  await tab.page.addInitScript(countJoinCalls);
+  await tab.page.goto(url.href, { timeout: stepTimeout(15000) });
+  // Long enough for a join to have asked for the camera and got its welcome.
+  await sleep(2000);
+  const before = await linkOnlyView(tab);
+  mark("waited_without_click");
+  await pressJoin(tab);
+  try {
+    await waitUntilJoined(tab);
+  } catch (error) {
+    return { ok: false, before, error: `pressing Join did not join: ${error.message}` };
+  }
+  mark("joined_after_click");
+  const after = await linkOnlyView(tab);
+  return { ok: true, before, after };
+}
+
 // Last, so that everything above is initialised when it runs.
 async function main() {
   try {
@@ -226,7 +308,10 @@ async function main() {
     });
     spareTab = context.pages()[0] ?? null;
     mark("browser_started");
-    const result = args.scenario === "room-full" ? await roomFullScenario() : await callScenario();
+    const scenarios = { call: callScenario, "room-full": roomFullScenario, "link-only": linkOnlyScenario };
+    const scenario = scenarios[args.scenario];
+    if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
+    const result = await scenario();
     await finish(result, 0);
   } catch (error) {
     await finish({ ok: false, error: String(error?.stack ?? error) }, 1);

@@ -3,9 +3,10 @@
 //! Sessions send their input (opened, text, closed) over one bounded channel; the hub runs
 //! each through the room logic in arrival order and queues what comes out on the sessions'
 //! queues in the order the room logic produced it, so a participant's `welcome` always comes
-//! before any message about its room. A session whose queue is full (a browser that stopped
-//! reading) is dropped at once: it leaves its room, the others hear `peer-left`, and its
-//! queue closes, which ends the session. The hub never waits on a session.
+//! before any message about its room. A session whose queue is full, in frames or in bytes
+//! (a browser that stopped reading), is dropped at once: it leaves its room, the others hear
+//! `peer-left`, and its queue closes, which ends the session at once, even in the middle of
+//! a write. The hub never waits on a session.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
+use super::outbound::Outbound;
 use crate::config::Config;
 use crate::credential;
 use crate::random::Rng;
@@ -37,7 +39,7 @@ pub(crate) enum Input {
         conn: ConnId,
         ip: IpAddr,
         ice_servers: serde_json::Value,
-        outbound: mpsc::Sender<Utf8Bytes>,
+        outbound: Outbound,
     },
     Text {
         conn: ConnId,
@@ -220,7 +222,7 @@ pub(crate) fn spawn(
 
 struct Hub {
     rooms: Rooms,
-    queues: HashMap<ConnId, mpsc::Sender<Utf8Bytes>>,
+    queues: HashMap<ConnId, Outbound>,
     /// When to give the memory of ended sessions back to the OS.
     trim_at: Option<Instant>,
     shared: Arc<Shared>,
@@ -270,7 +272,7 @@ impl Hub {
                 let unix_now = crate::net::unix_now();
                 self.rooms.handle_text(now, unix_now, conn, text.as_str())
             }
-            Input::Binary { conn } => self.rooms.handle_binary(conn),
+            Input::Binary { conn } => self.rooms.handle_binary(now, conn),
             Input::Closed { conn } => self.close(conn),
             Input::Reconfigure(config) => {
                 self.rooms.reconfigure(config);
@@ -293,7 +295,7 @@ impl Hub {
                 let Ok(text) = serde_json::to_string(&message) else {
                     continue;
                 };
-                if queue.try_send(text.into()).is_err() {
+                if !queue.try_send(text.into()) {
                     tracing::debug!(conn = to, "signaling session not reading; dropped");
                     self.dropped_not_reading += 1;
                     dropped.push(to);

@@ -6,6 +6,7 @@
 //! this page (so `turns:` matches the certificate).
 
 pub(crate) mod hub;
+mod outbound;
 mod session;
 
 use std::sync::Arc;
@@ -35,6 +36,16 @@ const STYLE_CSS: &str = include_str!("../../../web/style.css");
 
 /// How long a PROXY header, a TLS handshake or an HTTP request head may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a connection's HTTP/1 read buffer may hold, and so the longest request head:
+/// the page's requests and a WebSocket upgrade take well under 2 KiB, and a browser's
+/// cookies for this host a few more, while hyper's default (~400 KiB) would let every open
+/// connection hold that much. A longer head gets `431 Request Header Fields Too Large`.
+const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// Each connection's kernel send buffer. Left to itself, Linux grows it up to `tcp_wmem`'s
+/// maximum (4 MiB by default) for a client that stops reading, sixteen times what its
+/// session's queue may hold. This is ample for the page (under 100 KiB in all) and for
+/// signaling, even across a continent.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// What the router's handlers share.
 #[derive(Clone)]
@@ -77,6 +88,10 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES)
+        {
+            tracing::debug!(%peer, %error, "could not size an HTTP connection's send buffer");
+        }
         // Every connection, WebSocket or not, holds a task and a file descriptor. A load
         // balancer's counts under the client its header names, once read.
         let Some((permit, behind_proxy)) = limits.try_admit_from(peer.ip(), &proxies) else {
@@ -165,6 +180,7 @@ where
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);

@@ -2,19 +2,21 @@
 //!
 //! The session reads frames and hands them to the hub, and writes what the hub queues for
 //! it. It never blocks the hub, and a browser that stops reading cannot block it either:
-//! every write has a deadline, and the hub closes the queue of a session that falls behind.
-//! Its buffers are sized for signaling messages (a few KiB), not for bulk data.
+//! every write has a deadline and gives way to shutdown, and the hub drops a session whose
+//! queue (bounded in frames and in bytes, see [`outbound`]) is full, which ends it at once,
+//! even mid-write. So a stuck reader is gone within [`SEND_TIMEOUT`] of its socket filling
+//! up, sooner when others keep sending to it. Its buffers are sized for signaling messages
+//! (a few KiB), not for bulk data.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::hub::{HubHandle, Input};
+use super::outbound::{self, Inbox};
 
-/// Frames queued per session before the hub drops it as not reading.
-const OUTBOUND_QUEUE: usize = 64;
 /// How long one frame may take to leave; a browser that stopped reading is closed after it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The WebSocket's read buffer, held by every idle session: small, since a larger message
@@ -30,7 +32,8 @@ pub(super) fn configure(upgrade: WebSocketUpgrade, frame_limit: usize) -> WebSoc
         .max_frame_size(frame_limit)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        // The write buffer only ever holds what the hub queued: bounded by the queue.
+        // Room for the frame being written and a ping: what the session holds besides its
+        // queue when the browser stops reading.
         .max_write_buffer_size(frame_limit + WRITE_BUFFER_BYTES)
 }
 
@@ -53,7 +56,7 @@ pub(super) async fn run(
 ) {
     let conn = hub.next_conn();
     let settings = hub.settings();
-    let (outbound, mut queue) = mpsc::channel(OUTBOUND_QUEUE);
+    let (outbound, mut inbox) = outbound::queue(outbound::budget_bytes(settings.max_message_bytes));
     let ice_servers = settings.ice_servers(&host);
     let opened = Input::Opened {
         conn,
@@ -84,10 +87,12 @@ pub(super) async fn run(
                     break Ended::Shutdown;
                 }
             }
-            message = queue.recv() => {
-                let Some(text) = message else { break Ended::DroppedByHub };
-                if !send(&mut socket, Message::Text(text), &mut stopped).await {
-                    break Ended::NotReading;
+            queued = inbox.recv() => {
+                let Some(queued) = queued else { break Ended::DroppedByHub };
+                // Its bytes stay counted against the queue until `queued` drops, once sent.
+                let frame = Message::Text(queued.text());
+                if let Err(ended) = send(&mut socket, frame, &mut stopped, &inbox).await {
+                    break ended;
                 }
             }
             _ = tokio::time::sleep_until(next_ping.into()) => {
@@ -96,8 +101,8 @@ pub(super) async fn run(
                 }
                 next_ping = Instant::now() + ping_every;
                 let ping = Message::Ping(Vec::new().into());
-                if !send(&mut socket, ping, &mut stopped).await {
-                    break Ended::NotReading;
+                if let Err(ended) = send(&mut socket, ping, &mut stopped, &inbox).await {
+                    break ended;
                 }
             }
             _ = stopped.changed() => break Ended::Shutdown,
@@ -107,17 +112,22 @@ pub(super) async fn run(
     hub.send(Input::Closed { conn }).await;
 }
 
-/// Sends one frame within [`SEND_TIMEOUT`]; false when the socket is gone or stuck, or the
-/// server is stopping.
+/// Sends one frame. A write never waits unwatched: it fails after [`SEND_TIMEOUT`] (the
+/// browser stopped reading), and gives up at once when the server stops or the hub has
+/// dropped the session.
 async fn send(
     socket: &mut WebSocket,
     message: Message,
     stopped: &mut watch::Receiver<bool>,
-) -> bool {
+    inbox: &Inbox,
+) -> Result<(), Ended> {
     tokio::select! {
-        sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(message)) => {
-            matches!(sent, Ok(Ok(())))
-        }
-        _ = stopped.changed() => false,
+        sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(message)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ended::Closed),
+            Err(_) => Err(Ended::NotReading),
+        },
+        _ = stopped.changed() => Err(Ended::Shutdown),
+        _ = inbox.forgotten() => Err(Ended::DroppedByHub),
     }
 }
