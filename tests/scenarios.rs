@@ -540,9 +540,21 @@ fn wrong_password_is_401_and_unknown_user_is_401() {
     assert_eq!(response.error_code(), Some(401));
     assert!(response.attr(AttrType::NONCE).is_some());
     let mut nobody = Client::new(CLIENT, "nobody", "x");
+    let unknown = nobody.call(&mut h, Method::ALLOCATE, &[udp()]);
     assert_eq!(
-        nobody.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
-        Some(401)
+        unknown.bytes, response.bytes,
+        "an unknown name is answered exactly like a wrong password"
+    );
+    let mut hidden = Client::new(CLIENT, "nobody", "x").sha256();
+    hidden.anonymous = true;
+    let wrong =
+        Client::new(CLIENT, "alice", "guess")
+            .sha256()
+            .call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(wrong.error_code(), Some(401));
+    assert_eq!(
+        hidden.call(&mut h, Method::ALLOCATE, &[udp()]).bytes,
+        wrong.bytes
     );
     assert_eq!(h.server.allocation_count(), 0);
 }
