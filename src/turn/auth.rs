@@ -118,9 +118,10 @@ pub enum UserSecret {
 pub struct Authenticator {
     directory: Directory,
     nonces: Nonces,
-    /// Checked for names nobody holds, so that they cost what a wrong password does. Their
-    /// verdict is fixed, so they need not be secret.
-    decoy: UserKeys,
+    /// Checked for names nobody holds, so that they cost what a wrong password does (made
+    /// in advance, like real users' keys). Their verdict is fixed, so they need not be secret.
+    decoy_md5: LongTermKey,
+    decoy_sha256: LongTermKey,
     /// The PASSWORD-ALGORITHMS value every challenge carries, for comparing echoes.
     offer: Vec<u8>,
     /// Integrity checks made, so unit tests can see that every path does the same work.
@@ -139,7 +140,8 @@ impl Authenticator {
         Self {
             directory: Directory::new(realm, users, secrets),
             nonces: Nonces::new(nonce_key, nonce_lifetime_secs),
-            decoy: UserKeys::from_password("", "", ""),
+            decoy_md5: LongTermKey::derive(PasswordAlgorithm::Md5, "", "", ""),
+            decoy_sha256: LongTermKey::derive(PasswordAlgorithm::Sha256, "", "", ""),
             offer: PasswordAlgorithm::encode_list(&OFFERED_PASSWORD_ALGORITHMS),
             #[cfg(test)]
             integrity_checks: std::cell::Cell::new(0),
@@ -280,7 +282,10 @@ impl Authenticator {
     }
 
     fn decoy(&self, algorithm: PasswordAlgorithm) -> LongTermKey {
-        self.decoy.get(algorithm).unwrap_or(self.decoy.md5)
+        match algorithm {
+            PasswordAlgorithm::Md5 => self.decoy_md5,
+            PasswordAlgorithm::Sha256 => self.decoy_sha256,
+        }
     }
 
     /// The one integrity check every path goes through.
