@@ -154,6 +154,8 @@ async fn no_label_value_carries_a_user_an_address_or_a_room() {
         "expired",
         "wrong_key",
         "stale_nonce",
+        "downgrade",
+        "sha256_unavailable",
         "malformed",
         "invalid_source",
         "no_allocation",

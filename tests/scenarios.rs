@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use rendez::random::Rng;
 use rendez::stun::{
-    decode_xor_address, AttrType, ChannelData, Class, ErrorCode, IntegrityAlgorithm, Message,
-    MessageBuilder, Method, TransactionId,
+    decode_xor_address, userhash, AttrType, ChannelData, Class, ErrorCode, IntegrityAlgorithm,
+    LongTermKey, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
 };
 use rendez::turn::{
     ChallengeLimiter, DropReason, FiveTuple, PeerAddr, PeerPolicy, QuotaExceeded, QuotaLimits,
-    Quotas, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
+    Quotas, Rejection, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig, Transport,
+    UserSecret,
 };
 
 mod harness;
@@ -615,9 +616,21 @@ fn wrong_password_is_401_and_unknown_user_is_401() {
     assert_eq!(response.error_code(), Some(401));
     assert!(response.attr(AttrType::NONCE).is_some());
     let mut nobody = Client::new(CLIENT, "nobody", "x");
+    let unknown = nobody.call(&mut h, Method::ALLOCATE, &[udp()]);
     assert_eq!(
-        nobody.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
-        Some(401)
+        unknown.bytes, response.bytes,
+        "an unknown name is answered exactly like a wrong password"
+    );
+    let mut hidden = Client::new(CLIENT, "nobody", "x").sha256();
+    hidden.anonymous = true;
+    let wrong =
+        Client::new(CLIENT, "alice", "guess")
+            .sha256()
+            .call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(wrong.error_code(), Some(401));
+    assert_eq!(
+        hidden.call(&mut h, Method::ALLOCATE, &[udp()]).bytes,
+        wrong.bytes
     );
     assert_eq!(h.server.allocation_count(), 0);
 }
@@ -632,7 +645,8 @@ fn integrity_without_username_realm_or_nonce_is_400() {
         Some(Auth {
             username: None,
             nonce: b"x",
-            key,
+            key: LongTermKey::md5(key),
+            ..Auth::default()
         }),
         false,
     );
@@ -772,8 +786,197 @@ fn sha256_integrity_is_answered_with_sha256() {
     let response = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
     assert_eq!(response.class(), Class::Success);
     assert_eq!(
-        response.message().verify_integrity(&alice.key()),
+        response.message().verify_integrity(alice.key().as_bytes()),
         Some(IntegrityAlgorithm::Sha256)
+    );
+}
+
+// ---------------------------------------------------------------- RFC 8489: algorithms, USERHASH
+
+/// PASSWORD-ALGORITHMS as every challenge offers it: SHA-256 preferred, then MD5.
+const OFFER: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+
+#[test]
+fn challenge_offers_sha256_and_md5_under_a_nonce_cookie() {
+    let mut h = Harness::new();
+    let challenge = h.request(CLIENT, &build(Method::ALLOCATE, &[udp()], None, false));
+    assert_eq!(challenge.error_code(), Some(401));
+    assert_eq!(
+        challenge.attr(AttrType::PASSWORD_ALGORITHMS),
+        Some(OFFER.to_vec())
+    );
+    let nonce = String::from_utf8(challenge.attr(AttrType::NONCE).unwrap()).unwrap();
+    // "obMatJos2" and the feature set 0x000003: password algorithms, username anonymity.
+    assert!(nonce.starts_with("obMatJos2AAAD"), "{nonce}");
+}
+
+#[test]
+fn sha256_client_signs_in_and_is_answered_with_sha256_integrity_only() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT).sha256();
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(response.class(), Class::Success);
+    let sha256_key = LongTermKey::derive(PasswordAlgorithm::Sha256, "alice", REALM, "wonderland");
+    assert_eq!(alice.key(), sha256_key);
+    assert_eq!(
+        response.message().verify_integrity(sha256_key.as_bytes()),
+        Some(IntegrityAlgorithm::Sha256)
+    );
+    assert!(
+        !response.verifies(&Client::alice(CLIENT).key()),
+        "not the MD5 key"
+    );
+    let types = attribute_types(&response.bytes);
+    assert!(types.contains(&AttrType::MESSAGE_INTEGRITY_SHA256.0));
+    assert!(
+        !types.contains(&AttrType::MESSAGE_INTEGRITY.0),
+        "{types:x?}"
+    );
+    // The conversation goes on with the same key and attribute.
+    alice.permit(&mut h, PEER);
+    let refresh = alice.call(&mut h, Method::REFRESH, &[lifetime(600)]);
+    assert_eq!(refresh.class(), Class::Success);
+    assert!(refresh.verifies(&sha256_key));
+}
+
+#[test]
+fn client_before_rfc_8489_ignores_the_offer_and_signs_in_with_md5() {
+    let mut h = Harness::new();
+    let mut browser = Client::alice(CLIENT);
+    let response = browser.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(browser.offer, Some(OFFER.to_vec()), "it was offered");
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(
+        response
+            .message()
+            .verify_integrity(browser.key().as_bytes()),
+        Some(IntegrityAlgorithm::Sha1)
+    );
+    assert_eq!(browser.key().algorithm(), PasswordAlgorithm::Md5);
+}
+
+#[test]
+fn stripped_or_altered_password_algorithms_are_refused_with_400() {
+    let mut h = Harness::new();
+    let md5_only = PasswordAlgorithm::encode_list(&[PasswordAlgorithm::Md5]);
+    // What a man in the middle leaves of the offer in the 401, and what the client picks.
+    for (port, offer, pick) in [
+        (7501, None, PasswordAlgorithm::Sha256),
+        (7502, Some(md5_only), PasswordAlgorithm::Md5),
+        (
+            7503,
+            Some([&OFFER[4..], &OFFER[..4]].concat()),
+            PasswordAlgorithm::Sha256,
+        ),
+    ] {
+        let mut alice = Client::alice(client_at(port)).sha256();
+        alice.password_algorithm = Some(pick);
+        let challenge = h.request(alice.tuple, &build(Method::ALLOCATE, &[udp()], None, false));
+        alice.nonce = challenge.attr(AttrType::NONCE);
+        alice.offer = offer;
+        let refused = alice.call_once(&mut h, Method::ALLOCATE, &[udp()], TransactionId([3; 12]));
+        assert_eq!(refused.error_code(), Some(400), "port {port}");
+        assert_eq!(
+            refused.attr(AttrType::NONCE),
+            None,
+            "no challenge to retry with"
+        );
+        assert!(!refused.message().has_integrity());
+    }
+    let stats = h.server.stats();
+    assert_eq!(stats.auth_failures(Rejection::Downgrade), 3);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn nonce_cookie_with_a_feature_bit_cleared_is_stale() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT).sha256();
+    let challenge = h.request(CLIENT, &build(Method::ALLOCATE, &[udp()], None, false));
+    alice.learn(&challenge);
+    // The cookie now claims that no algorithms were offered ("AAAC": anonymity only).
+    let nonce = String::from_utf8(alice.nonce.take().unwrap()).unwrap();
+    alice.nonce = Some(
+        nonce
+            .replacen("obMatJos2AAAD", "obMatJos2AAAC", 1)
+            .into_bytes(),
+    );
+    alice.offer = None;
+    alice.password_algorithm = None;
+    let stale = alice.call_once(&mut h, Method::ALLOCATE, &[udp()], TransactionId([4; 12]));
+    assert_eq!(stale.error_code(), Some(438));
+    assert_eq!(
+        stale.attr(AttrType::PASSWORD_ALGORITHMS),
+        Some(OFFER.to_vec())
+    );
+    assert!(String::from_utf8(stale.attr(AttrType::NONCE).unwrap())
+        .unwrap()
+        .starts_with("obMatJos2AAAD"));
+}
+
+#[test]
+fn userhash_signs_in_a_static_user_without_naming_it() {
+    let mut h = Harness::new();
+    for (port, client) in [
+        (7601, Client::alice(client_at(7601))),
+        (7602, Client::alice(client_at(7602)).sha256()),
+    ] {
+        let mut anonymous = client;
+        anonymous.anonymous = true;
+        let response = anonymous.call(&mut h, Method::ALLOCATE, &[udp()]);
+        assert_eq!(response.class(), Class::Success, "port {port}");
+        assert!(response.verifies(&anonymous.key()));
+        // The allocation is alice's: she refreshes it by name.
+        let mut by_name = Client::alice(client_at(port));
+        assert_eq!(
+            by_name.call(&mut h, Method::REFRESH, &[]).class(),
+            Class::Success
+        );
+    }
+}
+
+#[test]
+fn userhash_cannot_name_a_rest_user_but_its_name_can() {
+    // REST names are not known before a request brings them, and a hash cannot be turned
+    // back into one: the server has nothing to compare a USERHASH with.
+    let mut h = Harness::new();
+    let mut bob = Client::rest(CLIENT, "bob", UNIX_START + 600).sha256();
+    bob.anonymous = true;
+    assert_eq!(
+        bob.call(&mut h, Method::ALLOCATE, &[udp()]).error_code(),
+        Some(401)
+    );
+    assert_eq!(h.server.stats().auth_failures(Rejection::UnknownUser), 1);
+    bob.anonymous = false;
+    let response = bob.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(
+        response.class(),
+        Class::Success,
+        "SHA-256 with a REST credential"
+    );
+    assert!(response.verifies(&bob.key()));
+}
+
+#[test]
+fn user_with_a_precomputed_md5_key_cannot_choose_sha256() {
+    let key = rendez::stun::long_term_key("carol", REALM, "secret-pass");
+    let mut h = Harness::with_config(|c| c.users.push(("carol".into(), UserSecret::Key(key))));
+    let mut carol = Client::new(CLIENT, "carol", "secret-pass").sha256();
+    let refused = carol.call(&mut h, Method::ALLOCATE, &[udp()]);
+    assert_eq!(refused.error_code(), Some(401));
+    assert_eq!(
+        refused.attr(AttrType::PASSWORD_ALGORITHMS),
+        Some(OFFER.to_vec())
+    );
+    assert_eq!(
+        h.server.stats().auth_failures(Rejection::Sha256Unavailable),
+        1
+    );
+    // MD5 from the same offer, even with MESSAGE-INTEGRITY-SHA256, works.
+    carol.password_algorithm = Some(PasswordAlgorithm::Md5);
+    assert_eq!(
+        carol.call(&mut h, Method::ALLOCATE, &[udp()]).class(),
+        Class::Success
     );
 }
 
@@ -1416,13 +1619,20 @@ impl Harness {
     }
 }
 
-/// A TURN client that does the long-term credential dance.
+/// A TURN client that does the long-term credential dance: as every browser does today
+/// (MD5 key, MESSAGE-INTEGRITY), or as RFC 8489 allows (a chosen password algorithm with
+/// the offer echoed, USERHASH, MESSAGE-INTEGRITY-SHA256).
 struct Client {
     tuple: FiveTuple,
     username: String,
     password: String,
     nonce: Option<Vec<u8>>,
+    /// PASSWORD-ALGORITHMS from the last challenge, echoed when `password_algorithm` is set.
+    offer: Option<Vec<u8>>,
     algorithm: IntegrityAlgorithm,
+    password_algorithm: Option<PasswordAlgorithm>,
+    /// Names itself by USERHASH instead of USERNAME.
+    anonymous: bool,
     next_tid: u8,
 }
 
@@ -1433,7 +1643,10 @@ impl Client {
             username: username.into(),
             password: password.into(),
             nonce: None,
+            offer: None,
             algorithm: IntegrityAlgorithm::Sha1,
+            password_algorithm: None,
+            anonymous: false,
             next_tid: 0,
         }
     }
@@ -1449,12 +1662,20 @@ impl Client {
         Self::new(tuple, &credential.username, &credential.password)
     }
 
+    /// This client speaking RFC 8489: SHA-256 key, MESSAGE-INTEGRITY-SHA256 only.
+    fn sha256(mut self) -> Self {
+        self.password_algorithm = Some(PasswordAlgorithm::Sha256);
+        self.algorithm = IntegrityAlgorithm::Sha256;
+        self
+    }
+
     fn allocate_response(&mut self, h: &mut Harness) -> Response {
         self.call(h, Method::ALLOCATE, &[udp()])
     }
 
-    fn key(&self) -> [u8; 16] {
-        rendez::stun::long_term_key(&self.username, REALM, &self.password)
+    fn key(&self) -> LongTermKey {
+        let algorithm = self.password_algorithm.unwrap_or(PasswordAlgorithm::Md5);
+        LongTermKey::derive(algorithm, &self.username, REALM, &self.password)
     }
 
     /// Sends an authenticated request, fetching or renewing the nonce as a client does.
@@ -1479,14 +1700,20 @@ impl Client {
             if challenge.error_code() != Some(401) {
                 return challenge;
             }
-            self.nonce = challenge.attr(AttrType::NONCE);
+            self.learn(&challenge);
         }
         let response = self.call_once(h, method, attrs, tid);
         if response.error_code() == Some(438) {
-            self.nonce = response.attr(AttrType::NONCE);
+            self.learn(&response);
             return self.call_once(h, method, attrs, tid);
         }
         response
+    }
+
+    /// Takes the nonce and the password algorithms from a 401 or 438.
+    fn learn(&mut self, challenge: &Response) {
+        self.nonce = challenge.attr(AttrType::NONCE);
+        self.offer = challenge.attr(AttrType::PASSWORD_ALGORITHMS);
     }
 
     fn call_once(
@@ -1497,9 +1724,14 @@ impl Client {
         tid: TransactionId,
     ) -> Response {
         let nonce = self.nonce.clone().unwrap_or_default();
+        let offer = self.offer.clone().unwrap_or_default();
         let auth = Auth {
-            username: Some(&self.username),
+            username: (!self.anonymous).then_some(self.username.as_str()),
+            userhash: self.anonymous.then(|| userhash(&self.username, REALM)),
             nonce: &nonce,
+            chosen: self
+                .password_algorithm
+                .map(|a| (a, self.offer.is_some().then_some(offer.as_slice()))),
             key: self.key(),
         };
         h.request(
@@ -1523,8 +1755,23 @@ impl Client {
 
 struct Auth<'a> {
     username: Option<&'a str>,
+    userhash: Option<[u8; 32]>,
     nonce: &'a [u8],
-    key: [u8; 16],
+    /// PASSWORD-ALGORITHM and the PASSWORD-ALGORITHMS echoed with it, if any.
+    chosen: Option<(PasswordAlgorithm, Option<&'a [u8]>)>,
+    key: LongTermKey,
+}
+
+impl Default for Auth<'_> {
+    fn default() -> Self {
+        Self {
+            username: None,
+            userhash: None,
+            nonce: b"",
+            chosen: None,
+            key: LongTermKey::md5([0; 16]),
+        }
+    }
 }
 
 enum Attr {
@@ -1584,9 +1831,18 @@ fn build_with_tid(
         if let Some(username) = auth.username {
             b.add(AttrType::USERNAME, username.as_bytes());
         }
+        if let Some(hash) = auth.userhash {
+            b.add(AttrType::USERHASH, &hash);
+        }
         b.add(AttrType::REALM, REALM.as_bytes())
             .add(AttrType::NONCE, auth.nonce);
-        b.add_integrity(algorithm, &auth.key);
+        if let Some((chosen, echoed)) = auth.chosen {
+            b.add_password_algorithm(chosen);
+            if let Some(echoed) = echoed {
+                b.add(AttrType::PASSWORD_ALGORITHMS, echoed);
+            }
+        }
+        b.add_integrity(algorithm, auth.key.as_bytes());
     }
     if fingerprint {
         b.add_fingerprint();
@@ -1639,7 +1895,20 @@ impl Response {
             .collect()
     }
 
-    fn verifies(&self, key: &[u8]) -> bool {
-        self.message().verify_integrity(key).is_some()
+    fn verifies(&self, key: &LongTermKey) -> bool {
+        self.message().verify_integrity(key.as_bytes()).is_some()
     }
+}
+
+/// Every attribute type in a message, also those after an integrity attribute (which
+/// `Message` ignores).
+fn attribute_types(bytes: &[u8]) -> Vec<u16> {
+    let mut types = Vec::new();
+    let mut at = 20;
+    while let Some(header) = bytes.get(at..at + 4) {
+        types.push(u16::from_be_bytes([header[0], header[1]]));
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    types
 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{decode_xor_address, AttrType, Message};
+use super::{decode_xor_address, AttrType, Message, PasswordAlgorithm, UnknownPasswordAlgorithm};
 
 /// The family code of REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY (RFC 8656
 /// §14.8, §14.9).
@@ -131,6 +131,28 @@ impl<'a> Message<'a> {
     pub fn nonce(&self) -> Option<&'a [u8]> {
         self.attribute(AttrType::NONCE)
     }
+
+    /// USERHASH (RFC 8489 §14.4): SHA-256(username ":" realm), sent instead of USERNAME;
+    /// `Some(None)` when present but not 32 bytes.
+    pub fn userhash(&self) -> Option<Option<&'a [u8; 32]>> {
+        self.attribute(AttrType::USERHASH)
+            .map(|value| value.try_into().ok())
+    }
+
+    /// The algorithm PASSWORD-ALGORITHM names (RFC 8489 §14.12), or the error for one this
+    /// server does not know.
+    pub fn password_algorithm(
+        &self,
+    ) -> Option<Result<PasswordAlgorithm, UnknownPasswordAlgorithm>> {
+        self.attribute(AttrType::PASSWORD_ALGORITHM)
+            .map(PasswordAlgorithm::decode)
+    }
+
+    /// PASSWORD-ALGORITHMS (RFC 8489 §14.11) as sent: a request echoes the server's list,
+    /// and the server compares it byte for byte with what it offered.
+    pub fn password_algorithms(&self) -> Option<&'a [u8]> {
+        self.attribute(AttrType::PASSWORD_ALGORITHMS)
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +193,8 @@ mod tests {
         assert_eq!(m.data(), Some(&b"payload"[..]));
         assert!(!m.has_even_port() && !m.has_reservation_token());
         assert_eq!(m.username(), None);
+        assert_eq!(m.userhash(), None);
+        assert_eq!(m.password_algorithm(), None);
 
         let bytes = parsed(|b| {
             b.add(AttrType::REQUESTED_TRANSPORT, &[17])
@@ -181,6 +205,27 @@ mod tests {
         assert_eq!(m.requested_transport(), None);
         assert_eq!(m.lifetime(), None);
         assert_eq!(m.channel_number(), None);
+    }
+
+    #[test]
+    fn credential_attributes() {
+        let bytes = parsed(|b| {
+            b.add(AttrType::USERHASH, &[7; 32])
+                .add_password_algorithm(PasswordAlgorithm::Sha256)
+                .add_password_algorithms(&[PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.userhash(), Some(Some(&[7; 32])));
+        assert_eq!(m.password_algorithm(), Some(Ok(PasswordAlgorithm::Sha256)));
+        assert_eq!(m.password_algorithms(), Some(&[0, 2, 0, 0, 0, 1, 0, 0][..]));
+
+        let bytes = parsed(|b| {
+            b.add(AttrType::USERHASH, &[7; 20])
+                .add(AttrType::PASSWORD_ALGORITHM, &[0, 9, 0, 0]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.userhash(), Some(None));
+        assert_eq!(m.password_algorithm(), Some(Err(UnknownPasswordAlgorithm)));
     }
 
     #[test]

@@ -34,6 +34,7 @@ impl AttrType {
     pub const USE_CANDIDATE: AttrType = AttrType(0x0025);
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
     pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
+    pub const PASSWORD_ALGORITHMS: AttrType = AttrType(0x8002);
     pub const SOFTWARE: AttrType = AttrType(0x8022);
     pub const ALTERNATE_SERVER: AttrType = AttrType(0x8023);
     pub const FINGERPRINT: AttrType = AttrType(0x8028);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use super::accessors::AddressFamily;
 use super::attr::{encode_plain_address, encode_xor_address, AttrType, ErrorCode};
 use super::integrity::{self, IntegrityAlgorithm};
+use super::password::PasswordAlgorithm;
 use super::{join_message_type, Class, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Writes one message. The header's length field is kept current after every attribute, so
@@ -84,6 +85,20 @@ impl MessageBuilder {
                 out.extend_from_slice(&kind.to_be_bytes());
             }
         })
+    }
+
+    /// PASSWORD-ALGORITHM: the algorithm a request's key was derived with (RFC 8489 §14.12).
+    pub fn add_password_algorithm(&mut self, algorithm: PasswordAlgorithm) -> &mut Self {
+        self.add(AttrType::PASSWORD_ALGORITHM, &algorithm.encode())
+    }
+
+    /// PASSWORD-ALGORITHMS: the algorithms a server offers, in order of preference (RFC 8489
+    /// §14.11); a client echoes the list it was offered.
+    pub fn add_password_algorithms(&mut self, algorithms: &[PasswordAlgorithm]) -> &mut Self {
+        self.add(
+            AttrType::PASSWORD_ALGORITHMS,
+            &PasswordAlgorithm::encode_list(algorithms),
+        )
     }
 
     /// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 computed with `key`.

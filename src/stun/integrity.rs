@@ -1,6 +1,5 @@
-//! MESSAGE-INTEGRITY (HMAC-SHA1), MESSAGE-INTEGRITY-SHA256, FINGERPRINT and the long-term key.
+//! MESSAGE-INTEGRITY (HMAC-SHA1), MESSAGE-INTEGRITY-SHA256 and FINGERPRINT.
 
-use md5::{Digest, Md5};
 use ring::hmac;
 
 /// Which integrity attribute protects a message.
@@ -24,17 +23,6 @@ impl IntegrityAlgorithm {
             Self::Sha256 => hmac::HMAC_SHA256,
         }
     }
-}
-
-/// The long-term credential key: MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
-pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
-    let mut md5 = Md5::new();
-    md5.update(username.as_bytes());
-    md5.update(b":");
-    md5.update(realm.as_bytes());
-    md5.update(b":");
-    md5.update(password.as_bytes());
-    md5.finalize().into()
 }
 
 /// XOR constant of FINGERPRINT (RFC 8489 §14.7).

@@ -1,5 +1,6 @@
 //! The STUN/TURN wire format (RFC 8489, RFC 8656): parse and build messages, verify
-//! MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT, and the 4-byte ChannelData framing.
+//! MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT, derive long-term keys (MD5, SHA-256) and
+//! USERHASH, and the 4-byte ChannelData framing.
 //!
 //! The parser borrows the datagram and never panics: every length is checked before it is
 //! used, and anything malformed is a [`ParseError`] that the caller counts and drops.
@@ -15,6 +16,7 @@ mod channel_data;
 mod framing;
 mod integrity;
 mod message;
+mod password;
 
 pub use accessors::AddressFamily;
 pub use attr::{decode_xor_address, xor_address_value, AttrType, ErrorCode};
@@ -22,8 +24,11 @@ pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
 pub use framing::{stream_frame, Frame};
 pub(crate) use integrity::constant_time_eq;
-pub use integrity::{long_term_key, IntegrityAlgorithm};
+pub use integrity::IntegrityAlgorithm;
 pub use message::{Message, ParseError};
+pub use password::{
+    long_term_key, userhash, LongTermKey, PasswordAlgorithm, UnknownPasswordAlgorithm,
+};
 
 /// The fixed value in every STUN header (RFC 8489 §5).
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::quota::QuotaClaim;
-use crate::stun::{AddressFamily, IntegrityAlgorithm, TransactionId};
+use crate::stun::{AddressFamily, IntegrityAlgorithm, LongTermKey, TransactionId};
 
 /// How long a permission lasts (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -26,7 +26,7 @@ pub struct Allocation {
     /// One relayed address, or two for a dual-stack allocation (RFC 8656 §7.2), IPv4 first.
     pub relays: Vec<Relay>,
     pub username: String,
-    pub key: [u8; 16],
+    pub key: LongTermKey,
     pub expires_at: Instant,
     pub state: State,
     /// The Allocate transaction, so a retransmitted request gets the same answer.
@@ -46,7 +46,7 @@ pub struct Allocation {
 /// Who an allocation belongs to.
 pub struct Owner {
     pub username: String,
-    pub key: [u8; 16],
+    pub key: LongTermKey,
     pub quota: QuotaClaim,
 }
 
@@ -279,7 +279,7 @@ mod tests {
         };
         let owner = Owner {
             username: "u".into(),
-            key: [0; 16],
+            key: LongTermKey::md5([0; 16]),
             quota: Quotas::default()
                 .claim("u", "192.0.2.1".parse().unwrap())
                 .unwrap(),

@@ -21,6 +21,7 @@ mod challenge_limit;
 mod deliver;
 pub mod drive;
 mod meter;
+mod nonce;
 mod policy;
 mod ports;
 mod quota;
@@ -29,10 +30,14 @@ mod server;
 mod stats;
 mod table;
 
-pub use auth::{quota_name, rest_expiry, rest_password, Credentials, Rejection, UserSecret};
+pub use auth::{
+    quota_name, rest_expiry, rest_password, Credentials, Rejection, UserSecret,
+    OFFERED_PASSWORD_ALGORITHMS,
+};
 pub use challenge_limit::ChallengeLimiter;
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
+pub use nonce::NONCE_COOKIE;
 pub use policy::PeerPolicy;
 pub use quota::{QuotaExceeded, QuotaKey, QuotaLimits, Quotas};
 pub use requests::DefaultFamily;

@@ -6,7 +6,7 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, State};
-use super::auth::{Authenticator, Rejection, UserSecret};
+use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::{HostAddresses, PeerPolicy};
@@ -18,8 +18,8 @@ use super::table::AllocationTable;
 use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer, Transport};
 use crate::random::Rng;
 use crate::stun::{
-    classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, Message,
-    MessageBuilder, Method, TransactionId,
+    classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, LongTermKey,
+    Message, MessageBuilder, Method, TransactionId,
 };
 
 /// How many ports to try when the I/O layer finds the chosen one taken by another program.
@@ -153,7 +153,7 @@ pub(super) struct Reply {
     pub method: Method,
     pub transaction: TransactionId,
     pub fingerprint: bool,
-    pub integrity: Option<(IntegrityAlgorithm, [u8; 16])>,
+    pub integrity: Option<(IntegrityAlgorithm, LongTermKey)>,
 }
 
 impl Server {
@@ -579,7 +579,14 @@ impl Server {
             return;
         }
         let error = match rejection {
-            Rejection::BadRequest => {
+            Rejection::BadRequest | Rejection::Downgrade => {
+                if rejection == Rejection::Downgrade {
+                    tracing::debug!(
+                        client = %reply.to.client,
+                        reason = rejection.name(),
+                        "password algorithms not echoed as offered"
+                    );
+                }
                 self.send_error(reply, ErrorCode::BAD_REQUEST, |_| {});
                 return;
             }
@@ -597,7 +604,8 @@ impl Server {
         let realm = self.auth.realm().to_owned();
         self.send_error(reply, error, |b| {
             b.add(AttrType::REALM, realm.as_bytes())
-                .add(AttrType::NONCE, nonce.as_bytes());
+                .add(AttrType::NONCE, nonce.as_bytes())
+                .add_password_algorithms(&OFFERED_PASSWORD_ALGORITHMS);
         });
     }
 
@@ -876,7 +884,7 @@ fn build(reply: &Reply, class: Class, attributes: impl FnOnce(&mut MessageBuilde
     let mut b = MessageBuilder::new(class, reply.method, reply.transaction);
     attributes(&mut b);
     if let Some((algorithm, key)) = reply.integrity {
-        b.add_integrity(algorithm, &key);
+        b.add_integrity(algorithm, key.as_bytes());
     }
     if reply.fingerprint {
         b.add_fingerprint();

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rendez::stun::{
-    decode_xor_address, long_term_key, stream_frame, AttrType, Class, ErrorCode, Frame,
-    IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId,
+    decode_xor_address, stream_frame, userhash, AttrType, Class, ErrorCode, Frame,
+    IntegrityAlgorithm, LongTermKey, Message, MessageBuilder, Method, PasswordAlgorithm,
+    TransactionId,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -157,13 +158,23 @@ impl Conn {
     }
 }
 
-/// Long-term credential dance over any [`Conn`].
+/// Long-term credential dance over any [`Conn`]: as every browser does it (MD5 key,
+/// MESSAGE-INTEGRITY), or, made with [`TurnClient::rfc8489`], as only RFC 8489 allows.
 pub struct TurnClient {
     pub conn: Conn,
     username: String,
-    key: [u8; 16],
+    key: LongTermKey,
     nonce: Vec<u8>,
+    rfc8489: Option<Rfc8489>,
     next_tid: u8,
+}
+
+/// How an RFC 8489 client signs: PASSWORD-ALGORITHM SHA-256 with the offer echoed,
+/// MESSAGE-INTEGRITY-SHA256 only, and USERHASH instead of USERNAME if anonymous.
+struct Rfc8489 {
+    /// PASSWORD-ALGORITHMS of the challenge.
+    offer: Vec<u8>,
+    userhash: Option<[u8; 32]>,
 }
 
 impl TurnClient {
@@ -180,13 +191,26 @@ impl TurnClient {
         Self {
             conn,
             username: username.into(),
-            key: long_term_key(username, "rendez.test", password),
+            key: LongTermKey::derive(PasswordAlgorithm::Md5, username, "rendez.test", password),
             nonce: Vec::new(),
+            rfc8489: None,
             next_tid: 0,
         }
     }
 
-    /// Gets a nonce from a 401 challenge.
+    /// A client that knows only SHA-256: it refuses a challenge that does not offer it.
+    pub fn rfc8489(conn: Conn, username: &str, password: &str, anonymous: bool) -> Self {
+        Self {
+            key: LongTermKey::derive(PasswordAlgorithm::Sha256, username, "rendez.test", password),
+            rfc8489: Some(Rfc8489 {
+                offer: Vec::new(),
+                userhash: anonymous.then(|| userhash(username, "rendez.test")),
+            }),
+            ..Self::new(conn, username, password)
+        }
+    }
+
+    /// Gets a nonce (and the password algorithms offered) from a 401 challenge.
     pub async fn ensure_nonce(&mut self, method: Method) {
         if self.nonce.is_empty() {
             let tid = self.tid();
@@ -197,36 +221,66 @@ impl TurnClient {
             } else {
                 Vec::new()
             };
-            let challenge = self
-                .conn
-                .call(&request_bytes(method, &attrs, None, tid))
-                .await;
+            let challenge = self.conn.call(&request_bytes(method, &attrs, tid)).await;
             assert_eq!(error_of(&challenge), Some(401));
-            self.nonce = Message::parse(&challenge)
-                .unwrap()
-                .attribute(AttrType::NONCE)
-                .unwrap()
-                .to_vec();
+            let m = Message::parse(&challenge).unwrap();
+            self.nonce = m.attribute(AttrType::NONCE).unwrap().to_vec();
+            if let Some(rfc8489) = &mut self.rfc8489 {
+                let offer = m
+                    .attribute(AttrType::PASSWORD_ALGORITHMS)
+                    .unwrap_or_default();
+                let sha256 = PasswordAlgorithm::Sha256.encode();
+                assert!(
+                    offer.chunks(4).any(|entry| entry == sha256),
+                    "SHA-256 not offered: {offer:?}"
+                );
+                rfc8489.offer = offer.to_vec();
+            }
         }
     }
 
     pub async fn request(&mut self, method: Method, attrs: &[Attr]) -> Vec<u8> {
         self.ensure_nonce(method).await;
         let tid = self.tid();
-        let auth = (self.username.as_str(), self.nonce.as_slice(), &self.key);
-        let response = self
-            .conn
-            .call(&request_bytes(method, attrs, Some(auth), tid))
-            .await;
+        let response = self.conn.call(&self.signed(method, attrs, tid)).await;
         let m = Message::parse(&response).expect("responses parse");
         assert_eq!(m.transaction_id(), tid);
         if m.class() == Class::Success || error_of(&response) != Some(401) {
-            assert!(
-                m.verify_integrity(&self.key).is_some(),
+            let expected = match self.rfc8489 {
+                Some(_) => IntegrityAlgorithm::Sha256,
+                None => IntegrityAlgorithm::Sha1,
+            };
+            assert_eq!(
+                m.verify_integrity(self.key.as_bytes()),
+                Some(expected),
                 "response integrity"
             );
         }
         response
+    }
+
+    /// A request with the credentials and the integrity attribute of this kind of client.
+    fn signed(&self, method: Method, attrs: &[Attr], tid: TransactionId) -> Vec<u8> {
+        let mut b = MessageBuilder::new(Class::Request, method, tid);
+        add_attrs(&mut b, attrs);
+        let userhash = self.rfc8489.as_ref().and_then(|r| r.userhash);
+        match userhash {
+            Some(hash) => b.add(AttrType::USERHASH, &hash),
+            None => b.add(AttrType::USERNAME, self.username.as_bytes()),
+        };
+        b.add(AttrType::REALM, b"rendez.test")
+            .add(AttrType::NONCE, &self.nonce);
+        let integrity = match &self.rfc8489 {
+            Some(rfc8489) => {
+                b.add_password_algorithm(PasswordAlgorithm::Sha256)
+                    .add(AttrType::PASSWORD_ALGORITHMS, &rfc8489.offer);
+                IntegrityAlgorithm::Sha256
+            }
+            None => IntegrityAlgorithm::Sha1,
+        };
+        b.add_integrity(integrity, self.key.as_bytes())
+            .add_fingerprint();
+        b.finish()
     }
 
     pub async fn allocate(&mut self, extra: &[Attr]) -> Vec<SocketAddr> {
@@ -293,27 +347,21 @@ pub fn xor_peer(addr: SocketAddr) -> Attr {
     Attr::Peer(addr)
 }
 
-pub fn request_bytes(
-    method: Method,
-    attrs: &[Attr],
-    auth: Option<(&str, &[u8], &[u8; 16])>,
-    tid: TransactionId,
-) -> Vec<u8> {
+/// An unauthenticated request (a first request, answered by a challenge).
+pub fn request_bytes(method: Method, attrs: &[Attr], tid: TransactionId) -> Vec<u8> {
     let mut b = MessageBuilder::new(Class::Request, method, tid);
+    add_attrs(&mut b, attrs);
+    b.add_fingerprint();
+    b.finish()
+}
+
+fn add_attrs(b: &mut MessageBuilder, attrs: &[Attr]) {
     for attr in attrs {
         match attr {
             Attr::Raw(kind, value) => b.add(*kind, value),
             Attr::Peer(addr) => b.add_xor_address(AttrType::XOR_PEER_ADDRESS, *addr),
         };
     }
-    if let Some((username, nonce, key)) = auth {
-        b.add(AttrType::USERNAME, username.as_bytes())
-            .add(AttrType::REALM, b"rendez.test")
-            .add(AttrType::NONCE, nonce)
-            .add_integrity(IntegrityAlgorithm::Sha1, key);
-    }
-    b.add_fingerprint();
-    b.finish()
 }
 
 pub fn binding(tid: u8) -> Vec<u8> {
