@@ -48,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
         ("rfc5769-request", &rfc5769::SAMPLE_REQUEST),
         ("rfc5769-ipv4-response", &rfc5769::SAMPLE_IPV4_RESPONSE),
         ("rfc5769-ipv6-response", &rfc5769::SAMPLE_IPV6_RESPONSE),
-        ("rfc5769-long-term-request", &rfc5769::SAMPLE_LONG_TERM_REQUEST),
+        (
+            "rfc5769-long-term-request",
+            &rfc5769::SAMPLE_LONG_TERM_REQUEST,
+        ),
     ];
     for (name, bytes) in vectors {
         seeds.add("stun_message", name, bytes.to_vec());
@@ -57,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     seeds.add(
         "stream_frames",
         "rfc5769-all",
-        vectors.iter().flat_map(|(_, bytes)| bytes.to_vec()).collect(),
+        vectors
+            .iter()
+            .flat_map(|(_, bytes)| bytes.to_vec())
+            .collect(),
     );
 
     let server = rendez::start(rendez::Config::from_toml(&format!(
@@ -73,7 +79,11 @@ async fn main() -> anyhow::Result<()> {
         SystemTime::now() + Duration::from_secs(24 * 3600),
     );
     let sessions = [
-        ("webrtc-rs-static-user", USER.to_owned(), PASSWORD.to_owned()),
+        (
+            "webrtc-rs-static-user",
+            USER.to_owned(),
+            PASSWORD.to_owned(),
+        ),
         ("webrtc-rs-rest-user", rest.username, rest.password),
     ];
     for (name, username, password) in sessions {
@@ -202,7 +212,10 @@ impl Seeds {
             (
                 "own-client-dual-stack",
                 vec![
-                    (Kind::Client, request(Method::ALLOCATE, &[transport.clone()], None)),
+                    (
+                        Kind::Client,
+                        request(Method::ALLOCATE, &[transport.clone()], None),
+                    ),
                     (
                         Kind::SignedClient,
                         request(
@@ -233,7 +246,10 @@ impl Seeds {
             (
                 "own-client-ipv6-relay-channel",
                 vec![
-                    (Kind::Client, request(Method::ALLOCATE, &[transport.clone()], None)),
+                    (
+                        Kind::Client,
+                        request(Method::ALLOCATE, &[transport.clone()], None),
+                    ),
                     (
                         Kind::SignedClient,
                         request(
@@ -253,12 +269,18 @@ impl Seeds {
             (
                 "own-client-even-port",
                 vec![
-                    (Kind::Client, request(Method::ALLOCATE, &[transport.clone()], None)),
+                    (
+                        Kind::Client,
+                        request(Method::ALLOCATE, &[transport.clone()], None),
+                    ),
                     (
                         Kind::SignedClient,
                         request(
                             Method::ALLOCATE,
-                            &[transport.clone(), (AttrType::EVEN_PORT, vec![0x80, 0, 0, 0])],
+                            &[
+                                transport.clone(),
+                                (AttrType::EVEN_PORT, vec![0x80, 0, 0, 0]),
+                            ],
                             Some(IntegrityAlgorithm::Sha1),
                         ),
                     ),
@@ -294,7 +316,11 @@ impl Seeds {
     fn add_configs(&mut self) {
         let shipped = include_str!("../config/rendez.toml");
         self.add("config", "shipped", shipped.into());
-        self.add("config", "shipped-examples-live", uncomment_examples(shipped).into());
+        self.add(
+            "config",
+            "shipped-examples-live",
+            uncomment_examples(shipped).into(),
+        );
         self.add(
             "config",
             "tests",
@@ -321,7 +347,11 @@ impl Seeds {
             r#"1{"type":"leave"}"#,
             "4",
         ];
-        self.add("signal_rooms", "call-page-two-peers", call.join("\n").into());
+        self.add(
+            "signal_rooms",
+            "call-page-two-peers",
+            call.join("\n").into(),
+        );
         let crowded = [
             r#"0{"type":"join","room":"r","name":"a"}"#,
             r#"1{"type":"join","room":"r","name":"b"}"#,
@@ -330,7 +360,11 @@ impl Seeds {
             r#"0{"type":"join","room":"s","name":"a"}"#,
             r#"3{"type":"signal","to":"$0","data":{}}"#,
         ];
-        self.add("signal_rooms", "room-full-and-rejoin", crowded.join("\n").into());
+        self.add(
+            "signal_rooms",
+            "room-full-and-rejoin",
+            crowded.join("\n").into(),
+        );
     }
 
     /// PROXY headers as a trusted load balancer sends them, each followed by the client's
@@ -348,7 +382,9 @@ impl Seeds {
         };
         let mut ipv4 = vec![198, 51, 100, 7, 203, 0, 113, 1, 0x10, 0x92, 0x0d, 0x96];
         v2("v2-tcp4", 0x21, 0x11, &ipv4);
-        ipv4.extend_from_slice(&[0x04, 0, 3, 1, 2, 3, 0xea, 0, 5, b'v', b'p', b'c', b'e', b'1']);
+        ipv4.extend_from_slice(&[
+            0x04, 0, 3, 1, 2, 3, 0xea, 0, 5, b'v', b'p', b'c', b'e', b'1',
+        ]);
         v2("v2-tcp4-tlvs", 0x21, 0x11, &ipv4);
         let mut ipv6 = [0u8; 36];
         ipv6[..2].copy_from_slice(&[0x20, 0x01]);
@@ -357,7 +393,10 @@ impl Seeds {
         v2("v2-tcp6", 0x21, 0x21, &ipv6);
         v2("v2-local", 0x20, 0x00, &[]);
         for (name, line) in [
-            ("v1-tcp4", "PROXY TCP4 198.51.100.7 203.0.113.1 4242 3478\r\n"),
+            (
+                "v1-tcp4",
+                "PROXY TCP4 198.51.100.7 203.0.113.1 4242 3478\r\n",
+            ),
             ("v1-tcp6", "PROXY TCP6 2001:db8::7 2001:db8::1 4242 443\r\n"),
             ("v1-unknown", "PROXY UNKNOWN\r\n"),
         ] {

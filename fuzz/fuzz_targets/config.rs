@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = Config::from_toml(text) else {
         return;
     };
-    config.validate().expect("a loaded configuration stays valid");
+    config
+        .validate()
+        .expect("a loaded configuration stays valid");
     let _ = config.static_users();
     let _ = config.restart_only_changes(&Config::default());
     let _ = rendez::credential::ice_urls(&config, "turn.example.com");

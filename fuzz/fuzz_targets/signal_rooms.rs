@@ -73,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
         };
         for message in out {
             let to = message.to as usize;
-            assert!(to < CONNECTIONS && open[to], "message to a closed connection");
+            assert!(
+                to < CONNECTIONS && open[to],
+                "message to a closed connection"
+            );
             if let ServerMessage::Welcome { id, .. } = message.message {
                 ids[to] = Some(id);
             }
@@ -82,13 +85,18 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(figures.connections, open.iter().filter(|o| **o).count());
         assert!(figures.participants <= figures.connections);
         for room in &joined_rooms {
-            assert!(rooms.room_len(room) <= ROOM_SIZE, "room {room:?} over its size");
+            assert!(
+                rooms.room_len(room) <= ROOM_SIZE,
+                "room {room:?} over its size"
+            );
         }
     }
 });
 
 fn address(index: u8) -> IpAddr {
-    ADDRESSES[usize::from(index) % ADDRESSES.len()].parse().unwrap()
+    ADDRESSES[usize::from(index) % ADDRESSES.len()]
+        .parse()
+        .unwrap()
 }
 
 /// `text` with `$0`–`$3` replaced by the participant ids connections 0–3 hold.

@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(message) = Message::parse(data) else {
         return;
     };
-    assert_eq!(classify(data), Framing::Stun, "only STUN-framed bytes parse");
+    assert_eq!(
+        classify(data),
+        Framing::Stun,
+        "only STUN-framed bytes parse"
+    );
     let kept = message.as_bytes();
     assert!(kept.len() <= data.len());
     let again = Message::parse(kept).expect("the bytes a message kept parse alone");

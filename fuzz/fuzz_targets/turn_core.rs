@@ -167,7 +167,10 @@ impl Run {
             seen: Vec::new(),
             deferred: VecDeque::new(),
             open: BTreeSet::new(),
-            rest_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, SECRET.as_bytes()),
+            rest_key: ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                SECRET.as_bytes(),
+            ),
         }
     }
 
@@ -277,7 +280,10 @@ impl Run {
                     m.attribute(AttrType::DATA).expect("DATA")
                 }
             };
-            assert_eq!(carried, payload, "the peer's payload reaches the client unchanged");
+            assert_eq!(
+                carried, payload,
+                "the peer's payload reaches the client unchanged"
+            );
         }
         self.drive();
     }
@@ -378,9 +384,21 @@ impl Run {
         }
         self.wait(PAST_EVERY_LIFETIME);
         self.wait(PAST_EVERY_LIFETIME);
-        assert_eq!(self.server.allocation_count(), 0, "allocations outlived every lifetime");
-        assert_eq!(self.server.poll_timeout(), None, "a timer with nothing to expire");
-        assert!(self.open.is_empty(), "relay sockets left open: {:?}", self.open);
+        assert_eq!(
+            self.server.allocation_count(),
+            0,
+            "allocations outlived every lifetime"
+        );
+        assert_eq!(
+            self.server.poll_timeout(),
+            None,
+            "a timer with nothing to expire"
+        );
+        assert!(
+            self.open.is_empty(),
+            "relay sockets left open: {:?}",
+            self.open
+        );
     }
 }
 
