@@ -208,14 +208,11 @@ impl Seeds {
         let peer6: SocketAddr = "[::1]:9000".parse().unwrap();
         let family = |kind, code: u8| (kind, vec![code, 0, 0, 0]);
         let transport = (AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-        let conversations: Vec<(&str, Vec<(Kind, Vec<u8>)>)> = vec![
+        let conversations: Vec<(&str, Conversation)> = vec![
             (
                 "own-client-dual-stack",
                 vec![
-                    (
-                        Kind::Client,
-                        request(Method::ALLOCATE, &[transport.clone()], None),
-                    ),
+                    (Kind::Client, unauthenticated_allocate()),
                     (
                         Kind::SignedClient,
                         request(
@@ -246,10 +243,7 @@ impl Seeds {
             (
                 "own-client-ipv6-relay-channel",
                 vec![
-                    (
-                        Kind::Client,
-                        request(Method::ALLOCATE, &[transport.clone()], None),
-                    ),
+                    (Kind::Client, unauthenticated_allocate()),
                     (
                         Kind::SignedClient,
                         request(
@@ -269,10 +263,7 @@ impl Seeds {
             (
                 "own-client-even-port",
                 vec![
-                    (
-                        Kind::Client,
-                        request(Method::ALLOCATE, &[transport.clone()], None),
-                    ),
+                    (Kind::Client, unauthenticated_allocate()),
                     (
                         Kind::SignedClient,
                         request(
@@ -434,12 +425,21 @@ enum Kind {
     Wait = 7,
 }
 
+/// Inputs to turn_core before they are made records.
+type Conversation = Vec<(Kind, Vec<u8>)>;
+
 /// One turn_core record: `tag wait len bytes`.
 fn record(kind: Kind, source: u8, wait: u8, bytes: &[u8]) -> Vec<u8> {
     let mut record = vec![(source << 3) | kind as u8, wait];
     record.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
     record.extend_from_slice(bytes);
     record
+}
+
+/// The first Allocate of every client, answered with the challenge.
+fn unauthenticated_allocate() -> Vec<u8> {
+    let transport = (AttrType::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    request(Method::ALLOCATE, &[transport], None)
 }
 
 /// A request from alice with placeholder credentials (the target re-signs it).

@@ -33,12 +33,18 @@ summary=()
 for target in "${targets[@]}"; do
     mkdir -p "corpus/$target" "artifacts/$target"
     log="artifacts/$target/last-run.log"
+    dictionary=()
+    case $target in
+    stun_message | stream_frames | turn_core) dictionary=(-dict=stun.dict) ;;
+    signal_rooms) dictionary=(-dict=signal.dict) ;;
+    esac
     echo "== $target: ${seconds}s"
     # libFuzzer stops itself after max_total_time; the outer timeout is for a hang it
     # cannot interrupt. -timeout: one input taking over 10 s is a failure too.
     if timeout --kill-after=10 $((seconds + 120)) \
         cargo fuzz run --sanitizer address "$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        "${dictionary[@]}" \
         >"$log" 2>&1; then
         runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 runs in \2 s/p' "$log")
         coverage=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "$log" | tail -n 1)
