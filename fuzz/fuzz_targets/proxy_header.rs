@@ -25,5 +25,8 @@ fuzz_target!(|data: &[u8]| {
         let parsed = parse(&data[..consumed]).expect("what was read parses alone");
         assert_eq!(parsed, origin);
     }
-    assert!(consumed <= 64 * 1024 + 16, "never more than the largest header");
+    assert!(
+        consumed <= 64 * 1024 + 16,
+        "never more than the largest header"
+    );
 });
