@@ -228,6 +228,10 @@ pub struct AuthConfig {
     /// Lifetime of credentials minted by `rendez credential` when --ttl is not given.
     #[serde(with = "humantime_serde_compat")]
     pub credential_ttl: Duration,
+    /// REST credentials whose expiry lies further ahead than this are refused, so a
+    /// credential minted to last for ever (or by a backend with a broken clock) is useless.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_credential_ttl: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -302,6 +306,7 @@ impl Default for AuthConfig {
             secret_file: Vec::new(),
             users: Vec::new(),
             credential_ttl: Duration::from_secs(24 * 3600),
+            max_credential_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -580,6 +585,15 @@ impl Config {
             return Err(invalid(
                 "alternate-servers",
                 "must be addresses clients can reach, with a port, written plainly (IPv4 as IPv4, not ::ffff:…), e.g. [\"203.0.113.8:3478\", \"[2001:db8::8]:3478\"]",
+            ));
+        }
+        if self.auth.max_credential_ttl > 365 * DAY
+            || self.auth.credential_ttl > self.auth.max_credential_ttl
+            || self.signal.credential_ttl > self.auth.max_credential_ttl
+        {
+            return Err(invalid(
+                "auth.max-credential-ttl",
+                "must be at most 365 days and at least `auth.credential-ttl` and `signal.credential-ttl`",
             ));
         }
         if self.auth.credential_ttl.is_zero() {

@@ -66,6 +66,7 @@ fn every_key_is_documented() {
         "secrets",
         "secret-file",
         "credential-ttl",
+        "max-credential-ttl",
         "[[auth.users]]",
         "name",
         "password",

@@ -152,6 +152,7 @@ async fn no_label_value_carries_a_user_an_address_or_a_room() {
         "wrong_realm",
         "unknown_user",
         "expired",
+        "too_far_ahead",
         "wrong_key",
         "stale_nonce",
         "downgrade",

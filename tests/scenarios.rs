@@ -233,6 +233,16 @@ fn send_indication_with_unknown_required_attribute_is_discarded() {
     );
 }
 
+#[test]
+fn rest_credentials_expiring_too_far_ahead_are_refused() {
+    let mut h = Harness::with_config(|c| c.max_credential_ttl = Duration::from_secs(7 * 86_400));
+    let mut week = Client::rest(client_at(7600), "bob", UNIX_START + 7 * 86_400 - 60);
+    assert_eq!(week.allocate_response(&mut h).class(), Class::Success);
+    let mut forever = Client::rest(client_at(7601), "bob", UNIX_START + 400 * 86_400);
+    assert_eq!(forever.allocate_response(&mut h).error_code(), Some(401));
+    assert_eq!(h.server.stats().auth_failures(Rejection::TooFarAhead), 1);
+}
+
 // ---------------------------------------------------------------- Binding
 
 #[test]

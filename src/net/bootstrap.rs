@@ -328,6 +328,7 @@ pub(crate) fn core_config(
     core.max_lifetime = config.max_allocation_lifetime;
     core.users = config.static_users();
     core.secrets = config.auth.secrets.clone();
+    core.max_credential_ttl = config.auth.max_credential_ttl;
     core.peers = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone());
     core.quotas = limits.quotas.clone();
     core.challenge_limit = Some(limits.challenges.clone());

@@ -65,6 +65,9 @@ pub enum Rejection {
     /// 401: a REST name whose expiry has passed (or a clock skew between the minting
     /// backend and this server).
     Expired,
+    /// 401: a REST name whose expiry lies further ahead than the server accepts
+    /// (`[auth] max-credential-ttl`): a credential minted to last for ever.
+    TooFarAhead,
     /// 401: MESSAGE-INTEGRITY does not verify with the user's key (wrong password or
     /// secret).
     WrongKey,
@@ -79,12 +82,13 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Self::BadRequest,
         Self::Challenge,
         Self::WrongRealm,
         Self::UnknownUser,
         Self::Expired,
+        Self::TooFarAhead,
         Self::WrongKey,
         Self::StaleNonce,
         Self::Downgrade,
@@ -99,6 +103,7 @@ impl Rejection {
             Self::WrongRealm => "wrong_realm",
             Self::UnknownUser => "unknown_user",
             Self::Expired => "expired",
+            Self::TooFarAhead => "too_far_ahead",
             Self::WrongKey => "wrong_key",
             Self::StaleNonce => "stale_nonce",
             Self::Downgrade => "downgrade",
@@ -124,6 +129,8 @@ pub struct Authenticator {
     decoy_sha256: LongTermKey,
     /// The PASSWORD-ALGORITHMS value every challenge carries, for comparing echoes.
     offer: Vec<u8>,
+    /// The furthest a REST name's expiry may lie ahead of now, in seconds.
+    max_rest_lifetime: u64,
     /// Integrity checks made, so unit tests can see that every path does the same work.
     #[cfg(test)]
     integrity_checks: std::cell::Cell<u32>,
@@ -143,6 +150,7 @@ impl Authenticator {
             decoy_md5: LongTermKey::derive(PasswordAlgorithm::Md5, "", "", ""),
             decoy_sha256: LongTermKey::derive(PasswordAlgorithm::Sha256, "", "", ""),
             offer: PasswordAlgorithm::encode_list(&OFFERED_PASSWORD_ALGORITHMS),
+            max_rest_lifetime: u64::MAX,
             #[cfg(test)]
             integrity_checks: std::cell::Cell::new(0),
         }
@@ -157,6 +165,11 @@ impl Authenticator {
         secrets: &[String],
     ) {
         self.directory = Directory::new(realm, users, secrets);
+    }
+
+    /// REST names whose expiry lies more than this ahead of now are refused.
+    pub fn set_max_rest_lifetime(&mut self, secs: u64) {
+        self.max_rest_lifetime = secs;
     }
 
     pub fn realm(&self) -> &str {
@@ -270,6 +283,9 @@ impl Authenticator {
             .and_then(|name| Some((name, rest_expiry(name)?)));
         match rest {
             Some((_, expiry)) if expiry <= unix_now => Err(Rejection::Expired),
+            Some((_, expiry)) if expiry - unix_now > self.max_rest_lifetime => {
+                Err(Rejection::TooFarAhead)
+            }
             Some((name, _)) => Ok(Claim::User {
                 name,
                 keys: directory.rest_keys(name, algorithm),

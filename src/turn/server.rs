@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// The longest lifetime granted (RFC 8656 §7.2: 1 hour).
     pub max_lifetime: Duration,
     pub nonce_lifetime: Duration,
+    /// The longest a TURN REST credential may still have to live; later expiries are
+    /// refused (a credential minted to last for ever).
+    pub max_credential_ttl: Duration,
     /// Allocation counts shared by every shard of the server.
     pub quotas: Quotas,
     /// Unauthenticated error replies (400, 401, 438) per UDP source per second, shared by
@@ -79,6 +82,7 @@ impl ServerConfig {
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             nonce_lifetime: Duration::from_secs(3600),
+            max_credential_ttl: Duration::from_secs(365 * 24 * 3600),
             quotas: Quotas::default(),
             challenge_limit: None,
             binding_limit: None,
@@ -166,13 +170,14 @@ impl Server {
         rng: Rng,
         nonce_key: [u8; 32],
     ) -> Self {
-        let auth = Authenticator::new(
+        let mut auth = Authenticator::new(
             &config.realm,
             &config.users,
             &config.secrets,
             &nonce_key,
             config.nonce_lifetime.as_secs().max(1),
         );
+        auth.set_max_rest_lifetime(config.max_credential_ttl.as_secs());
         let relays = config
             .relays
             .iter()
