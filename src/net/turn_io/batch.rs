@@ -219,16 +219,20 @@ impl RecvBatch {
     /// control data.
     #[cfg(target_os = "linux")]
     fn recv_header(&mut self, i: usize, iovec: &mut libc::iovec) -> libc::msghdr {
-        let payload = &mut self.buffer[i * self.slot_len + self.headroom..];
-        iovec.iov_base = payload.as_mut_ptr().cast();
+        assert!(i < BATCH, "slot {i} of {BATCH}");
+        // Pointers from `as_mut_ptr`, which (unlike indexing) makes no reference to the
+        // whole vector, so the pointers made for the other slots stay valid; in bounds, as
+        // each vector holds BATCH slots.
+        let payload = i * self.slot_len + self.headroom;
+        iovec.iov_base = self.buffer.as_mut_ptr().wrapping_add(payload).cast();
         iovec.iov_len = self.payload;
         // SAFETY: msghdr is plain old data; all zeroes is a valid value.
         let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+        header.msg_name = self.names.as_mut_ptr().wrapping_add(i).cast();
         header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
         header.msg_iov = iovec;
         header.msg_iovlen = 1;
-        header.msg_control = self.controls[i].as_mut_ptr();
+        header.msg_control = self.controls.as_mut_ptr().wrapping_add(i).cast();
         header.msg_controllen = pktinfo::CONTROL_LEN as _;
         header
     }

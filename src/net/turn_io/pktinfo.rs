@@ -82,6 +82,8 @@ pub(crate) fn enable(socket: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
 /// datagram it is the destination in the header, and for a broadcast it is the host's own
 /// address on that link (a broadcast address cannot be a source). An IPv6 multicast
 /// destination is `None` for the same reason.
+// Lengths in msghdr and cmsghdr are size_t on glibc but socklen_t on musl: cast either way.
+#[allow(clippy::unnecessary_cast)]
 pub(crate) fn destination(header: &libc::msghdr) -> Option<IpAddr> {
     // SAFETY: `header` is as the kernel left it: msg_control points at a live buffer and
     // msg_controllen says how much of it the kernel filled with whole control messages;
@@ -155,6 +157,7 @@ pub(crate) fn write_source(control: &mut Control, source: IpAddr) -> usize {
 
 /// The address in one packet-information control message; `None` for any other message,
 /// or one too short to hold its struct.
+#[allow(clippy::unnecessary_cast)] // cmsg_len is size_t or socklen_t, as above
 fn read_pktinfo(cmsg: &libc::cmsghdr) -> Option<IpAddr> {
     let holds = |size: usize| {
         // SAFETY: CMSG_LEN is arithmetic on its argument.
