@@ -5,7 +5,7 @@
 //! route would pick): a server that answers from the wrong address fails these tests with a
 //! timeout, and the unconnected checks name the address the answer came from.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rendez::stun::{
     decode_xor_address, long_term_key, AttrType, ChannelData, Class, Message, Method, TransactionId,
@@ -23,8 +23,8 @@ async fn a_wildcard_listener_answers_from_each_address_it_was_reached_at() {
     let server = start_wildcard(r#"listen = ["0.0.0.0:0"]"#).await;
     let port = server.udp_addrs()[0].port();
     tokio::join!(
-        relay_session(at("127.0.0.2", port)),
-        relay_session(at("127.0.0.3", port)),
+        relay_session(LOOPBACK_V4, at("127.0.0.2", port)),
+        relay_session(LOOPBACK_V4, at("127.0.0.3", port)),
     );
     server.shutdown().await;
 }
@@ -38,8 +38,8 @@ async fn ipv6_and_ipv4_wildcards_answer_side_by_side() {
     let (v4, v6) = (server.udp_addrs()[0], server.udp_addrs()[1]);
     assert!(v4.is_ipv4() && v6.is_ipv6(), "{:?}", server.udp_addrs());
     tokio::join!(
-        relay_session(at("127.0.0.2", v4.port())),
-        relay_session(at("::1", v6.port())),
+        relay_session(LOOPBACK_V4, at("127.0.0.2", v4.port())),
+        relay_session(LOOPBACK_V6, at("::1", v6.port())),
     );
     server.shutdown().await;
 }
@@ -77,6 +77,98 @@ async fn a_binding_answer_names_the_address_asked() {
     server.shutdown().await;
 }
 
+// ---------------------------------------------------------------- IPv6, several addresses
+
+/// Loopback has one IPv6 address, so the IPv6 choice between addresses is tested in a
+/// network namespace of this test's own thread, with two more addresses on its `lo`: an
+/// `[::]` listener, and two clients on ::1 each connected to one of them. Skipped (with a note)
+/// unless the test runs as root with `ip` at hand, as the browser tests are.
+#[test]
+fn ipv6_wildcard_answers_from_each_of_two_addresses_in_a_namespace() {
+    let test = std::thread::spawn(|| {
+        if let Err(why) = enter_new_network_namespace() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        for address in NAMESPACE_V6 {
+            ip(&[
+                "addr",
+                "add",
+                &format!("{address}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        }
+        // Everything below runs on this thread, or on threads it starts, which inherit the
+        // namespace: the server's sockets, workers and relay sockets, and the clients.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = start_wildcard(r#"listen = ["[::]:0"]"#).await;
+            let port = server.udp_addrs()[0].port();
+            // From ::1, where the route would answer from: only the right source gets through.
+            tokio::join!(
+                relay_session(LOOPBACK_V6, at(NAMESPACE_V6[0], port)),
+                relay_session(LOOPBACK_V6, at(NAMESPACE_V6[1], port)),
+            );
+            server.shutdown().await;
+        });
+    });
+    if let Err(panic) = test.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Addresses the namespace's `lo` gets beside ::1 (documentation prefix; the namespace has
+/// no other link, so nothing can leave it).
+const NAMESPACE_V6: [&str; 2] = ["2001:db8::2", "2001:db8::3"];
+
+/// Moves the calling thread (alone) into a new network namespace with `lo` up; an error
+/// says why that cannot be done here.
+fn enter_new_network_namespace() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("a network namespace needs root".into());
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Err("no `ip` command (iproute2)".into());
+    }
+    // SAFETY: unshare with CLONE_NEWNET changes only this thread's network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    ip(&["link", "set", "lo", "up"]);
+    Ok(())
+}
+
+/// Runs `ip ARGS` in this thread's namespace (a child inherits the forking thread's), bounded
+/// in time; panics naming the command if it fails.
+fn ip(args: &[&str]) {
+    let mut child = std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`ip {}` did not finish within {WAIT:?}", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "`ip {}` failed: {status}", args.join(" "));
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// A server with the given `listen` line (and other top-level keys), relaying on 127.0.0.1
@@ -92,15 +184,13 @@ fn at(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-/// A whole session from a socket connected to `server`: Binding, Allocate (both tell the
-/// client its own address), CreatePermission, Send → peer, peer → Data indication,
-/// ChannelBind, ChannelData both ways.
-async fn relay_session(server: SocketAddr) {
-    let local: IpAddr = if server.is_ipv6() {
-        "::1".parse().unwrap()
-    } else {
-        "127.0.0.1".parse().unwrap()
-    };
+const LOOPBACK_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LOOPBACK_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// A whole session from a socket on `local` connected to `server`: Binding, Allocate (both
+/// tell the client its own address), CreatePermission, Send → peer, peer → Data indication,
+/// ChannelBind, ChannelData both ways, with a peer on 127.0.0.1.
+async fn relay_session(local: IpAddr, server: SocketAddr) {
     let mut conn = Conn::udp_connected(local, server).await;
     let Conn::Udp { socket, .. } = &conn else {
         unreachable!("a UDP connection");
