@@ -206,7 +206,7 @@ impl Io for Sockets {
                 bytes: &bytes,
             };
             // A refused send is lost like any datagram; the client retransmits.
-            batch::send_all_from(&self.listeners[route.listener].socket, &[response]);
+            let _ = batch::send_one_from(&self.listeners[route.listener].socket, response);
         }
     }
 
