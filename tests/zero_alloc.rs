@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rendez::net::batch::{send_all, RecvBatch};
+use rendez::net::batch::{report_destinations, send_all, send_all_from, OutgoingFrom, RecvBatch};
 use rendez::random::Rng;
 use rendez::stun::{AttrType, ChannelData, Class, Message, MessageBuilder, Method, TransactionId};
 use rendez::turn::{
@@ -140,6 +140,61 @@ fn batched_socket_io_allocates_nothing_per_datagram() {
         "only {received} of 3200 datagrams arrived"
     );
     assert_eq!(count, 0, "{count} allocations for {received} datagrams");
+}
+
+/// A wildcard listener's I/O: every datagram received with its destination, every answer
+/// sent from it, through control data that lives in the batch and on the stack.
+#[test]
+#[cfg(target_os = "linux")] // where wildcard sockets report destinations
+fn wildcard_socket_io_allocates_nothing_per_datagram() {
+    let listener = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    report_destinations(&listener).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_nonblocking(true).unwrap();
+    let to: SocketAddr = ([127, 0, 0, 2], listener.local_addr().unwrap().port()).into();
+    let payload = [5u8; 160];
+    let asks: Vec<(SocketAddr, &[u8])> = vec![(to, &payload[..]); 32];
+    let mut batch = RecvBatch::new(PEER_HEADROOM, PEER_TAILROOM);
+    let mut echo = RecvBatch::new(0, 0);
+
+    let (mut answered, mut echoed) = (0, 0);
+    let count = allocations_during(|| {
+        for _ in 0..100 {
+            send_all(&client, &asks);
+            let deadline = Instant::now() + std::time::Duration::from_secs(1);
+            let mut this_round = 0;
+            while this_round < 32 && Instant::now() < deadline {
+                let Ok(n) = batch.recv(&listener) else {
+                    continue;
+                };
+                let unused = OutgoingFrom {
+                    from: None,
+                    to,
+                    bytes: &[],
+                };
+                let mut answers = [unused; 32];
+                for (i, answer) in answers.iter_mut().enumerate().take(n) {
+                    let (source, bytes) = batch.received(i).unwrap();
+                    *answer = OutgoingFrom {
+                        from: batch.destination(i),
+                        to: source,
+                        bytes,
+                    };
+                }
+                answered += send_all_from(&listener, &answers[..n]);
+                this_round += n;
+                while let Ok(n) = echo.recv(&client) {
+                    echoed += (0..n)
+                        .filter(|&i| echo.received(i).unwrap().0 == to)
+                        .count();
+                }
+            }
+        }
+    });
+    assert!(answered >= 3000, "only {answered} of 3200 were answered");
+    assert!(echoed >= 2900, "only {echoed} answers came from {to}");
+    assert_eq!(count, 0, "{count} allocations for {answered} datagrams");
 }
 
 /// A server with one allocation, a channel 0x4000 to PEER and a permission for OTHER_PEER.

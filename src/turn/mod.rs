@@ -82,8 +82,9 @@ pub struct FiveTuple {
     pub transport: Transport,
     /// The client's address as we see it (its server-reflexive address).
     pub client: SocketAddr,
-    /// The address the client sent to: our listening address, or for a client behind a
-    /// load balancer the balancer's, as its PROXY header says (so the tuple is the
+    /// The address the client sent to: our listening address (for a wildcard UDP listener,
+    /// the host address the datagram came to, as the kernel reports it), or for a client
+    /// behind a load balancer the balancer's, as its PROXY header says (so the tuple is the
     /// connection the client made, unique like any other).
     pub server: SocketAddr,
 }

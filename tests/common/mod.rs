@@ -107,6 +107,15 @@ impl Conn {
         }
     }
 
+    /// A UDP socket on `local` connected to `server`: the kernel delivers it only datagrams
+    /// from exactly `server`, so an answer from any other address of the host is lost.
+    pub async fn udp_connected(local: IpAddr, server: SocketAddr) -> Self {
+        let socket = UdpSocket::bind((local, 0)).await.unwrap();
+        socket.connect(server).await.unwrap();
+        // `send` names `server` again, which a connected socket accepts.
+        Conn::Udp { socket, server }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         match self {
             Conn::Udp { socket, server } => {

@@ -15,13 +15,23 @@
 //!   so the caller can count, retry or back off (a load generator);
 //! - [`send_connected`] is [`send_until_full`] on a connected socket, where no destination is
 //!   given and the kernel reuses the socket's cached route.
+//!
+//! A wildcard socket (`0.0.0.0`, `[::]`) receives for every address of the host, so its
+//! replies must name the address to leave from: after [`report_destinations`] on it (Linux),
+//! [`RecvBatch::destination`] says where each datagram was sent, and [`send_all_from`] sends
+//! each reply from the address given. Both travel as packet-information control messages in
+//! buffers allocated with the batch (see `pktinfo`); sockets that do not ask for them cost
+//! nothing extra.
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::SockAddr;
+
+#[cfg(target_os = "linux")]
+use super::pktinfo::{self, Control};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -40,8 +50,13 @@ pub struct RecvBatch {
     lens: [usize; BATCH],
     /// `None` for a datagram to skip: an unknown address family, or truncated.
     sources: [Option<SocketAddr>; BATCH],
+    /// Where each datagram was sent, when the socket reports it ([`report_destinations`]).
+    destinations: [Option<IpAddr>; BATCH],
     #[cfg(target_os = "linux")]
     names: Vec<libc::sockaddr_storage>,
+    /// Control data per slot, for the kernel to report destinations in.
+    #[cfg(target_os = "linux")]
+    controls: Vec<Control>,
     mmsg: Mmsg,
 }
 
@@ -74,9 +89,12 @@ impl RecvBatch {
             count: 0,
             lens: [0; BATCH],
             sources: [None; BATCH],
+            destinations: [None; BATCH],
             // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
             #[cfg(target_os = "linux")]
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
+            #[cfg(target_os = "linux")]
+            controls: vec![Control::EMPTY; BATCH],
             mmsg: Mmsg::Yes,
         }
     }
@@ -118,6 +136,13 @@ impl RecvBatch {
         Some((source, &self.buffer[start..start + self.lens[i]]))
     }
 
+    /// The local address datagram `i` of the last receive was sent to: reported only on a
+    /// socket asked with [`report_destinations`] (a wildcard listener), else `None`.
+    pub fn destination(&self, i: usize) -> Option<IpAddr> {
+        self.source(i)?;
+        self.destinations[i]
+    }
+
     /// The whole of slot `i`, for sending what was framed in it.
     pub fn slot(&self, i: usize) -> &[u8] {
         self.buffer
@@ -145,21 +170,11 @@ impl RecvBatch {
 
     #[cfg(target_os = "linux")]
     fn recv_mmsg(&mut self, fd: RawFd, limit: usize) -> io::Result<usize> {
-        let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
+        let mut iovecs = [EMPTY_IOVEC; BATCH];
         // SAFETY: mmsghdr is plain old data; every pointer is set below before use.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..limit {
-            let payload = &mut self.buffer[i * self.slot_len + self.headroom..];
-            iovecs[i].iov_base = payload.as_mut_ptr().cast();
-            iovecs[i].iov_len = self.payload;
-            headers[i].msg_hdr.msg_name =
-                (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            headers[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-            headers[i].msg_hdr.msg_iovlen = 1;
+        for (i, (header, iovec)) in headers.iter_mut().zip(&mut iovecs).enumerate().take(limit) {
+            header.msg_hdr = self.recv_header(i, iovec);
         }
         // SAFETY: the first `limit` headers point at live buffers owned by `self` or this
         // frame, sized as declared; the kernel writes at most those lengths.
@@ -176,16 +191,67 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let received = received as usize;
-        let results = headers.iter().zip(&self.names).take(received);
-        for (i, (header, name)) in results.enumerate() {
-            self.lens[i] = header.msg_len as usize;
-            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.sources[i] = if truncated { None } else { socket_addr(name) };
+        for (i, header) in headers.iter().enumerate().take(received) {
+            self.keep_result(i, &header.msg_hdr, header.msg_len as usize);
         }
         self.count = received;
         Ok(received)
     }
 
+    /// One `recvmsg` into slot 0: where the kernel lacks `recvmmsg`. It reads the same
+    /// headers, so a wildcard listener learns destinations here too.
+    #[cfg(target_os = "linux")]
+    fn recv_one(&mut self, fd: RawFd) -> io::Result<usize> {
+        let mut iovec = EMPTY_IOVEC;
+        let mut header = self.recv_header(0, &mut iovec);
+        // SAFETY: the header points at slot 0's buffers owned by `self` and at `iovec`,
+        // sized as declared; the kernel writes at most those lengths.
+        let len = unsafe { libc::recvmsg(fd, &mut header, libc::MSG_DONTWAIT) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.keep_result(0, &header, len as usize);
+        self.count = 1;
+        Ok(1)
+    }
+
+    /// The receive header for slot `i`: its payload (through `iovec`), its name and its
+    /// control data.
+    #[cfg(target_os = "linux")]
+    fn recv_header(&mut self, i: usize, iovec: &mut libc::iovec) -> libc::msghdr {
+        assert!(i < BATCH, "slot {i} of {BATCH}");
+        // Pointers from `as_mut_ptr`, which (unlike indexing) makes no reference to the
+        // whole vector, so the pointers made for the other slots stay valid; in bounds, as
+        // each vector holds BATCH slots.
+        let payload = i * self.slot_len + self.headroom;
+        iovec.iov_base = self.buffer.as_mut_ptr().wrapping_add(payload).cast();
+        iovec.iov_len = self.payload;
+        // SAFETY: msghdr is plain old data; all zeroes is a valid value.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_name = self.names.as_mut_ptr().wrapping_add(i).cast();
+        header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        header.msg_iov = iovec;
+        header.msg_iovlen = 1;
+        header.msg_control = self.controls.as_mut_ptr().wrapping_add(i).cast();
+        header.msg_controllen = pktinfo::CONTROL_LEN as _;
+        header
+    }
+
+    /// Records what the kernel wrote for slot `i` through `header`: `len` bytes from a
+    /// source, sent to a destination if the socket reports it.
+    #[cfg(target_os = "linux")]
+    fn keep_result(&mut self, i: usize, header: &libc::msghdr, len: usize) {
+        self.lens[i] = len;
+        let truncated = header.msg_flags & libc::MSG_TRUNC != 0;
+        self.sources[i] = if truncated {
+            None
+        } else {
+            socket_addr(&self.names[i])
+        };
+        self.destinations[i] = pktinfo::destination(header);
+    }
+
+    #[cfg(not(target_os = "linux"))]
     fn recv_one(&mut self, fd: RawFd) -> io::Result<usize> {
         let socket = borrow_socket(fd);
         let start = self.headroom;
@@ -204,6 +270,12 @@ impl RecvBatch {
         Ok(1)
     }
 }
+
+#[cfg(target_os = "linux")]
+const EMPTY_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
 
 /// Reads an IPv4 or IPv6 address the kernel wrote into `storage`.
 #[cfg(target_os = "linux")]
@@ -240,11 +312,126 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// One datagram to send: destination and bytes.
 pub type Outgoing<'a> = (SocketAddr, &'a [u8]);
 
+/// One datagram to send from a chosen local address: how a wildcard socket answers from
+/// the address a request came to ([`RecvBatch::destination`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutgoingFrom<'a> {
+    /// The address to leave from, one of the host's own in the socket's family; `None`
+    /// leaves it to the kernel (the socket's address, or for a wildcard socket the one its
+    /// route to `to` prefers). Honoured on Linux; elsewhere the kernel always chooses.
+    pub from: Option<IpAddr>,
+    pub to: SocketAddr,
+    pub bytes: &'a [u8],
+}
+
 /// Sends `datagrams` on `socket`, batching where the kernel can. A datagram the kernel
 /// refuses (unreachable peer, full buffer) is dropped and the rest still go, as on any
 /// router. Returns how many were sent.
 pub fn send_all(socket: &impl AsRawFd, datagrams: &[Outgoing<'_>]) -> usize {
-    let fd = socket.as_raw_fd();
+    send_each(socket.as_raw_fd(), datagrams)
+}
+
+/// [`send_all`], each datagram from the address it names.
+pub fn send_all_from(socket: &impl AsRawFd, datagrams: &[OutgoingFrom<'_>]) -> usize {
+    send_each(socket.as_raw_fd(), datagrams)
+}
+
+/// Sends one datagram on `socket`, from the address it names: a single reply, without the
+/// set-up of a batch. An error says why the kernel refused it.
+pub fn send_one_from(socket: &impl AsRawFd, datagram: OutgoingFrom<'_>) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let (mut name, mut control, mut iovec) =
+            (MaybeUninit::uninit(), MaybeUninit::uninit(), EMPTY_IOVEC);
+        let header = send_header(&datagram, &mut name, &mut control, &mut iovec);
+        // SAFETY: the header points at `name`, `control`, `iovec` and the caller's bytes, all
+        // alive for this call; the kernel only reads them.
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &header, libc::MSG_DONTWAIT) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    send_chunk(socket.as_raw_fd(), &[datagram]).map(drop)
+}
+
+/// Sends `datagrams` on `socket` in order, batching where the kernel can, and stops when the
+/// kernel refuses one. Returns how many were sent: fewer than given when the
+/// socket buffer is full (the rest are the caller's to drop or retry). An error (`WouldBlock`
+/// for a full buffer) is returned only when not even the first was sent.
+pub fn send_until_full(socket: &impl AsRawFd, datagrams: &[Outgoing<'_>]) -> io::Result<usize> {
+    send_prefix(socket.as_raw_fd(), datagrams)
+}
+
+/// [`send_until_full`] on a connected socket: every payload goes to the socket's peer.
+pub fn send_connected(socket: &impl AsRawFd, payloads: &[&[u8]]) -> io::Result<usize> {
+    send_prefix(socket.as_raw_fd(), payloads)
+}
+
+/// Asks the kernel to report where each datagram `socket` receives was sent, for
+/// [`RecvBatch::destination`]: for a socket bound to a wildcard address, whose replies must
+/// name their source ([`send_all_from`]). A no-op where this is not supported (outside
+/// Linux), where replies keep the source the kernel picks.
+pub fn report_destinations(socket: &impl AsRawFd) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let local = borrow_socket(socket.as_raw_fd()).local_addr()?;
+        pktinfo::enable(socket, local.is_ipv6())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        Ok(())
+    }
+}
+
+/// A datagram as the send functions take it: bytes, a destination unless the socket is
+/// connected, and a source if the kernel should not choose it.
+trait ToSend {
+    fn destination(&self) -> Option<SocketAddr>;
+    fn bytes(&self) -> &[u8];
+    fn source(&self) -> Option<IpAddr> {
+        None
+    }
+}
+
+impl ToSend for Outgoing<'_> {
+    fn destination(&self) -> Option<SocketAddr> {
+        Some(self.0)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl ToSend for OutgoingFrom<'_> {
+    fn destination(&self) -> Option<SocketAddr> {
+        Some(self.to)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        self.from
+    }
+}
+
+impl ToSend for &[u8] {
+    fn destination(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Every datagram the kernel takes, skipping those it refuses; see [`send_all`].
+fn send_each<D: ToSend>(fd: RawFd, datagrams: &[D]) -> usize {
     let mut done = 0;
     let mut sent = 0;
     while done < datagrams.len() {
@@ -263,46 +450,6 @@ pub fn send_all(socket: &impl AsRawFd, datagrams: &[Outgoing<'_>]) -> usize {
     sent
 }
 
-/// Sends `datagrams` on `socket` in order, batching where the kernel can, and stops when the
-/// kernel refuses one. Returns how many were sent: fewer than given when the
-/// socket buffer is full (the rest are the caller's to drop or retry). An error (`WouldBlock`
-/// for a full buffer) is returned only when not even the first was sent.
-pub fn send_until_full(socket: &impl AsRawFd, datagrams: &[Outgoing<'_>]) -> io::Result<usize> {
-    send_prefix(socket.as_raw_fd(), datagrams)
-}
-
-/// [`send_until_full`] on a connected socket: every payload goes to the socket's peer.
-pub fn send_connected(socket: &impl AsRawFd, payloads: &[&[u8]]) -> io::Result<usize> {
-    send_prefix(socket.as_raw_fd(), payloads)
-}
-
-/// A datagram as the send functions take it: bytes, and a destination unless the socket is
-/// connected.
-trait ToSend {
-    fn destination(&self) -> Option<SocketAddr>;
-    fn bytes(&self) -> &[u8];
-}
-
-impl ToSend for Outgoing<'_> {
-    fn destination(&self) -> Option<SocketAddr> {
-        Some(self.0)
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.1
-    }
-}
-
-impl ToSend for &[u8] {
-    fn destination(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-}
-
 /// The longest prefix of `datagrams` the kernel takes; see [`send_until_full`].
 fn send_prefix<D: ToSend>(fd: RawFd, datagrams: &[D]) -> io::Result<usize> {
     let mut sent = 0;
@@ -318,55 +465,86 @@ fn send_prefix<D: ToSend>(fd: RawFd, datagrams: &[D]) -> io::Result<usize> {
     Ok(sent)
 }
 
+/// Sends a prefix of `chunk` (at most [`BATCH`], at least one) with one system call.
 #[cfg(target_os = "linux")]
 fn send_chunk<D: ToSend>(fd: RawFd, chunk: &[D]) -> io::Result<usize> {
+    send_chunk_with(fd, chunk, Mmsg::Yes)
+}
+
+/// [`send_chunk`] by `sendmmsg`, or with [`Mmsg::No`] (or a kernel without it) the first
+/// datagram alone by `sendmsg`, from the same header: names, sources and all.
+#[cfg(target_os = "linux")]
+fn send_chunk_with<D: ToSend>(fd: RawFd, chunk: &[D], mmsg: Mmsg) -> io::Result<usize> {
+    debug_assert!((1..=BATCH).contains(&chunk.len()));
     // Only the entries of `chunk` are written and read: no need to fill the rest.
     let mut names: [MaybeUninit<SockAddr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
-    let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
+    let mut controls: [MaybeUninit<Control>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+    let mut iovecs = [EMPTY_IOVEC; BATCH];
     // SAFETY: mmsghdr is plain old data; every pointer is set below before use.
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for (i, datagram) in chunk.iter().enumerate() {
-        let bytes = datagram.bytes();
-        iovecs[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
-        iovecs[i].iov_len = bytes.len();
-        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-        // No name on a connected socket: the kernel sends to its peer on the cached route.
-        if let Some(to) = datagram.destination() {
-            let name = names[i].write(SockAddr::from(to));
-            headers[i].msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
-            headers[i].msg_hdr.msg_namelen = name.len();
-        }
+        headers[i].msg_hdr = send_header(datagram, &mut names[i], &mut controls[i], &mut iovecs[i]);
     }
-    // SAFETY: the headers point at `names`, `iovecs` and the caller's byte slices, all
-    // alive for this call; the kernel only reads them.
-    let sent = unsafe {
-        libc::sendmmsg(
-            fd,
-            headers.as_mut_ptr(),
-            chunk.len() as u32,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if sent < 0 {
+    if mmsg == Mmsg::Yes {
+        // SAFETY: the headers point at `names`, `controls`, `iovecs` and the caller's byte
+        // slices, all alive for this call; the kernel only reads them.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                chunk.len() as u32,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
         let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOSYS) {
-            return send_one(fd, chunk);
+        if error.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(error);
         }
-        return Err(error);
     }
-    Ok(sent as usize)
+    // SAFETY: as for sendmmsg, for the first header alone.
+    let sent = unsafe { libc::sendmsg(fd, &headers[0].msg_hdr, libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(1)
+}
+
+/// The send header for `datagram`, pointing at its bytes (through `iovec`), its destination
+/// (written into `name`) and its source (written into `control`).
+#[cfg(target_os = "linux")]
+fn send_header<D: ToSend>(
+    datagram: &D,
+    name: &mut MaybeUninit<SockAddr>,
+    control: &mut MaybeUninit<Control>,
+    iovec: &mut libc::iovec,
+) -> libc::msghdr {
+    let bytes = datagram.bytes();
+    iovec.iov_base = bytes.as_ptr() as *mut libc::c_void;
+    iovec.iov_len = bytes.len();
+    // SAFETY: msghdr is plain old data; all zeroes is a valid value.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = iovec;
+    header.msg_iovlen = 1;
+    // No name on a connected socket: the kernel sends to its peer on the cached route.
+    if let Some(to) = datagram.destination() {
+        let name = name.write(SockAddr::from(to));
+        header.msg_name = name.as_ptr() as *mut libc::c_void;
+        header.msg_namelen = name.len();
+    }
+    // Control data only where a source is chosen: other sends cost what they always did.
+    if let Some(from) = datagram.source() {
+        let control = control.write(Control::EMPTY);
+        header.msg_controllen = pktinfo::write_source(control, from) as _;
+        header.msg_control = control.as_mut_ptr();
+    }
+    header
 }
 
 #[cfg(not(target_os = "linux"))]
 fn send_chunk<D: ToSend>(fd: RawFd, chunk: &[D]) -> io::Result<usize> {
-    send_one(fd, chunk)
-}
-
-fn send_one<D: ToSend>(fd: RawFd, chunk: &[D]) -> io::Result<usize> {
     let socket = borrow_socket(fd);
     let datagram = &chunk[0];
     match datagram.destination() {
@@ -488,6 +666,90 @@ mod tests {
         let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = receiver.local_addr().unwrap();
         assert_eq!(send_all(&sender, &[(to, &[1u8][..])]), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    /// A socket on `wildcard` (0.0.0.0 or ::) that reports destinations, and a client
+    /// socket on `client_ip`.
+    fn wildcard_pair(wildcard: &str, client_ip: &str) -> (UdpSocket, UdpSocket) {
+        let listener = UdpSocket::bind((wildcard.parse::<IpAddr>().unwrap(), 0)).unwrap();
+        report_destinations(&listener).unwrap();
+        let client = UdpSocket::bind((client_ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        (listener, client)
+    }
+
+    #[cfg(target_os = "linux")]
+    /// Receives one datagram on `socket` (waiting up to 2 s): its source and destination.
+    fn receive_one(batch: &mut RecvBatch, socket: &UdpSocket) -> (SocketAddr, Option<IpAddr>) {
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        socket.peek(&mut [0u8; 1]).unwrap(); // one is queued before the nonblocking receive
+        socket.set_nonblocking(true).unwrap();
+        assert_eq!(batch.recv_at_most(socket, 1).unwrap(), 1);
+        socket.set_nonblocking(false).unwrap();
+        let (source, _) = batch.received(0).unwrap();
+        (source, batch.destination(0))
+    }
+
+    #[cfg(target_os = "linux")] // where destinations are reported
+    #[test]
+    fn a_wildcard_socket_learns_each_destination_and_answers_from_it() {
+        let cases = [
+            (
+                "0.0.0.0",
+                "127.0.0.1",
+                ["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+            ),
+            ("::", "::1", ["::1", "::1", "::1"]),
+        ];
+        for (wildcard, client_ip, destinations) in cases {
+            let (listener, client) = wildcard_pair(wildcard, client_ip);
+            let port = listener.local_addr().unwrap().port();
+            let mut batch = RecvBatch::with_payload(64, 0, 0);
+            for (i, destination) in destinations.into_iter().enumerate() {
+                let destination: IpAddr = destination.parse().unwrap();
+                // The first by recvmmsg and sendmmsg, the second by their one-datagram
+                // fallbacks, the third by recvmsg and the single send: all carry addresses.
+                batch.mmsg = if i == 0 { Mmsg::Yes } else { Mmsg::No };
+                client.send_to(b"ask", (destination, port)).unwrap();
+                let (source, seen) = receive_one(&mut batch, &listener);
+                assert_eq!(source, client.local_addr().unwrap());
+                assert_eq!(seen, Some(destination), "{wildcard} via {destination}");
+                let answer = OutgoingFrom {
+                    from: seen,
+                    to: source,
+                    bytes: b"answer",
+                };
+                match i {
+                    0 | 1 => {
+                        let sent = send_chunk_with(listener.as_raw_fd(), &[answer], batch.mmsg);
+                        assert_eq!(sent.unwrap(), 1);
+                    }
+                    _ => send_one_from(&listener, answer).unwrap(),
+                }
+                let mut buf = [0u8; 16];
+                let (len, from) = client.recv_from(&mut buf).unwrap();
+                assert_eq!(
+                    (&buf[..len], from),
+                    (&b"answer"[..], SocketAddr::new(destination, port))
+                );
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")] // where destinations are reported
+    #[test]
+    fn a_socket_not_asked_reports_no_destination() {
+        let listener = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        client.send_to(b"ask", ("127.0.0.2", port)).unwrap();
+        let mut batch = RecvBatch::with_payload(64, 0, 0);
+        assert_eq!(receive_one(&mut batch, &listener).1, None);
     }
 
     #[test]

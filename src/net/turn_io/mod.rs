@@ -3,6 +3,8 @@
 //! batched system calls underneath.
 
 pub mod batch;
+#[cfg(target_os = "linux")]
+mod pktinfo;
 mod sockets;
 pub(crate) mod stream;
 pub(crate) mod stream_shard;

@@ -1,15 +1,20 @@
 //! A UDP worker's socket set: its listener sockets and the relay sockets of its
 //! allocations, registered with the worker's poll. It is the worker's [`Io`]: the core's
-//! responses leave through the listener the request came to, and relay binds and releases
-//! open and close sockets here.
+//! responses leave through the listener the request came to, from the address it came to,
+//! and relay binds and releases open and close sockets here.
+//!
+//! A listener on a wildcard address serves every address of the host: the server side of
+//! its clients' 5-tuples is the address each client sent to (as the kernel reports it), and
+//! everything sent to such a client names that address as its source.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use mio::net::UdpSocket;
 use mio::{Interest, Poll, Token};
 
+use super::batch::{self, OutgoingFrom};
 use super::udp::bind_udp;
 use crate::turn::{FiveTuple, Io, PeerAddr, RelayAddr, RelayBind};
 
@@ -37,6 +42,49 @@ pub(super) struct Sockets {
 pub(super) struct Listener {
     pub socket: UdpSocket,
     pub local: SocketAddr,
+}
+
+impl Listener {
+    /// The server side of the 5-tuple of a datagram that came to `destination` (as
+    /// [`batch::RecvBatch::destination`] reports it): on a wildcard listener the address the
+    /// client sent to, else (or if the kernel did not say) the listener's own.
+    pub fn server_address(&self, destination: Option<IpAddr>) -> SocketAddr {
+        match destination {
+            Some(ip) if self.is_wildcard() && ip.is_ipv4() == self.local.is_ipv4() => {
+                SocketAddr::new(ip, self.local.port())
+            }
+            _ => self.local,
+        }
+    }
+
+    /// Whether datagrams to `server` arrive here: its own address, or on a wildcard
+    /// listener any address of its family on its port.
+    fn serves(&self, server: SocketAddr) -> bool {
+        self.local == server
+            || (self.is_wildcard()
+                && self.local.port() == server.port()
+                && self.local.is_ipv4() == server.is_ipv4())
+    }
+
+    /// The source address for what is sent to a client whose 5-tuple's server side is
+    /// `server`: named only on a wildcard listener, where the kernel would otherwise pick
+    /// one by route; a listener on one address always sends from it.
+    fn source_for(&self, server: SocketAddr) -> Option<IpAddr> {
+        (self.is_wildcard() && !server.ip().is_unspecified()).then_some(server.ip())
+    }
+
+    fn is_wildcard(&self) -> bool {
+        self.local.ip().is_unspecified()
+    }
+}
+
+/// How to reach a client: through which listener, and from which source address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Route {
+    /// Index of the listener, as in [`Sockets::listeners`].
+    pub listener: usize,
+    /// The source to name, if the kernel should not choose it (see [`OutgoingFrom::from`]).
+    pub from: Option<IpAddr>,
 }
 
 struct Relay {
@@ -91,9 +139,18 @@ impl Sockets {
         self.listeners.get(index)
     }
 
-    /// The listener bound to `local`, by index.
-    pub fn listener_at(&self, local: SocketAddr) -> Option<usize> {
-        self.listeners.iter().position(|l| l.local == local)
+    /// How to reach a client whose 5-tuple's server side is `server`: the listener bound to
+    /// that address if there is one, else the wildcard listener that received for it.
+    pub fn route_to(&self, server: SocketAddr) -> Option<Route> {
+        let listener = self
+            .listeners
+            .iter()
+            .position(|l| l.local == server)
+            .or_else(|| self.listeners.iter().position(|l| l.serves(server)))?;
+        Some(Route {
+            listener,
+            from: self.listeners[listener].source_for(server),
+        })
     }
 
     pub fn relay(&self, relay: SocketAddr) -> Option<&UdpSocket> {
@@ -142,8 +199,14 @@ impl Sockets {
 impl Io for Sockets {
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
         debug_assert!(!to.transport.is_stream(), "a UDP shard answers UDP clients");
-        if let Some(listener) = self.listeners.iter().find(|l| l.local == to.server) {
-            let _ = listener.socket.send_to(&bytes, to.client);
+        if let Some(route) = self.route_to(to.server) {
+            let response = OutgoingFrom {
+                from: route.from,
+                to: to.client,
+                bytes: &bytes,
+            };
+            // A refused send is lost like any datagram; the client retransmits.
+            let _ = batch::send_one_from(&self.listeners[route.listener].socket, response);
         }
     }
 

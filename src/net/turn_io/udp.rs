@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::batch;
+
 /// Binds every `listen` address once per worker with `SO_REUSEPORT`, so the kernel spreads
 /// clients across workers by 5-tuple. Port 0 is resolved by the first socket and reused by
 /// the rest. Returns the sockets per worker and the bound addresses.
 ///
 /// An unspecified IPv6 address is bound IPv6-only so it can sit beside 0.0.0.0 on the same
 /// port; if the host has no IPv6 at all, that listener is skipped with a warning rather than
-/// failing startup.
+/// failing startup. Sockets on an unspecified address report each datagram's destination, so
+/// the worker answers from the address the client sent to.
 pub(crate) fn bind_listener_sets(
     listen: &[SocketAddr],
     workers: usize,
@@ -19,7 +22,7 @@ pub(crate) fn bind_listener_sets(
     let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in listen {
-        let first = match bind_udp(addr, true) {
+        let first = match bind_listener(addr) {
             Ok(socket) => socket,
             Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() && listen.len() > 1 => {
                 tracing::warn!(%addr, %error, "no IPv6 on this host; skipping this listener");
@@ -32,17 +35,26 @@ pub(crate) fn bind_listener_sets(
             }
         };
         let actual = first.local_addr()?;
-        enlarge_buffers(&first);
         bound.push(actual);
         per_worker[0].push(first);
         for sockets in per_worker.iter_mut().skip(1) {
-            let socket = bind_udp(actual, true)
+            let socket = bind_listener(actual)
                 .with_context(|| format!("cannot add a worker socket on UDP {actual}"))?;
-            enlarge_buffers(&socket);
             sockets.push(socket);
         }
     }
     Ok((per_worker, bound))
+}
+
+/// One worker's listener socket on `addr`: shared by port, deep buffers, and on a wildcard
+/// address told to report where each datagram was sent.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = bind_udp(addr, true)?;
+    enlarge_buffers(&socket);
+    if addr.ip().is_unspecified() {
+        batch::report_destinations(&socket)?;
+    }
+    Ok(socket)
 }
 
 /// A nonblocking UDP socket on `addr` (IPv6-only for IPv6 addresses).

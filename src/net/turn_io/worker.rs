@@ -9,7 +9,7 @@
 //! `sendmmsg` per listener, and nothing on the relay path allocates.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 
-use super::batch::{self, RecvBatch, BATCH};
+use super::batch::{self, OutgoingFrom, RecvBatch, BATCH};
 use super::sockets::{Ready, Sockets};
 use super::{Control, IoDrops, PublishedFigures};
 use crate::turn::{self, FiveTuple, PeerAddr, RelayAddr, Transport, PEER_HEADROOM, PEER_TAILROOM};
@@ -129,6 +129,8 @@ struct Worker {
 #[derive(Clone, Copy)]
 struct ToClient {
     listener: usize,
+    /// The source address to name, for a client of a wildcard listener.
+    from: Option<IpAddr>,
     client: SocketAddr,
     slot: usize,
     range: (usize, usize),
@@ -217,17 +219,17 @@ impl Worker {
                     continue;
                 }
             };
-            let local = listener.local;
             let now = Instant::now();
             let headroom = self.recv.headroom();
             for i in 0..received {
+                let destination = self.recv.destination(i);
                 let Some((client, slot, len)) = self.recv.datagram(i) else {
                     continue;
                 };
                 let from = FiveTuple {
                     transport: Transport::Udp,
                     client,
-                    server: local,
+                    server: listener.server_address(destination),
                 };
                 let packet = &slot[headroom..headroom + len];
                 if let Some(to_peer) = self.server.handle_client_packet(now, from, packet) {
@@ -282,9 +284,10 @@ impl Worker {
                     len,
                 );
                 *entry = framed.and_then(|(client, range)| {
-                    let listener = self.sockets.listener_at(client.server)?;
+                    let route = self.sockets.route_to(client.server)?;
                     Some(ToClient {
-                        listener,
+                        listener: route.listener,
+                        from: route.from,
                         client: client.client,
                         slot: i,
                         range: (range.start, range.end),
@@ -302,18 +305,27 @@ impl Worker {
     /// One `sendmmsg` per listener for everything framed from the last receive batch.
     fn send_to_clients(&mut self, framed: &[Option<ToClient>]) {
         for (index, listener) in self.sockets.listeners().iter().enumerate() {
-            let mut outgoing: [batch::Outgoing<'_>; BATCH] = [(listener.local, &[][..]); BATCH];
+            let unused = OutgoingFrom {
+                from: None,
+                to: listener.local,
+                bytes: &[],
+            };
+            let mut outgoing = [unused; BATCH];
             let mut count = 0;
             for entry in framed.iter().flatten().filter(|e| e.listener == index) {
                 let (start, end) = entry.range;
                 let Some(bytes) = self.recv.slot(entry.slot).get(start..end) else {
                     continue;
                 };
-                outgoing[count] = (entry.client, bytes);
+                outgoing[count] = OutgoingFrom {
+                    from: entry.from,
+                    to: entry.client,
+                    bytes,
+                };
                 count += 1;
             }
             if count > 0 {
-                let sent = batch::send_all(&listener.socket, &outgoing[..count]);
+                let sent = batch::send_all_from(&listener.socket, &outgoing[..count]);
                 self.drops.send_failed += (count - sent) as u64;
             }
         }

@@ -1,0 +1,298 @@
+//! Replies from the address the request came to. A wildcard UDP listener (`0.0.0.0`, `[::]`)
+//! serves every address of the host, and loopback is a host with many: all of 127.0.0.0/8.
+//! Clients here talk to 127.0.0.2 and 127.0.0.3 through sockets `connect()`ed to that one
+//! address, so the kernel drops anything that comes back from another (127.0.0.1, which the
+//! route would pick): a server that answers from the wrong address fails these tests with a
+//! timeout, and the unconnected checks name the address the answer came from.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use rendez::stun::{
+    decode_xor_address, long_term_key, AttrType, ChannelData, Class, Message, Method, TransactionId,
+};
+use tokio::net::UdpSocket;
+
+mod common;
+use common::*;
+
+/// Two clients at once, each on its own address of the host, run whole sessions through one
+/// wildcard listener: every response, Data indication and ChannelData comes back from the
+/// address it went to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_listener_answers_from_each_address_it_was_reached_at() {
+    let server = start_wildcard(r#"listen = ["0.0.0.0:0"]"#).await;
+    let port = server.udp_addrs()[0].port();
+    tokio::join!(
+        relay_session(LOOPBACK_V4, at("127.0.0.2", port)),
+        relay_session(LOOPBACK_V4, at("127.0.0.3", port)),
+    );
+    server.shutdown().await;
+}
+
+/// The same on an IPv6 wildcard beside an IPv4 one (two wildcard listeners, one per family,
+/// each on its own port): loopback has only ::1, so this checks the IPv6 control messages
+/// both ways, not a choice between addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_ipv4_wildcards_answer_side_by_side() {
+    let server = start_wildcard(r#"listen = ["0.0.0.0:0", "[::]:0"]"#).await;
+    let (v4, v6) = (server.udp_addrs()[0], server.udp_addrs()[1]);
+    assert!(v4.is_ipv4() && v6.is_ipv6(), "{:?}", server.udp_addrs());
+    tokio::join!(
+        relay_session(LOOPBACK_V4, at("127.0.0.2", v4.port())),
+        relay_session(LOOPBACK_V6, at("::1", v6.port())),
+    );
+    server.shutdown().await;
+}
+
+/// One client socket sending to two addresses of the host makes two 5-tuples, so two
+/// allocations (RFC 8656 §2), each answered from its own address. On one worker, so both
+/// tuples meet the same shard: were they keyed by the listener's `0.0.0.0`, the second
+/// Allocate would be refused as a mismatch (437).
+#[tokio::test]
+async fn each_address_reached_is_its_own_5_tuple() {
+    let server = start_wildcard("listen = [\"0.0.0.0:0\"]\nworkers = 1").await;
+    let port = server.udp_addrs()[0].port();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let first = allocate_via(&socket, at("127.0.0.2", port), 1).await;
+    let second = allocate_via(&socket, at("127.0.0.3", port), 3).await;
+    assert_ne!(first, second, "two allocations get two relayed addresses");
+    server.shutdown().await;
+}
+
+/// A Binding to each address from one unconnected socket: the answer's source is the
+/// address asked, whatever the route would prefer.
+#[tokio::test]
+async fn a_binding_answer_names_the_address_asked() {
+    let server = start_wildcard("listen = [\"0.0.0.0:0\"]").await;
+    let port = server.udp_addrs()[0].port();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (tid, ip) in [(1, "127.0.0.2"), (2, "127.0.0.3"), (3, "127.0.0.1")] {
+        let response = call_via(&socket, at(ip, port), &binding(tid)).await;
+        assert_eq!(
+            mapped_address(&response),
+            socket.local_addr().unwrap(),
+            "{ip}"
+        );
+    }
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- IPv6, several addresses
+
+/// Loopback has one IPv6 address, so the IPv6 choice between addresses is tested in a
+/// network namespace of this test's own thread, with two more addresses on its `lo`: an
+/// `[::]` listener, and two clients on ::1 each connected to one of them. Skipped (with a note)
+/// unless the test runs as root with `ip` at hand, as the browser tests are.
+#[test]
+fn ipv6_wildcard_answers_from_each_of_two_addresses_in_a_namespace() {
+    let test = std::thread::spawn(|| {
+        if let Err(why) = enter_new_network_namespace() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        for address in NAMESPACE_V6 {
+            ip(&[
+                "addr",
+                "add",
+                &format!("{address}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        }
+        // Everything below runs on this thread, or on threads it starts, which inherit the
+        // namespace: the server's sockets, workers and relay sockets, and the clients.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = start_wildcard(r#"listen = ["[::]:0"]"#).await;
+            let port = server.udp_addrs()[0].port();
+            // From ::1, where the route would answer from: only the right source gets through.
+            tokio::join!(
+                relay_session(LOOPBACK_V6, at(NAMESPACE_V6[0], port)),
+                relay_session(LOOPBACK_V6, at(NAMESPACE_V6[1], port)),
+            );
+            server.shutdown().await;
+        });
+    });
+    if let Err(panic) = test.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Addresses the namespace's `lo` gets beside ::1 (documentation prefix; the namespace has
+/// no other link, so nothing can leave it).
+const NAMESPACE_V6: [&str; 2] = ["2001:db8::2", "2001:db8::3"];
+
+/// Moves the calling thread (alone) into a new network namespace with `lo` up; an error
+/// says why that cannot be done here.
+fn enter_new_network_namespace() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("a network namespace needs root".into());
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Err("no `ip` command (iproute2)".into());
+    }
+    // SAFETY: unshare with CLONE_NEWNET changes only this thread's network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    ip(&["link", "set", "lo", "up"]);
+    Ok(())
+}
+
+/// Runs `ip ARGS` in this thread's namespace (a child inherits the forking thread's), bounded
+/// in time; panics naming the command if it fails.
+fn ip(args: &[&str]) {
+    let mut child = std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`ip {}` did not finish within {WAIT:?}", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "`ip {}` failed: {status}", args.join(" "));
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A server with the given `listen` line (and other top-level keys), relaying on 127.0.0.1
+/// to peers on loopback.
+async fn start_wildcard(top: &str) -> rendez::Handle {
+    start_with(&format!(
+        "{top}\nrelay-ip = \"127.0.0.1\"\n[peers]\nallow = [\"127.0.0.0/8\"]\n"
+    ))
+    .await
+}
+
+fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+const LOOPBACK_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LOOPBACK_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// A whole session from a socket on `local` connected to `server`: Binding, Allocate (both
+/// tell the client its own address), CreatePermission, Send → peer, peer → Data indication,
+/// ChannelBind, ChannelData both ways, with a peer on 127.0.0.1.
+async fn relay_session(local: IpAddr, server: SocketAddr) {
+    let mut conn = Conn::udp_connected(local, server).await;
+    let Conn::Udp { socket, .. } = &conn else {
+        unreachable!("a UDP connection");
+    };
+    let me = socket.local_addr().unwrap();
+    assert_eq!(mapped_address(&conn.call(&binding(0x42)).await), me);
+
+    let mut client = TurnClient::new(conn, "alice", "wonderland");
+    let allocated = client.request(Method::ALLOCATE, &[udp_transport()]).await;
+    assert_eq!(class_of(&allocated), Class::Success, "{server}");
+    assert_eq!(mapped_address(&allocated), me);
+    let relayed = xor_address(&allocated, AttrType::XOR_RELAYED_ADDRESS);
+
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let permitted = client
+        .request(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)])
+        .await;
+    assert_eq!(class_of(&permitted), Class::Success);
+    client
+        .conn
+        .send(&send_indication(peer_addr, b"via indication"))
+        .await;
+    assert_eq!(
+        recv_from(&peer).await,
+        (b"via indication".to_vec(), relayed)
+    );
+    peer.send_to(b"answer", relayed).await.unwrap();
+    let data = client.conn.recv().await;
+    let data = Message::parse(&data).expect("a Data indication");
+    assert_eq!(data.method(), Method::DATA);
+    assert_eq!(data.attribute(AttrType::DATA), Some(&b"answer"[..]));
+
+    let bound = client
+        .request(
+            Method::CHANNEL_BIND,
+            &[channel(0x4000), xor_peer(peer_addr)],
+        )
+        .await;
+    assert_eq!(class_of(&bound), Class::Success);
+    let mut frame = ChannelData::header(0x4000, 5).to_vec();
+    frame.extend_from_slice(b"hello");
+    client.conn.send(&frame).await;
+    assert_eq!(recv_from(&peer).await, (b"hello".to_vec(), relayed));
+    peer.send_to(b"world", relayed).await.unwrap();
+    assert_eq!(
+        client.conn.recv().await,
+        [0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd']
+    );
+}
+
+/// Sends `request` from `socket` to `to` and returns the answer, which must come from `to`.
+async fn call_via(socket: &UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
+    socket.send_to(request, to).await.unwrap();
+    let (response, from) = recv_from(socket).await;
+    assert_eq!(from, to, "the answer must come from the address asked");
+    response
+}
+
+/// Allocates as alice from `socket` through `server` (challenge first; transaction ids
+/// `tid` and `tid + 1`): the relayed address.
+async fn allocate_via(socket: &UdpSocket, server: SocketAddr, tid: u8) -> SocketAddr {
+    let challenge = request_bytes(
+        Method::ALLOCATE,
+        &[udp_transport()],
+        None,
+        TransactionId([tid; 12]),
+    );
+    let challenge = call_via(socket, server, &challenge).await;
+    assert_eq!(error_of(&challenge), Some(401));
+    let nonce = Message::parse(&challenge)
+        .unwrap()
+        .attribute(AttrType::NONCE)
+        .unwrap()
+        .to_vec();
+    let key = long_term_key("alice", "rendez.test", "wonderland");
+    let request = request_bytes(
+        Method::ALLOCATE,
+        &[udp_transport()],
+        Some(("alice", &nonce, &key)),
+        TransactionId([tid + 1; 12]),
+    );
+    let allocated = call_via(socket, server, &request).await;
+    assert_eq!(
+        class_of(&allocated),
+        Class::Success,
+        "Allocate via {server}: error {:?}",
+        error_of(&allocated)
+    );
+    assert_eq!(mapped_address(&allocated), socket.local_addr().unwrap());
+    xor_address(&allocated, AttrType::XOR_RELAYED_ADDRESS)
+}
+
+/// The XOR-MAPPED-ADDRESS of a success response.
+fn mapped_address(response: &[u8]) -> SocketAddr {
+    xor_address(response, AttrType::XOR_MAPPED_ADDRESS)
+}
+
+fn xor_address(response: &[u8], kind: AttrType) -> SocketAddr {
+    let m = Message::parse(response).expect("the response parses");
+    let value = m
+        .attribute(kind)
+        .unwrap_or_else(|| panic!("{kind:?} in the response"));
+    decode_xor_address(value, &m.transaction_id()).expect("a valid address")
+}
