@@ -8,7 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rendez::stun::{
-    decode_xor_address, long_term_key, AttrType, ChannelData, Class, Message, Method, TransactionId,
+    decode_xor_address, long_term_key, AttrType, ChannelData, Class, IntegrityAlgorithm, Message,
+    MessageBuilder, Method, TransactionId,
 };
 use tokio::net::UdpSocket;
 
@@ -175,7 +176,7 @@ fn ip(args: &[&str]) {
 /// to peers on loopback.
 async fn start_wildcard(top: &str) -> rendez::Handle {
     start_with(&format!(
-        "{top}\nrelay-ip = \"127.0.0.1\"\n[peers]\nallow = [\"127.0.0.0/8\"]\n"
+        "{top}\nrelay-ip = \"127.0.0.1\"\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n"
     ))
     .await
 }
@@ -256,7 +257,6 @@ async fn allocate_via(socket: &UdpSocket, server: SocketAddr, tid: u8) -> Socket
     let challenge = request_bytes(
         Method::ALLOCATE,
         &[udp_transport()],
-        None,
         TransactionId([tid; 12]),
     );
     let challenge = call_via(socket, server, &challenge).await;
@@ -267,12 +267,18 @@ async fn allocate_via(socket: &UdpSocket, server: SocketAddr, tid: u8) -> Socket
         .unwrap()
         .to_vec();
     let key = long_term_key("alice", "rendez.test", "wonderland");
-    let request = request_bytes(
+    let mut b = MessageBuilder::new(
+        Class::Request,
         Method::ALLOCATE,
-        &[udp_transport()],
-        Some(("alice", &nonce, &key)),
         TransactionId([tid + 1; 12]),
     );
+    b.add(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .add(AttrType::USERNAME, b"alice")
+        .add(AttrType::REALM, b"rendez.test")
+        .add(AttrType::NONCE, &nonce)
+        .add_integrity(IntegrityAlgorithm::Sha1, &key)
+        .add_fingerprint();
+    let request = b.finish();
     let allocated = call_via(socket, server, &request).await;
     assert_eq!(
         class_of(&allocated),
