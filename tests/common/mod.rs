@@ -19,6 +19,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 pub mod process;
 pub mod tls;
+pub mod tools;
 
 pub const WAIT: Duration = Duration::from_secs(3);
 
