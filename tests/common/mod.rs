@@ -17,6 +17,7 @@ use rendez::stun::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod channel_loop;
 pub mod process;
 pub mod tls;
 pub mod tools;
@@ -176,7 +177,10 @@ pub struct TurnClient {
     key: LongTermKey,
     nonce: Vec<u8>,
     rfc8489: Option<Rfc8489>,
-    next_tid: u8,
+    /// Unique among the clients of this test process, so that a new client on a recycled
+    /// port is not taken for a retransmission of an old one's request.
+    client_id: u32,
+    next_tid: u64,
 }
 
 /// How an RFC 8489 client signs: PASSWORD-ALGORITHM SHA-256 with the offer echoed,
@@ -204,6 +208,10 @@ impl TurnClient {
             key: LongTermKey::derive(PasswordAlgorithm::Md5, username, "rendez.test", password),
             nonce: Vec::new(),
             rfc8489: None,
+            client_id: {
+                static NEXT_CLIENT: AtomicU32 = AtomicU32::new(0);
+                NEXT_CLIENT.fetch_add(1, Ordering::Relaxed)
+            },
             next_tid: 0,
         }
     }
@@ -330,7 +338,10 @@ impl TurnClient {
 
     pub fn tid(&mut self) -> TransactionId {
         self.next_tid += 1;
-        TransactionId([self.next_tid; 12])
+        let mut tid = [0u8; 12];
+        tid[..4].copy_from_slice(&self.client_id.to_be_bytes());
+        tid[4..].copy_from_slice(&self.next_tid.to_be_bytes());
+        TransactionId(tid)
     }
 }
 

@@ -88,6 +88,50 @@ impl ServerProcess {
         udp.trim_matches(['[', ']']).parse().ok()
     }
 
+    /// Waits (blocking, up to 10 s) until it logs that it serves (needs `log-format =
+    /// "json"`): its first UDP listener. Panics with its log if it exits or stays silent.
+    pub fn wait_until_serving(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(udp) = self.logged_udp_addr() {
+                return udp;
+            }
+            if let Some(status) = self.try_wait() {
+                panic!("rendez exited ({status}) before serving:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("rendez did not start serving within 10 s:\n{}", self.log())
+    }
+
+    /// The metrics listener it logged when it started serving (JSON log, `[metrics] listen`).
+    pub fn logged_metrics_addr(&self) -> Option<SocketAddr> {
+        let serving = self
+            .json_log()
+            .into_iter()
+            .find(|line| message_of(line) == "rendez serving STUN/TURN")?;
+        let metrics = serving["fields"]["metrics"].as_str()?;
+        metrics
+            .strip_prefix("Some(")?
+            .strip_suffix(')')?
+            .parse()
+            .ok()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// How many file descriptors it has open.
+    pub fn open_fds(&self) -> usize {
+        open_fds(self.pid())
+    }
+
     /// Its exit status, if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
@@ -111,6 +155,50 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The resident memory (VmRSS) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("it runs");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("it runs")
+        .count()
+}
+
+/// The sum of every sample of the metric family `name` in a Prometheus text scrape.
+pub fn metric_sum(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// GET /metrics from `addr` (blocking): the body.
+pub fn scrape_metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics listener");
+    stream.set_read_timeout(Some(super::WAIT)).unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("metrics response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 /// The message of a JSON log line.
