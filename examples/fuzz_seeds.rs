@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use rendez::stun::{
     classify, AttrType, ChannelData, Class, Framing, IntegrityAlgorithm, Message, MessageBuilder,
-    Method, TransactionId,
+    Method, PasswordAlgorithm, TransactionId,
 };
+use rendez::turn::OFFERED_PASSWORD_ALGORITHMS;
 use tokio::net::UdpSocket;
 use tokio::time::{sleep, timeout};
 use turn::client::{Client, ClientConfig};
@@ -69,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let server = rendez::start(rendez::Config::from_toml(&format!(
         "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrealm = \"{REALM}\"\n\
          [auth]\nsecrets = [\"{SECRET}\"]\n[[auth.users]]\nname = \"{USER}\"\n\
-         password = \"{PASSWORD}\"\n[peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n"
+         password = \"{PASSWORD}\"\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n[signal]\nenabled = false\n"
     ))?)
     .await?;
     let address = server.udp_addrs()[0];
@@ -261,6 +262,21 @@ impl Seeds {
                 ],
             ),
             (
+                // RFC 8489: SHA-256 key, anonymous by USERHASH, the offer echoed.
+                "own-client-rfc8489-userhash-sha256",
+                vec![
+                    (Kind::Client, unauthenticated_allocate()),
+                    (
+                        Kind::SignedClient,
+                        rfc8489_request(Method::ALLOCATE, &[transport.clone()]),
+                    ),
+                    (
+                        Kind::SignedClient,
+                        rfc8489_request(Method::REFRESH, &[(AttrType::LIFETIME, vec![0, 0, 0, 0])]),
+                    ),
+                ],
+            ),
+            (
                 "own-client-even-port",
                 vec![
                     (Kind::Client, unauthenticated_allocate()),
@@ -317,7 +333,7 @@ impl Seeds {
             "tests",
             "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\nrealm = \"rendez.test\"\n\
              relay-ports = \"11000-11999\"\n[auth]\n[[auth.users]]\nname = \"alice\"\n\
-             password = \"wonderland\"\n[peers]\nallow = [\"127.0.0.0/8\"]\n[signal]\nenabled = false\n"
+             password = \"wonderland\"\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n[signal]\nenabled = false\n"
                 .into(),
         );
         self.add("config", "minimal", "realm = \"example.com\"\n".into());
@@ -459,6 +475,27 @@ fn request(
             .add(AttrType::NONCE, b"nonce")
             .add_integrity(algorithm, &[0; 16]);
     }
+    builder.add_fingerprint();
+    builder.finish()
+}
+
+/// A request as an RFC 8489 client signs it: USERHASH, PASSWORD-ALGORITHM SHA-256 and the
+/// server's offer echoed, MESSAGE-INTEGRITY-SHA256 (placeholders; the target re-signs it).
+fn rfc8489_request(method: Method, attributes: &[(AttrType, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = MessageBuilder::new(Class::Request, method, next_transaction());
+    for (kind, value) in attributes {
+        builder.add(*kind, value);
+    }
+    builder
+        .add(AttrType::USERHASH, &[0; 32])
+        .add(AttrType::REALM, REALM.as_bytes())
+        .add(AttrType::NONCE, b"nonce")
+        .add_password_algorithm(PasswordAlgorithm::Sha256)
+        .add(
+            AttrType::PASSWORD_ALGORITHMS,
+            &PasswordAlgorithm::encode_list(&OFFERED_PASSWORD_ALGORITHMS),
+        )
+        .add_integrity(IntegrityAlgorithm::Sha256, &[0; 32]);
     builder.add_fingerprint();
     builder.finish()
 }

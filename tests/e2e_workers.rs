@@ -17,7 +17,7 @@ const CLIENTS: usize = 24;
 
 #[tokio::test]
 async fn allocations_spread_over_workers_get_distinct_ports_and_relay_both_ways() {
-    let server = start_workers().await;
+    let server = start_workers(PortSlice::First).await;
     assert_eq!(server.workers(), WORKERS);
     let peer = echo_peer().await;
     let mut clients = Vec::new();
@@ -73,9 +73,11 @@ async fn allocations_spread_over_workers_get_distinct_ports_and_relay_both_ways(
 
 #[tokio::test]
 async fn allocations_on_every_worker_expire_and_free_their_ports() {
-    let server =
-        start_workers_with("allocation-lifetime = \"1s\"\nmax-allocation-lifetime = \"1s\"\n")
-            .await;
+    let server = start_workers_with(
+        PortSlice::Second,
+        "allocation-lifetime = \"1s\"\nmax-allocation-lifetime = \"1s\"\n",
+    )
+    .await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let mut client = TurnClient::alice_udp(&server).await;
@@ -100,7 +102,7 @@ async fn allocations_on_every_worker_expire_and_free_their_ports() {
 
 #[tokio::test]
 async fn bursts_cross_the_batched_path_intact_in_both_directions() {
-    let server = start_workers().await;
+    let server = start_workers(PortSlice::Third).await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let mut client = TurnClient::alice_udp(&server).await;
@@ -150,18 +152,29 @@ async fn bursts_cross_the_batched_path_intact_in_both_directions() {
 
 // ================================================================ helpers
 
-async fn start_workers() -> rendez::Handle {
-    start_workers_with("").await
+/// The tests of this file run at once, each with a server that needs nearly all of its 120
+/// relay ports: each gets its own range, or one would take the other's ports and answer 508.
+#[derive(Clone, Copy)]
+enum PortSlice {
+    First,
+    Second,
+    Third,
+}
+
+async fn start_workers(ports: PortSlice) -> rendez::Handle {
+    start_workers_with(ports, "").await
 }
 
 /// `extra` holds top-level keys.
-async fn start_workers_with(extra: &str) -> rendez::Handle {
+async fn start_workers_with(ports: PortSlice, extra: &str) -> rendez::Handle {
+    let first = 13000 + 120 * ports as u16;
+    let last = first + 119;
     // 3 workers + the TCP/TLS shard share 120 ports: 30 each, a few more than CLIENTS / 3.
     // Every client is challenged once, all from 127.0.0.1 within a second, and this client
     // does not retransmit: `unauthorized-per-ip` must let every challenge through.
     let text = format!(
         "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
-         workers = {WORKERS}\nrelay-ports = \"13000-13119\"\n{extra}\
+         workers = {WORKERS}\nrelay-ports = \"{first}-{last}\"\n{extra}\
          [auth]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
          [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n[signal]\nenabled = false\n\
          [limits]\nallocations-per-user = {CLIENTS}\nunauthorized-per-ip = {CLIENTS}\n"

@@ -17,7 +17,7 @@
 //! | 7 | only the wait |
 //!
 //! Re-signing is what lets the fuzzer past authentication: a mutated request keeps a valid
-//! MESSAGE-INTEGRITY, so the allocation, permission and channel code is reached with
+//! MESSAGE-INTEGRITY (or -SHA256, with an MD5 or SHA-256 key, by USERNAME or USERHASH), so the allocation, permission and channel code is reached with
 //! arbitrary attributes, not only the challenge. Peer 0 is the peer a client named last, so
 //! peer traffic can meet a permission. `fuzz/seeds/turn_core` holds conversations of real
 //! clients in this format (written by `cargo run --example fuzz_seeds`).
@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use rendez::random::Rng;
 use rendez::stun::{
-    long_term_key, AttrType, ChannelData, Class, IntegrityAlgorithm, Message, MessageBuilder,
-    Method, HEADER_LEN,
+    userhash, AttrType, ChannelData, Class, IntegrityAlgorithm, LongTermKey, Message,
+    MessageBuilder, Method, PasswordAlgorithm, HEADER_LEN,
 };
 use rendez::turn::{
     ChallengeLimiter, FiveTuple, PeerAddr, PeerPolicy, QuotaLimits, Quotas, RelayAddr,
-    RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret, PEER_HEADROOM,
-    PEER_TAILROOM,
+    RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
+    OFFERED_PASSWORD_ALGORITHMS, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 #[path = "../../tests/harness/mod.rs"]
@@ -319,17 +319,28 @@ impl Run {
     }
 
     /// `bytes` rebuilt as a request the server can authenticate, when they parse as STUN
-    /// and name a user: the realm and the client's latest nonce replace theirs, and
+    /// and name a user (USERNAME, or USERHASH, which only the static user can use): the
+    /// realm and the client's latest nonce replace theirs, a USERHASH is made the user's,
+    /// PASSWORD-ALGORITHMS (when present) becomes the server's offer, the key is derived
+    /// with the PASSWORD-ALGORITHM the request names (MD5 without one), and
     /// MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT are computed anew (the same kinds as
     /// before; MESSAGE-INTEGRITY when there was none). Every other attribute stays, in order.
     fn sign(&self, client: FiveTuple, bytes: &[u8]) -> Option<Vec<u8>> {
         let message = Message::parse(bytes).ok()?;
-        let username = std::str::from_utf8(message.attribute(AttrType::USERNAME)?).ok()?;
+        let username = match message.attribute(AttrType::USERNAME) {
+            Some(name) => std::str::from_utf8(name).ok()?,
+            None if message.attribute(AttrType::USERHASH).is_some() => USER,
+            None => return None,
+        };
         let password = match username {
             USER => PASSWORD.to_owned(),
             rest => rendez::turn::rest_password(&self.rest_key, rest),
         };
-        let key = long_term_key(username, REALM, &password);
+        let password_algorithm = message
+            .attribute(AttrType::PASSWORD_ALGORITHM)
+            .and_then(|value| PasswordAlgorithm::decode(value).ok())
+            .unwrap_or(PasswordAlgorithm::Md5);
+        let key = LongTermKey::derive(password_algorithm, username, REALM, &password);
         let mut builder =
             MessageBuilder::new(message.class(), message.method(), message.transaction_id());
         let mut algorithm = IntegrityAlgorithm::Sha1;
@@ -344,12 +355,21 @@ impl Run {
                     let nonce = self.nonces.get(&client).map_or(value, Vec::as_slice);
                     builder.add(kind, nonce);
                 }
+                AttrType::USERHASH => {
+                    builder.add(kind, &userhash(USER, REALM));
+                }
+                AttrType::PASSWORD_ALGORITHMS => {
+                    builder.add(
+                        kind,
+                        &PasswordAlgorithm::encode_list(&OFFERED_PASSWORD_ALGORITHMS),
+                    );
+                }
                 _ => {
                     builder.add(kind, value);
                 }
             }
         }
-        builder.add_integrity(algorithm, &key);
+        builder.add_integrity(algorithm, key.as_bytes());
         if message.has_fingerprint() {
             builder.add_fingerprint();
         }
