@@ -425,7 +425,7 @@ proptest! {
 
     #[test]
     fn channel_data_parser_checks_its_bounds(
-        channel in prop_oneof![0x4000u16..=0x4FFF, any::<u16>()],
+        channel in prop_oneof![0x4000u16..=0x7FFF, any::<u16>()],
         declared in prop_oneof![0u16..80, any::<u16>()],
         payload in vec(any::<u8>(), 0..80),
     ) {
@@ -435,6 +435,11 @@ proptest! {
         let fits = usize::from(declared) <= payload.len();
         let parsed = ChannelData::parse(&bytes);
         prop_assert_eq!(parsed.is_some(), fits && CHANNEL_NUMBERS.contains(&channel));
+        // Every number whose top bits say ChannelData parses: RFC 5766's whole range.
+        prop_assert_eq!(
+            CHANNEL_NUMBERS.contains(&channel),
+            channel >> 14 == 0b01
+        );
     }
 }
 
