@@ -252,14 +252,24 @@ mod tests {
                 .add(AttrType::RESERVATION_TOKEN, &[1, 2, 3]);
         });
         let m = Message::parse(&bytes).unwrap();
-        assert_eq!(m.even_port(), Some(EvenPort { reserve_next: false }));
+        assert_eq!(
+            m.even_port(),
+            Some(EvenPort {
+                reserve_next: false
+            })
+        );
         assert!(m.has_reservation_token());
         assert_eq!(m.reservation_token(), None, "a token is 8 bytes");
         let empty = parsed(|b| {
             b.add(AttrType::EVEN_PORT, &[]);
         });
         let m = Message::parse(&empty).unwrap();
-        assert_eq!(m.even_port(), Some(EvenPort { reserve_next: false }));
+        assert_eq!(
+            m.even_port(),
+            Some(EvenPort {
+                reserve_next: false
+            })
+        );
     }
 
     #[test]

@@ -5,8 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::allocation::{
-    Allocation, ChannelBindError, Owner, PendingAllocate, PortChoice, Relay, State,
-    MAX_PERMISSIONS,
+    Allocation, ChannelBindError, Owner, PendingAllocate, PortChoice, Relay, State, MAX_PERMISSIONS,
 };
 use super::auth::{quota_name, Credentials};
 use super::quota::QuotaClaim;

@@ -220,7 +220,10 @@ impl Server {
         let relay = allocation.relays.first().copied()?;
         let partner = pair_partner(relay);
         let Some(quota) = allocation.reservation_quota.take() else {
-            debug_assert!(false, "an R=1 allocation holds a quota claim for its reservation");
+            debug_assert!(
+                false,
+                "an R=1 allocation holds a quota claim for its reservation"
+            );
             self.release_port(partner.bind);
             return None;
         };

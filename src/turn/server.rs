@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
+use super::allocation::PortChoice;
 use super::allocation::{PendingAllocate, State};
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::{HostAddresses, PeerPolicy};
-use super::allocation::PortChoice;
 use super::ports::{PortClaims, PortPool};
 use super::quota::Quotas;
 use super::requests::DefaultFamily;
