@@ -1717,7 +1717,7 @@ fn allocate_with_relays(now: Instant, dual_stack: bool) -> (Server, Vec<Output>)
 fn a_bind_confirmed_after_the_allocation_gave_up_is_released() {
     let t0 = Instant::now();
     let (mut server, outputs) = allocate_with_relays(t0, false);
-    let [Output::BindRelay { relay }] = outputs[..] else {
+    let [Output::BindRelay { relay, .. }] = outputs[..] else {
         panic!("expected one BindRelay, got {outputs:?}");
     };
     let later = t0 + Duration::from_secs(10);
@@ -1746,8 +1746,8 @@ fn a_dual_stack_allocate_that_gives_up_releases_every_socket() {
     let mut io = RecordingIo::answering(vec![RelayBind::Bound]);
     io.fail_next_binds(8);
     for output in outputs {
-        if let Output::BindRelay { relay } = output {
-            let answer = io.bind_relay(relay);
+        if let Output::BindRelay { relay, options } = output {
+            let answer = io.bind_relay(relay, options);
             server.handle_relay_bound(t0, relay, answer == RelayBind::Bound);
         }
     }

@@ -673,6 +673,65 @@ fn a_pair_whose_even_port_is_taken_moves_to_another_pair() {
     assert_eq!(others, [failed, failed + 1]);
 }
 
+// ---------------------------------------------------------------- DONT-FRAGMENT
+
+#[test]
+fn dont_fragment_in_allocate_opens_the_relay_socket_without_fragmentation() {
+    let mut h = Harness::new();
+    let mut plain = Client::alice(client_at(5001));
+    plain.allocate(&mut h);
+    let mut alice = Client::alice(CLIENT);
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), dont_fragment]);
+    assert_eq!(response.class(), Class::Success, "honoured, not refused");
+    let port = relayed_port(&response);
+    assert_eq!(
+        h.io.dont_fragment,
+        [bound_at(port)],
+        "only that allocation's socket"
+    );
+    // Also when the first port is taken and another is tried.
+    h.io.fail_next_binds(1);
+    let mut retried = Client::alice(client_at(5002));
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    let response = retried.call(&mut h, Method::ALLOCATE, &[udp(), dont_fragment]);
+    let port = relayed_port(&response);
+    assert_eq!(h.io.dont_fragment.len(), 3);
+    assert_eq!(h.io.dont_fragment[2], bound_at(port));
+}
+
+#[test]
+fn a_send_indication_with_dont_fragment_asks_for_df_on_that_datagram() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    let with = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(b"df"), dont_fragment],
+        None,
+        false,
+    ));
+    let without = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(b"any")],
+        None,
+        false,
+    ));
+    let df = |h: &mut Harness, bytes: &[u8]| {
+        h.server
+            .handle_client_packet(h.now, CLIENT, bytes)
+            .map(|to_peer| to_peer.dont_fragment)
+    };
+    assert_eq!(df(&mut h, &with), Some(true));
+    assert_eq!(df(&mut h, &without), Some(false));
+    assert!(
+        h.io.dont_fragment.is_empty(),
+        "the socket itself is left as it was"
+    );
+}
+
 // ---------------------------------------------------------------- channel numbers
 
 #[test]

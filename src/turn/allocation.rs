@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::quota::QuotaClaim;
+use super::RelayOptions;
 use crate::stun::{AddressFamily, IntegrityAlgorithm, LongTermKey, TransactionId};
 
 /// How long a permission lasts (RFC 8656 §9).
@@ -78,6 +79,8 @@ pub struct PendingAllocate {
     pub fingerprint: bool,
     /// Which ports may serve it, also when a bind fails and another port is tried.
     pub ports: PortChoice,
+    /// How to open its relay sockets (also on a retry).
+    pub relay_options: RelayOptions,
     pub attempts: u8,
     /// The family of an ADDITIONAL-ADDRESS-FAMILY we could not serve: the response carries
     /// ADDRESS-ERROR-CODE 440 for it (RFC 8656 §7.2).
@@ -287,6 +290,7 @@ mod tests {
             algorithm: IntegrityAlgorithm::Sha1,
             fingerprint: false,
             ports: PortChoice::Any,
+            relay_options: RelayOptions::default(),
             attempts: 0,
             unserved_family: None,
         };

@@ -154,6 +154,19 @@ pub struct ToPeer<'a> {
     pub relay: RelayAddr,
     pub peer: PeerAddr,
     pub payload: &'a [u8],
+    /// This datagram must leave with the DF bit set: a Send indication with DONT-FRAGMENT
+    /// (RFC 8656 §11.2). (An allocation that asked for DF in its Allocate has a relay
+    /// socket that sets it on everything; see [`RelayOptions`].)
+    pub dont_fragment: bool,
+}
+
+/// How to open a relay socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// Every datagram leaves with the DF bit set and is never fragmented by this host
+    /// (`IP_PMTUDISC_DO`, `IPV6_DONTFRAG`): the Allocate carried DONT-FRAGMENT (RFC 8656
+    /// §7.2, §14.8). One larger than the path MTU is dropped, not sent in pieces.
+    pub dont_fragment: bool,
 }
 
 /// Framed bytes to send to a client (the hot path, peer → client).
@@ -169,7 +182,10 @@ pub enum Output {
     /// Send `bytes` to the client on `to`.
     Transmit { to: FiveTuple, bytes: Vec<u8> },
     /// Bind a UDP socket on `relay`, then call [`Server::handle_relay_bound`].
-    BindRelay { relay: RelayAddr },
+    BindRelay {
+        relay: RelayAddr,
+        options: RelayOptions,
+    },
     /// Close the relay socket on `relay`.
     ReleaseRelay { relay: RelayAddr },
 }

@@ -10,7 +10,7 @@ use super::allocation::{
 use super::auth::{quota_name, Credentials};
 use super::quota::QuotaClaim;
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
-use super::{Output, RelayAddr};
+use super::{Output, RelayAddr, RelayOptions};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
 /// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
@@ -116,12 +116,14 @@ impl Server {
             algorithm,
             fingerprint: reply.fingerprint,
             ports,
+            relay_options: relay_options(message),
             attempts: 0,
             unserved_family: families.unserved,
         };
         for relay in &relays {
             self.outputs.push_back(Output::BindRelay {
                 relay: RelayAddr(relay.bind),
+                options: pending.relay_options,
             });
         }
         let owner = Owner {
@@ -427,5 +429,14 @@ impl Server {
             .iter()
             .map(|r| r.address.bind)
             .find(|ip| ip.is_ipv6() == v6)
+    }
+}
+
+/// How an Allocate's relay sockets are opened: DONT-FRAGMENT asks for the DF bit on
+/// everything relayed (RFC 8656 §7.2); this server can set it, so it is honoured, never
+/// refused.
+pub(super) fn relay_options(message: &Message<'_>) -> RelayOptions {
+    RelayOptions {
+        dont_fragment: message.has_dont_fragment(),
     }
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use super::allocation::{Allocation, Owner, PendingAllocate, PortChoice, Relay};
 use super::auth::{quota_name, Credentials};
 use super::quota::QuotaClaim;
-use super::requests::PROTOCOL_UDP;
+use super::requests::{relay_options, PROTOCOL_UDP};
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
 use super::{FiveTuple, Output, RelayAddr};
 use crate::stun::{ErrorCode, Message};
@@ -185,6 +185,7 @@ impl Server {
             algorithm,
             fingerprint: reply.fingerprint,
             ports: PortChoice::Reserved,
+            relay_options: relay_options(message),
             attempts: 0,
             unserved_family: None,
         };
@@ -195,6 +196,7 @@ impl Server {
         };
         self.outputs.push_back(Output::BindRelay {
             relay: RelayAddr(reservation.relay.bind),
+            options: pending.relay_options,
         });
         let allocation = Allocation::new(
             vec![reservation.relay],

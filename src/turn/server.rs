@@ -437,6 +437,7 @@ impl Server {
         }
         self.outputs.push_back(Output::BindRelay {
             relay: RelayAddr(replacement.bind),
+            options: pending.relay_options,
         });
     }
 
@@ -750,7 +751,12 @@ impl Server {
             self.stats.drop(DropReason::UnknownAttribute);
             return None;
         }
+        let dont_fragment = message.has_dont_fragment();
         self.relay_to_peer(now, from, PeerTarget::Address(peer), payload)
+            .map(|to_peer| ToPeer {
+                dont_fragment,
+                ..to_peer
+            })
     }
 
     /// RFC 8656 §12.6: ChannelData on a bound channel is relayed to its peer.
@@ -786,6 +792,7 @@ impl Server {
                     relay: RelayAddr(relay),
                     peer: PeerAddr(peer),
                     payload,
+                    dont_fragment: false,
                 })
             }
             Err(reason) => {
