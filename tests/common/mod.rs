@@ -17,6 +17,7 @@ use rendez::stun::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod netns;
 pub mod process;
 pub mod tls;
 pub mod tools;
