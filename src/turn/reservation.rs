@@ -73,8 +73,8 @@ pub(super) struct Reservation {
 pub(super) enum Unredeemable {
     /// No such reservation, or another user's.
     Unknown,
-    /// Its time ran out; it is out of the table now and its port must be released.
-    Expired(Reservation),
+    /// Its time ran out; it is out of the table now and this port must be released.
+    Expired(Relay),
 }
 
 impl Reservations {
@@ -88,14 +88,20 @@ impl Reservations {
         self.len() == 0
     }
 
-    /// Adds a reservation under `token`; false (and nothing added) if the token is taken.
-    fn insert(&self, token: ReservationToken, reservation: Reservation) -> Result<(), Reservation> {
+    /// Adds a reservation under the first token from `new_token` not in use (64 random
+    /// bits: a clash is all but impossible, but cheap to rule out); `None` if a few tries
+    /// all clashed.
+    fn insert(
+        &self,
+        reservation: Reservation,
+        mut new_token: impl FnMut() -> ReservationToken,
+    ) -> Option<ReservationToken> {
         let mut table = self.lock();
-        if table.contains_key(&token) {
-            return Err(reservation);
-        }
+        let token = (0..4)
+            .map(|_| new_token())
+            .find(|token| !table.contains_key(token))?;
         table.insert(token, reservation);
-        Ok(())
+        Some(token)
     }
 
     /// Takes the reservation under `token` for `user`, once.
@@ -105,18 +111,19 @@ impl Reservations {
         user: &str,
         now: Instant,
     ) -> Result<Reservation, Unredeemable> {
-        let mut table = self.lock();
-        match table.get(&token) {
-            Some(r) if &*r.user != user => Err(Unredeemable::Unknown),
-            Some(_) => {
-                let reservation = table.remove(&token).ok_or(Unredeemable::Unknown)?;
-                if now < reservation.expires_at {
-                    Ok(reservation)
-                } else {
-                    Err(Unredeemable::Expired(reservation))
-                }
+        let taken = {
+            let mut table = self.lock();
+            match table.get(&token) {
+                Some(r) if &*r.user == user => table.remove(&token),
+                _ => None,
             }
-            None => Err(Unredeemable::Unknown),
+        };
+        let reservation = taken.ok_or(Unredeemable::Unknown)?;
+        if now < reservation.expires_at {
+            Ok(reservation)
+        } else {
+            // Its quota claim goes with it, outside the table's lock.
+            Err(Unredeemable::Expired(reservation.relay))
         }
     }
 
@@ -125,6 +132,7 @@ impl Reservations {
         let mut table = self.lock();
         let expired = table.get(&token).is_some_and(|r| now >= r.expires_at);
         let reservation = expired.then(|| table.remove(&token)).flatten();
+        // Maps never shrink by themselves: give memory back after a burst of pairs.
         if table.capacity() > 64 && table.len() * 4 < table.capacity() {
             table.shrink_to_fit();
         }
@@ -168,8 +176,8 @@ impl Server {
         let reservation = match self.reservations.redeem(token, user, now) {
             Ok(reservation) => reservation,
             Err(why) => {
-                if let Unredeemable::Expired(expired) = why {
-                    self.release_port(expired.relay.bind);
+                if let Unredeemable::Expired(relay) = why {
+                    self.release_port(relay.bind);
                 }
                 tracing::debug!(client = %reply.to.client, "unknown or expired reservation token");
                 self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
@@ -229,28 +237,27 @@ impl Server {
             self.release_port(partner.bind);
             return None;
         };
-        let mut reservation = Reservation {
+        let reservation = Reservation {
             relay: partner,
             user: quota_name(&allocation.username).into(),
             quota,
             expires_at: now + RESERVATION_LIFETIME,
         };
-        // 64 random bits: a clash is all but impossible, but cheap to rule out.
-        for _ in 0..4 {
+        let rng = &mut self.rng;
+        let token = self.reservations.insert(reservation, || {
             let mut token = ReservationToken([0; 8]);
-            self.rng.fill(&mut token.0);
-            match self.reservations.insert(token, reservation) {
-                Ok(()) => {
-                    self.reservation_timers
-                        .0
-                        .insert((now + RESERVATION_LIFETIME, token));
-                    return Some(token);
-                }
-                Err(back) => reservation = back,
+            rng.fill(&mut token.0);
+            token
+        });
+        match token {
+            Some(token) => {
+                self.reservation_timers
+                    .0
+                    .insert((now + RESERVATION_LIFETIME, token));
             }
+            None => self.release_port(partner.bind),
         }
-        self.release_port(reservation.relay.bind);
-        None
+        token
     }
 
     /// Gives back the partner port claimed with an R=1 allocation's relay that never became
