@@ -18,7 +18,7 @@ use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, metrics, tls, unix_now};
-use crate::config::{Config, LimitsConfig, RelayFamily};
+use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
     self, ChallengeLimiter, ChannelNumbers, DefaultFamily, PeerPolicy, PortClaims, QuotaLimits,
@@ -342,8 +342,8 @@ pub(crate) fn core_config(
     core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
     core.alternate_servers = config.alternate_servers.clone();
     core.channel_numbers = match config.channel_numbers {
-        crate::config::ChannelNumbersConfig::Rfc5766 => ChannelNumbers::Rfc5766,
-        crate::config::ChannelNumbersConfig::Rfc8656 => ChannelNumbers::Rfc8656,
+        ChannelNumbersConfig::Rfc5766 => ChannelNumbers::Rfc5766,
+        ChannelNumbersConfig::Rfc8656 => ChannelNumbers::Rfc8656,
     };
     core.port_claims = limits.port_claims.clone();
     core.reservations = limits.reservations.clone();

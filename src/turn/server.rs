@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use super::allocation::PortChoice;
-use super::allocation::{PendingAllocate, State};
+use super::allocation::{PendingAllocate, PortChoice, State};
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
