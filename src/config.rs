@@ -60,6 +60,9 @@ pub struct Config {
     /// Where a draining server sends new allocations (300 Try Alternate with
     /// ALTERNATE-SERVER); empty: they get 486.
     pub alternate_servers: Vec<SocketAddr>,
+    /// Which channel numbers ChannelBind accepts: RFC 5766's 0x4000–0x7FFF (the default,
+    /// for older clients) or RFC 8656's 0x4000–0x4FFF.
+    pub channel_numbers: ChannelNumbersConfig,
 }
 
 /// Quotas and rate limits, so one user, address or flood cannot take the whole server.
@@ -205,6 +208,15 @@ impl Default for ConnectionsConfig {
     }
 }
 
+/// `channel-numbers`: see [`crate::turn::ChannelNumbers`].
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelNumbersConfig {
+    #[default]
+    Rfc5766,
+    Rfc8656,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RelayFamily {
@@ -295,6 +307,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             drain_timeout: Duration::from_secs(30),
             alternate_servers: Vec::new(),
+            channel_numbers: ChannelNumbersConfig::Rfc5766,
         }
     }
 }
@@ -891,6 +904,7 @@ mod tests {
             ("relay-ip = [\"127.0.0.1\", \"127.0.0.2\"]", "relay-ip"),
             ("relay-ip = \"nope\"", "relay-ip"),
             ("default-relay-family = \"ipv5\"", "default-relay-family"),
+            ("channel-numbers = \"rfc3489\"", "channel-numbers"),
             ("[tls]\ncert = \"a.pem\"", "key"),
             ("[connections]\nmax = 0", "connections"),
             ("[signal]\nroom-size = 40", "signal.room-size"),
@@ -1122,6 +1136,7 @@ mod tests {
             external-ip = "203.0.113.7"
             relay-ip = ["10.0.0.4", "2001:db8::4"]
             default-relay-family = "match-client"
+            channel-numbers = "rfc8656"
             tls-listen = ["127.0.0.1:5349"]
             relay-ports = "40000-40100"
             log-format = "json"
@@ -1159,6 +1174,7 @@ mod tests {
             vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(c.default_relay_family, RelayFamily::MatchClient);
+        assert_eq!(c.channel_numbers, ChannelNumbersConfig::Rfc8656);
         assert_eq!(c.connections.max_per_ip, 4);
         assert_eq!(c.connections.proxy_protocol_from.len(), 2);
         assert!(c.tls.is_some());

@@ -49,6 +49,7 @@ fn every_key_is_documented() {
         "relay-ports",
         "tls-listen",
         "default-relay-family",
+        "channel-numbers",
         "workers",
         "allocation-lifetime",
         "max-allocation-lifetime",

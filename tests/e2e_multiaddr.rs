@@ -14,6 +14,7 @@ use rendez::stun::{
 use tokio::net::UdpSocket;
 
 mod common;
+use common::netns::{enter_new_network_namespace, ip};
 use common::*;
 
 /// Two clients at once, each on its own address of the host, run whole sessions through one
@@ -126,49 +127,6 @@ fn ipv6_wildcard_answers_from_each_of_two_addresses_in_a_namespace() {
 /// Addresses the namespace's `lo` gets beside ::1 (documentation prefix; the namespace has
 /// no other link, so nothing can leave it).
 const NAMESPACE_V6: [&str; 2] = ["2001:db8::2", "2001:db8::3"];
-
-/// Moves the calling thread (alone) into a new network namespace with `lo` up; an error
-/// says why that cannot be done here.
-fn enter_new_network_namespace() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("a network namespace needs root".into());
-    }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        return Err("no `ip` command (iproute2)".into());
-    }
-    // SAFETY: unshare with CLONE_NEWNET changes only this thread's network namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    ip(&["link", "set", "lo", "up"]);
-    Ok(())
-}
-
-/// Runs `ip ARGS` in this thread's namespace (a child inherits the forking thread's), bounded
-/// in time; panics naming the command if it fails.
-fn ip(args: &[&str]) {
-    let mut child = std::process::Command::new("ip")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("`ip {}` did not finish within {WAIT:?}", args.join(" "));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    assert!(status.success(), "`ip {}` failed: {status}", args.join(" "));
-}
 
 // ---------------------------------------------------------------- helpers
 

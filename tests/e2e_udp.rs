@@ -622,7 +622,7 @@ enum Kind {
 
 fn kind(datagram: &[u8]) -> Kind {
     match datagram {
-        // RFC 8656 §12.4: ChannelData starts with bits 01 (channels 0x4000-0x4FFF);
+        // RFC 8656 §12.4: ChannelData starts with bits 01 (channels 0x4000-0x7FFF);
         // STUN messages start with bits 00.
         [b0, _, _, _, ..] if b0 & 0xC0 == 0x40 => Kind::ChannelData,
         [0x00, 0x16, ..] if datagram.len() >= 20 => Kind::SendIndication,

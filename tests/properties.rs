@@ -31,8 +31,8 @@ use rendez::stun::{
     IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
 };
 use rendez::turn::{
-    DefaultFamily, FiveTuple, Io, Output, PeerAddr, PeerPolicy, RelayAddr, RelayAddress, RelayBind,
-    Server, ServerConfig, Transport, UserSecret, CHANNEL_NUMBERS,
+    ChannelNumbers, DefaultFamily, FiveTuple, Io, Output, PeerAddr, PeerPolicy, RelayAddr,
+    RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret, CHANNEL_NUMBERS,
 };
 
 mod harness;
@@ -425,7 +425,7 @@ proptest! {
 
     #[test]
     fn channel_data_parser_checks_its_bounds(
-        channel in prop_oneof![0x4000u16..=0x4FFF, any::<u16>()],
+        channel in prop_oneof![0x4000u16..=0x7FFF, any::<u16>()],
         declared in prop_oneof![0u16..80, any::<u16>()],
         payload in vec(any::<u8>(), 0..80),
     ) {
@@ -435,6 +435,11 @@ proptest! {
         let fits = usize::from(declared) <= payload.len();
         let parsed = ChannelData::parse(&bytes);
         prop_assert_eq!(parsed.is_some(), fits && CHANNEL_NUMBERS.contains(&channel));
+        // Every number whose top bits say ChannelData parses: RFC 5766's whole range.
+        prop_assert_eq!(
+            CHANNEL_NUMBERS.contains(&channel),
+            channel >> 14 == 0b01
+        );
     }
 }
 
@@ -538,8 +543,9 @@ struct Request {
     family: Option<[u8; 4]>,
     /// ADDITIONAL-ADDRESS-FAMILY, for a dual-stack allocation (RFC 8656 §7.2).
     additional_family: Option<[u8; 4]>,
+    /// EVEN-PORT with the R bit: an RTP/RTCP pair, the next port reserved.
     even_port: bool,
-    reservation_token: bool,
+    reservation_token: Option<TokenPick>,
     peers: Vec<usize>,
     channel: Option<u16>,
     /// Understood attributes with arbitrary values, before or after the well-formed ones.
@@ -547,6 +553,16 @@ struct Request {
     extra_first: bool,
     unknown_required: bool,
     fingerprint: bool,
+}
+
+/// Which RESERVATION-TOKEN a request carries.
+#[derive(Clone, Debug)]
+enum TokenPick {
+    /// One the server handed out earlier (used, expired or not), if any.
+    Given(Index),
+    /// The last one handed out, as the RTCP Allocate of a pair sends it.
+    Latest,
+    Unknown,
 }
 
 #[derive(Clone, Debug)]
@@ -611,6 +627,7 @@ struct Scenario {
     allow_loopback: bool,
     with_v6_relay: bool,
     default_family: DefaultFamily,
+    channel_numbers: ChannelNumbers,
     binding: Binding,
     ops: Vec<Op>,
 }
@@ -688,8 +705,9 @@ fn well_formed_request() -> impl Strategy<Value = Request> {
         (user, any_algorithm()),
         (lifetime, additional_family),
         vec(peer_index(), 1..3),
-        0x4000u16..0x4004,
-        any::<bool>(),
+        // RFC 8656's numbers, and RFC 5766's beyond them.
+        prop_oneof![4 => 0x4000u16..0x4004, 1 => 0x7FFCu16..=0x7FFF],
+        (any::<bool>(), pair_or_token()),
     )
         .prop_map(
             |(
@@ -700,7 +718,7 @@ fn well_formed_request() -> impl Strategy<Value = Request> {
                 (lifetime, additional_family),
                 peers,
                 channel,
-                fingerprint,
+                (fingerprint, (even_port, reservation_token)),
             )| {
                 Request {
                     client,
@@ -716,8 +734,8 @@ fn well_formed_request() -> impl Strategy<Value = Request> {
                     lifetime,
                     family: None,
                     additional_family,
-                    even_port: false,
-                    reservation_token: false,
+                    even_port,
+                    reservation_token,
                     peers,
                     channel: Some(channel),
                     extra: Vec::new(),
@@ -727,6 +745,16 @@ fn well_formed_request() -> impl Strategy<Value = Request> {
                 }
             },
         )
+}
+
+/// Mostly neither; sometimes EVEN-PORT with R, or a token handed out earlier.
+fn pair_or_token() -> impl Strategy<Value = (bool, Option<TokenPick>)> {
+    prop_oneof![
+        8 => Just((false, None)),
+        1 => Just((true, None)),
+        1 => any::<Index>().prop_map(|i| (false, Some(TokenPick::Given(i)))),
+        1 => Just((false, Some(TokenPick::Latest))),
+    ]
 }
 
 /// Any method and class, any credentials, attributes present, absent or malformed.
@@ -784,7 +812,11 @@ fn any_request() -> impl Strategy<Value = Request> {
             lifetime,
             family,
             prop::bool::weighted(0.15),
-            prop::bool::weighted(0.05),
+            prop_oneof![
+                18 => Just(None),
+                1 => Just(Some(TokenPick::Unknown)),
+                1 => any::<Index>().prop_map(|i| Some(TokenPick::Given(i))),
+            ],
         ),
         (vec(peer_index(), 0..4), channel, additional_family),
         (
@@ -895,20 +927,27 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         1 => Just(DefaultFamily::Ipv6),
         1 => Just(DefaultFamily::MatchClient),
     ];
+    let channel_numbers = prop_oneof![
+        3 => Just(ChannelNumbers::Rfc5766),
+        1 => Just(ChannelNumbers::Rfc8656),
+    ];
     (
         prop::bool::weighted(0.7),
         any::<bool>(),
-        default_family,
+        (default_family, channel_numbers),
         binding,
         vec(op(), 1..80),
     )
         .prop_map(
-            |(allow_loopback, with_v6_relay, default_family, binding, ops)| Scenario {
-                allow_loopback,
-                with_v6_relay,
-                default_family,
-                binding,
-                ops,
+            |(allow_loopback, with_v6_relay, (default_family, channel_numbers), binding, ops)| {
+                Scenario {
+                    allow_loopback,
+                    with_v6_relay,
+                    default_family,
+                    channel_numbers,
+                    binding,
+                    ops,
+                }
             },
         )
 }
@@ -940,6 +979,8 @@ struct Harness {
     expired_user: String,
     expired_password: String,
     counter: u32,
+    /// Every RESERVATION-TOKEN the server handed out.
+    tokens: Vec<Vec<u8>>,
 }
 
 impl Harness {
@@ -950,6 +991,7 @@ impl Harness {
             config.relays.push(v6_relay());
         }
         config.default_family = scenario.default_family;
+        config.channel_numbers = scenario.channel_numbers;
         config.users = vec![(USER.to_owned(), UserSecret::Password(PASSWORD.to_owned()))];
         config.secrets = vec![SECRET.to_owned()];
         if scenario.allow_loopback {
@@ -998,6 +1040,7 @@ impl Harness {
             expired_user: expired.username,
             expired_password: expired.password,
             counter: 0,
+            tokens: Vec::new(),
         }
     }
 
@@ -1157,8 +1200,19 @@ impl Harness {
         if r.even_port {
             b.add(AttrType::EVEN_PORT, &[0x80, 0, 0, 0]);
         }
-        if r.reservation_token {
-            b.add(AttrType::RESERVATION_TOKEN, &[1; 8]);
+        match &r.reservation_token {
+            Some(TokenPick::Given(i)) if !self.tokens.is_empty() => {
+                let token = self.tokens[i.index(self.tokens.len())].clone();
+                b.add(AttrType::RESERVATION_TOKEN, &token);
+            }
+            Some(TokenPick::Latest) if !self.tokens.is_empty() => {
+                let token = self.tokens[self.tokens.len() - 1].clone();
+                b.add(AttrType::RESERVATION_TOKEN, &token);
+            }
+            Some(_) => {
+                b.add(AttrType::RESERVATION_TOKEN, &[1; 8]);
+            }
+            None => {}
         }
         if let Some(channel) = r.channel {
             let [hi, lo] = channel.to_be_bytes();
@@ -1390,6 +1444,25 @@ impl Harness {
                 "response integrity verifies with no user's key"
             );
         }
+        if let Some(token) = m.attribute(AttrType::RESERVATION_TOKEN) {
+            assert_eq!(
+                m.method(),
+                Method::ALLOCATE,
+                "a token in a {:?}",
+                m.method()
+            );
+            assert_eq!(m.class(), Class::Success);
+            assert_eq!(token.len(), 8);
+            let relayed: Vec<SocketAddr> = m.xor_relayed_addresses().collect();
+            assert!(
+                matches!(relayed[..], [one] if one.port() % 2 == 0),
+                "a reservation goes with one even relayed port: {relayed:?}"
+            );
+            // A retransmission resends the same token; otherwise each is new.
+            if !self.tokens.iter().any(|t| t == token) {
+                self.tokens.push(token.to_vec());
+            }
+        }
         if m.class() == Class::Error {
             let code = m
                 .attribute(AttrType::ERROR_CODE)
@@ -1521,6 +1594,7 @@ fn harness_drives_a_full_relay_session() {
         allow_loopback: true,
         with_v6_relay: false,
         default_family: DefaultFamily::Ipv4,
+        channel_numbers: ChannelNumbers::Rfc5766,
         binding: Binding::Immediate(vec![true]),
         ops: Vec::new(),
     };
@@ -1541,7 +1615,7 @@ fn harness_drives_a_full_relay_session() {
         family: None,
         additional_family: None,
         even_port: false,
-        reservation_token: false,
+        reservation_token: None,
         peers: vec![0],
         channel: Some(0x4000),
         extra: Vec::new(),
@@ -1572,6 +1646,24 @@ fn harness_drives_a_full_relay_session() {
         back.map(|t| t.bytes.to_vec()),
         Some(vec![0x40, 0, 0, 2, b'h', b'i'])
     );
+    // An RTP/RTCP pair: the second client redeems the first one's token for the next port.
+    h.run(&Op::Request(Box::new(Request {
+        client: 1,
+        transaction: 3,
+        even_port: true,
+        ..base.clone()
+    })));
+    assert_eq!(h.tokens.len(), 1);
+    h.run(&Op::Request(Box::new(Request {
+        client: 2,
+        transaction: 4,
+        reservation_token: Some(TokenPick::Latest),
+        ..base.clone()
+    })));
+    let [_, rtp, rtcp] = h.seen[..] else {
+        panic!("three relays: {:?}", h.seen);
+    };
+    assert_eq!((rtp.port() % 2, rtcp.port()), (0, rtp.port() + 1));
     h.finish(false);
 }
 
@@ -1625,7 +1717,7 @@ fn allocate_with_relays(now: Instant, dual_stack: bool) -> (Server, Vec<Output>)
 fn a_bind_confirmed_after_the_allocation_gave_up_is_released() {
     let t0 = Instant::now();
     let (mut server, outputs) = allocate_with_relays(t0, false);
-    let [Output::BindRelay { relay }] = outputs[..] else {
+    let [Output::BindRelay { relay, .. }] = outputs[..] else {
         panic!("expected one BindRelay, got {outputs:?}");
     };
     let later = t0 + Duration::from_secs(10);
@@ -1654,8 +1746,8 @@ fn a_dual_stack_allocate_that_gives_up_releases_every_socket() {
     let mut io = RecordingIo::answering(vec![RelayBind::Bound]);
     io.fail_next_binds(8);
     for output in outputs {
-        if let Output::BindRelay { relay } = output {
-            let answer = io.bind_relay(relay);
+        if let Output::BindRelay { relay, options } = output {
+            let answer = io.bind_relay(relay, options);
             server.handle_relay_bound(t0, relay, answer == RelayBind::Bound);
         }
     }

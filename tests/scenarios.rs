@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use rendez::random::Rng;
 use rendez::stun::{
-    decode_xor_address, userhash, AttrType, ChannelData, Class, ErrorCode, IntegrityAlgorithm,
-    LongTermKey, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
+    decode_xor_address, stream_frame, userhash, AttrType, ChannelData, Class, ErrorCode, Frame,
+    IntegrityAlgorithm, LongTermKey, Message, MessageBuilder, Method, PasswordAlgorithm,
+    TransactionId,
 };
 use rendez::turn::{
-    ChallengeLimiter, DropReason, FiveTuple, PeerAddr, PeerPolicy, QuotaExceeded, QuotaLimits,
-    Quotas, Rejection, RelayAddr, RelayAddress, RelayBind, Server, ServerConfig, Transport,
-    UserSecret,
+    ChallengeLimiter, ChannelNumbers, DropReason, FiveTuple, PeerAddr, PeerPolicy, PortClaims,
+    QuotaExceeded, QuotaLimits, Quotas, Rejection, RelayAddr, RelayAddress, RelayBind,
+    Reservations, Server, ServerConfig, Transport, UserSecret, RESERVATION_LIFETIME,
 };
 
 mod harness;
@@ -404,21 +405,395 @@ fn port_taken_by_another_program_is_retried_then_508() {
 }
 
 #[test]
-fn reservation_token_is_508_and_even_port_gets_an_even_port() {
+fn even_port_without_r_gets_an_even_port_and_no_token() {
     let mut h = Harness::new();
     let mut alice = Client::alice(CLIENT);
-    let token = Attr::Raw(AttrType::RESERVATION_TOKEN, vec![1; 8]);
+    for flags in [vec![0], vec![0x7F, 0, 0, 0], vec![]] {
+        let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), even_port(flags)]);
+        assert_eq!(response.class(), Class::Success);
+        assert_eq!(relayed_port(&response) % 2, 0);
+        assert_eq!(response.attr(AttrType::RESERVATION_TOKEN), None);
+        alice.call(&mut h, Method::REFRESH, &[lifetime(0)]);
+    }
+}
+
+// ---------------------------------------------------------------- EVEN-PORT reservations
+
+#[test]
+fn even_port_with_r_reserves_the_next_port_for_its_token_once() {
+    let mut h = Harness::new();
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    assert_eq!(response.class(), Class::Success);
+    assert!(response.verifies(&rtp.key()));
+    let port = relayed_port(&response);
+    assert_eq!(port % 2, 0, "an even port");
+    let token = response.attr(AttrType::RESERVATION_TOKEN).expect("a token");
+    assert_eq!(token.len(), 8);
     assert_eq!(
-        alice
-            .call(&mut h, Method::ALLOCATE, &[udp(), token])
-            .error_code(),
-        Some(508)
+        h.bound,
+        [bound_at(port)],
+        "the reserved port is not bound yet"
     );
-    let even = Attr::Raw(AttrType::EVEN_PORT, vec![0]);
-    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), even]);
+
+    // The RTCP allocation comes from the client's next port with the token.
+    let mut rtcp = Client::alice(client_at(5001));
+    let redeemed = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(redeemed.class(), Class::Success);
     assert_eq!(
-        response.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap().port() % 2,
-        0
+        relayed_port(&redeemed),
+        port + 1,
+        "exactly the reserved port"
+    );
+    assert_eq!(redeemed.attr(AttrType::RESERVATION_TOKEN), None);
+    assert_eq!(h.bound, [bound_at(port), bound_at(port + 1)]);
+
+    // A token is good once.
+    let mut third = Client::alice(client_at(5002));
+    let again = third.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(again.error_code(), Some(508));
+    // A retransmitted R=1 Allocate gets the same answer, token and all.
+    let first_tid = TransactionId([1; 12]);
+    let resent = rtp.call_with_tid(
+        &mut h,
+        Method::ALLOCATE,
+        &[udp(), reserve_pair()],
+        first_tid,
+    );
+    assert_eq!(resent.bytes, response.bytes);
+    assert_eq!(h.server.allocation_count(), 2);
+}
+
+#[test]
+fn a_reservation_lasts_30_seconds_then_its_port_and_token_are_gone() {
+    // Two relay ports: the pair takes both, so a plain Allocate shows when the reserved one
+    // comes back.
+    let mut h = Harness::with_config(|c| c.relay_ports = 50000..=50001);
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    assert_eq!(relayed_port(&response), 50000);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    let mut other = Client::alice(client_at(5001));
+    assert_eq!(
+        other.allocate_response(&mut h).error_code(),
+        Some(508),
+        "50001 is held for the token"
+    );
+    assert!(h.server.poll_timeout() <= Some(h.now + RESERVATION_LIFETIME));
+    h.advance(RESERVATION_LIFETIME);
+    let late = Client::alice(client_at(5002)).call(
+        &mut h,
+        Method::ALLOCATE,
+        &[udp(), reservation(&token)],
+    );
+    assert_eq!(late.error_code(), Some(508), "expired");
+    assert_eq!(relayed_port(&other.allocate_response(&mut h)), 50001);
+}
+
+#[test]
+fn a_token_redeemed_just_before_expiry_still_gets_its_port() {
+    let mut h = Harness::new();
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    h.advance(RESERVATION_LIFETIME - Duration::from_secs(1));
+    let mut rtcp = Client::alice(client_at(5001));
+    let redeemed = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(relayed_port(&redeemed), relayed_port(&response) + 1);
+    // Its expiry timer fires later and must leave the redeemed port alone.
+    h.advance(Duration::from_secs(2));
+    assert!(h.released.is_empty());
+    let frame = as_indication(build(Method::SEND, &[peer(PEER), data(b"x")], None, false));
+    rtcp.permit(&mut h, PEER);
+    assert!(h.client_to_peer(client_at(5001), &frame).is_some());
+}
+
+#[test]
+fn a_token_with_even_port_or_a_family_is_400_and_a_bad_one_508() {
+    let mut h = Harness::new();
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    let mut rtcp = Client::alice(client_at(5001));
+    let family = Attr::Raw(AttrType::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0]);
+    let additional = Attr::Raw(AttrType::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
+    for extra in [even_port(vec![0]), reserve_pair(), family, additional] {
+        let refused = rtcp.call(
+            &mut h,
+            Method::ALLOCATE,
+            &[udp(), reservation(&token), extra],
+        );
+        assert_eq!(refused.error_code(), Some(400));
+    }
+    let short = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token[..4])]);
+    assert_eq!(short.error_code(), Some(400), "a token is 8 bytes");
+    let unknown = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&[1; 8])]);
+    assert_eq!(unknown.error_code(), Some(508));
+    // None of that used the token up.
+    let redeemed = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(redeemed.class(), Class::Success);
+}
+
+#[test]
+fn only_the_user_who_reserved_may_redeem() {
+    let mut h = Harness::new();
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    let mut bob = Client::rest(client_at(5001), "bob", UNIX_START + 600);
+    let refused = bob.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(refused.error_code(), Some(508));
+    let mut rtcp = Client::alice(client_at(5002));
+    let redeemed = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(redeemed.class(), Class::Success, "still there for alice");
+}
+
+#[test]
+fn reservations_count_against_the_quotas_until_used_or_expired() {
+    let quotas = Quotas::new(QuotaLimits {
+        per_user: 3,
+        ..QuotaLimits::default()
+    });
+    let mut h = Harness::with_config(|c| c.quotas = quotas.clone());
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    assert_eq!(quotas.total(), 2, "the allocation and its reservation");
+    // A second pair would need two more: refused, and nothing kept.
+    let mut second = Client::alice(client_at(5001));
+    let refused = second.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    assert_eq!(refused.error_code(), Some(486));
+    assert_eq!(h.server.stats().quota_refusals(QuotaExceeded::User), 1);
+    assert_eq!(quotas.total(), 2);
+    assert_eq!(h.server.allocation_count(), 1);
+    // Redeeming takes no new claim: the reservation's passes to the allocation.
+    let mut rtcp = Client::alice(client_at(5002));
+    rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(quotas.total(), 2);
+    assert_eq!(second.allocate_response(&mut h).class(), Class::Success);
+    assert_eq!(quotas.total(), 3);
+    let full = Client::alice(client_at(5003)).allocate_response(&mut h);
+    assert_eq!(full.error_code(), Some(486));
+
+    // An unused reservation gives its claim back when it expires.
+    for client in [&mut rtp, &mut rtcp, &mut second] {
+        client.call(&mut h, Method::REFRESH, &[lifetime(0)]);
+    }
+    assert_eq!(quotas.total(), 0);
+    let mut again = Client::alice(client_at(5004));
+    again.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    assert_eq!(quotas.total(), 2);
+    h.advance(RESERVATION_LIFETIME);
+    assert_eq!(quotas.total(), 1);
+}
+
+#[test]
+fn a_reservation_made_on_one_shard_is_redeemed_on_another() {
+    // Two shards as two UDP workers are: each searches its own slice of the relay ports,
+    // and they share the quotas, the port claims and the reservations.
+    let quotas = Quotas::default();
+    let claims = PortClaims::default();
+    let reservations = Reservations::default();
+    let shard = |slice: std::ops::RangeInclusive<u16>| {
+        let (quotas, claims, reservations) = (quotas.clone(), claims.clone(), reservations.clone());
+        Harness::with_config(move |c| {
+            c.relay_ports = slice;
+            c.server_relay_ports = 50000..=50003;
+            c.quotas = quotas;
+            c.port_claims = claims;
+            c.reservations = reservations;
+        })
+    };
+    let mut one = shard(50000..=50001);
+    let mut two = shard(50002..=50003);
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut one, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    assert_eq!(relayed_port(&response), 50000);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    assert_eq!(reservations.len(), 1);
+
+    // The RTCP Allocate reaches the other shard, which binds the port and owns it now.
+    let mut rtcp = Client::alice(client_at(5001));
+    let redeemed = rtcp.call(&mut two, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(relayed_port(&redeemed), 50001);
+    assert_eq!(two.bound, [bound_at(50001)]);
+    assert!(reservations.is_empty());
+    let answer = two.peer_to_client(
+        redeemed.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap(),
+        PEER,
+        b"x",
+    );
+    assert_eq!(answer, None, "no permission yet, but the relay is two's");
+    assert_eq!(two.server.stats().dropped(DropReason::NoPermission), 1);
+
+    // The first shard's expiry timer finds nothing to release.
+    one.advance(RESERVATION_LIFETIME);
+    assert_eq!(
+        Client::alice(client_at(5002))
+            .allocate_response(&mut one)
+            .error_code(),
+        Some(508),
+        "50000 and 50001 are both still taken"
+    );
+    // When the allocation on the second shard ends, the port is free for the first again.
+    rtcp.call(&mut two, Method::REFRESH, &[lifetime(0)]);
+    assert_eq!(two.released, [bound_at(50001)]);
+    let reused = Client::alice(client_at(5003)).allocate_response(&mut one);
+    assert_eq!(relayed_port(&reused), 50001);
+}
+
+#[test]
+fn a_reserved_port_taken_by_another_program_is_508_without_a_retry() {
+    let mut h = Harness::new();
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    let token = response.attr(AttrType::RESERVATION_TOKEN).unwrap();
+    h.io.fail_next_binds(1);
+    let mut rtcp = Client::alice(client_at(5001));
+    let refused = rtcp.call(&mut h, Method::ALLOCATE, &[udp(), reservation(&token)]);
+    assert_eq!(refused.error_code(), Some(508));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn a_pair_whose_even_port_is_taken_moves_to_another_pair() {
+    let mut h = Harness::with_config(|c| c.relay_ports = 50000..=50003);
+    h.io.fail_next_binds(1);
+    let mut rtp = Client::alice(CLIENT);
+    let response = rtp.call(&mut h, Method::ALLOCATE, &[udp(), reserve_pair()]);
+    let port = relayed_port(&response);
+    assert_eq!(h.bound, [bound_at(port)]);
+    // The failed pair was given back whole: with the new pair held, the other two ports
+    // are free again, and only they are.
+    let mut others: Vec<u16> = (0..2)
+        .map(|i| relayed_port(&Client::alice(client_at(5001 + i)).allocate_response(&mut h)))
+        .collect();
+    others.sort();
+    let failed = if port == 50000 { 50002 } else { 50000 };
+    assert_eq!(others, [failed, failed + 1]);
+}
+
+// ---------------------------------------------------------------- DONT-FRAGMENT
+
+#[test]
+fn dont_fragment_in_allocate_opens_the_relay_socket_without_fragmentation() {
+    let mut h = Harness::new();
+    let mut plain = Client::alice(client_at(5001));
+    plain.allocate(&mut h);
+    let mut alice = Client::alice(CLIENT);
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[udp(), dont_fragment]);
+    assert_eq!(response.class(), Class::Success, "honoured, not refused");
+    let port = relayed_port(&response);
+    assert_eq!(
+        h.io.dont_fragment,
+        [bound_at(port)],
+        "only that allocation's socket"
+    );
+    // Also when the first port is taken and another is tried.
+    h.io.fail_next_binds(1);
+    let mut retried = Client::alice(client_at(5002));
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    let response = retried.call(&mut h, Method::ALLOCATE, &[udp(), dont_fragment]);
+    let port = relayed_port(&response);
+    assert_eq!(h.io.dont_fragment.len(), 3);
+    assert_eq!(h.io.dont_fragment[2], bound_at(port));
+}
+
+#[test]
+fn a_send_indication_with_dont_fragment_asks_for_df_on_that_datagram() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    let with = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(b"df"), dont_fragment],
+        None,
+        false,
+    ));
+    let without = as_indication(build(
+        Method::SEND,
+        &[peer(PEER), data(b"any")],
+        None,
+        false,
+    ));
+    let df = |h: &mut Harness, bytes: &[u8]| {
+        h.server
+            .handle_client_packet(h.now, CLIENT, bytes)
+            .map(|to_peer| to_peer.dont_fragment)
+    };
+    assert_eq!(df(&mut h, &with), Some(true));
+    assert_eq!(df(&mut h, &without), Some(false));
+    assert!(
+        h.io.dont_fragment.is_empty(),
+        "the socket itself is left as it was"
+    );
+}
+
+// ---------------------------------------------------------------- channel numbers
+
+#[test]
+fn rfc_5766_channel_numbers_are_accepted_by_default() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    let relayed = alice.allocate(&mut h);
+    let response = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x7FFF), peer(PEER)]);
+    assert_eq!(response.class(), Class::Success);
+    let mut frame = ChannelData::header(0x7FFF, 3).to_vec();
+    frame.extend_from_slice(b"abc");
+    assert_eq!(
+        h.client_to_peer(CLIENT, &frame),
+        Some((h.bound[0], PEER, b"abc".to_vec()))
+    );
+    let (_, bytes) = h.peer_to_client(relayed, PEER, b"xyz").unwrap();
+    assert_eq!(bytes, [0x7F, 0xFF, 0x00, 0x03, b'x', b'y', b'z']);
+    let other: SocketAddr = "198.51.100.9:1".parse().unwrap();
+    let mid = alice.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[channel(0x5000), peer(other)],
+    );
+    assert_eq!(mid.class(), Class::Success);
+}
+
+#[test]
+fn strict_rfc_8656_channel_numbers_refuse_the_old_range() {
+    let mut h = Harness::with_config(|c| c.channel_numbers = ChannelNumbers::Rfc8656);
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    for bad in [0x5000, 0x7FFF] {
+        let response = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(bad), peer(PEER)]);
+        assert_eq!(response.error_code(), Some(400), "{bad:#x}");
+    }
+    let ok = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4FFF), peer(PEER)]);
+    assert_eq!(ok.class(), Class::Success);
+    // ChannelData on a number that cannot be bound is an unbound channel: dropped.
+    let mut frame = ChannelData::header(0x5000, 2).to_vec();
+    frame.extend_from_slice(b"hi");
+    assert_eq!(h.client_to_peer(CLIENT, &frame), None);
+    assert_eq!(h.server.stats().dropped(DropReason::UnboundChannel), 1);
+}
+
+#[test]
+fn rfc_5766_channel_data_over_streams_is_padded() {
+    let mut h = Harness::new();
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..CLIENT
+    };
+    let mut alice = Client::alice(tcp);
+    let relayed = alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x6001), peer(PEER)]);
+    let (_, bytes) = h.peer_to_client(relayed, PEER, b"abcde").unwrap();
+    assert_eq!(&bytes[..4], &[0x60, 0x01, 0x00, 0x05]);
+    assert_eq!(stream_frame(&bytes), Frame::Complete(12));
+    let mut frame = ChannelData::header(0x6001, 5).to_vec();
+    frame.extend_from_slice(b"fghij\0\0\0");
+    assert_eq!(
+        h.client_to_peer(tcp, &frame),
+        Some((h.bound[0], PEER, b"fghij".to_vec()))
     );
 }
 
@@ -1355,7 +1730,7 @@ fn channel_bind_rules_are_enforced() {
     let mut alice = Client::alice(CLIENT);
     alice.allocate(&mut h);
     let other: SocketAddr = "198.51.100.9:1".parse().unwrap();
-    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+    for bad in [0x3FFF, 0x8000, 0xFFFF] {
         let response = alice.call(&mut h, Method::CHANNEL_BIND, &[channel(bad), peer(PEER)]);
         assert_eq!(response.error_code(), Some(400), "{bad:#x}");
     }
@@ -1805,6 +2180,33 @@ fn channel(number: u16) -> Attr {
     let mut v = number.to_be_bytes().to_vec();
     v.extend_from_slice(&[0, 0]);
     Attr::Raw(AttrType::CHANNEL_NUMBER, v)
+}
+
+/// EVEN-PORT with the given flags byte(s).
+fn even_port(flags: Vec<u8>) -> Attr {
+    Attr::Raw(AttrType::EVEN_PORT, flags)
+}
+
+/// EVEN-PORT with the R bit: an RTP/RTCP pair.
+fn reserve_pair() -> Attr {
+    even_port(vec![0x80, 0, 0, 0])
+}
+
+fn reservation(token: &[u8]) -> Attr {
+    Attr::Raw(AttrType::RESERVATION_TOKEN, token.to_vec())
+}
+
+/// The port of a successful Allocate's relayed address.
+fn relayed_port(response: &Response) -> u16 {
+    response
+        .xor(AttrType::XOR_RELAYED_ADDRESS)
+        .unwrap_or_else(|| panic!("no relayed address: error {:?}", response.error_code()))
+        .port()
+}
+
+/// The address the relay socket for `port` is bound to.
+fn bound_at(port: u16) -> SocketAddr {
+    SocketAddr::new(RELAY_BIND_IP.parse().unwrap(), port)
 }
 
 fn data(bytes: &[u8]) -> Attr {

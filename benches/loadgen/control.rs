@@ -42,7 +42,7 @@ impl Request {
     }
 }
 
-/// The first channel number (RFC 8656 §12: 0x4000–0x4FFF).
+/// The first channel number (RFC 8656 §12: 0x4000–0x4FFF, valid under either setting).
 pub(crate) const FIRST_CHANNEL: u16 = 0x4000;
 /// REQUESTED-TRANSPORT value for UDP (RFC 8656 §18.7: protocol 17, then RFFU).
 const REQUESTED_TRANSPORT_UDP: [u8; 4] = [17, 0, 0, 0];

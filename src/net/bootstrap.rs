@@ -18,19 +18,23 @@ use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, metrics, tls, unix_now};
-use crate::config::{Config, LimitsConfig, RelayFamily};
+use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
-    self, ChallengeLimiter, DefaultFamily, PeerPolicy, QuotaLimits, Quotas, RelayAddress,
-    ServerConfig,
+    self, ChallengeLimiter, ChannelNumbers, DefaultFamily, PeerPolicy, PortClaims, QuotaLimits,
+    Quotas, RelayAddress, Reservations, ServerConfig,
 };
 
-/// The limits every shard shares: allocation quotas and the challenge rate per source.
+/// What every shard shares: allocation quotas, the challenge rate per source, and the relay
+/// port claims and EVEN-PORT reservations (a reservation made on one shard is redeemed on
+/// whichever shard the next Allocate reaches).
 #[derive(Clone)]
 pub(crate) struct SharedLimits {
     quotas: Quotas,
     challenges: ChallengeLimiter,
     bindings: ChallengeLimiter,
+    port_claims: PortClaims,
+    reservations: Reservations,
 }
 
 impl SharedLimits {
@@ -42,6 +46,8 @@ impl SharedLimits {
                 Rng::from_os()?.next_u64(),
             ),
             bindings: ChallengeLimiter::new(limits.binding_per_ip, Rng::from_os()?.next_u64()),
+            port_claims: PortClaims::default(),
+            reservations: Reservations::default(),
         };
         shared.apply(limits);
         Ok(shared)
@@ -335,6 +341,12 @@ pub(crate) fn core_config(
     core.binding_limit = Some(limits.bindings.clone());
     core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
     core.alternate_servers = config.alternate_servers.clone();
+    core.channel_numbers = match config.channel_numbers {
+        ChannelNumbersConfig::Rfc5766 => ChannelNumbers::Rfc5766,
+        ChannelNumbersConfig::Rfc8656 => ChannelNumbers::Rfc8656,
+    };
+    core.port_claims = limits.port_claims.clone();
+    core.reservations = limits.reservations.clone();
     core
 }
 

@@ -37,6 +37,13 @@ impl AddressFamily {
     }
 }
 
+/// EVEN-PORT's flags (RFC 8656 §14.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvenPort {
+    /// The R bit: reserve the next port up as well.
+    pub reserve_next: bool,
+}
+
 impl<'a> Message<'a> {
     /// The protocol number of REQUESTED-TRANSPORT (RFC 8656 §14.7); `None` when absent or
     /// malformed.
@@ -62,9 +69,28 @@ impl<'a> Message<'a> {
         self.attribute(AttrType::EVEN_PORT).is_some()
     }
 
+    /// EVEN-PORT (RFC 8656 §14.6); an empty value is read as the R bit clear.
+    pub fn even_port(&self) -> Option<EvenPort> {
+        let value = self.attribute(AttrType::EVEN_PORT)?;
+        Some(EvenPort {
+            reserve_next: value.first().is_some_and(|flags| flags & 0x80 != 0),
+        })
+    }
+
     /// Whether RESERVATION-TOKEN is present (RFC 8656 §14.9).
     pub fn has_reservation_token(&self) -> bool {
         self.attribute(AttrType::RESERVATION_TOKEN).is_some()
+    }
+
+    /// The 8-byte value of RESERVATION-TOKEN (RFC 8656 §14.9); `None` when absent or of
+    /// another length.
+    pub fn reservation_token(&self) -> Option<[u8; 8]> {
+        self.attribute(AttrType::RESERVATION_TOKEN)?.try_into().ok()
+    }
+
+    /// Whether DONT-FRAGMENT is present (RFC 8656 §14.8).
+    pub fn has_dont_fragment(&self) -> bool {
+        self.attribute(AttrType::DONT_FRAGMENT).is_some()
     }
 
     /// LIFETIME (RFC 8656 §14.2); `None` when absent or malformed.
@@ -192,6 +218,8 @@ mod tests {
         );
         assert_eq!(m.data(), Some(&b"payload"[..]));
         assert!(!m.has_even_port() && !m.has_reservation_token());
+        assert_eq!((m.even_port(), m.reservation_token()), (None, None));
+        assert!(!m.has_dont_fragment());
         assert_eq!(m.username(), None);
         assert_eq!(m.userhash(), None);
         assert_eq!(m.password_algorithm(), None);
@@ -205,6 +233,43 @@ mod tests {
         assert_eq!(m.requested_transport(), None);
         assert_eq!(m.lifetime(), None);
         assert_eq!(m.channel_number(), None);
+    }
+
+    #[test]
+    fn even_port_reservation_token_and_dont_fragment() {
+        let bytes = parsed(|b| {
+            b.add(AttrType::EVEN_PORT, &[0x80])
+                .add(AttrType::RESERVATION_TOKEN, &[1, 2, 3, 4, 5, 6, 7, 8])
+                .add(AttrType::DONT_FRAGMENT, &[]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.even_port(), Some(EvenPort { reserve_next: true }));
+        assert_eq!(m.reservation_token(), Some([1, 2, 3, 4, 5, 6, 7, 8]));
+        assert!(m.has_dont_fragment());
+
+        let bytes = parsed(|b| {
+            b.add(AttrType::EVEN_PORT, &[0x7F])
+                .add(AttrType::RESERVATION_TOKEN, &[1, 2, 3]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(
+            m.even_port(),
+            Some(EvenPort {
+                reserve_next: false
+            })
+        );
+        assert!(m.has_reservation_token());
+        assert_eq!(m.reservation_token(), None, "a token is 8 bytes");
+        let empty = parsed(|b| {
+            b.add(AttrType::EVEN_PORT, &[]);
+        });
+        let m = Message::parse(&empty).unwrap();
+        assert_eq!(
+            m.even_port(),
+            Some(EvenPort {
+                reserve_next: false
+            })
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub struct ChannelData<'a> {
 
 impl<'a> ChannelData<'a> {
     /// Parses a datagram. Bytes beyond the stated length are padding and ignored; a length
-    /// longer than the datagram, or a channel number outside 0x4000–0x4FFF, is `None`.
+    /// longer than the datagram, or a channel number outside 0x4000–0x7FFF (the numbers
+    /// whose top bits say ChannelData, RFC 5766 §11), is `None`. Whether the number may be
+    /// bound at all is the TURN core's business (`channel-numbers`).
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         let header = bytes.get(..CHANNEL_DATA_HEADER_LEN)?;
         let channel = u16::from_be_bytes([header[0], header[1]]);
@@ -48,8 +50,16 @@ mod tests {
     #[test]
     fn rejects_overlong_length_and_reserved_channels() {
         assert_eq!(ChannelData::parse(&[0x40, 0x01, 0x00, 0x09, 1, 2]), None);
-        assert_eq!(ChannelData::parse(&[0x50, 0x00, 0x00, 0x00]), None);
+        assert_eq!(ChannelData::parse(&[0x80, 0x00, 0x00, 0x00]), None);
+        assert_eq!(ChannelData::parse(&[0x3F, 0xFF, 0x00, 0x00]), None);
         assert_eq!(ChannelData::parse(&[0x40, 0x01, 0x00]), None);
+    }
+
+    #[test]
+    fn accepts_the_rfc_5766_range() {
+        let cd = ChannelData::parse(&[0x7F, 0xFF, 0x00, 0x01, 9]).unwrap();
+        assert_eq!((cd.channel, cd.payload), (0x7FFF, &[9][..]));
+        assert!(ChannelData::parse(&[0x50, 0x00, 0x00, 0x00]).is_some());
     }
 
     #[test]

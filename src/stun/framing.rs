@@ -36,13 +36,10 @@ pub fn stream_frame(buffer: &[u8]) -> Frame {
             }
             HEADER_LEN + declared
         }
-        0b01 => {
-            let channel = u16::from_be_bytes([header[0], header[1]]);
-            if !crate::turn::CHANNEL_NUMBERS.contains(&channel) {
-                return Frame::Invalid;
-            }
-            4 + ((declared + 3) & !3)
-        }
+        // ChannelData on any channel 0x4000–0x7FFF (RFC 5766 §11): framed by its length
+        // whatever the number, so a connection stays in step even on a number this server
+        // does not bind (`channel-numbers = "rfc8656"`); the core drops those.
+        0b01 => 4 + ((declared + 3) & !3),
         _ => return Frame::Invalid,
     };
     if buffer.len() >= total {
@@ -78,22 +75,30 @@ mod tests {
     }
 
     #[test]
+    fn channel_data_on_rfc_5766_numbers_is_framed() {
+        let frame = [0x7F, 0xFF, 0x00, 0x02, 1, 2, 0, 0, 0x40];
+        assert_eq!(stream_frame(&frame), Frame::Complete(8));
+        assert_eq!(stream_frame(&[0x50, 0x00, 0x00, 0x00]), Frame::Complete(4));
+    }
+
+    #[test]
     fn garbage_is_invalid_early() {
-        assert_eq!(stream_frame(b"POST / HTTP/1.1\r\n"), Frame::Invalid);
         // A TLS ClientHello sent to the plain TCP port fails the magic cookie check.
         assert_eq!(
             stream_frame(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]),
             Frame::Invalid
         );
-        // "GET " happens to look like ChannelData on channel 0x4745; the connection layer
-        // refuses ChannelData before any STUN message.
+        // Text starting with a letter looks like ChannelData ("GET " on channel 0x4745,
+        // "POST" on 0x504F); the connection layer refuses ChannelData before any STUN
+        // message.
         assert_eq!(stream_frame(b"GET / HTTP/1.1\r\n"), Frame::Incomplete);
+        assert_eq!(stream_frame(b"POST / HTTP/1.1\r\n"), Frame::Incomplete);
         assert_eq!(stream_frame(&[0xFF]), Frame::Invalid);
         assert_eq!(stream_frame(&[0x00, 0x01, 0x00, 0x03]), Frame::Invalid);
         assert_eq!(
             stream_frame(&[0x00, 0x01, 0x00, 0x00, 1, 2, 3, 4]),
             Frame::Invalid
         );
-        assert_eq!(stream_frame(&[0x50, 0x00, 0x00, 0x00]), Frame::Invalid);
+        assert_eq!(stream_frame(&[0x80, 0x00, 0x00, 0x00]), Frame::Invalid);
     }
 }

@@ -18,7 +18,7 @@ mod integrity;
 mod message;
 mod password;
 
-pub use accessors::AddressFamily;
+pub use accessors::{AddressFamily, EvenPort};
 pub use attr::{decode_xor_address, xor_address_value, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::quota::QuotaClaim;
+use super::RelayOptions;
 use crate::stun::{AddressFamily, IntegrityAlgorithm, LongTermKey, TransactionId};
 
 /// How long a permission lasts (RFC 8656 §9).
@@ -41,6 +42,9 @@ pub struct Allocation {
     pub to_clients: Meter,
     /// Its place in the server-wide quotas, given back when the allocation is dropped.
     _quota: QuotaClaim,
+    /// The quota claim for the port an EVEN-PORT R=1 allocation reserves, held while its
+    /// relay is being bound and then passed to the reservation.
+    pub reservation_quota: Option<QuotaClaim>,
 }
 
 /// Who an allocation belongs to.
@@ -73,11 +77,27 @@ pub struct PendingAllocate {
     pub lifetime: Duration,
     pub algorithm: IntegrityAlgorithm,
     pub fingerprint: bool,
-    pub even_port: bool,
+    /// Which ports may serve it, also when a bind fails and another port is tried.
+    pub ports: PortChoice,
+    /// How to open its relay sockets (also on a retry).
+    pub relay_options: RelayOptions,
     pub attempts: u8,
     /// The family of an ADDITIONAL-ADDRESS-FAMILY we could not serve: the response carries
     /// ADDRESS-ERROR-CODE 440 for it (RFC 8656 §7.2).
     pub unserved_family: Option<AddressFamily>,
+}
+
+/// Which relay ports an Allocate may get (RFC 8656 §7.2, §14.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortChoice {
+    Any,
+    /// EVEN-PORT without the R bit.
+    Even,
+    /// EVEN-PORT with the R bit: an even port, with the next one up claimed beside it (and
+    /// reserved once the allocation is answered).
+    EvenPair,
+    /// The port of a RESERVATION-TOKEN: exactly that one, or 508.
+    Reserved,
 }
 
 struct Permission {
@@ -113,6 +133,7 @@ impl Allocation {
             username: owner.username,
             key: owner.key,
             _quota: owner.quota,
+            reservation_quota: None,
             created_at: now,
             to_peers: Meter::new(now),
             to_clients: Meter::new(now),
@@ -268,7 +289,8 @@ mod tests {
             lifetime: Duration::from_secs(600),
             algorithm: IntegrityAlgorithm::Sha1,
             fingerprint: false,
-            even_port: false,
+            ports: PortChoice::Any,
+            relay_options: RelayOptions::default(),
             attempts: 0,
             unserved_family: None,
         };

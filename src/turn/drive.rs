@@ -18,14 +18,14 @@
 
 use std::time::Instant;
 
-use super::{FiveTuple, Output, RelayAddr, Server};
+use super::{FiveTuple, Output, RelayAddr, RelayOptions, Server};
 
 /// What the core needs an I/O layer to do.
 pub trait Io {
     /// Sends `bytes` to the client on `to` (a response, never relayed data).
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
-    /// Binds a UDP relay socket on `relay` for peers' datagrams.
-    fn bind_relay(&mut self, relay: RelayAddr) -> RelayBind;
+    /// Binds a UDP relay socket on `relay` for peers' datagrams, with `options`.
+    fn bind_relay(&mut self, relay: RelayAddr, options: RelayOptions) -> RelayBind;
     /// Closes the relay socket on `relay`; a relay that is not open is ignored.
     fn release_relay(&mut self, relay: RelayAddr);
 }
@@ -48,7 +48,7 @@ impl Server {
         while let Some(output) = self.poll_output() {
             match output {
                 Output::Transmit { to, bytes } => io.transmit(to, bytes),
-                Output::BindRelay { relay } => match io.bind_relay(relay) {
+                Output::BindRelay { relay, options } => match io.bind_relay(relay, options) {
                     RelayBind::Bound => self.handle_relay_bound(now, relay, true),
                     RelayBind::Unavailable => self.handle_relay_bound(now, relay, false),
                     RelayBind::Deferred => {}

@@ -26,6 +26,7 @@ mod policy;
 mod ports;
 mod quota;
 mod requests;
+mod reservation;
 mod server;
 mod stats;
 mod table;
@@ -39,16 +40,46 @@ pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
 pub use nonce::NONCE_COOKIE;
 pub use policy::PeerPolicy;
+pub use ports::PortClaims;
 pub use quota::{QuotaExceeded, QuotaKey, QuotaLimits, Quotas};
 pub use requests::DefaultFamily;
+pub use reservation::{ReservationToken, Reservations, RESERVATION_LIFETIME};
 pub use server::{Server, ServerConfig};
 pub use stats::{DropReason, Gauges, Outcomes, Relayed, RequestMethod, Stats, Traffic};
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
-/// Channel numbers a client may bind (RFC 8656 §12).
-pub const CHANNEL_NUMBERS: RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Every channel number a ChannelData message can carry: the top two bits 01, so
+/// 0x4000–0x7FFF (RFC 5766 §11). Which of them a client may bind is [`ChannelNumbers`].
+pub const CHANNEL_NUMBERS: RangeInclusive<u16> = 0x4000..=0x7FFF;
+
+/// Which channel numbers ChannelBind accepts (config `channel-numbers`).
+///
+/// RFC 5766 allowed 0x4000–0x7FFF; RFC 8656 §12 narrowed it to 0x4000–0x4FFF, keeping
+/// 0x5000–0x7FFF apart for DTLS-SRTP multiplexing (RFC 7983) on the client's side. Clients
+/// written to RFC 5766 (coturn's tools, SIP stacks, older libraries) still pick numbers from
+/// the whole old range, and coturn and pion accept them, so rendez does too by default: a
+/// deliberate compatibility choice. A number outside the setting gets 400; ChannelData on a
+/// number that cannot be bound is dropped like any on an unbound channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChannelNumbers {
+    /// 0x4000–0x7FFF (RFC 5766 §11).
+    #[default]
+    Rfc5766,
+    /// 0x4000–0x4FFF only (RFC 8656 §12).
+    Rfc8656,
+}
+
+impl ChannelNumbers {
+    /// The numbers a ChannelBind may name.
+    pub fn range(self) -> RangeInclusive<u16> {
+        match self {
+            ChannelNumbers::Rfc5766 => CHANNEL_NUMBERS,
+            ChannelNumbers::Rfc8656 => 0x4000..=0x4FFF,
+        }
+    }
+}
 
 /// The transport a client reached us over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,6 +154,19 @@ pub struct ToPeer<'a> {
     pub relay: RelayAddr,
     pub peer: PeerAddr,
     pub payload: &'a [u8],
+    /// This datagram must leave with the DF bit set: a Send indication with DONT-FRAGMENT
+    /// (RFC 8656 §11.2). (An allocation that asked for DF in its Allocate has a relay
+    /// socket that sets it on everything; see [`RelayOptions`].)
+    pub dont_fragment: bool,
+}
+
+/// How to open a relay socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// Every datagram leaves with the DF bit set and is never fragmented by this host
+    /// (`IP_PMTUDISC_DO`, `IPV6_DONTFRAG`): the Allocate carried DONT-FRAGMENT (RFC 8656
+    /// §7.2, §14.8). One larger than the path MTU is dropped, not sent in pieces.
+    pub dont_fragment: bool,
 }
 
 /// Framed bytes to send to a client (the hot path, peer → client).
@@ -138,7 +182,10 @@ pub enum Output {
     /// Send `bytes` to the client on `to`.
     Transmit { to: FiveTuple, bytes: Vec<u8> },
     /// Bind a UDP socket on `relay`, then call [`Server::handle_relay_bound`].
-    BindRelay { relay: RelayAddr },
+    BindRelay {
+        relay: RelayAddr,
+        options: RelayOptions,
+    },
     /// Close the relay socket on `relay`.
     ReleaseRelay { relay: RelayAddr },
 }

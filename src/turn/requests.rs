@@ -5,15 +5,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::allocation::{
-    Allocation, ChannelBindError, Owner, PendingAllocate, Relay, State, MAX_PERMISSIONS,
+    Allocation, ChannelBindError, Owner, PendingAllocate, PortChoice, Relay, State, MAX_PERMISSIONS,
 };
 use super::auth::{quota_name, Credentials};
+use super::quota::QuotaClaim;
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
-use super::{Output, RelayAddr, CHANNEL_NUMBERS};
+use super::{Output, RelayAddr, RelayOptions};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
 /// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
-const PROTOCOL_UDP: u8 = 17;
+pub(super) const PROTOCOL_UDP: u8 = 17;
 
 /// Which relay family an Allocate gets when it does not ask (browsers never do).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -61,22 +62,12 @@ impl Server {
             self.refuse_while_draining(reply);
             return;
         }
-        let quota = match self
-            .quotas
-            .claim(quota_name(&credentials.username), tuple.client.ip())
-        {
-            Ok(claim) => claim,
-            Err(exceeded) => {
-                self.stats.quota_refusals[exceeded as usize] += 1;
-                tracing::info!(
-                    client = %tuple.client,
-                    user = %credentials.username,
-                    quota = exceeded.name(),
-                    "allocation refused: quota reached"
-                );
-                self.send_error(reply, ErrorCode::ALLOCATION_QUOTA_REACHED, |_| {});
-                return;
-            }
+        if message.has_reservation_token() {
+            self.allocate_reserved(now, message, credentials, reply);
+            return;
+        }
+        let Some(quota) = self.claim_quota(&credentials, reply) else {
+            return;
         };
         let families = match self.allocate_families(message, tuple.client.ip()) {
             Ok(families) => families,
@@ -85,10 +76,27 @@ impl Server {
                 return;
             }
         };
-        let even_port = message.has_even_port();
+        let ports = match message.even_port() {
+            None => PortChoice::Any,
+            Some(even) if !even.reserve_next => PortChoice::Even,
+            // The token names one relayed address: no pair for a dual allocation.
+            Some(_) if families.binds.len() > 1 || families.unserved.is_some() => {
+                self.send_error(reply, ErrorCode::BAD_REQUEST, |_| {});
+                return;
+            }
+            Some(_) => PortChoice::EvenPair,
+        };
+        // The reserved port counts against the quotas like an allocation.
+        let reservation_quota = match ports {
+            PortChoice::EvenPair => match self.claim_quota(&credentials, reply) {
+                Some(claim) => Some(claim),
+                None => return,
+            },
+            _ => None,
+        };
         let mut relays = Vec::with_capacity(families.binds.len());
         for &ip in &families.binds {
-            match self.reserve_relay(ip, even_port) {
+            match self.reserve_relay(ip, ports) {
                 Some(relay) => relays.push(relay),
                 None => {
                     for relay in relays {
@@ -107,13 +115,15 @@ impl Server {
             lifetime: self.granted_lifetime(message).max(self.default_lifetime),
             algorithm,
             fingerprint: reply.fingerprint,
-            even_port,
+            ports,
+            relay_options: relay_options(message),
             attempts: 0,
             unserved_family: families.unserved,
         };
         for relay in &relays {
             self.outputs.push_back(Output::BindRelay {
                 relay: RelayAddr(relay.bind),
+                options: pending.relay_options,
             });
         }
         let owner = Owner {
@@ -121,7 +131,7 @@ impl Server {
             key: credentials.key,
             quota,
         };
-        let allocation = Allocation::new(
+        let mut allocation = Allocation::new(
             relays,
             owner,
             reply.transaction,
@@ -129,8 +139,31 @@ impl Server {
             now,
             now + RELAY_BIND_TIMEOUT,
         );
+        allocation.reservation_quota = reservation_quota;
         self.allocations
             .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
+    }
+
+    /// One allocation's place in the quotas, or `None` after answering 486.
+    fn claim_quota(&mut self, credentials: &Credentials, reply: &Reply) -> Option<QuotaClaim> {
+        let client = reply.to.client;
+        match self
+            .quotas
+            .claim(quota_name(&credentials.username), client.ip())
+        {
+            Ok(claim) => Some(claim),
+            Err(exceeded) => {
+                self.stats.quota_refusals[exceeded as usize] += 1;
+                tracing::info!(
+                    %client,
+                    user = %credentials.username,
+                    quota = exceeded.name(),
+                    "allocation refused: quota reached"
+                );
+                self.send_error(reply, ErrorCode::ALLOCATION_QUOTA_REACHED, |_| {});
+                None
+            }
+        }
     }
 
     /// A draining server sends new allocations to an alternate server (300, RFC 8489 §10)
@@ -151,8 +184,8 @@ impl Server {
         }
     }
 
-    /// Checks REQUESTED-TRANSPORT, RESERVATION-TOKEN, EVEN-PORT, REQUESTED-ADDRESS-FAMILY
-    /// and ADDITIONAL-ADDRESS-FAMILY; returns the relay addresses to reserve.
+    /// Checks REQUESTED-TRANSPORT, REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY
+    /// (RESERVATION-TOKEN has its own path); returns the relay addresses to reserve.
     fn allocate_families(
         &self,
         message: &Message<'_>,
@@ -164,18 +197,10 @@ impl Server {
         if transport != PROTOCOL_UDP {
             return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
         }
-        let token = message.has_reservation_token();
         let requested = message.requested_family();
         let additional = message.additional_family();
-        let even_port = message.has_even_port();
-        if token && (even_port || requested.is_some())
-            || requested.is_some() && additional.is_some()
-        {
+        if requested.is_some() && additional.is_some() {
             return Err(ErrorCode::BAD_REQUEST);
-        }
-        if token {
-            // We never hand out reservation tokens, so none can be valid (RFC 8656 §7.2).
-            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let v4 = self.relay_bind_ip(false);
         let v6 = self.relay_bind_ip(true);
@@ -324,7 +349,7 @@ impl Server {
     ) -> Result<(), ErrorCode> {
         let number = message
             .channel_number()
-            .filter(|n| CHANNEL_NUMBERS.contains(n))
+            .filter(|n| self.channel_numbers.range().contains(n))
             .ok_or(ErrorCode::BAD_REQUEST)?;
         let peer = message
             .xor_peer_address()
@@ -377,14 +402,21 @@ impl Server {
         }
     }
 
-    /// Reserves a free port on the relay address of `family_ip`'s family.
-    pub(super) fn reserve_relay(&mut self, family_ip: IpAddr, even: bool) -> Option<Relay> {
+    /// Claims a free port on the relay address of `family_ip`'s family (for
+    /// [`PortChoice::EvenPair`] the one after it too). `None` for [`PortChoice::Reserved`]:
+    /// a reserved port is exactly one, with no other to try.
+    pub(super) fn reserve_relay(&mut self, family_ip: IpAddr, ports: PortChoice) -> Option<Relay> {
         let random = self.rng.next_u64();
         let pool = self
             .relays
             .iter_mut()
             .find(|r| r.address.bind.is_ipv6() == family_ip.is_ipv6())?;
-        let port = pool.ports.acquire(random, even)?;
+        let port = match ports {
+            PortChoice::Any => pool.ports.acquire(random, false),
+            PortChoice::Even => pool.ports.acquire(random, true),
+            PortChoice::EvenPair => pool.ports.acquire_pair(random),
+            PortChoice::Reserved => None,
+        }?;
         Some(Relay {
             bind: SocketAddr::new(pool.address.bind, port),
             public: SocketAddr::new(pool.address.public, port),
@@ -397,5 +429,14 @@ impl Server {
             .iter()
             .map(|r| r.address.bind)
             .find(|ip| ip.is_ipv6() == v6)
+    }
+}
+
+/// How an Allocate's relay sockets are opened: DONT-FRAGMENT asks for the DF bit on
+/// everything relayed (RFC 8656 §7.2); this server can set it, so it is honoured, never
+/// refused.
+pub(super) fn relay_options(message: &Message<'_>) -> RelayOptions {
+    RelayOptions {
+        dont_fragment: message.has_dont_fragment(),
     }
 }

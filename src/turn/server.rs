@@ -5,17 +5,21 @@ use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use super::allocation::{PendingAllocate, State};
+use super::allocation::{PendingAllocate, PortChoice, State};
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::{HostAddresses, PeerPolicy};
-use super::ports::PortPool;
+use super::ports::{PortClaims, PortPool};
 use super::quota::Quotas;
 use super::requests::DefaultFamily;
+use super::reservation::{ReservationTimers, Reservations};
 use super::stats::{DropReason, Gauges, RequestMethod, Stats};
 use super::table::AllocationTable;
-use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer, Transport};
+use super::{
+    ChannelNumbers, FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer,
+    Transport,
+};
 use crate::random::Rng;
 use crate::stun::{
     classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, LongTermKey,
@@ -64,6 +68,12 @@ pub struct ServerConfig {
     pub bandwidth_per_allocation: u64,
     /// Where new allocations go while the server drains (300 Try Alternate).
     pub alternate_servers: Vec<SocketAddr>,
+    /// Which channel numbers ChannelBind accepts.
+    pub channel_numbers: ChannelNumbers,
+    /// Relay ports taken on every shard: share one between shards of one server.
+    pub port_claims: PortClaims,
+    /// EVEN-PORT reservations of every shard: share one between shards of one server.
+    pub reservations: Reservations,
 }
 
 impl ServerConfig {
@@ -88,6 +98,9 @@ impl ServerConfig {
             binding_limit: None,
             bandwidth_per_allocation: 0,
             alternate_servers: Vec::new(),
+            channel_numbers: ChannelNumbers::default(),
+            port_claims: PortClaims::default(),
+            reservations: Reservations::default(),
         }
     }
 }
@@ -108,9 +121,13 @@ pub struct Server {
     binding_limit: Option<ChallengeLimiter>,
     bandwidth_per_allocation: u64,
     pub(super) alternate_servers: Vec<SocketAddr>,
+    pub(super) channel_numbers: ChannelNumbers,
     /// Set by [`Server::start_draining`]: new allocations are refused.
     pub(super) draining: bool,
     pub(super) allocations: AllocationTable,
+    pub(super) reservations: Reservations,
+    /// When the reservations this shard made expire.
+    pub(super) reservation_timers: ReservationTimers,
     pub(super) outputs: VecDeque<Output>,
     /// Chooses relay ports and Data indication transaction ids.
     pub(super) rng: Rng,
@@ -183,7 +200,11 @@ impl Server {
             .iter()
             .map(|&address| RelayPool {
                 address,
-                ports: PortPool::new(config.relay_ports.clone()),
+                ports: PortPool::new(
+                    config.relay_ports.clone(),
+                    &config.port_claims,
+                    address.bind.is_ipv6(),
+                ),
             })
             .collect();
         Self {
@@ -200,8 +221,11 @@ impl Server {
             binding_limit: config.binding_limit,
             bandwidth_per_allocation: config.bandwidth_per_allocation,
             alternate_servers: config.alternate_servers,
+            channel_numbers: config.channel_numbers,
             draining: false,
             allocations: AllocationTable::default(),
+            reservations: config.reservations,
+            reservation_timers: ReservationTimers::default(),
             outputs: VecDeque::new(),
             rng,
             wall_clock: WallClock { at: now, unix_secs },
@@ -227,6 +251,7 @@ impl Server {
         self.binding_limit = config.binding_limit.clone();
         self.bandwidth_per_allocation = config.bandwidth_per_allocation;
         self.alternate_servers = config.alternate_servers.clone();
+        self.channel_numbers = config.channel_numbers;
     }
 
     /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);
@@ -386,11 +411,15 @@ impl Server {
             }
             return;
         }
-        // The port is taken by another program: release our claim and try another.
+        // The port is taken by another program: release our claim and try another (a
+        // reserved port has no other: `reserve_relay` gives none).
         self.release_port(relay);
+        if pending.ports == PortChoice::EvenPair {
+            self.release_pair_partner(relay);
+        }
         let attempts = pending.attempts + 1;
         let retry = (attempts < RELAY_BIND_ATTEMPTS)
-            .then(|| self.reserve_relay(relay.ip(), pending.even_port))
+            .then(|| self.reserve_relay(relay.ip(), pending.ports))
             .flatten();
         let Some(replacement) = retry else {
             self.allocations.remove_relay(&tuple, relay);
@@ -407,6 +436,7 @@ impl Server {
         }
         self.outputs.push_back(Output::BindRelay {
             relay: RelayAddr(replacement.bind),
+            options: pending.relay_options,
         });
     }
 
@@ -417,6 +447,7 @@ impl Server {
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_reservations(now);
         while let Some(tuple) = self.allocations.pop_due(now) {
             let Some(allocation) = self.allocations.get_mut(&tuple) else {
                 continue;
@@ -432,7 +463,11 @@ impl Server {
 
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.allocations.next_wake()
+        let reservations = self.reservation_timers.next_wake();
+        match (self.allocations.next_wake(), reservations) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -649,6 +684,10 @@ impl Server {
         reply: &Reply,
         pending: PendingAllocate,
     ) {
+        let token = match pending.ports {
+            PortChoice::EvenPair => self.hold_reservation(now, &tuple),
+            _ => None,
+        };
         let Some(allocation) = self.allocations.get_mut(&tuple) else {
             debug_assert!(false, "activating a missing allocation");
             return;
@@ -662,6 +701,9 @@ impl Server {
             }
             if let Some(family) = pending.unserved_family {
                 b.add_address_error(family, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+            }
+            if let Some(token) = token {
+                b.add(AttrType::RESERVATION_TOKEN, &token.0);
             }
             b.add_u32(AttrType::LIFETIME, pending.lifetime.as_secs() as u32)
                 .add_xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client);
@@ -708,7 +750,12 @@ impl Server {
             self.stats.drop(DropReason::UnknownAttribute);
             return None;
         }
+        let dont_fragment = message.has_dont_fragment();
         self.relay_to_peer(now, from, PeerTarget::Address(peer), payload)
+            .map(|to_peer| ToPeer {
+                dont_fragment,
+                ..to_peer
+            })
     }
 
     /// RFC 8656 §12.6: ChannelData on a bound channel is relayed to its peer.
@@ -744,6 +791,7 @@ impl Server {
                     relay: RelayAddr(relay),
                     peer: PeerAddr(peer),
                     payload,
+                    dont_fragment: false,
                 })
             }
             Err(reason) => {
@@ -807,6 +855,14 @@ impl Server {
             self.outputs.push_back(Output::ReleaseRelay {
                 relay: RelayAddr(relay.bind),
             });
+        }
+        // An R=1 allocation that never became active has not reserved its partner yet.
+        if let State::Binding(pending) = &allocation.state {
+            if pending.ports == PortChoice::EvenPair {
+                if let Some(relay) = allocation.relays.first() {
+                    self.release_pair_partner(relay.bind);
+                }
+            }
         }
         if matches!(allocation.state, State::Active) {
             self.stats.allocations_ended += 1;

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 pub mod channel_loop;
+pub mod netns;
 pub mod process;
 pub mod tls;
 pub mod tools;

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use rendez::turn::{FiveTuple, Io, RelayAddr, RelayBind};
+use rendez::turn::{FiveTuple, Io, RelayAddr, RelayBind, RelayOptions};
 
 /// One thing the core asked for, in the order it asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub struct RecordingIo {
     script: VecDeque<RelayBind>,
     cycle: Vec<RelayBind>,
     answered: usize,
+    /// Relays the core asked to open with "don't fragment", in order.
+    pub dont_fragment: Vec<SocketAddr>,
 }
 
 impl Default for RecordingIo {
@@ -43,6 +45,7 @@ impl RecordingIo {
             script: VecDeque::new(),
             cycle: answers,
             answered: 0,
+            dont_fragment: Vec::new(),
         }
     }
 
@@ -69,7 +72,10 @@ impl Io for RecordingIo {
         self.log.push(Event::Transmit(to, bytes));
     }
 
-    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr) -> RelayBind {
+    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr, options: RelayOptions) -> RelayBind {
+        if options.dont_fragment {
+            self.dont_fragment.push(relay);
+        }
         let answer = self.script.pop_front().unwrap_or_else(|| {
             let answer = self.cycle[self.answered % self.cycle.len()];
             self.answered += 1;

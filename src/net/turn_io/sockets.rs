@@ -15,8 +15,8 @@ use mio::net::UdpSocket;
 use mio::{Interest, Poll, Token};
 
 use super::batch::{self, OutgoingFrom};
-use super::udp::bind_udp;
-use crate::turn::{FiveTuple, Io, PeerAddr, RelayAddr, RelayBind};
+use super::udp::{bind_relay_socket, set_dont_fragment};
+use crate::turn::{FiveTuple, Io, RelayAddr, RelayBind, RelayOptions, ToPeer};
 
 /// Relay sockets get tokens from here up; listeners get 0, 1, ...
 const FIRST_RELAY_TOKEN: usize = 1 << 16;
@@ -90,6 +90,8 @@ pub(super) struct Route {
 struct Relay {
     socket: UdpSocket,
     token: usize,
+    /// Opened with "don't fragment" (the allocation asked for DF on everything).
+    dont_fragment: bool,
 }
 
 impl Sockets {
@@ -157,18 +159,30 @@ impl Sockets {
         self.relays.get(&relay).map(|r| &r.socket)
     }
 
-    /// Sends `payload` from the relay socket on `relay` to `peer`; a full socket buffer
-    /// drops it, as a router would.
-    /// Sends one datagram from a relay socket; false when the kernel refused it.
-    pub fn send_to_peer(
-        &self,
-        RelayAddr(relay): RelayAddr,
-        peer: PeerAddr,
-        payload: &[u8],
-    ) -> bool {
-        self.relays
-            .get(&relay)
-            .is_some_and(|relay| relay.socket.send_to(payload, peer.0).is_ok())
+    /// Sends `payload` from the relay socket on `relay` to `peer`, with the DF bit if
+    /// `dont_fragment`; false when the kernel refused it (a full socket buffer drops it, as
+    /// a router would; so does a DF datagram larger than the path MTU).
+    pub fn send_to_peer(&self, to_peer: &ToPeer<'_>) -> bool {
+        let Some(relay) = self.relays.get(&to_peer.relay.0) else {
+            return false;
+        };
+        let send = || {
+            relay
+                .socket
+                .send_to(to_peer.payload, to_peer.peer.0)
+                .is_ok()
+        };
+        if !to_peer.dont_fragment || relay.dont_fragment {
+            return send();
+        }
+        // One datagram asks for DF on a socket without it (a Send indication with
+        // DONT-FRAGMENT, which is rare): set it around this send only.
+        if set_dont_fragment(&relay.socket, true).is_err() {
+            return false;
+        }
+        let sent = send();
+        let _ = set_dont_fragment(&relay.socket, false);
+        sent
     }
 
     /// Gives spare map memory back after many relays closed.
@@ -178,8 +192,8 @@ impl Sockets {
         }
     }
 
-    fn open_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
-        let mut socket = UdpSocket::from_std(bind_udp(relay, false)?);
+    fn open_relay(&mut self, relay: SocketAddr, options: RelayOptions) -> io::Result<()> {
+        let mut socket = UdpSocket::from_std(bind_relay_socket(relay, options)?);
         let token = self.free_tokens.pop().unwrap_or(self.relay_tokens.len());
         self.poll.registry().register(
             &mut socket,
@@ -191,7 +205,15 @@ impl Sockets {
         } else {
             self.relay_tokens[token] = Some(relay);
         }
-        self.relays.insert(relay, Relay { socket, token });
+        let dont_fragment = options.dont_fragment;
+        self.relays.insert(
+            relay,
+            Relay {
+                socket,
+                token,
+                dont_fragment,
+            },
+        );
         Ok(())
     }
 }
@@ -210,8 +232,8 @@ impl Io for Sockets {
         }
     }
 
-    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr) -> RelayBind {
-        match self.open_relay(relay) {
+    fn bind_relay(&mut self, RelayAddr(relay): RelayAddr, options: RelayOptions) -> RelayBind {
+        match self.open_relay(relay, options) {
             Ok(()) => RelayBind::Bound,
             Err(error) => {
                 tracing::debug!(%relay, %error, "relay port unavailable");

@@ -18,11 +18,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use super::udp::bind_udp;
+use super::udp::{bind_relay_socket, set_dont_fragment};
 use super::{Control, IoDrops, PublishedFigures};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{
-    FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, Server, PEER_HEADROOM, PEER_TAILROOM,
+    FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, Server, ToPeer, PEER_HEADROOM,
+    PEER_TAILROOM,
 };
 
 /// Inputs waiting for the shard before senders wait.
@@ -195,8 +196,7 @@ impl Shard {
                 while let Frame::Complete(len) = stream_frame(rest) {
                     let (message, next) = rest.split_at(len);
                     if let Some(to_peer) = self.server.handle_client_packet(now, tuple, message) {
-                        self.io
-                            .send_to_peer(to_peer.relay, to_peer.peer, to_peer.payload);
+                        self.io.send_to_peer(&to_peer);
                     }
                     rest = next;
                 }
@@ -250,13 +250,29 @@ struct StreamIo {
 }
 
 impl StreamIo {
-    fn send_to_peer(&mut self, relay: RelayAddr, peer: PeerAddr, payload: &[u8]) {
-        if let Some(relay) = self.relays.get(&relay) {
-            // A full socket buffer drops the datagram, as a router would.
-            if let Err(error) = relay.socket.try_send_to(payload, peer.0) {
-                self.drops.send_failed += 1;
-                tracing::debug!(%peer, %error, "send to peer failed");
-            }
+    fn send_to_peer(&mut self, to_peer: &ToPeer<'_>) {
+        let Some(relay) = self.relays.get(&to_peer.relay) else {
+            return;
+        };
+        let peer = to_peer.peer;
+        let send = || relay.socket.try_send_to(to_peer.payload, peer.0);
+        // A datagram that asks for DF on a socket without it (a Send indication with
+        // DONT-FRAGMENT, which is rare) gets it around this send only.
+        let once = to_peer.dont_fragment && !relay.dont_fragment;
+        let sent = if once {
+            set_dont_fragment(&*relay.socket, true).and_then(|()| {
+                let sent = send();
+                let _ = set_dont_fragment(&*relay.socket, false);
+                sent
+            })
+        } else {
+            send()
+        };
+        // A full socket buffer drops the datagram, as a router would; so does a DF
+        // datagram larger than the path MTU.
+        if let Err(error) = sent {
+            self.drops.send_failed += 1;
+            tracing::debug!(%peer, %error, "send to peer failed");
         }
     }
 
@@ -277,11 +293,11 @@ impl Io for StreamIo {
         self.pending.push((to, Bytes::from(bytes)));
     }
 
-    fn bind_relay(&mut self, relay: RelayAddr) -> RelayBind {
+    fn bind_relay(&mut self, relay: RelayAddr, options: RelayOptions) -> RelayBind {
         let Some(input) = self.input.upgrade() else {
             return RelayBind::Unavailable;
         };
-        match RelaySocket::bind(relay, input, &self.tracker) {
+        match RelaySocket::bind(relay, options, input, &self.tracker) {
             Ok(socket) => {
                 self.relays.insert(relay, socket);
                 RelayBind::Bound
@@ -303,17 +319,24 @@ impl Io for StreamIo {
 struct RelaySocket {
     socket: Arc<UdpSocket>,
     reader: JoinHandle<()>,
+    /// Opened with "don't fragment" (the allocation asked for DF on everything).
+    dont_fragment: bool,
 }
 
 impl RelaySocket {
     fn bind(
         relay: RelayAddr,
+        options: RelayOptions,
         input: mpsc::Sender<Input>,
         tracker: &TaskTracker,
     ) -> std::io::Result<Self> {
-        let socket = Arc::new(UdpSocket::from_std(bind_udp(relay.0, false)?)?);
+        let socket = Arc::new(UdpSocket::from_std(bind_relay_socket(relay.0, options)?)?);
         let reader = tracker.spawn(read_peers(socket.clone(), relay, input));
-        Ok(Self { socket, reader })
+        Ok(Self {
+            socket,
+            reader,
+            dont_fragment: options.dont_fragment,
+        })
     }
 }
 

@@ -1,11 +1,13 @@
 //! Binding UDP sockets: listener sets for the workers, and relay sockets.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::batch;
+use crate::turn::RelayOptions;
 
 /// Binds every `listen` address once per worker with `SO_REUSEPORT`, so the kernel spreads
 /// clients across workers by 5-tuple. Port 0 is resolved by the first socket and reused by
@@ -72,6 +74,66 @@ pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<st
     Ok(socket.into())
 }
 
+/// A relay socket on `relay`, opened as the core asks.
+pub(crate) fn bind_relay_socket(
+    relay: SocketAddr,
+    options: RelayOptions,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = bind_udp(relay, false)?;
+    if options.dont_fragment {
+        set_dont_fragment(&socket, true)?;
+    }
+    Ok(socket)
+}
+
+/// Sets or clears "don't fragment" on a UDP socket: with it every datagram leaves with the
+/// DF bit (IPv4) and none is fragmented by this host (IPv4 and IPv6); one larger than the
+/// path MTU fails to send (`EMSGSIZE`) and is dropped. Without it, the kernel's default
+/// (`IP_PMTUDISC_WANT`: DF on datagrams that fit, local fragmentation of larger ones).
+#[cfg(target_os = "linux")]
+pub(crate) fn set_dont_fragment(socket: &impl AsFd, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v6 = socket2::SockRef::from(socket).local_addr()?.is_ipv6();
+    let (level, option, value) = match (v6, on) {
+        (false, true) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        ),
+        (false, false) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_WANT,
+        ),
+        (true, on) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_DONTFRAG,
+            libc::c_int::from(on),
+        ),
+    };
+    // SAFETY: setsockopt reads an int of the size given from a live local.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere the option is not wired up: a relay that must not fragment cannot be opened.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_dont_fragment(_socket: &impl AsFd, _on: bool) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 /// Receive and send buffer of a listener socket. Every client shares it, so the kernel's
 /// default (about 200 KiB) overflows in bursts at a few tens of thousands of packets per
 /// second; relay sockets serve one allocation each and keep the default.
@@ -101,5 +163,65 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
     if socket.recv_buffer_size().unwrap_or(0) < LISTENER_BUFFER_BYTES {
         let _ = socket.set_recv_buffer_size(LISTENER_BUFFER_BYTES);
         let _ = socket.set_send_buffer_size(LISTENER_BUFFER_BYTES);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Reads an int socket option.
+    fn option(socket: &std::net::UdpSocket, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a live local int.
+        let result = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    fn a_dont_fragment_relay_socket_never_fragments_and_others_keep_the_default() {
+        let mtu = |s: &std::net::UdpSocket| option(s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let df = bind_relay_socket(
+            any,
+            RelayOptions {
+                dont_fragment: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(mtu(&df), libc::IP_PMTUDISC_DO);
+        let plain = bind_relay_socket(any, RelayOptions::default()).unwrap();
+        assert_ne!(mtu(&plain), libc::IP_PMTUDISC_DO);
+        set_dont_fragment(&plain, true).unwrap();
+        assert_eq!(mtu(&plain), libc::IP_PMTUDISC_DO);
+        set_dont_fragment(&plain, false).unwrap();
+        assert_eq!(mtu(&plain), libc::IP_PMTUDISC_WANT);
+    }
+
+    #[test]
+    fn ipv6_relay_sockets_use_ipv6_dontfrag() {
+        let Ok(df) = bind_relay_socket(
+            "[::1]:0".parse().unwrap(),
+            RelayOptions {
+                dont_fragment: true,
+            },
+        ) else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        assert_eq!(option(&df, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG), 1);
+        let plain = bind_relay_socket("[::1]:0".parse().unwrap(), RelayOptions::default()).unwrap();
+        assert_eq!(option(&plain, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG), 0);
     }
 }

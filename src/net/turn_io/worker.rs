@@ -233,9 +233,7 @@ impl Worker {
                 };
                 let packet = &slot[headroom..headroom + len];
                 if let Some(to_peer) = self.server.handle_client_packet(now, from, packet) {
-                    let sent =
-                        self.sockets
-                            .send_to_peer(to_peer.relay, to_peer.peer, to_peer.payload);
+                    let sent = self.sockets.send_to_peer(&to_peer);
                     self.drops.send_failed += u64::from(!sent);
                 }
             }
