@@ -21,8 +21,8 @@ use super::{http, limits, metrics, tls, unix_now};
 use crate::config::{Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
-    self, ChallengeLimiter, DefaultFamily, PeerPolicy, QuotaLimits, Quotas, RelayAddress,
-    ServerConfig,
+    self, ChallengeLimiter, DefaultFamily, NatDiscovery, PeerPolicy, QuotaLimits, Quotas,
+    RelayAddress, ServerConfig,
 };
 
 /// The limits every shard shares: allocation quotas and the challenge rate per source.
@@ -89,7 +89,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         udp_sets: listener_sets,
         udp_addrs,
         tcp: tcp_listeners,
-    } = bind_udp_and_tcp(&config.listen, workers)?;
+        discovery,
+    } = bind_udp_and_tcp(&config.listen, config.other_address, workers)?;
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
@@ -132,6 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
         let mut core = core_config(&config, &relays, &shared_limits);
         core.relay_ports = ports.clone();
+        core.nat_discovery = discovery;
         Ok(turn::Server::new(
             core,
             Instant::now(),
@@ -220,6 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         signal = ?signal_addr,
         metrics = ?metrics_addr,
         relays = ?relays,
+        nat_discovery = ?discovery.map(|d| d.addresses()),
         ports = %config.relay_ports,
         workers,
         "rendez serving STUN/TURN"
@@ -240,37 +243,78 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         hub,
         observer,
         metrics_addr,
+        discovery,
         reloading: tokio::sync::Mutex::new(()),
     })
 }
 
 struct BoundListeners {
-    /// One socket per listen address for each worker.
+    /// One socket per listen address for each worker (then the three more addresses of NAT
+    /// behaviour discovery, with `other-address`).
     udp_sets: Vec<Vec<std::net::UdpSocket>>,
     udp_addrs: Vec<SocketAddr>,
     tcp: Vec<tokio::net::TcpListener>,
+    /// The four addresses of NAT behaviour discovery, with `other-address`.
+    discovery: Option<NatDiscovery>,
 }
 
 /// UDP listener sets for the workers, and TCP listeners on exactly the same addresses and
-/// ports. Port 0 is resolved by UDP; if TCP finds that port taken (the two port spaces are
-/// separate), the whole set is bound again on another port.
-fn bind_udp_and_tcp(listen: &[SocketAddr], workers: usize) -> anyhow::Result<BoundListeners> {
+/// ports; with `other` (`other-address`), the UDP listeners of NAT behaviour discovery too.
+/// Port 0 is resolved by UDP; if TCP or a discovery address finds that port taken (the two
+/// port spaces are separate, and the discovery addresses cross IPs and ports), the whole set
+/// is bound again on another port.
+fn bind_udp_and_tcp(
+    listen: &[SocketAddr],
+    other: Option<SocketAddr>,
+    workers: usize,
+) -> anyhow::Result<BoundListeners> {
     const ATTEMPTS_WITH_PORT_ZERO: usize = 16;
-    let any_port_zero = listen.iter().any(|a| a.port() == 0);
+    let any_port_zero = listen.iter().chain(&other).any(|a| a.port() == 0);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (sets, udp_addrs) = udp::bind_listener_sets(listen, workers)?;
+        let (mut sets, udp_addrs) = udp::bind_listener_sets(listen, workers)?;
         let tcp: Result<Vec<_>, _> = udp_addrs
             .iter()
             .map(|&addr| stream::bind_tcp(addr).map_err(|e| (addr, e)))
             .collect();
+        let discovery = match (&tcp, other) {
+            (Ok(_), Some(other)) => {
+                let Some(&primary) = udp_addrs.iter().find(|a| a.is_ipv4() == other.is_ipv4())
+                else {
+                    anyhow::bail!("`other-address` {other} has no `listen` address of its IP family to pair with");
+                };
+                match udp::bind_discovery_sets(primary, other, workers) {
+                    Ok((extra, discovery)) => {
+                        for (sockets, extra) in sets.iter_mut().zip(extra) {
+                            sockets.extend(extra);
+                        }
+                        Some(discovery)
+                    }
+                    Err(error)
+                        if any_port_zero
+                            && error.kind() == std::io::ErrorKind::AddrInUse
+                            && attempt < ATTEMPTS_WITH_PORT_ZERO =>
+                    {
+                        continue
+                    }
+                    Err(error) => {
+                        return Err(anyhow::Error::new(error).context(format!(
+                            "cannot listen on UDP for NAT behaviour discovery between {primary} and {other} (config key `other-address`): is {} an address of this host, and are the ports free?",
+                            other.ip()
+                        )))
+                    }
+                }
+            }
+            _ => None,
+        };
         match tcp {
             Ok(tcp) => {
                 return Ok(BoundListeners {
                     udp_sets: sets,
                     udp_addrs,
                     tcp,
+                    discovery,
                 })
             }
             Err((_, error))
@@ -335,6 +379,7 @@ pub(crate) fn core_config(
     core.binding_limit = Some(limits.bindings.clone());
     core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
     core.alternate_servers = config.alternate_servers.clone();
+    core.software.clone_from(&config.software);
     core
 }
 

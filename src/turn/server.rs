@@ -6,6 +6,7 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, State};
+use super::binding::NatDiscovery;
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
@@ -18,8 +19,8 @@ use super::table::AllocationTable;
 use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer, Transport};
 use crate::random::Rng;
 use crate::stun::{
-    classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, LongTermKey,
-    Message, MessageBuilder, Method, TransactionId,
+    classify, AttrType, ChannelData, Class, Dialect, ErrorCode, Framing, IntegrityAlgorithm,
+    LongTermKey, Message, MessageBuilder, Method, TransactionId,
 };
 
 /// How many ports to try when the I/O layer finds the chosen one taken by another program.
@@ -64,6 +65,11 @@ pub struct ServerConfig {
     pub bandwidth_per_allocation: u64,
     /// Where new allocations go while the server drains (300 Try Alternate).
     pub alternate_servers: Vec<SocketAddr>,
+    /// SOFTWARE in every response (RFC 8489 §14.14); `None`: the version is not advertised.
+    pub software: Option<String>,
+    /// The four addresses of NAT behaviour discovery (RFC 5780), when `other-address` is
+    /// set; the I/O layer listens for STUN on each over UDP.
+    pub nat_discovery: Option<NatDiscovery>,
 }
 
 impl ServerConfig {
@@ -88,6 +94,8 @@ impl ServerConfig {
             binding_limit: None,
             bandwidth_per_allocation: 0,
             alternate_servers: Vec::new(),
+            software: None,
+            nat_discovery: None,
         }
     }
 }
@@ -108,6 +116,8 @@ pub struct Server {
     binding_limit: Option<ChallengeLimiter>,
     bandwidth_per_allocation: u64,
     pub(super) alternate_servers: Vec<SocketAddr>,
+    software: Option<String>,
+    pub(super) nat_discovery: Option<NatDiscovery>,
     /// Set by [`Server::start_draining`]: new allocations are refused.
     pub(super) draining: bool,
     pub(super) allocations: AllocationTable,
@@ -152,10 +162,13 @@ enum Unauthenticated {
 }
 
 /// How to answer one request.
+#[derive(Clone, Copy)]
 pub(super) struct Reply {
+    /// The client, and the server address the answer leaves from.
     pub to: FiveTuple,
     pub method: Method,
     pub transaction: TransactionId,
+    pub dialect: Dialect,
     pub fingerprint: bool,
     pub integrity: Option<(IntegrityAlgorithm, LongTermKey)>,
 }
@@ -200,6 +213,8 @@ impl Server {
             binding_limit: config.binding_limit,
             bandwidth_per_allocation: config.bandwidth_per_allocation,
             alternate_servers: config.alternate_servers,
+            software: config.software,
+            nat_discovery: config.nat_discovery,
             draining: false,
             allocations: AllocationTable::default(),
             outputs: VecDeque::new(),
@@ -227,6 +242,7 @@ impl Server {
         self.binding_limit = config.binding_limit.clone();
         self.bandwidth_per_allocation = config.bandwidth_per_allocation;
         self.alternate_servers = config.alternate_servers.clone();
+        self.software.clone_from(&config.software);
     }
 
     /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);
@@ -370,6 +386,7 @@ impl Server {
             to: tuple,
             method: Method::ALLOCATE,
             transaction: allocation.allocate_transaction,
+            dialect: Dialect::Rfc8489,
             fingerprint: pending.fingerprint,
             integrity: Some((pending.algorithm, allocation.key)),
         };
@@ -499,21 +516,16 @@ impl Server {
             to: from,
             method: message.method(),
             transaction: message.transaction_id(),
+            dialect: message.dialect(),
             fingerprint: message.has_fingerprint(),
             integrity: None,
         };
         let method = message.method();
         let unix_now = self.unix_secs(now);
         if method == Method::BINDING {
-            if !self.may_answer_unauthenticated(&reply, Unauthenticated::Binding, unix_now) {
-                return;
+            if self.may_answer_unauthenticated(&reply, Unauthenticated::Binding, unix_now) {
+                self.answer_binding(message, &reply);
             }
-            if self.refuse_unknown_attributes(message, &reply) {
-                return;
-            }
-            self.send_success(&reply, |b| {
-                b.add_xor_address(AttrType::XOR_MAPPED_ADDRESS, from.client);
-            });
             return;
         }
         let known = [
@@ -656,7 +668,7 @@ impl Server {
         allocation.state = State::Active;
         allocation.expires_at = now + pending.lifetime;
         let relays = allocation.relays.clone();
-        let response = build(reply, Class::Success, |b| {
+        let response = build(reply, Class::Success, self.software.as_deref(), |b| {
             for relay in &relays {
                 b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, relay.public);
             }
@@ -849,7 +861,7 @@ impl Server {
         attributes: impl FnOnce(&mut MessageBuilder),
     ) {
         self.stats.request(RequestMethod::of(reply.method)).success += 1;
-        let bytes = build(reply, Class::Success, attributes);
+        let bytes = build(reply, Class::Success, self.software.as_deref(), attributes);
         self.outputs.push_back(Output::Transmit {
             to: reply.to,
             bytes,
@@ -863,7 +875,7 @@ impl Server {
         attributes: impl FnOnce(&mut MessageBuilder),
     ) {
         self.stats.request(RequestMethod::of(reply.method)).error += 1;
-        let bytes = build(reply, Class::Error, |b| {
+        let bytes = build(reply, Class::Error, self.software.as_deref(), |b| {
             b.add_error(error);
             attributes(b);
         });
@@ -883,11 +895,26 @@ fn is_own_service(
     host.protects(peer.ip()) && !relay_ports.contains(&peer.port())
 }
 
-/// A response with integrity when the request was authenticated and FINGERPRINT when the
-/// request carried one.
-fn build(reply: &Reply, class: Class, attributes: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
-    let mut b = MessageBuilder::new(class, reply.method, reply.transaction);
+/// A response in the request's dialect, with SOFTWARE when configured, integrity when the
+/// request was authenticated and FINGERPRINT when the request carried one.
+fn build(
+    reply: &Reply,
+    class: Class,
+    software: Option<&str>,
+    attributes: impl FnOnce(&mut MessageBuilder),
+) -> Vec<u8> {
+    let buffer = Vec::with_capacity(128);
+    let mut b = MessageBuilder::in_dialect(
+        buffer,
+        reply.dialect,
+        class,
+        reply.method,
+        reply.transaction,
+    );
     attributes(&mut b);
+    if let Some(software) = software {
+        b.add_software(software);
+    }
     if let Some((algorithm, key)) = reply.integrity {
         b.add_integrity(algorithm, key.as_bytes());
     }
