@@ -62,7 +62,8 @@ pub struct Config {
     pub alternate_servers: Vec<SocketAddr>,
     /// NAT behaviour discovery (RFC 5780): a second IP of this host and a second port. STUN
     /// is then answered on both IPs × both ports over UDP, with OTHER-ADDRESS and
-    /// CHANGE-REQUEST. The primary address is the first `listen` address of its family.
+    /// CHANGE-REQUEST. The primary address is the first `listen` address of its family (on
+    /// a wildcard, the relay IP of the family).
     pub other_address: Option<SocketAddr>,
     /// SOFTWARE in every response; unset: the server's version is not advertised.
     pub software: Option<String>,
@@ -627,7 +628,8 @@ impl Config {
     }
 
     /// The address whose IP and port `other-address` pairs with (RFC 5780's A1:P1): the
-    /// first `listen` address of its family.
+    /// first `listen` address of its family. When that is a wildcard, the server pairs with
+    /// the relay IP of the family at start.
     pub fn primary_address(&self) -> Option<SocketAddr> {
         let other = self.other_address?;
         self.listen
@@ -647,11 +649,6 @@ impl Config {
                 if other.is_ipv4() { "IPv4" } else { "IPv6" }
             ));
         };
-        if primary.ip().is_unspecified() {
-            return Err(format!(
-                "pairs with the first `listen` address of its family, {primary}, which must be a specific IP (NAT behaviour discovery answers from two known IPs): list that IP first, e.g. listen = [\"203.0.113.7:3478\", \"[::]:3478\"]"
-            ));
-        }
         if primary.ip() == ip {
             return Err(format!(
                 "must be another IP than the primary listen address {primary}"
@@ -999,26 +996,52 @@ mod tests {
         let listen = "listen = [\"192.0.2.1:3478\", \"[::]:3478\"]\n";
         let ok = Config::from_toml(&format!("{listen}other-address = \"192.0.2.2:3479\""))
             .expect("a second IP and port");
-        assert_eq!(ok.primary_address(), Some("192.0.2.1:3478".parse().unwrap()));
+        assert_eq!(
+            ok.primary_address(),
+            Some("192.0.2.1:3478".parse().unwrap())
+        );
+        let wildcard = Config::from_toml("other-address = \"192.0.2.2:3479\"").unwrap();
+        assert_eq!(
+            wildcard.primary_address(),
+            Some("0.0.0.0:3478".parse().unwrap())
+        );
         for (text, problem) in [
-            (format!("{listen}other-address = \"192.0.2.1:3479\""), "another IP"),
-            (format!("{listen}other-address = \"192.0.2.2:3478\""), "another port"),
-            (format!("{listen}other-address = \"0.0.0.0:3479\""), "unicast"),
+            (
+                format!("{listen}other-address = \"192.0.2.1:3479\""),
+                "another IP",
+            ),
+            (
+                format!("{listen}other-address = \"192.0.2.2:3478\""),
+                "another port",
+            ),
+            (
+                format!("{listen}other-address = \"0.0.0.0:3479\""),
+                "unicast",
+            ),
             (
                 "listen = [\"[::1]:3478\"]\nother-address = \"192.0.2.2:3479\"".into(),
                 "same IP family",
             ),
-            // The default listen addresses are wildcards: no IP to pair with.
-            ("other-address = \"192.0.2.2:3479\"".into(), "specific IP"),
+            ("other-address = \"192.0.2.2:3478\"".into(), "another port"),
             ("software = \"\"".into(), "1 to 127"),
             (format!("software = \"{}\"", "é".repeat(128)), "1 to 127"),
         ] {
             let err = Config::from_toml(&text).unwrap_err().to_string();
-            let key = if text.contains("software") { "`software`" } else { "`other-address`" };
-            assert!(err.contains(key) && err.contains(problem), "{text:?} gave {err}");
+            let key = if text.contains("software") {
+                "`software`"
+            } else {
+                "`other-address`"
+            };
+            assert!(
+                err.contains(key) && err.contains(problem),
+                "{text:?} gave {err}"
+            );
         }
         let software = Config::from_toml(&format!("software = \"{}\"", "é".repeat(127)));
-        assert!(software.is_ok(), "127 characters of 2 bytes fit in 763 bytes");
+        assert!(
+            software.is_ok(),
+            "127 characters of 2 bytes fit in 763 bytes"
+        );
         let mut moved = ok.clone();
         moved.other_address = Some("192.0.2.3:3479".parse().unwrap());
         assert_eq!(ok.restart_only_changes(&moved), ["other-address"]);

@@ -26,6 +26,14 @@ async fn start_with_other_address(workers: usize) -> rendez::Handle {
     .await
 }
 
+/// The same on a wildcard listener, which pairs `other-address` with the relay IP.
+async fn start_wildcard_with_other_address() -> rendez::Handle {
+    common::start_with(
+        "listen = [\"0.0.0.0:0\"]\nrelay-ip = \"127.0.0.1\"\nother-address = \"127.0.0.2:0\"\nworkers = 2\n",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn change_request_answers_leave_from_the_socket_of_table_1_on_every_worker() {
     let server = start_with_other_address(2).await;
@@ -44,7 +52,10 @@ async fn change_request_answers_leave_from_the_socket_of_table_1_on_every_worker
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         for ((ip, port), origin) in cases {
             let mut request = binding(9);
-            request.add(AttrType::CHANGE_REQUEST, &[0, 0, 0, u8::from(ip) << 2 | u8::from(port) << 1]);
+            request.add(
+                AttrType::CHANGE_REQUEST,
+                &[0, 0, 0, u8::from(ip) << 2 | u8::from(port) << 1],
+            );
             socket.send_to(&request.finish(), primary).await.unwrap();
             let (bytes, from) = common::recv_from(&socket).await;
             assert_eq!(from, origin, "change ip {ip} port {port}");
@@ -52,7 +63,8 @@ async fn change_request_answers_leave_from_the_socket_of_table_1_on_every_worker
             assert_eq!(response.class(), Class::Success);
             let said = decode_plain_address(response.attribute(AttrType::RESPONSE_ORIGIN).unwrap());
             assert_eq!(said, Some(origin));
-            let opposite = decode_plain_address(response.attribute(AttrType::OTHER_ADDRESS).unwrap());
+            let opposite =
+                decode_plain_address(response.attribute(AttrType::OTHER_ADDRESS).unwrap());
             assert_eq!(opposite, Some(other));
         }
     }
@@ -67,12 +79,18 @@ async fn response_port_answers_another_socket_of_the_same_ip() {
     let listening = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = listening.local_addr().unwrap().port();
     let mut request = binding(7);
-    request.add(AttrType::RESPONSE_PORT, &[(port >> 8) as u8, port as u8, 0, 0]);
+    request.add(
+        AttrType::RESPONSE_PORT,
+        &[(port >> 8) as u8, port as u8, 0, 0],
+    );
     asking.send_to(&request.finish(), primary).await.unwrap();
     let (bytes, from) = common::recv_from(&listening).await;
     assert_eq!(from, primary);
     let response = Message::parse(&bytes).unwrap();
-    assert_eq!(response.xor_mapped_address(), Some(asking.local_addr().unwrap()));
+    assert_eq!(
+        response.xor_mapped_address(),
+        Some(asking.local_addr().unwrap())
+    );
     server.shutdown().await;
 }
 
@@ -117,7 +135,16 @@ async fn natdiscovery_reports_endpoint_independent_mapping_and_filtering() {
     let Some(natdiscovery) = require_tool("turnutils_natdiscovery") else {
         return;
     };
-    let server = start_with_other_address(2).await;
+    for server in [
+        start_with_other_address(2).await,
+        start_wildcard_with_other_address().await,
+    ] {
+        natdiscovery_sees_no_nat(&natdiscovery, &server).await;
+        server.shutdown().await;
+    }
+}
+
+async fn natdiscovery_sees_no_nat(natdiscovery: &Path, server: &rendez::Handle) {
     let primary = server.udp_addrs()[0];
     let port = primary.port().to_string();
     let other = server.other_address().unwrap();
@@ -127,7 +154,7 @@ async fn natdiscovery_reports_endpoint_independent_mapping_and_filtering() {
             args.push("-P");
         }
         args.push("127.0.0.1");
-        let output = run(&natdiscovery, &args).await;
+        let output = run(natdiscovery, &args).await;
         assert!(
             output.contains("NAT with Endpoint Independent Mapping!"),
             "padding {padding}:\n{output}"
@@ -137,12 +164,17 @@ async fn natdiscovery_reports_endpoint_independent_mapping_and_filtering() {
             "padding {padding}:\n{output}"
         );
         let other_line = format!("Other addr: : {other}");
-        assert!(output.contains(&other_line), "no `{other_line}` in:\n{output}");
+        assert!(
+            output.contains(&other_line),
+            "no `{other_line}` in:\n{output}"
+        );
         // The change-IP-and-port answer came from the other address.
         let origin_line = format!("Response origin: : {other}");
-        assert!(output.contains(&origin_line), "no `{origin_line}` in:\n{output}");
+        assert!(
+            output.contains(&origin_line),
+            "no `{origin_line}` in:\n{output}"
+        );
     }
-    server.shutdown().await;
 }
 
 fn binding(tid: u8) -> MessageBuilder {

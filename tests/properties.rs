@@ -27,8 +27,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use rendez::random::Rng;
 use rendez::stun::{
-    classify, decode_xor_address, long_term_key, AttrType, ChannelData, Class, ErrorCode, Framing,
-    Dialect, IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN,
+    classify, decode_xor_address, long_term_key, AttrType, ChannelData, Class, Dialect, ErrorCode,
+    Framing, IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN,
     MAGIC_COOKIE,
 };
 use rendez::turn::{

@@ -34,19 +34,27 @@ fn classic_binding_is_answered_with_mapped_address_and_its_own_transaction_id() 
     let mut h = Harness::new(None);
     let (to, response) = h.one(udp(PRIMARY), &request(CLASSIC, &[]));
     assert_eq!(to, udp(PRIMARY));
-    assert_eq!(&response.bytes[4..8], &[0xC1, 0xA5, 0x51, 0xC0], "id echoed");
+    assert_eq!(
+        &response.bytes[4..8],
+        &[0xC1, 0xA5, 0x51, 0xC0],
+        "id echoed"
+    );
     assert_eq!(response.class(), Class::Success);
     assert_eq!(response.plain(AttrType::MAPPED_ADDRESS), Some(addr(CLIENT)));
-    assert_eq!(response.types(), [AttrType::MAPPED_ADDRESS.0], "nothing else");
+    assert_eq!(
+        response.types(),
+        [AttrType::MAPPED_ADDRESS.0],
+        "nothing else"
+    );
 }
 
 #[test]
 fn change_request_without_flags_is_answered_as_any_binding_cookie_or_not() {
     let mut h = Harness::new(None);
-    let none = change(false, false);
-    let (_, classic) = h.one(udp(PRIMARY), &request(CLASSIC, &[none.clone()]));
+    let none = [change(false, false)];
+    let (_, classic) = h.one(udp(PRIMARY), &request(CLASSIC, &none));
     assert_eq!(classic.class(), Class::Success);
-    let (_, modern) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[none]));
+    let (_, modern) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &none));
     assert_eq!(modern.class(), Class::Success);
     assert_eq!(modern.xor(AttrType::XOR_MAPPED_ADDRESS), Some(addr(CLIENT)));
     assert_eq!(
@@ -59,11 +67,15 @@ fn change_request_without_flags_is_answered_as_any_binding_cookie_or_not() {
 #[test]
 fn change_request_flags_without_other_address_are_420_in_either_dialect() {
     let mut h = Harness::new(None);
-    for flags in [change(true, false), change(false, true), change(true, true)] {
-        let (_, modern) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[flags.clone()]));
+    for flags in [
+        [change(true, false)],
+        [change(false, true)],
+        [change(true, true)],
+    ] {
+        let (_, modern) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &flags));
         assert_eq!(modern.error_code(), Some(420));
         assert_eq!(modern.attr(AttrType::UNKNOWN_ATTRIBUTES), Some(vec![0, 3]));
-        let (_, classic) = h.one(udp(PRIMARY), &request(CLASSIC, &[flags]));
+        let (_, classic) = h.one(udp(PRIMARY), &request(CLASSIC, &flags));
         assert_eq!(classic.error_code(), Some(420));
         // RFC 3489 §11.2.10: an odd list repeats a type to fill 4 bytes.
         assert_eq!(
@@ -80,7 +92,10 @@ fn response_address_is_never_honoured() {
     let (to, response) = h.one(udp(PRIMARY), &request(CLASSIC, &[elsewhere]));
     assert_eq!(to, udp(PRIMARY), "answered to the source, if at all");
     assert_eq!(response.error_code(), Some(420));
-    assert_eq!(response.attr(AttrType::UNKNOWN_ATTRIBUTES), Some(vec![0, 2, 0, 2]));
+    assert_eq!(
+        response.attr(AttrType::UNKNOWN_ATTRIBUTES),
+        Some(vec![0, 2, 0, 2])
+    );
 }
 
 #[test]
@@ -91,7 +106,11 @@ fn classic_binding_with_other_address_names_source_and_changed_address() {
     assert_eq!(response.plain(AttrType::MAPPED_ADDRESS), Some(addr(CLIENT)));
     assert_eq!(response.plain(AttrType::SOURCE_ADDRESS), Some(addr(OTHER)));
     assert_eq!(response.plain(AttrType::CHANGED_ADDRESS), Some(addr(OTHER)));
-    assert_eq!(response.xor(AttrType::XOR_MAPPED_ADDRESS), None, "not in RFC 3489");
+    assert_eq!(
+        response.xor(AttrType::XOR_MAPPED_ADDRESS),
+        None,
+        "not in RFC 3489"
+    );
     assert_eq!(response.attr(AttrType::OTHER_ADDRESS), None);
 }
 
@@ -102,9 +121,15 @@ fn binding_with_other_address_carries_both_mapped_addresses_origin_and_other() {
     let mut h = Harness::new(Some(OTHER));
     let (to, response) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[]));
     assert_eq!(to, udp(PRIMARY));
-    assert_eq!(response.xor(AttrType::XOR_MAPPED_ADDRESS), Some(addr(CLIENT)));
+    assert_eq!(
+        response.xor(AttrType::XOR_MAPPED_ADDRESS),
+        Some(addr(CLIENT))
+    );
     assert_eq!(response.plain(AttrType::MAPPED_ADDRESS), Some(addr(CLIENT)));
-    assert_eq!(response.plain(AttrType::RESPONSE_ORIGIN), Some(addr(PRIMARY)));
+    assert_eq!(
+        response.plain(AttrType::RESPONSE_ORIGIN),
+        Some(addr(PRIMARY))
+    );
     assert_eq!(response.plain(AttrType::OTHER_ADDRESS), Some(addr(OTHER)));
 }
 
@@ -114,8 +139,16 @@ fn change_request_answers_from_the_address_of_table_1_on_every_one_of_the_four()
     let [a1p1, a2p1, a1p2, a2p2] = [PRIMARY, "192.0.2.20:3478", "192.0.2.10:3479", OTHER].map(addr);
     // (arrived at, opposite): OTHER-ADDRESS is the opposite whatever the flags.
     for (here, opposite) in [(a1p1, a2p2), (a2p1, a1p2), (a1p2, a2p1), (a2p2, a1p1)] {
-        let other_ip = if here.ip() == a1p1.ip() { a2p1.ip() } else { a1p1.ip() };
-        let other_port = if here.port() == a1p1.port() { a1p2.port() } else { a1p1.port() };
+        let other_ip = if here.ip() == a1p1.ip() {
+            a2p1.ip()
+        } else {
+            a1p1.ip()
+        };
+        let other_port = if here.port() == a1p1.port() {
+            a1p2.port()
+        } else {
+            a1p1.port()
+        };
         for (ip, port) in [(false, false), (true, false), (false, true), (true, true)] {
             let expected = SocketAddr::new(
                 if ip { other_ip } else { here.ip() },
@@ -125,8 +158,7 @@ fn change_request_answers_from_the_address_of_table_1_on_every_one_of_the_four()
                 server: here,
                 ..udp(PRIMARY)
             };
-            let (to, response) =
-                h.one(arrival, &request(Dialect::Rfc8489, &[change(ip, port)]));
+            let (to, response) = h.one(arrival, &request(Dialect::Rfc8489, &[change(ip, port)]));
             assert_eq!(to.server, expected, "at {here}, change ip {ip} port {port}");
             assert_eq!(to.client, addr(CLIENT));
             assert_eq!(response.plain(AttrType::RESPONSE_ORIGIN), Some(expected));
@@ -138,7 +170,10 @@ fn change_request_answers_from_the_address_of_table_1_on_every_one_of_the_four()
 #[test]
 fn response_port_sends_the_answer_to_another_port_of_the_same_ip() {
     let mut h = Harness::new(Some(OTHER));
-    let (to, response) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[response_port(5000)]));
+    let (to, response) = h.one(
+        udp(PRIMARY),
+        &request(Dialect::Rfc8489, &[response_port(5000)]),
+    );
     assert_eq!(to.client, addr("198.51.100.7:5000"));
     assert_eq!(to.server, addr(PRIMARY));
     assert_eq!(
@@ -146,7 +181,10 @@ fn response_port_sends_the_answer_to_another_port_of_the_same_ip() {
         Some(addr(CLIENT)),
         "the mapping is still the request's"
     );
-    let (to, zero) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[response_port(0)]));
+    let (to, zero) = h.one(
+        udp(PRIMARY),
+        &request(Dialect::Rfc8489, &[response_port(0)]),
+    );
     assert_eq!((to, zero.error_code()), (udp(PRIMARY), Some(400)));
     let short = Attr(AttrType::RESPONSE_PORT, vec![0x13]);
     let (_, malformed) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[short]));
@@ -160,7 +198,10 @@ fn padding_mirrors_the_requests_length_up_to_a_bound() {
         let bytes = request(Dialect::Rfc8489, &[padding(asked)]);
         let (_, response) = h.one(udp(PRIMARY), &bytes);
         assert_eq!(response.class(), Class::Success);
-        assert_eq!(response.attr(AttrType::PADDING).map(|p| p.len()), Some(given));
+        assert_eq!(
+            response.attr(AttrType::PADDING).map(|p| p.len()),
+            Some(given)
+        );
         assert!(
             response.bytes.len() <= bytes.len() + 64,
             "{} bytes for a request of {}: no amplification",
@@ -176,11 +217,17 @@ fn padding_mirrors_the_requests_length_up_to_a_bound() {
 #[test]
 fn without_other_address_response_port_and_padding_are_unknown_attributes() {
     let mut h = Harness::new(None);
-    let (_, port) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[response_port(5000)]));
+    let (_, port) = h.one(
+        udp(PRIMARY),
+        &request(Dialect::Rfc8489, &[response_port(5000)]),
+    );
     assert_eq!(port.error_code(), Some(420));
     assert_eq!(port.attr(AttrType::UNKNOWN_ATTRIBUTES), Some(vec![0, 0x27]));
     let (_, padded) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[padding(64)]));
-    assert_eq!(padded.attr(AttrType::UNKNOWN_ATTRIBUTES), Some(vec![0, 0x26]));
+    assert_eq!(
+        padded.attr(AttrType::UNKNOWN_ATTRIBUTES),
+        Some(vec![0, 0x26])
+    );
 }
 
 #[test]
@@ -227,24 +274,44 @@ fn classic_and_redirected_answers_count_against_the_binding_limit() {
 fn software_goes_into_every_response_when_set() {
     let mut h = Harness::with(None, |c| c.software = Some("rendez 1.2".into()));
     let (_, binding) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[]));
-    assert_eq!(binding.attr(AttrType::SOFTWARE), Some(b"rendez 1.2".to_vec()));
-    let (_, refused) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[change(true, true)]));
+    assert_eq!(
+        binding.attr(AttrType::SOFTWARE),
+        Some(b"rendez 1.2".to_vec())
+    );
+    let (_, refused) = h.one(
+        udp(PRIMARY),
+        &request(Dialect::Rfc8489, &[change(true, true)]),
+    );
     assert_eq!(refused.error_code(), Some(420));
-    assert_eq!(refused.attr(AttrType::SOFTWARE), Some(b"rendez 1.2".to_vec()));
-    let mut allocate = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([4; 12]));
+    assert_eq!(
+        refused.attr(AttrType::SOFTWARE),
+        Some(b"rendez 1.2".to_vec())
+    );
+    let mut allocate =
+        MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([4; 12]));
     allocate.add(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     let (_, challenge) = h.one(udp(PRIMARY), &allocate.finish());
     assert_eq!(challenge.error_code(), Some(401));
-    assert_eq!(challenge.attr(AttrType::SOFTWARE), Some(b"rendez 1.2".to_vec()));
+    assert_eq!(
+        challenge.attr(AttrType::SOFTWARE),
+        Some(b"rendez 1.2".to_vec())
+    );
     // Classic parsers want text in multiples of 4 bytes.
     let (_, classic) = h.one(udp(PRIMARY), &request(CLASSIC, &[]));
-    assert_eq!(classic.attr(AttrType::SOFTWARE), Some(b"rendez 1.2  ".to_vec()));
+    assert_eq!(
+        classic.attr(AttrType::SOFTWARE),
+        Some(b"rendez 1.2  ".to_vec())
+    );
 
     let mut quiet = ServerConfig::new("r", relay(), 50000..=50099);
     quiet.software = None;
     h.server.reconfigure(&quiet);
     let (_, after) = h.one(udp(PRIMARY), &request(Dialect::Rfc8489, &[]));
-    assert_eq!(after.attr(AttrType::SOFTWARE), None, "a reload takes it away");
+    assert_eq!(
+        after.attr(AttrType::SOFTWARE),
+        None,
+        "a reload takes it away"
+    );
 }
 
 #[test]
@@ -324,7 +391,6 @@ impl Harness {
     }
 }
 
-#[derive(Clone)]
 struct Attr(AttrType, Vec<u8>);
 
 fn change(ip: bool, port: bool) -> Attr {
@@ -354,7 +420,8 @@ fn plain(address: SocketAddr) -> Vec<u8> {
 
 fn request(dialect: Dialect, attrs: &[Attr]) -> Vec<u8> {
     let tid = TransactionId([0x5A; 12]);
-    let mut b = MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::BINDING, tid);
+    let mut b =
+        MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::BINDING, tid);
     for Attr(kind, value) in attrs {
         b.add(*kind, value);
     }

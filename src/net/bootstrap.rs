@@ -90,7 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         udp_addrs,
         tcp: tcp_listeners,
         discovery,
-    } = bind_udp_and_tcp(&config.listen, config.other_address, workers)?;
+    } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
@@ -266,6 +266,7 @@ struct BoundListeners {
 fn bind_udp_and_tcp(
     listen: &[SocketAddr],
     other: Option<SocketAddr>,
+    relays: &[RelayAddress],
     workers: usize,
 ) -> anyhow::Result<BoundListeners> {
     const ATTEMPTS_WITH_PORT_ZERO: usize = 16;
@@ -280,10 +281,7 @@ fn bind_udp_and_tcp(
             .collect();
         let discovery = match (&tcp, other) {
             (Ok(_), Some(other)) => {
-                let Some(&primary) = udp_addrs.iter().find(|a| a.is_ipv4() == other.is_ipv4())
-                else {
-                    anyhow::bail!("`other-address` {other} has no `listen` address of its IP family to pair with");
-                };
+                let primary = discovery_primary(&udp_addrs, other, relays)?;
                 match udp::bind_discovery_sets(primary, other, workers) {
                     Ok((extra, discovery)) => {
                         for (sockets, extra) in sets.iter_mut().zip(extra) {
@@ -327,6 +325,32 @@ fn bind_udp_and_tcp(
                 )))
             }
         }
+    }
+}
+
+/// RFC 5780's A1:P1 for `other`: the first listen address of its family as bound, and on a
+/// wildcard the relay IP of the family (the host's address that rendez already relays on).
+fn discovery_primary(
+    bound: &[SocketAddr],
+    other: SocketAddr,
+    relays: &[RelayAddress],
+) -> anyhow::Result<SocketAddr> {
+    let same_family = |ip: std::net::IpAddr| ip.is_ipv4() == other.is_ipv4();
+    let Some(&listen) = bound.iter().find(|a| same_family(a.ip())) else {
+        anyhow::bail!(
+            "`other-address` {other} has no `listen` address of its IP family to pair with"
+        );
+    };
+    let ip = if listen.ip().is_unspecified() {
+        relays.iter().map(|r| r.bind).find(|&ip| same_family(ip))
+    } else {
+        Some(listen.ip())
+    };
+    match ip {
+        Some(ip) if ip != other.ip() => Ok(SocketAddr::new(ip, listen.port())),
+        _ => anyhow::bail!(
+            "`other-address` {other} needs a primary IP other than its own: list this host's main address first in `listen` (e.g. \"203.0.113.7:3478\") or set `relay-ip` to it"
+        ),
     }
 }
 

@@ -67,10 +67,11 @@ impl<'a> Message<'a> {
 
     /// RESPONSE-PORT (RFC 5780 §7.5); `Some(None)` when present but not 4 bytes.
     pub fn response_port(&self) -> Option<Option<u16>> {
-        self.attribute(AttrType::RESPONSE_PORT).map(|value| match value {
-            [high, low, _, _] => Some(u16::from_be_bytes([*high, *low])),
-            _ => None,
-        })
+        self.attribute(AttrType::RESPONSE_PORT)
+            .map(|value| match value {
+                [high, low, _, _] => Some(u16::from_be_bytes([*high, *low])),
+                _ => None,
+            })
     }
 
     /// The length of PADDING's value (RFC 5780 §7.6), whose bytes mean nothing.

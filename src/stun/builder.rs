@@ -6,9 +6,7 @@ use super::accessors::AddressFamily;
 use super::attr::{encode_plain_address, encode_xor_address, AttrType, ErrorCode};
 use super::integrity::{self, IntegrityAlgorithm};
 use super::password::PasswordAlgorithm;
-use super::{
-    join_message_type, Class, Dialect, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
-};
+use super::{join_message_type, Class, Dialect, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Writes one message. The header's length field is kept current after every attribute, so
 /// integrity and fingerprint can be computed at any point.
@@ -229,26 +227,32 @@ mod tests {
             id_start: [1, 2, 3, 4],
         };
         let tid = TransactionId([5; 12]);
-        let mut b = MessageBuilder::in_dialect(Vec::new(), dialect, Class::Error, Method::BINDING, tid);
+        let mut b =
+            MessageBuilder::in_dialect(Vec::new(), dialect, Class::Error, Method::BINDING, tid);
         b.add_error(ErrorCode::UNKNOWN_ATTRIBUTE)
             .add_unknown_attributes(&[0x0002]);
         let bytes = b.finish();
         assert_eq!(&bytes[4..8], &[1, 2, 3, 4]);
         // Only a classic Binding request parses without the cookie; a response does not.
-        assert_eq!(Message::parse(&bytes).err(), Some(super::super::ParseError::NotStun));
+        assert_eq!(
+            Message::parse(&bytes).err(),
+            Some(super::super::ParseError::NotStun)
+        );
         // ERROR-CODE: 4 + "Unknown Attribute" (17) padded with spaces to 20.
         assert_eq!(&bytes[20..24], &[0x00, 0x09, 0, 24]);
         assert_eq!(&bytes[45..48], b"   ");
         // UNKNOWN-ATTRIBUTES: the one type twice.
         assert_eq!(&bytes[48..56], &[0x00, 0x0A, 0, 4, 0, 2, 0, 2]);
 
-        let mut b = MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::BINDING, tid);
+        let mut b =
+            MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::BINDING, tid);
         b.add(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0]);
         let bytes = b.finish();
         let m = Message::parse(&bytes).unwrap();
         assert_eq!(m.dialect(), dialect);
         assert_eq!(m.transaction_id(), tid);
-        let mut b = MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::ALLOCATE, tid);
+        let mut b =
+            MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::ALLOCATE, tid);
         b.add(AttrType::LIFETIME, &[0, 0, 0, 1]);
         let allocate = b.finish();
         assert!(Message::parse(&allocate).is_err(), "TURN needs the cookie");

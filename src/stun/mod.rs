@@ -19,9 +19,7 @@ mod message;
 mod password;
 
 pub use accessors::{AddressFamily, ChangeRequest};
-pub use attr::{
-    decode_plain_address, decode_xor_address, xor_address_value, AttrType, ErrorCode,
-};
+pub use attr::{decode_plain_address, decode_xor_address, xor_address_value, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
 pub use framing::{stream_frame, Frame};

@@ -6,8 +6,8 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, State};
-use super::binding::NatDiscovery;
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
+use super::binding::NatDiscovery;
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::{HostAddresses, PeerPolicy};

@@ -56,6 +56,10 @@ pub(crate) fn bind_listener_sets(
 /// request answers a CHANGE-REQUEST from its own socket on the address the core chose:
 /// nothing crosses threads, and these sockets are listeners like any other (TURN works on
 /// them too; the kernel spreads their clients over the workers).
+///
+/// Beside a wildcard primary listener (0.0.0.0:P1) the socket on the other IP and P1 is
+/// bound too, with the same `SO_REUSEPORT`: the kernel delivers to the most specific
+/// binding, so that address's datagrams come here and the wildcard keeps the rest.
 pub(crate) fn bind_discovery_sets(
     primary: SocketAddr,
     other: SocketAddr,
