@@ -321,6 +321,54 @@ fn software_is_absent_by_default() {
     assert_eq!(binding.attr(AttrType::SOFTWARE), None);
 }
 
+// ---------------------------------------------------------------- properties
+
+proptest::proptest! {
+    /// Whatever a Binding request carries, in either dialect, with or without
+    /// `other-address` and wherever it arrives: at most one answer, with the request's whole
+    /// transaction id, to the request's IP, from one of this host's addresses, never more
+    /// than a fixed number of bytes larger than the request.
+    #[test]
+    fn any_binding_request_gets_one_bounded_answer_to_its_own_ip(
+        classic in proptest::prelude::any::<bool>(),
+        discovery in proptest::prelude::any::<bool>(),
+        arrival in 0usize..5,
+        flags in proptest::option::of(0u8..8),
+        port in proptest::option::of(proptest::prelude::any::<u16>()),
+        pad in proptest::option::of(0usize..3000),
+        unknown in proptest::option::of(0u16..0x30),
+    ) {
+        let mut h = Harness::new(discovery.then_some(OTHER));
+        let mut attrs = Vec::new();
+        if let Some(flags) = flags {
+            attrs.push(Attr(AttrType::CHANGE_REQUEST, vec![0, 0, 0, flags << 1]));
+        }
+        attrs.extend(port.map(response_port));
+        attrs.extend(pad.map(padding));
+        attrs.extend(unknown.map(|kind| Attr(AttrType(kind), vec![1, 2, 3, 4])));
+        let dialect = if classic { CLASSIC } else { Dialect::Rfc8489 };
+        let bytes = request(dialect, &attrs);
+        let here = [PRIMARY, "192.0.2.20:3478", "192.0.2.10:3479", OTHER, "192.0.2.30:3478"];
+        let from = udp(here[arrival]);
+        let sent = h.send(from, &bytes);
+        proptest::prop_assert!(sent.len() <= 1);
+        for (to, response) in sent {
+            proptest::prop_assert_eq!(&response.bytes[4..20], &bytes[4..20]);
+            proptest::prop_assert_eq!(to.client.ip(), from.client.ip());
+            proptest::prop_assert!(here[..4].contains(&to.server.to_string().as_str()) || to.server == from.server);
+            proptest::prop_assert!(response.bytes.len() <= bytes.len() + 80, "{} for {}", response.bytes.len(), bytes.len());
+            if response.class() == Class::Success {
+                let mapped = if classic {
+                    response.plain(AttrType::MAPPED_ADDRESS)
+                } else {
+                    response.xor(AttrType::XOR_MAPPED_ADDRESS)
+                };
+                proptest::prop_assert_eq!(mapped, Some(from.client));
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- harness
 
 fn addr(s: &str) -> SocketAddr {
