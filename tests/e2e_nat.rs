@@ -95,6 +95,25 @@ async fn response_port_answers_another_socket_of_the_same_ip() {
 }
 
 #[tokio::test]
+async fn software_from_the_config_is_in_responses_and_absent_by_default() {
+    for (extra, expected) in [
+        ("software = \"rendez e2e\"\n", Some(&b"rendez e2e"[..])),
+        ("", None),
+    ] {
+        let server = common::start(extra).await;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket
+            .send_to(&binding(3).finish(), server.udp_addrs()[0])
+            .await
+            .unwrap();
+        let (bytes, _) = common::recv_from(&socket).await;
+        let response = Message::parse(&bytes).unwrap();
+        assert_eq!(response.attribute(AttrType::SOFTWARE), expected);
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn debian_stun_classifies_loopback_as_open() {
     let Some(stun) = require_tool("stun") else {
         return;

@@ -68,13 +68,11 @@ pub(crate) fn bind_discovery_sets(
     let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     // The other IP on the primary port first: then the kernel cannot give `other` port 0
     // the primary's port.
-    let other_ip_primary_port = SocketAddr::new(other.ip(), primary.port());
-    let mut other = other;
-    for addr in [other_ip_primary_port, other] {
-        let bound = bind_per_worker(addr, &mut per_worker)?;
-        other = if addr == other { bound } else { other };
-    }
+    bind_per_worker(SocketAddr::new(other.ip(), primary.port()), &mut per_worker)?;
+    let other = bind_per_worker(other, &mut per_worker)?;
     bind_per_worker(SocketAddr::new(primary.ip(), other.port()), &mut per_worker)?;
+    // A primary port 0 may have come out equal to `other`'s: then the sockets above joined
+    // the primary's, and the caller binds everything again.
     let discovery = NatDiscovery::new(primary, other).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
