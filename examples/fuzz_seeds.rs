@@ -268,7 +268,7 @@ impl Seeds {
                     (Kind::Client, unauthenticated_allocate()),
                     (
                         Kind::SignedClient,
-                        rfc8489_request(Method::ALLOCATE, &[transport.clone()]),
+                        rfc8489_request(Method::ALLOCATE, std::slice::from_ref(&transport)),
                     ),
                     (
                         Kind::SignedClient,

@@ -63,6 +63,13 @@ pub struct Config {
     /// Which channel numbers ChannelBind accepts: RFC 5766's 0x4000–0x7FFF (the default,
     /// for older clients) or RFC 8656's 0x4000–0x4FFF.
     pub channel_numbers: ChannelNumbersConfig,
+    /// NAT behaviour discovery (RFC 5780): a second IP of this host and a second port. STUN
+    /// is then answered on both IPs × both ports over UDP, with OTHER-ADDRESS and
+    /// CHANGE-REQUEST. The primary address is the first `listen` address of its family (on
+    /// a wildcard, the relay IP of the family).
+    pub other_address: Option<SocketAddr>,
+    /// SOFTWARE in every response; unset: the server's version is not advertised.
+    pub software: Option<String>,
 }
 
 /// Quotas and rate limits, so one user, address or flood cannot take the whole server.
@@ -308,6 +315,8 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             alternate_servers: Vec::new(),
             channel_numbers: ChannelNumbersConfig::Rfc5766,
+            other_address: None,
+            software: None,
         }
     }
 }
@@ -615,6 +624,55 @@ impl Config {
                 "must be positive, e.g. \"24h\"",
             ));
         }
+        if let Some(software) = &self.software {
+            // RFC 8489 §14.14: fewer than 128 characters, at most 763 bytes.
+            if software.is_empty() || software.chars().count() > 127 || software.len() > 763 {
+                return Err(invalid(
+                    "software",
+                    "must be 1 to 127 characters, e.g. \"rendez\"; remove it to send none",
+                ));
+            }
+        }
+        if let Some(other) = self.other_address {
+            self.validate_other_address(other)
+                .map_err(|problem| invalid("other-address", &problem))?;
+        }
+        Ok(())
+    }
+
+    /// The address whose IP and port `other-address` pairs with (RFC 5780's A1:P1): the
+    /// first `listen` address of its family. When that is a wildcard, the server pairs with
+    /// the relay IP of the family at start.
+    pub fn primary_address(&self) -> Option<SocketAddr> {
+        let other = self.other_address?;
+        self.listen
+            .iter()
+            .find(|a| a.is_ipv4() == other.is_ipv4())
+            .copied()
+    }
+
+    fn validate_other_address(&self, other: SocketAddr) -> Result<(), String> {
+        let ip = other.ip();
+        if ip.is_unspecified() || ip.is_multicast() || ip.to_canonical() != ip {
+            return Err("must be a second unicast IP of this host with a port, written plainly, e.g. \"203.0.113.8:3479\"".into());
+        }
+        let Some(primary) = self.primary_address() else {
+            return Err(format!(
+                "needs a `listen` address of the same IP family ({other} is {})",
+                if other.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        };
+        if primary.ip() == ip {
+            return Err(format!(
+                "must be another IP than the primary listen address {primary}"
+            ));
+        }
+        if primary.port() == other.port() && other.port() != 0 {
+            return Err(format!(
+                "must use another port than the primary listen address {primary}, e.g. {}",
+                SocketAddr::new(ip, primary.port().wrapping_add(1).max(1))
+            ));
+        }
         Ok(())
     }
 
@@ -637,6 +695,7 @@ impl Config {
             ),
             ("metrics.listen", self.metrics != new.metrics),
             ("connections", self.connections != new.connections),
+            ("other-address", self.other_address != new.other_address),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -944,6 +1003,62 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn other_address_and_software_are_checked() {
+        let listen = "listen = [\"192.0.2.1:3478\", \"[::]:3478\"]\n";
+        let ok = Config::from_toml(&format!("{listen}other-address = \"192.0.2.2:3479\""))
+            .expect("a second IP and port");
+        assert_eq!(
+            ok.primary_address(),
+            Some("192.0.2.1:3478".parse().unwrap())
+        );
+        let wildcard = Config::from_toml("other-address = \"192.0.2.2:3479\"").unwrap();
+        assert_eq!(
+            wildcard.primary_address(),
+            Some("0.0.0.0:3478".parse().unwrap())
+        );
+        for (text, problem) in [
+            (
+                format!("{listen}other-address = \"192.0.2.1:3479\""),
+                "another IP",
+            ),
+            (
+                format!("{listen}other-address = \"192.0.2.2:3478\""),
+                "another port",
+            ),
+            (
+                format!("{listen}other-address = \"0.0.0.0:3479\""),
+                "unicast",
+            ),
+            (
+                "listen = [\"[::1]:3478\"]\nother-address = \"192.0.2.2:3479\"".into(),
+                "same IP family",
+            ),
+            ("other-address = \"192.0.2.2:3478\"".into(), "another port"),
+            ("software = \"\"".into(), "1 to 127"),
+            (format!("software = \"{}\"", "é".repeat(128)), "1 to 127"),
+        ] {
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            let key = if text.contains("software") {
+                "`software`"
+            } else {
+                "`other-address`"
+            };
+            assert!(
+                err.contains(key) && err.contains(problem),
+                "{text:?} gave {err}"
+            );
+        }
+        let software = Config::from_toml(&format!("software = \"{}\"", "é".repeat(127)));
+        assert!(
+            software.is_ok(),
+            "127 characters of 2 bytes fit in 763 bytes"
+        );
+        let mut moved = ok.clone();
+        moved.other_address = Some("192.0.2.3:3479".parse().unwrap());
+        assert_eq!(ok.restart_only_changes(&moved), ["other-address"]);
     }
 
     #[test]

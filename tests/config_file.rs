@@ -29,6 +29,8 @@ fn commented_examples_are_valid_keys() {
     assert!(config.signal.token_secret.is_some());
     assert_eq!(config.signal.turn_urls.len(), 2);
     assert_eq!(config.alternate_servers.len(), 2);
+    assert!(config.other_address.is_some());
+    assert!(config.software.is_some());
     assert!(config.metrics.listen.is_some_and(|a| a.ip().is_loopback()));
     assert_eq!(
         config.auth.secret_file,
@@ -86,6 +88,8 @@ fn every_key_is_documented() {
         "turn-urls",
         "drain-timeout",
         "alternate-servers",
+        "other-address",
+        "software",
         "[limits]",
         "allocations-per-user",
         "allocations-per-ip",

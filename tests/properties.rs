@@ -27,8 +27,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use rendez::random::Rng;
 use rendez::stun::{
-    classify, decode_xor_address, long_term_key, AttrType, ChannelData, Class, ErrorCode, Framing,
-    IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE,
+    classify, decode_xor_address, long_term_key, AttrType, ChannelData, Class, Dialect, ErrorCode,
+    Framing, IntegrityAlgorithm, Message, MessageBuilder, Method, TransactionId, HEADER_LEN,
+    MAGIC_COOKIE,
 };
 use rendez::turn::{
     ChannelNumbers, DefaultFamily, FiveTuple, Io, Output, PeerAddr, PeerPolicy, RelayAddr,
@@ -248,7 +249,14 @@ fn exercise_parsers(bytes: &[u8]) {
         usize::from(u16::from_be_bytes([bytes[2], bytes[3]])) + HEADER_LEN,
         bytes.len()
     );
-    assert_eq!(&bytes[4..8], &MAGIC_COOKIE.to_be_bytes());
+    match m.dialect() {
+        Dialect::Rfc8489 => assert_eq!(&bytes[4..8], &MAGIC_COOKIE.to_be_bytes()),
+        // Only a Binding request comes without the cookie (classic STUN, RFC 3489).
+        Dialect::Rfc3489 { id_start } => {
+            assert_eq!(&bytes[..2], &[0, 1]);
+            assert_eq!(id_start, bytes[4..8]);
+        }
+    }
     let tid = m.transaction_id();
     let _ = (
         m.class(),

@@ -21,8 +21,8 @@ use super::{http, limits, metrics, tls, unix_now};
 use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
-    self, ChallengeLimiter, ChannelNumbers, DefaultFamily, PeerPolicy, PortClaims, QuotaLimits,
-    Quotas, RelayAddress, Reservations, ServerConfig,
+    self, ChallengeLimiter, ChannelNumbers, DefaultFamily, NatDiscovery, PeerPolicy, PortClaims,
+    QuotaLimits, Quotas, RelayAddress, Reservations, ServerConfig,
 };
 
 /// What every shard shares: allocation quotas, the challenge rate per source, and the relay
@@ -95,7 +95,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         udp_sets: listener_sets,
         udp_addrs,
         tcp: tcp_listeners,
-    } = bind_udp_and_tcp(&config.listen, workers)?;
+        discovery,
+    } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
@@ -138,6 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
         let mut core = core_config(&config, &relays, &shared_limits);
         core.relay_ports = ports.clone();
+        core.nat_discovery = discovery;
         Ok(turn::Server::new(
             core,
             Instant::now(),
@@ -226,6 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         signal = ?signal_addr,
         metrics = ?metrics_addr,
         relays = ?relays,
+        nat_discovery = ?discovery.map(|d| d.addresses()),
         ports = %config.relay_ports,
         workers,
         "rendez serving STUN/TURN"
@@ -246,37 +249,76 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         hub,
         observer,
         metrics_addr,
+        discovery,
         reloading: tokio::sync::Mutex::new(()),
     })
 }
 
 struct BoundListeners {
-    /// One socket per listen address for each worker.
+    /// One socket per listen address for each worker (then the three more addresses of NAT
+    /// behaviour discovery, with `other-address`).
     udp_sets: Vec<Vec<std::net::UdpSocket>>,
     udp_addrs: Vec<SocketAddr>,
     tcp: Vec<tokio::net::TcpListener>,
+    /// The four addresses of NAT behaviour discovery, with `other-address`.
+    discovery: Option<NatDiscovery>,
 }
 
 /// UDP listener sets for the workers, and TCP listeners on exactly the same addresses and
-/// ports. Port 0 is resolved by UDP; if TCP finds that port taken (the two port spaces are
-/// separate), the whole set is bound again on another port.
-fn bind_udp_and_tcp(listen: &[SocketAddr], workers: usize) -> anyhow::Result<BoundListeners> {
+/// ports; with `other` (`other-address`), the UDP listeners of NAT behaviour discovery too.
+/// Port 0 is resolved by UDP; if TCP or a discovery address finds that port taken (the two
+/// port spaces are separate, and the discovery addresses cross IPs and ports), the whole set
+/// is bound again on another port.
+fn bind_udp_and_tcp(
+    listen: &[SocketAddr],
+    other: Option<SocketAddr>,
+    relays: &[RelayAddress],
+    workers: usize,
+) -> anyhow::Result<BoundListeners> {
     const ATTEMPTS_WITH_PORT_ZERO: usize = 16;
-    let any_port_zero = listen.iter().any(|a| a.port() == 0);
+    let any_port_zero = listen.iter().chain(&other).any(|a| a.port() == 0);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (sets, udp_addrs) = udp::bind_listener_sets(listen, workers)?;
+        let (mut sets, udp_addrs) = udp::bind_listener_sets(listen, workers)?;
         let tcp: Result<Vec<_>, _> = udp_addrs
             .iter()
             .map(|&addr| stream::bind_tcp(addr).map_err(|e| (addr, e)))
             .collect();
+        let discovery = match (&tcp, other) {
+            (Ok(_), Some(other)) => {
+                let primary = discovery_primary(&udp_addrs, other, relays)?;
+                match udp::bind_discovery_sets(primary, other, workers) {
+                    Ok((extra, discovery)) => {
+                        for (sockets, extra) in sets.iter_mut().zip(extra) {
+                            sockets.extend(extra);
+                        }
+                        Some(discovery)
+                    }
+                    Err(error)
+                        if any_port_zero
+                            && error.kind() == std::io::ErrorKind::AddrInUse
+                            && attempt < ATTEMPTS_WITH_PORT_ZERO =>
+                    {
+                        continue
+                    }
+                    Err(error) => {
+                        return Err(anyhow::Error::new(error).context(format!(
+                            "cannot listen on UDP for NAT behaviour discovery between {primary} and {other} (config key `other-address`): is {} an address of this host, and are the ports free?",
+                            other.ip()
+                        )))
+                    }
+                }
+            }
+            _ => None,
+        };
         match tcp {
             Ok(tcp) => {
                 return Ok(BoundListeners {
                     udp_sets: sets,
                     udp_addrs,
                     tcp,
+                    discovery,
                 })
             }
             Err((_, error))
@@ -289,6 +331,32 @@ fn bind_udp_and_tcp(listen: &[SocketAddr], workers: usize) -> anyhow::Result<Bou
                 )))
             }
         }
+    }
+}
+
+/// RFC 5780's A1:P1 for `other`: the first listen address of its family as bound, and on a
+/// wildcard the relay IP of the family (the host's address that rendez already relays on).
+fn discovery_primary(
+    bound: &[SocketAddr],
+    other: SocketAddr,
+    relays: &[RelayAddress],
+) -> anyhow::Result<SocketAddr> {
+    let same_family = |ip: std::net::IpAddr| ip.is_ipv4() == other.is_ipv4();
+    let Some(&listen) = bound.iter().find(|a| same_family(a.ip())) else {
+        anyhow::bail!(
+            "`other-address` {other} has no `listen` address of its IP family to pair with"
+        );
+    };
+    let ip = if listen.ip().is_unspecified() {
+        relays.iter().map(|r| r.bind).find(|&ip| same_family(ip))
+    } else {
+        Some(listen.ip())
+    };
+    match ip {
+        Some(ip) if ip != other.ip() => Ok(SocketAddr::new(ip, listen.port())),
+        _ => anyhow::bail!(
+            "`other-address` {other} needs a primary IP other than its own: list this host's main address first in `listen` (e.g. \"203.0.113.7:3478\") or set `relay-ip` to it"
+        ),
     }
 }
 
@@ -347,6 +415,7 @@ pub(crate) fn core_config(
     };
     core.port_claims = limits.port_claims.clone();
     core.reservations = limits.reservations.clone();
+    core.software.clone_from(&config.software);
     core
 }
 

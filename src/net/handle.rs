@@ -14,7 +14,7 @@ use super::turn_io::stream_shard::{self, ShardHandle};
 use super::turn_io::worker::WorkerHandle;
 use super::turn_io::Control;
 use crate::config::Config;
-use crate::turn::{Gauges, RelayAddress, Stats};
+use crate::turn::{Gauges, NatDiscovery, RelayAddress, Stats};
 
 /// A running server. Dropping it stops the server without waiting; [`Handle::shutdown`]
 /// stops it and waits until every socket is closed.
@@ -39,6 +39,8 @@ pub struct Handle {
     pub(super) observer: Observer,
     /// Where `/metrics` is served (None unless `[metrics] listen` is set).
     pub(super) metrics_addr: Option<SocketAddr>,
+    /// The four addresses of NAT behaviour discovery (with `other-address`).
+    pub(super) discovery: Option<NatDiscovery>,
     /// One reload at a time, so shards, certificate and hub always end on the same one.
     pub(super) reloading: tokio::sync::Mutex<()>,
 }
@@ -75,6 +77,12 @@ impl Handle {
     /// Where relay sockets bind and what clients are told, one per IP family.
     pub fn relay_addresses(&self) -> &[RelayAddress] {
         &self.relays
+    }
+
+    /// `other-address` as bound (port 0 resolved): where NAT behaviour discovery's "change
+    /// IP and port" answers come from. `None` without the key.
+    pub fn other_address(&self) -> Option<SocketAddr> {
+        self.discovery.map(|d| d.other())
     }
 
     /// The number of UDP worker threads.

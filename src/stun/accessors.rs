@@ -44,7 +44,48 @@ pub struct EvenPort {
     pub reserve_next: bool,
 }
 
+/// The flags of CHANGE-REQUEST (RFC 5780 §7.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ChangeRequest {
+    /// Answer from the other IP address ("A").
+    pub change_ip: bool,
+    /// Answer from the other port ("B").
+    pub change_port: bool,
+}
+
+impl ChangeRequest {
+    /// Whether either flag is set: without one, the request is answered as any other.
+    pub fn any(self) -> bool {
+        self.change_ip || self.change_port
+    }
+}
+
 impl<'a> Message<'a> {
+    /// CHANGE-REQUEST (RFC 5780 §7.2); `Some(None)` when present but not 4 bytes.
+    pub fn change_request(&self) -> Option<Option<ChangeRequest>> {
+        self.attribute(AttrType::CHANGE_REQUEST).map(|value| {
+            let [_, _, _, flags]: [u8; 4] = value.try_into().ok()?;
+            Some(ChangeRequest {
+                change_ip: flags & 0x04 != 0,
+                change_port: flags & 0x02 != 0,
+            })
+        })
+    }
+
+    /// RESPONSE-PORT (RFC 5780 §7.5); `Some(None)` when present but not 4 bytes.
+    pub fn response_port(&self) -> Option<Option<u16>> {
+        self.attribute(AttrType::RESPONSE_PORT)
+            .map(|value| match value {
+                [high, low, _, _] => Some(u16::from_be_bytes([*high, *low])),
+                _ => None,
+            })
+    }
+
+    /// The length of PADDING's value (RFC 5780 §7.6), whose bytes mean nothing.
+    pub fn padding_len(&self) -> Option<usize> {
+        self.attribute(AttrType::PADDING).map(<[u8]>::len)
+    }
+
     /// The protocol number of REQUESTED-TRANSPORT (RFC 8656 §14.7); `None` when absent or
     /// malformed.
     pub fn requested_transport(&self) -> Option<u8> {
@@ -270,6 +311,39 @@ mod tests {
                 reserve_next: false
             })
         );
+    }
+
+    #[test]
+    fn nat_discovery_attributes() {
+        let bytes = parsed(|b| {
+            b.add(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0x06])
+                .add(AttrType::RESPONSE_PORT, &[0x12, 0x34, 0, 0])
+                .add(AttrType::PADDING, &[0; 37]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        let both = ChangeRequest {
+            change_ip: true,
+            change_port: true,
+        };
+        assert_eq!(m.change_request(), Some(Some(both)));
+        assert_eq!(m.response_port(), Some(Some(0x1234)));
+        assert_eq!(m.padding_len(), Some(37));
+
+        let bytes = parsed(|b| {
+            b.add(AttrType::CHANGE_REQUEST, &[0, 0, 4])
+                .add(AttrType::RESPONSE_PORT, &[1]);
+        });
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.change_request(), Some(None));
+        assert_eq!(m.response_port(), Some(None));
+        assert_eq!(m.padding_len(), None);
+
+        let bytes = parsed(|b| {
+            b.add(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0x04]);
+        });
+        let only_ip = Message::parse(&bytes).unwrap().change_request();
+        assert_eq!(only_ip.flatten().map(ChangeRequest::any), Some(true));
+        assert!(!ChangeRequest::default().any());
     }
 
     #[test]

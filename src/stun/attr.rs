@@ -4,12 +4,23 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{TransactionId, MAGIC_COOKIE};
 
-/// Attribute type codes (RFC 8489 §18.3, RFC 8656 §18, RFC 6156, RFC 8489 §14).
+/// Attribute type codes (RFC 8489 §18.3, RFC 8656 §18, RFC 6156, RFC 8489 §14; RFC 5780 §7
+/// and RFC 3489 §11.2 for NAT behaviour discovery).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub struct AttrType(pub u16);
 
 impl AttrType {
     pub const MAPPED_ADDRESS: AttrType = AttrType(0x0001);
+    /// RFC 3489's RESPONSE-ADDRESS: answer to any address named. Never understood: it would
+    /// let anyone aim responses at a third party.
+    pub const RESPONSE_ADDRESS: AttrType = AttrType(0x0002);
+    /// RFC 5780 §7.2 (and RFC 3489): answer from the other IP and/or port.
+    pub const CHANGE_REQUEST: AttrType = AttrType(0x0003);
+    /// RFC 3489 §11.2.5: where the response was sent from (RESPONSE-ORIGIN's forerunner).
+    pub const SOURCE_ADDRESS: AttrType = AttrType(0x0004);
+    /// RFC 3489 §11.2.3: the address CHANGE-REQUEST would answer from (OTHER-ADDRESS's
+    /// forerunner).
+    pub const CHANGED_ADDRESS: AttrType = AttrType(0x0005);
     pub const USERNAME: AttrType = AttrType(0x0006);
     pub const MESSAGE_INTEGRITY: AttrType = AttrType(0x0008);
     pub const ERROR_CODE: AttrType = AttrType(0x0009);
@@ -32,6 +43,10 @@ impl AttrType {
     pub const RESERVATION_TOKEN: AttrType = AttrType(0x0022);
     pub const PRIORITY: AttrType = AttrType(0x0024);
     pub const USE_CANDIDATE: AttrType = AttrType(0x0025);
+    /// RFC 5780 §7.6: bytes that make a message large enough to be fragmented.
+    pub const PADDING: AttrType = AttrType(0x0026);
+    /// RFC 5780 §7.5: answer to this port at the request's source IP.
+    pub const RESPONSE_PORT: AttrType = AttrType(0x0027);
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
     pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
     pub const PASSWORD_ALGORITHMS: AttrType = AttrType(0x8002);
@@ -40,6 +55,10 @@ impl AttrType {
     pub const FINGERPRINT: AttrType = AttrType(0x8028);
     pub const ICE_CONTROLLED: AttrType = AttrType(0x8029);
     pub const ICE_CONTROLLING: AttrType = AttrType(0x802A);
+    /// RFC 5780 §7.3: where the response was sent from.
+    pub const RESPONSE_ORIGIN: AttrType = AttrType(0x802B);
+    /// RFC 5780 §7.4: where a response would come from with "change IP" and "change port".
+    pub const OTHER_ADDRESS: AttrType = AttrType(0x802C);
 
     /// Types 0x0000–0x7FFF must be understood or the request rejected (RFC 8489 §15).
     pub fn is_comprehension_required(self) -> bool {
@@ -136,6 +155,23 @@ pub(crate) fn encode_plain_address(addr: SocketAddr, out: &mut Vec<u8>) {
     }
 }
 
+/// Reads a plain address value (MAPPED-ADDRESS, OTHER-ADDRESS, ...); `None` for a wrong
+/// length or an unknown family.
+pub fn decode_plain_address(value: &[u8]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]);
+    match (*value.get(1)?, value.len()) {
+        (FAMILY_IPV4, 8) => {
+            let octets: [u8; 4] = value[4..8].try_into().ok()?;
+            Some(SocketAddr::new(Ipv4Addr::from(octets).into(), port))
+        }
+        (FAMILY_IPV6, 20) => {
+            let octets: [u8; 16] = value[4..20].try_into().ok()?;
+            Some(SocketAddr::new(Ipv6Addr::from(octets).into(), port))
+        }
+        _ => None,
+    }
+}
+
 /// Writes an XOR-*-ADDRESS value (RFC 8489 §14.2) into `out`.
 pub(crate) fn encode_xor_address(addr: SocketAddr, tid: &TransactionId, out: &mut Vec<u8>) {
     let (value, len) = xor_address_value(addr, tid);
@@ -206,6 +242,18 @@ mod tests {
             encode_xor_address(addr, &tid, &mut buf);
             assert_eq!(decode_xor_address(&buf, &tid), Some(addr));
         }
+    }
+
+    #[test]
+    fn plain_address_round_trips_and_rejects_bad_values() {
+        for addr in ["192.0.2.1:32853", "[2001:db8::1]:3478"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut buf = Vec::new();
+            encode_plain_address(addr, &mut buf);
+            assert_eq!(decode_plain_address(&buf), Some(addr));
+        }
+        assert_eq!(decode_plain_address(&[0, 1, 0, 0, 1, 2, 3]), None);
+        assert_eq!(decode_plain_address(&[0, 3, 0, 0, 1, 2, 3, 4]), None);
     }
 
     #[test]

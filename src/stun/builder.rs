@@ -6,13 +6,14 @@ use super::accessors::AddressFamily;
 use super::attr::{encode_plain_address, encode_xor_address, AttrType, ErrorCode};
 use super::integrity::{self, IntegrityAlgorithm};
 use super::password::PasswordAlgorithm;
-use super::{join_message_type, Class, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
+use super::{join_message_type, Class, Dialect, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Writes one message. The header's length field is kept current after every attribute, so
 /// integrity and fingerprint can be computed at any point.
 pub struct MessageBuilder {
     bytes: Vec<u8>,
     transaction_id: TransactionId,
+    dialect: Dialect,
 }
 
 impl MessageBuilder {
@@ -22,7 +23,20 @@ impl MessageBuilder {
 
     /// Reuses `buffer`'s allocation (its contents are discarded).
     pub fn with_buffer(
+        buffer: Vec<u8>,
+        class: Class,
+        method: Method,
+        transaction_id: TransactionId,
+    ) -> Self {
+        Self::in_dialect(buffer, Dialect::Rfc8489, class, method, transaction_id)
+    }
+
+    /// A message of `dialect`: for [`Dialect::Rfc3489`] the header carries the first bytes of
+    /// the classic transaction id where the cookie would be, and ERROR-CODE and
+    /// UNKNOWN-ATTRIBUTES follow RFC 3489's length rules. Add no XOR attributes to those.
+    pub fn in_dialect(
         mut buffer: Vec<u8>,
+        dialect: Dialect,
         class: Class,
         method: Method,
         transaction_id: TransactionId,
@@ -30,11 +44,15 @@ impl MessageBuilder {
         buffer.clear();
         buffer.extend_from_slice(&join_message_type(class, method).to_be_bytes());
         buffer.extend_from_slice(&[0, 0]);
-        buffer.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        match dialect {
+            Dialect::Rfc8489 => buffer.extend_from_slice(&MAGIC_COOKIE.to_be_bytes()),
+            Dialect::Rfc3489 { id_start } => buffer.extend_from_slice(&id_start),
+        }
         buffer.extend_from_slice(&transaction_id.0);
         Self {
             bytes: buffer,
             transaction_id,
+            dialect,
         }
     }
 
@@ -57,11 +75,17 @@ impl MessageBuilder {
     }
 
     pub fn add_error(&mut self, error: ErrorCode) -> &mut Self {
+        let classic = self.dialect != Dialect::Rfc8489;
         self.add_with(AttrType::ERROR_CODE, |out| {
             let class = (error.code / 100) as u8;
             let number = (error.code % 100) as u8;
             out.extend_from_slice(&[0, 0, class, number]);
             out.extend_from_slice(error.reason.as_bytes());
+            if classic {
+                // RFC 3489 §11.2.9: the reason's length is a multiple of 4, padded with spaces.
+                let short = (4 - error.reason.len() % 4) % 4;
+                out.extend(std::iter::repeat_n(b' ', short));
+            }
         })
     }
 
@@ -80,11 +104,34 @@ impl MessageBuilder {
     }
 
     pub fn add_unknown_attributes(&mut self, kinds: &[u16]) -> &mut Self {
+        let classic = self.dialect != Dialect::Rfc8489;
         self.add_with(AttrType::UNKNOWN_ATTRIBUTES, |out| {
             for kind in kinds {
                 out.extend_from_slice(&kind.to_be_bytes());
             }
+            // RFC 3489 §11.2.10: an odd list repeats one type, so its length is a multiple of 4.
+            if let (true, Some(last)) = (classic && kinds.len() % 2 == 1, kinds.last()) {
+                out.extend_from_slice(&last.to_be_bytes());
+            }
         })
+    }
+
+    /// SOFTWARE (RFC 8489 §14.14). Classic STUN parsers want text in multiples of 4 bytes,
+    /// so there the value is padded with spaces, as RFC 3489 §11.2.9 pads reason phrases.
+    pub fn add_software(&mut self, software: &str) -> &mut Self {
+        let classic = self.dialect != Dialect::Rfc8489;
+        self.add_with(AttrType::SOFTWARE, |out| {
+            out.extend_from_slice(software.as_bytes());
+            if classic {
+                let short = (4 - software.len() % 4) % 4;
+                out.extend(std::iter::repeat_n(b' ', short));
+            }
+        })
+    }
+
+    /// PADDING of `len` zero bytes (RFC 5780 §7.6).
+    pub fn add_padding(&mut self, len: usize) -> &mut Self {
+        self.add_with(AttrType::PADDING, |out| out.resize(out.len() + len, 0))
     }
 
     /// PASSWORD-ALGORITHM: the algorithm a request's key was derived with (RFC 8489 §14.12).
@@ -172,6 +219,43 @@ mod tests {
             m.attribute(AttrType::LIFETIME),
             Some(&600u32.to_be_bytes()[..])
         );
+    }
+
+    #[test]
+    fn classic_messages_echo_the_whole_transaction_id_and_pad_as_rfc_3489_asks() {
+        let dialect = Dialect::Rfc3489 {
+            id_start: [1, 2, 3, 4],
+        };
+        let tid = TransactionId([5; 12]);
+        let mut b =
+            MessageBuilder::in_dialect(Vec::new(), dialect, Class::Error, Method::BINDING, tid);
+        b.add_error(ErrorCode::UNKNOWN_ATTRIBUTE)
+            .add_unknown_attributes(&[0x0002]);
+        let bytes = b.finish();
+        assert_eq!(&bytes[4..8], &[1, 2, 3, 4]);
+        // Only a classic Binding request parses without the cookie; a response does not.
+        assert_eq!(
+            Message::parse(&bytes).err(),
+            Some(super::super::ParseError::NotStun)
+        );
+        // ERROR-CODE: 4 + "Unknown Attribute" (17) padded with spaces to 20.
+        assert_eq!(&bytes[20..24], &[0x00, 0x09, 0, 24]);
+        assert_eq!(&bytes[45..48], b"   ");
+        // UNKNOWN-ATTRIBUTES: the one type twice.
+        assert_eq!(&bytes[48..56], &[0x00, 0x0A, 0, 4, 0, 2, 0, 2]);
+
+        let mut b =
+            MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::BINDING, tid);
+        b.add(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0]);
+        let bytes = b.finish();
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.dialect(), dialect);
+        assert_eq!(m.transaction_id(), tid);
+        let mut b =
+            MessageBuilder::in_dialect(Vec::new(), dialect, Class::Request, Method::ALLOCATE, tid);
+        b.add(AttrType::LIFETIME, &[0, 0, 0, 1]);
+        let allocate = b.finish();
+        assert!(Message::parse(&allocate).is_err(), "TURN needs the cookie");
     }
 
     #[test]

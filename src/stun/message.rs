@@ -2,7 +2,7 @@
 
 use super::attr::AttrType;
 use super::integrity::{self, IntegrityAlgorithm};
-use super::{split_message_type, Class, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
+use super::{split_message_type, Class, Dialect, Method, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Why bytes are not a usable STUN message. Callers count these and drop the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,9 @@ pub enum ParseError {
     BadFingerprint,
 }
 
+/// The only message type accepted without the magic cookie: a Binding request.
+const CLASSIC_BINDING_REQUEST: u16 = 0x0001;
+
 /// A STUN message whose framing, attribute lengths and FINGERPRINT have been checked.
 #[derive(Clone, Copy, Debug)]
 pub struct Message<'a> {
@@ -28,6 +31,7 @@ pub struct Message<'a> {
     class: Class,
     method: Method,
     transaction_id: TransactionId,
+    dialect: Dialect,
     /// Offset of the first MESSAGE-INTEGRITY attribute. Attributes after the first integrity
     /// attribute of either kind are ignored (RFC 8489 §14.5, §14.6).
     integrity_at: Option<usize>,
@@ -38,14 +42,24 @@ pub struct Message<'a> {
 impl<'a> Message<'a> {
     /// Parses `bytes`, which must be exactly one message (a whole datagram, or one frame
     /// cut from a stream by its length field).
+    ///
+    /// Without the magic cookie only a Binding request is taken: the classic STUN of
+    /// RFC 3489 (see [`Dialect::Rfc3489`]), which SIP phones and NAT-type tools still send.
+    /// Every other method is RFC 8489 or later and must carry the cookie.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ParseError> {
         if bytes.len() < HEADER_LEN {
             return Err(ParseError::TooShort);
         }
         let raw_type = u16::from_be_bytes([bytes[0], bytes[1]]);
         let length = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-        let cookie = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if raw_type & 0xC000 != 0 || cookie != MAGIC_COOKIE {
+        let cookie = [bytes[4], bytes[5], bytes[6], bytes[7]];
+        let dialect = if u32::from_be_bytes(cookie) == MAGIC_COOKIE {
+            Dialect::Rfc8489
+        } else {
+            Dialect::Rfc3489 { id_start: cookie }
+        };
+        let classic_binding = raw_type == CLASSIC_BINDING_REQUEST;
+        if raw_type & 0xC000 != 0 || (dialect != Dialect::Rfc8489 && !classic_binding) {
             return Err(ParseError::NotStun);
         }
         if length % 4 != 0 || HEADER_LEN + length != bytes.len() {
@@ -60,6 +74,7 @@ impl<'a> Message<'a> {
             class,
             method,
             transaction_id,
+            dialect,
             integrity_at: None,
             integrity_sha256_at: None,
             has_fingerprint: false,
@@ -98,6 +113,11 @@ impl<'a> Message<'a> {
 
     pub fn transaction_id(&self) -> TransactionId {
         self.transaction_id
+    }
+
+    /// RFC 8489 (magic cookie) or the classic STUN of RFC 3489.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     pub fn has_fingerprint(&self) -> bool {

@@ -18,8 +18,8 @@ mod integrity;
 mod message;
 mod password;
 
-pub use accessors::{AddressFamily, EvenPort};
-pub use attr::{decode_xor_address, xor_address_value, AttrType, ErrorCode};
+pub use accessors::{AddressFamily, ChangeRequest, EvenPort};
+pub use attr::{decode_plain_address, decode_xor_address, xor_address_value, AttrType, ErrorCode};
 pub use builder::MessageBuilder;
 pub use channel_data::{ChannelData, CHANNEL_DATA_HEADER_LEN};
 pub use framing::{stream_frame, Frame};
@@ -38,6 +38,21 @@ pub const HEADER_LEN: usize = 20;
 /// The 96-bit transaction id that pairs a response with its request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct TransactionId(pub [u8; 12]);
+
+/// Which STUN a message speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Dialect {
+    /// RFC 8489 (and RFC 5389): the magic cookie, then a 96-bit transaction id.
+    #[default]
+    Rfc8489,
+    /// Classic STUN (RFC 3489): a 128-bit transaction id whose first 32 bits stand where the
+    /// cookie would, echoed in the response. Only Binding requests come this way; their
+    /// answers carry MAPPED-ADDRESS, never the XOR attributes of later RFCs.
+    Rfc3489 {
+        /// The first 4 bytes of the 128-bit transaction id.
+        id_start: [u8; 4],
+    },
+}
 
 /// The class bits of the message type (RFC 8489 §5).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -17,6 +17,7 @@
 
 mod allocation;
 mod auth;
+mod binding;
 mod challenge_limit;
 mod deliver;
 pub mod drive;
@@ -35,6 +36,7 @@ pub use auth::{
     quota_name, rest_expiry, rest_password, Credentials, Rejection, UserSecret,
     OFFERED_PASSWORD_ALGORITHMS,
 };
+pub use binding::NatDiscovery;
 pub use challenge_limit::ChallengeLimiter;
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
@@ -179,7 +181,8 @@ pub struct ToClient<'a> {
 /// Work for the I/O layer, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Send `bytes` to the client on `to`.
+    /// Send `bytes` to the client on `to`, from `to.server`: the address the request came
+    /// to, or for a Binding with CHANGE-REQUEST another of this host's (RFC 5780).
     Transmit { to: FiveTuple, bytes: Vec<u8> },
     /// Bind a UDP socket on `relay`, then call [`Server::handle_relay_bound`].
     BindRelay {

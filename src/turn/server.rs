@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, PortChoice, State};
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
+use super::binding::NatDiscovery;
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
 use super::policy::{HostAddresses, PeerPolicy};
@@ -22,8 +23,8 @@ use super::{
 };
 use crate::random::Rng;
 use crate::stun::{
-    classify, AttrType, ChannelData, Class, ErrorCode, Framing, IntegrityAlgorithm, LongTermKey,
-    Message, MessageBuilder, Method, TransactionId,
+    classify, AttrType, ChannelData, Class, Dialect, ErrorCode, Framing, IntegrityAlgorithm,
+    LongTermKey, Message, MessageBuilder, Method, TransactionId,
 };
 
 /// How many ports to try when the I/O layer finds the chosen one taken by another program.
@@ -74,6 +75,11 @@ pub struct ServerConfig {
     pub port_claims: PortClaims,
     /// EVEN-PORT reservations of every shard: share one between shards of one server.
     pub reservations: Reservations,
+    /// SOFTWARE in every response (RFC 8489 §14.14); `None`: the version is not advertised.
+    pub software: Option<String>,
+    /// The four addresses of NAT behaviour discovery (RFC 5780), when `other-address` is
+    /// set; the I/O layer listens for STUN on each over UDP.
+    pub nat_discovery: Option<NatDiscovery>,
 }
 
 impl ServerConfig {
@@ -101,6 +107,8 @@ impl ServerConfig {
             channel_numbers: ChannelNumbers::default(),
             port_claims: PortClaims::default(),
             reservations: Reservations::default(),
+            software: None,
+            nat_discovery: None,
         }
     }
 }
@@ -122,6 +130,8 @@ pub struct Server {
     bandwidth_per_allocation: u64,
     pub(super) alternate_servers: Vec<SocketAddr>,
     pub(super) channel_numbers: ChannelNumbers,
+    software: Option<String>,
+    pub(super) nat_discovery: Option<NatDiscovery>,
     /// Set by [`Server::start_draining`]: new allocations are refused.
     pub(super) draining: bool,
     pub(super) allocations: AllocationTable,
@@ -169,10 +179,13 @@ enum Unauthenticated {
 }
 
 /// How to answer one request.
+#[derive(Clone, Copy)]
 pub(super) struct Reply {
+    /// The client, and the server address the answer leaves from.
     pub to: FiveTuple,
     pub method: Method,
     pub transaction: TransactionId,
+    pub dialect: Dialect,
     pub fingerprint: bool,
     pub integrity: Option<(IntegrityAlgorithm, LongTermKey)>,
 }
@@ -222,6 +235,8 @@ impl Server {
             bandwidth_per_allocation: config.bandwidth_per_allocation,
             alternate_servers: config.alternate_servers,
             channel_numbers: config.channel_numbers,
+            software: config.software,
+            nat_discovery: config.nat_discovery,
             draining: false,
             allocations: AllocationTable::default(),
             reservations: config.reservations,
@@ -252,6 +267,7 @@ impl Server {
         self.bandwidth_per_allocation = config.bandwidth_per_allocation;
         self.alternate_servers = config.alternate_servers.clone();
         self.channel_numbers = config.channel_numbers;
+        self.software.clone_from(&config.software);
     }
 
     /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);
@@ -395,6 +411,7 @@ impl Server {
             to: tuple,
             method: Method::ALLOCATE,
             transaction: allocation.allocate_transaction,
+            dialect: Dialect::Rfc8489,
             fingerprint: pending.fingerprint,
             integrity: Some((pending.algorithm, allocation.key)),
         };
@@ -534,21 +551,16 @@ impl Server {
             to: from,
             method: message.method(),
             transaction: message.transaction_id(),
+            dialect: message.dialect(),
             fingerprint: message.has_fingerprint(),
             integrity: None,
         };
         let method = message.method();
         let unix_now = self.unix_secs(now);
         if method == Method::BINDING {
-            if !self.may_answer_unauthenticated(&reply, Unauthenticated::Binding, unix_now) {
-                return;
+            if self.may_answer_unauthenticated(&reply, Unauthenticated::Binding, unix_now) {
+                self.answer_binding(message, &reply);
             }
-            if self.refuse_unknown_attributes(message, &reply) {
-                return;
-            }
-            self.send_success(&reply, |b| {
-                b.add_xor_address(AttrType::XOR_MAPPED_ADDRESS, from.client);
-            });
             return;
         }
         let known = [
@@ -695,7 +707,7 @@ impl Server {
         allocation.state = State::Active;
         allocation.expires_at = now + pending.lifetime;
         let relays = allocation.relays.clone();
-        let response = build(reply, Class::Success, |b| {
+        let response = build(reply, Class::Success, self.software.as_deref(), |b| {
             for relay in &relays {
                 b.add_xor_address(AttrType::XOR_RELAYED_ADDRESS, relay.public);
             }
@@ -905,7 +917,7 @@ impl Server {
         attributes: impl FnOnce(&mut MessageBuilder),
     ) {
         self.stats.request(RequestMethod::of(reply.method)).success += 1;
-        let bytes = build(reply, Class::Success, attributes);
+        let bytes = build(reply, Class::Success, self.software.as_deref(), attributes);
         self.outputs.push_back(Output::Transmit {
             to: reply.to,
             bytes,
@@ -919,7 +931,7 @@ impl Server {
         attributes: impl FnOnce(&mut MessageBuilder),
     ) {
         self.stats.request(RequestMethod::of(reply.method)).error += 1;
-        let bytes = build(reply, Class::Error, |b| {
+        let bytes = build(reply, Class::Error, self.software.as_deref(), |b| {
             b.add_error(error);
             attributes(b);
         });
@@ -939,11 +951,26 @@ fn is_own_service(
     host.protects(peer.ip()) && !relay_ports.contains(&peer.port())
 }
 
-/// A response with integrity when the request was authenticated and FINGERPRINT when the
-/// request carried one.
-fn build(reply: &Reply, class: Class, attributes: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
-    let mut b = MessageBuilder::new(class, reply.method, reply.transaction);
+/// A response in the request's dialect, with SOFTWARE when configured, integrity when the
+/// request was authenticated and FINGERPRINT when the request carried one.
+fn build(
+    reply: &Reply,
+    class: Class,
+    software: Option<&str>,
+    attributes: impl FnOnce(&mut MessageBuilder),
+) -> Vec<u8> {
+    let buffer = Vec::with_capacity(128);
+    let mut b = MessageBuilder::in_dialect(
+        buffer,
+        reply.dialect,
+        class,
+        reply.method,
+        reply.transaction,
+    );
     attributes(&mut b);
+    if let Some(software) = software {
+        b.add_software(software);
+    }
     if let Some((algorithm, key)) = reply.integrity {
         b.add_integrity(algorithm, key.as_bytes());
     }

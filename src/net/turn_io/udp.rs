@@ -7,7 +7,7 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::batch;
-use crate::turn::RelayOptions;
+use crate::turn::{NatDiscovery, RelayOptions};
 
 /// Binds every `listen` address once per worker with `SO_REUSEPORT`, so the kernel spreads
 /// clients across workers by 5-tuple. Port 0 is resolved by the first socket and reused by
@@ -46,6 +46,55 @@ pub(crate) fn bind_listener_sets(
         }
     }
     Ok((per_worker, bound))
+}
+
+/// The three more listener sets of NAT behaviour discovery (RFC 5780 §6): `other`'s IP on
+/// the primary port, `other` itself, and the primary IP on `other`'s port, each bound once
+/// per worker like a `listen` address. A port 0 in `other` is resolved here; the error for
+/// an address taken is `AddrInUse`, so a caller that chose port 0 may try again.
+///
+/// Every worker owns a socket on each of the four addresses, so the worker that reads a
+/// request answers a CHANGE-REQUEST from its own socket on the address the core chose:
+/// nothing crosses threads, and these sockets are listeners like any other (TURN works on
+/// them too; the kernel spreads their clients over the workers).
+///
+/// Beside a wildcard primary listener (0.0.0.0:P1) the socket on the other IP and P1 is
+/// bound too, with the same `SO_REUSEPORT`: the kernel delivers to the most specific
+/// binding, so that address's datagrams come here and the wildcard keeps the rest.
+pub(crate) fn bind_discovery_sets(
+    primary: SocketAddr,
+    other: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(Vec<Vec<std::net::UdpSocket>>, NatDiscovery)> {
+    let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    // The other IP on the primary port first: then the kernel cannot give `other` port 0
+    // the primary's port.
+    bind_per_worker(SocketAddr::new(other.ip(), primary.port()), &mut per_worker)?;
+    let other = bind_per_worker(other, &mut per_worker)?;
+    bind_per_worker(SocketAddr::new(primary.ip(), other.port()), &mut per_worker)?;
+    // A primary port 0 may have come out equal to `other`'s: then the sockets above joined
+    // the primary's, and the caller binds everything again.
+    let discovery = NatDiscovery::new(primary, other).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{other} does not differ from {primary} in IP and port"),
+        )
+    })?;
+    Ok((per_worker, discovery))
+}
+
+/// Binds `addr` once for each worker (port 0 resolved by the first) and returns where.
+fn bind_per_worker(
+    addr: SocketAddr,
+    per_worker: &mut [Vec<std::net::UdpSocket>],
+) -> std::io::Result<SocketAddr> {
+    let mut actual = addr;
+    for sockets in per_worker.iter_mut() {
+        let socket = bind_listener(actual)?;
+        actual = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(actual)
 }
 
 /// One worker's listener socket on `addr`: shared by port, deep buffers, and on a wildcard
