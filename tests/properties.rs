@@ -1334,7 +1334,7 @@ impl Harness {
         for event in self.io.take() {
             match event {
                 Event::Transmit(to, bytes) => self.check_response(to, &bytes),
-                Event::Bind(relay, answer) => {
+                Event::Bind(relay, answer) | Event::Listen(relay, answer) => {
                     assert!(
                         !self.open.contains(&relay) && !self.pending.contains(&relay),
                         "BindRelay {relay} for a relay already in use"
@@ -1368,6 +1368,15 @@ impl Harness {
                     self.open.remove(&relay);
                     self.pending.remove(&relay);
                 }
+                // TCP allocations (RFC 6062): a Connect leaves from an open relay, a
+                // ConnectionBind comes over a stream.
+                Event::Connect(_, relay, _) => {
+                    assert!(self.open.contains(&relay), "Connect from {relay}, not open");
+                }
+                Event::Bridge(_, client) => {
+                    assert!(client.transport.is_stream(), "a data connection over UDP");
+                }
+                Event::ClosePeer(_) => {}
             }
         }
     }

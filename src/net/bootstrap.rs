@@ -22,7 +22,7 @@ use crate::config::{Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
     self, ChallengeLimiter, DefaultFamily, PeerPolicy, QuotaLimits, Quotas, RelayAddress,
-    ServerConfig,
+    ServerConfig, TcpRelayLimits,
 };
 
 /// The limits every shard shares: allocation quotas and the challenge rate per source.
@@ -335,6 +335,10 @@ pub(crate) fn core_config(
     core.binding_limit = Some(limits.bindings.clone());
     core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
     core.alternate_servers = config.alternate_servers.clone();
+    core.tcp_relays = TcpRelayLimits {
+        unbound_per_allocation: config.limits.tcp_connections_per_allocation as usize,
+        total: config.limits.tcp_relays_total as usize,
+    };
     core
 }
 

@@ -25,6 +25,8 @@ pub const MAX_CHANNELS: usize = 128;
 pub struct Allocation {
     /// One relayed address, or two for a dual-stack allocation (RFC 8656 §7.2), IPv4 first.
     pub relays: Vec<Relay>,
+    /// What the relayed addresses carry: datagrams, or TCP connections (RFC 6062).
+    pub protocol: RelayProtocol,
     pub username: String,
     pub key: LongTermKey,
     pub expires_at: Instant,
@@ -41,6 +43,26 @@ pub struct Allocation {
     pub to_clients: Meter,
     /// Its place in the server-wide quotas, given back when the allocation is dropped.
     _quota: QuotaClaim,
+}
+
+/// The transport of an allocation's relayed addresses (REQUESTED-TRANSPORT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayProtocol {
+    /// UDP sockets relaying datagrams (RFC 8656).
+    Udp,
+    /// TCP listening sockets, with peer connections relayed over data connections
+    /// (RFC 6062).
+    Tcp,
+}
+
+impl RelayProtocol {
+    /// A label for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayProtocol::Udp => "udp",
+            RelayProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// Who an allocation belongs to.
@@ -110,6 +132,7 @@ impl Allocation {
     ) -> Self {
         Self {
             relays,
+            protocol: RelayProtocol::Udp,
             username: owner.username,
             key: owner.key,
             _quota: owner.quota,

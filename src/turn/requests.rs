@@ -9,6 +9,7 @@ use super::allocation::{
 };
 use super::auth::{quota_name, Credentials};
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
+use super::tcp_relay::{open_relay, PROTOCOL_TCP};
 use super::{Output, RelayAddr, CHANNEL_NUMBERS};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
@@ -61,6 +62,13 @@ impl Server {
             self.refuse_while_draining(reply);
             return;
         }
+        let protocol = match Self::relay_protocol(message, reply) {
+            Ok(protocol) => protocol,
+            Err(error) => {
+                self.send_error(reply, error, |_| {});
+                return;
+            }
+        };
         let quota = match self
             .quotas
             .claim(quota_name(&credentials.username), tuple.client.ip())
@@ -112,16 +120,14 @@ impl Server {
             unserved_family: families.unserved,
         };
         for relay in &relays {
-            self.outputs.push_back(Output::BindRelay {
-                relay: RelayAddr(relay.bind),
-            });
+            self.outputs.push_back(open_relay(protocol, relay.bind));
         }
         let owner = Owner {
             username: credentials.username,
             key: credentials.key,
             quota,
         };
-        let allocation = Allocation::new(
+        let mut allocation = Allocation::new(
             relays,
             owner,
             reply.transaction,
@@ -129,6 +135,7 @@ impl Server {
             now,
             now + RELAY_BIND_TIMEOUT,
         );
+        allocation.protocol = protocol;
         self.allocations
             .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
     }
@@ -161,7 +168,7 @@ impl Server {
         let transport = message
             .requested_transport()
             .ok_or(ErrorCode::BAD_REQUEST)?;
-        if transport != PROTOCOL_UDP {
+        if transport != PROTOCOL_UDP && transport != PROTOCOL_TCP {
             return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
         }
         let token = message.has_reservation_token();
@@ -352,7 +359,7 @@ impl Server {
 
     /// The allocation must have a relay of the peer's family (443), then the operator's
     /// policy must allow the peer (403).
-    fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<(), ErrorCode> {
+    pub(super) fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<(), ErrorCode> {
         let allocation = self
             .allocations
             .get(&reply.to)

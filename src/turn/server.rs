@@ -5,16 +5,18 @@ use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use super::allocation::{PendingAllocate, State};
+use super::allocation::{PendingAllocate, RelayProtocol, State};
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
+use super::peer_connections::PeerConnections;
 use super::policy::{HostAddresses, PeerPolicy};
 use super::ports::PortPool;
 use super::quota::Quotas;
 use super::requests::DefaultFamily;
 use super::stats::{DropReason, Gauges, RequestMethod, Stats};
 use super::table::AllocationTable;
+use super::tcp_relay::{open_relay, TcpRelayLimits};
 use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer, Transport};
 use crate::random::Rng;
 use crate::stun::{
@@ -64,6 +66,8 @@ pub struct ServerConfig {
     pub bandwidth_per_allocation: u64,
     /// Where new allocations go while the server drains (300 Try Alternate).
     pub alternate_servers: Vec<SocketAddr>,
+    /// Peer connections of TCP allocations (RFC 6062).
+    pub tcp_relays: TcpRelayLimits,
 }
 
 impl ServerConfig {
@@ -88,6 +92,7 @@ impl ServerConfig {
             binding_limit: None,
             bandwidth_per_allocation: 0,
             alternate_servers: Vec::new(),
+            tcp_relays: TcpRelayLimits::default(),
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct Server {
     /// Set by [`Server::start_draining`]: new allocations are refused.
     pub(super) draining: bool,
     pub(super) allocations: AllocationTable,
+    /// The peer connections of TCP allocations (RFC 6062).
+    pub(super) peer_connections: PeerConnections,
+    pub(super) tcp_limits: TcpRelayLimits,
     pub(super) outputs: VecDeque<Output>,
     /// Chooses relay ports and Data indication transaction ids.
     pub(super) rng: Rng,
@@ -152,6 +160,7 @@ enum Unauthenticated {
 }
 
 /// How to answer one request.
+#[derive(Clone)]
 pub(super) struct Reply {
     pub to: FiveTuple,
     pub method: Method,
@@ -202,6 +211,8 @@ impl Server {
             alternate_servers: config.alternate_servers,
             draining: false,
             allocations: AllocationTable::default(),
+            peer_connections: PeerConnections::default(),
+            tcp_limits: config.tcp_relays,
             outputs: VecDeque::new(),
             rng,
             wall_clock: WallClock { at: now, unix_secs },
@@ -227,6 +238,7 @@ impl Server {
         self.binding_limit = config.binding_limit.clone();
         self.bandwidth_per_allocation = config.bandwidth_per_allocation;
         self.alternate_servers = config.alternate_servers.clone();
+        self.tcp_limits = config.tcp_relays;
     }
 
     /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);
@@ -366,6 +378,7 @@ impl Server {
             // A second answer for a socket already confirmed: nothing is waiting for it.
             return;
         };
+        let protocol = allocation.protocol;
         let reply = Reply {
             to: tuple,
             method: Method::ALLOCATE,
@@ -405,14 +418,15 @@ impl Server {
                 ..pending
             });
         }
-        self.outputs.push_back(Output::BindRelay {
-            relay: RelayAddr(replacement.bind),
-        });
+        self.outputs
+            .push_back(open_relay(protocol, replacement.bind));
     }
 
-    /// A stream connection closed: its allocation ends with it (RFC 8656 §3.1).
+    /// A stream connection closed: its allocation ends with it (RFC 8656 §3.1), and so
+    /// does the peer connection of a data connection (RFC 6062 §5.5).
     pub fn handle_connection_closed(&mut self, now: Instant, tuple: FiveTuple) {
         self.remove_allocation(now, &tuple);
+        self.data_connection_closed(&tuple);
     }
 
     /// Expires what is due at `now`.
@@ -428,11 +442,14 @@ impl Server {
             let next = allocation.sweep(now);
             self.allocations.schedule(tuple, next);
         }
+        self.expire_peer_connections(now);
     }
 
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.allocations.next_wake()
+        let allocations = self.allocations.next_wake();
+        let connections = self.peer_connections.next_wake();
+        allocations.into_iter().chain(connections).min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -455,6 +472,7 @@ impl Server {
             gauges.permissions += permissions as u64;
             gauges.channels += channels as u64;
         }
+        gauges.tcp_connections = self.peer_connections.counts();
         for pool in &self.relays {
             gauges.relay_ports_in_use += pool.ports.in_use() as u64;
             gauges.relay_ports_free += (pool.ports.capacity() - pool.ports.in_use()) as u64;
@@ -521,6 +539,8 @@ impl Server {
             Method::REFRESH,
             Method::CREATE_PERMISSION,
             Method::CHANNEL_BIND,
+            Method::CONNECT,
+            Method::CONNECTION_BIND,
         ]
         .contains(&method);
         // An Allocate that could never succeed is refused before any challenge, so it earns
@@ -549,16 +569,24 @@ impl Server {
             self.handle_allocate(now, message, credentials, &reply);
             return;
         }
+        if method == Method::CONNECTION_BIND {
+            // Comes on a new data connection, which has no allocation of its own.
+            self.handle_connection_bind(now, message, &credentials.username, &reply);
+            return;
+        }
         let result = match self.allocations.get(&from) {
             Some(a) if a.is_active(now) && a.username == credentials.username => Ok(()),
             Some(a) if a.is_active(now) => Err(ErrorCode::WRONG_CREDENTIALS),
             _ => Err(ErrorCode::ALLOCATION_MISMATCH),
         };
-        let result = result.and_then(|()| match method {
-            Method::REFRESH => self.handle_refresh(now, message, &reply),
-            Method::CREATE_PERMISSION => self.handle_create_permission(now, message, &reply),
-            _ => self.handle_channel_bind(now, message, &reply),
-        });
+        let result = result
+            .and_then(|()| self.method_fits_allocation(method, &from))
+            .and_then(|()| match method {
+                Method::REFRESH => self.handle_refresh(now, message, &reply),
+                Method::CREATE_PERMISSION => self.handle_create_permission(now, message, &reply),
+                Method::CONNECT => self.handle_connect(now, message, &reply),
+                _ => self.handle_channel_bind(now, message, &reply),
+            });
         if let Err(error) = result {
             self.send_error(&reply, error, |_| {});
         }
@@ -679,6 +707,7 @@ impl Server {
                 .map(|r| r.public.to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            relay = allocation.protocol.name(),
             lifetime_s = pending.lifetime.as_secs(),
             "allocation created"
         );
@@ -767,6 +796,9 @@ impl Server {
             .get_mut(&from)
             .filter(|a| a.is_active(now))
             .ok_or(DropReason::NoAllocation)?;
+        if allocation.protocol != RelayProtocol::Udp {
+            return Err(DropReason::TcpAllocation);
+        }
         let peer = match target {
             PeerTarget::Address(peer) => SocketAddr::new(peer.ip().to_canonical(), peer.port()),
             PeerTarget::Channel(number) => allocation
@@ -800,6 +832,7 @@ impl Server {
         let Some(allocation) = self.allocations.remove(tuple) else {
             return;
         };
+        self.close_peer_connections_of(tuple);
         for relay in &allocation.relays {
             self.release_port(relay.bind);
             // Also for relays not confirmed yet: a BindRelay may still be queued ahead of
