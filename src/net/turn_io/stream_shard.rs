@@ -420,10 +420,11 @@ impl Io for StreamIo {
             debug_assert!(false, "bridging {connection} without its two sides");
             return;
         };
-        // The ConnectionBind response goes out before any relayed byte, and nothing more
-        // is queued for the connection: from now on its task writes to it directly.
+        // The ConnectionBind response goes out before any relayed byte: it must be in the
+        // connection's queue when its writer is asked for its half back. (Its queue stays
+        // open, or the writer would take the close for the end of the connection; the core
+        // sends nothing more to a data connection.)
         self.flush_to(client);
-        self.clients.remove(&client);
         let (stop, stopped) = oneshot::channel();
         let handed = bridge.send(Bridge {
             peer,
