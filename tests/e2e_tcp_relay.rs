@@ -41,17 +41,35 @@ async fn connect_then_connection_bind_relays_bytes_both_ways_over_tcp() {
     let relayed_bytes = (25 + big.len()) as f64;
     let expected = [
         ("rendez_tcp_relays{shard=\"stream\",state=\"bound\"}", 1.0),
-        ("rendez_tcp_peer_connections_total{shard=\"stream\",event=\"connected\"}", 1.0),
-        ("rendez_tcp_peer_connections_total{shard=\"stream\",event=\"bound\"}", 1.0),
-        ("rendez_tcp_relayed_bytes_total{shard=\"stream\",direction=\"to_peer\"}", relayed_bytes),
-        ("rendez_tcp_relayed_bytes_total{shard=\"stream\",direction=\"to_client\"}", relayed_bytes),
-        ("rendez_requests_total{shard=\"stream\",method=\"connection_bind\",result=\"success\"}", 1.0),
+        (
+            "rendez_tcp_peer_connections_total{shard=\"stream\",event=\"connected\"}",
+            1.0,
+        ),
+        (
+            "rendez_tcp_peer_connections_total{shard=\"stream\",event=\"bound\"}",
+            1.0,
+        ),
+        (
+            "rendez_tcp_relayed_bytes_total{shard=\"stream\",direction=\"to_peer\"}",
+            relayed_bytes,
+        ),
+        (
+            "rendez_tcp_relayed_bytes_total{shard=\"stream\",direction=\"to_client\"}",
+            relayed_bytes,
+        ),
+        (
+            "rendez_requests_total{shard=\"stream\",method=\"connection_bind\",result=\"success\"}",
+            1.0,
+        ),
     ];
     let metrics = server.metrics_addr().unwrap();
     let mut text = String::new();
     for _ in 0..100 {
         text = scrape(metrics).await;
-        if expected.iter().all(|(name, value)| sample(&text, name) == Some(*value)) {
+        if expected
+            .iter()
+            .all(|(name, value)| sample(&text, name) == Some(*value))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -76,7 +94,10 @@ async fn a_peer_connecting_to_the_relayed_address_is_announced_and_bound() {
     common::assert_closed_within(&mut unwelcome, WAIT).await;
 
     let permission = control
-        .request(Method::CREATE_PERMISSION, &[xor_peer(SocketAddr::new(peer_ip, 0))])
+        .request(
+            Method::CREATE_PERMISSION,
+            &[xor_peer(SocketAddr::new(peer_ip, 0))],
+        )
         .await;
     assert_eq!(Message::parse(&permission).unwrap().class(), Class::Success);
     let mut peer = TcpStream::connect(relayed).await.unwrap();
@@ -164,9 +185,7 @@ async fn a_refused_peer_is_447_and_a_second_connect_to_one_peer_is_446() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
     };
-    let refused = control
-        .request(Method::CONNECT, &[xor_peer(closed)])
-        .await;
+    let refused = control.request(Method::CONNECT, &[xor_peer(closed)]).await;
     assert_eq!(error_of(&refused), Some(447));
 
     let echo = EchoPeer::start().await;
@@ -264,7 +283,10 @@ fn connection_id(message: &[u8]) -> u32 {
 /// Binds `data` to peer connection `id`; returns the raw stream it has become.
 async fn bind(data: &mut TurnClient, id: u32) -> Box<dyn common::Duplex> {
     let (stream, early) = bind_keeping_early_bytes(data, id).await;
-    assert!(early.is_empty(), "nothing but the response before the relay");
+    assert!(
+        early.is_empty(),
+        "nothing but the response before the relay"
+    );
     stream
 }
 

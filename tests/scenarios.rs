@@ -1261,6 +1261,31 @@ fn connection_bind_is_400_unless_it_names_a_pending_connection_of_the_same_user(
 }
 
 #[test]
+fn a_data_connection_may_use_its_control_connections_nonce() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    let id = connect(&mut h, &mut alice, TCP_PEER);
+    // As coturn's client does: the nonce of the control connection, on a new connection.
+    let mut data = Client::alice(tcp_at(6350));
+    data.nonce = alice.nonce.clone();
+    let response = data.call_once(
+        &mut h,
+        Method::CONNECTION_BIND,
+        &[connection_id(id.0)],
+        TransactionId([9; 12]),
+    );
+    assert_eq!(response.class(), Class::Success);
+    // Stream nonces are bound to the client's address, not its port.
+    let mut elsewhere = Client::alice(FiveTuple {
+        client: "192.0.2.99:6351".parse().unwrap(),
+        ..CONTROL
+    });
+    elsewhere.nonce = alice.nonce.clone();
+    let response = elsewhere.call_once(&mut h, Method::REFRESH, &[], TransactionId([9; 12]));
+    assert_eq!(response.error_code(), Some(438));
+}
+
+#[test]
 fn a_connection_not_bound_within_30_seconds_is_closed() {
     let mut h = Harness::new();
     let (mut alice, _) = tcp_allocation(&mut h, CONTROL);

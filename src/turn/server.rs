@@ -552,7 +552,10 @@ impl Server {
             }
             return;
         }
-        let credentials = match self.auth.authenticate(message, from.client, unix_now) {
+        let credentials = match self
+            .auth
+            .authenticate(message, nonce_holder(&from), unix_now)
+        {
             Ok(credentials) => credentials,
             Err(rejection) => {
                 self.stats.auth_failures[rejection as usize] += 1;
@@ -633,7 +636,7 @@ impl Server {
                 "authentication failed"
             );
         }
-        let nonce = self.auth.nonce(reply.to.client, unix_now);
+        let nonce = self.auth.nonce(nonce_holder(&reply.to), unix_now);
         let realm = self.auth.realm().to_owned();
         self.send_error(reply, error, |b| {
             b.add(AttrType::REALM, realm.as_bytes())
@@ -904,6 +907,17 @@ impl Server {
             to: reply.to,
             bytes,
         });
+    }
+}
+
+/// The address a nonce is bound to: a UDP client's address and port (a nonce is useless
+/// from any other source), or a stream client's address alone. A stream source cannot be
+/// spoofed, and a stream client opens several connections with one nonce: RFC 6062 data
+/// connections authenticate with the control connection's (coturn's client relies on it).
+fn nonce_holder(tuple: &FiveTuple) -> SocketAddr {
+    match tuple.transport {
+        Transport::Udp => tuple.client,
+        Transport::Tcp | Transport::Tls => SocketAddr::new(tuple.client.ip(), 0),
     }
 }
 
