@@ -344,7 +344,11 @@ impl StreamIo {
         let Some(queue) = self.clients.get(&client) else {
             return;
         };
-        for (_, bytes) in self.pending.extract_if(.., |(to, _)| *to == client) {
+        let (now, later) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(to, _)| *to == client);
+        self.pending = later;
+        for (_, bytes) in now {
             if queue.try_send(bytes).is_err() {
                 self.drops.client_backlog += 1;
             }
