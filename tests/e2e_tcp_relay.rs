@@ -200,6 +200,33 @@ async fn a_refused_peer_is_447_and_a_second_connect_to_one_peer_is_446() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_peer_that_does_not_read_stops_the_client_being_read() {
+    let server = start("").await;
+    // A peer that accepts and then never reads.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move { listener.accept().await.map(|(stream, _)| stream) });
+    let mut control = tcp_client(&server).await;
+    allocate_tcp(&mut control).await;
+    let response = control
+        .request(Method::CONNECT, &[xor_peer(peer_addr)])
+        .await;
+    let id = connection_id(&response);
+    let mut data = tcp_client(&server).await;
+    let mut relay = bind(&mut data, id).await;
+    let _peer = held.await.unwrap().unwrap();
+    // Far more than the socket buffers on the way hold: if the relay read on regardless,
+    // buffering in memory, this write would finish.
+    let flood = vec![7u8; 64 << 20];
+    let wrote = tokio::time::timeout(Duration::from_secs(2), relay.write_all(&flood)).await;
+    assert!(
+        wrote.is_err(),
+        "64 MiB went into a relay whose peer reads nothing"
+    );
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// The `/metrics` text.

@@ -739,11 +739,14 @@ fn any_request() -> impl Strategy<Value = Request> {
         1 => Just(Method::BINDING.0),
         1 => Just(Method::SEND.0),
         1 => Just(Method::DATA.0),
+        1 => Just(Method::CONNECT.0),
+        1 => Just(Method::CONNECTION_BIND.0),
         1 => 0u16..=0xFFF,
     ];
     let class = prop_oneof![9 => Just(Class::Request), 1 => any_class()];
     let transport = prop_oneof![
         8 => Just(Some(17u8)),
+        2 => Just(Some(6u8)),
         1 => Just(None),
         1 => any::<u8>().prop_map(Some),
     ];
