@@ -95,6 +95,13 @@ pub struct LimitsConfig {
     /// needs no credentials and its answer is larger than the request, so a spoofed flood is
     /// limited too; ICE sends a few per call.
     pub binding_per_ip: u32,
+    /// Peer connections one TCP allocation (RFC 6062) may have that are not bound to a data
+    /// connection yet: Connects in progress and connections waiting (up to 30 s) for their
+    /// ConnectionBind. Beyond it a Connect gets 508 and a peer's connection is closed.
+    pub tcp_connections_per_allocation: u32,
+    /// TCP relays (peer connections of TCP allocations, in any state) on the whole server.
+    /// Each costs two sockets and 32 KiB of buffers while it relays.
+    pub tcp_relays_total: u32,
 }
 
 impl Default for LimitsConfig {
@@ -106,6 +113,8 @@ impl Default for LimitsConfig {
             bandwidth_per_allocation: 1_000_000,
             unauthorized_per_ip: 20,
             binding_per_ip: 100,
+            tcp_connections_per_allocation: 16,
+            tcp_relays_total: 1000,
         }
     }
 }
@@ -580,6 +589,11 @@ impl Config {
             ("limits.allocations-total", limits.allocations_total),
             ("limits.unauthorized-per-ip", limits.unauthorized_per_ip),
             ("limits.binding-per-ip", limits.binding_per_ip),
+            (
+                "limits.tcp-connections-per-allocation",
+                limits.tcp_connections_per_allocation,
+            ),
+            ("limits.tcp-relays-total", limits.tcp_relays_total),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

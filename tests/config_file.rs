@@ -97,6 +97,8 @@ fn every_key_is_documented() {
         "bandwidth-per-allocation",
         "unauthorized-per-ip",
         "binding-per-ip",
+        "tcp-connections-per-allocation",
+        "tcp-relays-total",
         "[metrics]",
     ] {
         let shown = SHIPPED

@@ -168,6 +168,16 @@ async fn no_label_value_carries_a_user_an_address_or_a_room() {
         "unknown_attribute",
         "send_failed",
         "client_backlog",
+        "connect",
+        "connection_bind",
+        "tcp_allocation",
+        "connecting",
+        "pending",
+        "bound",
+        "connected",
+        "failed",
+        "accepted",
+        "refused",
     ]
     .into();
     let samples = parse(&text);

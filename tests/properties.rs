@@ -775,11 +775,14 @@ fn any_request() -> impl Strategy<Value = Request> {
         1 => Just(Method::BINDING.0),
         1 => Just(Method::SEND.0),
         1 => Just(Method::DATA.0),
+        1 => Just(Method::CONNECT.0),
+        1 => Just(Method::CONNECTION_BIND.0),
         1 => 0u16..=0xFFF,
     ];
     let class = prop_oneof![9 => Just(Class::Request), 1 => any_class()];
     let transport = prop_oneof![
         8 => Just(Some(17u8)),
+        2 => Just(Some(6u8)),
         1 => Just(None),
         1 => any::<u8>().prop_map(Some),
     ];
@@ -1396,7 +1399,7 @@ impl Harness {
         for event in self.io.take() {
             match event {
                 Event::Transmit(to, bytes) => self.check_response(to, &bytes),
-                Event::Bind(relay, answer) => {
+                Event::Bind(relay, answer) | Event::Listen(relay, answer) => {
                     assert!(
                         !self.open.contains(&relay) && !self.pending.contains(&relay),
                         "BindRelay {relay} for a relay already in use"
@@ -1430,6 +1433,15 @@ impl Harness {
                     self.open.remove(&relay);
                     self.pending.remove(&relay);
                 }
+                // TCP allocations (RFC 6062): a Connect leaves from an open relay, a
+                // ConnectionBind comes over a stream.
+                Event::Connect(_, relay, _) => {
+                    assert!(self.open.contains(&relay), "Connect from {relay}, not open");
+                }
+                Event::Bridge(_, client) => {
+                    assert!(client.transport.is_stream(), "a data connection over UDP");
+                }
+                Event::ClosePeer(_) => {}
             }
         }
     }

@@ -11,9 +11,10 @@ use rendez::stun::{
     TransactionId,
 };
 use rendez::turn::{
-    ChallengeLimiter, ChannelNumbers, DropReason, FiveTuple, PeerAddr, PeerPolicy, PortClaims,
-    QuotaExceeded, QuotaLimits, Quotas, Rejection, RelayAddr, RelayAddress, RelayBind,
-    Reservations, Server, ServerConfig, Transport, UserSecret, RESERVATION_LIFETIME,
+    ChallengeLimiter, ChannelNumbers, ConnectionId, DropReason, FiveTuple, PeerAddr, PeerPolicy,
+    PortClaims, QuotaExceeded, QuotaLimits, Quotas, Rejection, RelayAddr, RelayAddress, RelayBind,
+    Reservations, Server, ServerConfig, TcpRelayLimits, Transport, UserSecret,
+    CONNECTION_BIND_TIMEOUT, CONNECT_TIMEOUT, RESERVATION_LIFETIME,
 };
 
 mod harness;
@@ -330,15 +331,16 @@ fn second_allocate_on_same_five_tuple_is_437_but_retransmission_is_answered_agai
 }
 
 #[test]
-fn allocate_without_transport_is_400_and_tcp_is_442() {
+fn allocate_without_transport_is_400_and_an_unknown_transport_is_442() {
     let mut h = Harness::new();
     let mut alice = Client::alice(CLIENT);
     assert_eq!(
         alice.call(&mut h, Method::ALLOCATE, &[]).error_code(),
         Some(400)
     );
-    let tcp = Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
-    let response = alice.call(&mut h, Method::ALLOCATE, &[tcp]);
+    // SCTP: neither UDP nor TCP (TCP over UDP is in tests/scenarios_tcp.rs).
+    let sctp = Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![132, 0, 0, 0]);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[sctp]);
     assert_eq!(response.error_code(), Some(442));
     assert!(
         response.verifies(&alice.key()),
@@ -1394,6 +1396,544 @@ fn unknown_method_is_400() {
     assert_eq!(response.error_code(), Some(400));
 }
 
+// ---------------------------------------------------------------- TCP relays (RFC 6062)
+
+#[test]
+fn tcp_allocation_needs_a_stream_and_no_datagram_attributes() {
+    let mut h = Harness::new();
+    // RFC 6062 §5.1: over UDP it is 400 (not 442: TCP is a transport this server relays).
+    let mut over_udp = Client::alice(CLIENT);
+    let response = over_udp.call(&mut h, Method::ALLOCATE, &[tcp_transport()]);
+    assert_eq!(response.error_code(), Some(400));
+    assert!(response.verifies(&over_udp.key()));
+    let even_port = Attr::Raw(AttrType::EVEN_PORT, vec![0]);
+    let dont_fragment = Attr::Raw(AttrType::DONT_FRAGMENT, vec![]);
+    for (port, datagram_only) in [(6001, even_port), (6002, dont_fragment)] {
+        let mut alice = Client::alice(tcp_at(port));
+        let response = alice.call(&mut h, Method::ALLOCATE, &[tcp_transport(), datagram_only]);
+        assert_eq!(response.error_code(), Some(400));
+    }
+    assert!(h.bound.is_empty() && h.tcp.is_empty());
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn tcp_allocation_listens_and_a_retry_listens_again() {
+    let mut h = Harness::new();
+    h.io.fail_next_binds(1);
+    let mut alice = Client::alice(CONTROL);
+    let response = alice.call(&mut h, Method::ALLOCATE, &[tcp_transport()]);
+    assert_eq!(response.class(), Class::Success);
+    let relayed = response.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(
+        h.bound,
+        [bound_of(relayed)],
+        "the second port is listened on"
+    );
+    let [Event::Listen(taken, RelayBind::Unavailable)] = h.tcp[..] else {
+        panic!(
+            "the first port was listened on too, and nothing else: {:?}",
+            h.tcp
+        );
+    };
+    assert_ne!(taken, h.bound[0]);
+}
+
+#[test]
+fn connect_answers_once_connected_with_a_connection_id() {
+    let mut h = Harness::new();
+    let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
+    let sent = alice.send(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    assert!(sent.is_empty(), "answered when the connection is open");
+    let [Event::Connect(id, from, to)] = h.tcp[..] else {
+        panic!("expected one Connect: {:?}", h.tcp);
+    };
+    assert_eq!(
+        (from, to),
+        (bound_of(relayed), TCP_PEER),
+        "from the relayed address"
+    );
+    h.server.handle_peer_connected(h.now, id, true);
+    let response = only_response(h.pump(), CONTROL);
+    assert_eq!(
+        (response.class(), response.message().method()),
+        (Class::Success, Method::CONNECT)
+    );
+    assert_eq!(response.u32(AttrType::CONNECTION_ID), Some(id.0));
+    assert!(response.verifies(&alice.key()));
+    assert_eq!(h.server.stats().tcp.connected, 1);
+    assert_eq!(h.server.gauges().tcp_connections.pending, 1);
+}
+
+#[test]
+fn connect_to_a_denied_peer_is_403_and_connects_nowhere() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    let private: SocketAddr = "10.1.2.3:80".parse().unwrap();
+    // This host's own address on a port that is not a relay port: a local service.
+    let own_service: SocketAddr = format!("{RELAY_BIND_IP}:22").parse().unwrap();
+    let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+    for denied in [private, own_service, mapped] {
+        let response = alice.call(&mut h, Method::CONNECT, &[peer(denied)]);
+        assert_eq!(response.error_code(), Some(403), "{denied}");
+    }
+    assert!(h.tcp.is_empty());
+}
+
+#[test]
+fn connect_without_peer_is_400_and_on_a_udp_allocation_too() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    assert_eq!(
+        alice.call(&mut h, Method::CONNECT, &[]).error_code(),
+        Some(400)
+    );
+    let mut bob = Client::alice(CLIENT);
+    bob.allocate(&mut h);
+    let response = bob.call(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    assert_eq!(
+        response.error_code(),
+        Some(400),
+        "a UDP allocation cannot Connect"
+    );
+    let mut nobody = Client::alice(tcp_at(6100));
+    let response = nobody.call(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    assert_eq!(response.error_code(), Some(437), "no allocation");
+}
+
+#[test]
+fn second_connect_to_the_same_peer_is_446_until_the_first_ends() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    assert!(alice
+        .send(&mut h, Method::CONNECT, &[peer(TCP_PEER)])
+        .is_empty());
+    let connecting = alice.call(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    assert_eq!(connecting.error_code(), Some(446), "while connecting");
+    let id = connect_id(&h, 0);
+    h.server.handle_peer_connected(h.now, id, true);
+    h.pump();
+    let pending = alice.call(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    assert_eq!(
+        pending.error_code(),
+        Some(446),
+        "while waiting for its bind"
+    );
+    let other_port = SocketAddr::new(TCP_PEER.ip(), TCP_PEER.port() + 1);
+    assert!(
+        alice
+            .send(&mut h, Method::CONNECT, &[peer(other_port)])
+            .is_empty(),
+        "another port of the same host is another peer"
+    );
+}
+
+#[test]
+fn failed_connect_is_447_and_a_silent_one_is_447_after_30_seconds() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    alice.send(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    let refused = connect_id(&h, 0);
+    h.server.handle_peer_connected(h.now, refused, false);
+    assert_eq!(only_response(h.pump(), CONTROL).error_code(), Some(447));
+
+    alice.send(&mut h, Method::CONNECT, &[peer(TCP_PEER)]);
+    let silent = connect_id(&h, 1);
+    h.now += CONNECT_TIMEOUT - Duration::from_millis(1);
+    h.server.handle_timeout(h.now);
+    assert!(h.pump().is_empty(), "not before 30 s");
+    h.now += Duration::from_millis(1);
+    h.server.handle_timeout(h.now);
+    assert_eq!(only_response(h.pump(), CONTROL).error_code(), Some(447));
+    assert_eq!(
+        h.tcp.last(),
+        Some(&Event::ClosePeer(silent)),
+        "the attempt is abandoned"
+    );
+    // A connection that opens after all is closed at once.
+    h.tcp.clear();
+    h.server.handle_peer_connected(h.now, silent, true);
+    assert!(h.pump().is_empty());
+    assert_eq!(h.tcp, [Event::ClosePeer(silent)]);
+    assert_eq!(h.server.stats().tcp.failed, 2);
+}
+
+#[test]
+fn connection_bind_makes_a_new_connection_the_data_connection() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    let id = connect(&mut h, &mut alice, TCP_PEER);
+    let data = tcp_at(6200);
+    let response =
+        Client::alice(data).call(&mut h, Method::CONNECTION_BIND, &[connection_id(id.0)]);
+    assert_eq!(response.class(), Class::Success);
+    assert!(response.verifies(&alice.key()), "the same credentials");
+    assert_eq!(h.tcp.last(), Some(&Event::Bridge(id, data)));
+    let counts = h.server.gauges().tcp_connections;
+    assert_eq!((counts.pending, counts.bound), (0, 1));
+    // Bound: no timer closes it.
+    h.now += Duration::from_secs(120);
+    h.server.handle_timeout(h.now);
+    h.pump();
+    assert_eq!(h.tcp.last(), Some(&Event::Bridge(id, data)));
+    // It ends with its data connection (the I/O layer saw either side close).
+    h.server.handle_connection_closed(h.now, data);
+    h.pump();
+    assert_eq!(h.tcp.last(), Some(&Event::ClosePeer(id)));
+    assert!(h.server.has_allocation(&CONTROL), "the allocation lives on");
+    assert_eq!(h.server.gauges().tcp_connections.bound, 0);
+}
+
+#[test]
+fn connection_bind_is_400_unless_it_names_a_pending_connection_of_the_same_user() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    let id = connect(&mut h, &mut alice, TCP_PEER);
+    let bind = |h: &mut Harness, client: &mut Client, attrs: &[Attr]| {
+        client.call(h, Method::CONNECTION_BIND, attrs).error_code()
+    };
+    let mut data = Client::alice(tcp_at(6300));
+    assert_eq!(bind(&mut h, &mut data, &[]), Some(400), "no CONNECTION-ID");
+    assert_eq!(
+        bind(&mut h, &mut data, &[connection_id(id.0 ^ 1)]),
+        Some(400),
+        "unknown id"
+    );
+    let mut over_udp = Client::alice(client_at(6301));
+    assert_eq!(
+        bind(&mut h, &mut over_udp, &[connection_id(id.0)]),
+        Some(400),
+        "over UDP"
+    );
+    assert_eq!(
+        bind(&mut h, &mut alice, &[connection_id(id.0)]),
+        Some(400),
+        "on the control connection"
+    );
+    let mut mallory = Client::rest(tcp_at(6302), "mallory", UNIX_START + 600);
+    assert_eq!(
+        bind(&mut h, &mut mallory, &[connection_id(id.0)]),
+        Some(400),
+        "another user"
+    );
+    let mut stranger = Client::new(tcp_at(6303), "alice", "guess");
+    assert_eq!(
+        bind(&mut h, &mut stranger, &[connection_id(id.0)]),
+        Some(401),
+        "wrong password"
+    );
+    assert_eq!(
+        bind(&mut h, &mut data, &[connection_id(id.0)]),
+        None,
+        "the right one binds"
+    );
+    let mut again = Client::alice(tcp_at(6304));
+    assert_eq!(
+        bind(&mut h, &mut again, &[connection_id(id.0)]),
+        Some(400),
+        "bound already"
+    );
+    assert_eq!(h.server.stats().tcp.bound, 1);
+}
+
+#[test]
+fn a_data_connection_may_use_its_control_connections_nonce() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    let id = connect(&mut h, &mut alice, TCP_PEER);
+    // As coturn's client does: the nonce of the control connection, on a new connection.
+    let mut data = Client::alice(tcp_at(6350));
+    data.nonce = alice.nonce.clone();
+    let response = data.call_once(
+        &mut h,
+        Method::CONNECTION_BIND,
+        &[connection_id(id.0)],
+        TransactionId([9; 12]),
+    );
+    assert_eq!(response.class(), Class::Success);
+    // Stream nonces are bound to the client's address, not its port.
+    let mut elsewhere = Client::alice(FiveTuple {
+        client: "192.0.2.99:6351".parse().unwrap(),
+        ..CONTROL
+    });
+    elsewhere.nonce = alice.nonce.clone();
+    let response = elsewhere.call_once(&mut h, Method::REFRESH, &[], TransactionId([9; 12]));
+    assert_eq!(response.error_code(), Some(438));
+}
+
+#[test]
+fn a_connection_not_bound_within_30_seconds_is_closed() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    let id = connect(&mut h, &mut alice, TCP_PEER);
+    h.tcp.clear();
+    h.advance(CONNECTION_BIND_TIMEOUT - Duration::from_millis(1));
+    assert!(h.tcp.is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.tcp, [Event::ClosePeer(id)]);
+    let late =
+        Client::alice(tcp_at(6400)).call(&mut h, Method::CONNECTION_BIND, &[connection_id(id.0)]);
+    assert_eq!(late.error_code(), Some(400));
+    assert_eq!(h.server.stats().tcp.expired, 1);
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.now + Duration::from_secs(600) - CONNECTION_BIND_TIMEOUT),
+        "only the allocation's own deadline is left"
+    );
+}
+
+#[test]
+fn a_peer_connection_is_announced_only_with_a_permission() {
+    let mut h = Harness::new();
+    let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
+    let relay = RelayAddr(bound_of(relayed));
+    assert_eq!(
+        h.server
+            .handle_incoming_peer(h.now, relay, PeerAddr(TCP_PEER)),
+        None
+    );
+    assert!(h.pump().is_empty(), "closed without a word to the client");
+    alice.permit(&mut h, TCP_PEER);
+    let id = h
+        .server
+        .handle_incoming_peer(h.now, relay, PeerAddr(TCP_PEER))
+        .expect("kept: the peer has a permission");
+    let indication = only_response(h.pump(), CONTROL);
+    let m = indication.message();
+    assert_eq!(
+        (m.class(), m.method()),
+        (Class::Indication, Method::CONNECTION_ATTEMPT)
+    );
+    assert_eq!(indication.xor(AttrType::XOR_PEER_ADDRESS), Some(TCP_PEER));
+    assert_eq!(indication.u32(AttrType::CONNECTION_ID), Some(id.0));
+    // Nobody else's relay, and not once the permission expired.
+    let elsewhere = RelayAddr(SocketAddr::new(relay.0.ip(), relay.0.port() ^ 1));
+    assert_eq!(
+        h.server
+            .handle_incoming_peer(h.now, elsewhere, PeerAddr(TCP_PEER)),
+        None
+    );
+    h.advance(Duration::from_secs(300));
+    assert_eq!(
+        h.server
+            .handle_incoming_peer(h.now, relay, PeerAddr(TCP_PEER)),
+        None
+    );
+    let stats = h.server.stats().tcp;
+    assert_eq!((stats.accepted, stats.refused), (1, 3));
+    // The announced one binds like a connected one.
+    let data = tcp_at(6500);
+    h.tcp.clear();
+    // (It expired with the permission's 300 s: announce a fresh one.)
+    alice.permit(&mut h, TCP_PEER);
+    let fresh = h
+        .server
+        .handle_incoming_peer(h.now, relay, PeerAddr(TCP_PEER))
+        .unwrap();
+    h.pump();
+    let response =
+        Client::alice(data).call(&mut h, Method::CONNECTION_BIND, &[connection_id(fresh.0)]);
+    assert_eq!(response.class(), Class::Success);
+    assert_eq!(h.tcp.last(), Some(&Event::Bridge(fresh, data)));
+    assert_ne!(id, fresh);
+}
+
+#[test]
+fn every_peer_connection_ends_with_its_allocation() {
+    for ending in ["refresh 0", "control connection closed", "expiry"] {
+        let mut h = Harness::new();
+        let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
+        let bound = connect(&mut h, &mut alice, TCP_PEER);
+        let data = tcp_at(6600);
+        Client::alice(data).call(&mut h, Method::CONNECTION_BIND, &[connection_id(bound.0)]);
+        let pending = connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 81));
+        alice.send(
+            &mut h,
+            Method::CONNECT,
+            &[peer(SocketAddr::new(TCP_PEER.ip(), 82))],
+        );
+        let connecting = connect_id(&h, 2);
+        h.tcp.clear();
+        match ending {
+            "refresh 0" => {
+                alice.call(&mut h, Method::REFRESH, &[lifetime(0)]);
+            }
+            "control connection closed" => {
+                h.server.handle_connection_closed(h.now, CONTROL);
+                h.pump();
+            }
+            _ => {
+                h.now += Duration::from_secs(600);
+                h.server.handle_timeout(h.now);
+                // The Connect still waiting is not answered: its allocation is gone.
+                assert!(h.pump().is_empty());
+            }
+        }
+        let mut closed: Vec<_> = h.tcp.clone();
+        closed.sort_by_key(|e| format!("{e:?}"));
+        let mut expected = vec![
+            Event::ClosePeer(bound),
+            Event::ClosePeer(pending),
+            Event::ClosePeer(connecting),
+        ];
+        expected.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(closed, expected, "{ending}");
+        assert_eq!(h.released, [bound_of(relayed)], "{ending}");
+        assert_eq!(
+            h.server.gauges().tcp_connections,
+            Default::default(),
+            "{ending}"
+        );
+        // The data connection closing afterwards changes nothing.
+        h.tcp.clear();
+        h.server.handle_connection_closed(h.now, data);
+        h.pump();
+        assert!(h.tcp.is_empty(), "{ending}");
+        h.server.handle_peer_connected(h.now, connecting, true);
+        h.pump();
+        assert_eq!(
+            h.tcp,
+            [Event::ClosePeer(connecting)],
+            "{ending}: a late connection is closed"
+        );
+    }
+}
+
+#[test]
+fn unbound_connections_per_allocation_and_tcp_relays_in_all_are_limited() {
+    let mut h = Harness::with_config(|c| {
+        c.tcp_relays = TcpRelayLimits {
+            unbound_per_allocation: 2,
+            total: 3,
+        }
+    });
+    let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
+    let first = connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 1));
+    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 2));
+    let third = alice.call(
+        &mut h,
+        Method::CONNECT,
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
+    );
+    assert_eq!(third.error_code(), Some(508), "two unbound already");
+    alice.permit(&mut h, TCP_PEER);
+    let relay = RelayAddr(bound_of(relayed));
+    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
+    assert_eq!(
+        h.server.handle_incoming_peer(h.now, relay, incoming),
+        None,
+        "a peer's too"
+    );
+    // Binding one makes room for another unbound one.
+    Client::alice(tcp_at(6700)).call(&mut h, Method::CONNECTION_BIND, &[connection_id(first.0)]);
+    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 3));
+    // Now three relays exist: the server-wide cap refuses a fourth, whoever asks.
+    let (mut bob, _) = tcp_allocation(&mut h, tcp_at(6701));
+    let fourth = bob.call(
+        &mut h,
+        Method::CONNECT,
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 4))],
+    );
+    assert_eq!(fourth.error_code(), Some(508), "three relays on the server");
+}
+
+#[test]
+fn a_tcp_allocation_relays_no_datagrams_and_binds_no_channels() {
+    let mut h = Harness::new();
+    let (mut alice, _) = tcp_allocation(&mut h, CONTROL);
+    alice.permit(&mut h, TCP_PEER);
+    let send = as_indication(build(
+        Method::SEND,
+        &[peer(TCP_PEER), data(b"x")],
+        None,
+        false,
+    ));
+    assert_eq!(h.client_to_peer(CONTROL, &send), None);
+    assert_eq!(h.server.stats().dropped(DropReason::TcpAllocation), 1);
+    let bind = alice.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[channel(0x4000), peer(TCP_PEER)],
+    );
+    assert_eq!(bind.error_code(), Some(400));
+}
+
+/// A TCP control connection.
+const CONTROL: FiveTuple = FiveTuple {
+    transport: Transport::Tcp,
+    client: SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        6000,
+    ),
+    server: CLIENT.server,
+};
+/// A TCP peer the test policy allows.
+const TCP_PEER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 8)),
+    80,
+);
+
+fn tcp_at(port: u16) -> FiveTuple {
+    FiveTuple {
+        client: SocketAddr::new(CONTROL.client.ip(), port),
+        ..CONTROL
+    }
+}
+
+fn tcp_transport() -> Attr {
+    Attr::Raw(AttrType::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])
+}
+
+fn connection_id(id: u32) -> Attr {
+    Attr::Raw(AttrType::CONNECTION_ID, id.to_be_bytes().to_vec())
+}
+
+/// The relay address as bound, for an advertised one.
+fn bound_of(relayed: SocketAddr) -> SocketAddr {
+    SocketAddr::new(RELAY_BIND_IP.parse().unwrap(), relayed.port())
+}
+
+/// Alice's TCP allocation over `control`: the client and its advertised relayed address.
+fn tcp_allocation(h: &mut Harness, control: FiveTuple) -> (Client, SocketAddr) {
+    let mut alice = Client::alice(control);
+    let response = alice.call(h, Method::ALLOCATE, &[tcp_transport()]);
+    assert_eq!(response.class(), Class::Success);
+    (alice, response.xor(AttrType::XOR_RELAYED_ADDRESS).unwrap())
+}
+
+/// The connection id of the `nth` Connect the I/O layer was asked for.
+fn connect_id(h: &Harness, nth: usize) -> ConnectionId {
+    h.tcp
+        .iter()
+        .filter_map(|e| match e {
+            Event::Connect(id, ..) => Some(*id),
+            _ => None,
+        })
+        .nth(nth)
+        .expect("a Connect for the I/O layer")
+}
+
+/// Connect to `to`, the I/O layer connecting at once: the new connection's id.
+fn connect(h: &mut Harness, client: &mut Client, to: SocketAddr) -> ConnectionId {
+    assert!(client.send(h, Method::CONNECT, &[peer(to)]).is_empty());
+    let Some(&Event::Connect(id, _, peer_addr)) = h.tcp.last() else {
+        panic!("expected a Connect: {:?}", h.tcp);
+    };
+    assert_eq!(peer_addr, to);
+    h.server.handle_peer_connected(h.now, id, true);
+    let response = only_response(h.pump(), client.tuple);
+    assert_eq!(response.u32(AttrType::CONNECTION_ID), Some(id.0));
+    id
+}
+
+/// The one message sent, which must be for `to`.
+fn only_response(mut sent: Vec<(FiveTuple, Vec<u8>)>, to: FiveTuple) -> Response {
+    assert_eq!(sent.len(), 1, "expected one message: {sent:?}");
+    let (actual, bytes) = sent.remove(0);
+    assert_eq!(actual, to);
+    Response { bytes }
+}
+
 // ---------------------------------------------------------------- Refresh and expiry
 
 #[test]
@@ -1918,6 +2458,9 @@ struct Harness {
     now: Instant,
     bound: Vec<SocketAddr>,
     released: Vec<SocketAddr>,
+    /// What TCP relays (RFC 6062) asked of the I/O layer, but for listening sockets
+    /// (which are in `bound`).
+    tcp: Vec<Event>,
     io: RecordingIo,
 }
 
@@ -1942,6 +2485,7 @@ impl Harness {
             now,
             bound: Vec::new(),
             released: Vec::new(),
+            tcp: Vec::new(),
             io: RecordingIo::default(),
         }
     }
@@ -1963,6 +2507,8 @@ impl Harness {
                 Event::Bind(relay, RelayBind::Bound) => self.bound.push(relay),
                 Event::Bind(..) => {}
                 Event::Release(relay) => self.released.push(relay),
+                Event::Listen(relay, RelayBind::Bound) => self.bound.push(relay),
+                tcp => self.tcp.push(tcp),
             }
         }
         sent
@@ -2123,6 +2669,33 @@ impl Client {
             self.tuple,
             &build_with_tid(method, attrs, Some(auth), false, tid, self.algorithm),
         )
+    }
+
+    /// Sends an authenticated request (the nonce must be known) and returns whatever the
+    /// server sent, to anyone: for requests answered later, or not only to this client.
+    fn send(
+        &mut self,
+        h: &mut Harness,
+        method: Method,
+        attrs: &[Attr],
+    ) -> Vec<(FiveTuple, Vec<u8>)> {
+        self.next_tid += 1;
+        let tid = TransactionId([self.next_tid; 12]);
+        let auth = Auth {
+            username: Some(self.username.as_str()),
+            nonce: self
+                .nonce
+                .as_deref()
+                .expect("a nonce from an earlier request"),
+            key: self.key(),
+            ..Auth::default()
+        };
+        let bytes = build_with_tid(method, attrs, Some(auth), false, tid, self.algorithm);
+        assert_eq!(
+            h.server.handle_client_packet(h.now, self.tuple, &bytes),
+            None
+        );
+        h.pump()
     }
 
     /// Allocates and returns the advertised relayed address.

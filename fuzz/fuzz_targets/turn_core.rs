@@ -300,7 +300,7 @@ impl Run {
                         self.nonces.insert(to, nonce.to_vec());
                     }
                 }
-                Event::Bind(relay, answer) => {
+                Event::Bind(relay, answer) | Event::Listen(relay, answer) => {
                     self.seen.push(relay);
                     match answer {
                         RelayBind::Bound => {
@@ -314,6 +314,9 @@ impl Run {
                     self.open.remove(&relay);
                     self.deferred.retain(|r| *r != relay);
                 }
+                // TCP relays (RFC 6062): nothing to model; the core's timers answer a
+                // Connect nobody reports on.
+                Event::Connect(..) | Event::Bridge(..) | Event::ClosePeer(_) => {}
             }
         }
     }

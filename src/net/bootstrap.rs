@@ -22,7 +22,7 @@ use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
     self, ChallengeLimiter, ChannelNumbers, DefaultFamily, NatDiscovery, PeerPolicy, PortClaims,
-    QuotaLimits, Quotas, RelayAddress, Reservations, ServerConfig,
+    QuotaLimits, Quotas, RelayAddress, Reservations, ServerConfig, TcpRelayLimits,
 };
 
 /// What every shard shares: allocation quotas, the challenge rate per source, and the relay
@@ -416,6 +416,10 @@ pub(crate) fn core_config(
     core.port_claims = limits.port_claims.clone();
     core.reservations = limits.reservations.clone();
     core.software.clone_from(&config.software);
+    core.tcp_relays = TcpRelayLimits {
+        unbound_per_allocation: config.limits.tcp_connections_per_allocation as usize,
+        total: config.limits.tcp_relays_total as usize,
+    };
     core
 }
 

@@ -119,6 +119,42 @@ pub(crate) fn render(observer: &Observer) -> String {
         &|f| relayed(f, |t| t.bytes),
     );
     family(
+        "rendez_tcp_relays",
+        "gauge",
+        "Peer connections of TCP allocations (RFC 6062) now: connecting for a Connect, pending (waiting for a ConnectionBind) or bound (relaying).",
+        &|f| {
+            let counts = f.gauges.tcp_connections;
+            vec![
+                (vec![("state", "connecting")], counts.connecting),
+                (vec![("state", "pending")], counts.pending),
+                (vec![("state", "bound")], counts.bound),
+            ]
+        },
+    );
+    family(
+        "rendez_tcp_peer_connections_total",
+        "counter",
+        "Peer connections of TCP allocations, by what happened: connected (Connect succeeded), failed (Connect answered 447), accepted (a peer's connection announced), refused (a peer's connection closed: no permission or a limit), bound (a relay began), expired (never bound).",
+        &|f| {
+            f.stats
+                .tcp
+                .named()
+                .map(|(event, value)| (vec![("event", event)], value))
+                .into()
+        },
+    );
+    family(
+        "rendez_tcp_relayed_bytes_total",
+        "counter",
+        "Bytes relayed by TCP relays, by direction.",
+        &|f| {
+            vec![
+                (vec![("direction", "to_peer")], f.tcp_relayed.to_peers),
+                (vec![("direction", "to_client")], f.tcp_relayed.to_clients),
+            ]
+        },
+    );
+    family(
         "rendez_requests_total",
         "counter",
         "STUN/TURN requests answered, by method and result.",

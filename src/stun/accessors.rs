@@ -134,6 +134,12 @@ impl<'a> Message<'a> {
         self.attribute(AttrType::DONT_FRAGMENT).is_some()
     }
 
+    /// CONNECTION-ID (RFC 6062 §6.2.1); `None` when absent or malformed.
+    pub fn connection_id(&self) -> Option<u32> {
+        let raw: [u8; 4] = self.attribute(AttrType::CONNECTION_ID)?.try_into().ok()?;
+        Some(u32::from_be_bytes(raw))
+    }
+
     /// LIFETIME (RFC 8656 §14.2); `None` when absent or malformed.
     pub fn lifetime(&self) -> Option<Duration> {
         let raw: [u8; 4] = self.attribute(AttrType::LIFETIME)?.try_into().ok()?;

@@ -47,6 +47,8 @@ impl AttrType {
     pub const PADDING: AttrType = AttrType(0x0026);
     /// RFC 5780 §7.5: answer to this port at the request's source IP.
     pub const RESPONSE_PORT: AttrType = AttrType(0x0027);
+    /// RFC 6062 §6.2.1: names a TCP peer connection of a TCP allocation.
+    pub const CONNECTION_ID: AttrType = AttrType(0x002A);
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
     pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
     pub const PASSWORD_ALGORITHMS: AttrType = AttrType(0x8002);
@@ -94,6 +96,7 @@ impl AttrType {
                 | Self::RESERVATION_TOKEN
                 | Self::PRIORITY
                 | Self::USE_CANDIDATE
+                | Self::CONNECTION_ID
         )
     }
 }
@@ -120,6 +123,11 @@ impl ErrorCode {
         ErrorCode::new(442, "Unsupported Transport Protocol");
     pub const PEER_ADDRESS_FAMILY_MISMATCH: ErrorCode =
         ErrorCode::new(443, "Peer Address Family Mismatch");
+    /// RFC 6062 §6.3.
+    pub const CONNECTION_ALREADY_EXISTS: ErrorCode =
+        ErrorCode::new(446, "Connection Already Exists");
+    pub const CONNECTION_TIMEOUT_OR_FAILURE: ErrorCode =
+        ErrorCode::new(447, "Connection Timeout or Failure");
     pub const ALLOCATION_QUOTA_REACHED: ErrorCode = ErrorCode::new(486, "Allocation Quota Reached");
     pub const SERVER_ERROR: ErrorCode = ErrorCode::new(500, "Server Error");
     pub const INSUFFICIENT_CAPACITY: ErrorCode = ErrorCode::new(508, "Insufficient Capacity");

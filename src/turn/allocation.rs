@@ -26,6 +26,8 @@ pub const MAX_CHANNELS: usize = 128;
 pub struct Allocation {
     /// One relayed address, or two for a dual-stack allocation (RFC 8656 §7.2), IPv4 first.
     pub relays: Vec<Relay>,
+    /// What the relayed addresses carry: datagrams, or TCP connections (RFC 6062).
+    pub protocol: RelayProtocol,
     pub username: String,
     pub key: LongTermKey,
     pub expires_at: Instant,
@@ -45,6 +47,26 @@ pub struct Allocation {
     /// The quota claim for the port an EVEN-PORT R=1 allocation reserves, held while its
     /// relay is being bound and then passed to the reservation.
     pub reservation_quota: Option<QuotaClaim>,
+}
+
+/// The transport of an allocation's relayed addresses (REQUESTED-TRANSPORT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayProtocol {
+    /// UDP sockets relaying datagrams (RFC 8656).
+    Udp,
+    /// TCP listening sockets, with peer connections relayed over data connections
+    /// (RFC 6062).
+    Tcp,
+}
+
+impl RelayProtocol {
+    /// A label for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayProtocol::Udp => "udp",
+            RelayProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// Who an allocation belongs to.
@@ -130,6 +152,7 @@ impl Allocation {
     ) -> Self {
         Self {
             relays,
+            protocol: RelayProtocol::Udp,
             username: owner.username,
             key: owner.key,
             _quota: owner.quota,

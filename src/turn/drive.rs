@@ -6,8 +6,9 @@
 //!
 //! 1. Feed one input: [`Server::handle_client_packet`] (relay the returned payload to its
 //!    peer at once), [`Server::handle_peer_packet_in_place`] (send the framed bytes to the
-//!    client at once), [`Server::handle_connection_closed`], or [`Server::handle_timeout`]
-//!    when [`Server::poll_timeout`] has passed.
+//!    client at once), [`Server::handle_connection_closed`], the TCP relay inputs
+//!    ([`Server::handle_peer_connected`], [`Server::handle_incoming_peer`]), or
+//!    [`Server::handle_timeout`] when [`Server::poll_timeout`] has passed.
 //! 2. Call [`Server::drive`] with an [`Io`]: it hands every queued output to the I/O layer
 //!    in the order the core produced it, and feeds each relay bind's result straight back,
 //!    so no I/O layer can forget to answer one.
@@ -18,7 +19,7 @@
 
 use std::time::Instant;
 
-use super::{FiveTuple, Output, RelayAddr, RelayOptions, Server};
+use super::{ConnectionId, FiveTuple, Output, PeerAddr, RelayAddr, RelayOptions, Server};
 
 /// What the core needs an I/O layer to do.
 pub trait Io {
@@ -26,8 +27,23 @@ pub trait Io {
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
     /// Binds a UDP relay socket on `relay` for peers' datagrams, with `options`.
     fn bind_relay(&mut self, relay: RelayAddr, options: RelayOptions) -> RelayBind;
-    /// Closes the relay socket on `relay`; a relay that is not open is ignored.
+    /// Closes the relay socket (or TCP listening socket) on `relay`; a relay that is not
+    /// open is ignored.
     fn release_relay(&mut self, relay: RelayAddr);
+
+    // RFC 6062 TCP relays. Only stream clients have TCP allocations, so an I/O layer that
+    // serves only UDP clients is never asked for these.
+
+    /// Listens for peers' TCP connections on `relay`.
+    fn listen_relay(&mut self, relay: RelayAddr) -> RelayBind;
+    /// Starts connecting from `relay` to `peer`; the outcome goes to
+    /// [`Server::handle_peer_connected`] later.
+    fn connect_peer(&mut self, connection: ConnectionId, relay: RelayAddr, peer: PeerAddr);
+    /// Relays bytes between peer connection `connection` and data connection `client`
+    /// (see [`Output::BridgePeer`]).
+    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple);
+    /// Closes peer connection `connection`; an unknown one is ignored.
+    fn close_peer(&mut self, connection: ConnectionId);
 }
 
 /// The outcome of [`Io::bind_relay`].
@@ -54,6 +70,18 @@ impl Server {
                     RelayBind::Deferred => {}
                 },
                 Output::ReleaseRelay { relay } => io.release_relay(relay),
+                Output::ListenRelay { relay } => match io.listen_relay(relay) {
+                    RelayBind::Bound => self.handle_relay_bound(now, relay, true),
+                    RelayBind::Unavailable => self.handle_relay_bound(now, relay, false),
+                    RelayBind::Deferred => {}
+                },
+                Output::ConnectPeer {
+                    connection,
+                    relay,
+                    peer,
+                } => io.connect_peer(connection, relay, peer),
+                Output::BridgePeer { connection, client } => io.bridge_peer(connection, client),
+                Output::ClosePeer { connection } => io.close_peer(connection),
             }
         }
     }

@@ -12,6 +12,8 @@
 //!   binding is answered with `handle_relay_bound`, because only the I/O layer can learn
 //!   that a port is taken by another process.
 //! - `poll_timeout` / `handle_timeout` expire allocations, permissions and channels.
+//! - TCP allocations (RFC 6062) add peer connections: see `tcp_relay` for how their work
+//!   is split between the core and the I/O layer.
 //! - [`Server::drive`] carries the outputs out through an [`Io`]: the one loop every I/O
 //!   layer, test and benchmark uses (see [`drive`](self::drive) for the contract).
 
@@ -23,6 +25,7 @@ mod deliver;
 pub mod drive;
 mod meter;
 mod nonce;
+mod peer_connections;
 mod policy;
 mod ports;
 mod quota;
@@ -31,6 +34,7 @@ mod reservation;
 mod server;
 mod stats;
 mod table;
+mod tcp_relay;
 
 pub use auth::{
     quota_name, rest_expiry, rest_password, Credentials, Rejection, UserSecret,
@@ -41,13 +45,17 @@ pub use challenge_limit::ChallengeLimiter;
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
 pub use nonce::NONCE_COOKIE;
+pub use peer_connections::{ConnectionCounts, ConnectionId};
 pub use policy::PeerPolicy;
 pub use ports::PortClaims;
 pub use quota::{QuotaExceeded, QuotaKey, QuotaLimits, Quotas};
 pub use requests::DefaultFamily;
 pub use reservation::{ReservationToken, Reservations, RESERVATION_LIFETIME};
 pub use server::{Server, ServerConfig};
-pub use stats::{DropReason, Gauges, Outcomes, Relayed, RequestMethod, Stats, Traffic};
+pub use stats::{
+    DropReason, Gauges, Outcomes, Relayed, RequestMethod, Stats, TcpRelayStats, Traffic,
+};
+pub use tcp_relay::{TcpRelayLimits, CONNECTION_BIND_TIMEOUT, CONNECT_TIMEOUT};
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -189,6 +197,28 @@ pub enum Output {
         relay: RelayAddr,
         options: RelayOptions,
     },
-    /// Close the relay socket on `relay`.
+    /// Close the relay socket (or listening socket) on `relay`.
     ReleaseRelay { relay: RelayAddr },
+    /// Listen for TCP connections from peers on `relay` (a TCP allocation, RFC 6062), then
+    /// call [`Server::handle_relay_bound`]; report each connection with
+    /// [`Server::handle_incoming_peer`].
+    ListenRelay { relay: RelayAddr },
+    /// Open a TCP connection from `relay` to `peer`, then call
+    /// [`Server::handle_peer_connected`].
+    ConnectPeer {
+        connection: ConnectionId,
+        relay: RelayAddr,
+        peer: PeerAddr,
+    },
+    /// Relay raw bytes both ways between peer connection `connection` and the client's
+    /// data connection `client`, once the response queued for `client` just before this
+    /// is sent; when either side ends, call [`Server::handle_connection_closed`] for
+    /// `client`.
+    BridgePeer {
+        connection: ConnectionId,
+        client: FiveTuple,
+    },
+    /// Close peer connection `connection`, whatever it is doing (connecting, waiting,
+    /// relaying); an unknown one is ignored.
+    ClosePeer { connection: ConnectionId },
 }

@@ -10,6 +10,7 @@ use super::allocation::{
 use super::auth::{quota_name, Credentials};
 use super::quota::QuotaClaim;
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
+use super::tcp_relay::{open_relay, PROTOCOL_TCP};
 use super::{Output, RelayAddr, RelayOptions};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
@@ -62,6 +63,14 @@ impl Server {
             self.refuse_while_draining(reply);
             return;
         }
+        let protocol = match Self::relay_protocol(message, reply) {
+            Ok(protocol) => protocol,
+            Err(error) => {
+                self.send_error(reply, error, |_| {});
+                return;
+            }
+        };
+        // A TCP allocation with a token was refused just above (RFC 6062 §5.1).
         if message.has_reservation_token() {
             self.allocate_reserved(now, message, credentials, reply);
             return;
@@ -121,10 +130,8 @@ impl Server {
             unserved_family: families.unserved,
         };
         for relay in &relays {
-            self.outputs.push_back(Output::BindRelay {
-                relay: RelayAddr(relay.bind),
-                options: pending.relay_options,
-            });
+            self.outputs
+                .push_back(open_relay(protocol, relay.bind, pending.relay_options));
         }
         let owner = Owner {
             username: credentials.username,
@@ -140,6 +147,7 @@ impl Server {
             now + RELAY_BIND_TIMEOUT,
         );
         allocation.reservation_quota = reservation_quota;
+        allocation.protocol = protocol;
         self.allocations
             .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
     }
@@ -194,7 +202,7 @@ impl Server {
         let transport = message
             .requested_transport()
             .ok_or(ErrorCode::BAD_REQUEST)?;
-        if transport != PROTOCOL_UDP {
+        if transport != PROTOCOL_UDP && transport != PROTOCOL_TCP {
             return Err(ErrorCode::UNSUPPORTED_TRANSPORT);
         }
         let requested = message.requested_family();
@@ -377,7 +385,7 @@ impl Server {
 
     /// The allocation must have a relay of the peer's family (443), then the operator's
     /// policy must allow the peer (403).
-    fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<(), ErrorCode> {
+    pub(super) fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<(), ErrorCode> {
         let allocation = self
             .allocations
             .get(&reply.to)

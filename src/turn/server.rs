@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use super::allocation::{PendingAllocate, PortChoice, State};
+use super::allocation::{PendingAllocate, PortChoice, RelayProtocol, State};
 use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::binding::NatDiscovery;
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
+use super::peer_connections::PeerConnections;
 use super::policy::{HostAddresses, PeerPolicy};
 use super::ports::{PortClaims, PortPool};
 use super::quota::Quotas;
@@ -17,6 +18,7 @@ use super::requests::DefaultFamily;
 use super::reservation::{ReservationTimers, Reservations};
 use super::stats::{DropReason, Gauges, RequestMethod, Stats};
 use super::table::AllocationTable;
+use super::tcp_relay::{open_relay, TcpRelayLimits};
 use super::{
     ChannelNumbers, FiveTuple, Output, PeerAddr, RelayAddr, RelayAddress, ToClient, ToPeer,
     Transport,
@@ -80,6 +82,8 @@ pub struct ServerConfig {
     /// The four addresses of NAT behaviour discovery (RFC 5780), when `other-address` is
     /// set; the I/O layer listens for STUN on each over UDP.
     pub nat_discovery: Option<NatDiscovery>,
+    /// Peer connections of TCP allocations (RFC 6062).
+    pub tcp_relays: TcpRelayLimits,
 }
 
 impl ServerConfig {
@@ -109,6 +113,7 @@ impl ServerConfig {
             reservations: Reservations::default(),
             software: None,
             nat_discovery: None,
+            tcp_relays: TcpRelayLimits::default(),
         }
     }
 }
@@ -138,6 +143,9 @@ pub struct Server {
     pub(super) reservations: Reservations,
     /// When the reservations this shard made expire.
     pub(super) reservation_timers: ReservationTimers,
+    /// The peer connections of TCP allocations (RFC 6062).
+    pub(super) peer_connections: PeerConnections,
+    pub(super) tcp_limits: TcpRelayLimits,
     pub(super) outputs: VecDeque<Output>,
     /// Chooses relay ports and Data indication transaction ids.
     pub(super) rng: Rng,
@@ -179,7 +187,7 @@ enum Unauthenticated {
 }
 
 /// How to answer one request.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct Reply {
     /// The client, and the server address the answer leaves from.
     pub to: FiveTuple,
@@ -241,6 +249,8 @@ impl Server {
             allocations: AllocationTable::default(),
             reservations: config.reservations,
             reservation_timers: ReservationTimers::default(),
+            peer_connections: PeerConnections::default(),
+            tcp_limits: config.tcp_relays,
             outputs: VecDeque::new(),
             rng,
             wall_clock: WallClock { at: now, unix_secs },
@@ -268,6 +278,7 @@ impl Server {
         self.alternate_servers = config.alternate_servers.clone();
         self.channel_numbers = config.channel_numbers;
         self.software.clone_from(&config.software);
+        self.tcp_limits = config.tcp_relays;
     }
 
     /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);
@@ -407,6 +418,7 @@ impl Server {
             // A second answer for a socket already confirmed: nothing is waiting for it.
             return;
         };
+        let protocol = allocation.protocol;
         let reply = Reply {
             to: tuple,
             method: Method::ALLOCATE,
@@ -451,15 +463,18 @@ impl Server {
                 ..pending
             });
         }
-        self.outputs.push_back(Output::BindRelay {
-            relay: RelayAddr(replacement.bind),
-            options: pending.relay_options,
-        });
+        self.outputs.push_back(open_relay(
+            protocol,
+            replacement.bind,
+            pending.relay_options,
+        ));
     }
 
-    /// A stream connection closed: its allocation ends with it (RFC 8656 §3.1).
+    /// A stream connection closed: its allocation ends with it (RFC 8656 §3.1), and so
+    /// does the peer connection of a data connection (RFC 6062 §5.5).
     pub fn handle_connection_closed(&mut self, now: Instant, tuple: FiveTuple) {
         self.remove_allocation(now, &tuple);
+        self.data_connection_closed(&tuple);
     }
 
     /// Expires what is due at `now`.
@@ -476,15 +491,19 @@ impl Server {
             let next = allocation.sweep(now);
             self.allocations.schedule(tuple, next);
         }
+        self.expire_peer_connections(now);
     }
 
     /// When [`Server::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let allocations = self.allocations.next_wake();
         let reservations = self.reservation_timers.next_wake();
-        match (self.allocations.next_wake(), reservations) {
-            (Some(a), Some(r)) => Some(a.min(r)),
-            (a, r) => a.or(r),
-        }
+        let connections = self.peer_connections.next_wake();
+        allocations
+            .into_iter()
+            .chain(reservations)
+            .chain(connections)
+            .min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -507,6 +526,7 @@ impl Server {
             gauges.permissions += permissions as u64;
             gauges.channels += channels as u64;
         }
+        gauges.tcp_connections = self.peer_connections.counts();
         for pool in &self.relays {
             gauges.relay_ports_in_use += pool.ports.in_use() as u64;
             gauges.relay_ports_free += (pool.ports.capacity() - pool.ports.in_use()) as u64;
@@ -568,6 +588,8 @@ impl Server {
             Method::REFRESH,
             Method::CREATE_PERMISSION,
             Method::CHANNEL_BIND,
+            Method::CONNECT,
+            Method::CONNECTION_BIND,
         ]
         .contains(&method);
         // An Allocate that could never succeed is refused before any challenge, so it earns
@@ -579,7 +601,10 @@ impl Server {
             }
             return;
         }
-        let credentials = match self.auth.authenticate(message, from.client, unix_now) {
+        let credentials = match self
+            .auth
+            .authenticate(message, nonce_holder(&from), unix_now)
+        {
             Ok(credentials) => credentials,
             Err(rejection) => {
                 self.stats.auth_failures[rejection as usize] += 1;
@@ -596,16 +621,24 @@ impl Server {
             self.handle_allocate(now, message, credentials, &reply);
             return;
         }
+        if method == Method::CONNECTION_BIND {
+            // Comes on a new data connection, which has no allocation of its own.
+            self.handle_connection_bind(now, message, &credentials.username, &reply);
+            return;
+        }
         let result = match self.allocations.get(&from) {
             Some(a) if a.is_active(now) && a.username == credentials.username => Ok(()),
             Some(a) if a.is_active(now) => Err(ErrorCode::WRONG_CREDENTIALS),
             _ => Err(ErrorCode::ALLOCATION_MISMATCH),
         };
-        let result = result.and_then(|()| match method {
-            Method::REFRESH => self.handle_refresh(now, message, &reply),
-            Method::CREATE_PERMISSION => self.handle_create_permission(now, message, &reply),
-            _ => self.handle_channel_bind(now, message, &reply),
-        });
+        let result = result
+            .and_then(|()| self.method_fits_allocation(method, &from))
+            .and_then(|()| match method {
+                Method::REFRESH => self.handle_refresh(now, message, &reply),
+                Method::CREATE_PERMISSION => self.handle_create_permission(now, message, &reply),
+                Method::CONNECT => self.handle_connect(now, message, &reply),
+                _ => self.handle_channel_bind(now, message, &reply),
+            });
         if let Err(error) = result {
             self.send_error(&reply, error, |_| {});
         }
@@ -652,7 +685,7 @@ impl Server {
                 "authentication failed"
             );
         }
-        let nonce = self.auth.nonce(reply.to.client, unix_now);
+        let nonce = self.auth.nonce(nonce_holder(&reply.to), unix_now);
         let realm = self.auth.realm().to_owned();
         self.send_error(reply, error, |b| {
             b.add(AttrType::REALM, realm.as_bytes())
@@ -733,6 +766,7 @@ impl Server {
                 .map(|r| r.public.to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            relay = allocation.protocol.name(),
             lifetime_s = pending.lifetime.as_secs(),
             "allocation created"
         );
@@ -827,6 +861,9 @@ impl Server {
             .get_mut(&from)
             .filter(|a| a.is_active(now))
             .ok_or(DropReason::NoAllocation)?;
+        if allocation.protocol != RelayProtocol::Udp {
+            return Err(DropReason::TcpAllocation);
+        }
         let peer = match target {
             PeerTarget::Address(peer) => SocketAddr::new(peer.ip().to_canonical(), peer.port()),
             PeerTarget::Channel(number) => allocation
@@ -860,6 +897,7 @@ impl Server {
         let Some(allocation) = self.allocations.remove(tuple) else {
             return;
         };
+        self.close_peer_connections_of(tuple);
         for relay in &allocation.relays {
             self.release_port(relay.bind);
             // Also for relays not confirmed yet: a BindRelay may still be queued ahead of
@@ -939,6 +977,17 @@ impl Server {
             to: reply.to,
             bytes,
         });
+    }
+}
+
+/// The address a nonce is bound to: a UDP client's address and port (a nonce is useless
+/// from any other source), or a stream client's address alone. A stream source cannot be
+/// spoofed, and a stream client opens several connections with one nonce: RFC 6062 data
+/// connections authenticate with the control connection's (coturn's client relies on it).
+fn nonce_holder(tuple: &FiveTuple) -> SocketAddr {
+    match tuple.transport {
+        Transport::Udp => tuple.client,
+        Transport::Tcp | Transport::Tls => SocketAddr::new(tuple.client.ip(), 0),
     }
 }
 

@@ -2,6 +2,7 @@
 //! set of reasons. Never by user, client address or anything else a client chooses, so the
 //! counters (and the metrics made of them) stay the same size whatever arrives.
 
+use super::peer_connections::ConnectionCounts;
 use super::quota::QuotaExceeded;
 use super::{Rejection, Transport};
 use crate::stun::Method;
@@ -40,16 +41,20 @@ pub enum RequestMethod {
     Refresh,
     CreatePermission,
     ChannelBind,
+    Connect,
+    ConnectionBind,
     Other,
 }
 
 impl RequestMethod {
-    pub const ALL: [RequestMethod; 6] = [
+    pub const ALL: [RequestMethod; 8] = [
         Self::Binding,
         Self::Allocate,
         Self::Refresh,
         Self::CreatePermission,
         Self::ChannelBind,
+        Self::Connect,
+        Self::ConnectionBind,
         Self::Other,
     ];
 
@@ -60,6 +65,8 @@ impl RequestMethod {
             Method::REFRESH => Self::Refresh,
             Method::CREATE_PERMISSION => Self::CreatePermission,
             Method::CHANNEL_BIND => Self::ChannelBind,
+            Method::CONNECT => Self::Connect,
+            Method::CONNECTION_BIND => Self::ConnectionBind,
             _ => Self::Other,
         }
     }
@@ -71,6 +78,8 @@ impl RequestMethod {
             Self::Refresh => "refresh",
             Self::CreatePermission => "create_permission",
             Self::ChannelBind => "channel_bind",
+            Self::Connect => "connect",
+            Self::ConnectionBind => "connection_bind",
             Self::Other => "other",
         }
     }
@@ -98,10 +107,13 @@ pub enum DropReason {
     /// An indication with a comprehension-required attribute this server does not know
     /// (RFC 8489 §6.3.2: discarded).
     UnknownAttribute,
+    /// A Send indication to a TCP allocation, which relays connections, not datagrams
+    /// (RFC 6062).
+    TcpAllocation,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         Self::Malformed,
         Self::InvalidSource,
         Self::NoAllocation,
@@ -111,6 +123,7 @@ impl DropReason {
         Self::UnauthorizedRate,
         Self::BindingRate,
         Self::UnknownAttribute,
+        Self::TcpAllocation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +137,7 @@ impl DropReason {
             Self::UnauthorizedRate => "unauthorized_rate",
             Self::BindingRate => "binding_rate",
             Self::UnknownAttribute => "unknown_attribute",
+            Self::TcpAllocation => "tcp_allocation",
         }
     }
 }
@@ -144,6 +158,48 @@ pub struct Gauges {
     pub channels: u64,
     pub relay_ports_in_use: u64,
     pub relay_ports_free: u64,
+    /// Peer connections of TCP allocations (RFC 6062), by state.
+    pub tcp_connections: ConnectionCounts,
+}
+
+/// What happened to the peer connections of TCP allocations (RFC 6062).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpRelayStats {
+    /// Connect requests that reached their peer.
+    pub connected: u64,
+    /// Connect requests answered 447: the peer refused, was unreachable or too slow.
+    pub failed: u64,
+    /// Peers' connections announced with a ConnectionAttempt.
+    pub accepted: u64,
+    /// Peers' connections closed at once: no permission, no TCP allocation, or a limit.
+    pub refused: u64,
+    /// Peer connections bound to a data connection (a TCP relay began).
+    pub bound: u64,
+    /// Peer connections closed because no ConnectionBind came in time.
+    pub expired: u64,
+}
+
+impl TcpRelayStats {
+    /// Each counter with its name (a fixed metric label).
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("connected", self.connected),
+            ("failed", self.failed),
+            ("accepted", self.accepted),
+            ("refused", self.refused),
+            ("bound", self.bound),
+            ("expired", self.expired),
+        ]
+    }
+
+    fn add(&mut self, other: &TcpRelayStats) {
+        self.connected += other.connected;
+        self.failed += other.failed;
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.bound += other.bound;
+        self.expired += other.expired;
+    }
 }
 
 /// A shard's counters. Add shards together with [`Stats::add`].
@@ -164,6 +220,8 @@ pub struct Stats {
     pub relayed: [Relayed; Transport::ALL.len()],
     /// By [`DropReason`].
     pub dropped: [u64; DropReason::ALL.len()],
+    /// TCP relays (RFC 6062).
+    pub tcp: TcpRelayStats,
 }
 
 impl Stats {
@@ -208,6 +266,7 @@ impl Stats {
             allocations_ended,
             relayed,
             dropped,
+            tcp,
         } = other;
         for (mine, theirs) in self.requests.iter_mut().zip(requests) {
             mine.success += theirs.success;
@@ -223,6 +282,7 @@ impl Stats {
         self.refused_draining += refused_draining;
         self.allocations_created += allocations_created;
         self.allocations_ended += allocations_ended;
+        self.tcp.add(tcp);
     }
 }
 
@@ -234,6 +294,9 @@ impl Gauges {
         self.channels += other.channels;
         self.relay_ports_in_use += other.relay_ports_in_use;
         self.relay_ports_free += other.relay_ports_free;
+        self.tcp_connections.connecting += other.tcp_connections.connecting;
+        self.tcp_connections.pending += other.tcp_connections.pending;
+        self.tcp_connections.bound += other.tcp_connections.bound;
     }
 }
 

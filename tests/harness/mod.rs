@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use rendez::turn::{FiveTuple, Io, RelayAddr, RelayBind, RelayOptions};
+use rendez::turn::{ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions};
 
 /// One thing the core asked for, in the order it asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,14 @@ pub enum Event {
     /// A relay bind and how it was answered.
     Bind(SocketAddr, RelayBind),
     Release(SocketAddr),
+    /// A TCP relay's listening socket (RFC 6062), answered like a bind.
+    Listen(SocketAddr, RelayBind),
+    /// A connection to open from a relay to a peer; the test answers it with
+    /// `handle_peer_connected`.
+    Connect(ConnectionId, SocketAddr, SocketAddr),
+    /// A peer connection to relay through a client's data connection.
+    Bridge(ConnectionId, FiveTuple),
+    ClosePeer(ConnectionId),
 }
 
 /// Records the core's outputs and answers binds: first from `script`, then by cycling
@@ -65,6 +73,15 @@ impl RecordingIo {
     pub fn take(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.log)
     }
+
+    /// The answer to the next bind or listen: the script first, then the cycle.
+    fn next_answer(&mut self) -> RelayBind {
+        self.script.pop_front().unwrap_or_else(|| {
+            let answer = self.cycle[self.answered % self.cycle.len()];
+            self.answered += 1;
+            answer
+        })
+    }
 }
 
 impl Io for RecordingIo {
@@ -76,16 +93,30 @@ impl Io for RecordingIo {
         if options.dont_fragment {
             self.dont_fragment.push(relay);
         }
-        let answer = self.script.pop_front().unwrap_or_else(|| {
-            let answer = self.cycle[self.answered % self.cycle.len()];
-            self.answered += 1;
-            answer
-        });
+        let answer = self.next_answer();
         self.log.push(Event::Bind(relay, answer));
         answer
     }
 
     fn release_relay(&mut self, RelayAddr(relay): RelayAddr) {
         self.log.push(Event::Release(relay));
+    }
+
+    fn listen_relay(&mut self, RelayAddr(relay): RelayAddr) -> RelayBind {
+        let answer = self.next_answer();
+        self.log.push(Event::Listen(relay, answer));
+        answer
+    }
+
+    fn connect_peer(&mut self, connection: ConnectionId, relay: RelayAddr, peer: PeerAddr) {
+        self.log.push(Event::Connect(connection, relay.0, peer.0));
+    }
+
+    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple) {
+        self.log.push(Event::Bridge(connection, client));
+    }
+
+    fn close_peer(&mut self, connection: ConnectionId) {
+        self.log.push(Event::ClosePeer(connection));
     }
 }

@@ -8,6 +8,7 @@ mod pktinfo;
 mod sockets;
 pub(crate) mod stream;
 pub(crate) mod stream_shard;
+mod tcp_relay;
 pub(crate) mod udp;
 pub(crate) mod worker;
 
@@ -39,6 +40,8 @@ pub(crate) struct Figures {
     pub stats: Stats,
     pub gauges: Gauges,
     pub io: IoDrops,
+    /// Bytes relayed by TCP relays (RFC 6062), which the I/O layer pumps itself.
+    pub tcp_relayed: tcp_relay::TcpRelayBytes,
 }
 
 /// Datagrams the core relayed that the I/O layer could not deliver (each also has a
@@ -70,5 +73,10 @@ impl PublishedFigures {
         if let Some(gauges) = gauges {
             figures.gauges = gauges;
         }
+    }
+
+    /// Publishes the bytes TCP relays have pumped so far.
+    fn publish_tcp_relayed(&self, bytes: tcp_relay::TcpRelayBytes) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).tcp_relayed = bytes;
     }
 }

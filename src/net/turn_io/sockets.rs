@@ -16,7 +16,9 @@ use mio::{Interest, Poll, Token};
 
 use super::batch::{self, OutgoingFrom};
 use super::udp::{bind_relay_socket, set_dont_fragment};
-use crate::turn::{FiveTuple, Io, RelayAddr, RelayBind, RelayOptions, ToPeer};
+use crate::turn::{
+    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, ToPeer,
+};
 
 /// Relay sockets get tokens from here up; listeners get 0, 1, ...
 const FIRST_RELAY_TOKEN: usize = 1 << 16;
@@ -249,4 +251,23 @@ impl Io for Sockets {
             self.free_tokens.push(entry.token);
         }
     }
+
+    // UDP clients never get a TCP allocation (RFC 6062 §5.1: the core answers 400), so a
+    // UDP worker is never asked for TCP relays. Were it asked, the core's timers would
+    // still answer the client (508 for the relay, 447 for a Connect).
+
+    fn listen_relay(&mut self, relay: RelayAddr) -> RelayBind {
+        debug_assert!(false, "a UDP worker has no TCP allocations ({relay})");
+        RelayBind::Unavailable
+    }
+
+    fn connect_peer(&mut self, connection: ConnectionId, _: RelayAddr, _: PeerAddr) {
+        debug_assert!(false, "a UDP worker has no TCP allocations ({connection})");
+    }
+
+    fn bridge_peer(&mut self, connection: ConnectionId, _: FiveTuple) {
+        debug_assert!(false, "a UDP worker has no TCP allocations ({connection})");
+    }
+
+    fn close_peer(&mut self, _: ConnectionId) {}
 }

@@ -11,6 +11,12 @@
 //! Behind a load balancer in `[connections] proxy-protocol-from`, a connection's client is
 //! the one its PROXY header names, read before anything else (before the TLS ClientHello),
 //! in the connection's own task like the handshake, so the accept loop never waits on it.
+//!
+//! A ConnectionBind (RFC 6062) turns a connection into a TCP relay's data connection: the
+//! reader stops framing after the request and waits for the shard's answer; if the core
+//! binds it, the writer task hands its half back once the success response is written,
+//! and the connection's task pumps bytes between it and the peer until either side ends
+//! (see [`super::tcp_relay`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,13 +24,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::stream_shard::{Input, ShardHandle};
+use super::tcp_relay::{self, Bridge};
 use crate::config::ConnectionsConfig;
 use crate::net::limits::{ConnectionLimits, Permit};
 use crate::net::proxy_protocol::{self, Origin, TrustedProxies};
@@ -38,6 +46,8 @@ const OUTBOUND_QUEUE: usize = 64;
 const READ_CHUNK: usize = 4096;
 /// The most a connection keeps of its write-coalescing buffer between bursts.
 const COALESCE_KEEP: usize = 16 * 1024;
+/// The first two bytes of a ConnectionBind request: its message type (RFC 6062 §6.1).
+const CONNECTION_BIND_REQUEST: [u8; 2] = [0x00, 0x0B];
 
 /// Accepts connections until stopped. `tls` turns this into a `turns:` listener.
 /// Connections from `settings.proxy_protocol_from` begin with a PROXY header.
@@ -93,6 +103,17 @@ pub(crate) async fn accept(
         };
         tracker.spawn(connection.open(stream, behind_proxy, tls.clone()));
     }
+}
+
+/// How reading a connection's messages ended.
+enum Ended {
+    Closed(Closed),
+    /// A ConnectionBind made it a data connection: relay it to `bridge`'s peer, starting
+    /// with the `early` bytes the client sent behind its request.
+    Bridged {
+        bridge: Bridge,
+        early: BytesMut,
+    },
 }
 
 /// Why a connection ended (for the debug log).
@@ -179,7 +200,7 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let tuple = self.tuple;
-        let (reader, writer) = tokio::io::split(stream);
+        let (mut reader, writer) = tokio::io::split(stream);
         let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
         let (accepted, answer) = oneshot::channel();
         let opened = Input::Opened {
@@ -195,16 +216,48 @@ impl Connection {
             tracing::debug!(client = %tuple.client, "connection refused: its 5-tuple is already open");
             return;
         }
-        let writer = self.tracker.spawn(write_queue(writer, queue));
-        let reason = self.read_messages(reader).await;
-        tracing::debug!(client = %tuple.client, transport = ?tuple.transport, ?reason, "connection closed");
-        writer.abort();
+        let (hand_back, handed_back) = oneshot::channel();
+        let writer = self.tracker.spawn(write_queue(writer, queue, handed_back));
+        match self.read_messages(&mut reader).await {
+            Ended::Closed(reason) => {
+                tracing::debug!(client = %tuple.client, transport = ?tuple.transport, ?reason, "connection closed");
+                writer.abort();
+            }
+            Ended::Bridged { bridge, early } => {
+                let _ = hand_back.send(());
+                self.relay(reader, writer, bridge, &early).await;
+            }
+        }
         self.shard.send(Input::Closed { tuple }).await;
     }
 
-    /// Reads until the connection ends, handing every complete message to the shard.
-    async fn read_messages<R: AsyncRead>(&mut self, reader: R) -> Closed {
-        tokio::pin!(reader);
+    /// Relays a data connection to its peer (RFC 6062 §5.4) once the writer has sent the
+    /// ConnectionBind response and handed its half back.
+    async fn relay<S: AsyncRead + AsyncWrite>(
+        &self,
+        reader: ReadHalf<S>,
+        writer: JoinHandle<Option<WriteHalf<S>>>,
+        bridge: Bridge,
+        early: &[u8],
+    ) {
+        let client = self.tuple.client;
+        let abort = writer.abort_handle();
+        let writer = match tokio::time::timeout(self.timeouts.message_timeout, writer).await {
+            Ok(Ok(Some(writer))) => writer,
+            _ => {
+                abort.abort();
+                tracing::debug!(%client, "data connection closed: the bind response was not taken");
+                return;
+            }
+        };
+        tracing::debug!(%client, "TCP relay started");
+        let ended = tcp_relay::relay(reader, writer, early, bridge, self.stopped.clone()).await;
+        tracing::debug!(%client, ?ended, "TCP relay ended");
+    }
+
+    /// Reads until the connection ends, handing every complete message to the shard, or
+    /// until a ConnectionBind makes it a data connection.
+    async fn read_messages<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Ended {
         let timeouts = self.timeouts.clone();
         let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         let opened = Instant::now();
@@ -215,13 +268,22 @@ impl Connection {
             // No channel can be bound before a STUN message: ChannelData (or text such as
             // "GET /", which looks like it) as the first message is garbage.
             if last_message.is_none() && buffer.first().is_some_and(|b| b >> 6 == 0b01) {
-                return Closed::Garbage;
+                return Ended::Closed(Closed::Garbage);
             }
-            // Every complete message in the buffer goes to the shard in one input.
+            // Every complete message in the buffer goes to the shard in one input; after a
+            // ConnectionBind the rest may be the client's first relayed bytes, so framing
+            // stops there until the shard has answered.
             let mut complete = 0;
+            let mut binds = false;
             let invalid = loop {
                 match stream_frame(&buffer[complete..]) {
-                    Frame::Complete(len) => complete += len,
+                    Frame::Complete(len) => {
+                        binds = buffer[complete..].starts_with(&CONNECTION_BIND_REQUEST);
+                        complete += len;
+                        if binds {
+                            break false;
+                        }
+                    }
                     Frame::Incomplete => break false,
                     Frame::Invalid => break true,
                 }
@@ -229,20 +291,31 @@ impl Connection {
             if complete > 0 {
                 // Handed over without a copy; the partial message after it stays here.
                 let bytes = buffer.split_to(complete).freeze();
-                if !self
-                    .shard
-                    .send(Input::Messages {
-                        tuple: self.tuple,
+                let tuple = self.tuple;
+                if binds {
+                    let (bridge, bridged) = oneshot::channel();
+                    let input = Input::ConnectionBind {
+                        tuple,
                         bytes,
-                    })
-                    .await
-                {
-                    return Closed::Shutdown;
+                        bridge,
+                    };
+                    if !self.shard.send(input).await {
+                        return Ended::Closed(Closed::Shutdown);
+                    }
+                    if let Ok(bridge) = bridged.await {
+                        return Ended::Bridged {
+                            bridge,
+                            early: buffer,
+                        };
+                    }
+                    // Refused: the connection goes on as it was.
+                } else if !self.shard.send(Input::Messages { tuple, bytes }).await {
+                    return Ended::Closed(Closed::Shutdown);
                 }
                 last_message = Some(Instant::now());
             }
             if invalid {
-                return Closed::Garbage;
+                return Ended::Closed(Closed::Garbage);
             }
             if buffer.is_empty() {
                 partial_since = None;
@@ -258,21 +331,21 @@ impl Connection {
             buffer.reserve(READ_CHUNK);
             tokio::select! {
                 read = reader.read_buf(&mut buffer) => match read {
-                    Ok(0) => return Closed::ByPeer,
+                    Ok(0) => return Ended::Closed(Closed::ByPeer),
                     Ok(_) => {}
-                    Err(_) => return Closed::ReadError,
+                    Err(_) => return Ended::Closed(Closed::ReadError),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     if !idle {
-                        return Closed::Stalled;
+                        return Ended::Closed(Closed::Stalled);
                     }
                     if !self.has_allocation().await {
-                        return Closed::Idle;
+                        return Ended::Closed(Closed::Idle);
                     }
                     // An allocation keeps the connection; its own lifetime ends it.
                     last_message = Some(Instant::now());
                 },
-                _ = self.stopped.changed() => return Closed::Shutdown,
+                _ = self.stopped.changed() => return Ended::Closed(Closed::Shutdown),
             }
         }
     }
@@ -284,14 +357,48 @@ impl Connection {
     }
 }
 
+/// What the writer task does next.
+enum Next {
+    /// Write what `recv_many` took from the queue (0: the queue closed).
+    Queued(usize),
+    /// The connection asks for the writer's half back (an error: it will not).
+    HandBack(Result<(), oneshot::error::RecvError>),
+}
+
 /// Writes what the shard queues, coalescing every message waiting at once into one write:
 /// one system call (and over TLS one record) for many relayed packets instead of one each,
-/// which is most of a stream relay's cost.
-async fn write_queue<W: AsyncWrite>(writer: W, mut queue: mpsc::Receiver<Bytes>) {
-    tokio::pin!(writer);
+/// which is most of a stream relay's cost. When `hand_back` fires (a ConnectionBind made
+/// this a data connection), writes what is queued and returns its half of the stream.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut queue: mpsc::Receiver<Bytes>,
+    hand_back: oneshot::Receiver<()>,
+) -> Option<W> {
+    let mut hand_back = Some(hand_back);
     let mut waiting = Vec::with_capacity(OUTBOUND_QUEUE);
     let mut coalesced: Vec<u8> = Vec::new();
-    while queue.recv_many(&mut waiting, OUTBOUND_QUEUE).await > 0 {
+    loop {
+        let next = tokio::select! {
+            biased;
+            taken = queue.recv_many(&mut waiting, OUTBOUND_QUEUE) => Next::Queued(taken),
+            asked = async { hand_back.as_mut().expect("guarded").await }, if hand_back.is_some() => {
+                Next::HandBack(asked)
+            }
+        };
+        let handing_back = match next {
+            Next::Queued(0) => break,
+            Next::Queued(_) => false,
+            Next::HandBack(asked) => {
+                hand_back = None;
+                if asked.is_err() {
+                    continue;
+                }
+                while let Ok(bytes) = queue.try_recv() {
+                    waiting.push(bytes);
+                }
+                true
+            }
+        };
         let written = match &waiting[..] {
             [one] => writer.write_all(one).await,
             many => {
@@ -304,7 +411,10 @@ async fn write_queue<W: AsyncWrite>(writer: W, mut queue: mpsc::Receiver<Bytes>)
         };
         waiting.clear();
         if written.and(writer.flush().await).is_err() {
-            return;
+            return None;
+        }
+        if handing_back {
+            return Some(writer);
         }
         // A burst may have grown the buffer; an idle connection should not keep it.
         if coalesced.capacity() > COALESCE_KEEP {
@@ -312,6 +422,7 @@ async fn write_queue<W: AsyncWrite>(writer: W, mut queue: mpsc::Receiver<Bytes>)
         }
     }
     let _ = writer.shutdown().await;
+    None
 }
 
 /// Binds a TCP listener on `addr` (IPv6-only for IPv6, so it can share a port number with

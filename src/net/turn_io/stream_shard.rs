@@ -7,23 +7,27 @@
 //! Nothing is locked; a connection whose queue is full loses that message (a slow reader
 //! must not hold up the relay); a full input channel slows the readers down, which TCP's
 //! flow control and the relay sockets' buffers absorb.
+//!
+//! TCP allocations (RFC 6062) add listening sockets, peer connections and the hand-over of
+//! a data connection to its peer: see [`super::tcp_relay`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use super::tcp_relay::{self, AbortOnDrop, Bridge, PeerSide, TcpRelayCounters};
 use super::udp::{bind_relay_socket, set_dont_fragment};
 use super::{Control, IoDrops, PublishedFigures};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{
-    FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, Server, ToPeer, PEER_HEADROOM,
-    PEER_TAILROOM,
+    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, Server, ToPeer,
+    PEER_HEADROOM, PEER_TAILROOM,
 };
 
 /// Inputs waiting for the shard before senders wait.
@@ -66,6 +70,25 @@ pub(crate) enum Input {
     },
     /// An order from the server (reload, drain).
     Control(Control),
+    /// Messages from a connection that end with a ConnectionBind request (RFC 6062): if the
+    /// core binds it, `bridge` gets the peer's connection and the connection becomes a
+    /// relay; if `bridge` is dropped, it goes on as a STUN connection.
+    ConnectionBind {
+        tuple: FiveTuple,
+        bytes: Bytes,
+        bridge: oneshot::Sender<Bridge>,
+    },
+    /// A peer connected to a TCP allocation's relayed address.
+    PeerArrived {
+        relay: RelayAddr,
+        peer: PeerAddr,
+        stream: TcpStream,
+    },
+    /// A connection to a peer for a Connect request opened (`Some`) or failed.
+    PeerConnected {
+        connection: ConnectionId,
+        stream: Option<TcpStream>,
+    },
 }
 
 /// A peer's datagram, `buffer[PEER_HEADROOM..][..len]`, with room around it to frame it in
@@ -115,6 +138,10 @@ pub(crate) fn spawn(
         io: StreamIo {
             clients: HashMap::new(),
             relays: HashMap::new(),
+            listeners: HashMap::new(),
+            peers: HashMap::new(),
+            binding: HashMap::new(),
+            tcp_relayed: Arc::default(),
             pending: Vec::new(),
             input: input.downgrade(),
             drops: IoDrops::default(),
@@ -173,6 +200,7 @@ impl Shard {
             gauges_behind = !refresh_gauges;
             self.figures
                 .publish(&self.server, self.io.drops, refresh_gauges);
+            self.figures.publish_tcp_relayed(self.io.tcp_relayed.read());
             // After the stats: whatever a client sees has been counted.
             self.io.flush();
         }
@@ -191,16 +219,35 @@ impl Shard {
                 }
                 let _ = accepted.send(fresh);
             }
-            Input::Messages { tuple, bytes } => {
-                let mut rest = &bytes[..];
-                while let Frame::Complete(len) = stream_frame(rest) {
-                    let (message, next) = rest.split_at(len);
-                    if let Some(to_peer) = self.server.handle_client_packet(now, tuple, message) {
-                        self.io.send_to_peer(&to_peer);
-                    }
-                    rest = next;
+            Input::Messages { tuple, bytes } => self.handle_messages(now, tuple, &bytes),
+            Input::ConnectionBind {
+                tuple,
+                bytes,
+                bridge,
+            } => {
+                // Answered (by `bridge_peer`) while the core's outputs are carried out;
+                // a bind the core refused drops the sender below.
+                self.io.binding.insert(tuple, bridge);
+                self.handle_messages(now, tuple, &bytes);
+                self.server.drive(now, &mut self.io);
+                self.io.binding.remove(&tuple);
+            }
+            Input::PeerArrived {
+                relay,
+                peer,
+                stream,
+            } => {
+                if let Some(id) = self.server.handle_incoming_peer(now, relay, peer) {
+                    self.io.peers.insert(id, PeerSide::Waiting(stream));
                 }
-                debug_assert!(rest.is_empty(), "connections send whole messages");
+            }
+            Input::PeerConnected { connection, stream } => {
+                let open = stream.is_some();
+                match stream {
+                    Some(stream) => self.io.peers.insert(connection, PeerSide::Waiting(stream)),
+                    None => self.io.peers.remove(&connection),
+                };
+                self.server.handle_peer_connected(now, connection, open);
             }
             Input::Closed { tuple } => {
                 self.io.clients.remove(&tuple);
@@ -235,12 +282,32 @@ impl Shard {
         }
         self.server.drive(now, &mut self.io);
     }
+
+    /// Hands every message in `bytes` to the core, relaying what it returns at once.
+    fn handle_messages(&mut self, now: Instant, tuple: FiveTuple, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Frame::Complete(len) = stream_frame(rest) {
+            let (message, next) = rest.split_at(len);
+            if let Some(to_peer) = self.server.handle_client_packet(now, tuple, message) {
+                self.io.send_to_peer(&to_peer);
+            }
+            rest = next;
+        }
+        debug_assert!(rest.is_empty(), "connections send whole messages");
+    }
 }
 
 /// The shard's [`Io`]: connections' queues and relay sockets.
 struct StreamIo {
     clients: HashMap<FiveTuple, mpsc::Sender<Bytes>>,
     relays: HashMap<RelayAddr, RelaySocket>,
+    /// The accept loops of TCP allocations' listening sockets.
+    listeners: HashMap<RelayAddr, AbortOnDrop>,
+    /// Peer connections of TCP allocations, by the id the core gave them.
+    peers: HashMap<ConnectionId, PeerSide>,
+    /// Connections whose ConnectionBind the core is handling now, waiting for their peer.
+    binding: HashMap<FiveTuple, oneshot::Sender<Bridge>>,
+    tcp_relayed: Arc<TcpRelayCounters>,
     /// Bytes for clients, queued when the current inputs are done (see [`Shard::run`]).
     pending: Vec<(FiveTuple, Bytes)>,
     /// For new relay readers; weak, so the shard's own copy never keeps its inbox open.
@@ -286,6 +353,22 @@ impl StreamIo {
             }
         }
     }
+
+    /// Queues now what is pending for `client` alone (ahead of [`StreamIo::flush`]).
+    fn flush_to(&mut self, client: FiveTuple) {
+        let Some(queue) = self.clients.get(&client) else {
+            return;
+        };
+        let (now, later) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(to, _)| *to == client);
+        self.pending = later;
+        for (_, bytes) in now {
+            if queue.try_send(bytes).is_err() {
+                self.drops.client_backlog += 1;
+            }
+        }
+    }
 }
 
 impl Io for StreamIo {
@@ -311,6 +394,71 @@ impl Io for StreamIo {
 
     fn release_relay(&mut self, relay: RelayAddr) {
         self.relays.remove(&relay);
+        self.listeners.remove(&relay);
+    }
+
+    fn listen_relay(&mut self, relay: RelayAddr) -> RelayBind {
+        let Some(input) = self.input.upgrade() else {
+            return RelayBind::Unavailable;
+        };
+        match tcp_relay::listen(relay) {
+            Ok(listener) => {
+                let accept = tcp_relay::accept_peers(listener, relay, input);
+                self.listeners
+                    .insert(relay, AbortOnDrop(self.tracker.spawn(accept)));
+                RelayBind::Bound
+            }
+            Err(error) => {
+                tracing::debug!(%relay, %error, "TCP relay port unavailable");
+                RelayBind::Unavailable
+            }
+        }
+    }
+
+    fn connect_peer(&mut self, connection: ConnectionId, relay: RelayAddr, peer: PeerAddr) {
+        // Without an inbox the shard is stopping; the core's timer answers the request.
+        let Some(input) = self.input.upgrade() else {
+            return;
+        };
+        let task = self
+            .tracker
+            .spawn(tcp_relay::connect_peer(connection, relay, peer, input));
+        self.peers.insert(
+            connection,
+            PeerSide::Connecting {
+                _attempt: AbortOnDrop(task),
+            },
+        );
+    }
+
+    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple) {
+        let bridge = self.binding.remove(&client);
+        let peer = self.peers.remove(&connection);
+        let (Some(bridge), Some(PeerSide::Waiting(peer))) = (bridge, peer) else {
+            // The core binds only what waits here, for the connection being handled.
+            debug_assert!(false, "bridging {connection} without its two sides");
+            return;
+        };
+        // The ConnectionBind response goes out before any relayed byte: it must be in the
+        // connection's queue when its writer is asked for its half back. (Its queue stays
+        // open, or the writer would take the close for the end of the connection; the core
+        // sends nothing more to a data connection.)
+        self.flush_to(client);
+        let (stop, stopped) = oneshot::channel();
+        let handed = bridge.send(Bridge {
+            peer,
+            stop: stopped,
+            counters: self.tcp_relayed.clone(),
+        });
+        if handed.is_ok() {
+            self.peers
+                .insert(connection, PeerSide::Relaying { _stop: stop });
+        }
+        // Otherwise the connection is gone; its `Closed` input tells the core.
+    }
+
+    fn close_peer(&mut self, connection: ConnectionId) {
+        self.peers.remove(&connection);
     }
 }
 
