@@ -262,6 +262,11 @@ impl Seeds {
                 ],
             ),
             (
+                // RFC 3489: no magic cookie, a CHANGE-REQUEST without flags (Debian's `stun`).
+                "classic-rfc3489-binding",
+                vec![(Kind::Client, classic_binding())],
+            ),
+            (
                 // RFC 8489: SHA-256 key, anonymous by USERHASH, the offer echoed.
                 "own-client-rfc8489-userhash-sha256",
                 vec![
@@ -477,6 +482,15 @@ fn request(
     }
     builder.add_fingerprint();
     builder.finish()
+}
+
+/// A classic (RFC 3489) Binding request: a 16-byte transaction id where the magic cookie
+/// would be, and CHANGE-REQUEST with no flag set, as Debian's `stun` sends first.
+fn classic_binding() -> Vec<u8> {
+    let mut bytes = vec![0x00, 0x01, 0x00, 0x08];
+    bytes.extend_from_slice(b"classic-3489-tid");
+    bytes.extend_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
+    bytes
 }
 
 /// A request as an RFC 8489 client signs it: USERHASH, PASSWORD-ALGORITHM SHA-256 and the

@@ -36,7 +36,7 @@ use libfuzzer_sys::fuzz_target;
 use rendez::random::Rng;
 use rendez::stun::{
     userhash, AttrType, ChannelData, Class, IntegrityAlgorithm, LongTermKey, Message,
-    MessageBuilder, Method, PasswordAlgorithm, HEADER_LEN,
+    MessageBuilder, Method, PasswordAlgorithm, HEADER_LEN, MAGIC_COOKIE,
 };
 use rendez::turn::{
     ChallengeLimiter, FiveTuple, PeerAddr, PeerPolicy, QuotaLimits, Quotas, RelayAddr,
@@ -295,6 +295,9 @@ impl Run {
             match event {
                 Event::Transmit(to, bytes) => {
                     assert!(self.clients.contains(&to), "a response to {to:?}");
+                    if is_classic_binding_response(&bytes) {
+                        continue;
+                    }
                     let m = Message::parse(&bytes).expect("every response parses");
                     if let Some(nonce) = m.attribute(AttrType::NONCE) {
                         self.nonces.insert(to, nonce.to_vec());
@@ -444,4 +447,24 @@ fn attributes(bytes: &[u8]) -> impl Iterator<Item = (AttrType, &[u8])> {
         rest = tail.get(len.next_multiple_of(4)..).unwrap_or_default();
         Some((AttrType(u16::from_be_bytes([*t0, *t1])), value))
     })
+}
+
+/// A response to a classic (RFC 3489) Binding, which the decoder takes only as a request:
+/// a Binding success or error without the magic cookie, its length field telling the truth.
+fn is_classic_binding_response(bytes: &[u8]) -> bool {
+    const CLASSIC_BINDING_RESPONSES: [[u8; 2]; 2] = [[0x01, 0x01], [0x01, 0x11]];
+    if bytes.len() < HEADER_LEN || bytes[4..8] == MAGIC_COOKIE.to_be_bytes() {
+        return false;
+    }
+    assert!(
+        CLASSIC_BINDING_RESPONSES.contains(&[bytes[0], bytes[1]]),
+        "only Binding is answered without the magic cookie"
+    );
+    let length = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
+    assert_eq!(
+        HEADER_LEN + length,
+        bytes.len(),
+        "the length field tells the truth"
+    );
+    true
 }
