@@ -1651,13 +1651,29 @@ fn a_data_connection_may_use_its_control_connections_nonce() {
         TransactionId([9; 12]),
     );
     assert_eq!(response.class(), Class::Success);
-    // Stream nonces are bound to the client's address, not its port.
+    // Anything else is bound to its own connection: a nonce sniffed from plain TCP cannot
+    // be replayed from another connection, even from the same address.
+    let mut replay = Client::alice(tcp_at(6351));
+    replay.nonce = alice.nonce.clone();
+    let response = replay.call_once(&mut h, Method::REFRESH, &[], TransactionId([9; 12]));
+    assert_eq!(response.error_code(), Some(438));
+    // And a ConnectionBind from another address gets no exception.
+    let second = connect(
+        &mut h,
+        &mut alice,
+        SocketAddr::new(TCP_PEER.ip(), TCP_PEER.port() + 1),
+    );
     let mut elsewhere = Client::alice(FiveTuple {
-        client: "192.0.2.99:6351".parse().unwrap(),
+        client: "192.0.2.99:6352".parse().unwrap(),
         ..CONTROL
     });
     elsewhere.nonce = alice.nonce.clone();
-    let response = elsewhere.call_once(&mut h, Method::REFRESH, &[], TransactionId([9; 12]));
+    let response = elsewhere.call_once(
+        &mut h,
+        Method::CONNECTION_BIND,
+        &[connection_id(second.0)],
+        TransactionId([10; 12]),
+    );
     assert_eq!(response.error_code(), Some(438));
 }
 

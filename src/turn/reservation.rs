@@ -172,6 +172,10 @@ impl Server {
                 return;
             }
         };
+        let Some((algorithm, _)) = reply.integrity else {
+            debug_assert!(false, "an Allocate is handled only once authenticated");
+            return;
+        };
         let user = quota_name(&credentials.username);
         let reservation = match self.reservations.redeem(token, user, now) {
             Ok(reservation) => reservation,
@@ -183,10 +187,6 @@ impl Server {
                 self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
                 return;
             }
-        };
-        let Some((algorithm, _)) = reply.integrity else {
-            debug_assert!(false, "an Allocate is handled only once authenticated");
-            return;
         };
         let pending = PendingAllocate {
             lifetime: self.granted_lifetime(message).max(self.default_lifetime),

@@ -6,11 +6,11 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, PortChoice, RelayProtocol, State};
-use super::auth::{Authenticator, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
+use super::auth::{Authenticator, Credentials, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::binding::NatDiscovery;
 use super::challenge_limit::ChallengeLimiter;
 use super::deliver::{frame_in_place, ClientFraming, PEER_HEADROOM, PEER_TAILROOM};
-use super::peer_connections::PeerConnections;
+use super::peer_connections::{ConnectionId, PeerConnections};
 use super::policy::{HostAddresses, PeerPolicy};
 use super::ports::{PortClaims, PortPool};
 use super::quota::Quotas;
@@ -601,10 +601,7 @@ impl Server {
             }
             return;
         }
-        let credentials = match self
-            .auth
-            .authenticate(message, nonce_holder(&from), unix_now)
-        {
+        let credentials = match self.authenticate(message, &from, unix_now) {
             Ok(credentials) => credentials,
             Err(rejection) => {
                 self.stats.auth_failures[rejection as usize] += 1;
@@ -685,13 +682,42 @@ impl Server {
                 "authentication failed"
             );
         }
-        let nonce = self.auth.nonce(nonce_holder(&reply.to), unix_now);
+        let nonce = self.auth.nonce(reply.to.client, unix_now);
         let realm = self.auth.realm().to_owned();
         self.send_error(reply, error, |b| {
             b.add(AttrType::REALM, realm.as_bytes())
                 .add(AttrType::NONCE, nonce.as_bytes())
                 .add_password_algorithms(&OFFERED_PASSWORD_ALGORITHMS);
         });
+    }
+
+    /// Checks a request's credentials. A nonce is bound to the client's address and port
+    /// (the 5-tuple's client side), so it is good only where it was handed out: a nonce
+    /// sniffed from plain TCP cannot be replayed from another connection. One exception:
+    /// an RFC 6062 ConnectionBind comes on a new data connection, and clients (coturn's)
+    /// sign it with the nonce of their control connection; it is accepted when the
+    /// connection it names belongs to a control connection from the same IP address.
+    fn authenticate(
+        &self,
+        message: &Message<'_>,
+        from: &FiveTuple,
+        unix_now: u64,
+    ) -> Result<Credentials, Rejection> {
+        let result = self.auth.authenticate(message, from.client, unix_now);
+        if !matches!(result, Err(Rejection::StaleNonce))
+            || message.method() != Method::CONNECTION_BIND
+        {
+            return result;
+        }
+        let control = message
+            .connection_id()
+            .and_then(|id| self.peer_connections.get(ConnectionId(id)))
+            .map(|connection| connection.owner.client)
+            .filter(|control| control.ip() == from.client.ip());
+        match control {
+            Some(control) => self.auth.authenticate(message, control, unix_now),
+            None => result,
+        }
     }
 
     /// Whether an unauthenticated reply may go to `reply.to`: it costs an attacker nothing to
@@ -977,17 +1003,6 @@ impl Server {
             to: reply.to,
             bytes,
         });
-    }
-}
-
-/// The address a nonce is bound to: a UDP client's address and port (a nonce is useless
-/// from any other source), or a stream client's address alone. A stream source cannot be
-/// spoofed, and a stream client opens several connections with one nonce: RFC 6062 data
-/// connections authenticate with the control connection's (coturn's client relies on it).
-fn nonce_holder(tuple: &FiveTuple) -> SocketAddr {
-    match tuple.transport {
-        Transport::Udp => tuple.client,
-        Transport::Tcp | Transport::Tls => SocketAddr::new(tuple.client.ip(), 0),
     }
 }
 

@@ -179,11 +179,12 @@ impl Sockets {
         }
         // One datagram asks for DF on a socket without it (a Send indication with
         // DONT-FRAGMENT, which is rare): set it around this send only.
-        if set_dont_fragment(&relay.socket, true).is_err() {
+        let v6 = to_peer.relay.0.is_ipv6();
+        if set_dont_fragment(&relay.socket, v6, true).is_err() {
             return false;
         }
         let sent = send();
-        let _ = set_dont_fragment(&relay.socket, false);
+        let _ = set_dont_fragment(&relay.socket, v6, false);
         sent
     }
 

@@ -327,9 +327,10 @@ impl StreamIo {
         // DONT-FRAGMENT, which is rare) gets it around this send only.
         let once = to_peer.dont_fragment && !relay.dont_fragment;
         let sent = if once {
-            set_dont_fragment(&*relay.socket, true).and_then(|()| {
+            let v6 = to_peer.relay.0.is_ipv6();
+            set_dont_fragment(&*relay.socket, v6, true).and_then(|()| {
                 let sent = send();
-                let _ = set_dont_fragment(&*relay.socket, false);
+                let _ = set_dont_fragment(&*relay.socket, v6, false);
                 sent
             })
         } else {

@@ -130,19 +130,19 @@ pub(crate) fn bind_relay_socket(
 ) -> std::io::Result<std::net::UdpSocket> {
     let socket = bind_udp(relay, false)?;
     if options.dont_fragment {
-        set_dont_fragment(&socket, true)?;
+        set_dont_fragment(&socket, relay.is_ipv6(), true)?;
     }
     Ok(socket)
 }
 
-/// Sets or clears "don't fragment" on a UDP socket: with it every datagram leaves with the
-/// DF bit (IPv4) and none is fragmented by this host (IPv4 and IPv6); one larger than the
-/// path MTU fails to send (`EMSGSIZE`) and is dropped. Without it, the kernel's default
+/// Sets or clears "don't fragment" on a UDP socket of family `v6` (the caller knows it, so
+/// no system call asks): with it every datagram leaves with the DF bit (IPv4) and none is
+/// fragmented by this host (IPv4 and IPv6); one larger than the path MTU fails to send
+/// (`EMSGSIZE`) and is dropped. Without it, the kernel's default
 /// (`IP_PMTUDISC_WANT`: DF on datagrams that fit, local fragmentation of larger ones).
 #[cfg(target_os = "linux")]
-pub(crate) fn set_dont_fragment(socket: &impl AsFd, on: bool) -> std::io::Result<()> {
+pub(crate) fn set_dont_fragment(socket: &impl AsFd, v6: bool, on: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let v6 = socket2::SockRef::from(socket).local_addr()?.is_ipv6();
     let (level, option, value) = match (v6, on) {
         (false, true) => (
             libc::IPPROTO_IP,
@@ -179,7 +179,7 @@ pub(crate) fn set_dont_fragment(socket: &impl AsFd, on: bool) -> std::io::Result
 
 /// Elsewhere the option is not wired up: a relay that must not fragment cannot be opened.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn set_dont_fragment(_socket: &impl AsFd, _on: bool) -> std::io::Result<()> {
+pub(crate) fn set_dont_fragment(_socket: &impl AsFd, _v6: bool, _on: bool) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
@@ -252,9 +252,9 @@ mod tests {
         assert_eq!(mtu(&df), libc::IP_PMTUDISC_DO);
         let plain = bind_relay_socket(any, RelayOptions::default()).unwrap();
         assert_ne!(mtu(&plain), libc::IP_PMTUDISC_DO);
-        set_dont_fragment(&plain, true).unwrap();
+        set_dont_fragment(&plain, false, true).unwrap();
         assert_eq!(mtu(&plain), libc::IP_PMTUDISC_DO);
-        set_dont_fragment(&plain, false).unwrap();
+        set_dont_fragment(&plain, false, false).unwrap();
         assert_eq!(mtu(&plain), libc::IP_PMTUDISC_WANT);
     }
 
