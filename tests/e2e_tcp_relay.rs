@@ -80,6 +80,47 @@ async fn connect_then_connection_bind_relays_bytes_both_ways_over_tcp() {
     server.shutdown().await;
 }
 
+/// `bandwidth-per-allocation` holds for TCP relays too: a relay over its rate is paced (a
+/// stream cannot drop bytes), so 192 KB at 64 kB/s, of which the first second's worth
+/// passes at once, take at least two seconds each way (a lower bound: a slow machine only
+/// makes it longer).
+#[tokio::test]
+async fn a_tcp_relay_is_paced_at_the_allocations_bandwidth() {
+    const RATE: usize = 64_000;
+    let server = start(&format!("[limits]\nbandwidth-per-allocation = {RATE}\n")).await;
+    let mut echo = EchoPeer::start().await;
+    let mut control = tcp_client(&server).await;
+    allocate_tcp(&mut control).await;
+    let connect = control
+        .request(Method::CONNECT, &[xor_peer(echo.addr)])
+        .await;
+    echo.next_client().await;
+    let mut data = tcp_client(&server).await;
+    let mut relay = bind(&mut data, connection_id(&connect)).await;
+
+    let payload: Vec<u8> = (0..3 * RATE as u32).map(|i| (i % 251) as u8).collect();
+    let began = std::time::Instant::now();
+    let (mut reader, mut writer) = tokio::io::split(&mut relay);
+    let write = async { writer.write_all(&payload).await.unwrap() };
+    let read = async {
+        let mut echoed = vec![0u8; payload.len()];
+        reader.read_exact(&mut echoed).await.unwrap();
+        echoed
+    };
+    let ((), echoed) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
+            .await
+            .expect("the paced echo came back");
+    let took = began.elapsed();
+    assert!(echoed == payload, "the echo differs");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "{} bytes at {RATE} B/s took only {took:?}",
+        payload.len()
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_peer_connecting_to_the_relayed_address_is_announced_and_bound() {
     let server = start("").await;

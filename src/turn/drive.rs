@@ -19,7 +19,9 @@
 
 use std::time::Instant;
 
-use super::{ConnectionId, FiveTuple, Output, PeerAddr, RelayAddr, RelayOptions, Server};
+use super::{
+    ConnectionId, FiveTuple, Output, PeerAddr, RelayAddr, RelayOptions, RelayPace, Server,
+};
 
 /// What the core needs an I/O layer to do.
 pub trait Io {
@@ -41,7 +43,7 @@ pub trait Io {
     fn connect_peer(&mut self, connection: ConnectionId, relay: RelayAddr, peer: PeerAddr);
     /// Relays bytes between peer connection `connection` and data connection `client`
     /// (see [`Output::BridgePeer`]).
-    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple);
+    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple, pace: RelayPace);
     /// Closes peer connection `connection`; an unknown one is ignored.
     fn close_peer(&mut self, connection: ConnectionId);
 }
@@ -80,7 +82,11 @@ impl Server {
                     relay,
                     peer,
                 } => io.connect_peer(connection, relay, peer),
-                Output::BridgePeer { connection, client } => io.bridge_peer(connection, client),
+                Output::BridgePeer {
+                    connection,
+                    client,
+                    pace,
+                } => io.bridge_peer(connection, client, pace),
                 Output::ClosePeer { connection } => io.close_peer(connection),
             }
         }

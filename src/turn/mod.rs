@@ -24,6 +24,7 @@ mod challenge_limit;
 mod deliver;
 pub mod drive;
 mod meter;
+pub use meter::BURST as BANDWIDTH_BURST;
 mod nonce;
 mod peer_connections;
 mod policy;
@@ -217,8 +218,18 @@ pub enum Output {
     BridgePeer {
         connection: ConnectionId,
         client: FiveTuple,
+        pace: RelayPace,
     },
     /// Close peer connection `connection`, whatever it is doing (connecting, waiting,
     /// relaying); an unknown one is ignored.
     ClosePeer { connection: ConnectionId },
+}
+
+/// How fast a TCP relay of an allocation may go: `bandwidth-per-allocation` (0: no limit),
+/// shared by every relay of `allocation` and applied each way, as for UDP relays. The bytes
+/// are not dropped but paced: the relay reads no faster than the rate allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayPace {
+    pub allocation: FiveTuple,
+    pub bytes_per_second: u64,
 }

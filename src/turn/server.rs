@@ -132,7 +132,7 @@ pub struct Server {
     pub(super) quotas: Quotas,
     challenge_limit: Option<ChallengeLimiter>,
     binding_limit: Option<ChallengeLimiter>,
-    bandwidth_per_allocation: u64,
+    pub(super) bandwidth_per_allocation: u64,
     pub(super) alternate_servers: Vec<SocketAddr>,
     pub(super) channel_numbers: ChannelNumbers,
     software: Option<String>,

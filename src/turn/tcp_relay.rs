@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use super::allocation::RelayProtocol;
 use super::peer_connections::{ConnectionId, ConnectionState};
 use super::server::{Reply, Server};
-use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayOptions};
+use super::{FiveTuple, Output, PeerAddr, RelayAddr, RelayOptions, RelayPace};
 use crate::stun::{AttrType, Class, ErrorCode, Message, MessageBuilder, Method, TransactionId};
 
 /// How long the server tries to reach a peer for a Connect before answering 447
@@ -236,6 +236,11 @@ impl Server {
         let data = reply.to;
         match self.bindable(now, message, username, &data) {
             Ok(connection) => {
+                let Some(allocation) = self.peer_connections.get(connection).map(|c| c.owner)
+                else {
+                    debug_assert!(false, "a bindable connection exists");
+                    return;
+                };
                 self.peer_connections
                     .set_state(connection, ConnectionState::Bound { data });
                 self.stats.tcp.bound += 1;
@@ -244,6 +249,10 @@ impl Server {
                 self.outputs.push_back(Output::BridgePeer {
                     connection,
                     client: data,
+                    pace: RelayPace {
+                        allocation,
+                        bytes_per_second: self.bandwidth_per_allocation,
+                    },
                 });
             }
             Err(error) => self.send_error(reply, error, |_| {}),

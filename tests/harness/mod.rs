@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use rendez::turn::{ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions};
+use rendez::turn::{
+    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, RelayPace,
+};
 
 /// One thing the core asked for, in the order it asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct RecordingIo {
     answered: usize,
     /// Relays the core asked to open with "don't fragment", in order.
     pub dont_fragment: Vec<SocketAddr>,
+    /// How fast each bridged TCP relay may go, in the order they were bridged.
+    pub paces: Vec<RelayPace>,
 }
 
 impl Default for RecordingIo {
@@ -54,6 +58,7 @@ impl RecordingIo {
             cycle: answers,
             answered: 0,
             dont_fragment: Vec::new(),
+            paces: Vec::new(),
         }
     }
 
@@ -112,7 +117,8 @@ impl Io for RecordingIo {
         self.log.push(Event::Connect(connection, relay.0, peer.0));
     }
 
-    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple) {
+    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple, pace: RelayPace) {
+        self.paces.push(pace);
         self.log.push(Event::Bridge(connection, client));
     }
 

@@ -17,7 +17,7 @@ use mio::{Interest, Poll, Token};
 use super::batch::{self, OutgoingFrom};
 use super::udp::{bind_relay_socket, set_dont_fragment};
 use crate::turn::{
-    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, ToPeer,
+    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, RelayPace, ToPeer,
 };
 
 /// Relay sockets get tokens from here up; listeners get 0, 1, ...
@@ -266,7 +266,7 @@ impl Io for Sockets {
         debug_assert!(false, "a UDP worker has no TCP allocations ({connection})");
     }
 
-    fn bridge_peer(&mut self, connection: ConnectionId, _: FiveTuple) {
+    fn bridge_peer(&mut self, connection: ConnectionId, _: FiveTuple, _: RelayPace) {
         debug_assert!(false, "a UDP worker has no TCP allocations ({connection})");
     }
 

@@ -12,7 +12,7 @@
 //! a data connection to its peer: see [`super::tcp_relay`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,13 +21,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use super::tcp_relay::{self, AbortOnDrop, Bridge, PeerSide, TcpRelayCounters};
+use super::tcp_relay::{self, AbortOnDrop, Bridge, Pace, PeerSide, TcpRelayCounters};
 use super::udp::{bind_relay_socket, set_dont_fragment};
 use super::{Control, IoDrops, PublishedFigures};
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{
-    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, Server, ToPeer,
-    PEER_HEADROOM, PEER_TAILROOM,
+    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, RelayPace, Server,
+    ToPeer, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 /// Inputs waiting for the shard before senders wait.
@@ -142,6 +142,7 @@ pub(crate) fn spawn(
             peers: HashMap::new(),
             binding: HashMap::new(),
             tcp_relayed: Arc::default(),
+            paces: HashMap::new(),
             pending: Vec::new(),
             input: input.downgrade(),
             drops: IoDrops::default(),
@@ -308,6 +309,8 @@ struct StreamIo {
     /// Connections whose ConnectionBind the core is handling now, waiting for their peer.
     binding: HashMap<FiveTuple, oneshot::Sender<Bridge>>,
     tcp_relayed: Arc<TcpRelayCounters>,
+    /// The bandwidth bucket of each allocation with TCP relays, while any of them relays.
+    paces: HashMap<FiveTuple, Weak<Pace>>,
     /// Bytes for clients, queued when the current inputs are done (see [`Shard::run`]).
     pending: Vec<(FiveTuple, Bytes)>,
     /// For new relay readers; weak, so the shard's own copy never keeps its inbox open.
@@ -317,6 +320,17 @@ struct StreamIo {
 }
 
 impl StreamIo {
+    /// The bucket every TCP relay of `pace.allocation` shares (a new one when none relays).
+    fn pace_of(&mut self, pace: RelayPace) -> Arc<Pace> {
+        self.paces.retain(|_, shared| shared.strong_count() > 0);
+        if let Some(shared) = self.paces.get(&pace.allocation).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let shared = Arc::new(Pace::new(pace.bytes_per_second));
+        self.paces.insert(pace.allocation, Arc::downgrade(&shared));
+        shared
+    }
+
     fn send_to_peer(&mut self, to_peer: &ToPeer<'_>) {
         let Some(relay) = self.relays.get(&to_peer.relay) else {
             return;
@@ -432,7 +446,7 @@ impl Io for StreamIo {
         );
     }
 
-    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple) {
+    fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple, pace: RelayPace) {
         let bridge = self.binding.remove(&client);
         let peer = self.peers.remove(&connection);
         let (Some(bridge), Some(PeerSide::Waiting(peer))) = (bridge, peer) else {
@@ -450,6 +464,7 @@ impl Io for StreamIo {
             peer,
             stop: stopped,
             counters: self.tcp_relayed.clone(),
+            pace: self.pace_of(pace),
         });
         if handed.is_ok() {
             self.peers

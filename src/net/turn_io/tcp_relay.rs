@@ -11,7 +11,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,7 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::stream_shard::Input;
-use crate::turn::{ConnectionId, PeerAddr, RelayAddr};
+use crate::turn::{ConnectionId, PeerAddr, RelayAddr, BANDWIDTH_BURST};
 
 /// Connections a relay's listening socket lets the kernel queue before we accept them.
 const LISTEN_BACKLOG: i32 = 128;
@@ -55,6 +56,47 @@ pub(crate) struct Bridge {
     pub peer: TcpStream,
     pub stop: oneshot::Receiver<()>,
     pub counters: Arc<TcpRelayCounters>,
+    pub pace: Arc<Pace>,
+}
+
+/// `bandwidth-per-allocation` for an allocation's TCP relays, shared by all of them: one
+/// token bucket each way, with the burst of UDP relays (`turn::meter`). A relayed stream
+/// cannot drop bytes as a UDP relay drops datagrams, so a relay over its rate waits
+/// before it writes what it read, and reads nothing meanwhile: TCP's flow control slows
+/// the sender down.
+pub(crate) struct Pace {
+    bytes_per_second: u64,
+    /// When everything admitted so far will have drained at the rate, each way.
+    to_peers: Mutex<Instant>,
+    to_clients: Mutex<Instant>,
+}
+
+impl Pace {
+    /// `bytes_per_second` 0: no limit.
+    pub fn new(bytes_per_second: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            bytes_per_second,
+            to_peers: Mutex::new(now),
+            to_clients: Mutex::new(now),
+        }
+    }
+
+    /// How long to wait before sending `bytes` more through `paid_until`'s direction.
+    fn wait_for(&self, paid_until: &Mutex<Instant>, bytes: usize) -> Duration {
+        let Some(nanos) = (bytes as u64)
+            .saturating_mul(1_000_000_000)
+            .checked_div(self.bytes_per_second)
+        else {
+            return Duration::ZERO;
+        };
+        let now = Instant::now();
+        let mut paid_until = paid_until.lock().unwrap_or_else(|e| e.into_inner());
+        *paid_until = (*paid_until).max(now) + Duration::from_nanos(nanos);
+        paid_until
+            .saturating_duration_since(now)
+            .saturating_sub(BANDWIDTH_BURST)
+    }
 }
 
 /// Where the shard keeps a peer connection, by its id, until the core closes it; dropping
@@ -183,6 +225,7 @@ where
         peer,
         mut stop,
         counters,
+        pace,
     } = bridge;
     let (peer_reader, mut peer_writer) = peer.into_split();
     let both = async {
@@ -190,8 +233,12 @@ where
         counters
             .to_peers
             .fetch_add(early.len() as u64, Ordering::Relaxed);
-        let to_peer = pump(client_reader, peer_writer, &counters.to_peers);
-        let to_client = pump(peer_reader, client_writer, &counters.to_clients);
+        let to_peer = pump(client_reader, peer_writer, &counters.to_peers, |bytes| {
+            pace.wait_for(&pace.to_peers, bytes)
+        });
+        let to_client = pump(peer_reader, client_writer, &counters.to_clients, |bytes| {
+            pace.wait_for(&pace.to_clients, bytes)
+        });
         tokio::try_join!(to_peer, to_client).map(|_| ())
     };
     tokio::select! {
@@ -201,8 +248,14 @@ where
     }
 }
 
-/// Copies `from` to `to` until `from` ends, then half-closes `to`.
-async fn pump<R, W>(from: R, to: W, counter: &AtomicU64) -> io::Result<()>
+/// Copies `from` to `to` until `from` ends, then half-closes `to`; before writing what it
+/// read, waits as long as `pace` says.
+async fn pump<R, W>(
+    from: R,
+    to: W,
+    counter: &AtomicU64,
+    pace: impl Fn(usize) -> Duration,
+) -> io::Result<()>
 where
     R: AsyncRead,
     W: AsyncWrite,
@@ -214,6 +267,10 @@ where
         let read = from.read(&mut buffer).await?;
         if read == 0 {
             return to.shutdown().await;
+        }
+        let wait = pace(read);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         to.write_all(&buffer[..read]).await?;
         counter.fetch_add(read as u64, Ordering::Relaxed);
