@@ -778,27 +778,6 @@ fn strict_rfc_8656_channel_numbers_refuse_the_old_range() {
     assert_eq!(h.server.stats().dropped(DropReason::UnboundChannel), 1);
 }
 
-#[test]
-fn rfc_5766_channel_data_over_streams_is_padded() {
-    let mut h = Harness::new();
-    let tcp = FiveTuple {
-        transport: Transport::Tcp,
-        ..CLIENT
-    };
-    let mut alice = Client::alice(tcp);
-    let relayed = alice.allocate(&mut h);
-    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x6001), peer(PEER)]);
-    let (_, bytes) = h.peer_to_client(relayed, PEER, b"abcde").unwrap();
-    assert_eq!(&bytes[..4], &[0x60, 0x01, 0x00, 0x05]);
-    assert_eq!(stream_frame(&bytes), Frame::Complete(12));
-    let mut frame = ChannelData::header(0x6001, 5).to_vec();
-    frame.extend_from_slice(b"fghij\0\0\0");
-    assert_eq!(
-        h.client_to_peer(tcp, &frame),
-        Some((h.bound[0], PEER, b"fghij".to_vec()))
-    );
-}
-
 // ---------------------------------------------------------------- address families
 
 fn dual_stack(c: &mut ServerConfig) {
@@ -2369,19 +2348,29 @@ fn channel_data_on_unbound_channel_is_dropped_and_counted() {
     assert!(h.pump().is_empty(), "nothing is sent back");
 }
 
+/// Both ways, on an RFC 8656 channel number and on one only RFC 5766 allows.
 #[test]
 fn stream_transports_get_padded_channel_data() {
-    let mut h = Harness::new();
-    let tcp = FiveTuple {
-        transport: Transport::Tcp,
-        ..CLIENT
-    };
-    let mut alice = Client::alice(tcp);
-    let relayed = alice.allocate(&mut h);
-    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
-    let (_, bytes) = h.peer_to_client(relayed, PEER, b"abcde").unwrap();
-    assert_eq!(bytes.len(), 4 + 8);
-    assert_eq!(&bytes[..4], &[0x40, 0x01, 0x00, 0x05]);
+    for number in [0x4001u16, 0x6001] {
+        let mut h = Harness::new();
+        let tcp = FiveTuple {
+            transport: Transport::Tcp,
+            ..CLIENT
+        };
+        let mut alice = Client::alice(tcp);
+        let relayed = alice.allocate(&mut h);
+        alice.call(&mut h, Method::CHANNEL_BIND, &[channel(number), peer(PEER)]);
+        let (_, bytes) = h.peer_to_client(relayed, PEER, b"abcde").unwrap();
+        let header = ChannelData::header(number, 5);
+        assert_eq!(&bytes[..4], &header);
+        assert_eq!(stream_frame(&bytes), Frame::Complete(4 + 8));
+        let mut frame = header.to_vec();
+        frame.extend_from_slice(b"fghij\0\0\0");
+        assert_eq!(
+            h.client_to_peer(tcp, &frame),
+            Some((h.bound[0], PEER, b"fghij".to_vec()))
+        );
+    }
 }
 
 // ---------------------------------------------------------------- bad input
