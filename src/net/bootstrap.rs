@@ -16,8 +16,9 @@ use super::handle::Handle;
 use super::observe::Observer;
 use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
+use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
-use super::{http, limits, metrics, tls, unix_now};
+use super::{http, limits, metrics, shared_port, tls, unix_now};
 use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
@@ -97,11 +98,28 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         tcp: tcp_listeners,
         discovery,
     } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
+    let tcp_addrs = local_addrs(&tcp_listeners)?;
+    // An address in more than one list is bound once, as a shared port; the TCP side of a
+    // `listen` address already is.
+    let shared = shared_port::shared_addresses(&config);
+    let (mut shared_listeners, tcp_listeners): (Vec<_>, Vec<_>) = tcp_listeners
+        .into_iter()
+        .partition(|l| l.local_addr().is_ok_and(|a| shared.contains_key(&a)));
+    for &addr in shared.keys() {
+        if !config.listen.contains(&addr) {
+            shared_listeners.push(stream::bind_tcp(addr).with_context(|| {
+                format!(
+                    "cannot listen on {addr} (config keys `tls-listen` and `signal.listen`): is another server using the port?"
+                )
+            })?);
+        }
+    }
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
             .tls_listen
             .iter()
+            .filter(|addr| !shared.contains_key(addr))
             .filter_map(|&addr| match stream::bind_tcp(addr) {
                 Ok(listener) => Some(Ok(listener)),
                 Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() => {
@@ -114,11 +132,10 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
-    let tcp_addrs = local_addrs(&tcp_listeners)?;
-    let tls_addrs = local_addrs(&tls_listeners)?;
-    let signal_listener = config
-        .signal
-        .enabled
+    let mut tls_addrs = local_addrs(&tls_listeners)?;
+    tls_addrs.extend(shared.iter().filter(|(_, s)| s.turns).map(|(a, _)| *a));
+    let signal_shared = shared.contains_key(&config.signal.listen);
+    let signal_listener = (config.signal.enabled && !signal_shared)
         .then(|| {
             stream::bind_tcp(config.signal.listen).with_context(|| {
                 format!(
@@ -128,10 +145,10 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             })
         })
         .transpose()?;
-    let signal_addr = signal_listener
-        .as_ref()
-        .map(|l| l.local_addr())
-        .transpose()?;
+    let signal_addr = match &signal_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => (config.signal.enabled && signal_shared).then_some(config.signal.listen),
+    };
 
     // Every shard signs nonces with the same key, so a nonce from one is good at another.
     let mut nonce_key = [0u8; 32];
@@ -176,7 +193,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         ));
     }
     let mut hub = None;
-    if let Some(listener) = signal_listener {
+    let mut page = None;
+    if config.signal.enabled {
         let signal_hub = http::hub::spawn(
             &config,
             &udp_addrs,
@@ -185,20 +203,52 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             &tracker,
             stopped.clone(),
         );
+        page = Some(http::PageRoute::new(
+            signal_hub.clone(),
+            tracker.clone(),
+            stopped.clone(),
+        ));
+        hub = Some(signal_hub);
+    }
+    let proxies = TrustedProxies::new(config.connections.proxy_protocol_from.clone());
+    if let (Some(listener), Some(page)) = (signal_listener, &page) {
         // The page server has caps of its own, so it cannot use up the TURN connections'.
         let http_limits =
             limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
-        let proxies = TrustedProxies::new(config.connections.proxy_protocol_from.clone());
         tracker.spawn(http::serve(
             listener,
             https,
-            proxies,
-            signal_hub.clone(),
+            proxies.clone(),
+            page.clone(),
             http_limits,
             tracker.clone(),
-            stopped,
+            stopped.clone(),
         ));
-        hub = Some(signal_hub);
+    }
+    if !shared_listeners.is_empty() {
+        let routes = shared_port::Routes {
+            turn: TurnRoute {
+                shard: stream_shard.clone(),
+                tracker: tracker.clone(),
+                settings: config.connections.clone(),
+                stopped: stopped.clone(),
+            },
+            page,
+            certs: certs.clone(),
+            proxies,
+            // Shared ports have caps of their own too.
+            limits: limits::ConnectionLimits::new(
+                config.connections.max,
+                config.connections.max_per_ip,
+            ),
+            message_timeout: config.connections.message_timeout,
+            tracker: tracker.clone(),
+            stopped: stopped.clone(),
+        };
+        for listener in shared_listeners {
+            let services = shared[&listener.local_addr()?];
+            shared_port::spawn(listener, services, routes.clone())?;
+        }
     }
     let observer = Observer {
         workers: worker_handles.iter().map(|w| w.published()).collect(),

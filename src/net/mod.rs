@@ -31,6 +31,7 @@ mod metrics;
 mod notify;
 mod observe;
 pub mod proxy_protocol;
+mod shared_port;
 mod tls;
 mod turn_io;
 
