@@ -156,6 +156,8 @@ pub(crate) fn spawn(
 struct SharedPort {
     services: Services,
     routes: Routes,
+    /// The page, when this port serves it.
+    page: Option<PageRoute>,
     tls: Option<TlsConfigs>,
 }
 
@@ -166,14 +168,41 @@ struct TlsConfigs {
     none: Arc<rustls::ServerConfig>,
 }
 
-/// What a connection turned out to carry, ready for its route. (ACME's TLS-ALPN-01
-/// validation, ALPN `acme-tls/1`, will be one more.)
+/// What a connection turned out to carry, ready for its route.
 enum Routed {
     Turn(TcpStream),
     TurnOverTls(Rewound<TlsStream<TcpStream>>),
-    Page(TcpStream),
-    PageOverTls(Rewound<TlsStream<TcpStream>>),
+    Page(TcpStream, PageRoute),
+    PageOverTls(Rewound<TlsStream<TcpStream>>, PageRoute),
     RedirectToHttps(TcpStream),
+}
+
+/// What a TLS connection carries. (ACME's TLS-ALPN-01 validation will be one more: ALPN
+/// `acme-tls/1`, and nothing sent after the handshake.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsRoute {
+    Turn,
+    Page,
+}
+
+impl TlsRoute {
+    fn by_alpn(protocol: &[u8]) -> Option<Self> {
+        match protocol {
+            ALPN_STUN_TURN => Some(Self::Turn),
+            ALPN_HTTP_1_1 => Some(Self::Page),
+            _ => None,
+        }
+    }
+
+    /// Without ALPN (TURN clients often offer none): STUN, or an HTTP method. ChannelData
+    /// cannot come first here either.
+    fn by_first_byte(byte: u8) -> Option<Self> {
+        match FirstByte::of(byte)? {
+            FirstByte::Stun => Some(Self::Turn),
+            FirstByte::Http => Some(Self::Page),
+            FirstByte::Tls => None,
+        }
+    }
 }
 
 /// What the first byte of a connection, in the clear or decrypted, asks for.
@@ -219,9 +248,11 @@ impl SharedPort {
             }),
             _ => None,
         };
+        let page = routes.page.clone().filter(|_| services.page);
         Ok(Self {
             services,
             routes,
+            page,
             tls,
         })
     }
@@ -265,19 +296,12 @@ impl SharedPort {
                 tuple.transport = Transport::Tls;
                 routes.turn.clone().serve(stream, tuple, permit).await
             }
-            Routed::Page(stream) => self.page().serve(stream, client, permit).await,
-            Routed::PageOverTls(stream) => self.page().serve(stream, client, permit).await,
+            Routed::Page(stream, page) => page.serve(stream, client, permit).await,
+            Routed::PageOverTls(stream, page) => page.serve(stream, client, permit).await,
             Routed::RedirectToHttps(stream) => {
                 http::redirect_to_https(stream, routes.stopped.clone()).await
             }
         }
-    }
-
-    fn page(&self) -> PageRoute {
-        self.routes
-            .page
-            .clone()
-            .expect("routed to the page only when it is served")
     }
 
     /// Reads what the connection carries and opens it for that route.
@@ -300,76 +324,75 @@ impl SharedPort {
         {
             return Err(Unrouted::ByPeer);
         }
-        let services = self.services;
-        match FirstByte::of(first[0]) {
-            Some(FirstByte::Tls) => match &self.tls {
+        match (FirstByte::of(first[0]), &self.page) {
+            (Some(FirstByte::Tls), _) => match &self.tls {
                 Some(configs) => self.route_tls(stream, configs).await,
                 None => Err(Unrouted::Garbage),
             },
-            Some(FirstByte::Stun) if services.turn => Ok(Routed::Turn(stream)),
-            Some(FirstByte::Http) if services.page && self.tls.is_some() => {
+            (Some(FirstByte::Stun), _) if self.services.turn => Ok(Routed::Turn(stream)),
+            // The page is served over HTTPS here: plain HTTP is sent there.
+            (Some(FirstByte::Http), Some(_)) if self.tls.is_some() => {
                 Ok(Routed::RedirectToHttps(stream))
             }
-            Some(FirstByte::Http) if services.page => {
+            (Some(FirstByte::Http), Some(page)) => {
                 http::limit_send_buffer(&stream, tuple.client);
-                Ok(Routed::Page(stream))
+                Ok(Routed::Page(stream, page.clone()))
             }
             _ => Err(Unrouted::Garbage),
         }
     }
 
-    /// The handshake, answering the ALPN offer with what this port serves, then the route
-    /// its ALPN protocol or its first decrypted byte names.
+    /// The handshake, answering the ALPN offer with the first protocol this port serves (or
+    /// none), then the route that protocol names or, without one, the first decrypted byte.
     async fn route_tls(&self, stream: TcpStream, configs: &TlsConfigs) -> Result<Routed, Unrouted> {
-        let services = self.services;
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
             .await
             .map_err(handshake_failed)?;
-        let offered: Vec<&[u8]> = start.client_hello().alpn().into_iter().flatten().collect();
-        let chosen = offered.iter().find_map(|&protocol| match protocol {
-            ALPN_STUN_TURN if services.turns => Some(&configs.turn),
-            ALPN_HTTP_1_1 if services.page => Some(&configs.page),
-            _ => None,
-        });
-        let config = chosen.unwrap_or(&configs.none).clone();
-        let mut stream = start.into_stream(config).await.map_err(handshake_failed)?;
-        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        let first_bytes = match alpn.as_deref() {
-            Some(ALPN_STUN_TURN) => {
-                return Ok(Routed::TurnOverTls(Rewound::new(stream, Vec::new())))
-            }
-            Some(_) => return self.page_over_tls(Rewound::new(stream, Vec::new())),
+        let by_alpn = start
+            .client_hello()
+            .alpn()
+            .into_iter()
+            .flatten()
+            .find_map(|protocol| TlsRoute::by_alpn(protocol).filter(|&r| self.serves(r)));
+        let config = match by_alpn {
+            Some(TlsRoute::Turn) => &configs.turn,
+            Some(TlsRoute::Page) => &configs.page,
+            None => &configs.none,
+        };
+        let mut stream = start
+            .into_stream(config.clone())
+            .await
+            .map_err(handshake_failed)?;
+        let (route, read_ahead) = match by_alpn {
+            Some(route) => (Some(route), Vec::new()),
             None => {
                 let mut first = vec![0; FIRST_DECRYPTED_READ];
-                let read = stream
-                    .read(&mut first)
-                    .await
-                    .map_err(|_| Unrouted::ByPeer)?;
-                if read == 0 {
-                    return Err(Unrouted::ByPeer);
+                match stream.read(&mut first).await {
+                    Ok(0) | Err(_) => return Err(Unrouted::ByPeer),
+                    Ok(read) => first.truncate(read),
                 }
-                first.truncate(read);
-                first
+                (TlsRoute::by_first_byte(first[0]), first)
             }
         };
-        let kind = FirstByte::of(first_bytes[0]);
-        let stream = Rewound::new(stream, first_bytes);
-        match kind {
-            Some(FirstByte::Stun) if services.turns => Ok(Routed::TurnOverTls(stream)),
-            Some(FirstByte::Http) => self.page_over_tls(stream),
+        let stream = Rewound::new(stream, read_ahead);
+        match (route, &self.page) {
+            (Some(TlsRoute::Turn), _) if self.services.turns => Ok(Routed::TurnOverTls(stream)),
+            (Some(TlsRoute::Page), Some(page)) => {
+                let tcp = stream.inner.get_ref().0;
+                if let Ok(peer) = tcp.peer_addr() {
+                    http::limit_send_buffer(tcp, peer);
+                }
+                Ok(Routed::PageOverTls(stream, page.clone()))
+            }
             _ => Err(Unrouted::Garbage),
         }
     }
 
-    fn page_over_tls(&self, stream: Rewound<TlsStream<TcpStream>>) -> Result<Routed, Unrouted> {
-        if !self.services.page {
-            return Err(Unrouted::Garbage);
+    fn serves(&self, route: TlsRoute) -> bool {
+        match route {
+            TlsRoute::Turn => self.services.turns,
+            TlsRoute::Page => self.page.is_some(),
         }
-        let tcp = stream.inner.get_ref().0;
-        if let Ok(peer) = tcp.peer_addr() {
-            http::limit_send_buffer(tcp, peer);
-        }
-        Ok(Routed::PageOverTls(stream))
     }
 }
 
