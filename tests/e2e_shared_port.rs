@@ -3,7 +3,7 @@
 //! in the clear, the page over HTTPS, WebSocket signaling over TLS, and a redirect for plain
 //! HTTP; garbage and silent clients are closed without harming the others; a reload's new
 //! certificate reaches new connections on it; a load balancer's PROXY header comes first.
-//! Clients verify the server's certificate against the test's own.
+//! Without `[tls]`, the page and TURN over TCP share a port in the clear. Clients verify the server's certificate against the test's own.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(1);
 #[tokio::test]
 async fn turn_over_tls_and_tcp_share_the_port_with_the_page() {
     let cert = TestCert::new();
-    let (server, port) = start_shared(&cert, "").await;
+    let (server, port) = start_shared(Some(&cert), "").await;
     assert_eq!(server.tcp_addrs(), [port]);
     assert_eq!(server.tls_addrs(), [port]);
     assert_eq!(server.signal_addr(), Some(port));
@@ -47,7 +47,7 @@ async fn turn_over_tls_and_tcp_share_the_port_with_the_page() {
 #[tokio::test]
 async fn the_page_and_signaling_are_served_over_https_and_plain_http_is_redirected() {
     let cert = TestCert::new();
-    let (server, port) = start_shared(&cert, "").await;
+    let (server, port) = start_shared(Some(&cert), "").await;
 
     // As a browser: offering HTTP/2 and HTTP/1.1, it gets HTTP/1.1.
     let tls = handshake(&cert, port, &[b"h2", b"http/1.1"]).await.unwrap();
@@ -99,9 +99,26 @@ async fn the_page_and_signaling_are_served_over_https_and_plain_http_is_redirect
 }
 
 #[tokio::test]
+async fn without_tls_the_page_and_turn_over_tcp_share_a_port_in_the_clear() {
+    let (server, port) = start_shared(None, "").await;
+    assert_eq!(server.signal_addr(), Some(port));
+    assert!(server.tls_addrs().is_empty());
+    let page = get(TcpStream::connect(port).await.unwrap(), "/", port).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert_relays(Conn::stream(TcpStream::connect(port).await.unwrap())).await;
+    // No certificate here: a TLS handshake is garbage.
+    let mut tls = TcpStream::connect(port).await.unwrap();
+    tls.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05])
+        .await
+        .unwrap();
+    assert_closed_within(&mut tls, MESSAGE_TIMEOUT / 2).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn garbage_and_silent_clients_are_closed_and_an_open_session_keeps_relaying() {
     let cert = TestCert::new();
-    let (server, port) = start_shared(&cert, "").await;
+    let (server, port) = start_shared(Some(&cert), "").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut client = TurnClient::new(
         Conn::stream(cert.connect(port, Some(b"stun.turn")).await),
@@ -139,7 +156,7 @@ async fn garbage_and_silent_clients_are_closed_and_an_open_session_keeps_relayin
 #[tokio::test]
 async fn a_reloaded_certificate_is_presented_to_new_connections_on_the_shared_port() {
     let mut cert = TestCert::new();
-    let (server, port) = start_shared(&cert, "").await;
+    let (server, port) = start_shared(Some(&cert), "").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut before = TurnClient::new(
         Conn::stream(cert.connect(port, None).await),
@@ -149,7 +166,7 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_on_the_shared_po
     let relayed = open_relay(&mut before, &peer).await;
 
     cert.renew();
-    let config = shared_config(&cert, port, "");
+    let config = shared_config(Some(&cert), port, "");
     let reloaded = server.reload(config).await.expect("reload");
     assert!(
         reloaded.needs_restart.is_empty(),
@@ -170,7 +187,7 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_on_the_shared_po
 async fn a_load_balancers_proxy_header_comes_before_routing() {
     let cert = TestCert::new();
     let behind_loopback = "[connections]\nproxy-protocol-from = [\"127.0.0.0/8\"]\n";
-    let (server, port) = start_shared(&cert, behind_loopback).await;
+    let (server, port) = start_shared(Some(&cert), behind_loopback).await;
     let claimed: SocketAddr = "198.51.100.7:4242".parse().unwrap();
     let header = format!(
         "PROXY TCP4 198.51.100.7 203.0.113.1 4242 {}\r\n",
@@ -230,17 +247,22 @@ fn free_port() -> SocketAddr {
     panic!("no port free for both TCP and UDP on loopback");
 }
 
-fn shared_config(cert: &TestCert, port: SocketAddr, extra: &str) -> rendez::Config {
+/// `port` in `listen`, `[signal] listen` and, with `cert`, `tls-listen`.
+fn shared_config(cert: Option<&TestCert>, port: SocketAddr, extra: &str) -> rendez::Config {
+    let tls = cert.map_or(String::new(), |cert| {
+        format!(
+            "tls-listen = [\"{port}\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.cert_path().display(),
+            cert.key_path().display(),
+        )
+    });
     let text = format!(
         "realm = \"rendez.test\"\nrelay-ports = \"11000-11999\"\nrelay-ip = \"127.0.0.1\"\nworkers = 1\n\
-         listen = [\"{port}\"]\ntls-listen = [\"{port}\"]\n\
-         [tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         listen = [\"{port}\"]\n{tls}\
          [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
          [auth]\nsecrets = [\"s\"]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
          [signal]\nlisten = \"{port}\"\n\
          {extra}\n",
-        cert.cert_path().display(),
-        cert.key_path().display(),
     );
     let mut config = rendez::Config::from_toml(&text).expect("test config parses");
     config.connections.message_timeout = MESSAGE_TIMEOUT;
@@ -248,7 +270,7 @@ fn shared_config(cert: &TestCert, port: SocketAddr, extra: &str) -> rendez::Conf
 }
 
 /// A server with one shared address on loopback (another port if a parallel test took it).
-async fn start_shared(cert: &TestCert, extra: &str) -> (rendez::Handle, SocketAddr) {
+async fn start_shared(cert: Option<&TestCert>, extra: &str) -> (rendez::Handle, SocketAddr) {
     let mut last_error = None;
     for _ in 0..8 {
         let port = free_port();

@@ -3,6 +3,7 @@
 //! Everything that can fail (bad config, a port in use, a missing certificate) fails here,
 //! before anything is served, with a message that names the config key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Instant;
@@ -99,21 +100,14 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         discovery,
     } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
     let tcp_addrs = local_addrs(&tcp_listeners)?;
-    // An address in more than one list is bound once, as a shared port; the TCP side of a
-    // `listen` address already is.
     let shared = shared_port::shared_addresses(&config);
-    let (mut shared_listeners, tcp_listeners): (Vec<_>, Vec<_>) = tcp_listeners
-        .into_iter()
-        .partition(|l| l.local_addr().is_ok_and(|a| shared.contains_key(&a)));
-    for &addr in shared.keys() {
-        if !config.listen.contains(&addr) {
-            shared_listeners.push(stream::bind_tcp(addr).with_context(|| {
-                format!(
-                    "cannot listen on {addr} (config keys `tls-listen` and `signal.listen`): is another server using the port?"
-                )
-            })?);
-        }
-    }
+    let (shared_listeners, tcp_listeners) = bind_shared_ports(&config, &shared, tcp_listeners)?;
+    // Each shared port's address as bound, and what it serves.
+    let shared_ports = shared_listeners
+        .iter()
+        .map(|(services, l)| Ok((l.local_addr()?, *services)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let shared_addrs: Vec<SocketAddr> = shared_ports.iter().map(|(a, _)| *a).collect();
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
@@ -133,7 +127,12 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let mut tls_addrs = local_addrs(&tls_listeners)?;
-    tls_addrs.extend(shared.iter().filter(|(_, s)| s.turns).map(|(a, _)| *a));
+    tls_addrs.extend(
+        shared_ports
+            .iter()
+            .filter(|(_, s)| s.turns)
+            .map(|(a, _)| *a),
+    );
     let signal_shared = shared.contains_key(&config.signal.listen);
     let signal_listener = (config.signal.enabled && !signal_shared)
         .then(|| {
@@ -147,7 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         .transpose()?;
     let signal_addr = match &signal_listener {
         Some(listener) => Some(listener.local_addr()?),
-        None => (config.signal.enabled && signal_shared).then_some(config.signal.listen),
+        None => shared_ports.iter().find(|(_, s)| s.page).map(|(a, _)| *a),
     };
 
     // Every shard signs nonces with the same key, so a nonce from one is good at another.
@@ -245,8 +244,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             tracker: tracker.clone(),
             stopped: stopped.clone(),
         };
-        for listener in shared_listeners {
-            let services = shared[&listener.local_addr()?];
+        for (services, listener) in shared_listeners {
             shared_port::spawn(listener, services, routes.clone())?;
         }
     }
@@ -276,6 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         tcp = ?tcp_addrs,
         tls = ?tls_addrs,
         signal = ?signal_addr,
+        shared = ?shared_addrs,
         metrics = ?metrics_addr,
         relays = ?relays,
         nat_discovery = ?discovery.map(|d| d.addresses()),
@@ -382,6 +381,41 @@ fn bind_udp_and_tcp(
             }
         }
     }
+}
+
+/// A shared port's listener and what it serves.
+type SharedListener = (shared_port::Services, tokio::net::TcpListener);
+
+/// The listeners of the addresses in more than one list ([`shared_port`]): the TCP side of
+/// a `listen` address is taken from `tcp` (bound with its UDP side), the others are bound
+/// here. Returns them with what each serves, and the rest of `tcp`.
+fn bind_shared_ports(
+    config: &Config,
+    shared: &BTreeMap<SocketAddr, shared_port::Services>,
+    tcp: Vec<tokio::net::TcpListener>,
+) -> anyhow::Result<(Vec<SharedListener>, Vec<tokio::net::TcpListener>)> {
+    let mut bound = Vec::new();
+    let mut rest = Vec::new();
+    for listener in tcp {
+        match listener.local_addr().ok().and_then(|a| shared.get(&a)) {
+            Some(&services) => bound.push((services, listener)),
+            None => rest.push(listener),
+        }
+    }
+    for (&addr, &services) in shared.iter().filter(|(a, _)| !config.listen.contains(a)) {
+        match stream::bind_tcp(addr) {
+            Ok(listener) => bound.push((services, listener)),
+            Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                tracing::warn!(%addr, %error, "no IPv6 on this host; skipping this shared port");
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot listen on {addr} (config keys `tls-listen` and `signal.listen`): is another server using the port?"
+                )))
+            }
+        }
+    }
+    Ok((bound, rest))
 }
 
 /// RFC 5780's A1:P1 for `other`: the first listen address of its family as bound, and on a
