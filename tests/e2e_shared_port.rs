@@ -139,13 +139,19 @@ async fn garbage_and_silent_clients_are_closed_and_an_open_session_keeps_relayin
         .unwrap();
     assert_closed_within(&mut channel_data, MESSAGE_TIMEOUT / 2).await;
 
-    // A client that sends nothing, in the clear or after its handshake, is closed at the
-    // message timeout, not before.
+    // A client that sends nothing, in the clear or after its handshake, or stops in the
+    // middle of its ClientHello, is closed at the message timeout, not before.
     let mut silent = TcpStream::connect(port).await.unwrap();
     let silent_after_handshake = cert.connect(port, None).await;
+    let mut stalled_in_hello = TcpStream::connect(port).await.unwrap();
+    stalled_in_hello
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
     let opened = Instant::now();
     assert_closed_within(&mut silent, MESSAGE_TIMEOUT * 3).await;
     assert!(opened.elapsed() >= MESSAGE_TIMEOUT - Duration::from_millis(200));
+    assert_closed_within(&mut stalled_in_hello, MESSAGE_TIMEOUT * 3).await;
     assert_tls_closed_within(silent_after_handshake, MESSAGE_TIMEOUT * 3).await;
 
     // The session opened before goes on relaying both ways.
