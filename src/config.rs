@@ -494,6 +494,34 @@ impl Config {
                 "needs at least one address when [tls] is set, e.g. [\"0.0.0.0:5349\"]",
             ));
         }
+        // An address may be in more than one of `listen`, `tls-listen` and `signal.listen`
+        // (one port for everything), but only once in each.
+        for (key, list) in [("listen", &self.listen), ("tls-listen", &self.tls_listen)] {
+            if let Some(twice) = list
+                .iter()
+                .enumerate()
+                .find(|&(i, a)| a.port() != 0 && list[..i].contains(a))
+                .map(|(_, a)| a)
+            {
+                return Err(invalid(
+                    key,
+                    &format!("lists {twice} twice: give each address once"),
+                ));
+            }
+        }
+        if self.tls.is_none()
+            && self.signal.enabled
+            && self.signal.listen.port() != 0
+            && self.tls_listen.contains(&self.signal.listen)
+        {
+            return Err(invalid(
+                "tls",
+                &format!(
+                    "is needed to serve the page and TURN over TLS together on {} (`tls-listen` and `signal.listen`): add [tls] with `cert` and `key`",
+                    self.signal.listen
+                ),
+            ));
+        }
         let c = &self.connections;
         if c.max == 0 || c.max_per_ip == 0 {
             return Err(invalid(
@@ -953,6 +981,18 @@ mod tests {
     }
 
     #[test]
+    fn one_address_may_serve_turn_turns_and_the_page() {
+        let shared = Config::from_toml(
+            "listen = [\"0.0.0.0:3478\", \"0.0.0.0:443\"]\ntls-listen = [\"0.0.0.0:443\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[signal]\nlisten = \"0.0.0.0:443\"",
+        );
+        assert!(shared.is_ok(), "{shared:?}");
+        // TURN over TCP and the page in the clear need no certificate.
+        let plain =
+            Config::from_toml("listen = [\"0.0.0.0:80\"]\n[signal]\nlisten = \"0.0.0.0:80\"");
+        assert!(plain.is_ok(), "{plain:?}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("relay-ports = \"5-1\"", "relay-ports"),
@@ -1012,6 +1052,15 @@ mod tests {
             (
                 "[connections]\nproxy-protocol-from = [\"10.0.0.1\"]",
                 "proxy-protocol-from",
+            ),
+            ("listen = [\"0.0.0.0:443\", \"0.0.0.0:443\"]", "listen"),
+            (
+                "tls-listen = [\"0.0.0.0:443\", \"0.0.0.0:443\"]",
+                "tls-listen",
+            ),
+            (
+                "tls-listen = [\"0.0.0.0:443\"]\n[signal]\nlisten = \"0.0.0.0:443\"",
+                "tls",
             ),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();

@@ -39,7 +39,9 @@ pub fn ice_server_json(urls: &[String], credential: &Credential) -> serde_json::
 
 /// The TURN URLs a browser needs to reach every transport `config` serves, addressed to
 /// `host`: `turn:…?transport=udp`, `turn:…?transport=tcp`, and `turns:…?transport=tcp`
-/// when TLS is configured.
+/// when TLS is configured. `turns:` names the port TURN over TLS shares with the page when
+/// it does (usually 443, which the page's visitors can reach whatever their firewall), else
+/// the first `tls-listen` port.
 pub fn ice_urls(config: &crate::Config, host: &str) -> Vec<String> {
     let port = config.listen.first().map_or(3478, |a| a.port());
     let mut urls = vec![
@@ -47,7 +49,13 @@ pub fn ice_urls(config: &crate::Config, host: &str) -> Vec<String> {
         format!("turn:{host}:{port}?transport=tcp"),
     ];
     if config.tls.is_some() {
-        let tls_port = config.tls_listen.first().map_or(5349, |a| a.port());
+        let shared_with_page = config
+            .tls_listen
+            .iter()
+            .find(|&&a| config.signal.enabled && a == config.signal.listen && a.port() != 0);
+        let tls_port = shared_with_page
+            .or(config.tls_listen.first())
+            .map_or(5349, |a| a.port());
         urls.push(format!("turns:{host}:{tls_port}?transport=tcp"));
     }
     urls
@@ -83,5 +91,10 @@ mod tests {
         );
         let tls = crate::Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"").unwrap();
         assert_eq!(ice_urls(&tls, "h")[2], "turns:h:5349?transport=tcp");
+        let shared = crate::Config::from_toml(
+            "tls-listen = [\"0.0.0.0:5349\", \"0.0.0.0:443\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[signal]\nlisten = \"0.0.0.0:443\"",
+        )
+        .unwrap();
+        assert_eq!(ice_urls(&shared, "h")[2], "turns:h:443?transport=tcp");
     }
 }

@@ -137,6 +137,36 @@ fn credential_takes_secret_from_config() {
 }
 
 #[test]
+fn credential_json_names_turns_on_the_port_shared_with_the_page() {
+    let dir = std::env::temp_dir().join(format!("rendez-cli-443-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "external-ip = \"203.0.113.9\"\ntls-listen = [\"0.0.0.0:5349\", \"0.0.0.0:443\"]\n\
+         [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[auth]\nsecrets = [\"s\"]\n\
+         [signal]\nlisten = \"0.0.0.0:443\"\n",
+    )
+    .unwrap();
+    let out = rendez(&[
+        "credential",
+        "--config",
+        path.to_str().unwrap(),
+        "--user",
+        "c",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["urls"][2], "turns:203.0.113.9:443?transport=tcp");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn bad_config_stops_startup_naming_the_key() {
     let dir = std::env::temp_dir().join(format!("rendez-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -41,6 +41,28 @@ fn commented_examples_are_valid_keys() {
     assert!(config.signal.token_secret_file.is_some());
 }
 
+/// The one-port example under `tls-listen` (indented, so not uncommented with the others).
+#[test]
+fn the_one_port_example_shares_port_443() {
+    let start = SHIPPED
+        .find("#   tls-listen")
+        .expect("the one-port example");
+    let example: String = SHIPPED[start..]
+        .lines()
+        .map_while(|line| line.strip_prefix("#   "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    let config = Config::from_toml(&format!("{example}{tls}")).expect("the example parses");
+    assert_eq!(config.tls_listen, [config.signal.listen]);
+    assert_eq!(config.signal.listen.port(), 443);
+    let urls = rendez::credential::ice_urls(&config, "meet.example.com");
+    assert!(urls.contains(&"turns:meet.example.com:443?transport=tcp".to_owned()));
+    // Without [tls] it is refused, naming the section.
+    let error = Config::from_toml(&example).unwrap_err().to_string();
+    assert!(error.contains("tls"), "{error}");
+}
+
 #[test]
 fn every_key_is_documented() {
     for key in [

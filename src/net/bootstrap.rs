@@ -3,6 +3,7 @@
 //! Everything that can fail (bad config, a port in use, a missing certificate) fails here,
 //! before anything is served, with a message that names the config key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Instant;
@@ -16,8 +17,9 @@ use super::handle::Handle;
 use super::observe::Observer;
 use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
+use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
-use super::{http, limits, metrics, tls, unix_now};
+use super::{http, limits, metrics, shared_port, tls, unix_now};
 use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
@@ -97,11 +99,21 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         tcp: tcp_listeners,
         discovery,
     } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
+    let tcp_addrs = local_addrs(&tcp_listeners)?;
+    let shared = shared_port::shared_addresses(&config);
+    let (shared_listeners, tcp_listeners) = bind_shared_ports(&config, &shared, tcp_listeners)?;
+    // Each shared port's address as bound, and what it serves.
+    let shared_ports = shared_listeners
+        .iter()
+        .map(|(services, l)| Ok((l.local_addr()?, *services)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let shared_addrs: Vec<SocketAddr> = shared_ports.iter().map(|(a, _)| *a).collect();
     let tls_listeners = match tls {
         None => Vec::new(),
         Some(_) => config
             .tls_listen
             .iter()
+            .filter(|addr| !shared.contains_key(addr))
             .filter_map(|&addr| match stream::bind_tcp(addr) {
                 Ok(listener) => Some(Ok(listener)),
                 Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() => {
@@ -114,11 +126,15 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
-    let tcp_addrs = local_addrs(&tcp_listeners)?;
-    let tls_addrs = local_addrs(&tls_listeners)?;
-    let signal_listener = config
-        .signal
-        .enabled
+    let mut tls_addrs = local_addrs(&tls_listeners)?;
+    tls_addrs.extend(
+        shared_ports
+            .iter()
+            .filter(|(_, s)| s.turns)
+            .map(|(a, _)| *a),
+    );
+    let signal_shared = shared.contains_key(&config.signal.listen);
+    let signal_listener = (config.signal.enabled && !signal_shared)
         .then(|| {
             stream::bind_tcp(config.signal.listen).with_context(|| {
                 format!(
@@ -128,10 +144,10 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             })
         })
         .transpose()?;
-    let signal_addr = signal_listener
-        .as_ref()
-        .map(|l| l.local_addr())
-        .transpose()?;
+    let signal_addr = match &signal_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => shared_ports.iter().find(|(_, s)| s.page).map(|(a, _)| *a),
+    };
 
     // Every shard signs nonces with the same key, so a nonce from one is good at another.
     let mut nonce_key = [0u8; 32];
@@ -176,7 +192,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         ));
     }
     let mut hub = None;
-    if let Some(listener) = signal_listener {
+    let mut page = None;
+    if config.signal.enabled {
         let signal_hub = http::hub::spawn(
             &config,
             &udp_addrs,
@@ -185,20 +202,51 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             &tracker,
             stopped.clone(),
         );
+        page = Some(http::PageRoute::new(
+            signal_hub.clone(),
+            tracker.clone(),
+            stopped.clone(),
+        ));
+        hub = Some(signal_hub);
+    }
+    let proxies = TrustedProxies::new(config.connections.proxy_protocol_from.clone());
+    if let (Some(listener), Some(page)) = (signal_listener, &page) {
         // The page server has caps of its own, so it cannot use up the TURN connections'.
         let http_limits =
             limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip);
-        let proxies = TrustedProxies::new(config.connections.proxy_protocol_from.clone());
         tracker.spawn(http::serve(
             listener,
             https,
-            proxies,
-            signal_hub.clone(),
+            proxies.clone(),
+            page.clone(),
             http_limits,
             tracker.clone(),
-            stopped,
+            stopped.clone(),
         ));
-        hub = Some(signal_hub);
+    }
+    if !shared_listeners.is_empty() {
+        let routes = shared_port::Routes {
+            turn: TurnRoute {
+                shard: stream_shard.clone(),
+                tracker: tracker.clone(),
+                settings: config.connections.clone(),
+                stopped: stopped.clone(),
+            },
+            page,
+            certs: certs.clone(),
+            proxies,
+            // Shared ports have caps of their own too.
+            limits: limits::ConnectionLimits::new(
+                config.connections.max,
+                config.connections.max_per_ip,
+            ),
+            message_timeout: config.connections.message_timeout,
+            tracker: tracker.clone(),
+            stopped: stopped.clone(),
+        };
+        for (services, listener) in shared_listeners {
+            shared_port::spawn(listener, services, routes.clone())?;
+        }
     }
     let observer = Observer {
         workers: worker_handles.iter().map(|w| w.published()).collect(),
@@ -226,6 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         tcp = ?tcp_addrs,
         tls = ?tls_addrs,
         signal = ?signal_addr,
+        shared = ?shared_addrs,
         metrics = ?metrics_addr,
         relays = ?relays,
         nat_discovery = ?discovery.map(|d| d.addresses()),
@@ -332,6 +381,41 @@ fn bind_udp_and_tcp(
             }
         }
     }
+}
+
+/// A shared port's listener and what it serves.
+type SharedListener = (shared_port::Services, tokio::net::TcpListener);
+
+/// The listeners of the addresses in more than one list ([`shared_port`]): the TCP side of
+/// a `listen` address is taken from `tcp` (bound with its UDP side), the others are bound
+/// here. Returns them with what each serves, and the rest of `tcp`.
+fn bind_shared_ports(
+    config: &Config,
+    shared: &BTreeMap<SocketAddr, shared_port::Services>,
+    tcp: Vec<tokio::net::TcpListener>,
+) -> anyhow::Result<(Vec<SharedListener>, Vec<tokio::net::TcpListener>)> {
+    let mut bound = Vec::new();
+    let mut rest = Vec::new();
+    for listener in tcp {
+        match listener.local_addr().ok().and_then(|a| shared.get(&a)) {
+            Some(&services) => bound.push((services, listener)),
+            None => rest.push(listener),
+        }
+    }
+    for (&addr, &services) in shared.iter().filter(|(a, _)| !config.listen.contains(a)) {
+        match stream::bind_tcp(addr) {
+            Ok(listener) => bound.push((services, listener)),
+            Err(error) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                tracing::warn!(%addr, %error, "no IPv6 on this host; skipping this shared port");
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot listen on {addr} (config keys `tls-listen` and `signal.listen`): is another server using the port?"
+                )))
+            }
+        }
+    }
+    Ok((bound, rest))
 }
 
 /// RFC 5780's A1:P1 for `other`: the first listen address of its family as bound, and on a

@@ -9,6 +9,9 @@
 //!   TLS connections talk over a bounded channel to one more shard, owned by one task.
 //! - `http`: the call page and WebSocket signaling; a hub task owns the
 //!   [`Rooms`](crate::signal::Rooms) and sessions talk to it over a bounded channel.
+//! - `shared_port`: one TCP address serving TURN over TCP, TURN over TLS and the page at
+//!   once (e.g. 443), each connection routed by its first bytes and ALPN to the same
+//!   per-connection code the dedicated ports use.
 //! - [`run`] (`lifecycle`): the service loop: reload on SIGHUP ([`Handle::reload`]
 //!   reaches every shard through its input channel), drain on SIGTERM.
 //! - `observe` and `metrics`: a read-only view of every shard's published counters, and
@@ -31,6 +34,7 @@ mod metrics;
 mod notify;
 mod observe;
 pub mod proxy_protocol;
+mod shared_port;
 mod tls;
 mod turn_io;
 

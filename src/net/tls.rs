@@ -13,10 +13,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsConfig;
 
 /// ALPN protocol id for TURN (RFC 7443).
-const ALPN_STUN_TURN: &[u8] = b"stun.turn";
+pub(crate) const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 
 /// ALPN protocol id of HTTP/1.1, the only HTTP the page server speaks.
-const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+pub(crate) const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
 /// The certificate every TLS listener presents. Handshakes read it; a reload replaces it,
 /// and only handshakes after that see the new one: established connections keep theirs.
@@ -62,13 +62,22 @@ pub(crate) fn http_acceptor(certs: &Arc<CertStore>) -> anyhow::Result<TlsAccepto
 }
 
 fn acceptor(certs: &Arc<CertStore>, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(server_config(certs, Some(alpn))?))
+}
+
+/// A server configuration presenting `certs`, which negotiates `alpn` or, with `None`, no
+/// ALPN at all (a client that offers protocols and gets none still completes the handshake).
+pub(crate) fn server_config(
+    certs: &Arc<CertStore>,
+    alpn: Option<&[u8]>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(certs.clone());
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -89,6 +89,15 @@ impl TestCert {
         tcp: TcpStream,
         alpn: Option<&[u8]>,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.handshake_offering(tcp, alpn.as_slice()).await
+    }
+
+    /// The TLS handshake over `tcp`, offering the ALPN protocols `alpn` (in that order).
+    pub async fn handshake_offering(
+        &self,
+        tcp: TcpStream,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -97,7 +106,7 @@ impl TestCert {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         tokio::time::timeout(WAIT, connector.connect(name, tcp))

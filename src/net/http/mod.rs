@@ -55,6 +55,99 @@ struct AppState {
     stopped: watch::Receiver<bool>,
 }
 
+/// The page and signaling for connections accepted elsewhere: by [`serve`]'s accept loop,
+/// or routed here by a port shared with TURN ([`crate::net::shared_port`]), in the clear
+/// or already TLS-terminated.
+#[derive(Clone)]
+pub(crate) struct PageRoute {
+    router: Router,
+    stopped: watch::Receiver<bool>,
+}
+
+impl PageRoute {
+    pub fn new(hub: HubHandle, tracker: TaskTracker, stopped: watch::Receiver<bool>) -> Self {
+        let state = AppState {
+            hub,
+            tracker,
+            stopped: stopped.clone(),
+        };
+        let router = Router::new()
+            .route("/", get(index))
+            .route("/app.js", get(app_js))
+            .route("/style.css", get(style_css))
+            .route("/healthz", get(healthz))
+            .route("/ws", get(websocket))
+            .with_state(state);
+        Self { router, stopped }
+    }
+
+    /// Serves HTTP/1.1 on `stream` for `client` (its rooms and connections counted under
+    /// `permit`) until the connection ends.
+    pub async fn serve<S>(self, stream: S, client: SocketAddr, permit: Permit)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // Shared with a WebSocket session, which outlives the HTTP connection it upgraded.
+        let permit = Arc::new(permit);
+        let service = TowerToHyperService::new(
+            self.router
+                .layer(axum::Extension(ConnectInfo(client)))
+                .layer(axum::Extension(permit)),
+        );
+        serve_connection(TokioIo::new(stream), service, self.stopped).await;
+    }
+}
+
+/// Plain HTTP on a port that serves the page over HTTPS: every request is sent to the same
+/// host and path over HTTPS (308, so a method and body are kept). An ACME HTTP-01 responder
+/// belongs here, answering `/.well-known/acme-challenge/` before the redirect.
+pub(crate) async fn redirect_to_https<S>(stream: S, stopped: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let router = Router::new().fallback(redirect);
+    serve_connection(
+        TokioIo::new(stream),
+        TowerToHyperService::new(router),
+        stopped,
+    )
+    .await;
+}
+
+async fn redirect(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let Some(location) = https_location(&headers, &uri) else {
+        return (StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
+    };
+    (
+        StatusCode::PERMANENT_REDIRECT,
+        [(header::LOCATION, location)],
+    )
+        .into_response()
+}
+
+/// `https://` and the request's Host (without `:443`, the scheme's default) and path; `None`
+/// without a Host made only of host name or address characters (it ends up in a URL).
+fn https_location(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = host.strip_suffix(":443").unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+    {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("https://{host}{path}"))
+}
+
+/// Limits how much the kernel buffers for an HTTP client that stops reading.
+pub(crate) fn limit_send_buffer(stream: &TcpStream, peer: SocketAddr) {
+    if let Err(error) = socket2::SockRef::from(stream).set_send_buffer_size(SEND_BUFFER_BYTES) {
+        tracing::debug!(%peer, %error, "could not size an HTTP connection's send buffer");
+    }
+}
+
 /// Serves HTTP (or HTTPS with `tls`) on `listener` until stopped. Connections from
 /// `proxies` begin with a PROXY header naming the client (whose rooms and connections are
 /// counted).
@@ -62,23 +155,11 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxies: TrustedProxies,
-    hub: HubHandle,
+    page: PageRoute,
     limits: Arc<ConnectionLimits>,
     tracker: TaskTracker,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let state = AppState {
-        hub,
-        tracker: tracker.clone(),
-        stopped: stopped.clone(),
-    };
-    let router = Router::new()
-        .route("/", get(index))
-        .route("/app.js", get(app_js))
-        .route("/style.css", get(style_css))
-        .route("/healthz", get(healthz))
-        .route("/ws", get(websocket))
-        .with_state(state);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -88,17 +169,14 @@ pub(crate) async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES)
-        {
-            tracing::debug!(%peer, %error, "could not size an HTTP connection's send buffer");
-        }
+        limit_send_buffer(&stream, peer);
         // Every connection, WebSocket or not, holds a task and a file descriptor. A load
         // balancer's counts under the client its header names, once read.
         let Some((permit, behind_proxy)) = limits.try_admit_from(peer.ip(), &proxies) else {
             tracing::debug!(%peer, "HTTP connection refused: connection cap reached");
             continue;
         };
-        let router = router.clone();
+        let page = page.clone();
         let tls = tls.clone();
         let stopped = stopped.clone();
         tracker.spawn(async move {
@@ -109,24 +187,15 @@ pub(crate) async fn serve(
                 let Some(named) = named.await else { return };
                 client = named;
             }
-            // Shared with a WebSocket session, which outlives the HTTP connection it upgraded.
-            let permit = Arc::new(permit);
-            let service = TowerToHyperService::new(
-                router
-                    .layer(axum::Extension(ConnectInfo(client)))
-                    .layer(axum::Extension(permit.clone())),
-            );
             match tls {
-                None => serve_connection(TokioIo::new(stream), service, stopped).await,
+                None => page.serve(stream, client, permit).await,
                 Some(acceptor) => {
                     let handshake = tokio::select! {
                         done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
                         _ = stopped_early.changed() => return,
                     };
                     match handshake {
-                        Ok(Ok(stream)) => {
-                            serve_connection(TokioIo::new(stream), service, stopped).await
-                        }
+                        Ok(Ok(stream)) => page.serve(stream, client, permit).await,
                         _ => tracing::debug!(%peer, "HTTPS handshake failed"),
                     }
                 }
@@ -287,5 +356,31 @@ mod tests {
         assert_eq!(host("[2001:db8::1]:8443"), "[2001:db8::1]");
         assert_eq!(host("evil\"host"), "localhost");
         assert_eq!(request_host(&HeaderMap::new()), "localhost");
+    }
+
+    #[test]
+    fn redirect_keeps_host_and_path_and_drops_the_default_port() {
+        let location = |host: &str, uri: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, host.parse().unwrap());
+            https_location(&headers, &uri.parse().unwrap())
+        };
+        assert_eq!(
+            location("meet.example.com:443", "/room?x=1").as_deref(),
+            Some("https://meet.example.com/room?x=1")
+        );
+        assert_eq!(
+            location("meet.example.com:8443", "/").as_deref(),
+            Some("https://meet.example.com:8443/")
+        );
+        assert_eq!(
+            location("[2001:db8::1]", "/").as_deref(),
+            Some("https://[2001:db8::1]/")
+        );
+        assert_eq!(location("evil/host", "/"), None);
+        assert_eq!(
+            https_location(&HeaderMap::new(), &"/".parse().unwrap()),
+            None
+        );
     }
 }

@@ -105,6 +105,35 @@ pub(crate) async fn accept(
     }
 }
 
+/// TURN on a port shared with other services ([`crate::net::shared_port`]): serves
+/// connections the shared port accepted, admitted, read the PROXY header of and routed here,
+/// in the clear or already TLS-terminated.
+#[derive(Clone)]
+pub(crate) struct TurnRoute {
+    pub shard: ShardHandle,
+    pub tracker: TaskTracker,
+    pub settings: ConnectionsConfig,
+    pub stopped: watch::Receiver<bool>,
+}
+
+impl TurnRoute {
+    /// Serves one routed connection as `tuple` until it ends, counted by `permit`.
+    pub async fn serve<S>(self, stream: S, tuple: FiveTuple, permit: Permit)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let connection = Connection {
+            shard: self.shard,
+            tracker: self.tracker,
+            tuple,
+            permit,
+            timeouts: self.settings,
+            stopped: self.stopped,
+        };
+        connection.serve(stream).await;
+    }
+}
+
 /// How reading a connection's messages ended.
 enum Ended {
     Closed(Closed),
