@@ -1,6 +1,7 @@
 //! Browser tests: headless Chromium calls through rendez, first as two bare
 //! RTCPeerConnections relayed over each TURN transport, then as three people on rendez's own
-//! call page (see "The call page" below).
+//! call page (see "The call page" below), and last as two people behind a firewall that
+//! lets only TCP 443 through (see "Behind a 443-only firewall").
 //!
 //! Each transport is its own test (`browser_relay_udp`, `browser_relay_tcp`,
 //! `browser_relay_tls`), and `browser_relay_tls_refuses_untrusted_certificate` shows that
@@ -114,9 +115,38 @@
 //!   has not joined, and has asked for neither camera nor socket; pressing Join then joins
 //!   (and the counts show both calls, so the counting is not blind).
 //!
+//! # Behind a 443-only firewall
+//!
+//! `browser_call_over_443_only` is the call of a person whose network lets out only TCP 443
+//! (issue 12). rendez serves the page, its signaling and TURN over TLS on one shared port,
+//! 10.99.0.1:443 (the same address in `tls-listen` and `[signal] listen`), with a test
+//! certificate for `meet.rendez.test`, plus TURN on UDP and TCP 3478 as usual. The browsers
+//! get a network namespace of their own: the veth pair now joins two namespaces, rendez's
+//! end keeps 10.99.0.1 and the browsers' end gets 10.99.0.2 (sharing one namespace, the
+//! browsers would reach rendez over `lo`, where a firewall rule means nothing). In
+//! rendez's namespace, an nftables ruleset ([`FIREWALL`], loaded with `nft -f`) accepts
+//! from the browsers' link only TCP to port 443 and silently drops everything else, as a
+//! firewall on the way would. Each relayed candidate is a rendez relay address, and the
+//! path between two of them stays inside rendez's namespace, so only browser↔server
+//! traffic crosses the firewall, all of it TLS on 443.
+//!
+//! Before any browser starts, `tests/browser/firewall_probe.mjs` shows that the firewall
+//! bites, and only there: from rendez's namespace a STUN Binding over UDP 3478 is answered
+//! and TCP 3478 and 443 accept; from the browsers' namespace only TCP 443 does (so the test
+//! fails without the firewall). Then two tabs open `https://meet.rendez.test/` (the name
+//! mapped to 10.99.0.1 like the others), join one room with `&relay=1`, and the test asserts
+//! what the three-way call asserts, for two, plus: each page's selected pair has a local
+//! candidate relayed over TLS (`relayProtocol` "tls", as the page's `rendez.state()`
+//! reports it), and every allocation in rendez's log came over TLS. The page's welcome
+//! offers `turn:` on UDP and TCP 3478 too, so the browser tries them and they fail at the
+//! firewall. The page has no data channel, so relay_call.mjs then runs behind the same
+//! firewall with `turns:meet.rendez.test:443?transport=tcp` as its only ICE server and
+//! sends a message each way and video one way, checked as in `browser_relay_tls`.
+//!
 //! # Skipping
 //!
-//! Without `/usr/bin/chromium`, `node`, `certutil` (TLS only), playwright-core (the test
+//! Without `/usr/bin/chromium`, `node`, `certutil` (TLS only), `nft` (nftables; the 443-only
+//! test only), playwright-core (the test
 //! runs `npm ci` in `tests/browser` when `node_modules` is missing) or the right to create
 //! a network namespace (root), a test prints `skipped: <reason>` and passes — unless
 //! `RENDEZ_REQUIRE_BROWSER=1`, as in CI, where it fails instead.
@@ -191,7 +221,7 @@ fn browser_call_three_default_policy() {
 #[test]
 fn browser_link_only_prefills_the_form() {
     let test = "browser_link_only_prefills_the_form";
-    let Some(mut lab) = open_lab(test, true) else {
+    let Some(mut lab) = open_lab(test, true, Layout::Together) else {
         return;
     };
     let result = lab.run_call_page(CallScenario::LinkOnly, IcePolicy::All, None);
@@ -209,7 +239,7 @@ fn browser_link_only_prefills_the_form() {
 #[test]
 fn browser_room_full() {
     let test = "browser_room_full";
-    let Some(mut lab) = open_lab(test, true) else {
+    let Some(mut lab) = open_lab(test, true, Layout::Together) else {
         return;
     };
     let result = lab.run_call_page(CallScenario::RoomFull, IcePolicy::All, None);
@@ -224,6 +254,59 @@ fn browser_room_full() {
     );
 }
 
+/// Two people whose network lets out only TCP 443 still get a call on the page at
+/// `https://meet.rendez.test/`, relayed through `turns:` on the same port 443.
+#[test]
+fn browser_call_over_443_only() {
+    let test = "browser_call_over_443_only";
+    let Some(mut lab) = open_lab(test, true, Layout::Firewalled) else {
+        return;
+    };
+    let secret = lab.serve_call_page(CALLERS.len());
+    lab.check_firewall();
+    let result = lab.join_call_page(CallScenario::Call, IcePolicy::Relay, None, &CALLERS);
+    lab.check_call(&result, IcePolicy::Relay, &CALLERS);
+    lab.check_relayed_over(&result, "tls");
+    let allocations = lab.allocations();
+    lab.check_allocations(&allocations, CALLERS.len());
+    lab.check_allocations_over(&allocations, "tls");
+
+    // The page carries video and sound but no data channel: relay_call.mjs adds one, each
+    // way, between two bare peer connections behind the same firewall, relayed through the
+    // same `turns:` URL as the page's.
+    let url = format!("turns:{MEET_HOST}:{SHARED_PORT}?transport=tcp");
+    let data = lab.run_relay_call(&secret, &url, "profile-data");
+    lab.check(&data, &url, "tls");
+    lab.check_allocations_over(&lab.allocations(), "tls");
+    let frames: Vec<String> = result["pages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|page| page["state"]["peers"].as_array().into_iter().flatten())
+        .map(|peer| {
+            format!(
+                "{} frames, {} bytes",
+                peer["framesDecoded"], peer["bytesReceived"]
+            )
+        })
+        .collect();
+    println!(
+        "{test}: {} pages at {} connected relayed over TLS on port {SHARED_PORT} ({}); \
+         data channel both ways and {} frames decoded through {url}; {} TURN allocations, \
+         all over TLS; the firewall dropped {} packets from the browsers; {:.1} s (node \
+         phases, ms: page call {}, data call {})",
+        CALLERS.len(),
+        lab.page_url(),
+        frames.join("; "),
+        data["video"]["framesDecoded"],
+        lab.allocations().len(),
+        lab.firewall_drops(),
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
+        data["phases"],
+    );
+}
+
 /// The namespace's own address: TURN server, relay addresses and the browser's network.
 const LAB_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const LAB_PREFIX: u8 = 24;
@@ -232,6 +315,11 @@ const LAB_NET: &str = "10.99.0.0/24";
 const VETH: [&str; 2] = ["rz0", "rz1"];
 /// The name in the TURN URLs and in the certificate.
 const TURN_HOST: &str = "turn.rendez.test";
+/// [`Layout::Firewalled`]: the browsers' own address, on the second veth end in their
+/// namespace, and the name rendez serves everything under on port 443.
+const BROWSERS_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const MEET_HOST: &str = "meet.rendez.test";
+const SHARED_PORT: u16 = 443;
 const TURN_PORT: u16 = 3478;
 const TURNS_PORT: u16 = 5349;
 const RELAY_PORTS: (u16, u16) = (40000, 40199);
@@ -250,12 +338,37 @@ const PAGE_PORT: u16 = 8443;
 const ROOM: &str = "standup";
 /// The call page's participants, in joining order; as many as `room-size`.
 const PARTICIPANTS: [&str; 3] = ["alice", "bob", "carol"];
+/// The two people of `browser_call_over_443_only`.
+const CALLERS: [&str; 2] = ["alice", "bob"];
 /// Who finds the room full.
 const EXTRA: &str = "dave";
 /// Budget of call_page.mjs: three tabs joining, three connections, decoded video.
 const CALL_PAGE_BUDGET: Duration = Duration::from_secs(60);
 /// Hard limit for the call_page.mjs process.
 const CALL_PAGE_NODE_LIMIT: Duration = Duration::from_secs(75);
+/// Limit for firewall_probe.mjs: up to 15 s for the server to accept on 443, then
+/// [`PROBE_TIMEOUT`] for the probes, which run at once.
+const PROBE_LIMIT: Duration = Duration::from_secs(30);
+/// How long one probe through the firewall waits for an answer. From rendez's own namespace
+/// one comes within milliseconds; through the firewall, none may come at all.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// [`Layout::Firewalled`]: the firewall that lets the browsers reach rendez on TCP 443 and
+/// nothing else. It filters what arrives in rendez's namespace over the veth from the
+/// browsers' namespace (VETH[0], "rz0"), so a dropped packet vanishes without a word, as at
+/// a real firewall between an office network and the internet: the browser learns nothing
+/// and waits out its own timeouts (an `output` rule in the browsers' namespace would instead
+/// fail their sends at once with EPERM, an easier case). Everything rendez sends back rides
+/// on the browsers' own TCP connections to 443; loopback, and with it the path between two
+/// relayed addresses, stays inside rendez's namespace.
+const FIREWALL: &str = "\
+table inet rendez_443_only {
+    chain from_browsers {
+        type filter hook input priority filter; policy accept;
+        iifname \"rz0\" tcp dport 443 accept
+        iifname \"rz0\" counter drop
+    }
+}
+";
 /// Limit for small helper commands (`ip`, `certutil`, `node --version`).
 const COMMAND_LIMIT: Duration = Duration::from_secs(15);
 /// Limit for the namespace to reach its final state once configured (see [`Lab::create`]);
@@ -316,6 +429,50 @@ impl Transport {
     }
 }
 
+/// Where the browsers run, relative to rendez.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// rendez and the browsers in one namespace, rendez's TURN over TLS on TURNS_PORT and
+    /// its page on PAGE_PORT, all named TURN_HOST.
+    Together,
+    /// The browsers in a namespace of their own (BROWSERS_IP), linked to rendez's by the
+    /// veth pair, behind a firewall that lets only TCP 443 reach rendez; page, signaling and
+    /// TURN over TLS share port 443 as MEET_HOST. See "Behind a 443-only firewall".
+    Firewalled,
+}
+
+impl Layout {
+    /// The server's name: in its certificate, the page's URL and the TURN URLs.
+    fn host(self) -> &'static str {
+        match self {
+            Layout::Together => TURN_HOST,
+            Layout::Firewalled => MEET_HOST,
+        }
+    }
+
+    fn page_port(self) -> u16 {
+        match self {
+            Layout::Together => PAGE_PORT,
+            Layout::Firewalled => SHARED_PORT,
+        }
+    }
+
+    fn turns_port(self) -> u16 {
+        match self {
+            Layout::Together => TURNS_PORT,
+            Layout::Firewalled => SHARED_PORT,
+        }
+    }
+
+    /// The address the browsers' packets come from.
+    fn browser_ip(self) -> Ipv4Addr {
+        match self {
+            Layout::Together => LAB_IP,
+            Layout::Firewalled => BROWSERS_IP,
+        }
+    }
+}
+
 /// Whether the test CA goes into Chromium's NSS database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Trust {
@@ -329,7 +486,7 @@ fn relay_call(transport: Transport) {
     let Some((mut lab, result)) = call(&test, transport, Trust::TestCa) else {
         return;
     };
-    lab.check(transport, &result);
+    lab.check(&result, &transport.url(), transport.relay_protocol());
     println!(
         "{test}: relay-relay over {} with {} frames decoded in {:.1} s (node phases, ms: {})",
         transport.relay_protocol(),
@@ -346,7 +503,7 @@ fn relay_call(transport: Transport) {
 /// its processes and namespace go away only after the caller's assertions). `None` when
 /// the test was skipped.
 fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value)> {
-    let mut lab = open_lab(test, transport == Transport::Tls)?;
+    let mut lab = open_lab(test, transport == Transport::Tls, Layout::Together)?;
     let secret = fresh_secret();
     let tls_files = (transport == Transport::Tls).then(|| lab.make_certificates(trust));
     let config = lab.write_config(&secret, tls_files.as_ref(), None);
@@ -363,7 +520,7 @@ fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value)> 
         "iceServer": ice_server,
         "probe": transport.probe(),
         "chromium": CHROMIUM,
-        "chromiumArgs": chromium_args(&lab.dir),
+        "chromiumArgs": chromium_args(&lab.dir, TURN_HOST),
         "userDataDir": lab.dir.join("profile"),
         "home": lab.dir.join("home"),
         "screenshot": screenshot,
@@ -377,15 +534,16 @@ fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value)> 
     Some((lab, result))
 }
 
-/// Takes the one-browser-at-a-time lock, checks the prerequisites and makes the namespace;
-/// `None` (after saying why) when the test is skipped. `tls`: the test needs `certutil`.
-fn open_lab(test: &str, tls: bool) -> Option<Lab> {
+/// Takes the one-browser-at-a-time lock, checks the prerequisites and makes the namespaces
+/// of `layout`; `None` (after saying why) when the test is skipped. `tls`: the test needs
+/// `certutil`.
+fn open_lab(test: &str, tls: bool, layout: Layout) -> Option<Lab> {
     let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Err(reason) = prerequisites(tls) {
+    if let Err(reason) = prerequisites(tls, layout) {
         skip(test, &reason);
         return None;
     }
-    match Lab::create(test, serial) {
+    match Lab::create(test, serial, layout) {
         Ok(lab) => Some(lab),
         Err(reason) => {
             skip(test, &reason);
@@ -406,8 +564,9 @@ fn fresh_secret() -> String {
     )
 }
 
-/// Chromium's command line (the node script adds only playwright's own switches).
-fn chromium_args(dir: &Path) -> Vec<String> {
+/// Chromium's command line (the node script adds only playwright's own switches); `host`
+/// is the server's name, resolved to LAB_IP.
+fn chromium_args(dir: &Path, host: &str) -> Vec<String> {
     let mut args: Vec<String> = [
         "--headless",
         "--no-sandbox",
@@ -425,7 +584,7 @@ fn chromium_args(dir: &Path) -> Vec<String> {
     .to_vec();
     // WebRTC asks for "turn.rendez.test." (trailing dot); map both spellings.
     args.push(format!(
-        "--host-resolver-rules=MAP {TURN_HOST} {LAB_IP}, MAP {TURN_HOST}. {LAB_IP}"
+        "--host-resolver-rules=MAP {host} {LAB_IP}, MAP {host}. {LAB_IP}"
     ));
     args.push("--enable-logging".into());
     args.push(format!("--log-file={}", dir.join("chromium.log").display()));
@@ -457,15 +616,15 @@ enum CallScenario {
 
 /// The three-way call of `browser_call_three_relayed` and `browser_call_three_default_policy`.
 fn three_way_call(test: &str, policy: IcePolicy) {
-    let Some(mut lab) = open_lab(test, true) else {
+    let Some(mut lab) = open_lab(test, true, Layout::Together) else {
         return;
     };
     let screenshot = (policy == IcePolicy::Relay).then(|| artifacts_dir().join("call-grid.png"));
     let result = lab.run_call_page(CallScenario::Call, policy, screenshot.as_deref());
-    lab.check_three_way_call(&result, policy);
+    lab.check_call(&result, policy, &PARTICIPANTS);
     let allocations = lab.allocations();
     if policy == IcePolicy::Relay {
-        lab.check_allocations(&allocations);
+        lab.check_allocations(&allocations, PARTICIPANTS.len());
     }
     let links: Vec<String> = result["pages"]
         .as_array()
@@ -496,16 +655,67 @@ fn three_way_call(test: &str, policy: IcePolicy) {
 
 impl Lab {
     /// Starts rendez with the call page on HTTPS (`room-size` = the participants) and runs
-    /// call_page.mjs; returns its JSON result.
+    /// call_page.mjs for [`PARTICIPANTS`]; returns its JSON result.
     fn run_call_page(
         &mut self,
         scenario: CallScenario,
         policy: IcePolicy,
         screenshot: Option<&Path>,
     ) -> Value {
+        self.serve_call_page(PARTICIPANTS.len());
+        self.join_call_page(scenario, policy, screenshot, &PARTICIPANTS)
+    }
+
+    /// Runs relay_call.mjs against the running server: two bare peer connections relayed
+    /// through the TURN server at `url` alone, with a credential minted from `secret`,
+    /// Chromium's profile in `profile` (a fresh directory under the test's); returns its
+    /// JSON result.
+    fn run_relay_call(&mut self, secret: &str, url: &str, profile: &str) -> Value {
+        let credential = rendez::credential::mint(
+            secret,
+            "browser",
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        let args = json!({
+            "iceServer": rendez::credential::ice_server_json(&[url.to_string()], &credential),
+            "probe": {"transport": "tcp", "host": LAB_IP.to_string(), "port": self.layout.turns_port()},
+            "chromium": CHROMIUM,
+            "chromiumArgs": chromium_args(&self.dir, self.layout.host()),
+            "userDataDir": self.dir.join(profile),
+            "home": self.dir.join("home"),
+            "screenshot": null,
+            "timeoutMs": CALL_BUDGET.as_millis() as u64,
+        });
+        self.run_node("relay_call.mjs", &args, NODE_LIMIT)
+    }
+
+    /// Starts rendez with the test certificate, serving the call page on HTTPS with rooms
+    /// of `room_size`; returns its TURN REST secret.
+    fn serve_call_page(&mut self, room_size: usize) -> String {
         let tls = self.make_certificates(Trust::TestCa);
-        let config = self.write_config(&fresh_secret(), Some(&tls), Some(PARTICIPANTS.len()));
+        let secret = fresh_secret();
+        let config = self.write_config(&secret, Some(&tls), Some(room_size));
         self.start_server(&config);
+        secret
+    }
+
+    /// Where the browsers open the call page: `https://HOST/`, with the port unless 443.
+    fn page_url(&self) -> String {
+        let host = self.layout.host();
+        match self.layout.page_port() {
+            443 => format!("https://{host}/"),
+            port => format!("https://{host}:{port}/"),
+        }
+    }
+
+    /// Runs call_page.mjs against the running server; returns its JSON result.
+    fn join_call_page(
+        &mut self,
+        scenario: CallScenario,
+        policy: IcePolicy,
+        screenshot: Option<&Path>,
+        participants: &[&str],
+    ) -> Value {
         if let Some(path) = screenshot {
             // A stale picture must not pass for this run's.
             let _ = fs::remove_file(path);
@@ -516,14 +726,14 @@ impl Lab {
                 CallScenario::RoomFull => "room-full",
                 CallScenario::LinkOnly => "link-only",
             },
-            "pageUrl": format!("https://{TURN_HOST}:{PAGE_PORT}/"),
-            "probe": {"host": LAB_IP.to_string(), "port": PAGE_PORT},
+            "pageUrl": self.page_url(),
+            "probe": {"host": LAB_IP.to_string(), "port": self.layout.page_port()},
             "room": ROOM,
-            "participants": PARTICIPANTS,
+            "participants": participants,
             "extra": EXTRA,
             "relay": policy == IcePolicy::Relay,
             "chromium": CHROMIUM,
-            "chromiumArgs": chromium_args(&self.dir),
+            "chromiumArgs": chromium_args(&self.dir, self.layout.host()),
             "userDataDir": self.dir.join("profile"),
             "home": self.dir.join("home"),
             "viewport": {"width": 1000, "height": 700},
@@ -533,18 +743,19 @@ impl Lab {
         self.run_node("call_page.mjs", &args, CALL_PAGE_NODE_LIMIT)
     }
 
-    /// Every tab shows the two others, by name and id, connected with decoded video (over
+    /// Every tab shows all the others, by name and id, connected with decoded video (over
     /// the relay with [`IcePolicy::Relay`]), in its state and on screen.
-    fn check_three_way_call(&mut self, r: &Value, policy: IcePolicy) {
+    fn check_call(&mut self, r: &Value, policy: IcePolicy, participants: &[&str]) {
         if r["ok"] != true {
             self.fail(&format!(
-                "the three-way call did not come up: {}",
+                "the {}-way call did not come up: {}",
+                participants.len(),
                 r["error"]
             ));
         }
-        let pages = self.pages(r, PARTICIPANTS.len());
+        let pages = self.pages(r, participants);
         let ids = self.ids_by_name(&pages);
-        for (page, name) in pages.iter().zip(PARTICIPANTS) {
+        for (page, &name) in pages.iter().zip(participants) {
             let state = &page["state"];
             let peers = state["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
             let mut seen: Vec<(&str, &str)> = peers
@@ -557,7 +768,7 @@ impl Lab {
                 })
                 .collect();
             seen.sort_unstable();
-            let mut expected: Vec<(&str, &str)> = PARTICIPANTS
+            let mut expected: Vec<(&str, &str)> = participants
                 .iter()
                 .filter(|&&other| other != name)
                 .map(|&other| (other, ids[other]))
@@ -565,7 +776,7 @@ impl Lab {
             expected.sort_unstable();
             if seen != expected {
                 self.fail(&format!(
-                    "{name} sees peers {seen:?}, expected the two others {expected:?}"
+                    "{name} sees peers {seen:?}, expected the others {expected:?}"
                 ));
             }
             if !state["error"].is_null() || !page["bodyError"].is_null() {
@@ -598,13 +809,13 @@ impl Lab {
                     self.fail(&format!("{what}: relayed is {}", peer["relayed"]));
                 }
             }
-            self.check_tiles(page, name, policy);
+            self.check_tiles(page, name, policy, participants);
         }
     }
 
     /// On screen: the own tile first, then one tile per other participant, each playing
     /// video, the others captioned "connected · relayed" (or "· direct").
-    fn check_tiles(&mut self, page: &Value, name: &str, policy: IcePolicy) {
+    fn check_tiles(&mut self, page: &Value, name: &str, policy: IcePolicy, participants: &[&str]) {
         let tiles = page["tiles"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         let own = format!("{name} (you)");
         let captions: Vec<(&str, &str)> = tiles
@@ -618,7 +829,7 @@ impl Lab {
             .collect();
         let mut names: Vec<&str> = captions.iter().map(|&(n, _)| n).collect();
         names.sort_unstable();
-        let mut expected: Vec<&str> = PARTICIPANTS
+        let mut expected: Vec<&str> = participants
             .iter()
             .copied()
             .filter(|&other| other != name)
@@ -644,6 +855,115 @@ impl Lab {
         }
     }
 
+    /// Every tab's every peer connection allocated its own relayed candidate over
+    /// `protocol` (Chromium's `relayProtocol` of the selected pair's local candidate).
+    fn check_relayed_over(&mut self, r: &Value, protocol: &str) {
+        for page in r["pages"].as_array().cloned().unwrap_or_default() {
+            for peer in page["state"]["peers"].as_array().into_iter().flatten() {
+                if peer["relayProtocol"] != protocol {
+                    self.fail(&format!(
+                        "{} → {}: the selected pair's local candidate was relayed over {}, \
+                         expected {protocol}",
+                        page["name"], peer["name"], peer["relayProtocol"]
+                    ));
+                }
+            }
+        }
+    }
+
+    /// rendez made every allocation for a client that reached it over `transport` (the
+    /// log's `transport="tls"`).
+    fn check_allocations_over(&mut self, allocations: &[String], transport: &str) {
+        let field = format!("transport=\"{transport}\"");
+        if let Some(line) = allocations.iter().find(|line| !line.contains(&field)) {
+            self.fail(&format!("an allocation not over {transport}: {line}"));
+        }
+    }
+
+    /// [`Layout::Firewalled`]: the firewall bites, and only where it should. From rendez's
+    /// own namespace (no firewall on that path) a STUN Binding over UDP 3478 is answered and
+    /// TCP 3478 and 443 accept, which shows that rendez serves them; from the browsers'
+    /// namespace only TCP 443 gets through. Without the firewall, this fails.
+    fn check_firewall(&mut self) {
+        let expectations = [
+            ("udp", TURN_PORT, false),
+            ("tcp", TURN_PORT, false),
+            ("tcp", SHARED_PORT, true),
+        ];
+        let probes: Vec<Value> = expectations
+            .iter()
+            .map(|&(transport, port, _)| json!({"transport": transport, "port": port}))
+            .collect();
+        let args = json!({
+            "host": LAB_IP.to_string(),
+            "ready": {"port": SHARED_PORT},
+            "probes": probes,
+            "timeoutMs": PROBE_TIMEOUT.as_millis() as u64,
+        });
+        for (netns, side) in [
+            (self.netns.clone(), "rendez's own namespace"),
+            (self.browsers_netns.clone(), "the browsers' namespace"),
+        ] {
+            let from_browsers = netns == self.browsers_netns;
+            let output = run_bounded(
+                Command::new("ip")
+                    .args(["netns", "exec", &netns, "node"])
+                    .arg(node_project().join("firewall_probe.mjs"))
+                    .arg(args.to_string())
+                    .current_dir(node_project()),
+                PROBE_LIMIT,
+            )
+            .and_then(require_success);
+            let report: Value = match output {
+                Ok(out) => String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .rev()
+                    .find_map(|line| serde_json::from_str(line).ok())
+                    .unwrap_or(Value::Null),
+                Err(e) => self.fail(&format!("firewall_probe.mjs from {side}: {e}")),
+            };
+            if report["ok"] != true {
+                self.fail(&format!(
+                    "firewall_probe.mjs from {side} did not reach rendez on {SHARED_PORT}: {report}"
+                ));
+            }
+            let results = report["results"].as_array().cloned().unwrap_or_default();
+            for (&(transport, port, open), result) in expectations.iter().zip(&results) {
+                let expected = open || !from_browsers;
+                if result["reached"] != expected {
+                    self.fail(&format!(
+                        "from {side}, {transport} port {port} was {}reachable, expected \
+                         {}: {result}",
+                        if expected { "un" } else { "" },
+                        if expected { "reachable" } else { "blocked" },
+                    ));
+                }
+            }
+            if results.len() != expectations.len() {
+                self.fail(&format!("firewall_probe.mjs from {side} reported {report}"));
+            }
+        }
+    }
+
+    /// How many packets from the browsers the firewall has dropped so far (its counter).
+    fn firewall_drops(&self) -> u64 {
+        let listed = run_bounded(
+            Command::new("ip").args(["netns", "exec", &self.netns, "nft", "-j", "list", "ruleset"]),
+            COMMAND_LIMIT,
+        )
+        .and_then(require_success)
+        .ok()
+        .and_then(|out| serde_json::from_slice::<Value>(&out.stdout).ok())
+        .unwrap_or(Value::Null);
+        let mut total = 0;
+        for item in listed["nftables"].as_array().into_iter().flatten() {
+            for expr in item["rule"]["expr"].as_array().into_iter().flatten() {
+                total += expr["counter"]["packets"].as_u64().unwrap_or(0);
+            }
+        }
+        total
+    }
+
     /// The fourth tab shows the room-full message and never joined; the three members
     /// still see exactly each other.
     fn check_room_full(&mut self, r: &Value) {
@@ -653,7 +973,8 @@ impl Lab {
                 r["error"]
             ));
         }
-        let pages = self.pages(r, PARTICIPANTS.len() + 1);
+        let everyone: Vec<&str> = PARTICIPANTS.into_iter().chain([EXTRA]).collect();
+        let pages = self.pages(r, &everyone);
         let (members, extra) = pages.split_at(PARTICIPANTS.len());
         let extra = &extra[0];
         if extra["bodyError"] != "room-full" || extra["state"]["error"] != "room-full" {
@@ -738,17 +1059,13 @@ impl Lab {
         }
     }
 
-    /// The `pages` of a call_page.mjs result, which must be one per participant in order.
-    fn pages(&mut self, r: &Value, count: usize) -> Vec<Value> {
+    /// The `pages` of a call_page.mjs result, which must be one per name of `expected`, in
+    /// that order.
+    fn pages(&mut self, r: &Value, expected: &[&str]) -> Vec<Value> {
         let pages = r["pages"].as_array().cloned().unwrap_or_default();
         let names: Vec<&str> = pages
             .iter()
             .map(|p| p["name"].as_str().unwrap_or(""))
-            .collect();
-        let expected: Vec<&str> = PARTICIPANTS
-            .into_iter()
-            .chain([EXTRA])
-            .take(count)
             .collect();
         if names != expected {
             self.fail(&format!("pages {names:?}, expected {expected:?}"));
@@ -788,12 +1105,13 @@ impl Lab {
             .collect()
     }
 
-    /// With relay-only ICE, each of the six peer connections needs at least one allocation
-    /// of its own: a client on 10.99.0.1 (the browser), relayed on 10.99.0.1 in
-    /// `relay-ports`. The lines look like `allocation created client=10.99.0.1:51931
-    /// transport="udp" user=… relayed=10.99.0.1:40122 lifetime_s=600`.
-    fn check_allocations(&mut self, allocations: &[String]) {
-        let connections = PARTICIPANTS.len() * (PARTICIPANTS.len() - 1);
+    /// With relay-only ICE among `participants` pages, each peer connection (two per pair)
+    /// needs at least one allocation of its own: a client on the browsers' address, relayed
+    /// on 10.99.0.1 in `relay-ports`. The lines look like `allocation created
+    /// client=10.99.0.1:51931 transport="udp" user=… relayed=10.99.0.1:40122
+    /// lifetime_s=600`.
+    fn check_allocations(&mut self, allocations: &[String], participants: usize) {
+        let connections = participants * (participants - 1);
         if allocations.len() < connections {
             self.fail(&format!(
                 "rendez logged {} allocations; {connections} relay-only peer connections need \
@@ -803,11 +1121,12 @@ impl Lab {
         }
         let ports = RELAY_PORTS.0..=RELAY_PORTS.1;
         let ours = |addr: &SocketAddr| addr.ip() == IpAddr::V4(LAB_IP);
+        let browsers = IpAddr::V4(self.layout.browser_ip());
         for line in allocations {
             let clients = logged_addrs(line, "client=");
             let relayed = logged_addrs(line, "relayed=");
             let relayed_here = relayed.iter().any(|a| ours(a) && ports.contains(&a.port()));
-            if clients.len() != 1 || !ours(&clients[0]) || !relayed_here {
+            if clients.len() != 1 || clients[0].ip() != browsers || !relayed_here {
                 self.fail(&format!(
                     "an allocation that is not a browser's relayed in the namespace \
                      (client {clients:?}, relayed {relayed:?}): {line}"
@@ -850,8 +1169,9 @@ fn artifacts_dir() -> PathBuf {
 }
 
 /// Everything but the namespace, which [`Lab::create`] checks by making one. `tls`: the
-/// test makes a certificate and an NSS database, so it needs `certutil`.
-fn prerequisites(tls: bool) -> Result<(), String> {
+/// test makes a certificate and an NSS database, so it needs `certutil`; a
+/// [`Layout::Firewalled`] lab needs `nft`.
+fn prerequisites(tls: bool, layout: Layout) -> Result<(), String> {
     if !Path::new(CHROMIUM).exists() {
         return Err(format!(
             "{CHROMIUM} not found (Debian: apt-get install chromium)"
@@ -870,6 +1190,11 @@ fn prerequisites(tls: bool) -> Result<(), String> {
         run_bounded(Command::new("certutil").arg("-H"), COMMAND_LIMIT).map_err(|e| {
             format!("certutil is not runnable (apt-get install libnss3-tools): {e}")
         })?;
+    }
+    if layout == Layout::Firewalled {
+        run_bounded(Command::new("nft").arg("--version"), COMMAND_LIMIT)
+            .and_then(require_success)
+            .map_err(|e| format!("nft is not runnable (apt-get install nftables): {e}"))?;
     }
     let project = node_project();
     if !project
@@ -899,11 +1224,17 @@ struct TlsFiles {
 /// A network namespace, a directory and the processes started in it. Dropping it kills
 /// the processes and deletes the namespace; the directory goes too unless the test failed.
 struct Lab {
+    layout: Layout,
+    /// rendez's namespace.
     netns: String,
+    /// Where node and Chromium run: `netns` itself, or with [`Layout::Firewalled`] a
+    /// namespace of their own.
+    browsers_netns: String,
     dir: PathBuf,
     /// When the test got its turn (the serial lock), for the timings it prints.
     started: Instant,
-    namespace_made: bool,
+    /// The namespaces created so far, deleted on drop.
+    namespaces_made: Vec<String>,
     /// `ip monitor` in the namespace, from the moment it settled; see [`Lab::watch_namespace`].
     monitor: Option<Child>,
     server: Option<Child>,
@@ -913,7 +1244,7 @@ struct Lab {
 
 impl Lab {
     /// `serial` is held until the lab is dropped, after its cleanup.
-    fn create(test: &str, serial: MutexGuard<'static, ()>) -> Result<Lab, String> {
+    fn create(test: &str, serial: MutexGuard<'static, ()>, layout: Layout) -> Result<Lab, String> {
         let short = test.trim_start_matches("browser_").replace('_', "-");
         let id = format!("{}-{short}", std::process::id());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{id}"));
@@ -922,79 +1253,147 @@ impl Lab {
             fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        let netns = format!("rendez-br-{id}");
+        let browsers_netns = match layout {
+            Layout::Together => netns.clone(),
+            Layout::Firewalled => format!("rendez-brc-{id}"),
+        };
         let mut lab = Lab {
-            netns: format!("rendez-br-{id}"),
+            layout,
+            netns,
+            browsers_netns,
             dir,
             started: Instant::now(),
-            namespace_made: false,
+            namespaces_made: Vec::new(),
             monitor: None,
             server: None,
             node: None,
             _serial: serial,
         };
+        for netns in [lab.netns.clone(), lab.browsers_netns.clone()] {
+            if !lab.namespaces_made.contains(&netns) {
+                lab.add_namespace(&netns)?;
+            }
+        }
+
+        // The whole configuration, before anything runs in the namespaces. Both veth ends
+        // get `addrgenmode none`: otherwise the kernel gives each an IPv6 link-local address
+        // when it comes up and announces it over netlink only once duplicate address
+        // detection ends, 1-2 s later — while Chromium starts, which takes that as a
+        // network change (see "Nothing changes while Chromium runs" in the module docs).
+        let addr = format!("{LAB_IP}/{LAB_PREFIX}");
+        let browsers_addr = format!("{BROWSERS_IP}/{LAB_PREFIX}");
+        let [veth, peer] = VETH;
+        let (server, browsers) = (lab.netns.as_str(), lab.browsers_netns.as_str());
+        let mut steps: Vec<(&str, Vec<&str>)> = vec![
+            (server, vec!["link", "set", "lo", "up"]),
+            (
+                server,
+                vec!["link", "add", veth, "type", "veth", "peer", "name", peer],
+            ),
+            (server, vec!["link", "set", veth, "addrgenmode", "none"]),
+            (server, vec!["link", "set", peer, "addrgenmode", "none"]),
+            (server, vec!["addr", "add", &addr, "dev", veth]),
+            (server, vec!["link", "set", veth, "up"]),
+        ];
+        if layout == Layout::Firewalled {
+            // The peer end moves to the browsers' namespace and takes their address there.
+            // The move resets its IPv6 settings to that namespace's defaults, so
+            // `addrgenmode none` again.
+            steps.extend([
+                (server, vec!["link", "set", peer, "netns", browsers]),
+                (browsers, vec!["link", "set", peer, "addrgenmode", "none"]),
+                (browsers, vec!["link", "set", "lo", "up"]),
+                (browsers, vec!["addr", "add", &browsers_addr, "dev", peer]),
+            ]);
+        }
+        steps.push((browsers, vec!["link", "set", peer, "up"]));
+        for (netns, step) in steps {
+            run_bounded(
+                Command::new("ip").args(["-n", netns]).args(&step),
+                COMMAND_LIMIT,
+            )
+            .and_then(require_success)
+            .map_err(|e| format!("cannot set up the namespace (`ip {}`): {e}", step.join(" ")))?;
+        }
+        if layout == Layout::Firewalled {
+            lab.install_firewall()?;
+        }
+        for netns in lab.namespaces_made.clone() {
+            lab.wait_until_settled(&netns)?;
+        }
+        lab.watch_namespace()?;
+        Ok(lab)
+    }
+
+    /// Creates the network namespace `netns`, to be deleted on drop.
+    fn add_namespace(&mut self, netns: &str) -> Result<(), String> {
         // A leftover from a killed earlier run of this very pid is impossible in practice,
         // but `ip netns add` would fail on it; delete quietly first.
         let _ = run_bounded(
-            Command::new("ip").args(["netns", "del", &lab.netns]),
+            Command::new("ip").args(["netns", "del", netns]),
             COMMAND_LIMIT,
         );
         run_bounded(
-            Command::new("ip").args(["netns", "add", &lab.netns]),
+            Command::new("ip").args(["netns", "add", netns]),
             COMMAND_LIMIT,
         )
         .and_then(require_success)
         .map_err(|e| {
             format!("cannot create a network namespace (needs root or CAP_SYS_ADMIN): {e}")
         })?;
-        lab.namespace_made = true;
+        self.namespaces_made.push(netns.to_string());
+        Ok(())
+    }
 
-        // The whole configuration, before anything runs in the namespace. Both veth ends get
-        // `addrgenmode none`: otherwise the kernel gives each an IPv6 link-local address
-        // when it comes up and announces it over netlink only once duplicate address
-        // detection ends, 1-2 s later — while Chromium starts, which takes that as a
-        // network change (see "Nothing changes while Chromium runs" in the module docs).
-        let addr = format!("{LAB_IP}/{LAB_PREFIX}");
+    /// [`Layout::Firewalled`]: the 443-only firewall, [`FIREWALL`], loaded into rendez's
+    /// namespace with `nft -f` (the ruleset is kept as `firewall.nft` in the test's
+    /// directory).
+    fn install_firewall(&self) -> Result<(), String> {
+        let path = self.dir.join("firewall.nft");
+        fs::write(&path, FIREWALL).map_err(|e| format!("cannot write firewall.nft: {e}"))?;
+        run_bounded(
+            Command::new("ip")
+                .args(["netns", "exec", &self.netns, "nft", "-f"])
+                .arg(&path),
+            COMMAND_LIMIT,
+        )
+        .and_then(require_success)
+        .map_err(|e| format!("cannot load the firewall (`nft -f firewall.nft`): {e}"))?;
+        Ok(())
+    }
+
+    /// The links `netns` must end up with besides `lo`, each with its only address (or
+    /// none); see [`unsettled`].
+    fn expected_links(&self, netns: &str) -> Vec<(&'static str, Option<String>)> {
         let [veth, peer] = VETH;
-        let steps: [&[&str]; 7] = [
-            &["link", "set", "lo", "up"],
-            &["link", "add", veth, "type", "veth", "peer", "name", peer],
-            &["link", "set", veth, "addrgenmode", "none"],
-            &["link", "set", peer, "addrgenmode", "none"],
-            &["addr", "add", &addr, "dev", veth],
-            &["link", "set", veth, "up"],
-            &["link", "set", peer, "up"],
-        ];
-        for step in steps {
-            run_bounded(
-                Command::new("ip").args(["-n", &lab.netns]).args(step),
-                COMMAND_LIMIT,
-            )
-            .and_then(require_success)
-            .map_err(|e| format!("cannot set up the namespace (`ip {}`): {e}", step.join(" ")))?;
+        let server = (veth, Some(format!("{LAB_IP}/{LAB_PREFIX}")));
+        match self.layout {
+            Layout::Together => vec![server, (peer, None)],
+            Layout::Firewalled if netns == self.netns => vec![server],
+            Layout::Firewalled => vec![(peer, Some(format!("{BROWSERS_IP}/{LAB_PREFIX}")))],
         }
-        lab.wait_until_settled()?;
-        lab.watch_namespace()?;
-        Ok(lab)
     }
 
     /// Waits (bounded) until the namespace is in its final state, as [`unsettled`] defines
     /// it, so that nothing in it changes once rendez and Chromium run.
-    fn wait_until_settled(&self) -> Result<(), String> {
+    fn wait_until_settled(&self, netns: &str) -> Result<(), String> {
         let deadline = Instant::now() + SETTLE_LIMIT;
+        let expected = self.expected_links(netns);
         loop {
             let output = run_bounded(
-                Command::new("ip").args(["-n", &self.netns, "-j", "addr", "show"]),
+                Command::new("ip").args(["-n", netns, "-j", "addr", "show"]),
                 COMMAND_LIMIT,
             )
             .and_then(require_success)
             .map_err(|e| format!("cannot read the namespace's links (`ip -j addr show`): {e}"))?;
             let links: Value = serde_json::from_slice(&output.stdout)
                 .map_err(|e| format!("`ip -j addr show` printed no JSON: {e}"))?;
-            match unsettled(&links) {
+            match unsettled(&links, &expected) {
                 None => return Ok(()),
                 Some(why) if Instant::now() >= deadline => {
                     return Err(format!(
-                        "the namespace did not settle within {SETTLE_LIMIT:?}: {why}"
+                        "the namespace {netns} did not settle within {SETTLE_LIMIT:?}: {why}"
                     ))
                 }
                 Some(_) => thread::sleep(Duration::from_millis(20)),
@@ -1002,8 +1401,9 @@ impl Lab {
         }
     }
 
-    /// Starts `ip monitor link address` in the settled namespace — the netlink groups that
-    /// Chromium's address tracker listens to — writing to [`NETLINK_LOG`], and returns once
+    /// Starts `ip monitor link address` in the settled namespace of the browsers — the
+    /// netlink groups that Chromium's address tracker listens to — writing to
+    /// [`NETLINK_LOG`], and returns once
     /// it is subscribed, so that every later change is on record: [`Lab::run_node`] fails
     /// the test if there is any, naming it.
     fn watch_namespace(&mut self) -> Result<(), String> {
@@ -1013,7 +1413,14 @@ impl Lab {
             .try_clone()
             .map_err(|e| format!("cannot clone {NETLINK_LOG}: {e}"))?;
         let monitor = Command::new("ip")
-            .args(["-n", &self.netns, "-ts", "monitor", "link", "address"])
+            .args([
+                "-n",
+                &self.browsers_netns,
+                "-ts",
+                "monitor",
+                "link",
+                "address",
+            ])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -1048,7 +1455,7 @@ impl Lab {
         }
     }
 
-    /// A test CA and a leaf for TURN_HOST (and LAB_IP) signed by it; with
+    /// A test CA and a leaf for the layout's host (and LAB_IP) signed by it; with
     /// [`Trust::TestCa`] the CA goes into the fresh NSS database under the HOME that
     /// Chromium gets (with [`Trust::Nothing`] that database stays empty).
     fn make_certificates(&self, trust: Trust) -> TlsFiles {
@@ -1079,10 +1486,11 @@ impl Lab {
         let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
 
         let leaf_key = KeyPair::generate().expect("leaf key");
-        let mut leaf = CertificateParams::new(vec![TURN_HOST.to_string()]).expect("leaf params");
+        let host = self.layout.host();
+        let mut leaf = CertificateParams::new(vec![host.to_string()]).expect("leaf params");
         leaf.subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(LAB_IP)));
-        leaf.distinguished_name.push(DnType::CommonName, TURN_HOST);
+        leaf.distinguished_name.push(DnType::CommonName, host);
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         leaf.not_before = not_before;
@@ -1133,8 +1541,11 @@ impl Lab {
         files
     }
 
-    /// `room_size`: also serve the call page on LAB_IP:PAGE_PORT (HTTPS: pass `tls`) with
-    /// rooms of that size. Without it, the page stays at its default address, unused.
+    /// `tls`: TURN over TLS on the layout's `turns_port`. `room_size`: also serve the call
+    /// page on the layout's `page_port` (HTTPS: pass `tls`) with rooms of that size. Without
+    /// it, the page stays at its default address, unused. With [`Layout::Firewalled`] both
+    /// ports are 443: one address in `tls-listen` and `[signal] listen`, which rendez binds
+    /// once and shares.
     fn write_config(
         &self,
         secret: &str,
@@ -1150,7 +1561,8 @@ impl Lab {
             RELAY_PORTS.0, RELAY_PORTS.1
         );
         if tls.is_some() {
-            text += &format!("tls-listen = [\"{LAB_IP}:{TURNS_PORT}\"]\n");
+            let port = self.layout.turns_port();
+            text += &format!("tls-listen = [\"{LAB_IP}:{port}\"]\n");
         }
         text += &format!(
             "\n[auth]\nsecrets = [\"{secret}\"]\n\n\
@@ -1165,9 +1577,8 @@ impl Lab {
             );
         }
         if let Some(room_size) = room_size {
-            text += &format!(
-                "\n[signal]\nlisten = \"{LAB_IP}:{PAGE_PORT}\"\nroom-size = {room_size}\n"
-            );
+            let port = self.layout.page_port();
+            text += &format!("\n[signal]\nlisten = \"{LAB_IP}:{port}\"\nroom-size = {room_size}\n");
         }
         let path = self.dir.join("rendez.toml");
         fs::write(&path, text).expect("write rendez.toml");
@@ -1204,7 +1615,7 @@ impl Lab {
         let stdout_path = self.dir.join("node.out");
         let stderr_path = self.dir.join("node.err");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "node"])
+            .args(["netns", "exec", &self.browsers_netns, "node"])
             .arg(node_project().join(script))
             .arg(args.to_string())
             .current_dir(node_project())
@@ -1258,8 +1669,10 @@ impl Lab {
         }
     }
 
-    /// The assertions, each with everything needed to understand a failure.
-    fn check(&mut self, transport: Transport, r: &Value) {
+    /// The assertions on a relay_call.mjs result, each with everything needed to understand
+    /// a failure: both peers relayed by rendez through the TURN server at `url`, reached
+    /// over `relay_protocol`.
+    fn check(&mut self, r: &Value, url: &str, relay_protocol: &str) {
         if r["ok"] != true {
             self.fail(&format!("the call did not complete: {}", r["error"]));
         }
@@ -1292,14 +1705,13 @@ impl Lab {
                 }
             }
             let local = &pair["local"];
-            if local["relayProtocol"] != transport.relay_protocol() {
+            if local["relayProtocol"] != relay_protocol {
                 self.fail(&format!(
-                    "peer {side}: relay allocated over {}, expected {}",
+                    "peer {side}: relay allocated over {}, expected {relay_protocol}",
                     local["relayProtocol"],
-                    transport.relay_protocol()
                 ));
             }
-            if local["url"] != transport.url() {
+            if local["url"] != url {
                 self.fail(&format!(
                     "peer {side}: relay candidate from {}",
                     local["url"]
@@ -1409,11 +1821,11 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if self.namespace_made {
+        for netns in &self.namespaces_made {
             // Anything still inside the namespace was started by this test (a Chromium
             // whose node parent died, say): end it by pid, then delete the namespace.
             if let Ok(out) = run_bounded(
-                Command::new("ip").args(["netns", "pids", &self.netns]),
+                Command::new("ip").args(["netns", "pids", netns]),
                 COMMAND_LIMIT,
             ) {
                 let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -1427,7 +1839,7 @@ impl Drop for Lab {
                 }
             }
             let _ = run_bounded(
-                Command::new("ip").args(["netns", "del", &self.netns]),
+                Command::new("ip").args(["netns", "del", netns]),
                 COMMAND_LIMIT,
             );
         }
@@ -1438,11 +1850,12 @@ impl Drop for Lab {
 }
 
 /// Why the namespace, as `ip -j addr show` lists it, is not yet in its final state; `None`
-/// once it is: exactly `lo` and the veth pair, each up with its carrier (`LOWER_UP`), the
-/// veths also with operstate UP (Chromium's "running", which the kernel may report up to a
-/// second after the carrier), no address tentative (still in duplicate address detection,
-/// whose end is announced as a change), and on the veths exactly the test's address.
-fn unsettled(links: &Value) -> Option<String> {
+/// once it is: exactly `lo` and the `expected` veth ends, each up with its carrier
+/// (`LOWER_UP`), the veths also with operstate UP (Chromium's "running", which the kernel may
+/// report up to a second after the carrier), no address tentative (still in duplicate
+/// address detection, whose end is announced as a change), and on each veth exactly its
+/// expected address, if any.
+fn unsettled(links: &Value, expected: &[(&str, Option<String>)]) -> Option<String> {
     let mut names = Vec::new();
     for link in links.as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let name = link["ifname"].as_str().unwrap_or("?");
@@ -1474,23 +1887,21 @@ fn unsettled(links: &Value) -> Option<String> {
             }
             addrs.push(format!("{local}/{}", addr["prefixlen"]));
         }
-        let expected = if name == VETH[0] {
-            vec![format!("{LAB_IP}/{LAB_PREFIX}")]
-        } else if name == VETH[1] {
-            Vec::new()
-        } else {
-            addrs.clone()
+        let wanted: Vec<String> = match expected.iter().find(|(veth, _)| *veth == name) {
+            Some((_, addr)) => addr.iter().cloned().collect(),
+            None => addrs.clone(),
         };
-        if addrs != expected {
+        if addrs != wanted {
             return Some(format!(
-                "{name} has addresses {addrs:?}, expected {expected:?}"
+                "{name} has addresses {addrs:?}, expected {wanted:?}"
             ));
         }
     }
     names.sort_unstable();
-    let mut expected = vec!["lo", VETH[0], VETH[1]];
-    expected.sort_unstable();
-    (names != expected).then(|| format!("links {names:?}, expected {expected:?}"))
+    let mut wanted: Vec<&str> = expected.iter().map(|&(veth, _)| veth).collect();
+    wanted.push("lo");
+    wanted.sort_unstable();
+    (names != wanted).then(|| format!("links {names:?}, expected {wanted:?}"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ function testState() {
       name: peer.name,
       connectionState: peer.pc.connectionState,
       relayed: peer.link.relayed,
+      relayProtocol: peer.link.relayProtocol,
       framesDecoded: peer.link.framesDecoded,
       bytesReceived: peer.link.bytesReceived,
     })),
@@ -410,7 +411,7 @@ function createPeer({ id, name }, { offerer }) {
     pendingCandidates: [],
     signals: Promise.resolve(),
     stream: new MediaStream(),
-    link: { relayed: null, framesDecoded: 0, bytesReceived: 0 },
+    link: { relayed: null, relayProtocol: null, framesDecoded: 0, bytesReceived: 0 },
     tile: createTile(name),
   };
   peer.tile.video.srcObject = peer.stream;
@@ -526,7 +527,11 @@ async function refreshPeerStats(peer) {
   }
 }
 
-/** Direct or relayed (from the selected candidate pair), and what arrived so far. */
+/**
+ * Direct or relayed (from the selected candidate pair), how this end reaches its relay
+ * (`relayProtocol`: "udp", "tcp" or "tls"; null when its own candidate is not relayed), and
+ * what arrived so far.
+ */
 function readLinkStats(report) {
   const entries = [...report.values()];
   const transport = entries.find((s) => s.type === "transport" && s.selectedCandidatePairId);
@@ -538,13 +543,14 @@ function readLinkStats(report) {
   const remote = pair && report.get(pair.remoteCandidateId);
   const relayed =
     local && remote ? local.candidateType === "relay" || remote.candidateType === "relay" : null;
+  const relayProtocol = local?.candidateType === "relay" ? (local.relayProtocol ?? null) : null;
   let framesDecoded = 0;
   let bytesReceived = 0;
   for (const s of entries.filter((s) => s.type === "inbound-rtp")) {
     bytesReceived += s.bytesReceived ?? 0;
     if (s.kind === "video") framesDecoded += s.framesDecoded ?? 0;
   }
-  return { relayed, framesDecoded, bytesReceived };
+  return { relayed, relayProtocol, framesDecoded, bytesReceived };
 }
 
 // ---------------------------------------------------------------------------------------
