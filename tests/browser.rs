@@ -275,7 +275,8 @@ fn browser_call_over_443_only() {
     // way, between two bare peer connections behind the same firewall, relayed through the
     // same `turns:` URL as the page's.
     let url = format!("turns:{MEET_HOST}:{SHARED_PORT}?transport=tcp");
-    let data = lab.run_relay_call(&secret, &url, "profile-data");
+    let probe = json!({"transport": "tcp", "host": LAB_IP.to_string(), "port": SHARED_PORT});
+    let data = lab.run_relay_call(&secret, &url, probe, "profile-data", None);
     lab.check(&data, &url, "tls");
     lab.check_allocations_over(&lab.allocations(), "tls");
     let frames: Vec<String> = result["pages"]
@@ -509,25 +510,14 @@ fn call(test: &str, transport: Transport, trust: Trust) -> Option<(Lab, Value)> 
     let config = lab.write_config(&secret, tls_files.as_ref(), None);
     lab.start_server(&config);
 
-    let credential = rendez::credential::mint(
-        &secret,
-        "browser",
-        SystemTime::now() + Duration::from_secs(3600),
-    );
-    let ice_server = rendez::credential::ice_server_json(&[transport.url()], &credential);
     let screenshot = (transport == Transport::Udp).then(|| artifacts_dir().join("udp.png"));
-    let args = json!({
-        "iceServer": ice_server,
-        "probe": transport.probe(),
-        "chromium": CHROMIUM,
-        "chromiumArgs": chromium_args(&lab.dir, TURN_HOST),
-        "userDataDir": lab.dir.join("profile"),
-        "home": lab.dir.join("home"),
-        "screenshot": screenshot,
-        "timeoutMs": CALL_BUDGET.as_millis() as u64,
-    });
-
-    let mut result = lab.run_node("relay_call.mjs", &args, NODE_LIMIT);
+    let mut result = lab.run_relay_call(
+        &secret,
+        &transport.url(),
+        transport.probe(),
+        "profile",
+        screenshot.as_deref(),
+    );
     if let (Some(path), true) = (&screenshot, result["ok"] == true) {
         result["screenshot"] = json!(path);
     }
@@ -667,10 +657,17 @@ impl Lab {
     }
 
     /// Runs relay_call.mjs against the running server: two bare peer connections relayed
-    /// through the TURN server at `url` alone, with a credential minted from `secret`,
-    /// Chromium's profile in `profile` (a fresh directory under the test's); returns its
-    /// JSON result.
-    fn run_relay_call(&mut self, secret: &str, url: &str, profile: &str) -> Value {
+    /// through the TURN server at `url` alone (which answers at `probe` once up), with a
+    /// credential minted from `secret`, Chromium's profile in `profile` (a fresh directory
+    /// under the test's), and a screenshot of the page if asked; returns its JSON result.
+    fn run_relay_call(
+        &mut self,
+        secret: &str,
+        url: &str,
+        probe: Value,
+        profile: &str,
+        screenshot: Option<&Path>,
+    ) -> Value {
         let credential = rendez::credential::mint(
             secret,
             "browser",
@@ -678,12 +675,12 @@ impl Lab {
         );
         let args = json!({
             "iceServer": rendez::credential::ice_server_json(&[url.to_string()], &credential),
-            "probe": {"transport": "tcp", "host": LAB_IP.to_string(), "port": self.layout.turns_port()},
+            "probe": probe,
             "chromium": CHROMIUM,
             "chromiumArgs": chromium_args(&self.dir, self.layout.host()),
             "userDataDir": self.dir.join(profile),
             "home": self.dir.join("home"),
-            "screenshot": null,
+            "screenshot": screenshot,
             "timeoutMs": CALL_BUDGET.as_millis() as u64,
         });
         self.run_node("relay_call.mjs", &args, NODE_LIMIT)
