@@ -24,6 +24,7 @@
 //! Every piece of mutable state has exactly one owner that runs its inputs in order; every
 //! shard gets its own slice of the relay port range, so ports never collide.
 
+mod acme;
 mod address;
 mod bootstrap;
 mod handle;
