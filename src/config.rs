@@ -1114,7 +1114,10 @@ mod tests {
         for (text, key) in [
             ("[acme]\ndomains = []", "acme.domains"),
             ("[acme]\ndomains = [\"bad name\"]", "acme.domains"),
-            ("[acme]\ndomains = [\"a.example\"]\nemail = \"nobody\"", "acme.email"),
+            (
+                "[acme]\ndomains = [\"a.example\"]\nemail = \"nobody\"",
+                "acme.email",
+            ),
             (
                 "[acme]\ndomains = [\"a.example\"]\ndirectory = \"http://ca\"",
                 "acme.directory",

@@ -154,7 +154,10 @@ fn the_acme_example_parses() {
     let config = Config::from_toml(&example).expect("the [acme] example parses");
     let acme = config.acme.expect("[acme] is set");
     assert_eq!(acme.domains, ["meet.example.com"]);
-    assert_eq!(acme.renew_before, std::time::Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(
+        acme.renew_before,
+        std::time::Duration::from_secs(30 * 24 * 3600)
+    );
     assert!(acme.ca.is_some() && acme.email.is_some());
 }
 

@@ -12,11 +12,11 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use super::acme::Acme;
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
 use super::observe::Observer;
 use super::proxy_protocol::TrustedProxies;
-use super::acme::Acme;
 use super::tls::CertStore;
 use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
@@ -343,7 +343,11 @@ struct BoundListeners {
 /// is bound again on another port.
 /// With `[acme] challenge = "http-01"`, the plain-HTTP port the CA's validator reaches.
 fn acme_http_listener(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    let Some(acme) = config.acme.as_ref().filter(|a| a.challenge == AcmeChallenge::Http01) else {
+    let Some(acme) = config
+        .acme
+        .as_ref()
+        .filter(|a| a.challenge == AcmeChallenge::Http01)
+    else {
         return Ok(None);
     };
     let listener = stream::bind_tcp(acme.http_listen).with_context(|| {

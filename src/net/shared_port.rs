@@ -46,10 +46,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::acme::{Challenges, ALPN_ACME_TLS};
 use super::http::{self, PageRoute};
 use super::limits::{ConnectionLimits, Permit};
 use super::proxy_protocol::{self, Origin, TrustedProxies};
-use super::acme::{Challenges, ALPN_ACME_TLS};
 use super::tls::{self, CertStore, ALPN_HTTP_1_1, ALPN_STUN_TURN};
 use super::turn_io::stream::TurnRoute;
 use crate::config::Config;

@@ -49,10 +49,12 @@ impl Challenges {
             .push(rcgen::CustomExtension::new_acme_identifier(digest));
         let key = rcgen::KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        let certified = certified_key(
-            vec![cert.der().clone()],
-            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        )?;
+        // Not `certified_key`: its check that key and certificate fit parses the certificate
+        // with webpki, which refuses the critical acmeIdentifier extension.
+        let signing_key = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(PrivatePkcs8KeyDer::from(key.serialize_der()).into())?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signing_key);
         lock(&self.tls_alpn).insert(domain.to_ascii_lowercase(), Arc::new(certified));
         Ok(())
     }

@@ -50,7 +50,10 @@ pub(super) async fn order_certificate(
 async fn account(config: &AcmeConfig, cache: &CacheDir) -> anyhow::Result<Account> {
     let builder = || match &config.ca {
         Some(ca) => Account::builder_with_root(ca).with_context(|| {
-            format!("cannot use {} as a root (config key `acme.ca`)", ca.display())
+            format!(
+                "cannot use {} as a root (config key `acme.ca`)",
+                ca.display()
+            )
         }),
         None => Account::builder().context("the HTTPS client for the ACME server"),
     };
@@ -116,7 +119,10 @@ async fn answer_challenges(
                 challenges.add_http(&challenge.token, key_authorization.as_str())
             }
         }
-        challenge.set_ready().await.context("starting a challenge")?;
+        challenge
+            .set_ready()
+            .await
+            .context("starting a challenge")?;
     }
     Ok(())
 }

@@ -106,7 +106,12 @@ impl CacheDir {
             )
         })?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
-            || format!("cannot restrict {} (config key `acme.cache-dir`)", dir.display()),
+            || {
+                format!(
+                    "cannot restrict {} (config key `acme.cache-dir`)",
+                    dir.display()
+                )
+            },
         )?;
         Ok(CacheDir { dir: dir.into() })
     }
@@ -161,7 +166,12 @@ impl CacheDir {
             .open(&temporary)
             .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
             .and_then(|()| std::fs::rename(&temporary, &path));
-        written.with_context(|| format!("cannot write {} (config key `acme.cache-dir`)", path.display()))
+        written.with_context(|| {
+            format!(
+                "cannot write {} (config key `acme.cache-dir`)",
+                path.display()
+            )
+        })
     }
 }
 

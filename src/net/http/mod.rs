@@ -131,11 +131,9 @@ async fn acme_challenge(
     axum::extract::Path(token): axum::extract::Path<String>,
 ) -> Response {
     match challenges.http_answer(&token) {
-        Some(answer) => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            answer,
-        )
-            .into_response(),
+        Some(answer) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "no such challenge\n").into_response(),
     }
 }
@@ -185,7 +183,12 @@ async fn redirect(headers: HeaderMap, uri: axum::http::Uri) -> Response {
 /// without a Host made only of host name or address characters (it ends up in a URL).
 fn https_location(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let host = host.strip_suffix(":443").unwrap_or(host);
+    // Neither plain HTTP's default port nor HTTPS's belongs in an https:// URL: a request to
+    // port 80 (`[acme] http-listen`) goes to the page on 443.
+    let host = host
+        .strip_suffix(":443")
+        .or_else(|| host.strip_suffix(":80"))
+        .unwrap_or(host);
     if host.is_empty()
         || !host
             .chars()
