@@ -8,7 +8,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::pebble::{free_tcp_port, tls_connect, Pebble, ValidationPorts};
+use common::pebble::{free_tcp_port, tls_connect, Options, Pebble, ValidationPorts};
+use common::process::ServerProcess;
 use common::{class_of, recv_from, send_indication, xor_peer, Conn, TempDir, TurnClient};
 use rendez::stun::{AttrType, Class, Message, Method};
 use rustls::pki_types::CertificateDer;
@@ -25,7 +26,7 @@ async fn tls_alpn_01_on_a_shared_port_then_a_restart_reuses_the_cached_certifica
         http: free_tcp_port().port(),
         tls: port.port(),
     };
-    let Some(pebble) = Pebble::start(ports, None, false).await else {
+    let Some(pebble) = Pebble::start(ports, Options::default()).await else {
         return;
     };
     let cache = TempDir::new("acme-cache");
@@ -64,7 +65,15 @@ async fn http_01_with_bad_nonces_retried() {
         tls: free_tcp_port().port(),
     };
     // Pebble rejects 30% of nonces: instant-acme must retry them.
-    let Some(pebble) = Pebble::start(ports, None, true).await else {
+    let Some(pebble) = Pebble::start(
+        ports,
+        Options {
+            bad_nonces: true,
+            ..Options::default()
+        },
+    )
+    .await
+    else {
         return;
     };
     let cache = TempDir::new("acme-cache");
@@ -104,7 +113,15 @@ async fn short_lived_certificates_are_renewed_and_swapped_under_an_open_allocati
     };
     // Certificates that live 16 s: with renew-before far longer, renewal comes at
     // half-life, 8 s after each issue.
-    let Some(pebble) = Pebble::start(ports, Some(Duration::from_secs(16)), false).await else {
+    let Some(pebble) = Pebble::start(
+        ports,
+        Options {
+            validity: Some(Duration::from_secs(16)),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
         return;
     };
     let cache = TempDir::new("acme-cache");
@@ -136,6 +153,54 @@ async fn short_lived_certificates_are_renewed_and_swapped_under_an_open_allocati
     // The allocation made over the first certificate's connection still relays.
     assert_relays_through(&mut client, &peer, relayed, b"after").await;
     server.shutdown().await;
+}
+
+/// The domain's DNS points elsewhere (127.0.0.9, where nothing listens): the order fails,
+/// the log says why in plain words, the placeholder stays and TURN over TLS keeps working
+/// for clients that accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_order_logs_the_cause_and_keeps_serving() {
+    let port = free_tcp_port();
+    let ports = ValidationPorts {
+        http: free_tcp_port().port(),
+        tls: port.port(),
+    };
+    let options = Options {
+        dns_answer: Some("127.0.0.9"),
+        ..Options::default()
+    };
+    let Some(pebble) = Pebble::start(ports, options).await else {
+        return;
+    };
+    let cache = TempDir::new("acme-cache");
+    let acme = acme_table(&pebble, &cache, "tls-alpn-01", "");
+    let config = format!(
+        "realm = \"rendez.test\"\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"11000-11999\"\n\
+         listen = [\"{port}\"]\ntls-listen = [\"{port}\"]\n\
+         [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
+         [auth]\nsecrets = [\"s\"]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
+         [signal]\nlisten = \"{port}\"\n{acme}"
+    );
+    let server = ServerProcess::spawn("acme-fails", &config, &[]);
+    let deadline = Instant::now() + ORDER_WAIT;
+    let log = loop {
+        let log = server.log();
+        if log.contains("certificate order failed") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no failure logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(log.contains("validation failed"), "{log}");
+    assert!(log.contains("127.0.0.9"), "the address the CA tried: {log}");
+    assert!(
+        log.contains("does the domain's DNS point at this server"),
+        "a plain hint: {log}"
+    );
+    assert!(log.contains("the current certificate stays"), "{log}");
+    // Still served: TURN over TCP on the same port.
+    assert_relays(Conn::stream(TcpStream::connect(port).await.unwrap())).await;
+    assert_eq!(pebble.issued(), 0);
 }
 
 // ---------------------------------------------------------------- helpers

@@ -24,6 +24,17 @@ pub struct ValidationPorts {
     pub tls: u16,
 }
 
+/// How pebble behaves.
+#[derive(Default)]
+pub struct Options {
+    /// Lifetime of issued certificates; `None`: pebble's default, 5 years.
+    pub validity: Option<Duration>,
+    /// Reject 30% of nonces as `badNonce` (clients must retry).
+    pub bad_nonces: bool,
+    /// What the DNS answers for every name; `None`: 127.0.0.1.
+    pub dns_answer: Option<&'static str>,
+}
+
 /// Pebble and its DNS server, killed when dropped.
 pub struct Pebble {
     pebble: Child,
@@ -36,14 +47,9 @@ pub struct Pebble {
 }
 
 impl Pebble {
-    /// Starts pebble validating on `ports`, issuing certificates valid `validity` (pebble's
-    /// default, 5 years, with `None`), with `badNonce` rejections off unless `bad_nonces`.
-    /// `None` (with the reason printed) when pebble is not installed.
-    pub async fn start(
-        ports: ValidationPorts,
-        validity: Option<Duration>,
-        bad_nonces: bool,
-    ) -> Option<Pebble> {
+    /// Starts pebble validating on `ports`. `None` (with the reason printed) when pebble is
+    /// not installed.
+    pub async fn start(ports: ValidationPorts, options: Options) -> Option<Pebble> {
         let pebble_bin = require_tool("pebble")?;
         let dns_bin = require_tool("pebble-challtestsrv")?;
         let dir = TempDir::new("pebble");
@@ -54,7 +60,7 @@ impl Pebble {
         std::fs::write(dir.0.join("key.pem"), https.signing_key.serialize_pem()).unwrap();
         let (directory, management) = (free_tcp_port(), free_tcp_port());
         let dns_server = free_udp_port();
-        let validity = validity.map_or(String::new(), |v| {
+        let validity = options.validity.map_or(String::new(), |v| {
             format!(",\n\"certificateValidityPeriod\": {}", v.as_secs())
         });
         let config = format!(
@@ -70,6 +76,7 @@ impl Pebble {
         let log = |name: &str| std::fs::File::create(dir.0.join(name)).unwrap();
         let dns = Command::new(dns_bin)
             .args(["-dns01", &dns_server.to_string(), "-defaultIPv6", ""])
+            .args(["-defaultIPv4", options.dns_answer.unwrap_or("127.0.0.1")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &free_tcp_port().to_string()])
             .stdin(Stdio::null())
@@ -84,7 +91,7 @@ impl Pebble {
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env(
                 "PEBBLE_WFE_NONCEREJECT",
-                if bad_nonces { "30" } else { "0" },
+                if options.bad_nonces { "30" } else { "0" },
             )
             .stdin(Stdio::null())
             .stdout(log("pebble.log"))

@@ -176,10 +176,12 @@ fn plain_cause(problem: &instant_acme::Problem) -> String {
     let kind = kind.rsplit(':').next().unwrap_or(kind);
     let hint = match kind {
         "dns" => "does the domain's DNS point at this server?",
-        "connection" => "is the port reachable from the internet?",
-        "rateLimited" => "the CA's rate limit: it will be retried later",
-        "unauthorized" | "incorrectResponse" => "another server answered the challenge",
-        "tls" => "the TLS handshake failed",
+        // CAs file a refused or timed-out connection under either.
+        "connection" | "unauthorized" | "incorrectResponse" => {
+            "does the domain's DNS point at this server, and is the port reachable from the internet?"
+        }
+        "rateLimited" => "the CA's rate limit: retried later",
+        "tls" => "the TLS handshake with this server failed",
         _ => "",
     };
     match hint {
