@@ -230,6 +230,20 @@ impl AcmeConfig {
     /// Let's Encrypt's production directory.
     pub const LETS_ENCRYPT: &'static str = "https://acme-v02.api.letsencrypt.org/directory";
 
+    /// `[acme]` for `domains` with every other key at its default.
+    pub fn for_domains(domains: Vec<String>) -> AcmeConfig {
+        AcmeConfig {
+            domains,
+            email: None,
+            directory: Self::default_directory(),
+            challenge: AcmeChallenge::default(),
+            cache_dir: Self::default_cache_dir(),
+            ca: None,
+            renew_before: Self::default_renew_before(),
+            http_listen: Self::default_http_listen(),
+        }
+    }
+
     fn default_directory() -> String {
         Self::LETS_ENCRYPT.into()
     }

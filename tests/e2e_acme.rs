@@ -203,6 +203,51 @@ async fn a_failed_order_logs_the_cause_and_keeps_serving() {
     assert_eq!(pebble.issued(), 0);
 }
 
+/// `rendez serve --domain` (here `RENDEZ_DOMAIN`) names the certificate's domain; the file
+/// points `[acme]` at pebble, as Let's Encrypt is the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domain_flag_names_the_certificate() {
+    let (port, http) = (free_tcp_port(), free_tcp_port());
+    let ports = ValidationPorts {
+        http: http.port(),
+        tls: port.port(),
+    };
+    let Some(pebble) = Pebble::start(ports, Options::default()).await else {
+        return;
+    };
+    let cache = TempDir::new("acme-cache");
+    let acme = acme_table(
+        &pebble,
+        &cache,
+        "http-01",
+        &format!("http-listen = \"{http}\"\n"),
+    )
+    .replace(DOMAIN, "replaced-by-the-flag.example.com");
+    let config = format!(
+        "realm = \"rendez.test\"\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"11000-11999\"\n\
+         listen = [\"{port}\"]\ntls-listen = [\"{port}\"]\n\
+         [auth]\nsecrets = [\"s\"]\n[signal]\nlisten = \"{port}\"\n{acme}"
+    );
+    let server = ServerProcess::spawn(
+        "acme-domain-flag",
+        &config,
+        &[
+            ("RENDEZ_DOMAIN", DOMAIN),
+            ("RENDEZ_EMAIL", "ops@example.com"),
+        ],
+    );
+    let root = pebble.issuing_root().await;
+    wait_for_issued(&pebble, port, &root).await;
+    // Plain HTTP on the shared port goes to HTTPS on it too.
+    let mut plain = TcpStream::connect(port).await.unwrap();
+    let response = http_get(&mut plain, "/").await;
+    assert!(
+        response.starts_with("HTTP/1.1 308"),
+        "{response}\n{}",
+        server.log()
+    );
+}
+
 // ---------------------------------------------------------------- helpers
 
 fn acme_table(pebble: &Pebble, cache: &TempDir, challenge: &str, extra: &str) -> String {
