@@ -155,6 +155,33 @@ async fn short_lived_certificates_are_renewed_and_swapped_under_an_open_allocati
     server.shutdown().await;
 }
 
+/// TLS-ALPN-01 on a dedicated `tls-listen` port (no page, no sharing): the validator's
+/// handshake gets the challenge certificate there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_on_a_dedicated_tls_port() {
+    let tls_port = free_tcp_port();
+    let ports = ValidationPorts {
+        http: free_tcp_port().port(),
+        tls: tls_port.port(),
+    };
+    let Some(pebble) = Pebble::start(ports, Options::default()).await else {
+        return;
+    };
+    let cache = TempDir::new("acme-cache");
+    let acme = acme_table(&pebble, &cache, "tls-alpn-01", "");
+    let text = format!(
+        "tls-listen = [\"{tls_port}\"]\n{}{acme}",
+        base_config(free_tcp_port())
+    );
+    let server = rendez::start(common::test_config(&text))
+        .await
+        .expect("starts");
+    let root = pebble.issuing_root().await;
+    wait_for_issued(&pebble, tls_port, &root).await;
+    assert_relays(Conn::stream(connect(tls_port, &root, &[]).await.unwrap())).await;
+    server.shutdown().await;
+}
+
 /// The domain's DNS points elsewhere (127.0.0.9, where nothing listens): the order fails,
 /// the log says why in plain words, the placeholder stays and TURN over TLS keeps working
 /// for clients that accept it.
