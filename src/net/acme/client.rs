@@ -189,3 +189,28 @@ fn plain_cause(problem: &instant_acme::Problem) -> String {
         hint => format!("{detail} ({kind}: {hint})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(kind: &str, detail: &str) -> instant_acme::Problem {
+        serde_json::from_value(serde_json::json!({"type": kind, "detail": detail})).unwrap()
+    }
+
+    #[test]
+    fn causes_keep_the_cas_words_and_add_a_hint() {
+        let refused = problem(
+            "urn:ietf:params:acme:error:connection",
+            "Connection refused",
+        );
+        assert_eq!(
+            plain_cause(&refused),
+            "Connection refused (connection: does the domain's DNS point at this server, and is the port reachable from the internet?)"
+        );
+        let limited = problem("urn:ietf:params:acme:error:rateLimited", "too many");
+        assert!(plain_cause(&limited).contains("rate limit"));
+        let other = problem("urn:ietf:params:acme:error:caa", "CAA forbids");
+        assert_eq!(plain_cause(&other), "CAA forbids (caa)");
+    }
+}

@@ -181,3 +181,37 @@ struct StoredAccount {
     directory: String,
     credentials: AccountCredentials,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(lifetime: Duration) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["Meet.example.com".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = params.not_before + lifetime;
+        let cert = params.self_signed(&key).unwrap();
+        Issued::from_pem(&cert.pem(), &key.serialize_pem()).unwrap()
+    }
+
+    #[test]
+    fn renewal_is_renew_before_ahead_but_never_before_half_life() {
+        let day = Duration::from_secs(24 * 3600);
+        let cert = issued(90 * day);
+        assert_eq!(cert.renew_at(30 * day), cert.not_after - 30 * day);
+        assert_eq!(cert.renew_at(365 * day), cert.not_after - 45 * day);
+    }
+
+    #[test]
+    fn a_certificate_serves_the_domains_it_names_until_it_expires() {
+        let cert = issued(Duration::from_secs(3600));
+        let now = cert.not_before + Duration::from_secs(60);
+        assert!(cert.serves(&["meet.example.com".into()], now));
+        assert!(!cert.serves(
+            &["meet.example.com".into(), "other.example.com".into()],
+            now
+        ));
+        assert!(!cert.serves(&["meet.example.com".into()], cert.not_after));
+    }
+}
