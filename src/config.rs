@@ -211,8 +211,8 @@ pub struct AcmeConfig {
     /// Account key and certificates, kept across restarts.
     #[serde(default = "AcmeConfig::default_cache_dir")]
     pub cache_dir: PathBuf,
-    /// The PEM root the directory's HTTPS is checked against instead of the system's (a
-    /// private ACME server).
+    /// An extra PEM root, beside Mozilla's, for the directory's HTTPS (a private ACME
+    /// server).
     #[serde(default)]
     pub ca: Option<PathBuf>,
     /// Renew when the certificate has less than this left.

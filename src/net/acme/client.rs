@@ -2,13 +2,19 @@
 //! `badNonce` itself). A failed order's cause is taken from where the CA puts it: the
 //! challenge object of the failed authorization.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
+use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, Order,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient, Identifier, NewAccount,
+    NewOrder, Order, OrderStatus, RetryPolicy,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::challenges::Challenges;
 use super::store::{CacheDir, Issued};
@@ -49,12 +55,14 @@ pub(super) async fn order_certificate(
 /// The account in the cache, or a new one (kept there).
 async fn account(config: &AcmeConfig, cache: &CacheDir) -> anyhow::Result<Account> {
     let builder = || match &config.ca {
-        Some(ca) => Account::builder_with_root(ca).with_context(|| {
-            format!(
-                "cannot use {} as a root (config key `acme.ca`)",
-                ca.display()
-            )
-        }),
+        Some(ca) => https_trusting(ca)
+            .map(Account::builder_with_http)
+            .with_context(|| {
+                format!(
+                    "cannot use {} as a root (config key `acme.ca`)",
+                    ca.display()
+                )
+            }),
         None => Account::builder().context("the HTTPS client for the ACME server"),
     };
     if let Some(credentials) = cache.account(&config.directory) {
@@ -85,6 +93,36 @@ async fn account(config: &AcmeConfig, cache: &CacheDir) -> anyhow::Result<Accoun
     cache.save_account(&config.directory, credentials)?;
     tracing::info!(directory = %config.directory, "ACME account created");
     Ok(account)
+}
+
+/// An HTTPS client trusting Mozilla's roots and the PEM certificates in `ca` (a private
+/// CA's root).
+fn https_trusting(ca: &Path) -> anyhow::Result<Box<dyn HttpClient>> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let extra = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    if extra.is_empty() {
+        bail!("no PEM certificate in it");
+    }
+    for root in extra {
+        roots.add(root)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, BodyWrapper<Bytes>>(connector);
+    Ok(Box::new(client))
 }
 
 /// Sets up the answer to each pending authorization and tells the CA to validate it.

@@ -103,7 +103,11 @@ impl Acme {
             }
             let mut retry = FIRST_RETRY;
             let issued = loop {
-                let ordered = tokio::time::timeout(ORDER_DEADLINE, self.order()).await;
+                // A shutdown does not wait for an order in flight.
+                let ordered = tokio::select! {
+                    ordered = tokio::time::timeout(ORDER_DEADLINE, self.order()) => ordered,
+                    _ = stopped.changed() => return,
+                };
                 let error = match ordered {
                     Ok(Ok(issued)) => break issued,
                     Ok(Err(error)) => error,
