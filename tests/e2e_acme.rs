@@ -43,6 +43,8 @@ async fn tls_alpn_01_on_a_shared_port_then_a_restart_reuses_the_cached_certifica
     ))
     .await;
     assert_relays(Conn::stream(connect(port, &root, &[]).await.unwrap())).await;
+    // `acme-tls/1` with no order open: no challenge certificate, no handshake.
+    assert!(connect(port, &root, &[b"acme-tls/1"]).await.is_err());
     server.shutdown().await;
 
     let server = rendez::start(shared_config(port, &acme))

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -50,6 +50,22 @@ impl Pebble {
     /// Starts pebble validating on `ports`. `None` (with the reason printed) when pebble is
     /// not installed.
     pub async fn start(ports: ValidationPorts, options: Options) -> Option<Pebble> {
+        // Pebble's own ports are picked free, but another test may take one first: retry
+        // with new ones.
+        for _ in 0..3 {
+            match Self::try_start(&ports, &options).await? {
+                Ok(pebble) => return Some(pebble),
+                Err(log) => eprintln!("pebble did not start, retrying: {log}"),
+            }
+        }
+        panic!("pebble does not start");
+    }
+
+    /// `None` without pebble; `Err` with pebble's log when it does not listen.
+    async fn try_start(
+        ports: &ValidationPorts,
+        options: &Options,
+    ) -> Option<Result<Pebble, String>> {
         let pebble_bin = require_tool("pebble")?;
         let dns_bin = require_tool("pebble-challtestsrv")?;
         let dir = TempDir::new("pebble");
@@ -98,7 +114,7 @@ impl Pebble {
             .stderr(log("pebble.log"))
             .spawn()
             .expect("pebble starts");
-        let pebble = Pebble {
+        let mut pebble = Pebble {
             pebble,
             dns,
             dir,
@@ -106,8 +122,10 @@ impl Pebble {
             management,
             https_cert: https.cert.der().clone(),
         };
-        pebble.wait_until_listening().await;
-        Some(pebble)
+        Some(match pebble.wait_until_listening().await {
+            true => Ok(pebble),
+            false => Err(pebble.log()),
+        })
     }
 
     /// The ACME directory URL.
@@ -154,17 +172,21 @@ impl Pebble {
         body.to_owned()
     }
 
-    async fn wait_until_listening(&self) {
+    /// Whether pebble listens within 20 s (false at once when it has exited).
+    async fn wait_until_listening(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if !matches!(self.pebble.try_wait(), Ok(None)) {
+                return false;
+            }
             if TcpStream::connect(self.directory).await.is_ok()
                 && TcpStream::connect(self.management).await.is_ok()
             {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("pebble does not listen:\n{}", self.log());
+        false
     }
 }
 
@@ -199,12 +221,22 @@ pub async fn tls_connect(
         .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")))
 }
 
-/// A TCP port on loopback free at this moment.
+/// A TCP port on loopback free at this moment, and not handed out before by this process
+/// (the kernel may give a port just released again).
 pub fn free_tcp_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..64 {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+    panic!("no fresh free port on loopback");
 }
 
 fn free_udp_port() -> SocketAddr {
