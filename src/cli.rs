@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::check::TurnUrl;
-use crate::config::{Config, ConfigError, LogFormat, PortRange, TlsConfig};
+use crate::config::{
+    AcmeChallenge, AcmeConfig, Config, ConfigError, LogFormat, PortRange, TlsConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -179,6 +181,25 @@ pub struct ServeArgs {
     /// Address for the call page and WebSocket signaling; replaces `signal.listen`.
     #[arg(long, env = "RENDEZ_SIGNAL_LISTEN", value_name = "ADDR:PORT")]
     pub signal_listen: Option<SocketAddr>,
+    /// Public DNS name(s) of this server, with a certificate from Let's Encrypt; sets
+    /// `[acme] domains`. Without a config file, a whole public deployment: HTTPS page,
+    /// signaling and `turns:` on 443, TURN on UDP/TCP 3478, HTTP on 80 for the ACME
+    /// challenge and a redirect to HTTPS.
+    #[arg(
+        long,
+        env = "RENDEZ_DOMAIN",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub domain: Vec<String>,
+    /// Contact address for the certificate authority; sets `[acme] email` (with --domain).
+    #[arg(
+        long,
+        env = "RENDEZ_EMAIL",
+        value_name = "ADDRESS",
+        requires = "domain"
+    )]
+    pub email: Option<String>,
     /// Log format; replaces `log-format`.
     #[arg(long, env = "RENDEZ_LOG_FORMAT", value_parser = parse_log_format, value_name = "text|json")]
     pub log_format: Option<LogFormat>,
@@ -225,8 +246,18 @@ impl ServeArgs {
     pub fn load_config(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
+            None if !self.domain.is_empty() => public_deployment(&self.domain),
             None => Config::default(),
         };
+        if !self.domain.is_empty() {
+            let acme = config
+                .acme
+                .get_or_insert_with(|| AcmeConfig::for_domains(Vec::new()));
+            acme.domains = self.domain.clone();
+            if let Some(email) = &self.email {
+                acme.email = Some(email.clone());
+            }
+        }
         if !self.listen.is_empty() {
             config.listen = self.listen.clone();
         }
@@ -271,10 +302,92 @@ impl ServeArgs {
     }
 }
 
+/// `rendez serve --domain NAME` without a config file: the page, signaling and `turns:` on
+/// 443 (IPv4 and IPv6), TURN on 3478, and port 80 answering the CA's HTTP-01 challenge and
+/// redirecting everything else to HTTPS; the certificate from Let's Encrypt.
+fn public_deployment(domains: &[String]) -> Config {
+    let any4 = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let any6 = |port| SocketAddr::from(([0u16; 8], port));
+    let mut config = Config {
+        realm: domains[0].clone(),
+        listen: vec![any4(3478), any6(3478)],
+        tls_listen: vec![any4(443), any6(443)],
+        ..Config::default()
+    };
+    config.signal.listen = any4(443);
+    let mut acme = AcmeConfig::for_domains(domains.to_vec());
+    acme.challenge = AcmeChallenge::Http01;
+    config.acme = Some(acme);
+    config
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_domain_alone_is_a_public_deployment() {
+        let cli = Cli::try_parse_from([
+            "rendez",
+            "serve",
+            "--domain",
+            "meet.example.com",
+            "--email",
+            "ops@example.com",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let config = args.load_config().unwrap();
+        let acme = config.acme.clone().unwrap();
+        assert_eq!(acme.domains, ["meet.example.com"]);
+        assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+        assert_eq!(acme.directory, AcmeConfig::LETS_ENCRYPT);
+        assert_eq!(acme.challenge, AcmeChallenge::Http01);
+        assert_eq!(acme.http_listen.port(), 80);
+        assert_eq!(config.signal.listen.port(), 443);
+        assert!(config.tls_listen.contains(&config.signal.listen));
+        assert!(config.listen.iter().all(|a| a.port() == 3478));
+        assert_eq!(config.realm, "meet.example.com");
+        let urls = crate::credential::ice_urls(&config, "meet.example.com");
+        assert!(
+            urls.contains(&"turns:meet.example.com:443?transport=tcp".to_owned()),
+            "{urls:?}"
+        );
+        assert!(urls.contains(&"turn:meet.example.com:3478?transport=udp".to_owned()));
+    }
+
+    #[test]
+    fn a_domain_with_a_config_file_sets_only_the_acme_names() {
+        let dir = std::env::temp_dir().join(format!("rendez-cli-domain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rendez.toml");
+        std::fs::write(
+            &file,
+            "[acme]\ndomains = [\"old.example.com\"]\ndirectory = \"https://ca.example/dir\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "rendez",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--domain",
+            "a.example.com,b.example.com",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let config = args.load_config().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let acme = config.acme.unwrap();
+        assert_eq!(acme.domains, ["a.example.com", "b.example.com"]);
+        assert_eq!(acme.directory, "https://ca.example/dir");
+        assert_eq!(config.listen, Config::default().listen);
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

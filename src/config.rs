@@ -49,6 +49,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub peers: PeersConfig,
     pub tls: Option<TlsConfig>,
+    /// Automatic certificates from an ACME server (Let's Encrypt), instead of `[tls]`.
+    pub acme: Option<AcmeConfig>,
     pub connections: ConnectionsConfig,
     pub signal: SignalConfig,
     pub limits: LimitsConfig,
@@ -191,6 +193,138 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// Automatic certificates (`[acme]`): obtained from an ACME server at start when none is
+/// cached, renewed in the background, and served wherever `[tls]` would be.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AcmeConfig {
+    /// DNS names of the certificate; each must resolve to this server.
+    pub domains: Vec<String>,
+    /// Contact address the CA writes to about expiry and problems.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The ACME directory URL.
+    #[serde(default = "AcmeConfig::default_directory")]
+    pub directory: String,
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Account key and certificates, kept across restarts.
+    #[serde(default = "AcmeConfig::default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// An extra PEM root, beside Mozilla's, for the directory's HTTPS (a private ACME
+    /// server).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Renew when the certificate has less than this left.
+    #[serde(
+        default = "AcmeConfig::default_renew_before",
+        with = "humantime_serde_compat"
+    )]
+    pub renew_before: Duration,
+    /// With `challenge = "http-01"`: the plain-HTTP address the CA's validator reaches
+    /// (port 80 in production); it answers challenges and redirects the rest to HTTPS.
+    #[serde(default = "AcmeConfig::default_http_listen")]
+    pub http_listen: SocketAddr,
+}
+
+impl AcmeConfig {
+    /// Let's Encrypt's production directory.
+    pub const LETS_ENCRYPT: &'static str = "https://acme-v02.api.letsencrypt.org/directory";
+
+    /// `[acme]` for `domains` with every other key at its default.
+    pub fn for_domains(domains: Vec<String>) -> AcmeConfig {
+        AcmeConfig {
+            domains,
+            email: None,
+            directory: Self::default_directory(),
+            challenge: AcmeChallenge::default(),
+            cache_dir: Self::default_cache_dir(),
+            ca: None,
+            renew_before: Self::default_renew_before(),
+            http_listen: Self::default_http_listen(),
+        }
+    }
+
+    fn default_directory() -> String {
+        Self::LETS_ENCRYPT.into()
+    }
+    fn default_cache_dir() -> PathBuf {
+        PathBuf::from("/var/lib/rendez/acme")
+    }
+    fn default_renew_before() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
+    }
+    fn default_http_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 80))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.domains.is_empty() {
+            return Err(invalid(
+                "acme.domains",
+                "needs at least one DNS name, e.g. [\"meet.example.com\"]",
+            ));
+        }
+        if let Some(bad) = self.domains.iter().find(|d| !is_dns_name(d)) {
+            return Err(invalid(
+                "acme.domains",
+                &format!("{bad:?} is not a DNS name (letters, digits, '-' and '.')"),
+            ));
+        }
+        if let Some(email) = &self.email {
+            if !email.contains('@') || email.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "acme.email",
+                    &format!("{email:?} is not an email address"),
+                ));
+            }
+        }
+        if !self.directory.starts_with("https://") {
+            return Err(invalid(
+                "acme.directory",
+                "must be an https:// URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"",
+            ));
+        }
+        if self.renew_before.is_zero() {
+            return Err(invalid(
+                "acme.renew-before",
+                "must be more than zero, e.g. \"30d\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// How the ACME server checks that this server answers for the domain.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// A TLS handshake with ALPN `acme-tls/1` on port 443: needs nothing but 443.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// `GET /.well-known/acme-challenge/TOKEN` on port 80 (`http-listen`).
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
 /// Limits on TCP and TLS connections, so idle or hostile connections cost bounded memory.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -317,6 +451,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             peers: PeersConfig::default(),
             tls: None,
+            acme: None,
             connections: ConnectionsConfig::default(),
             signal: SignalConfig::default(),
             limits: LimitsConfig::default(),
@@ -357,6 +492,12 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Whether TURN over TLS and the HTTPS page are served: with a certificate from files
+    /// (`[tls]`) or from an ACME server (`[acme]`).
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some() || self.acme.is_some()
+    }
+
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
@@ -488,10 +629,19 @@ impl Config {
                 }
             }
         }
-        if self.tls.is_some() && self.tls_listen.is_empty() {
+        if let Some(acme) = &self.acme {
+            acme.validate()?;
+            if self.tls.is_some() {
+                return Err(invalid(
+                    "acme",
+                    "and [tls] both give the certificate: keep one of them",
+                ));
+            }
+        }
+        if self.serves_tls() && self.tls_listen.is_empty() {
             return Err(invalid(
                 "tls-listen",
-                "needs at least one address when [tls] is set, e.g. [\"0.0.0.0:5349\"]",
+                "needs at least one address when [tls] or [acme] is set, e.g. [\"0.0.0.0:5349\"]",
             ));
         }
         // An address may be in more than one of `listen`, `tls-listen` and `signal.listen`
@@ -509,7 +659,7 @@ impl Config {
                 ));
             }
         }
-        if self.tls.is_none()
+        if !self.serves_tls()
             && self.signal.enabled
             && self.signal.listen.port() != 0
             && self.tls_listen.contains(&self.signal.listen)
@@ -517,7 +667,7 @@ impl Config {
             return Err(invalid(
                 "tls",
                 &format!(
-                    "is needed to serve the page and TURN over TLS together on {} (`tls-listen` and `signal.listen`): add [tls] with `cert` and `key`",
+                    "is needed to serve the page and TURN over TLS together on {} (`tls-listen` and `signal.listen`): add [tls] with `cert` and `key`, or [acme]",
                     self.signal.listen
                 ),
             ));
@@ -726,6 +876,7 @@ impl Config {
             ("listen", self.listen != new.listen),
             ("tls-listen", self.tls_listen != new.tls_listen),
             ("tls", self.tls.is_some() != new.tls.is_some()),
+            ("acme", self.acme != new.acme),
             ("external-ip", self.external_ip != new.external_ip),
             ("relay-ip", self.relay_ip != new.relay_ip),
             ("relay-ports", self.relay_ports != new.relay_ports),
@@ -964,6 +1115,45 @@ mod humantime_serde_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acme_defaults_and_errors_name_the_key() {
+        let acme = Config::from_toml("[acme]\ndomains = [\"meet.example.com\"]")
+            .unwrap()
+            .acme
+            .unwrap();
+        assert_eq!(acme.directory, AcmeConfig::LETS_ENCRYPT);
+        assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(acme.cache_dir, PathBuf::from("/var/lib/rendez/acme"));
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 24 * 3600));
+        for (text, key) in [
+            ("[acme]\ndomains = []", "acme.domains"),
+            ("[acme]\ndomains = [\"bad name\"]", "acme.domains"),
+            (
+                "[acme]\ndomains = [\"a.example\"]\nemail = \"nobody\"",
+                "acme.email",
+            ),
+            (
+                "[acme]\ndomains = [\"a.example\"]\ndirectory = \"http://ca\"",
+                "acme.directory",
+            ),
+            (
+                "[acme]\ndomains = [\"a.example\"]\nrenew-before = \"0s\"",
+                "acme.renew-before",
+            ),
+            (
+                "[acme]\ndomains = [\"a.example\"]\n[tls]\ncert = \"c\"\nkey = \"k\"",
+                "acme",
+            ),
+        ] {
+            let error = Config::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{text}: {error}");
+        }
+        let error = Config::from_toml("[acme]\ndomains = [\"a.example\"]\nchallenge = \"dns-01\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("challenge"), "{error}");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -48,7 +48,7 @@ pub fn ice_urls(config: &crate::Config, host: &str) -> Vec<String> {
         format!("turn:{host}:{port}?transport=udp"),
         format!("turn:{host}:{port}?transport=tcp"),
     ];
-    if config.tls.is_some() {
+    if config.serves_tls() {
         let shared_with_page = config
             .tls_listen
             .iter()

@@ -79,6 +79,15 @@ fn every_key_is_documented() {
         "max-allocation-lifetime",
         "[tls]",
         "cert",
+        "[acme]",
+        "domains",
+        "email",
+        "directory",
+        "challenge",
+        "cache-dir",
+        "ca",
+        "renew-before",
+        "http-listen",
         "[connections]",
         "max",
         "max-per-ip",
@@ -132,6 +141,26 @@ fn every_key_is_documented() {
 }
 
 /// Turns `# key = value` and `# [table]` lines into live lines; prose stays a comment.
+/// The `[acme]` example (indented, as it cannot stand next to the `[tls]` one) parses.
+#[test]
+fn the_acme_example_parses() {
+    let example: String = SHIPPED
+        .lines()
+        .skip_while(|line| *line != "#   [acme]")
+        .take_while(|line| line.starts_with("#   "))
+        .map(|line| line.trim_start_matches("#   ").split(" #").next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::from_toml(&example).expect("the [acme] example parses");
+    let acme = config.acme.expect("[acme] is set");
+    assert_eq!(acme.domains, ["meet.example.com"]);
+    assert_eq!(
+        acme.renew_before,
+        std::time::Duration::from_secs(30 * 24 * 3600)
+    );
+    assert!(acme.ca.is_some() && acme.email.is_some());
+}
+
 fn uncomment_examples(text: &str) -> String {
     text.lines()
         .map(|line| match line.strip_prefix("# ") {

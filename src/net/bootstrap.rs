@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use super::acme::Acme;
 use super::address::resolve_relay_addresses;
 use super::handle::Handle;
 use super::observe::Observer;
@@ -20,7 +21,7 @@ use super::tls::CertStore;
 use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, metrics, shared_port, tls, unix_now};
-use crate::config::{ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
+use crate::config::{AcmeChallenge, ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::{fill_from_os, Rng};
 use crate::turn::{
     self, ChallengeLimiter, ChannelNumbers, DefaultFamily, NatDiscovery, PeerPolicy, PortClaims,
@@ -83,7 +84,15 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         );
     }
     let relays = resolve_relay_addresses(&config)?;
-    let certs = config.tls.as_ref().map(CertStore::load).transpose()?;
+    // With [acme] the certificate comes from the CA (after the listeners are up, since the
+    // CA validates through them); with [tls], from files.
+    let acme = config.acme.as_ref().map(Acme::prepare).transpose()?;
+    let certs = match &acme {
+        Some(acme) => Some(acme.certs().clone()),
+        None => config.tls.as_ref().map(CertStore::load).transpose()?,
+    };
+    let challenges = acme.as_ref().map(|a| a.challenges().clone());
+    let acme_http_listener = acme_http_listener(&config)?;
     let tls = certs.as_ref().map(tls::turn_acceptor).transpose()?;
     let https = certs.as_ref().map(tls::http_acceptor).transpose()?;
     let shared_limits = SharedLimits::new(&config.limits)?;
@@ -234,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             },
             page,
             certs: certs.clone(),
+            challenges: challenges.clone(),
             proxies,
             // Shared ports have caps of their own too.
             limits: limits::ConnectionLimits::new(
@@ -247,6 +257,19 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         for (services, listener) in shared_listeners {
             shared_port::spawn(listener, services, routes.clone())?;
         }
+    }
+    if let (Some(listener), Some(challenges)) = (acme_http_listener, &challenges) {
+        tracker.spawn(http::serve_redirects(
+            listener,
+            challenges.clone(),
+            limits::ConnectionLimits::new(config.connections.max, config.connections.max_per_ip),
+            tracker.clone(),
+            stopped.clone(),
+        ));
+    }
+    // Every listener is up: the CA can validate.
+    if let Some(acme) = acme {
+        acme.spawn(&tracker, stopped.clone());
     }
     let observer = Observer {
         workers: worker_handles.iter().map(|w| w.published()).collect(),
@@ -318,6 +341,24 @@ struct BoundListeners {
 /// Port 0 is resolved by UDP; if TCP or a discovery address finds that port taken (the two
 /// port spaces are separate, and the discovery addresses cross IPs and ports), the whole set
 /// is bound again on another port.
+/// With `[acme] challenge = "http-01"`, the plain-HTTP port the CA's validator reaches.
+fn acme_http_listener(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(acme) = config
+        .acme
+        .as_ref()
+        .filter(|a| a.challenge == AcmeChallenge::Http01)
+    else {
+        return Ok(None);
+    };
+    let listener = stream::bind_tcp(acme.http_listen).with_context(|| {
+        format!(
+            "cannot listen for HTTP on {} (config key `acme.http-listen`): is another server using the port?",
+            acme.http_listen
+        )
+    })?;
+    Ok(Some(listener))
+}
+
 fn bind_udp_and_tcp(
     listen: &[SocketAddr],
     other: Option<SocketAddr>,

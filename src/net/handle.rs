@@ -158,6 +158,7 @@ impl Handle {
     pub async fn reload(&self, new: Config) -> anyhow::Result<Reloaded> {
         let _one_at_a_time = self.reloading.lock().await;
         new.validate()?;
+        // With [acme] the certificate is the ACME task's to replace, not a reload's.
         let certificate = match (&self.certs, &new.tls) {
             (Some(_), Some(tls)) => Some(tls::load_certified_key(tls)?),
             _ => None,

@@ -16,6 +16,8 @@
 //!   reaches every shard through its input channel), drain on SIGTERM.
 //! - `observe` and `metrics`: a read-only view of every shard's published counters, and
 //!   `/metrics` made of it; `tls`: the certificate store a reload swaps.
+//! - `acme`: automatic certificates (`[acme]`): ordered from an ACME CA, cached, renewed in
+//!   the background and swapped into that store; the challenge answers the listeners give.
 //! - [`Notifier`]: telling systemd (`Type=notify`) that the server is ready, how it is
 //!   doing, that it is alive (watchdog), reloading or stopping.
 //! - [`proxy_protocol`]: the header a load balancer in `[connections] proxy-protocol-from`
@@ -24,6 +26,7 @@
 //! Every piece of mutable state has exactly one owner that runs its inputs in order; every
 //! shard gets its own slice of the relay port range, so ports never collide.
 
+mod acme;
 mod address;
 mod bootstrap;
 mod handle;

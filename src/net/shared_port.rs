@@ -46,6 +46,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::acme::{Challenges, ALPN_ACME_TLS};
 use super::http::{self, PageRoute};
 use super::limits::{ConnectionLimits, Permit};
 use super::proxy_protocol::{self, Origin, TrustedProxies};
@@ -83,7 +84,7 @@ pub(crate) fn shared_addresses(config: &Config) -> BTreeMap<SocketAddr, Services
     for &addr in &config.listen {
         services.entry(addr).or_default().turn = true;
     }
-    if config.tls.is_some() {
+    if config.serves_tls() {
         for &addr in &config.tls_listen {
             services.entry(addr).or_default().turns = true;
         }
@@ -101,8 +102,10 @@ pub(crate) struct Routes {
     pub turn: TurnRoute,
     /// Present when the page is served.
     pub page: Option<PageRoute>,
-    /// Present with `[tls]`.
+    /// Present with `[tls]` or `[acme]`.
     pub certs: Option<Arc<CertStore>>,
+    /// Present with `[acme]`: HTTP-01 answers for plain HTTP.
+    pub challenges: Option<Arc<Challenges>>,
     pub proxies: TrustedProxies,
     pub limits: Arc<ConnectionLimits>,
     pub message_timeout: Duration,
@@ -166,6 +169,7 @@ struct TlsConfigs {
     turn: Arc<rustls::ServerConfig>,
     page: Arc<rustls::ServerConfig>,
     none: Arc<rustls::ServerConfig>,
+    acme: Arc<rustls::ServerConfig>,
 }
 
 /// What a connection turned out to carry, ready for its route.
@@ -177,12 +181,14 @@ enum Routed {
     RedirectToHttps(TcpStream),
 }
 
-/// What a TLS connection carries. (ACME's TLS-ALPN-01 validation will be one more: ALPN
-/// `acme-tls/1`, and nothing sent after the handshake.)
+/// What a TLS connection carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TlsRoute {
     Turn,
     Page,
+    /// ACME's TLS-ALPN-01 validation (with `[acme]`): ALPN `acme-tls/1`, the challenge
+    /// certificate, and nothing sent after the handshake.
+    Acme,
 }
 
 impl TlsRoute {
@@ -190,6 +196,7 @@ impl TlsRoute {
         match protocol {
             ALPN_STUN_TURN => Some(Self::Turn),
             ALPN_HTTP_1_1 => Some(Self::Page),
+            ALPN_ACME_TLS => Some(Self::Acme),
             _ => None,
         }
     }
@@ -236,6 +243,8 @@ enum Unrouted {
     Proxy,
     Handshake,
     Shutdown,
+    /// The CA's TLS-ALPN-01 validation: the handshake was all of it.
+    AcmeValidation,
 }
 
 impl SharedPort {
@@ -245,6 +254,7 @@ impl SharedPort {
                 turn: tls::server_config(certs, Some(ALPN_STUN_TURN))?,
                 page: tls::server_config(certs, Some(ALPN_HTTP_1_1))?,
                 none: tls::server_config(certs, None)?,
+                acme: tls::exact_server_config(certs, &[ALPN_ACME_TLS])?,
             }),
             _ => None,
         };
@@ -299,7 +309,8 @@ impl SharedPort {
             Routed::Page(stream, page) => page.serve(stream, client, permit).await,
             Routed::PageOverTls(stream, page) => page.serve(stream, client, permit).await,
             Routed::RedirectToHttps(stream) => {
-                http::redirect_to_https(stream, routes.stopped.clone()).await
+                http::redirect_to_https(stream, routes.challenges.clone(), routes.stopped.clone())
+                    .await
             }
         }
     }
@@ -357,6 +368,7 @@ impl SharedPort {
         let config = match by_alpn {
             Some(TlsRoute::Turn) => &configs.turn,
             Some(TlsRoute::Page) => &configs.page,
+            Some(TlsRoute::Acme) => &configs.acme,
             None => &configs.none,
         };
         let mut stream = start
@@ -364,6 +376,7 @@ impl SharedPort {
             .await
             .map_err(handshake_failed)?;
         let (route, read_ahead) = match by_alpn {
+            Some(TlsRoute::Acme) => return Err(Unrouted::AcmeValidation),
             Some(route) => (Some(route), Vec::new()),
             None => {
                 let mut first = vec![0; FIRST_DECRYPTED_READ];
@@ -392,6 +405,7 @@ impl SharedPort {
         match route {
             TlsRoute::Turn => self.services.turns,
             TlsRoute::Page => self.page.is_some(),
+            TlsRoute::Acme => self.routes.challenges.is_some(),
         }
     }
 }

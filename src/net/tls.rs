@@ -10,6 +10,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
+use super::acme::{Challenges, ALPN_ACME_TLS};
 use crate::config::TlsConfig;
 
 /// ALPN protocol id for TURN (RFC 7443).
@@ -23,6 +24,9 @@ pub(crate) const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 #[derive(Debug)]
 pub(crate) struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
+    /// With `[acme]`: TLS-ALPN-01 challenge certificates, for handshakes offering
+    /// `acme-tls/1`.
+    acme: Option<Arc<Challenges>>,
 }
 
 impl CertStore {
@@ -30,7 +34,22 @@ impl CertStore {
     pub fn load(tls: &TlsConfig) -> anyhow::Result<Arc<CertStore>> {
         Ok(Arc::new(CertStore {
             current: RwLock::new(Arc::new(load_certified_key(tls)?)),
+            acme: None,
         }))
+    }
+
+    /// A store whose certificate an ACME client keeps, answering TLS-ALPN-01 validation
+    /// with `challenges`.
+    pub fn with_acme(initial: CertifiedKey, challenges: Arc<Challenges>) -> Arc<CertStore> {
+        Arc::new(CertStore {
+            current: RwLock::new(Arc::new(initial)),
+            acme: Some(challenges),
+        })
+    }
+
+    /// Whether handshakes offering `acme-tls/1` are answered (with `[acme]`).
+    pub fn answers_acme(&self) -> bool {
+        self.acme.is_some()
     }
 
     /// Serves `fresh` (from [`load_certified_key`]) from the next handshake on.
@@ -40,7 +59,18 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(challenges) = &self.acme {
+            // RFC 8737 §3: the validator offers `acme-tls/1` alone, with the domain as SNI.
+            let validating = client_hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS));
+            if validating {
+                return client_hello
+                    .server_name()
+                    .and_then(|domain| challenges.tls_alpn_certificate(domain));
+            }
+        }
         Some(
             self.current
                 .read()
@@ -65,23 +95,43 @@ fn acceptor(certs: &Arc<CertStore>, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> 
     Ok(TlsAcceptor::from(server_config(certs, Some(alpn))?))
 }
 
-/// A server configuration presenting `certs`, which negotiates `alpn` or, with `None`, no
-/// ALPN at all (a client that offers protocols and gets none still completes the handshake).
+/// A server configuration presenting `certs`, which negotiates `alpn` (and `acme-tls/1`
+/// with `[acme]`, for the CA's validator) or, with `None`, no ALPN at all (a client that
+/// offers protocols and gets none still completes the handshake).
 pub(crate) fn server_config(
     certs: &Arc<CertStore>,
     alpn: Option<&[u8]>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut protocols: Vec<&[u8]> = alpn.into_iter().collect();
+    if alpn.is_some() && certs.answers_acme() {
+        protocols.push(ALPN_ACME_TLS);
+    }
+    exact_server_config(certs, &protocols)
+}
+
+/// A server configuration presenting `certs` that negotiates exactly `protocols` (none
+/// when empty).
+pub(crate) fn exact_server_config(
+    certs: &Arc<CertStore>,
+    protocols: &[&[u8]],
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(certs.clone());
-    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    config.alpn_protocols = protocols.iter().map(|a| a.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Whether a finished handshake was the CA's TLS-ALPN-01 validation, which ends there: the
+/// validator sends nothing after the handshake, and nothing is sent to it.
+pub(crate) fn is_acme_validation(connection: &rustls::ServerConnection) -> bool {
+    connection.alpn_protocol() == Some(ALPN_ACME_TLS)
 }
 
 /// Reads the certificate chain and key named in `[tls]`; errors name the file and key.

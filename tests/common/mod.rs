@@ -19,6 +19,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 pub mod channel_loop;
 pub mod netns;
+pub mod pebble;
 pub mod process;
 pub mod tls;
 pub mod tools;

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use super::acme::{Challenges, HTTP_CHALLENGE_PATH};
 use super::limits::{ConnectionLimits, Permit};
 use super::proxy_protocol::{self, Origin, TrustedProxies};
 use hub::HubHandle;
@@ -98,20 +99,73 @@ impl PageRoute {
     }
 }
 
-/// Plain HTTP on a port that serves the page over HTTPS: every request is sent to the same
-/// host and path over HTTPS (308, so a method and body are kept). An ACME HTTP-01 responder
-/// belongs here, answering `/.well-known/acme-challenge/` before the redirect.
-pub(crate) async fn redirect_to_https<S>(stream: S, stopped: watch::Receiver<bool>)
-where
+/// Plain HTTP on a port that serves the page over HTTPS: ACME HTTP-01 validation
+/// (`/.well-known/acme-challenge/TOKEN`, with `[acme]`) is answered, and every other request
+/// is sent to the same host and path over HTTPS (308, so a method and body are kept).
+pub(crate) async fn redirect_to_https<S>(
+    stream: S,
+    challenges: Option<Arc<Challenges>>,
+    stopped: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let router = Router::new().fallback(redirect);
+    let mut router = Router::new().fallback(redirect);
+    if let Some(challenges) = challenges {
+        router = router.route(
+            &format!("{HTTP_CHALLENGE_PATH}{{token}}"),
+            get(acme_challenge).with_state(challenges),
+        );
+    }
     serve_connection(
         TokioIo::new(stream),
         TowerToHyperService::new(router),
         stopped,
     )
     .await;
+}
+
+/// The key authorization for an open HTTP-01 challenge (RFC 8555 §8.3), whatever the Host
+/// (the validator sends `name:port`).
+async fn acme_challenge(
+    State(challenges): State<Arc<Challenges>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    match challenges.http_answer(&token) {
+        Some(answer) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such challenge\n").into_response(),
+    }
+}
+
+/// A plain-HTTP port of its own (`[acme] http-listen`): HTTP-01 answers and redirects.
+pub(crate) async fn serve_redirects(
+    listener: TcpListener,
+    challenges: Arc<Challenges>,
+    limits: Arc<ConnectionLimits>,
+    tracker: TaskTracker,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopped.changed() => return,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Some(permit) = limits.try_admit(peer.ip()) else {
+            tracing::debug!(%peer, "HTTP connection refused: connection cap reached");
+            continue;
+        };
+        limit_send_buffer(&stream, peer);
+        let (challenges, stopped) = (challenges.clone(), stopped.clone());
+        tracker.spawn(async move {
+            redirect_to_https(stream, Some(challenges), stopped).await;
+            drop(permit);
+        });
+    }
 }
 
 async fn redirect(headers: HeaderMap, uri: axum::http::Uri) -> Response {
@@ -129,7 +183,12 @@ async fn redirect(headers: HeaderMap, uri: axum::http::Uri) -> Response {
 /// without a Host made only of host name or address characters (it ends up in a URL).
 fn https_location(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let host = host.strip_suffix(":443").unwrap_or(host);
+    // Neither plain HTTP's default port nor HTTPS's belongs in an https:// URL: a request to
+    // port 80 (`[acme] http-listen`) goes to the page on 443.
+    let host = host
+        .strip_suffix(":443")
+        .or_else(|| host.strip_suffix(":80"))
+        .unwrap_or(host);
     if host.is_empty()
         || !host
             .chars()
@@ -195,6 +254,7 @@ pub(crate) async fn serve(
                         _ = stopped_early.changed() => return,
                     };
                     match handshake {
+                        Ok(Ok(stream)) if super::tls::is_acme_validation(stream.get_ref().1) => {}
                         Ok(Ok(stream)) => page.serve(stream, client, permit).await,
                         _ => tracing::debug!(%peer, "HTTPS handshake failed"),
                     }

@@ -36,6 +36,7 @@ use super::tcp_relay::{self, Bridge};
 use crate::config::ConnectionsConfig;
 use crate::net::limits::{ConnectionLimits, Permit};
 use crate::net::proxy_protocol::{self, Origin, TrustedProxies};
+use crate::net::tls;
 use crate::stun::{stream_frame, Frame};
 use crate::turn::{FiveTuple, Transport};
 
@@ -178,6 +179,7 @@ impl Connection {
         match tls {
             None => self.serve(stream).await,
             Some(acceptor) => match self.in_time(acceptor.accept(stream)).await {
+                Ok(Ok(stream)) if tls::is_acme_validation(stream.get_ref().1) => {}
                 Ok(Ok(stream)) => self.serve(stream).await,
                 Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
                 Err(reason) => tracing::debug!(%client, ?reason, "TLS handshake not completed"),
