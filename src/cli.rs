@@ -30,6 +30,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the STUN/TURN server until SIGINT or SIGTERM.
     Serve(ServeArgs),
@@ -200,6 +202,19 @@ pub struct ServeArgs {
         requires = "domain"
     )]
     pub email: Option<String>,
+    /// The ACME server's directory URL instead of Let's Encrypt's (a private CA, or a test
+    /// one such as pebble); sets `[acme] directory` (with --domain).
+    #[arg(
+        long,
+        env = "RENDEZ_ACME_DIRECTORY",
+        value_name = "URL",
+        requires = "domain"
+    )]
+    pub acme_directory: Option<String>,
+    /// A PEM root to trust, beside Mozilla's, for that server's HTTPS; sets `[acme] ca`
+    /// (with --domain).
+    #[arg(long, env = "RENDEZ_ACME_CA", value_name = "FILE", requires = "domain")]
+    pub acme_ca: Option<PathBuf>,
     /// Log format; replaces `log-format`.
     #[arg(long, env = "RENDEZ_LOG_FORMAT", value_parser = parse_log_format, value_name = "text|json")]
     pub log_format: Option<LogFormat>,
@@ -227,10 +242,35 @@ pub struct CredentialArgs {
     #[arg(long)]
     pub json: bool,
     /// TURN URL(s) to put in the JSON (repeatable). Default: every transport the config
-    /// serves (UDP, TCP, and TLS when `[tls]` is set) at its public address, else at
-    /// this host's name.
+    /// serves (UDP, TCP, and TLS when `[tls]` or `[acme]` is set) at its `[acme]` domain,
+    /// else its public address, else this host's name.
     #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
+    /// The server's DNS name(s), as given to `rendez serve --domain`: the URLs name it, and
+    /// without --config they are those of that one-command deployment (`turns:` on 443).
+    #[arg(
+        long,
+        env = "RENDEZ_DOMAIN",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub domain: Vec<String>,
+}
+
+impl CredentialArgs {
+    /// The config the secret and the URLs come from: the file, or with --domain the one
+    /// `rendez serve` would run with these arguments; `None` with neither.
+    pub fn load_config(&self) -> Result<Option<Config>, ConfigError> {
+        if self.domain.is_empty() {
+            return self.config.as_deref().map(Config::from_file).transpose();
+        }
+        let serve = ServeArgs {
+            config: self.config.clone(),
+            domain: self.domain.clone(),
+            ..ServeArgs::default()
+        };
+        serve.load_config().map(Some)
+    }
 }
 
 fn parse_log_format(text: &str) -> Result<LogFormat, String> {
@@ -256,6 +296,12 @@ impl ServeArgs {
             acme.domains = self.domain.clone();
             if let Some(email) = &self.email {
                 acme.email = Some(email.clone());
+            }
+            if let Some(directory) = &self.acme_directory {
+                acme.directory = directory.clone();
+            }
+            if let Some(ca) = &self.acme_ca {
+                acme.ca = Some(ca.clone());
             }
         }
         if !self.listen.is_empty() {
@@ -357,6 +403,51 @@ mod tests {
             "{urls:?}"
         );
         assert!(urls.contains(&"turn:meet.example.com:3478?transport=udp".to_owned()));
+    }
+
+    #[test]
+    fn another_acme_server_without_a_config_file() {
+        let cli = Cli::try_parse_from([
+            "rendez",
+            "serve",
+            "--domain",
+            "meet.example.com",
+            "--acme-directory",
+            "https://ca.example/dir",
+            "--acme-ca",
+            "/etc/rendez/ca.pem",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let acme = args.load_config().unwrap().acme.unwrap();
+        assert_eq!(acme.directory, "https://ca.example/dir");
+        assert_eq!(acme.ca, Some(PathBuf::from("/etc/rendez/ca.pem")));
+        assert_eq!(acme.challenge, AcmeChallenge::Http01);
+        let without_domain = ["rendez", "serve", "--acme-directory", "https://ca/dir"];
+        assert!(Cli::try_parse_from(without_domain).is_err());
+    }
+
+    #[test]
+    fn a_credential_for_a_domain_is_for_its_public_deployment() {
+        let cli = Cli::try_parse_from([
+            "rendez",
+            "credential",
+            "--secret",
+            "s",
+            "--user",
+            "a",
+            "--domain",
+            "meet.example.com",
+        ])
+        .unwrap();
+        let Command::Credential(args) = cli.command else {
+            panic!("expected credential");
+        };
+        let config = args.load_config().unwrap().unwrap();
+        assert_eq!(config.acme.unwrap().domains, ["meet.example.com"]);
+        assert_eq!(config.signal.listen.port(), 443);
     }
 
     #[test]

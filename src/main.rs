@@ -43,7 +43,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Printed once to the terminal (not the log) so the operator can mint credentials.
         println!("rendez: no credentials configured; generated a shared secret for this run:");
         println!("  secret: {secret}");
-        println!("  mint a credential: rendez credential --secret '{secret}' --user alice --json");
+        let domain = match args.domain.as_slice() {
+            [] => String::new(),
+            names => format!(" --domain {}", names.join(",")),
+        };
+        println!(
+            "  mint a credential: rendez credential --secret '{secret}'{domain} --user alice --json"
+        );
         config.auth.secrets = vec![secret.clone()];
         Some(secret)
     } else {
@@ -75,10 +81,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn print_credential(args: CredentialArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => Some(Config::from_file(path)?),
-        None => None,
-    };
+    let config = args.load_config()?;
     let secret = match (&args.secret, &config) {
         (Some(secret), _) => secret.clone(),
         (None, Some(config)) => config.auth.secrets.first().cloned().with_context(|| {
@@ -178,6 +181,10 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 fn default_urls(config: Option<&Config>) -> Vec<String> {
     let default = Config::default();
     let config = config.unwrap_or(&default);
+    // A certificate names the domain, so `turns:` must too.
+    if let Some(domain) = config.acme.as_ref().and_then(|acme| acme.domains.first()) {
+        return credential::ice_urls(config, domain);
+    }
     let host = config
         .external_ip
         .first()

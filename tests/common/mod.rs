@@ -176,6 +176,7 @@ impl Conn {
 pub struct TurnClient {
     pub conn: Conn,
     username: String,
+    realm: String,
     key: LongTermKey,
     nonce: Vec<u8>,
     rfc8489: Option<Rfc8489>,
@@ -204,10 +205,16 @@ impl TurnClient {
     }
 
     pub fn new(conn: Conn, username: &str, password: &str) -> Self {
+        Self::in_realm(conn, username, password, "rendez.test")
+    }
+
+    /// A client of a server whose `realm` is not the tests' usual "rendez.test".
+    pub fn in_realm(conn: Conn, username: &str, password: &str, realm: &str) -> Self {
         Self {
             conn,
             username: username.into(),
-            key: LongTermKey::derive(PasswordAlgorithm::Md5, username, "rendez.test", password),
+            realm: realm.into(),
+            key: LongTermKey::derive(PasswordAlgorithm::Md5, username, realm, password),
             nonce: Vec::new(),
             rfc8489: None,
             client_id: {
@@ -288,7 +295,7 @@ impl TurnClient {
             Some(hash) => b.add(AttrType::USERHASH, &hash),
             None => b.add(AttrType::USERNAME, self.username.as_bytes()),
         };
-        b.add(AttrType::REALM, b"rendez.test")
+        b.add(AttrType::REALM, self.realm.as_bytes())
             .add(AttrType::NONCE, &self.nonce);
         let integrity = match &self.rfc8489 {
             Some(rfc8489) => {

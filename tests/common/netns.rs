@@ -45,3 +45,35 @@ pub fn ip(args: &[&str]) {
     };
     assert!(status.success(), "`ip {}` failed: {status}", args.join(" "));
 }
+
+/// Moves the calling thread (alone) into a new mount namespace in which `dir` is an empty
+/// tmpfs, so what it and its children write there never reaches the host's `dir`.
+pub fn hide_under_tmpfs(dir: &str) -> Result<(), String> {
+    let last_error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let dir = std::ffi::CString::new(dir).unwrap();
+    // SAFETY: unshare with CLONE_NEWNS changes only this thread's mount namespace (and its
+    // file system attributes, copied from the process's).
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(last_error("unshare(CLONE_NEWNS)"));
+    }
+    // SAFETY: plain mount(2) calls on NUL-terminated strings; the first keeps the tmpfs
+    // below from propagating back to the host's namespace.
+    unsafe {
+        let root = c"/".as_ptr();
+        if libc::mount(
+            std::ptr::null(),
+            root,
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(last_error("making / private"));
+        }
+        let tmpfs = c"tmpfs".as_ptr();
+        if libc::mount(tmpfs, dir.as_ptr(), tmpfs, 0, std::ptr::null()) != 0 {
+            return Err(last_error("mounting a tmpfs"));
+        }
+    }
+    Ok(())
+}

@@ -28,11 +28,23 @@ impl ServerProcess {
         let dir = TempDir::new(name);
         let config_path = dir.0.join("rendez.toml");
         std::fs::write(&config_path, config).unwrap();
+        let path = config_path.to_str().unwrap().to_owned();
+        Self::spawn_in(dir, config_path, &["serve", "--config", &path], env)
+    }
+
+    /// `rendez ARGS` with no config file (its log in a directory named for `name`), with
+    /// `env` set and nothing else from this environment that configures rendez.
+    pub fn spawn_args(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new(name);
+        let config_path = dir.0.join("no-config-file");
+        Self::spawn_in(dir, config_path, args, env)
+    }
+
+    fn spawn_in(dir: TempDir, config_path: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = File::create(dir.0.join("log")).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_rendez"));
         command
-            .args(["serve", "--config"])
-            .arg(&config_path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
