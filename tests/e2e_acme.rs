@@ -157,6 +157,59 @@ async fn short_lived_certificates_are_renewed_and_swapped_under_an_open_allocati
     server.shutdown().await;
 }
 
+/// An order whose authorizations the CA reused (validated for the same account moments
+/// before) comes back from pebble already `ready`: finalized and downloaded at once, with
+/// no challenge answered and no polling. The second server's HTTP-01 listener is not where
+/// pebble validates, so only the reused authorization can get it a certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_with_reused_authorizations_is_finalized_at_once() {
+    let http = free_tcp_port();
+    let ports = ValidationPorts {
+        http: http.port(),
+        tls: free_tcp_port().port(),
+    };
+    let options = Options {
+        reuse_authorizations: true,
+        ..Options::default()
+    };
+    let Some(pebble) = Pebble::start(ports, options).await else {
+        return;
+    };
+    let cache = TempDir::new("acme-cache");
+    let root = pebble.issuing_root().await;
+    let tls_port = free_tcp_port();
+    let start = |http_listen: SocketAddr| {
+        let acme = acme_table(
+            &pebble,
+            &cache,
+            "http-01",
+            &format!("http-listen = \"{http_listen}\"\n"),
+        );
+        let text = format!(
+            "tls-listen = [\"{tls_port}\"]\n{}{acme}",
+            base_config(free_tcp_port())
+        );
+        rendez::start(common::test_config(&text))
+    };
+    let server = start(http).await.expect("starts");
+    let first = wait_for_issued(&pebble, tls_port, &root).await;
+    server.shutdown().await;
+
+    // The same account (kept in the cache) orders again: no cached certificate.
+    std::fs::remove_file(cache.0.join("acme/fullchain.pem")).unwrap();
+    let ordered = Instant::now();
+    let server = start(free_tcp_port()).await.expect("restarts");
+    let second = wait_for_issued(&pebble, tls_port, &root).await;
+    assert_ne!(second, first, "a new certificate");
+    assert_eq!(pebble.issued(), 2);
+    assert!(
+        ordered.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        ordered.elapsed()
+    );
+    server.shutdown().await;
+}
+
 /// TLS-ALPN-01 on a dedicated `tls-listen` port (no page, no sharing): the validator's
 /// handshake gets the challenge certificate there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,9 @@ pub struct Options {
     pub bad_nonces: bool,
     /// What the DNS answers for every name; `None`: 127.0.0.1.
     pub dns_answer: Option<&'static str>,
+    /// Give an account's new order the authorizations it has validated before, always
+    /// (pebble's default: half the time).
+    pub reuse_authorizations: bool,
 }
 
 /// Pebble and its DNS server, killed when dropped.
@@ -105,6 +108,14 @@ impl Pebble {
             .arg(dir.0.join("pebble.json"))
             .args(["-dnsserver", &dns_server.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
+            .env(
+                "PEBBLE_AUTHZREUSE",
+                if options.reuse_authorizations {
+                    "100"
+                } else {
+                    "50"
+                },
+            )
             .env(
                 "PEBBLE_WFE_NONCEREJECT",
                 if options.bad_nonces { "30" } else { "0" },

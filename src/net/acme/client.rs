@@ -170,15 +170,27 @@ async fn finish(order: &mut Order) -> anyhow::Result<(String, String)> {
     let polling = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .timeout(ORDER_TIMEOUT);
-    let status = match order.poll_ready(&polling).await {
-        Ok(status) => status,
-        Err(instant_acme::Error::Api(problem)) => {
-            return Err(failed_validation(order, problem.to_string()).await)
-        }
-        Err(error) => return Err(anyhow::Error::new(error).context("waiting for validation")),
+    // Only a pending order has validation to wait for: one whose authorizations the CA
+    // reused is ready at once, and `poll_ready` would wait out its timeout on any status
+    // but ready and invalid.
+    let status = match order.state().status {
+        OrderStatus::Pending => match order.poll_ready(&polling).await {
+            Ok(status) => status,
+            Err(instant_acme::Error::Api(problem)) => {
+                return Err(failed_validation(order, problem.to_string()).await)
+            }
+            Err(error) => return Err(anyhow::Error::new(error).context("waiting for validation")),
+        },
+        status => status,
     };
-    if status != OrderStatus::Ready {
-        return Err(failed_validation(order, format!("the order is {status:?}")).await);
+    match status {
+        OrderStatus::Ready => {}
+        // Finalized before, with a key made and lost by an earlier run: its certificate
+        // is of no use, and a new order (at the next retry) gets one for a fresh key.
+        OrderStatus::Processing | OrderStatus::Valid => {
+            bail!("the CA returned an order already finalized ({status:?}), for a key rendez no longer has")
+        }
+        _ => return Err(failed_validation(order, format!("the order is {status:?}")).await),
     }
     let key = order.finalize().await.context("finalizing the order")?;
     let chain = order
