@@ -53,6 +53,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     pub connections: ConnectionsConfig,
     pub signal: SignalConfig,
+    /// Rooms that span nodes: every node with the same `[cluster] redis` shares rooms.
+    pub cluster: Option<ClusterConfig>,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     /// On SIGTERM, how long existing allocations may go on relaying (new ones are refused)
@@ -163,6 +165,8 @@ pub struct SignalConfig {
     /// page.
     #[serde(with = "humantime_serde_compat")]
     pub credential_ttl: Duration,
+    /// Longest chat message, in bytes of UTF-8.
+    pub max_chat_bytes: usize,
 }
 
 impl Default for SignalConfig {
@@ -179,7 +183,47 @@ impl Default for SignalConfig {
             idle_timeout: Duration::from_secs(60),
             turn_urls: Vec::new(),
             credential_ttl: Duration::from_secs(6 * 3600),
+            max_chat_bytes: 4096,
         }
+    }
+}
+
+/// `[cluster]`: rooms shared with the other nodes of a fleet through one Redis.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// `redis://[:PASSWORD@]HOST:PORT/DB`, or `rediss://` for TLS.
+    pub redis: String,
+    /// A file holding the Redis password instead of the URL (e.g. a systemd credential);
+    /// read by [`Config::load_secrets`] into `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The Redis password from `password-file`.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// How often a node renews its presence; a node silent for three heartbeats is taken
+    /// for dead and its participants leave their rooms.
+    #[serde(
+        default = "ClusterConfig::default_heartbeat",
+        with = "humantime_serde_compat"
+    )]
+    pub heartbeat: Duration,
+}
+
+impl ClusterConfig {
+    fn default_heartbeat() -> Duration {
+        Duration::from_secs(2)
+    }
+
+    /// The Redis server as logs may show it: scheme, host and port, never a password.
+    pub fn redis_display(&self) -> String {
+        let (scheme, rest) = self
+            .redis
+            .split_once("://")
+            .unwrap_or(("redis", &self.redis));
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = host.split('/').next().unwrap_or(host);
+        format!("{scheme}://{host}")
     }
 }
 
@@ -454,6 +498,7 @@ impl Default for Config {
             acme: None,
             connections: ConnectionsConfig::default(),
             signal: SignalConfig::default(),
+            cluster: None,
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             drain_timeout: Duration::from_secs(30),
@@ -556,6 +601,24 @@ impl Config {
             ),
             None => self.signal.token_secret.clone(),
         };
+        let cluster = match &self.cluster {
+            Some(cluster) => {
+                const PASSWORD_FILE: &str = "cluster.password-file";
+                let password = match &cluster.password_file {
+                    Some(path) => Some(
+                        read_secret(&expand_credentials(path, credentials, PASSWORD_FILE)?)
+                            .map_err(|problem| problem.for_key(PASSWORD_FILE))?,
+                    ),
+                    None => cluster.password.clone(),
+                };
+                Some(ClusterConfig {
+                    password_file: None,
+                    password,
+                    ..cluster.clone()
+                })
+            }
+            None => None,
+        };
         let tls = match &self.tls {
             Some(tls) => Some(TlsConfig {
                 cert: expand_credentials(&tls.cert, credentials, "tls.cert")?,
@@ -568,6 +631,7 @@ impl Config {
         self.signal.token_secret = token_secret;
         self.signal.token_secret_file = None;
         self.tls = tls;
+        self.cluster = cluster;
         Ok(())
     }
 
@@ -715,6 +779,35 @@ impl Config {
         }
         if signal.idle_timeout < Duration::from_secs(2) {
             return Err(invalid("signal.idle-timeout", "must be at least 2s"));
+        }
+        if !(1..=signal.max_message_bytes / 2).contains(&signal.max_chat_bytes) {
+            return Err(invalid(
+                "signal.max-chat-bytes",
+                "must be at least 1 and at most half of `max-message-bytes` (a chat message travels inside a signaling message), e.g. 4096",
+            ));
+        }
+        if let Some(cluster) = &self.cluster {
+            // The URL may hold a password: the message names the key, never the value.
+            if redis::IntoConnectionInfo::into_connection_info(cluster.redis.as_str()).is_err() {
+                return Err(invalid(
+                    "cluster.redis",
+                    "is not a Redis URL: write it as \"redis://HOST:PORT/DB\", or \"rediss://…\" for TLS",
+                ));
+            }
+            if cluster.password_file.is_some() && cluster.redis.contains('@') {
+                return Err(invalid(
+                    "cluster.password-file",
+                    "set the password either in the `redis` URL or in `password-file`, not both",
+                ));
+            }
+            if cluster.heartbeat < Duration::from_millis(100)
+                || cluster.heartbeat > Duration::from_secs(60)
+            {
+                return Err(invalid(
+                    "cluster.heartbeat",
+                    "must be 100ms to 60s, e.g. \"2s\" (a dead node's participants leave after three)",
+                ));
+            }
         }
         const DAY: Duration = Duration::from_secs(24 * 3600);
         if c.message_timeout > DAY || c.idle_timeout > DAY || signal.idle_timeout > DAY {

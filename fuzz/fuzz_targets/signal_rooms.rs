@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         rooms_per_ip: 2,
         messages_per_second: 5,
         max_message_bytes: 2048,
+        max_chat_bytes: 256,
         token_secret: None,
     };
     let mut rooms = Rooms::new(config, rendez::random::Rng::from_seed(1));
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
                 {
                     joined_rooms.push(room);
                 }
-                rooms.handle_text(now, 1_000, conn as u64, &text)
+                rooms.handle_text(now, 1_000_000, conn as u64, &text)
             }
             1 => {
                 open[conn] = false;

@@ -76,7 +76,12 @@ pub fn raise_open_file_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
 
 /// Seconds since the unix epoch, by the system clock (0 if it is set before 1970).
 pub(crate) fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the unix epoch, by the system clock (0 if it is set before 1970).
+pub(crate) fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

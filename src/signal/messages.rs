@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::chat::ChatMessage;
+
 /// What a browser sends.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -17,6 +19,10 @@ pub enum ClientMessage {
         to: String,
         data: serde_json::Value,
     },
+    /// A chat message for everyone in the room.
+    Chat {
+        text: String,
+    },
     Leave,
     Ping,
 }
@@ -30,6 +36,8 @@ pub enum ServerMessage {
         peers: Vec<PeerInfo>,
         #[serde(rename = "iceServers")]
         ice_servers: serde_json::Value,
+        /// The room's recent chat, oldest first.
+        chat: Vec<ChatMessage>,
     },
     PeerJoined {
         id: String,
@@ -42,6 +50,8 @@ pub enum ServerMessage {
         from: String,
         data: serde_json::Value,
     },
+    /// A chat message (the sender's own too).
+    Chat(ChatMessage),
     Error {
         code: ErrorCode,
         message: String,
@@ -93,10 +103,25 @@ mod tests {
                 name: "B".into(),
             }],
             ice_servers: serde_json::json!([]),
+            chat: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&welcome).unwrap(),
-            r#"{"type":"welcome","id":"a","peers":[{"id":"b","name":"B"}],"iceServers":[]}"#
+            r#"{"type":"welcome","id":"a","peers":[{"id":"b","name":"B"}],"iceServers":[],"chat":[]}"#
+        );
+        let chat = ServerMessage::Chat(ChatMessage {
+            from: "a".into(),
+            name: "A".into(),
+            text: "hi".into(),
+            at: 1_700_000_000_123,
+        });
+        assert_eq!(
+            serde_json::to_string(&chat).unwrap(),
+            r#"{"type":"chat","from":"a","name":"A","text":"hi","at":1700000000123}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"chat","text":"hi"}"#).unwrap(),
+            ClientMessage::Chat { text: "hi".into() }
         );
         let error = ServerMessage::Error {
             code: ErrorCode::RoomFull,

@@ -1,9 +1,20 @@
 //! Rooms, participants and the abuse limits that keep one bad client from hurting others.
+//!
+//! A node alone ([`Rooms::new`]) decides everything itself. A node of a fleet
+//! ([`Rooms::clustered`]) validates locally (names, tokens, rates, sizes), then lets the
+//! shared store decide what changes a room: a join becomes a [`ClusterCommand::Admit`] and
+//! its `welcome` waits for the store's [`ClusterEvent::Joined`]; signals and chat go out as
+//! commands and come back as events, to this node's participants too, so every node
+//! delivers a room's messages in the store's one order. While the store is unreachable the
+//! node serves its own participants directly (signals and chat among them keep flowing,
+//! messages for other nodes are dropped and counted) and refuses joins with `unavailable`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::chat::{ChatHistory, ChatMessage};
+use super::cluster::{ClusterCommand, ClusterEvent, ClusterPeer, LocalMember, NodeId, Refusal};
 use super::messages::{ClientMessage, ErrorCode, PeerInfo, ServerMessage};
 use super::token;
 use crate::random::Rng;
@@ -29,6 +40,8 @@ pub struct RoomsConfig {
     pub messages_per_second: u32,
     /// Longest text message accepted.
     pub max_message_bytes: usize,
+    /// Longest chat text accepted, in bytes.
+    pub max_chat_bytes: usize,
     /// When set, joining needs a token minted with this secret (see [`token`]).
     pub token_secret: Option<String>,
 }
@@ -40,6 +53,7 @@ impl Default for RoomsConfig {
             rooms_per_ip: 8,
             messages_per_second: 20,
             max_message_bytes: 64 * 1024,
+            max_chat_bytes: 4096,
             token_secret: None,
         }
     }
@@ -54,19 +68,23 @@ const RATE_LIMIT_REPLY_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Rooms {
     config: RoomsConfig,
     connections: HashMap<ConnId, Connection>,
-    /// Members of each room, in joining order.
-    rooms: HashMap<String, Vec<ConnId>>,
+    /// The rooms this node has participants in, each with everyone in it (on any node).
+    rooms: HashMap<String, Room>,
     /// How many rooms each address (IPv6: each /64) is in now (for `rooms_per_ip`).
     rooms_of_ip: HashMap<QuotaKey, usize>,
     rng: Rng,
     /// Set by [`Rooms::drain`]: no new joins.
     draining: bool,
+    /// Set in a fleet.
+    cluster: Option<Cluster>,
 }
 
 /// How much signaling there is now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoomsFigures {
+    /// Rooms with participants on this node.
     pub rooms: usize,
+    /// Participants on this node.
     pub participants: usize,
     /// Open connections, in a room or not.
     pub connections: usize,
@@ -78,19 +96,55 @@ struct Connection {
     /// What this connection's welcome carries: TURN credentials minted for it. Kept as
     /// JSON text, a third of the memory of a `Value`, for every idle connection.
     ice_servers: Box<str>,
-    member: Option<Member>,
+    membership: Option<Membership>,
     bucket: TokenBucket,
     last_rate_limit_reply: Option<Instant>,
 }
 
-struct Member {
+/// The room a connection is in, or is being admitted to.
+struct Membership {
+    room: String,
     id: String,
     name: String,
-    room: String,
+    /// False while the store decides (fleet only).
+    admitted: bool,
+}
+
+#[derive(Default)]
+struct Room {
+    /// In joining order.
+    members: Vec<Participant>,
+    /// For late joiners (a node alone; in a fleet the store keeps it).
+    chat: ChatHistory,
+}
+
+struct Participant {
+    id: String,
+    name: String,
+    at: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Location {
+    Local(ConnId),
+    Remote(NodeId),
+}
+
+/// A fleet node's side of the rooms: what it asks the store, and what it waits for.
+struct Cluster {
+    node: NodeId,
+    /// Whether the store is reachable now.
+    connected: bool,
+    /// Joins the store has not answered: participant id → connection.
+    pending: HashMap<String, ConnId>,
+    commands: VecDeque<ClusterCommand>,
+    /// Messages for participants on other nodes dropped while the store was unreachable.
+    dropped: u64,
 }
 
 impl Rooms {
-    /// `rng` makes participant ids unguessable (seed it from the OS, see [`Rng::from_os`]).
+    /// A node alone. `rng` makes participant ids unguessable (seed it from the OS, see
+    /// [`Rng::from_os`]).
     pub fn new(config: RoomsConfig, rng: Rng) -> Self {
         Self {
             config,
@@ -99,6 +153,22 @@ impl Rooms {
             rooms_of_ip: HashMap::new(),
             rng,
             draining: false,
+            cluster: None,
+        }
+    }
+
+    /// A node of a fleet, called `node` in the store. It refuses joins until
+    /// [`Rooms::cluster_connected`]; take its requests with [`Rooms::poll_command`].
+    pub fn clustered(config: RoomsConfig, rng: Rng, node: NodeId) -> Self {
+        Self {
+            cluster: Some(Cluster {
+                node,
+                connected: false,
+                pending: HashMap::new(),
+                commands: VecDeque::new(),
+                dropped: 0,
+            }),
+            ..Self::new(config, rng)
         }
     }
 
@@ -124,9 +194,18 @@ impl Rooms {
     pub fn figures(&self) -> RoomsFigures {
         RoomsFigures {
             rooms: self.rooms.len(),
-            participants: self.rooms.values().map(Vec::len).sum(),
+            participants: self
+                .rooms
+                .values()
+                .map(|room| room.local_members().count())
+                .sum(),
             connections: self.connections.len(),
         }
+    }
+
+    /// Messages for participants on other nodes dropped because the store was unreachable.
+    pub fn cluster_dropped(&self) -> u64 {
+        self.cluster.as_ref().map_or(0, |c| c.dropped)
     }
 
     /// A WebSocket opened from `ip`; `ice_servers` goes into its welcome.
@@ -143,18 +222,19 @@ impl Rooms {
             Connection {
                 address: QuotaKey::of(ip),
                 ice_servers: ice_servers.to_string().into_boxed_str(),
-                member: None,
+                membership: None,
                 bucket: TokenBucket::new(now, burst, self.config.messages_per_second),
                 last_rate_limit_reply: None,
             },
         );
     }
 
-    /// One text frame from `conn`.
+    /// One text frame from `conn`; `unix_ms` is the wall clock in milliseconds (token
+    /// expiry, chat timestamps).
     pub fn handle_text(
         &mut self,
         now: Instant,
-        unix_now: u64,
+        unix_ms: u64,
         conn: ConnId,
         text: &str,
     ) -> Vec<Outgoing> {
@@ -166,9 +246,10 @@ impl Rooms {
         }
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Join { room, name, token }) => {
-                self.join(unix_now, conn, room, name, token)
+                self.join(unix_ms / 1000, conn, room, name, token)
             }
             Ok(ClientMessage::Signal { to, data }) => self.relay(conn, &to, data),
+            Ok(ClientMessage::Chat { text }) => self.chat(unix_ms, conn, text),
             Ok(ClientMessage::Leave) => self.leave(conn),
             Ok(ClientMessage::Ping) => vec![Outgoing {
                 to: conn,
@@ -203,11 +284,152 @@ impl Rooms {
         self.connections.shrink_to_fit();
         self.rooms.shrink_to_fit();
         self.rooms_of_ip.shrink_to_fit();
+        if let Some(cluster) = &mut self.cluster {
+            cluster.pending.shrink_to_fit();
+            cluster.commands.shrink_to_fit();
+        }
     }
 
-    /// Participants in `room` now.
+    /// Participants in `room` now, on any node, as this node knows them.
     pub fn room_len(&self, room: &str) -> usize {
-        self.rooms.get(room).map_or(0, Vec::len)
+        self.rooms.get(room).map_or(0, |r| r.members.len())
+    }
+
+    /// The next request for the store, in the order they arose (fleet only).
+    pub fn poll_command(&mut self) -> Option<ClusterCommand> {
+        self.cluster.as_mut()?.commands.pop_front()
+    }
+
+    /// The store is reachable (again): this node's participants are registered anew, and
+    /// joins are taken.
+    pub fn cluster_connected(&mut self) {
+        let members = self.local_members();
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        cluster.connected = true;
+        cluster
+            .commands
+            .push_back(ClusterCommand::Restore { members });
+    }
+
+    /// The store became unreachable: joins waiting for it fail with `unavailable`; the
+    /// node goes on serving its own participants.
+    pub fn cluster_lost(&mut self) -> Vec<Outgoing> {
+        let Some(cluster) = &mut self.cluster else {
+            return Vec::new();
+        };
+        cluster.connected = false;
+        cluster.commands.clear();
+        let waiting: Vec<ConnId> = cluster.pending.drain().map(|(_, conn)| conn).collect();
+        let mut out = Vec::new();
+        for conn in waiting {
+            self.forget_membership(conn);
+            out.extend(unavailable(conn));
+        }
+        out
+    }
+
+    /// Some time after the store came back, when every live node has registered its
+    /// participants again: ask for a snapshot of each of this node's rooms, to learn who
+    /// joined or left meanwhile.
+    pub fn sync_due(&mut self) {
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        if let Some(cluster) = &mut self.cluster {
+            for room in rooms {
+                cluster.commands.push_back(ClusterCommand::Sync { room });
+            }
+        }
+    }
+
+    /// The store did not admit participant `id`.
+    pub fn admission_refused(&mut self, id: &str, refusal: Refusal) -> Vec<Outgoing> {
+        let Some(conn) = self.cluster.as_mut().and_then(|c| c.pending.remove(id)) else {
+            return Vec::new();
+        };
+        match refusal {
+            Refusal::Full => {
+                self.forget_membership(conn);
+                error(conn, ErrorCode::RoomFull, "this room is full")
+            }
+            Refusal::Unavailable => {
+                self.forget_membership(conn);
+                unavailable(conn)
+            }
+            Refusal::Taken => {
+                // 64 random bits met another participant's: draw again.
+                let new_id = self.new_id();
+                let room_size = self.config.room_size;
+                let (Some(cluster), Some(membership)) = (
+                    self.cluster.as_mut(),
+                    self.connections
+                        .get_mut(&conn)
+                        .and_then(|c| c.membership.as_mut()),
+                ) else {
+                    return Vec::new();
+                };
+                membership.id.clone_from(&new_id);
+                cluster.pending.insert(new_id.clone(), conn);
+                cluster.commands.push_back(ClusterCommand::Admit {
+                    room: membership.room.clone(),
+                    id: new_id,
+                    name: membership.name.clone(),
+                    room_size,
+                });
+                Vec::new()
+            }
+        }
+    }
+
+    /// Something happened in the fleet (the store's order).
+    pub fn handle_event(&mut self, event: ClusterEvent) -> Vec<Outgoing> {
+        let Some(cluster) = &mut self.cluster else {
+            return Vec::new();
+        };
+        match event {
+            ClusterEvent::Joined {
+                room,
+                id,
+                node,
+                members,
+                chat,
+                ..
+            } => {
+                if node == cluster.node {
+                    match cluster.pending.remove(&id) {
+                        Some(conn) => self.admitted(conn, &room, &members, chat),
+                        // It disconnected meanwhile; its leave is on the way to the store.
+                        None => Vec::new(),
+                    }
+                } else {
+                    self.learn_members(&room, &members, false)
+                }
+            }
+            ClusterEvent::Left { room, id } => self.remote_left(&room, &id),
+            ClusterEvent::Signal {
+                room,
+                from,
+                to,
+                data,
+            } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return Vec::new();
+                };
+                match (r.find(&from), r.local_conn(&to)) {
+                    (Some(_), Some(target)) => vec![Outgoing {
+                        to: target,
+                        message: ServerMessage::Signal { from, data },
+                    }],
+                    _ => Vec::new(),
+                }
+            }
+            ClusterEvent::Chat { room, message } => self
+                .rooms
+                .get(&room)
+                .map(|r| r.to_locals(&ServerMessage::Chat(message), None))
+                .unwrap_or_default(),
+            ClusterEvent::Sync { room, members } => self.learn_members(&room, &members, true),
+        }
     }
 
     fn join(
@@ -249,7 +471,7 @@ impl Rooms {
         let Some(connection) = self.connections.get(&conn) else {
             return Vec::new();
         };
-        if connection.member.is_some() {
+        if connection.membership.is_some() {
             return error(
                 conn,
                 ErrorCode::BadMessage,
@@ -264,49 +486,155 @@ impl Rooms {
                 "too many rooms from your address",
             );
         }
-        let members = self.rooms.get(&room).map_or(&[][..], Vec::as_slice);
-        if members.len() >= self.config.room_size {
+        if self.cluster.as_ref().is_some_and(|c| !c.connected) {
+            return unavailable(conn);
+        }
+        if self.cluster.is_none() && self.room_len(&room) >= self.config.room_size {
             return error(conn, ErrorCode::RoomFull, "this room is full");
         }
-        let peers: Vec<PeerInfo> = members
-            .iter()
-            .filter_map(|m| self.member(*m))
-            .map(|m| PeerInfo {
-                id: m.id.clone(),
-                name: m.name.clone(),
-            })
-            .collect();
-        let others = members.to_vec();
+        let id = self.new_id();
+        *self.rooms_of_ip.entry(address).or_default() += 1;
+        let room_size = self.config.room_size;
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.membership = Some(Membership {
+                room: room.clone(),
+                id: id.clone(),
+                name: name.clone(),
+                admitted: false,
+            });
+        }
+        match &mut self.cluster {
+            Some(cluster) => {
+                cluster.pending.insert(id.clone(), conn);
+                cluster.commands.push_back(ClusterCommand::Admit {
+                    room,
+                    id,
+                    name,
+                    room_size,
+                });
+                Vec::new()
+            }
+            None => {
+                let chat = self.rooms.get(&room).map(|r| r.chat.to_vec());
+                self.admitted(conn, &room, &[], chat.unwrap_or_default())
+            }
+        }
+    }
+
+    /// `conn` is in `room` now (in a fleet: `members` is the room as the store admitted
+    /// it, `chat` its history): its welcome, and `peer-joined` for everyone else here.
+    fn admitted(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        members: &[ClusterPeer],
+        chat: Vec<ChatMessage>,
+    ) -> Vec<Outgoing> {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let Some(membership) = connection.membership.as_mut() else {
+            return Vec::new();
+        };
+        membership.admitted = true;
+        let (id, name) = (membership.id.clone(), membership.name.clone());
         // Written by `connect` from a `Value`, so it parses.
         let ice_servers = serde_json::from_str(&connection.ice_servers).unwrap_or_default();
-        let id = self.new_id();
-        let mut out: Vec<Outgoing> = others
+        self.rooms.entry(room.to_owned()).or_default();
+        let mut out = self.learn_members(room, members, false);
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        out.extend(r.to_locals(
+            &ServerMessage::PeerJoined {
+                id: id.clone(),
+                name: name.clone(),
+            },
+            None,
+        ));
+        let peers = r
+            .members
             .iter()
-            .map(|&to| Outgoing {
-                to,
-                message: ServerMessage::PeerJoined {
-                    id: id.clone(),
-                    name: name.clone(),
-                },
+            .map(|p| PeerInfo {
+                id: p.id.clone(),
+                name: p.name.clone(),
             })
             .collect();
+        r.members.push(Participant {
+            id: id.clone(),
+            name,
+            at: Location::Local(conn),
+        });
         out.insert(
             0,
             Outgoing {
                 to: conn,
                 message: ServerMessage::Welcome {
-                    id: id.clone(),
+                    id,
                     peers,
                     ice_servers,
+                    chat,
                 },
             },
         );
-        self.rooms.entry(room.clone()).or_default().push(conn);
-        *self.rooms_of_ip.entry(address).or_default() += 1;
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.member = Some(Member { id, name, room });
+        out
+    }
+
+    /// Takes the store's list of `room` (fleet only): participants of other nodes missing
+    /// here are added (`peer-joined`); with `complete`, those here but not in the list are
+    /// removed (`peer-left`). This node's own participants are its own to know.
+    fn learn_members(
+        &mut self,
+        room: &str,
+        members: &[ClusterPeer],
+        complete: bool,
+    ) -> Vec<Outgoing> {
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let Some(r) = self.rooms.get_mut(room) else {
+            // No participant here: nobody to tell. (`admitted` creates the room after.)
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if complete {
+            let gone: Vec<String> = r
+                .members
+                .iter()
+                .filter(|p| matches!(p.at, Location::Remote(_)))
+                .filter(|p| !members.iter().any(|m| m.id == p.id))
+                .map(|p| p.id.clone())
+                .collect();
+            for id in gone {
+                out.extend(r.remove(&id));
+            }
+        }
+        for member in members {
+            if member.node == cluster.node || r.find(&member.id).is_some() {
+                continue;
+            }
+            out.extend(r.to_locals(
+                &ServerMessage::PeerJoined {
+                    id: member.id.clone(),
+                    name: member.name.clone(),
+                },
+                None,
+            ));
+            r.members.push(Participant {
+                id: member.id.clone(),
+                name: member.name.clone(),
+                at: Location::Remote(member.node.clone()),
+            });
         }
         out
+    }
+
+    /// A participant of another node left.
+    fn remote_left(&mut self, room: &str, id: &str) -> Vec<Outgoing> {
+        match self.rooms.get_mut(room) {
+            Some(r) if matches!(r.find(id), Some(p) if matches!(p.at, Location::Remote(_))) => {
+                r.remove(id)
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Delivers `data` to `to` only if it is in the sender's room.
@@ -314,59 +642,150 @@ impl Rooms {
         let Some(sender) = self.member(conn) else {
             return error(conn, ErrorCode::BadMessage, "join a room first");
         };
-        let target = self.rooms.get(&sender.room).and_then(|members| {
-            members
-                .iter()
-                .copied()
-                .find(|m| *m != conn && self.member(*m).is_some_and(|p| p.id == to))
-        });
-        match target {
-            Some(target) => vec![Outgoing {
-                to: target,
-                message: ServerMessage::Signal {
-                    from: sender.id.clone(),
-                    data,
-                },
-            }],
-            None => error(
+        let (room, from) = (sender.room.clone(), sender.id.clone());
+        let target = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.find(to))
+            .filter(|p| p.id != from)
+            .map(|p| p.at.clone());
+        let Some(target) = target else {
+            return error(
                 conn,
                 ErrorCode::UnknownPeer,
                 "no such participant in your room",
-            ),
+            );
+        };
+        if let Some(cluster) = self.cluster.as_mut().filter(|c| c.connected) {
+            let node = match target {
+                Location::Local(_) => cluster.node.clone(),
+                Location::Remote(node) => node,
+            };
+            cluster.commands.push_back(ClusterCommand::Signal {
+                node,
+                room,
+                from,
+                to: to.to_owned(),
+                data,
+            });
+            return Vec::new();
+        }
+        match target {
+            Location::Local(target) => vec![Outgoing {
+                to: target,
+                message: ServerMessage::Signal { from, data },
+            }],
+            Location::Remote(_) => {
+                self.count_dropped();
+                Vec::new()
+            }
         }
     }
 
+    /// A chat message for everyone in the sender's room, the sender included.
+    fn chat(&mut self, unix_ms: u64, conn: ConnId, text: String) -> Vec<Outgoing> {
+        let Some(sender) = self.member(conn) else {
+            return error(conn, ErrorCode::BadMessage, "join a room first");
+        };
+        if text.trim().is_empty() || text.len() > self.config.max_chat_bytes {
+            return error(
+                conn,
+                ErrorCode::BadMessage,
+                &format!(
+                    "chat text must be 1 to {} bytes",
+                    self.config.max_chat_bytes
+                ),
+            );
+        }
+        let room = sender.room.clone();
+        let message = ChatMessage {
+            from: sender.id.clone(),
+            name: sender.name.clone(),
+            text,
+            at: unix_ms,
+        };
+        if let Some(cluster) = self.cluster.as_mut().filter(|c| c.connected) {
+            cluster
+                .commands
+                .push_back(ClusterCommand::Chat { room, message });
+            return Vec::new();
+        }
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return Vec::new();
+        };
+        let out = r.to_locals(&ServerMessage::Chat(message.clone()), None);
+        let others_elsewhere = r
+            .members
+            .iter()
+            .any(|p| matches!(p.at, Location::Remote(_)));
+        if self.cluster.is_none() {
+            r.chat.push(message);
+        } else if others_elsewhere {
+            self.count_dropped();
+        }
+        out
+    }
+
     fn leave(&mut self, conn: ConnId) -> Vec<Outgoing> {
-        let Some((address, member)) = self
-            .connections
-            .get_mut(&conn)
-            .and_then(|c| Some((c.address, c.member.take()?)))
+        let Some(Membership {
+            room, id, admitted, ..
+        }) = self.forget_membership(conn)
         else {
             return Vec::new();
         };
-        if let Some(count) = self.rooms_of_ip.get_mut(&address) {
-            *count -= 1;
-            if *count == 0 {
-                self.rooms_of_ip.remove(&address);
+        let mut out = Vec::new();
+        if admitted {
+            if let Some(r) = self.rooms.get_mut(&room) {
+                out = r.remove(&id);
+                if r.local_members().next().is_none() {
+                    // Nobody here is in it: this node stops following it.
+                    self.rooms.remove(&room);
+                }
             }
         }
-        let Some(members) = self.rooms.get_mut(&member.room) else {
-            return Vec::new();
-        };
-        members.retain(|m| *m != conn);
-        let remaining = members.clone();
-        if remaining.is_empty() {
-            self.rooms.remove(&member.room);
+        if let Some(cluster) = &mut self.cluster {
+            cluster.pending.remove(&id);
+            // While the store is unreachable, `Restore` removes it later.
+            if cluster.connected {
+                cluster
+                    .commands
+                    .push_back(ClusterCommand::Leave { room, id });
+            }
         }
-        remaining
-            .into_iter()
-            .map(|to| Outgoing {
-                to,
-                message: ServerMessage::PeerLeft {
-                    id: member.id.clone(),
-                },
+        out
+    }
+
+    /// Ends `conn`'s membership (admitted or not) and its count against its address.
+    fn forget_membership(&mut self, conn: ConnId) -> Option<Membership> {
+        let connection = self.connections.get_mut(&conn)?;
+        let membership = connection.membership.take()?;
+        if let Some(count) = self.rooms_of_ip.get_mut(&connection.address) {
+            *count -= 1;
+            if *count == 0 {
+                self.rooms_of_ip.remove(&connection.address);
+            }
+        }
+        Some(membership)
+    }
+
+    /// This node's admitted participants, for [`ClusterCommand::Restore`].
+    fn local_members(&self) -> Vec<LocalMember> {
+        self.rooms
+            .iter()
+            .flat_map(|(room, r)| {
+                r.local_members().map(move |p| LocalMember {
+                    room: room.clone(),
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                })
             })
             .collect()
+    }
+
+    fn count_dropped(&mut self) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.dropped += 1;
+        }
     }
 
     /// Spends one of `conn`'s messages. Over its rate: a `rate-limited` error at most once
@@ -392,13 +811,61 @@ impl Rooms {
         ))
     }
 
-    fn member(&self, conn: ConnId) -> Option<&Member> {
-        self.connections.get(&conn)?.member.as_ref()
+    /// `conn`'s admitted membership.
+    fn member(&self, conn: ConnId) -> Option<&Membership> {
+        self.connections
+            .get(&conn)?
+            .membership
+            .as_ref()
+            .filter(|m| m.admitted)
     }
 
     /// 16 random hex digits: unguessable, and 64 bits make a repeat as likely as a guess.
     fn new_id(&mut self) -> String {
         format!("{:016x}", self.rng.next_u64())
+    }
+}
+
+impl Room {
+    fn find(&self, id: &str) -> Option<&Participant> {
+        self.members.iter().find(|p| p.id == id)
+    }
+
+    fn local_conn(&self, id: &str) -> Option<ConnId> {
+        match self.find(id)?.at {
+            Location::Local(conn) => Some(conn),
+            Location::Remote(_) => None,
+        }
+    }
+
+    fn local_members(&self) -> impl Iterator<Item = &Participant> {
+        self.members
+            .iter()
+            .filter(|p| matches!(p.at, Location::Local(_)))
+    }
+
+    /// `message` for each participant on this node but `except`.
+    fn to_locals(&self, message: &ServerMessage, except: Option<ConnId>) -> Vec<Outgoing> {
+        self.members
+            .iter()
+            .filter_map(|p| match p.at {
+                Location::Local(conn) if Some(conn) != except => Some(Outgoing {
+                    to: conn,
+                    message: message.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Removes participant `id`; the participants left here hear `peer-left`.
+    fn remove(&mut self, id: &str) -> Vec<Outgoing> {
+        let before = self.members.len();
+        self.members.retain(|p| p.id != id);
+        if self.members.len() == before {
+            return Vec::new();
+        }
+        self.to_locals(&ServerMessage::PeerLeft { id: id.to_owned() }, None)
     }
 }
 
@@ -410,6 +877,14 @@ fn error(conn: ConnId, code: ErrorCode, message: &str) -> Vec<Outgoing> {
             message: message.into(),
         },
     }]
+}
+
+fn unavailable(conn: ConnId) -> Vec<Outgoing> {
+    error(
+        conn,
+        ErrorCode::Unavailable,
+        "rooms are unavailable on this server now; try again in a moment",
+    )
 }
 
 /// Allows `rate` messages per second on average, `capacity` at once.
@@ -449,6 +924,8 @@ mod tests {
     use serde_json::json;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    /// The wall clock the tests' messages arrive at: 1000 s after the epoch.
+    const UNIX_MS: u64 = 1_000_000;
 
     struct World {
         rooms: Rooms,
@@ -474,7 +951,7 @@ mod tests {
 
         fn send(&mut self, conn: ConnId, message: serde_json::Value) -> Vec<Outgoing> {
             self.rooms
-                .handle_text(self.now, 1000, conn, &message.to_string())
+                .handle_text(self.now, UNIX_MS, conn, &message.to_string())
         }
 
         /// Joins and returns the participant id from the welcome.
@@ -509,6 +986,7 @@ mod tests {
             id: bob,
             peers,
             ice_servers,
+            chat,
         } = &out[0].message
         else {
             panic!("welcome first");
@@ -522,6 +1000,7 @@ mod tests {
             }]
         );
         assert_eq!(ice_servers[0]["urls"][0], "turn:h:3478");
+        assert!(chat.is_empty());
         assert_eq!(out[1].to, 1);
         assert_eq!(
             out[1].message,
@@ -616,7 +1095,7 @@ mod tests {
             "{\"type\":\"signal\"}",
             "[]",
         ] {
-            let out = w.rooms.handle_text(w.now, 1000, 1, text);
+            let out = w.rooms.handle_text(w.now, UNIX_MS, 1, text);
             assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "{text}");
             assert!(out.iter().all(|o| o.to == 1));
         }
@@ -834,5 +1313,445 @@ mod tests {
         w.connect(3);
         let out = w.send(3, json!({"type": "join", "room": "r", "name": "C"}));
         assert_eq!(error_code(&out), Some(ErrorCode::RoomFull));
+    }
+
+    fn chat_of(out: &[Outgoing]) -> Vec<(ConnId, String)> {
+        out.iter()
+            .filter_map(|o| match &o.message {
+                ServerMessage::Chat(m) => Some((o.to, m.text.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chat_reaches_everyone_with_sender_name_and_time_and_late_joiners_get_history() {
+        let mut w = World::new(RoomsConfig::default());
+        let a = w.join(1, "r", "A");
+        w.join(2, "r", "B");
+        let out = w.send(1, json!({"type": "chat", "text": "hello"}));
+        assert_eq!(
+            chat_of(&out),
+            vec![(1, "hello".to_owned()), (2, "hello".to_owned())]
+        );
+        let ServerMessage::Chat(message) = &out[0].message else {
+            unreachable!()
+        };
+        assert_eq!(
+            (message.from.as_str(), message.name.as_str(), message.at),
+            (a.as_str(), "A", UNIX_MS)
+        );
+        w.send(2, json!({"type": "chat", "text": "hi A"}));
+        w.connect(3);
+        let out = w.send(3, json!({"type": "join", "room": "r", "name": "C"}));
+        let ServerMessage::Welcome { chat, .. } = &out[0].message else {
+            panic!("welcome first");
+        };
+        let texts: Vec<&str> = chat.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["hello", "hi A"]);
+        // Another room hears nothing.
+        w.join(4, "other", "D");
+        let out = w.send(1, json!({"type": "chat", "text": "x"}));
+        assert!(out.iter().all(|o| o.to != 4));
+    }
+
+    #[test]
+    fn chat_history_is_bounded_and_forgotten_when_the_room_empties() {
+        let mut w = World::new(RoomsConfig {
+            messages_per_second: 1000,
+            ..RoomsConfig::default()
+        });
+        w.join(1, "r", "A");
+        for n in 0..80 {
+            w.send(1, json!({"type": "chat", "text": format!("m{n}")}));
+        }
+        w.connect(2);
+        let out = w.send(2, json!({"type": "join", "room": "r", "name": "B"}));
+        let ServerMessage::Welcome { chat, .. } = &out[0].message else {
+            panic!("welcome first");
+        };
+        assert_eq!(chat.len(), super::super::chat::HISTORY_MESSAGES);
+        assert_eq!(chat[0].text, "m30");
+        w.rooms.disconnect(1);
+        w.rooms.disconnect(2);
+        let out = {
+            w.connect(3);
+            w.send(3, json!({"type": "join", "room": "r", "name": "C"}))
+        };
+        let ServerMessage::Welcome { chat, .. } = &out[0].message else {
+            panic!("welcome first");
+        };
+        assert!(chat.is_empty(), "an emptied room forgets its chat");
+    }
+
+    #[test]
+    fn bad_chat_gets_an_error_and_is_not_broadcast() {
+        let mut w = World::new(RoomsConfig {
+            max_chat_bytes: 10,
+            messages_per_second: 3,
+            ..RoomsConfig::default()
+        });
+        w.connect(9);
+        let out = w.send(9, json!({"type": "chat", "text": "not in a room"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::BadMessage));
+        w.join(1, "r", "A");
+        w.join(2, "r", "B");
+        for bad in [json!(""), json!("   "), json!("0123456789X"), json!(5)] {
+            let out = w.send(1, json!({"type": "chat", "text": bad}));
+            assert_eq!(error_code(&out), Some(ErrorCode::BadMessage), "{bad}");
+            assert!(out.iter().all(|o| o.to == 1));
+        }
+        // Chat spends the message rate: the bucket (6) is empty after the join, 4 tries
+        // and one good message.
+        let out = w.send(1, json!({"type": "chat", "text": "ok"}));
+        assert_eq!(chat_of(&out).len(), 2);
+        let out = w.send(1, json!({"type": "chat", "text": "ok"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::RateLimited));
+        w.now += Duration::from_secs(1);
+        let out = w.send(1, json!({"type": "chat", "text": "0123456789"}));
+        assert_eq!(chat_of(&out).len(), 2, "exactly the limit is fine");
+    }
+
+    /// A fleet node's rooms, with the store played by the test: commands are taken and
+    /// events given by hand.
+    struct Node {
+        w: World,
+    }
+
+    const HERE: &str = "node-here";
+    const THERE: &str = "node-there";
+
+    impl Node {
+        fn new(config: RoomsConfig) -> Self {
+            let mut w = World::new(config);
+            w.rooms = Rooms::clustered(w.rooms.config.clone(), Rng::from_seed(7), HERE.into());
+            w.rooms.cluster_connected();
+            let restore = w.rooms.poll_command();
+            assert_eq!(
+                restore,
+                Some(ClusterCommand::Restore {
+                    members: Vec::new()
+                })
+            );
+            Self { w }
+        }
+
+        fn commands(&mut self) -> Vec<ClusterCommand> {
+            std::iter::from_fn(|| self.w.rooms.poll_command()).collect()
+        }
+
+        /// Asks to join; returns the id the node asked the store to admit.
+        fn ask_join(&mut self, conn: ConnId, room: &str, name: &str) -> String {
+            self.w.connect(conn);
+            let out = self
+                .w
+                .send(conn, json!({"type": "join", "room": room, "name": name}));
+            assert!(out.is_empty(), "the welcome waits for the store: {out:?}");
+            match self.commands().as_slice() {
+                [ClusterCommand::Admit { id, room_size, .. }] => {
+                    assert_eq!(*room_size, self.w.rooms.config.room_size);
+                    id.clone()
+                }
+                other => panic!("expected one Admit, got {other:?}"),
+            }
+        }
+    }
+
+    fn peer(id: &str, name: &str, node: &str) -> ClusterPeer {
+        ClusterPeer {
+            id: id.into(),
+            name: name.into(),
+            node: node.into(),
+        }
+    }
+
+    fn joined(room: &str, who: &ClusterPeer, members: &[ClusterPeer]) -> ClusterEvent {
+        ClusterEvent::Joined {
+            room: room.into(),
+            id: who.id.clone(),
+            name: who.name.clone(),
+            node: who.node.clone(),
+            members: members.to_vec(),
+            chat: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn in_a_fleet_the_welcome_comes_from_the_store_with_everyone_on_every_node() {
+        let mut n = Node::new(RoomsConfig::default());
+        let id = n.ask_join(1, "r", "A");
+        let remote = peer("b0", "B", THERE);
+        let me = peer(&id, "A", HERE);
+        let chat = vec![ChatMessage {
+            from: "b0".into(),
+            name: "B".into(),
+            text: "earlier".into(),
+            at: 5,
+        }];
+        let mut event = joined("r", &me, &[remote.clone(), me.clone()]);
+        if let ClusterEvent::Joined { chat: history, .. } = &mut event {
+            history.clone_from(&chat);
+        }
+        let out = n.w.rooms.handle_event(event);
+        assert_eq!(
+            out,
+            vec![Outgoing {
+                to: 1,
+                message: ServerMessage::Welcome {
+                    id: id.clone(),
+                    peers: vec![PeerInfo {
+                        id: "b0".into(),
+                        name: "B".into()
+                    }],
+                    ice_servers: json!([{"urls": ["turn:h:3478"]}]),
+                    chat,
+                }
+            }]
+        );
+        // A join on another node: peer-joined here; a repeat of it changes nothing.
+        let c = peer("c0", "C", THERE);
+        let event = joined("r", &c, &[remote.clone(), me.clone(), c.clone()]);
+        let out = n.w.rooms.handle_event(event.clone());
+        assert_eq!(
+            out,
+            vec![Outgoing {
+                to: 1,
+                message: ServerMessage::PeerJoined {
+                    id: "c0".into(),
+                    name: "C".into()
+                }
+            }]
+        );
+        assert!(n.w.rooms.handle_event(event).is_empty());
+        assert_eq!(n.w.rooms.room_len("r"), 3);
+        // A second local joiner is welcomed with all three and the first hears of it.
+        let id2 = n.ask_join(2, "r", "D");
+        let d = peer(&id2, "D", HERE);
+        let out =
+            n.w.rooms
+                .handle_event(joined("r", &d, &[remote, me, c, d.clone()]));
+        let ServerMessage::Welcome { peers, .. } = &out[0].message else {
+            panic!("welcome first: {out:?}");
+        };
+        assert_eq!(peers.len(), 3);
+        assert_eq!(out[1].to, 1);
+        assert!(matches!(out[1].message, ServerMessage::PeerJoined { .. }));
+        // Someone elsewhere leaves.
+        let out = n.w.rooms.handle_event(ClusterEvent::Left {
+            room: "r".into(),
+            id: "b0".into(),
+        });
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|o| o.message == ServerMessage::PeerLeft { id: "b0".into() }));
+        assert_eq!(n.w.rooms.figures().participants, 2);
+    }
+
+    #[test]
+    fn in_a_fleet_signals_and_chat_go_through_the_store_in_order() {
+        let mut n = Node::new(RoomsConfig::default());
+        let id = n.ask_join(1, "r", "A");
+        let me = peer(&id, "A", HERE);
+        let b = peer("b0", "B", THERE);
+        n.w.rooms
+            .handle_event(joined("r", &me, &[b.clone(), me.clone()]));
+        assert!(n
+            .w
+            .send(1, json!({"type": "signal", "to": "b0", "data": {"sdp": 1}}))
+            .is_empty());
+        assert!(n
+            .w
+            .send(1, json!({"type": "chat", "text": "hi"}))
+            .is_empty());
+        let commands = n.commands();
+        assert!(matches!(
+            &commands[..],
+            [
+                ClusterCommand::Signal { node, to, .. },
+                ClusterCommand::Chat { room, .. },
+            ] if node == THERE && to == "b0" && room == "r"
+        ));
+        // What the store sends back is delivered: a signal from b0, the chat to everyone.
+        let out = n.w.rooms.handle_event(ClusterEvent::Signal {
+            room: "r".into(),
+            from: "b0".into(),
+            to: id.clone(),
+            data: json!({"sdp": 2}),
+        });
+        assert_eq!(
+            out,
+            vec![Outgoing {
+                to: 1,
+                message: ServerMessage::Signal {
+                    from: "b0".into(),
+                    data: json!({"sdp": 2})
+                }
+            }]
+        );
+        let ClusterCommand::Chat { message, .. } = commands[1].clone() else {
+            unreachable!()
+        };
+        let out = n.w.rooms.handle_event(ClusterEvent::Chat {
+            room: "r".into(),
+            message,
+        });
+        assert_eq!(chat_of(&out), vec![(1, "hi".to_owned())]);
+        // Signals from someone not in the room, or to someone not here, go nowhere.
+        for (from, to) in [("zz", id.as_str()), ("b0", "zz")] {
+            let out = n.w.rooms.handle_event(ClusterEvent::Signal {
+                room: "r".into(),
+                from: from.into(),
+                to: to.into(),
+                data: json!(null),
+            });
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn in_a_fleet_a_full_room_and_a_lost_store_refuse_the_join() {
+        let mut n = Node::new(RoomsConfig::default());
+        let id = n.ask_join(1, "r", "A");
+        let out = n.w.rooms.admission_refused(&id, Refusal::Full);
+        assert_eq!(error_code(&out), Some(ErrorCode::RoomFull));
+        // The connection may try again; an id taken in the room is drawn anew.
+        let out =
+            n.w.send(1, json!({"type": "join", "room": "r", "name": "A"}));
+        assert!(out.is_empty());
+        let Some(ClusterCommand::Admit { id: first, .. }) = n.w.rooms.poll_command() else {
+            panic!("admit");
+        };
+        assert!(n
+            .w
+            .rooms
+            .admission_refused(&first, Refusal::Taken)
+            .is_empty());
+        let Some(ClusterCommand::Admit { id: second, .. }) = n.w.rooms.poll_command() else {
+            panic!("admit again");
+        };
+        assert_ne!(first, second);
+        // The store goes away while the join waits.
+        let out = n.w.rooms.cluster_lost();
+        assert_eq!(error_code(&out), Some(ErrorCode::Unavailable));
+        // A late answer for it is ignored; new joins are refused at once.
+        let late = peer(&second, "A", HERE);
+        assert!(n
+            .w
+            .rooms
+            .handle_event(joined("r", &late, &[late.clone()]))
+            .is_empty());
+        let out =
+            n.w.send(1, json!({"type": "join", "room": "r", "name": "A"}));
+        assert_eq!(error_code(&out), Some(ErrorCode::Unavailable));
+        assert!(n.commands().is_empty());
+        assert_eq!(n.w.rooms.figures().participants, 0);
+    }
+
+    #[test]
+    fn without_the_store_a_node_serves_its_own_and_counts_what_it_drops() {
+        let mut n = Node::new(RoomsConfig::default());
+        let a = n.ask_join(1, "r", "A");
+        let b = n.ask_join(2, "r", "B");
+        let (pa, pb, pc) = (
+            peer(&a, "A", HERE),
+            peer(&b, "B", HERE),
+            peer("c0", "C", THERE),
+        );
+        n.w.rooms
+            .handle_event(joined("r", &pa, &[pc.clone(), pa.clone()]));
+        n.w.rooms
+            .handle_event(joined("r", &pb, &[pc.clone(), pa.clone(), pb.clone()]));
+        assert!(n.w.rooms.cluster_lost().is_empty());
+        // Local signal and chat are delivered at once; the remote signal is dropped.
+        let out = n.w.send(1, json!({"type": "signal", "to": b, "data": 1}));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, 2);
+        assert!(n
+            .w
+            .send(1, json!({"type": "signal", "to": "c0", "data": 1}))
+            .is_empty());
+        let out = n.w.send(2, json!({"type": "chat", "text": "still here"}));
+        assert_eq!(chat_of(&out).len(), 2);
+        assert_eq!(
+            n.w.rooms.cluster_dropped(),
+            2,
+            "the signal and the chat for C"
+        );
+        // B leaves meanwhile; when the store is back, the node registers who is left and,
+        // later, asks for a snapshot of the room.
+        let out = n.w.rooms.disconnect(2);
+        assert_eq!(out.len(), 1);
+        assert!(
+            n.commands().is_empty(),
+            "nothing reaches the store while it is away"
+        );
+        n.w.rooms.cluster_connected();
+        assert_eq!(
+            n.commands(),
+            vec![ClusterCommand::Restore {
+                members: vec![LocalMember {
+                    room: "r".into(),
+                    id: a.clone(),
+                    name: "A".into()
+                }]
+            }]
+        );
+        n.w.rooms.sync_due();
+        assert_eq!(
+            n.commands(),
+            vec![ClusterCommand::Sync { room: "r".into() }]
+        );
+        // C left while the store was away, D joined: the snapshot tells.
+        let pd = peer("d0", "D", THERE);
+        let out = n.w.rooms.handle_event(ClusterEvent::Sync {
+            room: "r".into(),
+            members: vec![pa, pd],
+        });
+        assert_eq!(
+            out,
+            vec![
+                Outgoing {
+                    to: 1,
+                    message: ServerMessage::PeerLeft { id: "c0".into() }
+                },
+                Outgoing {
+                    to: 1,
+                    message: ServerMessage::PeerJoined {
+                        id: "d0".into(),
+                        name: "D".into()
+                    }
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn in_a_fleet_leaving_tells_the_store_and_the_node_forgets_the_room() {
+        let mut n = Node::new(RoomsConfig::default());
+        let a = n.ask_join(1, "r", "A");
+        let pa = peer(&a, "A", HERE);
+        n.w.rooms
+            .handle_event(joined("r", &pa, &[peer("c0", "C", THERE), pa.clone()]));
+        assert!(n.w.rooms.disconnect(1).is_empty(), "nobody else here");
+        assert_eq!(
+            n.commands(),
+            vec![ClusterCommand::Leave {
+                room: "r".into(),
+                id: a
+            }]
+        );
+        assert!(n.w.rooms.rooms.is_empty());
+        // A join that is still waiting when its connection closes is withdrawn too.
+        let waiting = n.ask_join(2, "r", "B");
+        n.w.rooms.disconnect(2);
+        assert_eq!(
+            n.commands(),
+            vec![ClusterCommand::Leave {
+                room: "r".into(),
+                id: waiting
+            }]
+        );
+        assert_eq!(n.w.rooms.figures(), RoomsFigures::default());
     }
 }

@@ -184,6 +184,7 @@ fn rooms_config(config: &Config) -> RoomsConfig {
         rooms_per_ip: signal.rooms_per_ip,
         messages_per_second: signal.messages_per_second,
         max_message_bytes: signal.max_message_bytes,
+        max_chat_bytes: signal.max_chat_bytes,
         token_secret: signal.token_secret.clone(),
     }
 }
@@ -269,8 +270,8 @@ impl Hub {
                 Vec::new()
             }
             Input::Text { conn, text } => {
-                let unix_now = crate::net::unix_now();
-                self.rooms.handle_text(now, unix_now, conn, text.as_str())
+                let unix_ms = crate::net::unix_now_ms();
+                self.rooms.handle_text(now, unix_ms, conn, text.as_str())
             }
             Input::Binary { conn } => self.rooms.handle_binary(now, conn),
             Input::Closed { conn } => self.close(conn),
