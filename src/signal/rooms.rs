@@ -1639,7 +1639,7 @@ mod tests {
         assert!(n
             .w
             .rooms
-            .handle_event(joined("r", &late, &[late.clone()]))
+            .handle_event(joined("r", &late, std::slice::from_ref(&late)))
             .is_empty());
         let out =
             n.w.send(1, json!({"type": "join", "room": "r", "name": "A"}));
