@@ -210,7 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
             Rng::from_os()?,
             &tracker,
             stopped.clone(),
-        );
+        )?;
         page = Some(http::PageRoute::new(
             signal_hub.clone(),
             tracker.clone(),

@@ -241,6 +241,43 @@ pub(crate) fn render(observer: &Observer) -> String {
             out.family(name, kind, help);
             out.sample(name, &[], value);
         }
+        if let Some(cluster) = signal.cluster {
+            for (name, kind, help, value) in [
+                (
+                    "rendez_cluster_connected",
+                    "gauge",
+                    "1 while Redis ([cluster]) is reachable; 0: rooms across nodes are unavailable and joins refused.",
+                    u64::from(cluster.connected),
+                ),
+                (
+                    "rendez_cluster_dropped_total",
+                    "counter",
+                    "Messages for participants on other nodes dropped because Redis was unreachable.",
+                    cluster.dropped,
+                ),
+                (
+                    "rendez_cluster_redis_calls_total",
+                    "counter",
+                    "Scripts and publishes sent to Redis.",
+                    cluster.calls,
+                ),
+                (
+                    "rendez_cluster_events_total",
+                    "counter",
+                    "Events received from the other nodes through Redis.",
+                    cluster.events,
+                ),
+                (
+                    "rendez_cluster_disconnects_total",
+                    "counter",
+                    "Times the connection to Redis was lost.",
+                    cluster.disconnects,
+                ),
+            ] {
+                out.family(name, kind, help);
+                out.sample(name, &[], value);
+            }
+        }
     }
     out.text
 }

@@ -29,6 +29,7 @@
 mod acme;
 mod address;
 mod bootstrap;
+mod cluster;
 mod handle;
 mod http;
 mod lifecycle;

@@ -21,8 +21,10 @@ pub mod channel_loop;
 pub mod netns;
 pub mod pebble;
 pub mod process;
+pub mod redis;
 pub mod tls;
 pub mod tools;
+pub mod ws;
 
 pub const WAIT: Duration = Duration::from_secs(3);
 

@@ -118,12 +118,22 @@ impl ServerProcess {
 
     /// The metrics listener it logged when it started serving (JSON log, `[metrics] listen`).
     pub fn logged_metrics_addr(&self) -> Option<SocketAddr> {
+        self.logged_optional_addr("metrics")
+    }
+
+    /// The page and signaling listener it logged when it started serving (JSON log).
+    pub fn logged_signal_addr(&self) -> Option<SocketAddr> {
+        self.logged_optional_addr("signal")
+    }
+
+    /// An `Option<SocketAddr>` field of the "serving" line (logged as `Some(ADDR)`).
+    fn logged_optional_addr(&self, field: &str) -> Option<SocketAddr> {
         let serving = self
             .json_log()
             .into_iter()
             .find(|line| message_of(line) == "rendez serving STUN/TURN")?;
-        let metrics = serving["fields"]["metrics"].as_str()?;
-        metrics
+        serving["fields"][field]
+            .as_str()?
             .strip_prefix("Some(")?
             .strip_suffix(')')?
             .parse()

@@ -7,6 +7,10 @@
 //! (a browser that stopped reading), is dropped at once: it leaves its room, the others hear
 //! `peer-left`, and its queue closes, which ends the session at once, even in the middle of
 //! a write. The hub never waits on a session.
+//!
+//! In a fleet (`[cluster]`) the hub also carries the rooms' commands to the cluster task
+//! (without waiting: a full queue drops and counts) and runs what the store tells it
+//! through the rooms like any other input.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,8 +25,9 @@ use tokio_util::task::TaskTracker;
 use super::outbound::Outbound;
 use crate::config::Config;
 use crate::credential;
+use crate::net::cluster::{self, ClusterFigures, ClusterLink, Notice};
 use crate::random::Rng;
-use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig, RoomsFigures};
+use crate::signal::{ClusterCommand, ConnId, Outgoing, Refusal, Rooms, RoomsConfig, RoomsFigures};
 
 /// Inputs waiting for the hub before sessions wait.
 const INPUT_QUEUE: usize = 1024;
@@ -66,6 +71,9 @@ pub struct SignalFigures {
     pub connections: usize,
     /// Sessions dropped because they stopped reading (their queue was full).
     pub dropped_not_reading: u64,
+    /// In a fleet: the link to Redis, and messages for other nodes dropped while it was
+    /// down (the task's own count included).
+    pub cluster: Option<ClusterFigures>,
 }
 
 /// The sessions' side of the hub.
@@ -84,6 +92,8 @@ struct Shared {
     /// Set when the server drains: `/healthz` answers 503 so load balancers send new
     /// visitors elsewhere.
     draining: AtomicBool,
+    /// In a fleet: whether Redis is reachable (else `/healthz` answers 503 too).
+    cluster: Option<ClusterLink>,
 }
 
 /// A session's settings, taken when it opens (a reload applies to sessions opened after).
@@ -140,6 +150,14 @@ impl HubHandle {
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
     }
+
+    /// False in a fleet whose Redis is unreachable: joins are refused here now.
+    pub fn rooms_available(&self) -> bool {
+        self.shared
+            .cluster
+            .as_ref()
+            .is_none_or(ClusterLink::is_connected)
+    }
 }
 
 impl SessionSettings {
@@ -189,8 +207,8 @@ fn rooms_config(config: &Config) -> RoomsConfig {
     }
 }
 
-/// Starts the hub task; it ends when `stopped` changes. `udp` and `tls` are the bound
-/// TURN addresses, for the page's ICE servers.
+/// Starts the hub task (and, with `[cluster]`, the cluster task); they end when `stopped`
+/// changes. `udp` and `tls` are the bound TURN addresses, for the page's ICE servers.
 pub(crate) fn spawn(
     config: &Config,
     udp: &[SocketAddr],
@@ -198,17 +216,33 @@ pub(crate) fn spawn(
     rng: Rng,
     tracker: &TaskTracker,
     stopped: watch::Receiver<bool>,
-) -> HubHandle {
-    let rooms = Rooms::new(rooms_config(config), rng);
+) -> anyhow::Result<HubHandle> {
     if config.auth.secrets.is_empty() {
         tracing::warn!("no `auth.secrets`: the call page gets STUN only, no TURN relay");
     }
+    let (rooms, cluster, notices) = match &config.cluster {
+        Some(cluster_config) => {
+            let node = cluster::new_node_id()?;
+            let (notify, notices) = mpsc::channel(INPUT_QUEUE);
+            let link = cluster::spawn(
+                cluster_config,
+                node.clone(),
+                notify,
+                tracker,
+                stopped.clone(),
+            )?;
+            let rooms = Rooms::clustered(rooms_config(config), rng, node);
+            (rooms, Some(link), Some(notices))
+        }
+        None => (Rooms::new(rooms_config(config), rng), None, None),
+    };
     let (input, inbox) = mpsc::channel(INPUT_QUEUE);
     let shared = Arc::new(Shared {
         next_conn: AtomicU64::new(1),
         settings: RwLock::new(Arc::new(SessionSettings::new(config, udp, tls))),
         figures: Mutex::default(),
         draining: AtomicBool::new(false),
+        cluster: cluster.clone(),
     });
     let hub = Hub {
         rooms,
@@ -216,9 +250,10 @@ pub(crate) fn spawn(
         trim_at: None,
         shared: shared.clone(),
         dropped_not_reading: 0,
+        cluster,
     };
-    tracker.spawn(hub.run(inbox, stopped));
-    HubHandle { input, shared }
+    tracker.spawn(hub.run(inbox, notices, stopped));
+    Ok(HubHandle { input, shared })
 }
 
 struct Hub {
@@ -228,11 +263,18 @@ struct Hub {
     trim_at: Option<Instant>,
     shared: Arc<Shared>,
     dropped_not_reading: u64,
+    cluster: Option<ClusterLink>,
 }
 
 impl Hub {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stopped: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input>,
+        mut notices: Option<mpsc::Receiver<Notice>>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let mut batch = Vec::with_capacity(INPUT_BATCH);
+        let mut notice_batch = Vec::with_capacity(INPUT_BATCH);
         loop {
             let trim = async {
                 match self.trim_at {
@@ -247,6 +289,22 @@ impl Hub {
                     }
                     for input in batch.drain(..) {
                         self.handle(input);
+                    }
+                    self.publish_figures();
+                }
+                received = async {
+                    match notices.as_mut() {
+                        Some(notices) => notices.recv_many(&mut notice_batch, INPUT_BATCH).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if received == 0 {
+                        // The cluster task ended (the server stops).
+                        notices = None;
+                        continue;
+                    }
+                    for notice in notice_batch.drain(..) {
+                        self.handle_notice(notice);
                     }
                     self.publish_figures();
                 }
@@ -282,6 +340,48 @@ impl Hub {
             Input::Drain => self.rooms.drain(),
         };
         self.deliver(outgoing);
+        self.forward_commands();
+    }
+
+    /// What the store said, through the rooms.
+    fn handle_notice(&mut self, notice: Notice) {
+        let outgoing = match notice {
+            Notice::Connected => {
+                self.rooms.cluster_connected();
+                Vec::new()
+            }
+            Notice::Lost => self.rooms.cluster_lost(),
+            Notice::Event(event) => self.rooms.handle_event(event),
+            Notice::Refused { id, refusal } => self.rooms.admission_refused(&id, refusal),
+            Notice::SyncDue => {
+                self.rooms.sync_due();
+                Vec::new()
+            }
+        };
+        self.deliver(outgoing);
+        self.forward_commands();
+    }
+
+    /// Hands the rooms' commands to the cluster task. One it cannot take is dropped (and
+    /// counted); a join waiting on it is refused at once.
+    fn forward_commands(&mut self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut refused = Vec::new();
+        while let Some(command) = self.rooms.poll_command() {
+            let admit = match &command {
+                ClusterCommand::Admit { id, .. } => Some(id.clone()),
+                _ => None,
+            };
+            if !cluster.try_send(command) {
+                refused.extend(admit);
+            }
+        }
+        for id in refused {
+            let outgoing = self.rooms.admission_refused(&id, Refusal::Unavailable);
+            self.deliver(outgoing);
+        }
     }
 
     /// Queues each message on its session, in order. A session that cannot take one more
@@ -323,6 +423,11 @@ impl Hub {
             participants,
             connections,
             dropped_not_reading: self.dropped_not_reading,
+            cluster: self.cluster.as_ref().map(|link| {
+                let mut figures = link.figures();
+                figures.dropped += self.rooms.cluster_dropped();
+                figures
+            }),
         };
     }
 

@@ -331,11 +331,14 @@ async fn style_css() -> Response {
     static_file("text/css; charset=utf-8", STYLE_CSS)
 }
 
-/// 200 while serving; 503 once the server drains, so a load balancer stops sending new
-/// visitors here while existing calls go on.
+/// 200 while serving; 503 once the server drains, or while the Redis of a fleet is
+/// unreachable (joins are refused), so a load balancer stops sending new visitors here
+/// while existing calls go on.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     if state.hub.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !state.hub.rooms_available() {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
     } else {
         (StatusCode::OK, "ok\n")
     }

@@ -1,0 +1,14 @@
+-- ARGV: node, presence TTL in ms, reap ("1": remove the participants of nodes whose
+-- presence expired). Returns how many participants were removed.
+local node, ttl, reap = ARGV[1], ARGV[2], ARGV[3] == '1'
+redis.call('SET', alive_key(node), '1', 'PX', ttl)
+redis.call('SADD', P .. 'nodes', node)
+local removed = 0
+if reap then
+  for _, other in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+    if redis.call('EXISTS', alive_key(other)) == 0 then
+      removed = removed + remove_node(other)
+    end
+  end
+end
+return removed
