@@ -299,7 +299,7 @@ async fn a_draining_node_sends_its_participants_to_another() {
     assert_eq!(bob.recv_type("peer-left").await["id"], json!(a));
     let mut alice = nodes[1].client().await;
     let welcome = alice.join("r", "Alice").await;
-    assert_eq!(peer_ids(&welcome), [b.clone()]);
+    assert_eq!(peer_ids(&welcome), [b]);
     assert_eq!(bob.recv_type("peer-joined").await["name"], "Alice");
 }
 
