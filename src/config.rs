@@ -1307,6 +1307,19 @@ mod tests {
             ("[signal]\nlisten = \"nope\"", "listen"),
             ("[signal]\ntoken-secret = \"\"", "signal.token-secret"),
             ("[signal]\nidle-timeout = \"1s\"", "signal.idle-timeout"),
+            ("[signal]\nmax-chat-bytes = 0", "signal.max-chat-bytes"),
+            ("[signal]\nmax-chat-bytes = 40000", "signal.max-chat-bytes"),
+            ("[cluster]\nredis = \"http://x\"", "cluster.redis"),
+            ("[cluster]\nheartbeat = \"2s\"", "redis"),
+            (
+                "[cluster]\nredis = \"redis://h\"\nheartbeat = \"10ms\"",
+                "cluster.heartbeat",
+            ),
+            (
+                "[cluster]\nredis = \"redis://:pw@h\"\npassword-file = \"/p\"",
+                "cluster.password-file",
+            ),
+            ("[cluster]\nredis = \"redis://h\"\nnope = 1", "nope"),
             ("[connections]\nidle-timeout = \"0s\"", "connections"),
             (
                 "[limits]\nallocations-per-ip = 0",
@@ -1479,6 +1492,31 @@ mod tests {
         config.load_secrets_from(None).unwrap();
         assert_eq!(config, resolved);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_redis_password_file_is_read_and_never_shown() {
+        let dir = SecretDir::new("redis", &[("pw", b"hunter2\n")]);
+        let mut config = Config::from_toml(
+            "[cluster]\nredis = \"rediss://redis.example.com:6380/2\"\n\
+             password-file = \"$CREDENTIALS_DIRECTORY/pw\"",
+        )
+        .unwrap();
+        config.load_secrets_from(Some(&dir.0)).unwrap();
+        let cluster = config.cluster.clone().unwrap();
+        assert_eq!(cluster.password.as_deref(), Some("hunter2"));
+        assert_eq!(cluster.password_file, None);
+        assert_eq!(cluster.heartbeat, Duration::from_secs(2));
+        assert_eq!(cluster.redis_display(), "rediss://redis.example.com:6380");
+        let with_password = ClusterConfig {
+            redis: "redis://:hunter2@10.0.0.5:6379/0".into(),
+            ..cluster
+        };
+        assert_eq!(with_password.redis_display(), "redis://10.0.0.5:6379");
+        let err = Config::from_toml("[cluster]\nredis = \"http://:hunter2@x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -20,17 +20,28 @@ struct Node {
 }
 
 impl Node {
-    /// Starts a node on `redis` with default cluster settings plus `extra` TOML (top-level
-    /// keys first, then sections), and waits until it serves.
+    /// Starts a node on `redis_url` with `signal_extra` in `[signal]`, and waits until it
+    /// serves.
     fn start(name: &str, redis_url: &str, signal_extra: &str) -> Self {
+        Self::start_with(name, redis_url, signal_extra, "", &[])
+    }
+
+    /// [`Node::start`] with `cluster_extra` in `[cluster]` and `env` set.
+    fn start_with(
+        name: &str,
+        redis_url: &str,
+        signal_extra: &str,
+        cluster_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = format!(
             "log-format = \"json\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
              [auth]\nsecrets = [\"fleet-secret\"]\n\
              [signal]\nlisten = \"127.0.0.1:0\"\n{signal_extra}\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [cluster]\nredis = \"{redis_url}\"\n"
+             [cluster]\nredis = \"{redis_url}\"\n{cluster_extra}\n"
         );
-        let mut process = ServerProcess::spawn(name, &config, &[]);
+        let mut process = ServerProcess::spawn(name, &config, env);
         process.wait_until_serving();
         let signal = process.logged_signal_addr().expect("signal address logged");
         Self { process, signal }
@@ -386,6 +397,43 @@ async fn a_node_starts_while_redis_is_down_and_serves_once_it_answers() {
     assert_eq!(alice.join("r", "Alice").await["peers"], json!([]));
     assert!(node.process.log().contains("cannot reach Redis"));
     assert!(!node.process.log().contains("fleet-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls_with_a_password_file() {
+    let Some(redis) = RedisServer::with_tls("tls", &["--requirepass", "s3cret-pass"]) else {
+        return;
+    };
+    let tls = redis.tls_addr.unwrap();
+    let url = format!("rediss://localhost:{}/0", tls.port());
+    let password_file = redis.dir.0.join("password");
+    std::fs::write(&password_file, "s3cret-pass\n").unwrap();
+    let cluster = format!("password-file = \"{}\"", password_file.display());
+    let trust = redis.dir.0.join("cert.pem");
+    let env = [("SSL_CERT_FILE", trust.to_str().unwrap())];
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start_with(&format!("tls-{i}"), &url, "", &cluster, &env))
+        .collect();
+    for node in &nodes {
+        node.wait_health(200, Duration::from_secs(10));
+    }
+    let mut alice = nodes[0].client().await;
+    let mut bob = nodes[1].client().await;
+    let a = id_of(&alice.join("r", "Alice").await);
+    assert_eq!(peer_ids(&bob.join("r", "Bob").await), [a]);
+    // A wrong password: the node says why it cannot reach Redis, never the password.
+    let wrong = redis.dir.0.join("wrong");
+    std::fs::write(&wrong, "not-it").unwrap();
+    let cluster = format!("password-file = \"{}\"", wrong.display());
+    let refused = Node::start_with("tls-wrong", &url, "", &cluster, &env);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(refused.health(), 503);
+    let log = refused.process.log();
+    assert!(log.contains("cannot reach Redis"), "{log}");
+    for node in nodes.iter().chain([&refused]) {
+        let log = node.process.log();
+        assert!(!log.contains("s3cret") && !log.contains("not-it"), "{log}");
+    }
 }
 
 /// `GET path` over plain HTTP: the status code, or 0 when there is no answer.

@@ -11,24 +11,61 @@ use super::TempDir;
 
 pub struct RedisServer {
     child: Option<Child>,
+    /// Its plain-TCP address (also with TLS: for the test's own checks).
     pub addr: SocketAddr,
-    dir: TempDir,
+    /// Its TLS address, when started [`RedisServer::with_tls`].
+    pub tls_addr: Option<SocketAddr>,
+    /// Arguments beyond the address and persistence.
+    extra: Vec<String>,
+    pub dir: TempDir,
 }
 
 impl RedisServer {
     /// Starts one (no persistence: a restart starts empty, the harder case), or `None`
     /// when redis-server is not installed and not required.
     pub fn start(name: &str) -> Option<Self> {
+        Self::start_with(name, false, &[])
+    }
+
+    /// [`RedisServer::start`] with TLS on a second port, its certificate (for `localhost`)
+    /// in `dir/cert.pem` (trust it with `SSL_CERT_FILE`), and `extra` arguments (e.g.
+    /// `--requirepass`).
+    pub fn with_tls(name: &str, extra: &[&str]) -> Option<Self> {
+        Self::start_with(name, true, extra)
+    }
+
+    fn start_with(name: &str, tls: bool, extra: &[&str]) -> Option<Self> {
         require_tool("redis-server")?;
-        // A free port: the kernel's choice, released for redis to take.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let dir = TempDir::new(&format!("redis-{name}"));
+        let mut extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let mut tls_addr = None;
+        if tls {
+            let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            std::fs::write(dir.0.join("cert.pem"), certified.cert.pem()).unwrap();
+            std::fs::write(dir.0.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+            let addr = free_port();
+            tls_addr = Some(addr);
+            for (flag, value) in [
+                ("--tls-port", addr.port().to_string()),
+                (
+                    "--tls-cert-file",
+                    dir.0.join("cert.pem").display().to_string(),
+                ),
+                (
+                    "--tls-key-file",
+                    dir.0.join("key.pem").display().to_string(),
+                ),
+                ("--tls-auth-clients", "no".into()),
+            ] {
+                extra.extend([flag.to_owned(), value]);
+            }
+        }
         let mut server = Self {
             child: None,
-            addr,
-            dir: TempDir::new(&format!("redis-{name}")),
+            addr: free_port(),
+            tls_addr,
+            extra,
+            dir,
         };
         server.resume();
         Some(server)
@@ -59,6 +96,7 @@ impl RedisServer {
                 &self.addr.port().to_string(),
             ])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir.0)
             .stdin(Stdio::null())
@@ -69,10 +107,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self
+            // With `--requirepass` an unauthenticated PING is refused, but answered.
+            let answered = self
                 .command("PING")
-                .is_some_and(|reply| reply.starts_with("+PONG"))
-            {
+                .is_some_and(|reply| reply.starts_with("+PONG") || reply.starts_with("-NOAUTH"));
+            if answered {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -101,6 +140,14 @@ impl RedisServer {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// A free port: the kernel's choice, released for redis to take.
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 impl Drop for RedisServer {
