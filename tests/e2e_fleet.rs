@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use rendez::stun::{AttrType, Message, Method};
 use rendez::turn::{QuotaExceeded, Stats};
 
+use common::process::ServerProcess;
 use common::tls::TestCert;
 use common::*;
 
@@ -90,6 +91,36 @@ async fn without_the_shared_secret_a_node_refuses_the_others_nonces_until_a_relo
         .to_vec();
     client.use_nonce(&fresh);
     assert_eq!(client.refresh(600).await, None);
+}
+
+/// The binary, as systemd runs it: SIGHUP applies a new nonce secret at once and says so,
+/// and neither secret is ever in the log, even at debug level.
+#[tokio::test]
+async fn sighup_applies_a_new_nonce_secret_and_no_log_line_holds_a_secret() {
+    let old = "hunter2-old-nonce-secret";
+    let new = "hunter2-new-nonce-secret";
+    let file = |secret: &str| {
+        node().nonce_secret(secret).toml().replace(
+            "workers = 1\n",
+            "workers = 1\nlog-format = \"json\"\nlog-level = \"debug\"\n",
+        )
+    };
+    let mut rendez = ServerProcess::spawn("fleet-nonce-reload", &file(old), &[]);
+    let udp = rendez.wait_until_serving();
+    let mut client = rest_client(udp, "dana").await;
+    assert!(client.try_allocate().await.is_ok());
+
+    rendez.write_config(&file(new));
+    rendez.signal(libc::SIGHUP);
+    wait_for_log(&rendez, "configuration reloaded").await;
+    assert!(
+        rendez.log().contains("`auth.nonce-secret` changed"),
+        "{}",
+        rendez.log()
+    );
+    let stale = client.request(Method::REFRESH, &[]).await;
+    assert_eq!(error_of(&stale), Some(438), "the old key's nonce");
+    assert!(!rendez.log().contains("hunter2"), "{}", rendez.log());
 }
 
 // ================================================================ 300 Try Alternate
@@ -265,7 +296,7 @@ struct Node {
     top: String,
     /// `tls-listen` and `[tls]`, or nothing.
     tls: String,
-    nonce_secret: Option<&'static str>,
+    nonce_secret: Option<String>,
     /// Lines of `[limits]`.
     limits: String,
 }
@@ -276,7 +307,7 @@ fn node() -> Node {
         relay_ports: RELAY_PORTS,
         top: String::new(),
         tls: String::new(),
-        nonce_secret: Some(NONCE_SECRET),
+        nonce_secret: Some(NONCE_SECRET.into()),
         limits: String::new(),
     }
 }
@@ -302,8 +333,8 @@ impl Node {
         self
     }
 
-    fn nonce_secret(mut self, secret: &'static str) -> Self {
-        self.nonce_secret = Some(secret);
+    fn nonce_secret(mut self, secret: &str) -> Self {
+        self.nonce_secret = Some(secret.into());
         self
     }
 
@@ -312,12 +343,13 @@ impl Node {
         self
     }
 
-    fn config(&self) -> rendez::Config {
+    fn toml(&self) -> String {
         let nonce_secret = self
             .nonce_secret
+            .as_ref()
             .map(|s| format!("nonce-secret = \"{s}\"\n"))
             .unwrap_or_default();
-        let text = format!(
+        format!(
             "realm = \"rendez.test\"\nlisten = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
              relay-ports = \"{}\"\nworkers = 1\n{}{}\
              [auth]\nsecrets = [\"{REST_SECRET}\"]\n{nonce_secret}\
@@ -325,7 +357,11 @@ impl Node {
              [limits]\n{}\
              [signal]\nenabled = false\n",
             self.relay_ports, self.top, self.tls, self.limits,
-        );
+        )
+    }
+
+    fn config(&self) -> rendez::Config {
+        let text = self.toml();
         rendez::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
     }
 
@@ -353,6 +389,17 @@ fn talk_to(client: &mut TurnClient, to: SocketAddr) {
         panic!("only a UDP client changes servers on one socket");
     };
     *server = to;
+}
+
+/// Waits (up to 10 s) for a log line of the process that contains `text`.
+async fn wait_for_log(rendez: &ServerProcess, text: &str) {
+    for _ in 0..500 {
+        if rendez.log().contains(text) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no {text:?} in the log:\n{}", rendez.log());
 }
 
 /// The node's counters once `done` holds of them (they are published every 100 ms).
