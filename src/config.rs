@@ -1134,15 +1134,23 @@ fn validate_alternate(alternate: &AlternateServer) -> Result<(), String> {
         return Err(format!("{alternate} needs a port other than 0, e.g. 3478"));
     }
     match &alternate.host {
-        AlternateHost::Ip(ip) if ip.is_unspecified() || ip.is_multicast() || ip.to_canonical() != *ip => Err(format!(
-            "{alternate} must be an address clients can reach, written plainly (IPv4 as IPv4, not ::ffff:…), e.g. [\"203.0.113.8:3478\", \"[2001:db8::8]:3478\"]"
-        )),
+        AlternateHost::Ip(ip) => {
+            let plain = ip.to_canonical() == *ip;
+            if ip.is_unspecified() || ip.is_multicast() || !plain {
+                return Err(format!(
+                    "{alternate} must be an address clients can reach, written plainly (IPv4 as IPv4, not ::ffff:…), e.g. [\"203.0.113.8:3478\", \"[2001:db8::8]:3478\"]"
+                ));
+            }
+        }
         // RFC 8489 §14.16: ALTERNATE-DOMAIN holds fewer than 128 characters.
-        AlternateHost::Name(name) if name.len() > 127 => Err(format!(
-            "the name {name:?} is longer than the 127 characters ALTERNATE-DOMAIN can carry"
-        )),
-        _ => Ok(()),
+        AlternateHost::Name(name) if name.len() > 127 => {
+            return Err(format!(
+                "the name {name:?} is longer than the 127 characters ALTERNATE-DOMAIN can carry"
+            ));
+        }
+        AlternateHost::Name(_) => {}
     }
+    Ok(())
 }
 
 /// The lowest `bandwidth-per-allocation` (bytes/s) accepted: below it a video call cannot

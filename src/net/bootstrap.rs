@@ -78,6 +78,7 @@ impl SharedLimits {
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
+    let alternates = resolve_alternates(&config.alternate_servers).await?;
     let proxies = &config.connections.proxy_protocol_from;
     if proxies.iter().any(|net| net.prefix_len() == 0) {
         tracing::warn!(
@@ -163,7 +164,6 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     // (and, with `nonce-secret`, at every node of the fleet).
     let nonce_keys = NonceKeys::new()?;
     let nonce_key = nonce_keys.for_config(&config);
-    let alternates = resolve_alternates(&config.alternate_servers).await?;
     let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
         let mut core = core_config(&config, &relays, &shared_limits, alternates.clone());
         core.relay_ports = ports.clone();
