@@ -61,9 +61,11 @@ pub struct Config {
     /// before the server exits anyway.
     #[serde(with = "humantime_serde_compat")]
     pub drain_timeout: Duration,
-    /// Where a draining server sends new allocations (300 Try Alternate with
-    /// ALTERNATE-SERVER); empty: they get 486.
-    pub alternate_servers: Vec<SocketAddr>,
+    /// Other TURN servers of the fleet, "IP:PORT" or "HOST:PORT": where a draining or
+    /// full server (`limits.allocations-total` reached, relay ports exhausted) sends new
+    /// allocations, in turn (300 Try Alternate with ALTERNATE-SERVER, and ALTERNATE-DOMAIN
+    /// for a name over TLS). Names are resolved at start and reload. Empty: 486 or 508.
+    pub alternate_servers: Vec<AlternateServer>,
     /// Which channel numbers ChannelBind accepts: RFC 5766's 0x4000–0x7FFF (the default,
     /// for older clients) or RFC 8656's 0x4000–0x4FFF.
     pub channel_numbers: ChannelNumbersConfig,
@@ -74,6 +76,88 @@ pub struct Config {
     pub other_address: Option<SocketAddr>,
     /// SOFTWARE in every response; unset: the server's version is not advertised.
     pub software: Option<String>,
+}
+
+/// An `alternate-servers` entry as written: an IP address or a DNS name, and a port.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct AlternateServer {
+    pub host: AlternateHost,
+    pub port: u16,
+}
+
+/// How an alternate server is named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlternateHost {
+    Ip(IpAddr),
+    /// A DNS name, resolved at start and at each reload; TLS clients are told it.
+    Name(String),
+}
+
+impl std::fmt::Display for AlternateServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            AlternateHost::Ip(ip) => SocketAddr::new(*ip, self.port).fmt(f),
+            AlternateHost::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+impl From<SocketAddr> for AlternateServer {
+    fn from(address: SocketAddr) -> Self {
+        Self {
+            host: AlternateHost::Ip(address.ip()),
+            port: address.port(),
+        }
+    }
+}
+
+impl TryFrom<String> for AlternateServer {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            return Ok(address.into());
+        }
+        let problem = || {
+            format!(
+                "alternate-servers: expected \"IP:PORT\" or \"HOST:PORT\", like \"203.0.113.8:3478\", \"[2001:db8::8]:3478\" or \"turn2.example.com:3478\"; got {text:?}"
+            )
+        };
+        let (host, port) = text.rsplit_once(':').ok_or_else(problem)?;
+        let port: u16 = port.parse().map_err(|_| problem())?;
+        // A bare IPv6 address without brackets (or a mistyped one) is no DNS name either.
+        if !is_dns_name(host) || host.parse::<IpAddr>().is_ok() {
+            return Err(problem());
+        }
+        Ok(Self {
+            host: AlternateHost::Name(host.to_ascii_lowercase()),
+            port,
+        })
+    }
+}
+
+/// A secret from the config (`[auth] nonce-secret`): compared and cloned like a string, but
+/// never shown by `Debug`, so a logged config does not carry it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the code that keys something with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// Quotas and rate limits, so one user, address or flood cannot take the whole server.
@@ -188,8 +272,9 @@ impl Default for SignalConfig {
     }
 }
 
-/// `[cluster]`: rooms shared with the other nodes of a fleet through one Redis.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// `[cluster]`: rooms shared with the other nodes of a fleet through one Redis. `Debug`
+/// shows the Redis URL without its password.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterConfig {
     /// `redis://[:PASSWORD@]HOST:PORT/DB`, or `rediss://` for TLS.
@@ -200,7 +285,7 @@ pub struct ClusterConfig {
     pub password_file: Option<PathBuf>,
     /// The Redis password from `password-file`.
     #[serde(skip)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// How often a node renews its presence; a node silent for three heartbeats is taken
     /// for dead and its participants leave their rooms.
     #[serde(
@@ -208,6 +293,17 @@ pub struct ClusterConfig {
         with = "humantime_serde_compat"
     )]
     pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &self.redis_display())
+            .field("password_file", &self.password_file)
+            .field("password", &self.password)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -438,6 +534,13 @@ pub struct AuthConfig {
     /// credential minted to last for ever (or by a backend with a broken clock) is useless.
     #[serde(with = "humantime_serde_compat")]
     pub max_credential_ttl: Duration,
+    /// What the nonce key is made from, shared by every node of a fleet so that a nonce
+    /// one node hands out is good at another (still only from the client's address).
+    /// At least 16 bytes. Unset: a random key for this run.
+    pub nonce_secret: Option<Secret>,
+    /// A file holding `nonce-secret` instead (e.g. a systemd credential); read by
+    /// [`Config::load_secrets`].
+    pub nonce_secret_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -518,6 +621,8 @@ impl Default for AuthConfig {
             users: Vec::new(),
             credential_ttl: Duration::from_secs(24 * 3600),
             max_credential_ttl: Duration::from_secs(7 * 24 * 3600),
+            nonce_secret: None,
+            nonce_secret_file: None,
         }
     }
 }
@@ -564,7 +669,8 @@ impl Config {
     }
 
     /// Reads the secret files — `[auth] secret-file` into `auth.secrets` (after those
-    /// already there), `[signal] token-secret-file` into `signal.token-secret` — and expands
+    /// already there), `[auth] nonce-secret-file` into `auth.nonce-secret`,
+    /// `[signal] token-secret-file` into `signal.token-secret` — and expands
     /// `$CREDENTIALS_DIRECTORY` (where systemd puts `LoadCredential=` files) in them and in
     /// `[tls] cert` and `key`. Each file holds one secret; a trailing newline is dropped.
     ///
@@ -580,6 +686,7 @@ impl Config {
     fn load_secrets_from(&mut self, credentials: Option<&Path>) -> Result<(), ConfigError> {
         const SECRET_FILE: &str = "auth.secret-file";
         const TOKEN_SECRET_FILE: &str = "signal.token-secret-file";
+        const NONCE_SECRET_FILE: &str = "auth.nonce-secret-file";
         let mut secrets = self.auth.secrets.clone();
         for path in &self.auth.secret_file {
             let secret = read_secret(&expand_credentials(path, credentials, SECRET_FILE)?)
@@ -605,10 +712,10 @@ impl Config {
             Some(cluster) => {
                 const PASSWORD_FILE: &str = "cluster.password-file";
                 let password = match &cluster.password_file {
-                    Some(path) => Some(
+                    Some(path) => Some(Secret::new(
                         read_secret(&expand_credentials(path, credentials, PASSWORD_FILE)?)
                             .map_err(|problem| problem.for_key(PASSWORD_FILE))?,
-                    ),
+                    )),
                     None => cluster.password.clone(),
                 };
                 Some(ClusterConfig {
@@ -619,6 +726,23 @@ impl Config {
             }
             None => None,
         };
+        let nonce_secret = match &self.auth.nonce_secret_file {
+            Some(_) if self.auth.nonce_secret.is_some() => return Err(both_nonce_secrets()),
+            Some(path) => {
+                let path = expand_credentials(path, credentials, NONCE_SECRET_FILE)?;
+                let secret =
+                    read_secret(&path).map_err(|problem| problem.for_key(NONCE_SECRET_FILE))?;
+                if secret.len() < MIN_NONCE_SECRET_BYTES {
+                    return Err(SecretFileProblem {
+                        path,
+                        problem: NONCE_SECRET_TOO_SHORT.into(),
+                    }
+                    .for_key(NONCE_SECRET_FILE));
+                }
+                Some(Secret::new(secret))
+            }
+            None => self.auth.nonce_secret.clone(),
+        };
         let tls = match &self.tls {
             Some(tls) => Some(TlsConfig {
                 cert: expand_credentials(&tls.cert, credentials, "tls.cert")?,
@@ -628,6 +752,8 @@ impl Config {
         };
         self.auth.secrets = secrets;
         self.auth.secret_file.clear();
+        self.auth.nonce_secret = nonce_secret;
+        self.auth.nonce_secret_file = None;
         self.signal.token_secret = token_secret;
         self.signal.token_secret_file = None;
         self.tls = tls;
@@ -825,6 +951,14 @@ impl Config {
         if self.auth.secrets.iter().any(String::is_empty) {
             return Err(invalid("auth.secrets", "secrets must not be empty strings"));
         }
+        if self.auth.nonce_secret.is_some() && self.auth.nonce_secret_file.is_some() {
+            return Err(both_nonce_secrets());
+        }
+        if let Some(secret) = &self.auth.nonce_secret {
+            if secret.expose().len() < MIN_NONCE_SECRET_BYTES {
+                return Err(invalid("auth.nonce-secret", NONCE_SECRET_TOO_SHORT));
+            }
+        }
         for (i, user) in self.auth.users.iter().enumerate() {
             let key = format!("auth.users[{i}]");
             if user.name.is_empty()
@@ -884,15 +1018,9 @@ impl Config {
                 "must be at most 24h, e.g. \"30s\"",
             ));
         }
-        if self
-            .alternate_servers
-            .iter()
-            .any(|a| a.ip().is_unspecified() || a.port() == 0 || a.ip().to_canonical() != a.ip())
-        {
-            return Err(invalid(
-                "alternate-servers",
-                "must be addresses clients can reach, with a port, written plainly (IPv4 as IPv4, not ::ffff:…), e.g. [\"203.0.113.8:3478\", \"[2001:db8::8]:3478\"]",
-            ));
+        for alternate in &self.alternate_servers {
+            validate_alternate(alternate)
+                .map_err(|problem| invalid("alternate-servers", &problem))?;
         }
         if self.auth.max_credential_ttl > 365 * DAY
             || self.auth.credential_ttl > self.auth.max_credential_ttl
@@ -1090,6 +1218,44 @@ fn read_secret(path: &Path) -> Result<String, SecretFileProblem> {
         return Err(problem("is empty: write the secret into it".into()));
     }
     Ok(secret.to_owned())
+}
+
+/// The shortest `nonce-secret`: a guessable one would let anyone mint nonces for any
+/// address, and so flood every node with authentication work and replies.
+const MIN_NONCE_SECRET_BYTES: usize = 16;
+
+const NONCE_SECRET_TOO_SHORT: &str = "must be at least 16 bytes; make one with `openssl rand -base64 32` and give every node of the fleet the same";
+
+fn both_nonce_secrets() -> ConfigError {
+    invalid(
+        "auth.nonce-secret",
+        "and `auth.nonce-secret-file` are both set: keep one of them",
+    )
+}
+
+/// What an `alternate-servers` entry must be beyond its syntax.
+fn validate_alternate(alternate: &AlternateServer) -> Result<(), String> {
+    if alternate.port == 0 {
+        return Err(format!("{alternate} needs a port other than 0, e.g. 3478"));
+    }
+    match &alternate.host {
+        AlternateHost::Ip(ip) => {
+            let plain = ip.to_canonical() == *ip;
+            if ip.is_unspecified() || ip.is_multicast() || !plain {
+                return Err(format!(
+                    "{alternate} must be an address clients can reach, written plainly (IPv4 as IPv4, not ::ffff:…), e.g. [\"203.0.113.8:3478\", \"[2001:db8::8]:3478\"]"
+                ));
+            }
+        }
+        // RFC 8489 §14.16: ALTERNATE-DOMAIN holds fewer than 128 characters.
+        AlternateHost::Name(name) if name.len() > 127 => {
+            return Err(format!(
+                "the name {name:?} is longer than the 127 characters ALTERNATE-DOMAIN can carry"
+            ));
+        }
+        AlternateHost::Name(_) => {}
+    }
+    Ok(())
 }
 
 /// The lowest `bandwidth-per-allocation` (bytes/s) accepted: below it a video call cannot
@@ -1504,7 +1670,11 @@ mod tests {
         .unwrap();
         config.load_secrets_from(Some(&dir.0)).unwrap();
         let cluster = config.cluster.clone().unwrap();
-        assert_eq!(cluster.password.as_deref(), Some("hunter2"));
+        assert_eq!(
+            cluster.password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
         assert_eq!(cluster.password_file, None);
         assert_eq!(cluster.heartbeat, Duration::from_secs(2));
         assert_eq!(cluster.redis_display(), "rediss://redis.example.com:6380");
@@ -1513,6 +1683,7 @@ mod tests {
             ..cluster
         };
         assert_eq!(with_password.redis_display(), "redis://10.0.0.5:6379");
+        assert!(!format!("{with_password:?}").contains("hunter2"));
         let err = Config::from_toml("[cluster]\nredis = \"http://:hunter2@x\"")
             .unwrap_err()
             .to_string();
@@ -1599,6 +1770,112 @@ mod tests {
             err.contains("signal.token-secret-file") && err.contains("not both"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn nonce_secret_inline_or_from_a_file_never_shown() {
+        let inline =
+            Config::from_toml("[auth]\nnonce-secret = \"hunter2-hunter2-hunter2\"").unwrap();
+        assert_eq!(
+            inline.auth.nonce_secret,
+            Some(Secret::new("hunter2-hunter2-hunter2"))
+        );
+        assert!(!format!("{inline:?}").contains("hunter2"), "Debug hides it");
+        let dir = SecretDir::new(
+            "nonce",
+            &[
+                ("nonce", b"hunter2-from-a-file-0123\n"),
+                ("short", b"hunter2\n"),
+            ],
+        );
+        let mut from_file =
+            Config::from_toml("[auth]\nnonce-secret-file = \"$CREDENTIALS_DIRECTORY/nonce\"")
+                .unwrap();
+        from_file.load_secrets_from(Some(&dir.0)).unwrap();
+        assert_eq!(
+            from_file.auth.nonce_secret,
+            Some(Secret::new("hunter2-from-a-file-0123"))
+        );
+        assert_eq!(from_file.auth.nonce_secret_file, None);
+        from_file.validate().unwrap();
+
+        let mut short =
+            Config::from_toml("[auth]\nnonce-secret-file = \"$CREDENTIALS_DIRECTORY/short\"")
+                .unwrap();
+        let error = short
+            .load_secrets_from(Some(&dir.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`auth.nonce-secret-file`")
+                && error.contains("at least 16 bytes")
+                && error.contains("openssl rand"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn nonce_secret_errors_name_the_keys_and_hide_the_value() {
+        for (text, keys) in [
+            (
+                "[auth]\nnonce-secret = \"hunter2\"",
+                &["`auth.nonce-secret`", "at least 16 bytes"][..],
+            ),
+            (
+                "[auth]\nnonce-secret = \"hunter2-hunter2-hunter2\"\nnonce-secret-file = \"/etc/n\"",
+                &["`auth.nonce-secret`", "`auth.nonce-secret-file`", "keep one"][..],
+            ),
+            (
+                // A syntax error on a secret's line names the line, not the value.
+                "[auth]\nnonce-secret = [\"hunter2-hunter2-hunter2\"]",
+                &["line 2"][..],
+            ),
+        ] {
+            let error = Config::from_toml(text).unwrap_err().to_string();
+            for key in keys {
+                assert!(error.contains(key), "{text:?} gave {error}");
+            }
+            assert!(!error.contains("hunter2"), "{text:?} gave {error}");
+        }
+    }
+
+    #[test]
+    fn alternate_servers_are_addresses_or_names_with_a_port() {
+        let config = Config::from_toml(
+            r#"alternate-servers = ["203.0.113.8:3478", "[2001:db8::8]:3478", "TURN2.example.com:5349"]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.alternate_servers,
+            [
+                AlternateServer::from("203.0.113.8:3478".parse::<SocketAddr>().unwrap()),
+                AlternateServer::from("[2001:db8::8]:3478".parse::<SocketAddr>().unwrap()),
+                AlternateServer {
+                    host: AlternateHost::Name("turn2.example.com".into()),
+                    port: 5349,
+                },
+            ]
+        );
+        assert_eq!(
+            config.alternate_servers[2].to_string(),
+            "turn2.example.com:5349"
+        );
+        let long = format!("{}example.com:3478", "a.".repeat(60));
+        for entry in [
+            "turn2.example.com",
+            "turn2.example.com:0",
+            "turn2.example.com:70000",
+            "bad_name:3478",
+            "2001:db8::8:3478",
+            ":3478",
+            "203.0.113.8:0",
+            long.as_str(),
+        ] {
+            let text = format!("alternate-servers = [\"{entry}\"]");
+            let error = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(error.contains("alternate-servers"), "{text:?} gave {error}");
+        }
     }
 
     #[test]

@@ -39,6 +39,19 @@ fn commented_examples_are_valid_keys() {
         )]
     );
     assert!(config.signal.token_secret_file.is_some());
+    assert!(config.auth.nonce_secret_file.is_some());
+}
+
+/// `nonce-secret` (indented: it cannot stand beside `nonce-secret-file`) is valid.
+#[test]
+fn the_nonce_secret_example_parses() {
+    let line = SHIPPED
+        .lines()
+        .find_map(|line| line.strip_prefix("#   nonce-secret = "))
+        .expect("the nonce-secret example");
+    let config = Config::from_toml(&format!("[auth]\nnonce-secret = {line}"))
+        .expect("the nonce-secret example parses");
+    assert!(config.auth.nonce_secret.is_some());
 }
 
 /// The one-port example under `tls-listen` (indented, so not uncommented with the others).
@@ -101,6 +114,8 @@ fn every_key_is_documented() {
         "secret-file",
         "credential-ttl",
         "max-credential-ttl",
+        "nonce-secret",
+        "nonce-secret-file",
         "[[auth.users]]",
         "name",
         "password",

@@ -11,9 +11,9 @@ use rendez::stun::{
     TransactionId,
 };
 use rendez::turn::{
-    ChallengeLimiter, ChannelNumbers, ConnectionId, DropReason, FiveTuple, PeerAddr, PeerPolicy,
-    PortClaims, QuotaExceeded, QuotaLimits, Quotas, Rejection, RelayAddr, RelayAddress, RelayBind,
-    Reservations, Server, ServerConfig, TcpRelayLimits, Transport, UserSecret,
+    Alternate, ChallengeLimiter, ChannelNumbers, ConnectionId, DropReason, FiveTuple, PeerAddr,
+    PeerPolicy, PortClaims, QuotaExceeded, QuotaLimits, Quotas, Rejection, RelayAddr, RelayAddress,
+    RelayBind, Reservations, Server, ServerConfig, TcpRelayLimits, Transport, UserSecret,
     CONNECTION_BIND_TIMEOUT, CONNECT_TIMEOUT, RESERVATION_LIFETIME,
 };
 
@@ -55,7 +55,8 @@ fn draining_refuses_new_allocations_with_486_and_keeps_existing_ones() {
 fn draining_with_alternates_answers_300_with_an_alternate_of_the_clients_family() {
     let v6: SocketAddr = "[2001:db8::8]:3478".parse().unwrap();
     let v4: SocketAddr = "203.0.113.8:3478".parse().unwrap();
-    let mut h = Harness::with_config(|c| c.alternate_servers = vec![v6, v4]);
+    let mut h =
+        Harness::with_config(|c| c.alternate_servers = vec![Alternate::at(v6), Alternate::at(v4)]);
     h.server.start_draining();
     let mut alice = Client::alice(CLIENT);
     let response = alice.call(&mut h, Method::ALLOCATE, &[udp()]);
@@ -63,6 +64,159 @@ fn draining_with_alternates_answers_300_with_an_alternate_of_the_clients_family(
     let value = response.attr(AttrType::ALTERNATE_SERVER).unwrap();
     // A plain (not XORed) address: family 1, port, IPv4.
     assert_eq!(value, [0, 1, 0x0d, 0x96, 203, 0, 113, 8]);
+    assert!(
+        response.verifies(&alice.key()),
+        "answered after authentication"
+    );
+}
+
+const ALTERNATE_A: &str = "203.0.113.21:3478";
+const ALTERNATE_B: &str = "203.0.113.22:3479";
+
+/// Two alternates given by address, A then B.
+fn two_alternates(config: &mut ServerConfig) {
+    config.alternate_servers = [ALTERNATE_A, ALTERNATE_B]
+        .map(|a| Alternate::at(a.parse().unwrap()))
+        .into();
+}
+
+#[test]
+fn a_full_server_sends_allocations_to_its_alternates_in_turn() {
+    let mut h = Harness::with_config(|c| {
+        two_alternates(c);
+        c.quotas = Quotas::new(QuotaLimits {
+            total: 1,
+            ..QuotaLimits::default()
+        });
+    });
+    Client::alice(client_at(7301)).allocate(&mut h);
+    let mut named = Vec::new();
+    for port in 7302..7305 {
+        let mut client = Client::alice(client_at(port));
+        let response = client.call(&mut h, Method::ALLOCATE, &[udp()]);
+        assert_eq!(response.error_code(), Some(300));
+        assert!(
+            response.verifies(&client.key()),
+            "answered after authentication"
+        );
+        named.extend(alternate_servers(&response));
+    }
+    let [a, b] = [ALTERNATE_A, ALTERNATE_B].map(|a| a.parse::<SocketAddr>().unwrap());
+    assert_eq!(named, [a, b, a], "in turn, one per response");
+    assert_eq!(h.server.stats().redirected_full, 3);
+    assert_eq!(h.server.stats().quota_refusals(QuotaExceeded::Total), 0);
+}
+
+#[test]
+fn a_full_server_without_alternates_still_answers_486() {
+    let mut h = Harness::with_config(|c| {
+        c.quotas = Quotas::new(QuotaLimits {
+            total: 1,
+            ..QuotaLimits::default()
+        })
+    });
+    Client::alice(client_at(7311)).allocate(&mut h);
+    let refused = Client::alice(client_at(7312)).allocate_response(&mut h);
+    assert_eq!(refused.error_code(), Some(486));
+    assert_eq!(h.server.stats().quota_refusals(QuotaExceeded::Total), 1);
+    assert_eq!(h.server.stats().redirected_full, 0);
+}
+
+#[test]
+fn exhausted_relay_ports_with_alternates_are_300() {
+    let mut h = Harness::with_config(|c| {
+        two_alternates(c);
+        c.relay_ports = 50000..=50001;
+    });
+    for port in [7321, 7322] {
+        Client::alice(client_at(port)).allocate(&mut h);
+    }
+    let response = Client::alice(client_at(7323)).allocate_response(&mut h);
+    assert_eq!(response.error_code(), Some(300));
+    assert_eq!(
+        alternate_servers(&response),
+        [ALTERNATE_A.parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(h.server.stats().redirected_full, 1);
+}
+
+#[test]
+fn quotas_of_a_user_or_an_address_answer_486_even_with_alternates() {
+    let mut h = Harness::with_config(|c| {
+        two_alternates(c);
+        c.quotas = Quotas::new(QuotaLimits {
+            per_user: 1,
+            per_address: 2,
+            total: 100,
+        });
+    });
+    Client::alice(client_at(7331)).allocate(&mut h);
+    let user = Client::alice(client_at(7332)).allocate_response(&mut h);
+    assert_eq!(user.error_code(), Some(486), "alice's second");
+    Client::rest(client_at(7333), "bob", UNIX_START + 600).allocate(&mut h);
+    let address =
+        Client::rest(client_at(7334), "carol", UNIX_START + 600).allocate_response(&mut h);
+    assert_eq!(address.error_code(), Some(486), "a third from one address");
+    assert_eq!(h.server.stats().redirected_full, 0);
+}
+
+#[test]
+fn tls_clients_are_told_the_name_of_an_alternate_given_by_name() {
+    let named = Alternate {
+        addresses: vec![
+            "203.0.113.31:5349".parse().unwrap(),
+            "[2001:db8::31]:5349".parse().unwrap(),
+        ],
+        domain: Some("turn2.example.com".into()),
+    };
+    let by_address = Alternate::at("203.0.113.32:5349".parse().unwrap());
+    let mut h = Harness::with_config(|c| c.alternate_servers = vec![named, by_address]);
+    h.server.start_draining();
+    let over_tls = |port| FiveTuple {
+        transport: Transport::Tls,
+        ..client_at(port)
+    };
+    let first = Client::alice(over_tls(7341)).allocate_response(&mut h);
+    assert_eq!(first.error_code(), Some(300));
+    assert_eq!(
+        alternate_servers(&first),
+        [
+            "203.0.113.31:5349".parse::<SocketAddr>().unwrap(),
+            "[2001:db8::31]:5349".parse().unwrap()
+        ],
+        "the client's family first, then the other one of the same server"
+    );
+    assert_eq!(
+        first.attr(AttrType::ALTERNATE_DOMAIN).as_deref(),
+        Some(&b"turn2.example.com"[..])
+    );
+    // An alternate given by address has no name: the client checks the name it used here.
+    let second = Client::alice(over_tls(7342)).allocate_response(&mut h);
+    assert_eq!(second.error_code(), Some(300));
+    assert_eq!(second.attr(AttrType::ALTERNATE_DOMAIN), None);
+    // Without TLS there is no certificate to check, so no name.
+    let plain = Client::alice(client_at(7343)).allocate_response(&mut h);
+    assert_eq!(
+        alternate_servers(&plain)[0],
+        "203.0.113.31:5349".parse().unwrap()
+    );
+    assert_eq!(plain.attr(AttrType::ALTERNATE_DOMAIN), None);
+}
+
+/// Every ALTERNATE-SERVER of a response, in order, decoded here (a plain address, RFC 8489
+/// §14.1) independently of the server's encoder.
+fn alternate_servers(response: &Response) -> Vec<SocketAddr> {
+    let m = response.message();
+    m.attributes(AttrType::ALTERNATE_SERVER)
+        .map(|value| {
+            let port = u16::from_be_bytes([value[2], value[3]]);
+            match value[1] {
+                1 => SocketAddr::from((<[u8; 4]>::try_from(&value[4..8]).unwrap(), port)),
+                2 => SocketAddr::from((<[u8; 16]>::try_from(&value[4..20]).unwrap(), port)),
+                family => panic!("address family {family}"),
+            }
+        })
+        .collect()
 }
 
 #[test]

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::acme::Acme;
 use super::address::resolve_relay_addresses;
+use super::fleet::{resolve_alternates, NonceKeys};
 use super::handle::Handle;
 use super::observe::Observer;
 use super::proxy_protocol::TrustedProxies;
@@ -22,10 +23,10 @@ use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
 use super::{http, limits, metrics, shared_port, tls, unix_now};
 use crate::config::{AcmeChallenge, ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
-use crate::random::{fill_from_os, Rng};
+use crate::random::Rng;
 use crate::turn::{
-    self, ChallengeLimiter, ChannelNumbers, DefaultFamily, NatDiscovery, PeerPolicy, PortClaims,
-    QuotaLimits, Quotas, RelayAddress, Reservations, ServerConfig, TcpRelayLimits,
+    self, Alternate, ChallengeLimiter, ChannelNumbers, DefaultFamily, NatDiscovery, PeerPolicy,
+    PortClaims, QuotaLimits, Quotas, RelayAddress, Reservations, ServerConfig, TcpRelayLimits,
 };
 
 /// What every shard shares: allocation quotas, the challenge rate per source, and the relay
@@ -77,6 +78,7 @@ impl SharedLimits {
 /// Binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
     config.validate()?;
+    let alternates = resolve_alternates(&config.alternate_servers).await?;
     let proxies = &config.connections.proxy_protocol_from;
     if proxies.iter().any(|net| net.prefix_len() == 0) {
         tracing::warn!(
@@ -158,11 +160,12 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         None => shared_ports.iter().find(|(_, s)| s.page).map(|(a, _)| *a),
     };
 
-    // Every shard signs nonces with the same key, so a nonce from one is good at another.
-    let mut nonce_key = [0u8; 32];
-    fill_from_os(&mut nonce_key)?;
+    // Every shard signs nonces with the same key, so a nonce from one is good at another
+    // (and, with `nonce-secret`, at every node of the fleet).
+    let nonce_keys = NonceKeys::new()?;
+    let nonce_key = nonce_keys.for_config(&config);
     let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
-        let mut core = core_config(&config, &relays, &shared_limits);
+        let mut core = core_config(&config, &relays, &shared_limits, alternates.clone());
         core.relay_ports = ports.clone();
         core.nat_discovery = discovery;
         Ok(turn::Server::new(
@@ -322,6 +325,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         observer,
         metrics_addr,
         discovery,
+        nonce_keys,
+        nonce_key: std::sync::Mutex::new(nonce_key),
         reloading: tokio::sync::Mutex::new(()),
     })
 }
@@ -508,11 +513,12 @@ fn split_ports(
         .collect())
 }
 
-/// The TURN core's view of the configuration.
+/// The TURN core's view of the configuration, with `alternate-servers` as resolved.
 pub(crate) fn core_config(
     config: &Config,
     relays: &[RelayAddress],
     limits: &SharedLimits,
+    alternates: Vec<Alternate>,
 ) -> ServerConfig {
     let mut core = ServerConfig::new(&config.realm, relays[0], config.relay_ports.0.clone());
     core.relays = relays.to_vec();
@@ -533,7 +539,7 @@ pub(crate) fn core_config(
     core.challenge_limit = Some(limits.challenges.clone());
     core.binding_limit = Some(limits.bindings.clone());
     core.bandwidth_per_allocation = config.limits.bandwidth_per_allocation;
-    core.alternate_servers = config.alternate_servers.clone();
+    core.alternate_servers = alternates;
     core.channel_numbers = match config.channel_numbers {
         ChannelNumbersConfig::Rfc5766 => ChannelNumbers::Rfc5766,
         ChannelNumbersConfig::Rfc8656 => ChannelNumbers::Rfc8656,

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::bootstrap::{core_config, SharedLimits};
+use super::fleet::{resolve_alternates, NonceKeys};
 use super::http::hub::{HubHandle, SignalFigures};
 use super::observe::Observer;
 use super::tls::{self, CertStore};
@@ -41,6 +42,11 @@ pub struct Handle {
     pub(super) metrics_addr: Option<SocketAddr>,
     /// The four addresses of NAT behaviour discovery (with `other-address`).
     pub(super) discovery: Option<NatDiscovery>,
+    /// The nonce key of this run when `nonce-secret` is not set, and how to make it when it
+    /// is.
+    pub(super) nonce_keys: NonceKeys,
+    /// The nonce key every shard signs with now (changed only by a reload).
+    pub(super) nonce_key: std::sync::Mutex<[u8; 32]>,
     /// One reload at a time, so shards, certificate and hub always end on the same one.
     pub(super) reloading: tokio::sync::Mutex<()>,
 }
@@ -163,17 +169,25 @@ impl Handle {
             (Some(_), Some(tls)) => Some(tls::load_certified_key(tls)?),
             _ => None,
         };
+        let alternates = resolve_alternates(&new.alternate_servers).await?;
         let needs_restart = self.started.restart_only_changes(&new);
         // Everything fallible is done: from here on the new configuration is applied.
         self.limits.apply(&new.limits);
-        let core = core_config(&new, &self.relays, &self.limits);
+        let nonce_key = self.nonce_keys.for_config(&new);
+        let old_key = std::mem::replace(
+            &mut *self.nonce_key.lock().unwrap_or_else(|p| p.into_inner()),
+            nonce_key,
+        );
+        if old_key != nonce_key {
+            tracing::info!("`auth.nonce-secret` changed: nonces handed out before get 438 Stale Nonce with a fresh one, and clients retry");
+        }
+        let core = Box::new(core_config(&new, &self.relays, &self.limits, alternates));
+        let control = Control::Reconfigure { core, nonce_key };
         for worker in &self.workers {
-            worker.send(Control::Reconfigure(Box::new(core.clone())));
+            worker.send(control.clone());
         }
         self.stream_shard
-            .send(stream_shard::Input::Control(Control::Reconfigure(
-                Box::new(core),
-            )))
+            .send(stream_shard::Input::Control(control))
             .await;
         if let (Some(store), Some(certificate)) = (&self.certs, certificate) {
             store.replace(certificate);
@@ -185,8 +199,8 @@ impl Handle {
         Ok(Reloaded { needs_restart })
     }
 
-    /// Starts draining: new allocations are refused (300 Try Alternate to an
-    /// `alternate-servers` entry, else 486), existing ones go on relaying, and signaling
+    /// Starts draining: new allocations are refused (300 Try Alternate to the
+    /// `alternate-servers` entries in turn, else 486), existing ones go on relaying, and signaling
     /// clients are told to reconnect elsewhere. Wait for [`Handle::allocations_now`] to be
     /// zero (or a timeout), then [`Handle::shutdown`].
     pub async fn drain(&self) {

@@ -199,6 +199,12 @@ pub(crate) fn render(observer: &Observer) -> String {
         &|f| vec![(vec![], f.stats.refused_draining)],
     );
     family(
+        "rendez_redirected_full_total",
+        "counter",
+        "Allocate requests sent to an alternate server (300) because this one is full: allocations-total reached or every relay port in use.",
+        &|f| vec![(vec![], f.stats.redirected_full)],
+    );
+    family(
         "rendez_dropped_packets_total",
         "counter",
         "Packets dropped without an answer, by reason.",

@@ -20,6 +20,9 @@
 //!   the background and swapped into that store; the challenge answers the listeners give.
 //! - [`Notifier`]: telling systemd (`Type=notify`) that the server is ready, how it is
 //!   doing, that it is alive (watchdog), reloading or stopping.
+//! - `fleet`: what a TURN node shares with the others of its fleet: the nonce key made from
+//!   `[auth] nonce-secret`, and `alternate-servers` resolved, where a full or draining node
+//!   sends clients.
 //! - [`proxy_protocol`]: the header a load balancer in `[connections] proxy-protocol-from`
 //!   begins each TCP connection with, naming the client it relays.
 //!
@@ -30,6 +33,7 @@ mod acme;
 mod address;
 mod bootstrap;
 mod cluster;
+mod fleet;
 mod handle;
 mod http;
 mod lifecycle;

@@ -52,6 +52,9 @@ impl AttrType {
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
     pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
     pub const PASSWORD_ALGORITHMS: AttrType = AttrType(0x8002);
+    /// RFC 8489 §14.16: the name a TLS client checks the ALTERNATE-SERVER's certificate
+    /// against.
+    pub const ALTERNATE_DOMAIN: AttrType = AttrType(0x8003);
     pub const SOFTWARE: AttrType = AttrType(0x8022);
     pub const ALTERNATE_SERVER: AttrType = AttrType(0x8023);
     pub const FINGERPRINT: AttrType = AttrType(0x8028);

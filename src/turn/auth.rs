@@ -156,8 +156,9 @@ impl Authenticator {
         }
     }
 
-    /// Replaces realm, users and secrets (a reload); the nonce key stays, so nonces handed
-    /// out before remain valid.
+    /// Replaces realm, users and secrets (a reload); the nonce key stays (unless
+    /// [`Authenticator::set_nonce_key`] changes it), so nonces handed out before remain
+    /// valid.
     pub fn set_credentials(
         &mut self,
         realm: &str,
@@ -165,6 +166,12 @@ impl Authenticator {
         secrets: &[String],
     ) {
         self.directory = Directory::new(realm, users, secrets);
+    }
+
+    /// Signs and checks nonces with `key` from now on (a reload with a new
+    /// `nonce-secret`); nonces handed out before get 438 and a fresh one.
+    pub fn set_nonce_key(&mut self, key: &[u8; 32]) {
+        self.nonces.set_key(key);
     }
 
     /// REST names whose expiry lies more than this ahead of now are refused.

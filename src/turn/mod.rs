@@ -18,6 +18,7 @@
 //!   layer, test and benchmark uses (see [`drive`](self::drive) for the contract).
 
 mod allocation;
+mod alternates;
 mod auth;
 mod binding;
 mod challenge_limit;
@@ -37,6 +38,7 @@ mod stats;
 mod table;
 mod tcp_relay;
 
+pub use alternates::Alternate;
 pub use auth::{
     quota_name, rest_expiry, rest_password, Credentials, Rejection, UserSecret,
     OFFERED_PASSWORD_ALGORITHMS,
@@ -45,7 +47,7 @@ pub use binding::NatDiscovery;
 pub use challenge_limit::ChallengeLimiter;
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
-pub use nonce::NONCE_COOKIE;
+pub use nonce::{nonce_key_from_secret, NONCE_COOKIE};
 pub use peer_connections::{ConnectionCounts, ConnectionId};
 pub use policy::PeerPolicy;
 pub use ports::PortClaims;

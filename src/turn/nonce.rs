@@ -60,6 +60,20 @@ impl SecurityFeatures {
     }
 }
 
+/// Labels the nonce key made from a shared secret, so the key differs from anything else
+/// the same secret might key.
+const NONCE_KEY_LABEL: &[u8] = b"rendez stateless nonce key v1";
+
+/// The nonce key of every node configured with `secret` (`[auth] nonce-secret`): an
+/// HMAC-SHA256 of a fixed label under the secret. Nodes with the same secret accept each
+/// other's nonces; the secret itself never signs one.
+pub fn nonce_key_from_secret(secret: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), NONCE_KEY_LABEL);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(tag.as_ref());
+    key
+}
+
 /// Issues and checks nonces with one key (nodes behind one name share it).
 pub struct Nonces {
     key: hmac::Key,
@@ -72,6 +86,12 @@ impl Nonces {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
             lifetime_secs,
         }
+    }
+
+    /// Signs and checks with `key` from now on: nonces signed with the old key become
+    /// stale (438, and the client retries with the fresh nonce that comes with it).
+    pub fn set_key(&mut self, key: &[u8; 32]) {
+        self.key = hmac::Key::new(hmac::HMAC_SHA256, key);
     }
 
     /// A nonce for `client` offering `features`, valid until `unix_now + lifetime`.
@@ -173,6 +193,22 @@ mod tests {
         for junk in [&b""[..], b"obMatJos2", b"obMatJos2AAAD", b"zz", &[b'A'; 65]] {
             assert_eq!(n.check(junk, client, 1000), None);
         }
+    }
+
+    #[test]
+    fn nodes_with_one_secret_share_the_key_and_others_do_not() {
+        let secret = b"a fleet's shared nonce secret";
+        let key = nonce_key_from_secret(secret);
+        assert_eq!(key, nonce_key_from_secret(secret));
+        assert_ne!(key, nonce_key_from_secret(b"another fleet's nonce secret"));
+        let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let node_a = Nonces::new(&key, 3600);
+        let node_b = Nonces::new(&nonce_key_from_secret(secret), 3600);
+        let nonce = node_a.issue(BOTH, client, 1000);
+        assert_eq!(node_b.check(nonce.as_bytes(), client, 1000), Some(BOTH));
+        let mut rekeyed = node_b;
+        rekeyed.set_key(&nonce_key_from_secret(b"the next nonce secret"));
+        assert_eq!(rekeyed.check(nonce.as_bytes(), client, 1000), None);
     }
 
     #[test]

@@ -8,10 +8,10 @@ use super::allocation::{
     Allocation, ChannelBindError, Owner, PendingAllocate, PortChoice, Relay, State, MAX_PERMISSIONS,
 };
 use super::auth::{quota_name, Credentials};
-use super::quota::QuotaClaim;
+use super::quota::{QuotaClaim, QuotaExceeded};
 use super::server::{Reply, Server, RELAY_BIND_TIMEOUT};
 use super::tcp_relay::{open_relay, PROTOCOL_TCP};
-use super::{Output, RelayAddr, RelayOptions};
+use super::{Output, RelayAddr, RelayOptions, Transport};
 use crate::stun::{AddressFamily, AttrType, ErrorCode, Message};
 
 /// REQUESTED-TRANSPORT value for UDP (RFC 8656 §14.7: an IANA protocol number).
@@ -60,7 +60,9 @@ impl Server {
         }
         if self.draining {
             self.stats.refused_draining += 1;
-            self.refuse_while_draining(reply);
+            if !self.redirect(reply) {
+                self.send_error(reply, ErrorCode::ALLOCATION_QUOTA_REACHED, |_| {});
+            }
             return;
         }
         let protocol = match Self::relay_protocol(message, reply) {
@@ -111,7 +113,12 @@ impl Server {
                     for relay in relays {
                         self.release_port(relay.bind);
                     }
-                    self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
+                    // Every relay port is in use: another node of the fleet has room.
+                    if self.redirect(reply) {
+                        self.stats.redirected_full += 1;
+                    } else {
+                        self.send_error(reply, ErrorCode::INSUFFICIENT_CAPACITY, |_| {});
+                    }
                     return;
                 }
             }
@@ -152,7 +159,8 @@ impl Server {
             .insert(tuple, allocation, now + RELAY_BIND_TIMEOUT);
     }
 
-    /// One allocation's place in the quotas, or `None` after answering 486.
+    /// One allocation's place in the quotas, or `None` after answering 486 (or 300 when
+    /// the server is full and has alternates).
     fn claim_quota(&mut self, credentials: &Credentials, reply: &Reply) -> Option<QuotaClaim> {
         let client = reply.to.client;
         match self
@@ -161,6 +169,12 @@ impl Server {
         {
             Ok(claim) => Some(claim),
             Err(exceeded) => {
+                // The node is full, so another node of the fleet takes the client. A user's
+                // or an address's quota is no reason to move: it would be reached there too.
+                if exceeded == QuotaExceeded::Total && self.redirect(reply) {
+                    self.stats.redirected_full += 1;
+                    return None;
+                }
                 self.stats.quota_refusals[exceeded as usize] += 1;
                 tracing::info!(
                     %client,
@@ -174,22 +188,33 @@ impl Server {
         }
     }
 
-    /// A draining server sends new allocations to an alternate server (300, RFC 8489 §10)
-    /// of the client's own family, as ALTERNATE-SERVER must be (§14.15); a client of a
-    /// family no alternate has gets 486.
-    fn refuse_while_draining(&mut self, reply: &Reply) {
-        let client_v4 = reply.to.client.ip().to_canonical().is_ipv4();
-        let alternate = self
-            .alternate_servers
-            .iter()
-            .find(|a| a.ip().to_canonical().is_ipv4() == client_v4)
-            .copied();
-        match alternate {
-            Some(server) => self.send_error(reply, ErrorCode::TRY_ALTERNATE, |b| {
-                b.add_plain_address(AttrType::ALTERNATE_SERVER, server);
-            }),
-            None => self.send_error(reply, ErrorCode::ALLOCATION_QUOTA_REACHED, |_| {}),
-        }
+    /// Sends an Allocate that this server will not take (draining, or full) to the next
+    /// alternate server of the client's family: 300 Try Alternate (RFC 8489 §10), after
+    /// authentication, so it carries MESSAGE-INTEGRITY. Returns false, having answered
+    /// nothing, when no alternate has an address of the client's family.
+    fn redirect(&mut self, reply: &Reply) -> bool {
+        let Some(redirect) = self.alternates.choose(reply.to.client.ip()) else {
+            return false;
+        };
+        // Only a TLS client checks a certificate, and only it needs the name (§14.16).
+        let domain = redirect
+            .domain
+            .filter(|_| reply.to.transport == Transport::Tls);
+        tracing::debug!(
+            client = %reply.to.client,
+            alternate = %redirect.server,
+            "allocation sent to an alternate server"
+        );
+        self.send_error(reply, ErrorCode::TRY_ALTERNATE, |b| {
+            b.add_plain_address(AttrType::ALTERNATE_SERVER, redirect.server);
+            if let Some(other) = redirect.other_family {
+                b.add_plain_address(AttrType::ALTERNATE_SERVER, other);
+            }
+            if let Some(domain) = &domain {
+                b.add(AttrType::ALTERNATE_DOMAIN, domain.as_bytes());
+            }
+        });
+        true
     }
 
     /// Checks REQUESTED-TRANSPORT, REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY

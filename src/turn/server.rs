@@ -6,6 +6,7 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use super::allocation::{PendingAllocate, PortChoice, RelayProtocol, State};
+use super::alternates::{Alternate, Alternates};
 use super::auth::{Authenticator, Credentials, Rejection, UserSecret, OFFERED_PASSWORD_ALGORITHMS};
 use super::binding::NatDiscovery;
 use super::challenge_limit::ChallengeLimiter;
@@ -69,8 +70,9 @@ pub struct ServerConfig {
     pub binding_limit: Option<ChallengeLimiter>,
     /// Bytes per second one allocation relays in each direction; 0: no limit.
     pub bandwidth_per_allocation: u64,
-    /// Where new allocations go while the server drains (300 Try Alternate).
-    pub alternate_servers: Vec<SocketAddr>,
+    /// Where new allocations go (300 Try Alternate) while the server drains or is full
+    /// (`allocations-total` reached, relay ports exhausted), named in turn.
+    pub alternate_servers: Vec<Alternate>,
     /// Which channel numbers ChannelBind accepts.
     pub channel_numbers: ChannelNumbers,
     /// Relay ports taken on every shard: share one between shards of one server.
@@ -133,7 +135,7 @@ pub struct Server {
     challenge_limit: Option<ChallengeLimiter>,
     binding_limit: Option<ChallengeLimiter>,
     pub(super) bandwidth_per_allocation: u64,
-    pub(super) alternate_servers: Vec<SocketAddr>,
+    pub(super) alternates: Alternates,
     pub(super) channel_numbers: ChannelNumbers,
     software: Option<String>,
     pub(super) nat_discovery: Option<NatDiscovery>,
@@ -241,7 +243,7 @@ impl Server {
             challenge_limit: config.challenge_limit,
             binding_limit: config.binding_limit,
             bandwidth_per_allocation: config.bandwidth_per_allocation,
-            alternate_servers: config.alternate_servers,
+            alternates: Alternates::new(config.alternate_servers),
             channel_numbers: config.channel_numbers,
             software: config.software,
             nat_discovery: config.nat_discovery,
@@ -275,10 +277,16 @@ impl Server {
         self.challenge_limit = config.challenge_limit.clone();
         self.binding_limit = config.binding_limit.clone();
         self.bandwidth_per_allocation = config.bandwidth_per_allocation;
-        self.alternate_servers = config.alternate_servers.clone();
+        self.alternates.replace(config.alternate_servers.clone());
         self.channel_numbers = config.channel_numbers;
         self.software.clone_from(&config.software);
         self.tcp_limits = config.tcp_relays;
+    }
+
+    /// Signs and checks nonces with `key` from now on (a reload that changes `nonce-secret`):
+    /// nonces handed out before get 438 Stale Nonce with a fresh one, and clients retry.
+    pub fn set_nonce_key(&mut self, key: &[u8; 32]) {
+        self.auth.set_nonce_key(key);
     }
 
     /// Stops taking new allocations (300 Try Alternate, or 486 without alternates);

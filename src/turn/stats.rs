@@ -214,6 +214,9 @@ pub struct Stats {
     pub quota_refusals: [u64; QuotaExceeded::ALL.len()],
     /// Allocate requests refused because the server is draining.
     pub refused_draining: u64,
+    /// Allocate requests sent to an alternate server (300) because this one is full:
+    /// `allocations-total` reached or its relay ports all in use.
+    pub redirected_full: u64,
     pub allocations_created: u64,
     pub allocations_ended: u64,
     /// By [`Transport`].
@@ -262,6 +265,7 @@ impl Stats {
             auth_failures,
             quota_refusals,
             refused_draining,
+            redirected_full,
             allocations_created,
             allocations_ended,
             relayed,
@@ -280,6 +284,7 @@ impl Stats {
             mine.to_clients.add(&theirs.to_clients);
         }
         self.refused_draining += refused_draining;
+        self.redirected_full += redirected_full;
         self.allocations_created += allocations_created;
         self.allocations_ended += allocations_ended;
         self.tcp.add(tcp);

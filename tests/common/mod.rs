@@ -268,13 +268,24 @@ impl TurnClient {
         }
     }
 
+    /// The nonce of the last challenge (empty before the first).
+    pub fn nonce(&self) -> &[u8] {
+        &self.nonce
+    }
+
+    /// Signs the next requests with `nonce` (one handed to another client, say).
+    pub fn use_nonce(&mut self, nonce: &[u8]) {
+        self.nonce = nonce.to_vec();
+    }
+
     pub async fn request(&mut self, method: Method, attrs: &[Attr]) -> Vec<u8> {
         self.ensure_nonce(method).await;
         let tid = self.tid();
         let response = self.conn.call(&self.signed(method, attrs, tid)).await;
         let m = Message::parse(&response).expect("responses parse");
         assert_eq!(m.transaction_id(), tid);
-        if m.class() == Class::Success || error_of(&response) != Some(401) {
+        // 401 and 438 are challenges, answered before authentication: nothing to verify.
+        if m.class() == Class::Success || !matches!(error_of(&response), Some(401 | 438)) {
             let expected = match self.rfc8489 {
                 Some(_) => IntegrityAlgorithm::Sha256,
                 None => IntegrityAlgorithm::Sha1,

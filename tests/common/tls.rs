@@ -98,6 +98,27 @@ impl TestCert {
         tcp: TcpStream,
         alpn: &[&[u8]],
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.handshake_as(tcp, "127.0.0.1", alpn).await
+    }
+
+    /// A TLS connection to `addr` that checks the certificate against `name` (a DNS name
+    /// or an IP address), as a client told ALTERNATE-DOMAIN does.
+    pub async fn connect_as(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        self.handshake_as(tcp, name, &[]).await
+    }
+
+    /// The TLS handshake over `tcp`, checking the certificate against `name`.
+    async fn handshake_as(
+        &self,
+        tcp: TcpStream,
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -108,7 +129,7 @@ impl TestCert {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
         tokio::time::timeout(WAIT, connector.connect(name, tcp))
             .await
             .expect("TLS handshake timed out")

@@ -139,7 +139,10 @@ pub(crate) fn spawn(
         .into_connection_info()
         .map_err(|_| anyhow::anyhow!("`cluster.redis` is not a Redis URL"))?;
     if let Some(password) = &config.password {
-        let settings = info.redis_settings().clone().set_password(password);
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
         info = info.set_redis_settings(settings);
     }
     let client = Client::open(info).map_err(|e| anyhow::anyhow!("`cluster.redis`: {e}"))?;

@@ -19,8 +19,12 @@ use crate::turn::{Gauges, Server, ServerConfig, Stats};
 /// Orders from the rest of the server to a shard, carried out between its inputs.
 #[derive(Clone)]
 pub(crate) enum Control {
-    /// A reload: new credentials, policy and limits (see [`Server::reconfigure`]).
-    Reconfigure(Box<ServerConfig>),
+    /// A reload: new credentials, policy, limits and alternates (see
+    /// [`Server::reconfigure`]), and the nonce key (see [`Server::set_nonce_key`]).
+    Reconfigure {
+        core: Box<ServerConfig>,
+        nonce_key: [u8; 32],
+    },
     /// Refuse new allocations from now on (see [`Server::start_draining`]).
     Drain,
 }
@@ -28,7 +32,10 @@ pub(crate) enum Control {
 impl Control {
     fn apply(self, server: &mut Server) {
         match self {
-            Control::Reconfigure(config) => server.reconfigure(&config),
+            Control::Reconfigure { core, nonce_key } => {
+                server.reconfigure(&core);
+                server.set_nonce_key(&nonce_key);
+            }
             Control::Drain => server.start_draining(),
         }
     }
