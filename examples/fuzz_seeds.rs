@@ -377,6 +377,25 @@ impl Seeds {
             "room-full-and-rejoin",
             crowded.join("\n").into(),
         );
+        // A fleet node: `\xEC` lines are store events, `\xDC` takes the store away and back.
+        let fleet = [
+            "cluster",
+            r#"0{"type":"join","room":"r","name":"a"}"#,
+            r#"1{"type":"join","room":"r","name":"b"}"#,
+            r#"0{"type":"chat","text":"hi"}"#,
+            r#"0{"type":"signal","to":"elsewhere","data":{}}"#,
+            "\u{EC}{\"type\":\"signal\",\"room\":\"r\",\"from\":\"elsewhere\",\"to\":\"$0\",\"data\":1}",
+            "\u{EC}{\"type\":\"chat\",\"room\":\"r\",\"message\":{\"from\":\"elsewhere\",\"name\":\"E\",\"text\":\"x\",\"at\":1}}",
+            "\u{EC}{\"type\":\"left\",\"room\":\"r\",\"id\":\"elsewhere\"}",
+            "\u{DC}",
+            r#"0{"type":"chat","text":"local"}"#,
+            r#"1{"type":"signal","to":"$0","data":2}"#,
+            "\u{DC}",
+            "\u{EC}{\"type\":\"sync\",\"room\":\"r\",\"members\":[{\"id\":\"$0\",\"name\":\"a\",\"node\":\"node-here\"},{\"id\":\"z\",\"name\":\"Z\",\"node\":\"node-there\"}]}",
+        ];
+        // Control bytes are single bytes, not UTF-8: write the lines as Latin-1.
+        let fleet: Vec<u8> = fleet.join("\n").chars().map(|c| c as u32 as u8).collect();
+        self.add("signal_rooms", "fleet-node", fleet);
     }
 
     /// PROXY headers as a trusted load balancer sends them, each followed by the client's

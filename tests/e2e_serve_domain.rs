@@ -204,6 +204,7 @@ fn credential_json(secret: &str) -> serde_json::Value {
         .env_remove("RENDEZ_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("rendez credential starts");
     let deadline = Instant::now() + common::WAIT;
@@ -215,6 +216,11 @@ fn credential_json(secret: &str) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(10));
     }
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.status.success(),
+        "rendez credential failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("JSON")
 }

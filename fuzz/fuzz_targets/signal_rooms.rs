@@ -6,18 +6,30 @@
 //! anew from address `byte >> 4 & 3` (two of them in one IPv6 /64), or, when `byte >> 4` is
 //! 15, the server drains. A text on a closed connection opens it first.
 //!
-//! No panic; messages go only to open connections; a room never holds more than its size.
+//! When the first line is `cluster`, the rooms are a fleet node's ([`Rooms::clustered`]):
+//! its commands are answered as a store would (an `Admit` with a `Joined` that also lists
+//! a participant of another node), and with `byte >> 2 & 3` = 3, `byte >> 4` = 14 makes the
+//! rest of the line a store event (JSON, `$0`–`$3` replaced) and 13 takes the store away
+//! or brings it back (then asks for a sync).
+//!
+//! No panic; messages go only to open connections; a node alone never holds more than the
+//! room size in a room.
 #![no_main]
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use rendez::signal::{Rooms, RoomsConfig, ServerMessage};
+use rendez::signal::{
+    ClusterCommand, ClusterEvent, ClusterPeer, Rooms, RoomsConfig, ServerMessage,
+};
 
 const CONNECTIONS: usize = 4;
 const ROOM_SIZE: usize = 3;
 const ADDRESSES: [&str; 4] = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"];
+/// This node and another one of the fleet, in clustered runs.
+const NODE: &str = "node-here";
+const OTHER_NODE: &str = "node-there";
 
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
@@ -29,7 +41,16 @@ fuzz_target!(|data: &[u8]| {
         max_chat_bytes: 256,
         token_secret: None,
     };
-    let mut rooms = Rooms::new(config, rendez::random::Rng::from_seed(1));
+    let rng = rendez::random::Rng::from_seed(1);
+    let (mut rooms, data, clustered) = match data.strip_prefix(b"cluster\n") {
+        Some(rest) => (Rooms::clustered(config, rng, NODE.into()), rest, true),
+        None => (Rooms::new(config, rng), data, false),
+    };
+    let mut store_up = false;
+    if clustered {
+        rooms.cluster_connected();
+        store_up = true;
+    }
     let mut open = [false; CONNECTIONS];
     let mut ids: [Option<String>; CONNECTIONS] = Default::default();
     let mut joined_rooms = Vec::new();
@@ -40,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let conn = usize::from(control & 3);
         let argument = control >> 4;
-        let out = match (control >> 2) & 3 {
+        let mut out = match (control >> 2) & 3 {
             0 => {
                 if !open[conn] {
                     rooms.connect(now, conn as u64, address(conn as u8), serde_json::json!([]));
@@ -64,6 +85,23 @@ fuzz_target!(|data: &[u8]| {
                 Vec::new()
             }
             _ if argument == 15 => rooms.drain(),
+            _ if clustered && argument == 14 => {
+                let text = with_ids(&String::from_utf8_lossy(rest), &ids);
+                match serde_json::from_str::<ClusterEvent>(&text) {
+                    Ok(event) => rooms.handle_event(event),
+                    Err(_) => Vec::new(),
+                }
+            }
+            _ if clustered && argument == 13 => {
+                store_up = !store_up;
+                if store_up {
+                    rooms.cluster_connected();
+                    rooms.sync_due();
+                    Vec::new()
+                } else {
+                    rooms.cluster_lost()
+                }
+            }
             _ => {
                 let out = rooms.disconnect(conn as u64);
                 ids[conn] = None;
@@ -72,6 +110,30 @@ fuzz_target!(|data: &[u8]| {
                 out
             }
         };
+        // The store's answers: every join is admitted beside a participant elsewhere.
+        while let Some(command) = rooms.poll_command() {
+            assert!(store_up, "a command while the store is away: {command:?}");
+            if let ClusterCommand::Admit { room, id, name, .. } = command {
+                let me = ClusterPeer {
+                    id: id.clone(),
+                    name: name.clone(),
+                    node: NODE.into(),
+                };
+                let elsewhere = ClusterPeer {
+                    id: "elsewhere".into(),
+                    name: "E".into(),
+                    node: OTHER_NODE.into(),
+                };
+                out.extend(rooms.handle_event(ClusterEvent::Joined {
+                    room,
+                    id,
+                    name,
+                    node: NODE.into(),
+                    members: vec![elsewhere, me],
+                    chat: Vec::new(),
+                }));
+            }
+        }
         for message in out {
             let to = message.to as usize;
             assert!(
@@ -85,11 +147,13 @@ fuzz_target!(|data: &[u8]| {
         let figures = rooms.figures();
         assert_eq!(figures.connections, open.iter().filter(|o| **o).count());
         assert!(figures.participants <= figures.connections);
-        for room in &joined_rooms {
-            assert!(
-                rooms.room_len(room) <= ROOM_SIZE,
-                "room {room:?} over its size"
-            );
+        if !clustered {
+            for room in &joined_rooms {
+                assert!(
+                    rooms.room_len(room) <= ROOM_SIZE,
+                    "room {room:?} over its size"
+                );
+            }
         }
     }
 });
