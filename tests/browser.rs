@@ -1,7 +1,8 @@
 //! Browser tests: headless Chromium calls through rendez, first as two bare
 //! RTCPeerConnections relayed over each TURN transport, then as three people on rendez's own
-//! call page (see "The call page" below), and last as two people behind a firewall that
-//! lets only TCP 443 through (see "Behind a 443-only firewall").
+//! call page (see "The call page" below), as two people behind a firewall that lets only
+//! TCP 443 through (see "Behind a 443-only firewall"), and last as two people in one room on
+//! two nodes of a fleet (see "Rooms across nodes").
 //!
 //! Each transport is its own test (`browser_relay_udp`, `browser_relay_tcp`,
 //! `browser_relay_tls`), and `browser_relay_tls_refuses_untrusted_certificate` shows that
@@ -143,10 +144,47 @@
 //! firewall with `turns:meet.rendez.test:443?transport=tcp` as its only ICE server and
 //! sends a message each way and video one way, checked as in `browser_relay_tls`.
 //!
+//! # Rooms across nodes
+//!
+//! `browser_call_across_nodes` and `browser_drain_rejoins_elsewhere` run a fleet (issue 13):
+//! a real `redis-server` and two rendez nodes with the same `[auth] secrets`, certificate and
+//! `[cluster] redis`, each with TURN ports, a relay range and a page port of its own. Nodes
+//! of a fleet are separate hosts, and that matters here: rendez lets a client reach its own
+//! host's addresses only at its own relay ports, so with both nodes on one address each would
+//! refuse the other's relayed addresses as peers (tried: the call stays "connecting" and no
+//! packet reaches a peer). So [`Layout::Fleet`] links two namespaces by the veth pair, as the
+//! 443-only layout does but without a firewall: node A (`node-a.rendez.test`) is on 10.99.0.1
+//! in rendez's namespace; node B (`node-b.rendez.test`), Redis, the browsers and the
+//! balancer below are on 10.99.0.2 in the other. Each node's `[signal] turn-urls` names its
+//! own TURN servers, so a page gets its node's TURN whichever name it came through.
+//! call_page.mjs (with `reportCandidates`) records, from before the page's own script runs,
+//! every RTCPeerConnection the page makes and every signaling socket, and reports each open
+//! connection's selected candidate pair as `getStats()` gives it.
+//!
+//! - `browser_call_across_nodes`: Alice opens node A's page, Bob node B's, both with
+//!   `&relay=1`, and they join one room. Asserted as in the three-way call (connected, relayed,
+//!   decoded video both ways), plus: Alice's selected pair relays locally through node A
+//!   (10.99.0.1, in A's relay range) and remotely through node B, Bob's the other way round,
+//!   and each node logged allocations only in its own range.
+//! - `browser_drain_rejoins_elsewhere`: Alice opens `https://meet.rendez.test:8443/`, a
+//!   [`Balancer`] in the test: an L4 load balancer stand-in that sends each new TCP
+//!   connection, bytes untouched (TLS goes through to the node), to the first node whose
+//!   `/healthz` answers 200 (over HTTPS, trusting the test CA) — node A while it is healthy.
+//!   Bob opens node B's page. Once the call is up (relayed A ⇄ B), call_page.mjs prints
+//!   `{"event": "call-up"}`, and the test drains node A with SIGTERM: its `/healthz` turns 503
+//!   and Alice's page gets `{"type": "reconnect"}`, reconnects to the same URL a second later
+//!   (web/app.js), and the balancer sends that connection to node B. Asserted: Alice's page
+//!   was told to reconnect and opened a second socket; she is back in the call under a new
+//!   id, connected to Bob relayed with decoded video both ways; before the drain her
+//!   pair relayed through A, after it both pages relay through B (the TURN servers of B's
+//!   welcome); the balancer sent every connection before the drain to A and every one after
+//!   it to B. Node A exits once its last allocation ends (or at its `drain-timeout`); the
+//!   test does not wait for that.
+//!
 //! # Skipping
 //!
 //! Without `/usr/bin/chromium`, `node`, `certutil` (TLS only), `nft` (nftables; the 443-only
-//! test only), playwright-core (the test
+//! test only), `redis-server` (the fleet tests only), playwright-core (the test
 //! runs `npm ci` in `tests/browser` when `node_modules` is missing) or the right to create
 //! a network namespace (root), a test prints `skipped: <reason>` and passes — unless
 //! `RENDEZ_REQUIRE_BROWSER=1`, as in CI, where it fails instead.
@@ -1566,19 +1604,15 @@ impl Lab {
         let mut out = Vec::new();
         for page in r["pages"].as_array().into_iter().flatten() {
             for pair in page["selectedPairs"].as_array().into_iter().flatten() {
-                let end = |c: &Value| {
-                    format!(
-                        "{}:{} {}",
-                        c["address"].as_str().unwrap_or("?"),
-                        c["port"],
-                        c["relayProtocol"].as_str().unwrap_or("")
-                    )
-                };
+                let (local, remote) = (&pair["local"], &pair["remote"]);
                 out.push(format!(
-                    "{}: {} ⇄ {}",
+                    "{}: {}:{} over {} ⇄ {}:{}",
                     page["name"].as_str().unwrap_or("?"),
-                    end(&pair["local"]),
-                    end(&pair["remote"])
+                    local["address"].as_str().unwrap_or("?"),
+                    local["port"],
+                    local["relayProtocol"].as_str().unwrap_or("?"),
+                    remote["address"].as_str().unwrap_or("?"),
+                    remote["port"],
                 ));
             }
         }
