@@ -1,7 +1,8 @@
 //! Browser tests: headless Chromium calls through rendez, first as two bare
 //! RTCPeerConnections relayed over each TURN transport, then as three people on rendez's own
-//! call page (see "The call page" below), and last as two people behind a firewall that
-//! lets only TCP 443 through (see "Behind a 443-only firewall").
+//! call page (see "The call page" below), as two people behind a firewall that lets only
+//! TCP 443 through (see "Behind a 443-only firewall"), and last as two people in one room on
+//! two nodes of a fleet (see "Rooms across nodes").
 //!
 //! Each transport is its own test (`browser_relay_udp`, `browser_relay_tcp`,
 //! `browser_relay_tls`), and `browser_relay_tls_refuses_untrusted_certificate` shows that
@@ -143,10 +144,47 @@
 //! firewall with `turns:meet.rendez.test:443?transport=tcp` as its only ICE server and
 //! sends a message each way and video one way, checked as in `browser_relay_tls`.
 //!
+//! # Rooms across nodes
+//!
+//! `browser_call_across_nodes` and `browser_drain_rejoins_elsewhere` run a fleet (issue 13):
+//! a real `redis-server` and two rendez nodes with the same `[auth] secrets`, certificate and
+//! `[cluster] redis`, each with TURN ports, a relay range and a page port of its own. Nodes
+//! of a fleet are separate hosts, and that matters here: rendez lets a client reach its own
+//! host's addresses only at its own relay ports, so with both nodes on one address each would
+//! refuse the other's relayed addresses as peers (tried: the call stays "connecting" and no
+//! packet reaches a peer). So [`Layout::Fleet`] links two namespaces by the veth pair, as the
+//! 443-only layout does but without a firewall: node A (`node-a.rendez.test`) is on 10.99.0.1
+//! in rendez's namespace; node B (`node-b.rendez.test`), Redis, the browsers and the
+//! balancer below are on 10.99.0.2 in the other. Each node's `[signal] turn-urls` names its
+//! own TURN servers, so a page gets its node's TURN whichever name it came through.
+//! call_page.mjs (with `reportCandidates`) records, from before the page's own script runs,
+//! every RTCPeerConnection the page makes and every signaling socket, and reports each open
+//! connection's selected candidate pair as `getStats()` gives it.
+//!
+//! - `browser_call_across_nodes`: Alice opens node A's page, Bob node B's, both with
+//!   `&relay=1`, and they join one room. Asserted as in the three-way call (connected, relayed,
+//!   decoded video both ways), plus: Alice's selected pair relays locally through node A
+//!   (10.99.0.1, in A's relay range) and remotely through node B, Bob's the other way round,
+//!   and each node logged allocations only in its own range.
+//! - `browser_drain_rejoins_elsewhere`: Alice opens `https://meet.rendez.test:8443/`, a
+//!   [`Balancer`] in the test: an L4 load balancer stand-in that sends each new TCP
+//!   connection, bytes untouched (TLS goes through to the node), to the first node whose
+//!   `/healthz` answers 200 (over HTTPS, trusting the test CA) — node A while it is healthy.
+//!   Bob opens node B's page. Once the call is up (relayed A ⇄ B), call_page.mjs prints
+//!   `{"event": "call-up"}`, and the test drains node A with SIGTERM: its `/healthz` turns 503
+//!   and Alice's page gets `{"type": "reconnect"}`, reconnects to the same URL a second later
+//!   (web/app.js), and the balancer sends that connection to node B. Asserted: Alice's page
+//!   was told to reconnect and opened a second socket; she is back in the call under a new
+//!   id, connected to Bob relayed with decoded video both ways; before the drain her
+//!   pair relayed through A, after it both pages relay through B (the TURN servers of B's
+//!   welcome); the balancer sent every connection before the drain to A and every one after
+//!   it to B. Node A exits once its last allocation ends (or at its `drain-timeout`); the
+//!   test does not wait for that.
+//!
 //! # Skipping
 //!
 //! Without `/usr/bin/chromium`, `node`, `certutil` (TLS only), `nft` (nftables; the 443-only
-//! test only), playwright-core (the test
+//! test only), `redis-server` (the fleet tests only), playwright-core (the test
 //! runs `npm ci` in `tests/browser` when `node_modules` is missing) or the right to create
 //! a network namespace (root), a test prints `skipped: <reason>` and passes — unless
 //! `RENDEZ_REQUIRE_BROWSER=1`, as in CI, where it fails instead.
@@ -440,14 +478,32 @@ enum Layout {
     /// veth pair, behind a firewall that lets only TCP 443 reach rendez; page, signaling and
     /// TURN over TLS share port 443 as MEET_HOST. See "Behind a 443-only firewall".
     Firewalled,
+    /// Two hosts of a fleet, as [`Layout::Firewalled`] but without the firewall: node A in
+    /// rendez's namespace (LAB_IP), node B, Redis, the balancer and the browsers in the
+    /// other (BROWSERS_IP). See "Rooms across nodes".
+    Fleet,
 }
 
 impl Layout {
-    /// The server's name: in its certificate, the page's URL and the TURN URLs.
+    /// The server's name: in its certificate, the page's URL and the TURN URLs. In a fleet:
+    /// the balancer's.
     fn host(self) -> &'static str {
         match self {
             Layout::Together => TURN_HOST,
-            Layout::Firewalled => MEET_HOST,
+            Layout::Firewalled | Layout::Fleet => MEET_HOST,
+        }
+    }
+
+    /// Every name the browsers resolve, with its address; all of them are in the
+    /// certificate.
+    fn hosts(self) -> Vec<(&'static str, Ipv4Addr)> {
+        match self {
+            Layout::Together | Layout::Firewalled => vec![(self.host(), LAB_IP)],
+            Layout::Fleet => FLEET
+                .iter()
+                .map(|node| (node.host, node.ip))
+                .chain([(MEET_HOST, BALANCER_IP)])
+                .collect(),
         }
     }
 
@@ -455,12 +511,13 @@ impl Layout {
         match self {
             Layout::Together => PAGE_PORT,
             Layout::Firewalled => SHARED_PORT,
+            Layout::Fleet => BALANCER_PORT,
         }
     }
 
     fn turns_port(self) -> u16 {
         match self {
-            Layout::Together => TURNS_PORT,
+            Layout::Together | Layout::Fleet => TURNS_PORT,
             Layout::Firewalled => SHARED_PORT,
         }
     }
@@ -469,7 +526,7 @@ impl Layout {
     fn browser_ip(self) -> Ipv4Addr {
         match self {
             Layout::Together => LAB_IP,
-            Layout::Firewalled => BROWSERS_IP,
+            Layout::Firewalled | Layout::Fleet => BROWSERS_IP,
         }
     }
 }
@@ -554,9 +611,9 @@ fn fresh_secret() -> String {
     )
 }
 
-/// Chromium's command line (the node script adds only playwright's own switches); `host`
-/// is the server's name, resolved to LAB_IP.
-fn chromium_args(dir: &Path, host: &str) -> Vec<String> {
+/// Chromium's command line (the node script adds only playwright's own switches); `hosts`
+/// are the servers' names, each resolved to its address.
+fn chromium_args(dir: &Path, hosts: &[(&str, Ipv4Addr)]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--headless",
         "--no-sandbox",
@@ -573,9 +630,11 @@ fn chromium_args(dir: &Path, host: &str) -> Vec<String> {
     .map(String::from)
     .to_vec();
     // WebRTC asks for "turn.rendez.test." (trailing dot); map both spellings.
-    args.push(format!(
-        "--host-resolver-rules=MAP {host} {LAB_IP}, MAP {host}. {LAB_IP}"
-    ));
+    let rules: Vec<String> = hosts
+        .iter()
+        .map(|(host, ip)| format!("MAP {host} {ip}, MAP {host}. {ip}"))
+        .collect();
+    args.push(format!("--host-resolver-rules={}", rules.join(", ")));
     args.push("--enable-logging".into());
     args.push(format!("--log-file={}", dir.join("chromium.log").display()));
     args.push("--v=0".into());
@@ -602,6 +661,9 @@ enum CallScenario {
     /// Opens one tab from a link with `autojoin=1`, which must not join until Join is
     /// pressed.
     LinkOnly,
+    /// As `Call`, then prints `{"event": "call-up"}` and waits until the first participant
+    /// is back in the call under a new id (see `browser_drain_rejoins_elsewhere`).
+    Rejoin,
 }
 
 /// The three-way call of `browser_call_three_relayed` and `browser_call_three_default_policy`.
@@ -677,7 +739,7 @@ impl Lab {
             "iceServer": rendez::credential::ice_server_json(&[url.to_string()], &credential),
             "probe": probe,
             "chromium": CHROMIUM,
-            "chromiumArgs": chromium_args(&self.dir, self.layout.host()),
+            "chromiumArgs": chromium_args(&self.dir, &self.layout.hosts()),
             "userDataDir": self.dir.join(profile),
             "home": self.dir.join("home"),
             "screenshot": screenshot,
@@ -717,11 +779,24 @@ impl Lab {
             // A stale picture must not pass for this run's.
             let _ = fs::remove_file(path);
         }
-        let args = json!({
+        let args = self.call_page_args(scenario, policy, screenshot, participants);
+        self.run_node("call_page.mjs", &args, CALL_PAGE_NODE_LIMIT)
+    }
+
+    /// call_page.mjs's arguments for the lab's one server.
+    fn call_page_args(
+        &self,
+        scenario: CallScenario,
+        policy: IcePolicy,
+        screenshot: Option<&Path>,
+        participants: &[&str],
+    ) -> Value {
+        json!({
             "scenario": match scenario {
                 CallScenario::Call => "call",
                 CallScenario::RoomFull => "room-full",
                 CallScenario::LinkOnly => "link-only",
+                CallScenario::Rejoin => "rejoin",
             },
             "pageUrl": self.page_url(),
             "probe": {"host": LAB_IP.to_string(), "port": self.layout.page_port()},
@@ -730,14 +805,13 @@ impl Lab {
             "extra": EXTRA,
             "relay": policy == IcePolicy::Relay,
             "chromium": CHROMIUM,
-            "chromiumArgs": chromium_args(&self.dir, self.layout.host()),
+            "chromiumArgs": chromium_args(&self.dir, &self.layout.hosts()),
             "userDataDir": self.dir.join("profile"),
             "home": self.dir.join("home"),
             "viewport": {"width": 1000, "height": 700},
             "screenshot": screenshot,
             "timeoutMs": CALL_PAGE_BUDGET.as_millis() as u64,
-        });
-        self.run_node("call_page.mjs", &args, CALL_PAGE_NODE_LIMIT)
+        })
     }
 
     /// Every tab shows all the others, by name and id, connected with decoded video (over
@@ -1095,7 +1169,12 @@ impl Lab {
     /// The server log's "allocation created" lines (one per TURN allocation), without
     /// the terminal colours that the log has even in a file.
     fn allocations(&self) -> Vec<String> {
-        strip_ansi(&self.read("server.log"))
+        self.allocations_in("server.log")
+    }
+
+    /// The "allocation created" lines of the daemon log `log`.
+    fn allocations_in(&self, log: &str) -> Vec<String> {
+        strip_ansi(&self.read(log))
             .lines()
             .filter(|line| line.contains("allocation created"))
             .map(String::from)
@@ -1129,6 +1208,672 @@ impl Lab {
                      (client {clients:?}, relayed {relayed:?}): {line}"
                 ));
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rooms across nodes
+
+/// Two people in one room, each on the page of another node of a fleet that shares rooms
+/// through Redis, each relayed through their own node's TURN.
+#[test]
+fn browser_call_across_nodes() {
+    let test = "browser_call_across_nodes";
+    let Some(mut lab) = open_fleet_lab(test) else {
+        return;
+    };
+    lab.start_fleet();
+    let [a, b] = &FLEET;
+    let pages = json!({CALLERS[0]: a.page_url(), CALLERS[1]: b.page_url()});
+    let result = lab.join_fleet_pages(CallScenario::Call, &pages, |_, _| {});
+    lab.check_call(&result, IcePolicy::Relay, &CALLERS);
+    lab.check_relayed_through(&result, CALLERS[0], a, b);
+    lab.check_relayed_through(&result, CALLERS[1], b, a);
+    for node in &FLEET {
+        lab.check_node_allocations(node);
+    }
+    println!(
+        "{test}: {} on {} and {} on {} connected relayed ({}); {} and {} TURN allocations; \
+         {:.1} s (node phases, ms: {})",
+        CALLERS[0],
+        a.name,
+        CALLERS[1],
+        b.name,
+        lab.describe_pairs(&result),
+        lab.allocations_in(&a.log()).len(),
+        lab.allocations_in(&b.log()).len(),
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
+    );
+}
+
+/// A page behind a load balancer is on node A when A drains: it is told to reconnect, does
+/// so through the same URL, lands on node B and is back in the call with the other page.
+#[test]
+fn browser_drain_rejoins_elsewhere() {
+    let test = "browser_drain_rejoins_elsewhere";
+    let Some(mut lab) = open_fleet_lab(test) else {
+        return;
+    };
+    lab.start_fleet();
+    lab.start_balancer();
+    let [a, b] = &FLEET;
+    let balanced = lab.page_url();
+    let pages = json!({CALLERS[0]: balanced, CALLERS[1]: b.page_url()});
+    // How many connections the balancer had routed when the call was up and A drained.
+    let mut routed_before_drain = None;
+    let mut drained = None;
+    let result = lab.join_fleet_pages(CallScenario::Rejoin, &pages, |lab, event| {
+        if event["event"] == "call-up" && drained.is_none() {
+            routed_before_drain = Some(lab.balancer_routes().len());
+            lab.drain(a);
+            drained = Some(Instant::now());
+        }
+    });
+    let (Some(routed_before_drain), Some(drained)) = (routed_before_drain, drained) else {
+        lab.fail(&format!(
+            "the call never came up on node A: {}",
+            result["error"]
+        ));
+    };
+    let back_after = drained.elapsed();
+    // Before the drain: Alice through A's TURN, Bob through B's.
+    lab.check_relayed_through(&result["before"], CALLERS[0], a, b);
+    lab.check_relayed_through(&result["before"], CALLERS[1], b, a);
+    lab.check_call(&result, IcePolicy::Relay, &CALLERS);
+    lab.check_rejoined(&result);
+    lab.check_routes(routed_before_drain, a, b);
+    // After it: both through B's, the TURN servers of B's welcome.
+    lab.check_relayed_through(&result, CALLERS[0], b, b);
+    lab.check_relayed_through(&result, CALLERS[1], b, b);
+    println!(
+        "{test}: {} moved from {} to {} through {balanced} and is back in the call ({}); \
+         balancer routes {:?}; the node script saw the call again {:.1} s after SIGTERM; \
+         {:.1} s (node phases, ms: {})",
+        CALLERS[0],
+        a.name,
+        b.name,
+        lab.describe_pairs(&result),
+        lab.balancer_routes(),
+        back_after.as_secs_f64(),
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
+    );
+}
+
+/// One rendez of the fleet: a host (name and address) of its own, and its own TURN ports,
+/// relay range and page port. The nodes share the TURN secret, the certificate and Redis.
+struct FleetNode {
+    name: &'static str,
+    host: &'static str,
+    ip: Ipv4Addr,
+    turn_port: u16,
+    turns_port: u16,
+    page_port: u16,
+    relay_ports: (u16, u16),
+}
+
+const FLEET: [FleetNode; 2] = [
+    FleetNode {
+        name: "node-a",
+        host: "node-a.rendez.test",
+        ip: LAB_IP,
+        turn_port: 3478,
+        turns_port: 5349,
+        page_port: 8444,
+        relay_ports: (40000, 40099),
+    },
+    FleetNode {
+        name: "node-b",
+        host: "node-b.rendez.test",
+        ip: BROWSERS_IP,
+        turn_port: 3479,
+        turns_port: 5350,
+        page_port: 8445,
+        relay_ports: (40100, 40199),
+    },
+];
+/// The fleet's redis-server, on the browsers' host (node B's), which node A reaches over
+/// the veth.
+const REDIS_ADDR: (Ipv4Addr, u16) = (BROWSERS_IP, 6379);
+/// Where `browser_drain_rejoins_elsewhere`'s [`Balancer`] takes the page's connections, at
+/// MEET_HOST: on the browsers' host.
+const BALANCER_IP: Ipv4Addr = BROWSERS_IP;
+const BALANCER_PORT: u16 = 8443;
+/// How long the nodes may take to answer `/healthz` 200 (started and connected to Redis).
+const FLEET_READY_LIMIT: Duration = Duration::from_secs(20);
+/// Budget of call_page.mjs's "rejoin": the call, the drain, the reconnect, the call again.
+const REJOIN_BUDGET: Duration = Duration::from_secs(90);
+const REJOIN_NODE_LIMIT: Duration = Duration::from_secs(105);
+/// A health check's limit for connecting, and for each read or write.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl FleetNode {
+    fn log(&self) -> String {
+        format!("{}.log", self.name)
+    }
+
+    fn page_url(&self) -> String {
+        format!("https://{}:{}/", self.host, self.page_port)
+    }
+
+    fn page_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.page_port))
+    }
+
+    /// Whether `addr` is one of this node's relayed addresses.
+    fn relays_at(&self, addr: &SocketAddr) -> bool {
+        addr.ip() == IpAddr::V4(self.ip)
+            && (self.relay_ports.0..=self.relay_ports.1).contains(&addr.port())
+    }
+
+    /// Whether a candidate as getStats() reports it is relayed by this node.
+    fn relayed(&self, candidate: &Value) -> bool {
+        let addr = format!(
+            "{}:{}",
+            candidate["address"].as_str().unwrap_or(""),
+            candidate["port"]
+        );
+        candidate["candidateType"] == "relay" && addr.parse().is_ok_and(|a| self.relays_at(&a))
+    }
+}
+
+/// [`open_lab`] for a fleet, which also needs redis-server.
+fn open_fleet_lab(test: &str) -> Option<Lab> {
+    if let Err(e) = run_bounded(Command::new("redis-server").arg("--version"), COMMAND_LIMIT)
+        .and_then(require_success)
+    {
+        skip(
+            test,
+            &format!("redis-server is not runnable (apt-get install redis-server): {e}"),
+        );
+        return None;
+    }
+    open_lab(test, true, Layout::Fleet)
+}
+
+impl Lab {
+    /// Starts the fleet: redis-server, then every node of [`FLEET`] on its host with the
+    /// test certificate and one TURN secret, and waits until each answers `/healthz` 200,
+    /// which it does once it reaches Redis.
+    fn start_fleet(&mut self) {
+        let (redis_ip, redis_port) = REDIS_ADDR;
+        let mut redis = Command::new("redis-server");
+        redis
+            .args([
+                "--bind",
+                &redis_ip.to_string(),
+                "--port",
+                &redis_port.to_string(),
+            ])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir);
+        let browsers_netns = self.browsers_netns.clone();
+        self.start_daemon(&browsers_netns, redis, "redis.log");
+        let tls = self.make_certificates(Trust::TestCa);
+        let secret = fresh_secret();
+        for node in &FLEET {
+            let config = self.write_node_config(node, &secret, &tls);
+            let netns = self.netns_of(node);
+            self.start_rendez_in(&netns, &config, &node.log());
+        }
+        let health = HealthCheck::new(&self.dir.join("ca.pem"));
+        let nodes = FLEET.map(|node| (node.page_addr(), node.host));
+        let statuses = in_namespace(&self.browsers_netns, move || {
+            let deadline = Instant::now() + FLEET_READY_LIMIT;
+            loop {
+                let statuses = nodes.map(|(addr, host)| health.status(addr, host));
+                if statuses.iter().all(|&s| s == 200) || Instant::now() >= deadline {
+                    return statuses;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        if statuses.iter().any(|&s| s != 200) {
+            self.fail(&format!(
+                "the nodes' /healthz answered {statuses:?} (0: no answer) after \
+                 {FLEET_READY_LIMIT:?}, expected 200 from each"
+            ));
+        }
+    }
+
+    /// The namespace that is `node`'s host.
+    fn netns_of(&self, node: &FleetNode) -> String {
+        if node.ip == LAB_IP {
+            self.netns.clone()
+        } else {
+            self.browsers_netns.clone()
+        }
+    }
+
+    /// One node's configuration: its own address, TURN ports, relay range and page, and
+    /// the TURN URLs of its welcome at its own name (a page that reached it through the
+    /// balancer must still get this node's TURN servers); the shared secret, certificate
+    /// and Redis.
+    fn write_node_config(&self, node: &FleetNode, secret: &str, tls: &TlsFiles) -> PathBuf {
+        let (redis_ip, redis_port) = REDIS_ADDR;
+        let text = format!(
+            "realm = \"rendez.test\"\n\
+             listen = [\"{ip}:{turn}\"]\n\
+             tls-listen = [\"{ip}:{turns}\"]\n\
+             relay-ip = \"{ip}\"\n\
+             relay-ports = \"{first}-{last}\"\n\
+             log-level = \"rendez=debug\"\n\n\
+             [auth]\nsecrets = [\"{secret}\"]\n\n\
+             # The other node's relayed addresses are in the lab's private range.\n\
+             [peers]\nallow = [\"{LAB_NET}\"]\n\n\
+             [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+             [signal]\nlisten = \"{ip}:{page}\"\nroom-size = {size}\n\
+             turn-urls = [\"turn:{host}:{turn}?transport=udp\", \"turn:{host}:{turn}?transport=tcp\", \
+             \"turns:{host}:{turns}?transport=tcp\"]\n\n\
+             [cluster]\nredis = \"redis://{redis_ip}:{redis_port}/0\"\n",
+            ip = node.ip,
+            host = node.host,
+            turn = node.turn_port,
+            turns = node.turns_port,
+            first = node.relay_ports.0,
+            last = node.relay_ports.1,
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+            page = node.page_port,
+            size = CALLERS.len(),
+        );
+        let path = self.dir.join(format!("{}.toml", node.name));
+        fs::write(&path, text).expect("write a node's config");
+        path
+    }
+
+    /// Runs call_page.mjs for [`CALLERS`], each at their URL in `pages`, relay-only, with
+    /// candidates and signaling reported; `on_event` as in [`Lab::run_node_with_events`].
+    fn join_fleet_pages(
+        &mut self,
+        scenario: CallScenario,
+        pages: &Value,
+        on_event: impl FnMut(&mut Lab, &Value),
+    ) -> Value {
+        let mut args = self.call_page_args(scenario, IcePolicy::Relay, None, &CALLERS);
+        args["pageUrls"] = pages.clone();
+        args["reportCandidates"] = json!(true);
+        // Every node answers /healthz by now; node B's page is one that must be up.
+        args["probe"] = json!({"host": FLEET[1].ip.to_string(), "port": FLEET[1].page_port});
+        let limit = if scenario == CallScenario::Rejoin {
+            args["timeoutMs"] = json!(REJOIN_BUDGET.as_millis() as u64);
+            REJOIN_NODE_LIMIT
+        } else {
+            CALL_PAGE_NODE_LIMIT
+        };
+        self.run_node_with_events("call_page.mjs", &args, limit, on_event)
+    }
+
+    /// `name`'s page (in `r`'s `pages`) relays through `own`'s TURN: each of its open peer
+    /// connections has a selected pair whose local candidate `own` relays and whose remote
+    /// candidate `peer` relays.
+    fn check_relayed_through(&mut self, r: &Value, name: &str, own: &FleetNode, peer: &FleetNode) {
+        let page = r["pages"]
+            .as_array()
+            .and_then(|pages| pages.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let pairs = page["selectedPairs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if pairs.is_empty() {
+            self.fail(&format!(
+                "{name}'s page reported no open peer connection: {page}"
+            ));
+        }
+        for pair in &pairs {
+            if !own.relayed(&pair["local"]) || !peer.relayed(&pair["remote"]) {
+                self.fail(&format!(
+                    "{name}'s selected pair is not relayed by {} (local, relay ports {:?}) \
+                     and {} (remote, {:?}): {pair}",
+                    own.name, own.relay_ports, peer.name, peer.relay_ports
+                ));
+            }
+        }
+    }
+
+    /// `node` made allocations, each for a browser and relayed in its own range.
+    fn check_node_allocations(&mut self, node: &FleetNode) {
+        let allocations = self.allocations_in(&node.log());
+        if allocations.is_empty() {
+            self.fail(&format!("{} logged no allocation", node.name));
+        }
+        for line in allocations {
+            let clients = logged_addrs(&line, "client=");
+            let relayed = logged_addrs(&line, "relayed=");
+            let browsers = clients.iter().all(|c| c.ip() == IpAddr::V4(BROWSERS_IP));
+            if clients.is_empty() || !browsers || !relayed.iter().any(|a| node.relays_at(a)) {
+                self.fail(&format!(
+                    "{} made an allocation not relayed in its range {:?}: {line}",
+                    node.name, node.relay_ports
+                ));
+            }
+        }
+    }
+
+    /// The first caller came back under a new id, after a "reconnect" from the server on a
+    /// second signaling socket.
+    fn check_rejoined(&mut self, r: &Value) {
+        let name = CALLERS[0];
+        let id_in = |pages: &Value| {
+            pages["pages"]
+                .as_array()
+                .and_then(|pages| pages.iter().find(|p| p["name"] == name))
+                .map(|page| (page["state"]["id"].clone(), page["signaling"].clone()))
+                .unwrap_or_default()
+        };
+        let (before, _) = id_in(&r["before"]);
+        let (after, signaling) = id_in(r);
+        if before.is_null() || after.is_null() || before == after {
+            self.fail(&format!(
+                "{name} did not rejoin under a new id: {before} → {after}"
+            ));
+        }
+        let count = |key: &str| signaling[key].as_u64().unwrap_or(0);
+        if count("reconnects") < 1 || count("sockets") < 2 {
+            self.fail(&format!(
+                "{name}'s page was not told to reconnect, or did not open a second socket: \
+                 {signaling}"
+            ));
+        }
+    }
+
+    /// The balancer sent every connection before the drain to `drained`, and at least one,
+    /// every one, after it to `other`.
+    fn check_routes(&mut self, routed_before_drain: usize, drained: &FleetNode, other: &FleetNode) {
+        let routes = self.balancer_routes();
+        let (before, after) = routes.split_at(routed_before_drain.min(routes.len()));
+        let all_to = |routes: &[Option<u16>], node: &FleetNode| {
+            !routes.is_empty() && routes.iter().all(|&r| r == Some(node.page_port))
+        };
+        if !all_to(before, drained) || !all_to(after, other) {
+            self.fail(&format!(
+                "the balancer routed {before:?} before the drain (expected {} only) and \
+                 {after:?} after it (expected {} only)",
+                drained.page_port, other.page_port
+            ));
+        }
+    }
+
+    /// Per page, where its open peer connections' selected pairs relay: "name: local ⇄ remote".
+    fn describe_pairs(&self, r: &Value) -> String {
+        let mut out = Vec::new();
+        for page in r["pages"].as_array().into_iter().flatten() {
+            for pair in page["selectedPairs"].as_array().into_iter().flatten() {
+                let (local, remote) = (&pair["local"], &pair["remote"]);
+                out.push(format!(
+                    "{}: {}:{} over {} ⇄ {}:{}",
+                    page["name"].as_str().unwrap_or("?"),
+                    local["address"].as_str().unwrap_or("?"),
+                    local["port"],
+                    local["relayProtocol"].as_str().unwrap_or("?"),
+                    remote["address"].as_str().unwrap_or("?"),
+                    remote["port"],
+                ));
+            }
+        }
+        out.join("; ")
+    }
+
+    /// Drains `node` as `systemctl stop` would: SIGTERM. Its exit is then expected.
+    fn drain(&mut self, node: &FleetNode) {
+        let log = node.log();
+        let Some(daemon) = self.daemons.iter_mut().find(|d| d.log == log) else {
+            self.fail(&format!("{} is not running", node.name));
+        };
+        daemon.stopping = true;
+        let pid = daemon.child.id().to_string();
+        if let Err(e) = run_bounded(Command::new("kill").args(["-TERM", &pid]), COMMAND_LIMIT)
+            .and_then(require_success)
+        {
+            self.fail(&format!("cannot SIGTERM {}: {e}", node.name));
+        }
+    }
+
+    /// Starts the [`Balancer`] on BALANCER_IP:BALANCER_PORT in front of the nodes' pages,
+    /// in [`FLEET`]'s order.
+    fn start_balancer(&mut self) {
+        let health = HealthCheck::new(&self.dir.join("ca.pem"));
+        let listen = SocketAddr::from((BALANCER_IP, BALANCER_PORT));
+        let backends = FLEET.map(|node| (node.page_addr(), node.host)).to_vec();
+        match Balancer::start(&self.browsers_netns, listen, backends, health) {
+            Ok(balancer) => self.balancer = Some(balancer),
+            Err(e) => self.fail(&format!("cannot start the balancer: {e}")),
+        }
+    }
+
+    /// The page port the balancer sent each connection to, in order (`None`: no backend
+    /// was healthy, and the connection was closed).
+    fn balancer_routes(&self) -> Vec<Option<u16>> {
+        self.balancer
+            .as_ref()
+            .map(|b| {
+                b.routes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `f` on a thread of its own in the network namespace `netns`: the sockets it opens,
+/// and the threads it spawns, are in that namespace.
+fn in_namespace<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{netns}");
+    thread::spawn(move || {
+        enter_namespace(&path);
+        f()
+    })
+    .join()
+    .expect("a thread in the namespace panicked")
+}
+
+/// Moves the calling thread (alone) into the network namespace that `ip netns` keeps at
+/// `path`.
+fn enter_namespace(path: &str) {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    // SAFETY: setns with CLONE_NEWNET on a namespace file changes only this thread's
+    // network namespace; the file stays open for the call.
+    let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        entered,
+        0,
+        "setns({path}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `GET /healthz` over HTTPS, trusting only the test CA (the nodes serve their pages with
+/// the test certificate), as a load balancer checks its backends.
+#[derive(Clone)]
+struct HealthCheck {
+    tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl HealthCheck {
+    fn new(ca_pem: &Path) -> Self {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_file(ca_pem).expect("read the test CA");
+        roots.add(ca).expect("trust the test CA");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            tls: std::sync::Arc::new(tls),
+        }
+    }
+
+    /// The status `addr`, a page served as `host`, answers; 0 when it does not (refused,
+    /// TLS failed, timed out).
+    fn status(&self, addr: SocketAddr, host: &'static str) -> u16 {
+        let Ok(tcp) = std::net::TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT) else {
+            return 0;
+        };
+        let _ = tcp.set_read_timeout(Some(HEALTH_TIMEOUT));
+        let _ = tcp.set_write_timeout(Some(HEALTH_TIMEOUT));
+        let name = rustls::pki_types::ServerName::try_from(host).expect("a DNS name");
+        let Ok(tls) = rustls::ClientConnection::new(self.tls.clone(), name) else {
+            return 0;
+        };
+        let mut stream = rustls::StreamOwned::new(tls, tcp);
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return 0;
+        }
+        // The status line is all it needs; a close without close_notify ends the read with
+        // an error after the bytes that came.
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply)
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A stand-in for an L4 load balancer in front of the fleet's pages: it accepts TCP
+/// connections on one address in the lab's namespace and sends each, bytes untouched (TLS
+/// goes through to the node), to the first backend whose `/healthz` answers 200 at that
+/// moment, as a balancer with health checks does. Dropping it stops it and closes every
+/// connection it carries.
+struct Balancer {
+    /// The backend port of each accepted connection, in order (`None`: none was healthy).
+    routes: std::sync::Arc<Mutex<Vec<Option<u16>>>>,
+    /// Both ends of every connection it carries, shut down when it stops.
+    streams: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+impl Balancer {
+    fn start(
+        netns: &str,
+        listen: SocketAddr,
+        backends: Vec<(SocketAddr, &'static str)>,
+        health: HealthCheck,
+    ) -> Result<Balancer, String> {
+        let balancer = Balancer {
+            routes: Default::default(),
+            streams: Default::default(),
+            stop: Default::default(),
+            acceptor: None,
+        };
+        let (routes, streams, stop) = (
+            balancer.routes.clone(),
+            balancer.streams.clone(),
+            balancer.stop.clone(),
+        );
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{netns}");
+        let acceptor = thread::spawn(move || {
+            enter_namespace(&path);
+            let listener = match std::net::TcpListener::bind(listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            {
+                Ok(listener) => listener,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(format!("bind {listen}: {e}")));
+                    return;
+                }
+            };
+            let _ = bound_tx.send(Ok(()));
+            // Polls, so that it ends soon after `stop` is set.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        // Threads spawned here are in the namespace too, for the backends.
+                        let (routes, streams) = (routes.clone(), streams.clone());
+                        let (backends, health) = (backends.clone(), health.clone());
+                        thread::spawn(move || {
+                            Balancer::carry(client, &backends, &health, &routes, &streams)
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let mut balancer = balancer;
+        balancer.acceptor = Some(acceptor);
+        match bound_rx.recv_timeout(COMMAND_LIMIT) {
+            Ok(Ok(())) => Ok(balancer),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!(
+                "no answer from its thread within {COMMAND_LIMIT:?}"
+            )),
+        }
+    }
+
+    /// Picks `client`'s backend and copies bytes both ways until either side closes.
+    fn carry(
+        client: std::net::TcpStream,
+        backends: &[(SocketAddr, &'static str)],
+        health: &HealthCheck,
+        routes: &Mutex<Vec<Option<u16>>>,
+        streams: &Mutex<Vec<std::net::TcpStream>>,
+    ) {
+        let healthy = backends
+            .iter()
+            .find(|&&(addr, host)| health.status(addr, host) == 200)
+            .map(|&(addr, _)| addr);
+        routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(healthy.map(|addr| addr.port()));
+        let Some(backend) = healthy
+            .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT).ok())
+        else {
+            return;
+        };
+        let _ = client.set_nonblocking(false);
+        let (Ok(client_reader), Ok(backend_reader)) = (client.try_clone(), backend.try_clone())
+        else {
+            return;
+        };
+        {
+            let mut carried = streams.lock().unwrap_or_else(PoisonError::into_inner);
+            for stream in [&client, &backend] {
+                if let Ok(clone) = stream.try_clone() {
+                    carried.push(clone);
+                }
+            }
+        }
+        let upstream = thread::spawn(move || pipe(client_reader, backend));
+        pipe(backend_reader, client);
+        let _ = upstream.join();
+    }
+}
+
+/// Copies `from` to `to` until `from` ends or either fails, then ends `to`'s writing side.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for stream in self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -1234,9 +1979,20 @@ struct Lab {
     namespaces_made: Vec<String>,
     /// `ip monitor` in the namespace, from the moment it settled; see [`Lab::watch_namespace`].
     monitor: Option<Child>,
-    server: Option<Child>,
+    /// rendez (one, or a fleet's nodes) and the fleet's redis-server, in starting order.
+    daemons: Vec<Daemon>,
+    /// [`Lab::start_balancer`]: the fleet's load balancer stand-in.
+    balancer: Option<Balancer>,
     node: Option<Child>,
     _serial: MutexGuard<'static, ()>,
+}
+
+/// A long-running process of the lab, writing to `log` in the test's directory.
+struct Daemon {
+    log: String,
+    child: Child,
+    /// Set when the test itself ended it (a drain): its exit is then no failure.
+    stopping: bool,
 }
 
 impl Lab {
@@ -1253,7 +2009,7 @@ impl Lab {
         let netns = format!("rendez-br-{id}");
         let browsers_netns = match layout {
             Layout::Together => netns.clone(),
-            Layout::Firewalled => format!("rendez-brc-{id}"),
+            Layout::Firewalled | Layout::Fleet => format!("rendez-brc-{id}"),
         };
         let mut lab = Lab {
             layout,
@@ -1263,7 +2019,8 @@ impl Lab {
             started: Instant::now(),
             namespaces_made: Vec::new(),
             monitor: None,
-            server: None,
+            daemons: Vec::new(),
+            balancer: None,
             node: None,
             _serial: serial,
         };
@@ -1293,7 +2050,7 @@ impl Lab {
             (server, vec!["addr", "add", &addr, "dev", veth]),
             (server, vec!["link", "set", veth, "up"]),
         ];
-        if layout == Layout::Firewalled {
+        if layout != Layout::Together {
             // The peer end moves to the browsers' namespace and takes their address there.
             // The move resets its IPv6 settings to that namespace's defaults, so
             // `addrgenmode none` again.
@@ -1367,8 +2124,10 @@ impl Lab {
         let server = (veth, Some(format!("{LAB_IP}/{LAB_PREFIX}")));
         match self.layout {
             Layout::Together => vec![server, (peer, None)],
-            Layout::Firewalled if netns == self.netns => vec![server],
-            Layout::Firewalled => vec![(peer, Some(format!("{BROWSERS_IP}/{LAB_PREFIX}")))],
+            Layout::Firewalled | Layout::Fleet if netns == self.netns => vec![server],
+            Layout::Firewalled | Layout::Fleet => {
+                vec![(peer, Some(format!("{BROWSERS_IP}/{LAB_PREFIX}")))]
+            }
         }
     }
 
@@ -1452,7 +2211,7 @@ impl Lab {
         }
     }
 
-    /// A test CA and a leaf for the layout's host (and LAB_IP) signed by it; with
+    /// A test CA and a leaf for the layout's hosts (names and addresses) signed by it; with
     /// [`Trust::TestCa`] the CA goes into the fresh NSS database under the HOME that
     /// Chromium gets (with [`Trust::Nothing`] that database stays empty).
     fn make_certificates(&self, trust: Trust) -> TlsFiles {
@@ -1484,9 +2243,16 @@ impl Lab {
 
         let leaf_key = KeyPair::generate().expect("leaf key");
         let host = self.layout.host();
-        let mut leaf = CertificateParams::new(vec![host.to_string()]).expect("leaf params");
-        leaf.subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(LAB_IP)));
+        let hosts = self.layout.hosts();
+        let names: Vec<String> = hosts.iter().map(|(name, _)| name.to_string()).collect();
+        let mut leaf = CertificateParams::new(names).expect("leaf params");
+        let mut ips: Vec<Ipv4Addr> = hosts.iter().map(|&(_, ip)| ip).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        for ip in ips {
+            leaf.subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(ip)));
+        }
         leaf.distinguished_name.push(DnType::CommonName, host);
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -1583,32 +2349,76 @@ impl Lab {
     }
 
     fn start_server(&mut self, config: &Path) {
-        let log = File::create(self.dir.join("server.log")).expect("create server.log");
-        let log2 = log.try_clone().expect("clone server.log");
-        // `ip netns exec` execs the command, so the child's pid is rendez's own.
-        let mut command = Command::new("ip");
+        self.start_rendez(config, "server.log");
+    }
+
+    /// Starts rendez in the namespace with `config`, logging to `log`.
+    fn start_rendez(&mut self, config: &Path, log: &str) {
+        let netns = self.netns.clone();
+        self.start_rendez_in(&netns, config, log);
+    }
+
+    /// Starts rendez in `netns` with `config`, logging to `log`.
+    fn start_rendez_in(&mut self, netns: &str, config: &Path, log: &str) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rendez"));
+        command.arg("serve").arg("--config").arg(config);
+        self.start_daemon(netns, command, log);
+    }
+
+    /// Starts `command` in `netns` as one of the lab's daemons, its stdout and stderr to
+    /// `log`. `ip netns exec` execs the command, so the child's pid is the program's own.
+    fn start_daemon(&mut self, netns: &str, command: Command, log: &str) {
+        let file = File::create(self.dir.join(log)).expect("create a daemon's log");
+        let file2 = file.try_clone().expect("clone a daemon's log");
+        let mut wrapped = Command::new("ip");
+        wrapped
+            .args(["netns", "exec", netns])
+            .arg(command.get_program())
+            .args(command.get_args());
         // Only the config file speaks: RENDEZ_* variables would override its keys.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("RENDEZ_") {
-                command.env_remove(key);
+                wrapped.env_remove(key);
             }
         }
-        let child = command
-            .args(["netns", "exec", &self.netns, env!("CARGO_BIN_EXE_rendez")])
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
+        let child = wrapped
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
+            .stdout(file)
+            .stderr(file2)
             .spawn()
-            .expect("start rendez");
-        self.server = Some(child);
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()));
+        self.daemons.push(Daemon {
+            log: log.to_string(),
+            child,
+            stopping: false,
+        });
+    }
+
+    /// The first daemon that exited although the test did not end it: its log and status.
+    fn daemon_gone(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.daemons
+            .iter_mut()
+            .find_map(|daemon| match daemon.child.try_wait() {
+                Ok(Some(status)) if !daemon.stopping => Some((daemon.log.clone(), status)),
+                _ => None,
+            })
     }
 
     /// Runs `script` from tests/browser under node in the namespace, killed past `limit`,
     /// and returns its JSON line.
     fn run_node(&mut self, script: &str, args: &Value, limit: Duration) -> Value {
+        self.run_node_with_events(script, args, limit, |_, _| {})
+    }
+
+    /// [`Lab::run_node`], calling `on_event` (while node goes on) with each line of the form
+    /// `{"event": …}` that the script prints before its result.
+    fn run_node_with_events(
+        &mut self,
+        script: &str,
+        args: &Value,
+        limit: Duration,
+        mut on_event: impl FnMut(&mut Lab, &Value),
+    ) -> Value {
         let stdout_path = self.dir.join("node.out");
         let stderr_path = self.dir.join("node.err");
         let child = Command::new("ip")
@@ -1624,6 +2434,7 @@ impl Lab {
         self.node = Some(child);
 
         let deadline = Instant::now() + limit;
+        let mut events_seen = 0;
         let status = loop {
             let node = self.node.as_mut().expect("node child");
             match node.try_wait() {
@@ -1633,10 +2444,22 @@ impl Lab {
             }
             // A server that died (a config it rejects, say) fails the test now, not when
             // node's readiness probe gives up.
-            if let Some(Ok(Some(_))) = self.server.as_mut().map(Child::try_wait) {
+            if let Some((log, status)) = self.daemon_gone() {
                 self.stop_node();
-                self.fail("rendez exited while the call was being set up");
+                self.fail(&format!(
+                    "a daemon of the lab ({log}) exited ({status}) while the call was being set up"
+                ));
             }
+            let events: Vec<Value> = fs::read_to_string(&stdout_path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|value| !value["event"].is_null())
+                .collect();
+            for event in events.iter().skip(events_seen) {
+                on_event(self, event);
+            }
+            events_seen = events_seen.max(events.len());
         };
         let Some(status) = status else {
             self.stop_node();
@@ -1654,13 +2477,14 @@ impl Lab {
         }
 
         let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
-        let line = stdout
+        let result = stdout
             .lines()
             .rev()
-            .find(|l| l.trim_start().starts_with('{'));
-        match line.map(serde_json::from_str::<Value>) {
-            Some(Ok(value)) => value,
-            _ => self.fail(&format!(
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|value| value.is_object() && value["event"].is_null());
+        match result {
+            Some(value) => value,
+            None => self.fail(&format!(
                 "node exited with {status} without a JSON result\nstdout:\n{stdout}"
             )),
         }
@@ -1758,9 +2582,9 @@ impl Lab {
     /// Panics with the context of a failure: node's result, the server log, Chromium's log
     /// and any change in the namespace after it settled.
     fn fail(&mut self, what: &str) -> ! {
-        let server_exit = match self.server.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => format!("\n(rendez is not running any more: {status})"),
-            _ => String::new(),
+        let server_exit = match self.daemon_gone() {
+            Some((log, status)) => format!("\n({log}: not running any more: {status})"),
+            None => String::new(),
         };
         let chromium_log: String = self
             .read("chromium.log")
@@ -1774,13 +2598,25 @@ impl Lab {
         } else {
             format!("--- links and addresses changed after the namespace settled:\n{netlink}\n")
         };
+        // Each daemon's log: the one server's, or a fleet's nodes and Redis.
+        let lines = if self.daemons.len() > 1 { 30 } else { 60 };
+        let daemons: String = self
+            .daemons
+            .iter()
+            .map(|d| {
+                format!(
+                    "--- {} (tail):\n{}\n",
+                    d.log,
+                    tail(&self.read(&d.log), lines)
+                )
+            })
+            .collect();
         panic!(
             "{what}{server_exit}\n\n--- node result ({dir}/node.out):\n{out}\n--- node stderr:\n{err}\n\
-             --- server log (tail):\n{server}\n--- chromium log (tail, dbus noise removed):\n{chromium}\n\
+             {daemons}--- chromium log (tail, dbus noise removed):\n{chromium}\n\
              {netlink}--- kept for inspection: {dir}",
             out = self.read("node.out"),
             err = tail(&self.read("node.err"), 40),
-            server = tail(&self.read("server.log"), 60),
             chromium = tail(&chromium_log, 40),
             dir = self.dir.display(),
         );
@@ -1811,10 +2647,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_node();
-        for mut child in [self.server.take(), self.monitor.take()]
-            .into_iter()
-            .flatten()
-        {
+        self.balancer = None;
+        let daemons = self.daemons.drain(..).map(|daemon| daemon.child);
+        for mut child in daemons.chain(self.monitor.take()) {
             let _ = child.kill();
             let _ = child.wait();
         }

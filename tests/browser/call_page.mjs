@@ -22,12 +22,22 @@
 //      getUserMedia and WebSocket counted from before the page's script runs, reports what
 //      it shows after a while without a click (`before`), then presses Join and reports
 //      again once it has joined (`after`, which shows the counting sees the page's calls);
+//      scenario "rejoin" (two participants): as "call" until the call is up, then reports
+//      what the tabs show (`before`), prints the line {"event": "call-up"} and waits until
+//      the first participant is back in the call under a new id (the test drains its node
+//      meanwhile, so the page reconnects and joins again) with decoded video both ways;
 //   5. prints exactly one line of JSON on stdout: {"ok": true|false, "pages": [...], ...}.
 // The Rust test makes the assertions; this script only reports what the pages showed.
 //
 // Arguments (one JSON object):
 //   scenario        "call", "room-full" or "link-only"
 //   pageUrl         where rendez serves the page, e.g. https://turn.rendez.test:8443/
+//   pageUrls        optional, {name: url}: a participant's own page URL instead of pageUrl
+//                   (a fleet: each participant on another node)
+//   reportCandidates  also report, per tab, each open peer connection's selected candidate
+//                   pair (`selectedPairs`: local and remote candidate as getStats() has them)
+//                   and its signaling (`signaling`: sockets opened, "reconnect" messages got),
+//                   recorded from before the page's own script runs
 //   probe           {host, port}: where rendez must accept a TCP connection first
 //   room            the room every participant joins
 //   participants    their names, in joining order ("link-only": the first one only)
@@ -92,7 +102,7 @@ function withTimeout(promise, ms) {
 }
 
 async function openTab(name, { joined }) {
-  const url = new URL(args.pageUrl);
+  const url = new URL(args.pageUrls?.[name] ?? args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
   if (args.relay) url.searchParams.set("relay", "1");
@@ -161,7 +171,68 @@ async function describe(tab) {
       }),
     };
   });
-  return { name: tab.name, url: tab.url, ...shown, console: tab.console.slice(-30) };
+  const observed = args.reportCandidates ? await tab.page.evaluate(observedConnections) : {};
+  return { name: tab.name, url: tab.url, ...shown, ...observed, console: tab.console.slice(-30) };
+}
+
+/**
+ * Runs in every page before its own script (`reportCandidates`): keeps each
+ * RTCPeerConnection the page makes and counts its signaling sockets and the "reconnect"
+ * messages they bring, passing everything on unchanged.
+ */
+function observeConnections() {
+  const peerConnections = [];
+  const signaling = { sockets: 0, reconnects: 0 };
+  window.__observed = { peerConnections, signaling };
+  const NativePeerConnection = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends NativePeerConnection {
+    constructor(...args) {
+      super(...args);
+      peerConnections.push(this);
+    }
+  };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) {
+      super(...args);
+      signaling.sockets += 1;
+      this.addEventListener("message", (event) => {
+        if (typeof event.data === "string" && event.data.includes('"reconnect"')) {
+          signaling.reconnects += 1;
+        }
+      });
+    }
+  };
+}
+
+/** Runs in a page: the selected candidate pair of each open peer connection, and the counts. */
+async function observedConnections() {
+  const observed = window.__observed;
+  if (!observed) return { selectedPairs: null, signaling: null };
+  const candidate = (c) =>
+    c && {
+      candidateType: c.candidateType,
+      address: c.address ?? c.ip,
+      port: c.port,
+      protocol: c.protocol,
+      relayProtocol: c.relayProtocol ?? null,
+      url: c.url ?? null,
+    };
+  const open = observed.peerConnections.filter((pc) => pc.connectionState !== "closed");
+  const selectedPairs = await Promise.all(
+    open.map(async (pc) => {
+      const report = await pc.getStats();
+      const entries = [...report.values()];
+      const transport = entries.find((s) => s.type === "transport" && s.selectedCandidatePairId);
+      const pair = transport && report.get(transport.selectedCandidatePairId);
+      return {
+        connectionState: pc.connectionState,
+        local: candidate(pair && report.get(pair.localCandidateId)) ?? null,
+        remote: candidate(pair && report.get(pair.remoteCandidateId)) ?? null,
+      };
+    }),
+  );
+  return { selectedPairs, signaling: { ...observed.signaling } };
 }
 
 /** Runs in a page: `count` tiles, all with a picture, the others' captions "connected · …". */
@@ -176,22 +247,28 @@ function tilesArePlaying(count) {
   );
 }
 
-async function callScenario() {
-  for (const name of args.participants) await openTab(name, { joined: true });
-  mark("all_joined");
-
-  const others = args.participants.length - 1;
-  let up = false;
-  while (!up && remaining() > 0) {
+/** Polls every tab's state until `up(states)` holds; false if it never did in time. */
+async function waitForStates(up) {
+  while (remaining() > 0) {
     const states = await Promise.all(tabs.map((tab) => tab.page.evaluate(() => window.rendez.state())));
-    up = states.every((state) => callIsUp(state, others));
-    if (!up) await sleep(250);
+    if (up(states)) return true;
+    await sleep(250);
   }
-  if (!up) return { ok: false, error: "not every page showed the others connected with decoded video in time" };
-  mark("all_connected");
+  return false;
+}
 
-  // What a person would see: every tile plays video (its <video> has dimensions) and the
-  // others' captions say how they are connected (they follow the stats, every 2 s).
+/**
+ * Waits until every tab shows the others connected with decoded video, then until what a
+ * person would see agrees: every tile plays video (its <video> has dimensions) and the
+ * others' captions say how they are connected (they follow the stats, every 2 s). An error
+ * text, or null once all is up.
+ */
+async function waitForCall(phase) {
+  const others = args.participants.length - 1;
+  if (!(await waitForStates((states) => states.every((state) => callIsUp(state, others))))) {
+    return "not every page showed the others connected with decoded video in time";
+  }
+  mark(`${phase}_connected`);
   for (const tab of tabs) {
     try {
       await tab.page.waitForFunction(tilesArePlaying, args.participants.length, {
@@ -199,10 +276,18 @@ async function callScenario() {
         polling: 100,
       });
     } catch (error) {
-      return { ok: false, error: `${tab.name}'s tiles never all played video with captions: ${error.message}` };
+      return `${tab.name}'s tiles never all played video with captions: ${error.message}`;
     }
   }
-  mark("all_playing");
+  mark(`${phase}_playing`);
+  return null;
+}
+
+async function callScenario() {
+  for (const name of args.participants) await openTab(name, { joined: true });
+  mark("all_joined");
+  const error = await waitForCall("all");
+  if (error) return { ok: false, error };
 
   if (args.screenshot) {
     // A few more frames, so no tile is caught on its very first picture.
@@ -211,6 +296,29 @@ async function callScenario() {
     mark("screenshot");
   }
   return { ok: true };
+}
+
+async function rejoinScenario() {
+  for (const name of args.participants) await openTab(name, { joined: true });
+  mark("all_joined");
+  const error = await waitForCall("first");
+  if (error) return { ok: false, error };
+  const before = { pages: await Promise.all(tabs.map(describe)) };
+  const firstId = before.pages[0].state.id;
+  process.stdout.write(JSON.stringify({ event: "call-up" }) + "\n");
+
+  // The first participant rejoins under a new id, and the others see that id.
+  const rejoined = (states) =>
+    states[0].joined &&
+    states[0].id !== firstId &&
+    states.slice(1).every((state) => state.peers.some((peer) => peer.id === states[0].id));
+  if (!(await waitForStates(rejoined))) {
+    return { ok: false, before, error: `${tabs[0].name} never rejoined under a new id in time` };
+  }
+  mark("rejoined");
+  const again = await waitForCall("again");
+  if (again) return { ok: false, before, error: `after the rejoin: ${again}` };
+  return { ok: true, before };
 }
 
 async function roomFullScenario() {
@@ -306,9 +414,15 @@ async function main() {
       timeout: stepTimeout(30000),
       viewport: args.viewport,
     });
+    if (args.reportCandidates) await context.addInitScript(observeConnections);
     spareTab = context.pages()[0] ?? null;
     mark("browser_started");
-    const scenarios = { call: callScenario, "room-full": roomFullScenario, "link-only": linkOnlyScenario };
+    const scenarios = {
+      call: callScenario,
+      "room-full": roomFullScenario,
+      "link-only": linkOnlyScenario,
+      rejoin: rejoinScenario,
+    };
     const scenario = scenarios[args.scenario];
     if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
     const result = await scenario();
