@@ -251,6 +251,9 @@ pub struct SignalConfig {
     pub credential_ttl: Duration,
     /// Longest chat message, in bytes of UTF-8.
     pub max_chat_bytes: usize,
+    /// The video a participant may send in all (kbit/s, audio not included): the page
+    /// shares it among its peers, so a full mesh fits an ordinary uplink.
+    pub upstream_kbps: u32,
 }
 
 impl Default for SignalConfig {
@@ -268,6 +271,7 @@ impl Default for SignalConfig {
             turn_urls: Vec::new(),
             credential_ttl: Duration::from_secs(6 * 3600),
             max_chat_bytes: 4096,
+            upstream_kbps: 2500,
         }
     }
 }
@@ -912,6 +916,12 @@ impl Config {
                 "must be at least 1 and at most half of `max-message-bytes` (a chat message travels inside a signaling message), e.g. 4096",
             ));
         }
+        if !(100..=100_000).contains(&signal.upstream_kbps) {
+            return Err(invalid(
+                "signal.upstream-kbps",
+                "must be 100 to 100000 (kbit/s of video a participant sends in all), e.g. 2500",
+            ));
+        }
         if let Some(cluster) = &self.cluster {
             // The URL may hold a password: the message names the key, never the value.
             if redis::IntoConnectionInfo::into_connection_info(cluster.redis.as_str()).is_err() {
@@ -1474,6 +1484,7 @@ mod tests {
             ("[signal]\ntoken-secret = \"\"", "signal.token-secret"),
             ("[signal]\nidle-timeout = \"1s\"", "signal.idle-timeout"),
             ("[signal]\nmax-chat-bytes = 0", "signal.max-chat-bytes"),
+            ("[signal]\nupstream-kbps = 50", "signal.upstream-kbps"),
             ("[signal]\nmax-chat-bytes = 40000", "signal.max-chat-bytes"),
             ("[cluster]\nredis = \"http://x\"", "cluster.redis"),
             ("[cluster]\nheartbeat = \"2s\"", "redis"),

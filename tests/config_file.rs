@@ -133,6 +133,7 @@ fn every_key_is_documented() {
         "rooms-per-ip",
         "turn-urls",
         "max-chat-bytes",
+        "upstream-kbps",
         "[cluster]",
         "redis",
         "password-file",

@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         messages_per_second: 5,
         max_message_bytes: 2048,
         max_chat_bytes: 256,
+        upstream_kbps: 2500,
         token_secret: None,
     };
     let rng = rendez::random::Rng::from_seed(1);

@@ -38,6 +38,9 @@ pub enum ServerMessage {
         ice_servers: serde_json::Value,
         /// The room's recent chat, oldest first.
         chat: Vec<ChatMessage>,
+        /// The video each participant may send in all, in kbit/s, shared among its peers.
+        #[serde(rename = "upstream-kbps")]
+        upstream_kbps: u32,
     },
     PeerJoined {
         id: String,
@@ -104,10 +107,11 @@ mod tests {
             }],
             ice_servers: serde_json::json!([]),
             chat: Vec::new(),
+            upstream_kbps: 2500,
         };
         assert_eq!(
             serde_json::to_string(&welcome).unwrap(),
-            r#"{"type":"welcome","id":"a","peers":[{"id":"b","name":"B"}],"iceServers":[],"chat":[]}"#
+            r#"{"type":"welcome","id":"a","peers":[{"id":"b","name":"B"}],"iceServers":[],"chat":[],"upstream-kbps":2500}"#
         );
         let chat = ServerMessage::Chat(ChatMessage {
             from: "a".into(),

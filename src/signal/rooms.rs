@@ -42,6 +42,8 @@ pub struct RoomsConfig {
     pub max_message_bytes: usize,
     /// Longest chat text accepted, in bytes.
     pub max_chat_bytes: usize,
+    /// The video upstream budget each participant gets in its welcome, in kbit/s.
+    pub upstream_kbps: u32,
     /// When set, joining needs a token minted with this secret (see [`token`]).
     pub token_secret: Option<String>,
 }
@@ -54,6 +56,7 @@ impl Default for RoomsConfig {
             messages_per_second: 20,
             max_message_bytes: 64 * 1024,
             max_chat_bytes: 4096,
+            upstream_kbps: 2500,
             token_secret: None,
         }
     }
@@ -572,6 +575,7 @@ impl Rooms {
                     peers,
                     ice_servers,
                     chat,
+                    upstream_kbps: self.config.upstream_kbps,
                 },
             },
         );
@@ -987,6 +991,7 @@ mod tests {
             peers,
             ice_servers,
             chat,
+            upstream_kbps,
         } = &out[0].message
         else {
             panic!("welcome first");
@@ -1001,6 +1006,7 @@ mod tests {
         );
         assert_eq!(ice_servers[0]["urls"][0], "turn:h:3478");
         assert!(chat.is_empty());
+        assert_eq!(*upstream_kbps, 2500);
         assert_eq!(out[1].to, 1);
         assert_eq!(
             out[1].message,
@@ -1505,6 +1511,7 @@ mod tests {
                     }],
                     ice_servers: json!([{"urls": ["turn:h:3478"]}]),
                     chat,
+                    upstream_kbps: 2500,
                 }
             }]
         );

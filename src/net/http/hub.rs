@@ -203,6 +203,7 @@ fn rooms_config(config: &Config) -> RoomsConfig {
         messages_per_second: signal.messages_per_second,
         max_message_bytes: signal.max_message_bytes,
         max_chat_bytes: signal.max_chat_bytes,
+        upstream_kbps: signal.upstream_kbps,
         token_secret: signal.token_secret.clone(),
     }
 }
