@@ -22,7 +22,8 @@
 // process) in its text or data; latency is the receiving time minus that.
 // Server cost per phase: utime+stime (/proc/PID/stat) of every --pids process and of
 // --redis-pid; `INFO commandstats` deltas from redis-server (through redis-cli); the sum of
-// `rendez_cluster_redis_calls_total` over the nodes' --metrics. Prints one JSON object.
+// `rendez_cluster_redis_calls_total` and `rendez_cluster_dropped_total` over the nodes'
+// --metrics. Prints one JSON object.
 // Loopback addresses only.
 
 import { options } from '../signal/args.mjs';
@@ -359,8 +360,8 @@ async function snapshot() {
     clientCpu: process.cpuUsage(),
     machineBusy: machineBusySeconds(),
     redis: redisPort ? commandStats() : null,
-    redisCalls: (await Promise.all(metricsAddrs.map((a) => metric(a, 'rendez_cluster_redis_calls_total'))))
-      .reduce((s, x) => s + x, 0),
+    redisCalls: await metricSum('rendez_cluster_redis_calls_total'),
+    dropped: await metricSum('rendez_cluster_dropped_total'),
   };
 }
 
@@ -381,13 +382,19 @@ function cost(before, after, events) {
     const d = (name) => (after.redis[name] ?? 0) - (before.redis[name] ?? 0);
     const scripts = d('evalsha') + d('eval');
     let all = 0;
-    for (const name of Object.keys(after.redis)) if (name !== 'info') all += d(name);
+    for (const name of Object.keys(after.redis)) if (name !== 'info' && !name.endsWith('_usec')) all += d(name);
     out.redis = {
       evalsha: d('evalsha'),
       eval: d('eval'),
       publish: d('publish'),
       all_commands: all,
+      // Redis's own time executing them (a script's time includes its commands'): the rest
+      // of its CPU goes to reading requests, writing replies and delivering to subscribers.
+      evalsha_usec: d('evalsha_usec') + d('eval_usec'),
+      publish_usec: d('publish_usec'),
       round_trips: after.redisCalls - before.redisCalls,
+      // Commands the nodes dropped: their queue to the Redis task was full.
+      dropped: after.dropped - before.dropped,
       scripts_per_event: ratio(scripts, events),
       publish_per_event: ratio(d('publish'), events),
       commands_per_event: ratio(all, events),
@@ -401,15 +408,23 @@ function ratio(x, events) {
   return events > 0 ? round(x / events, 3) : null;
 }
 
-/** `INFO commandstats`: calls per command name. */
+/** `INFO commandstats`: calls and microseconds per command name ("publish", "publish_usec"). */
 function commandStats() {
   const text = execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redisPort), 'INFO', 'commandstats'], {
     encoding: 'utf8',
     timeout: 5000,
   });
   const calls = {};
-  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls[m[1]] = Number(m[2]);
+  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) {
+    calls[m[1]] = Number(m[2]);
+    calls[`${m[1]}_usec`] = Number(m[3]);
+  }
   return calls;
+}
+
+/** The sum of `name` over every node's /metrics. */
+async function metricSum(name) {
+  return (await Promise.all(metricsAddrs.map((a) => metric(a, name)))).reduce((s, x) => s + x, 0);
 }
 
 /** The sum of every sample of `name` on a node's /metrics. */

@@ -41,10 +41,13 @@ const rows = [
   ['Scripts (EVALSHA) per join / chat / signal', (t) => ['join', 'chat', 'signal'].map((k) => cell(t, `${k}.redis.scripts_per_event`, 2)).join(' / ')],
   ['PUBLISH per join / chat / signal', (t) => ['join', 'chat', 'signal'].map((k) => cell(t, `${k}.redis.publish_per_event`, 2)).join(' / ')],
   ['Redis commands in all per join / chat / signal', (t) => ['join', 'chat', 'signal'].map((k) => cell(t, `${k}.redis.commands_per_event`, 1)).join(' / ')],
+  ['Redis execution µs per join / chat (EVALSHA) / signal (PUBLISH)', (t) => [['join', 'evalsha'], ['chat', 'evalsha'], ['signal', 'publish']]
+    .map(([k, c]) => cell(t, (r) => (pick(r, `${k}.redis.${c}_usec`) ?? NaN) / pick(r, `${k}.sent`), 1)).join(' / ')],
   ['Server CPU ms per 1000 joins', (t) => cell(t, perThousand('join.nodes_cpu_seconds', 'join.sent'), 0) + withRedis(t, 'join')],
   ['Server CPU ms per 1000 chat messages', (t) => cell(t, perThousand('chat.nodes_cpu_seconds', 'chat.sent'), 0) + withRedis(t, 'chat')],
   ['Server CPU ms per 1000 signals', (t) => cell(t, perThousand('signal.nodes_cpu_seconds', 'signal.sent'), 0) + withRedis(t, 'signal')],
   ['Messages lost (chat + signal + burst)', (t) => cell(t, sum('chat.lost', 'signal.lost', 'burst.lost'), 0)],
+  ['Commands dropped by the nodes (queue to Redis full)', (t) => (t === 'A' ? '–' : cell(t, sum('chat.redis.dropped', 'signal.redis.dropped', 'burst.redis.dropped'), 0))],
   ['Other CPU-s on the machine (chat + signal)', (t) => cell(t, sum('chat.other_cpu_seconds', 'signal.other_cpu_seconds'), 2)],
   ['Client CPU-s (chat + signal)', (t) => cell(t, sum('chat.client_cpu_seconds', 'signal.client_cpu_seconds'), 2)],
 ];
