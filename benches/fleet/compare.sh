@@ -123,7 +123,6 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 stop_all() {
-  local pid
   # Nodes first (each tells Redis it leaves), redis-server last.
   for ((k = ${#running[@]} - 1; k >= 0; k--)); do stop_pid "${running[k]}"; done
   running=()

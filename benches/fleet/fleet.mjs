@@ -83,6 +83,8 @@ const people = [];
 const byId = new Map();
 /** The phase now receiving: {kind, onChat(i, msg, now), onSignal(i, msg, now)} */
 let phase = null;
+/** True from the end of the connect phase until the client closes: a close then is a drop. */
+let holding = false;
 
 // --- connect ------------------------------------------------------------------------------
 await waitHealthy();
@@ -105,6 +107,7 @@ await withDeadline(60, 'connect', new Promise((resolve) => {
 }));
 const connectSeconds = (performance.now() - tConnect) / 1000;
 const connected = people.filter((p) => p?.ws.readyState === WebSocket.OPEN).length;
+holding = true;
 
 // --- join -----------------------------------------------------------------------------------
 const result = {
@@ -162,6 +165,7 @@ if (burst > 0) result.burst = await messagePhase('burst', 'signal', 0, burst, 0)
 
 // --- close ---------------------------------------------------------------------------------------
 phase = null;
+holding = false;
 await withDeadline(20, 'close', new Promise((resolve) => {
   let open = 0;
   const onClosed = () => { if (--open === 0) resolve(); };
@@ -185,14 +189,15 @@ process.stdout.write(JSON.stringify(result) + '\n', () => process.exit(0));
 // ------------------------------------------------------------------------------------------------
 
 /**
- * Sends `count` messages of `kind` (at `perSecond`, or all at once when 0), waits for every
- * delivery or `drain` seconds after the last send, and reports latency and server cost.
+ * Sends `count` messages of `kind` ("chat" or "signal") marked with `tag`, at `perSecond`
+ * (or all at once when 0), waits for every delivery or `drain` seconds after the last
+ * send, and reports latency and server cost.
  */
 async function messagePhase(tag, kind, perSecond, count, seconds) {
   const expectedPer = kind === 'chat' ? roomSize - 1 : 1;
   const sentAt = new Float64Array(count);
   const senderNode = new Int8Array(count);
-  const seen = new Uint8Array(count * expectedPer > 0 ? count : 0);
+  const seen = new Uint8Array(count); // deliveries of each message so far
   const sameNode = [];
   const otherNode = [];
   let delivered = 0;
@@ -346,7 +351,7 @@ function connect(i, onSettled) {
     settle();
   });
   ws.on('close', () => {
-    if (phase) counts.closed_early++;
+    if (holding) counts.closed_early++;
     settle();
   });
 }
