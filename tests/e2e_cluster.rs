@@ -206,6 +206,61 @@ async fn rooms_span_nodes_with_signals_and_chat_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_history_is_bounded_and_forgotten_with_the_room() {
+    let Some((redis, nodes)) = fleet("history", 2, "messages-per-second = 500") else {
+        return;
+    };
+    let mut alice = nodes[0].client().await;
+    alice.join("r", "Alice").await;
+    for i in 0..60 {
+        alice
+            .send(json!({"type": "chat", "text": format!("m{i}")}))
+            .await;
+    }
+    for i in 0..60 {
+        assert_eq!(alice.recv_type("chat").await["text"], format!("m{i}"));
+    }
+    let mut bob = nodes[1].client().await;
+    let welcome = bob.join("r", "Bob").await;
+    let texts: Vec<&str> = welcome["chat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 50, "the last 50");
+    assert_eq!((texts[0], texts[49]), ("m10", "m59"));
+    // Long messages: at most 64 KiB of history.
+    let long = "x".repeat(4000);
+    for _ in 0..20 {
+        bob.send(json!({"type": "chat", "text": long})).await;
+        bob.recv_type("chat").await;
+    }
+    let mut carol = nodes[0].client().await;
+    let welcome = carol.join("r", "Carol").await;
+    let history = welcome["chat"].as_array().unwrap();
+    let bytes: usize = history.iter().map(|m| m.to_string().len()).sum();
+    assert!(
+        bytes <= 64 * 1024 && history.len() >= 15,
+        "{} messages, {bytes} bytes",
+        history.len()
+    );
+    assert_eq!(history.last().unwrap()["name"], "Bob");
+    // Everyone leaves: the room and its chat are forgotten.
+    drop((alice, bob, carol));
+    let deadline = Instant::now() + WAIT;
+    while redis
+        .command("KEYS rendez:chat*")
+        .is_some_and(|keys| !keys.starts_with("*0"))
+    {
+        assert!(Instant::now() < deadline, "chat keys left in Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut dave = nodes[1].client().await;
+    assert_eq!(dave.join("r", "Dave").await["chat"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_size_holds_across_nodes_when_joins_race() {
     let Some((_redis, nodes)) = fleet("race", 3, "room-size = 6\nrooms-per-ip = 100") else {
         return;

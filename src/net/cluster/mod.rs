@@ -42,6 +42,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pauses between connection attempts: doubling from the first to the last.
 const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 const RECONNECT_LAST: Duration = Duration::from_secs(2);
+/// Commands carried out in one round trip at most.
+const BATCH: usize = 64;
 /// A node's presence outlives this many missed heartbeats.
 const PRESENCE_HEARTBEATS: u32 = 3;
 
@@ -268,6 +270,13 @@ impl Task {
             .map_err(|_| "timed out subscribing".to_owned())?
             .map_err(|e| e.to_string())?;
         let mut events = subscription.into_on_message();
+        // Commands run as EVALSHA in pipelines: Redis must know the scripts first.
+        for script in self.scripts.all() {
+            script
+                .load_async(&mut redis)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
 
         let connected_at = Instant::now();
         let presence = self.heartbeat * PRESENCE_HEARTBEATS;
@@ -304,7 +313,15 @@ impl Task {
                     let Some(command) = command else {
                         return Ok(Ended::Stopped);
                     };
-                    if let Err(e) = self.carry_out(&mut redis, command).await {
+                    // What else is waiting goes along in the same round trip.
+                    let mut batch = vec![command];
+                    while batch.len() < BATCH {
+                        match inbox.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.carry_out(&mut redis, batch).await {
                         return Ok(Ended::Lost(e.to_string()));
                     }
                 }
@@ -345,87 +362,85 @@ impl Task {
         Ok(())
     }
 
+    /// Carries out `commands` in one round trip (a pipeline, in order), then reports the
+    /// joins Redis refused.
     async fn carry_out(
         &self,
         redis: &mut MultiplexedConnection,
-        command: ClusterCommand,
+        commands: Vec<ClusterCommand>,
     ) -> redis::RedisResult<()> {
-        let node = self.node.as_str();
-        match command {
-            ClusterCommand::Admit {
-                room,
-                id,
-                name,
-                room_size,
-            } => {
-                let outcome: String = self
-                    .call(
-                        redis,
-                        &self.scripts.admit,
-                        &[&room, &id, &name, node, &room_size.to_string()],
-                    )
-                    .await?;
-                let refusal = match outcome.as_str() {
-                    "full" => Refusal::Full,
-                    "taken" => Refusal::Taken,
-                    _ => return Ok(()),
-                };
-                let _ = self.notify.send(Notice::Refused { id, refusal }).await;
-            }
-            ClusterCommand::Leave { room, id } => {
-                let _: String = self
-                    .call(redis, &self.scripts.leave, &[&room, &id, node])
-                    .await?;
-            }
-            ClusterCommand::Signal {
-                node: to_node,
-                room,
-                from,
-                to,
-                data,
-            } => {
-                let event = ClusterEvent::Signal {
+        let mut pipe = redis::pipe();
+        let mut admissions = Vec::new();
+        let mut restored = None;
+        for (index, command) in commands.into_iter().enumerate() {
+            match command {
+                ClusterCommand::Admit {
+                    room,
+                    id,
+                    name,
+                    room_size,
+                } => {
+                    let size = room_size.to_string();
+                    self.scripts
+                        .admit
+                        .add_to(&mut pipe, &[&room, &id, &name, &self.node, &size]);
+                    admissions.push((index, id));
+                }
+                ClusterCommand::Leave { room, id } => {
+                    self.scripts
+                        .leave
+                        .add_to(&mut pipe, &[&room, &id, &self.node]);
+                }
+                ClusterCommand::Signal {
+                    node,
                     room,
                     from,
                     to,
                     data,
-                };
-                let text = serde_json::to_string(&event).unwrap_or_default();
-                self.status.calls.fetch_add(1, Ordering::Relaxed);
-                let _: u64 = redis::cmd("PUBLISH")
-                    .arg(channel(&to_node))
-                    .arg(text)
-                    .query_async(redis)
-                    .await?;
+                } => {
+                    let event = ClusterEvent::Signal {
+                        room,
+                        from,
+                        to,
+                        data,
+                    };
+                    let text = serde_json::to_string(&event).unwrap_or_default();
+                    pipe.cmd("PUBLISH").arg(channel(&node)).arg(text);
+                }
+                ClusterCommand::Chat { room, message } => {
+                    let text = serde_json::to_string(&message).unwrap_or_default();
+                    let (count, bytes) = (HISTORY_MESSAGES.to_string(), HISTORY_BYTES.to_string());
+                    self.scripts
+                        .chat
+                        .add_to(&mut pipe, &[&room, &text, &count, &bytes]);
+                }
+                ClusterCommand::Restore { members } => {
+                    let list = serde_json::to_string(&members).unwrap_or_else(|_| "[]".into());
+                    self.scripts.restore.add_to(&mut pipe, &[&self.node, &list]);
+                    restored = Some(members.len());
+                }
+                ClusterCommand::Sync { room } => {
+                    self.scripts.sync.add_to(&mut pipe, &[&room, &self.node]);
+                }
             }
-            ClusterCommand::Chat { room, message } => {
-                let text = serde_json::to_string(&message).unwrap_or_default();
-                let _: String = self
-                    .call(
-                        redis,
-                        &self.scripts.chat,
-                        &[
-                            &room,
-                            &text,
-                            &HISTORY_MESSAGES.to_string(),
-                            &HISTORY_BYTES.to_string(),
-                        ],
-                    )
-                    .await?;
-            }
-            ClusterCommand::Restore { members } => {
-                let list = serde_json::to_string(&members).unwrap_or_else(|_| "[]".into());
-                let _: String = self
-                    .call(redis, &self.scripts.restore, &[node, &list])
-                    .await?;
-                tracing::info!(
-                    participants = members.len(),
-                    "registered this node's participants with Redis"
-                );
-            }
-            ClusterCommand::Sync { room } => {
-                let _: String = self.call(redis, &self.scripts.sync, &[&room, node]).await?;
-            }
+        }
+        self.status
+            .calls
+            .fetch_add(pipe.len() as u64, Ordering::Relaxed);
+        let replies: Vec<redis::Value> = pipe.query_async(redis).await?;
+        for (index, id) in admissions {
+            let refusal = match replies.get(index) {
+                Some(redis::Value::BulkString(reply)) if reply == b"full" => Refusal::Full,
+                Some(redis::Value::BulkString(reply)) if reply == b"taken" => Refusal::Taken,
+                _ => continue,
+            };
+            let _ = self.notify.send(Notice::Refused { id, refusal }).await;
+        }
+        if let Some(participants) = restored {
+            tracing::info!(
+                participants,
+                "registered this node's participants with Redis"
+            );
         }
         Ok(())
     }
@@ -440,8 +455,12 @@ impl Task {
     ) {
         let deadline = Instant::now() + CALL_TIMEOUT;
         let work = async {
+            let mut queued = Vec::new();
             while let Ok(command) = inbox.try_recv() {
-                self.carry_out(redis, command).await?;
+                queued.push(command);
+            }
+            if !queued.is_empty() {
+                self.carry_out(redis, queued).await?;
             }
             self.call::<u64>(redis, &self.scripts.gone, &[self.node.as_str()])
                 .await
@@ -474,24 +493,46 @@ fn channel(node: &str) -> String {
     format!("rendez:to:{node}")
 }
 
+/// A script of the store: its code, for loading, and its hash, for EVALSHA.
+struct StoreScript(Script);
+
+impl StoreScript {
+    /// Appends a call with `args` (no keys: the scripts name their keys themselves) to
+    /// `pipe`.
+    fn add_to(&self, pipe: &mut redis::Pipeline, args: &[&str]) {
+        let call = pipe.cmd("EVALSHA").arg(self.0.get_hash()).arg(0);
+        for arg in args {
+            call.arg(*arg);
+        }
+    }
+}
+
+impl std::ops::Deref for StoreScript {
+    type Target = Script;
+
+    fn deref(&self) -> &Script {
+        &self.0
+    }
+}
+
 /// The store's scripts, each with `store.lua` in front.
 struct Scripts {
-    admit: Script,
-    leave: Script,
-    chat: Script,
-    restore: Script,
-    sync: Script,
-    heartbeat: Script,
-    gone: Script,
+    admit: StoreScript,
+    leave: StoreScript,
+    chat: StoreScript,
+    restore: StoreScript,
+    sync: StoreScript,
+    heartbeat: StoreScript,
+    gone: StoreScript,
 }
 
 macro_rules! store_script {
     ($file:literal) => {
-        Script::new(concat!(
+        StoreScript(Script::new(concat!(
             include_str!("store.lua"),
             "\n",
             include_str!($file)
-        ))
+        )))
     };
 }
 
@@ -506,5 +547,17 @@ impl Scripts {
             heartbeat: store_script!("heartbeat.lua"),
             gone: store_script!("gone.lua"),
         }
+    }
+
+    fn all(&self) -> [&Script; 7] {
+        [
+            &self.admit,
+            &self.leave,
+            &self.chat,
+            &self.restore,
+            &self.sync,
+            &self.heartbeat,
+            &self.gone,
+        ]
     }
 }

@@ -3,6 +3,7 @@
 -- Keys (all under "rendez:"):
 --   room:<room>          hash  participant id -> {"name","node","seq"} (seq: joining order)
 --   chat:<room>          list  the room's recent chat messages (JSON), oldest first
+--   chat-bytes:<room>    the bytes in that list, kept as messages come and go
 --   node:<node>:members  hash  participant id -> room, for a node's participants
 --   alive:<node>         string with a TTL: the node's presence, renewed every heartbeat
 --   nodes                set   every node that registered
@@ -13,6 +14,7 @@ local P = 'rendez:'
 
 local function room_key(room) return P .. 'room:' .. room end
 local function chat_key(room) return P .. 'chat:' .. room end
+local function chat_bytes_key(room) return P .. 'chat-bytes:' .. room end
 local function members_key(node) return P .. 'node:' .. node .. ':members' end
 local function alive_key(node) return P .. 'alive:' .. node end
 local function channel(node) return P .. 'to:' .. node end
@@ -67,7 +69,7 @@ local function remove_member(room, id, skip)
   redis.call('HDEL', members_key(cjson.decode(raw).node), id)
   local members = snapshot(room)
   if #members == 0 then
-    redis.call('DEL', chat_key(room))
+    redis.call('DEL', chat_key(room), chat_bytes_key(room))
     return
   end
   publish_to_nodes(members, skip, cjson.encode({type = 'left', room = room, id = id}))
