@@ -384,6 +384,30 @@ impl Rooms {
         }
     }
 
+    /// `command` could not be handed to the store (the I/O layer is behind): a join waiting
+    /// on it is refused, and the sender of a signal or chat message is told it was not
+    /// delivered (`unavailable`), rather than losing it silently.
+    pub fn command_dropped(&mut self, command: ClusterCommand) -> Vec<Outgoing> {
+        let (room, from) = match command {
+            ClusterCommand::Admit { id, .. } => {
+                return self.admission_refused(&id, Refusal::Unavailable)
+            }
+            ClusterCommand::Signal { room, from, .. } => (room, from),
+            ClusterCommand::Chat { room, message } => (room, message.from),
+            ClusterCommand::Leave { .. }
+            | ClusterCommand::Restore { .. }
+            | ClusterCommand::Sync { .. } => return Vec::new(),
+        };
+        match self.rooms.get(&room).and_then(|r| r.local_conn(&from)) {
+            Some(conn) => error(
+                conn,
+                ErrorCode::Unavailable,
+                "the server is busy: that message was not delivered; try again",
+            ),
+            None => Vec::new(),
+        }
+    }
+
     /// Something happened in the fleet (the store's order).
     pub fn handle_event(&mut self, event: ClusterEvent) -> Vec<Outgoing> {
         let Some(cluster) = &mut self.cluster else {
@@ -1731,6 +1755,31 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn in_a_fleet_a_message_the_store_could_not_take_is_refused_to_its_sender() {
+        let mut n = Node::new(RoomsConfig::default());
+        let a = n.ask_join(1, "r", "A");
+        let pa = peer(&a, "A", HERE);
+        n.w.rooms
+            .handle_event(joined("r", &pa, &[peer("c0", "C", THERE), pa.clone()]));
+        n.w.send(1, json!({"type": "chat", "text": "hi"}));
+        n.w.send(1, json!({"type": "signal", "to": "c0", "data": 1}));
+        for command in n.commands() {
+            let out = n.w.rooms.command_dropped(command);
+            assert_eq!(error_code(&out), Some(ErrorCode::Unavailable));
+            assert_eq!(out[0].to, 1);
+        }
+        let b = n.ask_join(2, "r", "B");
+        let out = n.w.rooms.command_dropped(ClusterCommand::Admit {
+            room: "r".into(),
+            id: b,
+            name: "B".into(),
+            room_size: 6,
+        });
+        assert_eq!(error_code(&out), Some(ErrorCode::Unavailable));
+        assert_eq!(out[0].to, 2);
     }
 
     #[test]

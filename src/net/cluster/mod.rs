@@ -93,14 +93,13 @@ pub struct ClusterFigures {
 }
 
 impl ClusterLink {
-    /// Hands `command` to the task without waiting; false when it could not be taken
-    /// (queue full or task gone), and it was counted as dropped.
-    pub fn try_send(&self, command: ClusterCommand) -> bool {
-        let taken = self.commands.try_send(command).is_ok();
-        if !taken {
+    /// Hands `command` to the task without waiting; gives it back when it could not be
+    /// taken (queue full or task gone), counted as dropped.
+    pub fn try_send(&self, command: ClusterCommand) -> Result<(), Box<ClusterCommand>> {
+        self.commands.try_send(command).map_err(|refused| {
             self.status.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        taken
+            Box::new(refused.into_inner())
+        })
     }
 
     pub fn is_connected(&self) -> bool {

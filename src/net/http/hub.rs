@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::credential;
 use crate::net::cluster::{self, ClusterFigures, ClusterLink, Notice};
 use crate::random::Rng;
-use crate::signal::{ClusterCommand, ConnId, Outgoing, Refusal, Rooms, RoomsConfig, RoomsFigures};
+use crate::signal::{ConnId, Outgoing, Rooms, RoomsConfig, RoomsFigures};
 
 /// Inputs waiting for the hub before sessions wait.
 const INPUT_QUEUE: usize = 1024;
@@ -363,24 +363,20 @@ impl Hub {
         self.forward_commands();
     }
 
-    /// Hands the rooms' commands to the cluster task. One it cannot take is dropped (and
-    /// counted); a join waiting on it is refused at once.
+    /// Hands the rooms' commands to the cluster task. One it cannot take (it is behind)
+    /// is dropped and counted, and its sender told (see [`Rooms::command_dropped`]).
     fn forward_commands(&mut self) {
         let Some(cluster) = &self.cluster else {
             return;
         };
-        let mut refused = Vec::new();
+        let mut dropped = Vec::new();
         while let Some(command) = self.rooms.poll_command() {
-            let admit = match &command {
-                ClusterCommand::Admit { id, .. } => Some(id.clone()),
-                _ => None,
-            };
-            if !cluster.try_send(command) {
-                refused.extend(admit);
+            if let Err(command) = cluster.try_send(command) {
+                dropped.push(command);
             }
         }
-        for id in refused {
-            let outgoing = self.rooms.admission_refused(&id, Refusal::Unavailable);
+        for command in dropped {
+            let outgoing = self.rooms.command_dropped(*command);
             self.deliver(outgoing);
         }
     }
