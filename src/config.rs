@@ -1120,6 +1120,8 @@ impl Config {
             ("metrics.listen", self.metrics != new.metrics),
             ("connections", self.connections != new.connections),
             ("other-address", self.other_address != new.other_address),
+            // The cluster task connects once; its node id and Redis stay for the process.
+            ("cluster", self.cluster != new.cluster),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
