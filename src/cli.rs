@@ -59,7 +59,13 @@ pub struct CheckArgs {
     pub url: TurnUrl,
     /// Mint a 10-minute credential from this shared secret (as in `auth.secrets`).
     /// Prefer RENDEZ_SECRET or --config: command lines are visible to other local users.
-    #[arg(long, env = "RENDEZ_SECRET", hide_env_values = true)]
+    // A secret may begin with `-` (base64url): it is a value, not a flag.
+    #[arg(
+        long,
+        env = "RENDEZ_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub secret: Option<String>,
     /// Take the secret (the first of `auth.secrets`) from this config.
     #[arg(long, short, value_name = "FILE")]
@@ -103,7 +109,12 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub ttl: Duration,
     /// The token secret (as in `[signal] token-secret`). Prefer RENDEZ_TOKEN_SECRET or --config.
-    #[arg(long, env = "RENDEZ_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RENDEZ_TOKEN_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub secret: Option<String>,
     /// Take the secret from `[signal] token-secret` in this config.
     #[arg(long, short, value_name = "FILE")]
@@ -177,7 +188,8 @@ pub struct ServeArgs {
         long = "secret",
         env = "RENDEZ_SECRET",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub secrets: Vec<String>,
     /// Address for the call page and WebSocket signaling; replaces `signal.listen`.
@@ -227,7 +239,13 @@ pub struct ServeArgs {
 #[command(group(clap::ArgGroup::new("source").required(true).args(["secret", "config"])))]
 pub struct CredentialArgs {
     /// The shared secret (as in `auth.secrets`). Prefer RENDEZ_SECRET or --config.
-    #[arg(long, env = "RENDEZ_SECRET", hide_env_values = true)]
+    // A secret may begin with `-` (base64url): it is a value, not a flag.
+    #[arg(
+        long,
+        env = "RENDEZ_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub secret: Option<String>,
     /// Take the secret (the first of `auth.secrets`) and the default TTL from this config.
     #[arg(long, short, value_name = "FILE")]
@@ -536,6 +554,30 @@ mod tests {
         };
         assert_eq!(args.url.port, 443);
         assert_eq!(args.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_secret_may_begin_with_a_hyphen() {
+        // `rendez serve` generates base64url secrets, which begin with `-` one time in 64.
+        let cli = Cli::try_parse_from([
+            "rendez",
+            "credential",
+            "--secret",
+            "-4xQ",
+            "--user",
+            "alice",
+        ])
+        .unwrap();
+        let Command::Credential(args) = cli.command else {
+            panic!("credential");
+        };
+        assert_eq!(args.secret.as_deref(), Some("-4xQ"));
+        let cli =
+            Cli::try_parse_from(["rendez", "token", "--secret", "-k", "--room", "r"]).unwrap();
+        let Command::Token(args) = cli.command else {
+            panic!("token");
+        };
+        assert_eq!(args.secret.as_deref(), Some("-k"));
     }
 
     #[test]
