@@ -244,8 +244,7 @@ pub(crate) fn render(observer: &Observer) -> String {
                 signal.dropped_not_reading,
             ),
         ] {
-            out.family(name, kind, help);
-            out.sample(name, &[], value);
+            out.single(name, kind, help, value);
         }
         if let Some(cluster) = signal.cluster {
             for (name, kind, help, value) in [
@@ -280,8 +279,7 @@ pub(crate) fn render(observer: &Observer) -> String {
                     cluster.disconnects,
                 ),
             ] {
-                out.family(name, kind, help);
-                out.sample(name, &[], value);
+                out.single(name, kind, help, value);
             }
         }
     }
@@ -321,6 +319,12 @@ impl Exposition {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {help}");
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// A family of one sample without labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     /// One sample. Label values come from fixed sets of plain names (see the module
