@@ -186,7 +186,8 @@ impl Task {
         mut stopped: watch::Receiver<bool>,
     ) {
         let mut pause = RECONNECT_FIRST;
-        let mut down_since: Option<Instant> = None;
+        // Whether the hub and the log know that Redis is out of reach (said once per outage).
+        let mut reported_down = false;
         loop {
             if *stopped.borrow() {
                 return;
@@ -195,15 +196,16 @@ impl Task {
                 Ok(Ended::Stopped) => return,
                 Ok(Ended::Lost(why)) => {
                     tracing::warn!(redis = %self.server, %why, "lost the connection to Redis: rooms across nodes are unavailable, local participants go on");
+                    self.status.disconnects.fetch_add(1, Ordering::Relaxed);
                     self.went_down().await;
-                    down_since = Some(Instant::now());
+                    reported_down = true;
                     pause = RECONNECT_FIRST;
                 }
                 Err(why) => {
-                    if down_since.is_none() {
+                    if !reported_down {
                         tracing::warn!(redis = %self.server, %why, "cannot reach Redis: new joins are refused until it answers");
                         self.went_down().await;
-                        down_since = Some(Instant::now());
+                        reported_down = true;
                     } else {
                         tracing::debug!(redis = %self.server, %why, "Redis still unreachable");
                     }
@@ -225,9 +227,9 @@ impl Task {
         }
     }
 
+    /// Redis is out of reach: the hub refuses joins and serves its own participants.
     async fn went_down(&self) {
         self.status.connected.store(false, Ordering::Relaxed);
-        self.status.disconnects.fetch_add(1, Ordering::Relaxed);
         let _ = self.notify.send(Notice::Lost).await;
     }
 
