@@ -16,6 +16,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# is_uint, raise_fd_limit, make_out_dir, stop_pid, clean_env, wait_listening
+source "$here/../lib.sh"
 
 rooms=300
 room_size=6
@@ -70,7 +72,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 for v in rooms room_size reps join_rate rate duration burst base_port; do
   is_uint "${!v}" || { echo "--${v//_/-} must be a whole number" >&2; exit 2; }
 done
@@ -95,33 +96,13 @@ case " $only " in
 esac
 
 # Each node holds one socket per participant it serves, the client all of them.
-need_fds=$((participants + 512))
-hard=$(ulimit -Hn)
-if [ "$hard" != unlimited ] && [ "$hard" -lt "$need_fds" ]; then
-  echo "the hard limit on open files ($hard) is below $need_fds; raise it or lower --rooms" >&2
-  exit 1
-fi
-ulimit -n "$hard" 2>/dev/null || ulimit -n "$need_fds"
+raise_fd_limit $((participants + 512)) "lower --rooms"
 
-if [ -z "$out" ]; then
-  out=$(mktemp -d /tmp/rendez-fleet-bench.XXXXXX)
-else
-  mkdir -p "$out"
-fi
-results="$out/results.jsonl"
-: >"$results"
-echo "results in $out"
+make_out_dir rendez-fleet-bench
 
 # --- everything started here is stopped on exit -----------------------------------------------
 running=()     # pids of the servers running now
 client_pid=""  # the client (its `timeout` wrapper) running now, if any
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 stop_all() {
   # Nodes first (each tells Redis it leaves), redis-server last.
   for ((k = ${#running[@]} - 1; k >= 0; k--)); do stop_pid "${running[k]}"; done
@@ -207,21 +188,7 @@ EOF
   fi
 }
 
-# RENDEZ_* variables override the file; none of the caller's may leak into the bench.
-clean_env=()
-while IFS= read -r name; do clean_env+=(-u "$name"); done < <(env | sed -n 's/^\(RENDEZ_[A-Z0-9_]*\)=.*/\1/p')
 
-wait_listening() { # PID PORT LOG: until PORT accepts TCP, at most 15 s
-  local pid=$1 port=$2 log=$3
-  for _ in $(seq 1 150); do
-    kill -0 "$pid" 2>/dev/null || { echo "process exited early; its log:" >&2; tail -20 "$log" >&2; return 1; }
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listened on $port within 15 s; log:" >&2
-  tail -20 "$log" >&2
-  return 1
-}
 
 # Outer bound for one client run: its own deadlines add up to less.
 client_timeout=$((180 + 3 * duration))

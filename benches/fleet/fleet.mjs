@@ -26,7 +26,9 @@
 // --metrics. Prints one JSON object.
 // Loopback addresses only.
 
-import { options } from '../signal/args.mjs';
+import {
+  checks, isLoopback, options, round, sleep, withDeadline as deadline,
+} from '../signal/args.mjs';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { get as httpGet } from 'node:http';
@@ -48,6 +50,7 @@ const args = options(process.argv.slice(2), {
   drain: '2',
   label: '',
 }, 'fleet.mjs');
+const { fail, intArg, numArg } = checks(args, 'fleet.mjs');
 
 const urls = args.urls.split(',').filter(Boolean).map((u) => new URL(u));
 if (urls.length === 0 || urls.length > 16) fail('--urls: one to 16 ws:// URLs');
@@ -501,48 +504,11 @@ async function waitFor(seconds, done) {
   while (!done() && performance.now() < deadline) await sleep(0.05);
 }
 
-async function withDeadline(seconds, what, promise) {
-  let timer;
-  const timeout = new Promise((resolve) => {
-    timer = setTimeout(() => {
-      note(`${what}: deadline of ${seconds} s reached`);
-      resolve();
-    }, seconds * 1000);
-  });
-  await Promise.race([promise, timeout]);
-  clearTimeout(timer);
-}
-
 function note(message) {
   if (firstErrors.length < 5) firstErrors.push(message);
 }
 
-function sleep(seconds) {
-  return new Promise((r) => setTimeout(r, seconds * 1000));
-}
-
-function round(x, digits) {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-function isLoopback(h) {
-  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h === '::1' || h === '[::1]';
-}
-
-function intArg(key, min, max) {
-  const v = Number(args[key]);
-  if (!Number.isInteger(v) || v < min || v > max) fail(`--${key} must be an integer ${min}..${max}`);
-  return v;
-}
-
-function numArg(key, min, max) {
-  const v = Number(args[key]);
-  if (!Number.isFinite(v) || v < min || v > max) fail(`--${key} must be a number ${min}..${max}`);
-  return v;
-}
-
-function fail(message) {
-  console.error(`fleet.mjs: ${message}`);
-  process.exit(2);
+/** `deadline` noting a late phase among this run's first errors. */
+function withDeadline(seconds, what, promise) {
+  return deadline(seconds, what, promise, note);
 }

@@ -17,7 +17,7 @@
 //                        [--secret S] [--turn-port 3478] [--credential-ttl 86400]
 // Listens on loopback only. Prints "listening HOST:PORT" on stdout once bound.
 
-import { options } from './args.mjs';
+import { checks, isLoopback, options } from './args.mjs';
 import { createHmac, randomBytes } from 'node:crypto';
 import { WebSocketServer } from 'ws';
 
@@ -31,6 +31,7 @@ const args = options(process.argv.slice(2), {
   'max-message-bytes': '65536',
   'idle-timeout': '60',
 }, 'anchor.mjs');
+const { fail, intArg } = checks(args, 'anchor.mjs');
 const host = args.host;
 if (!isLoopback(host)) {
   fail(`refusing to listen on ${host}: loopback only (127.0.0.0/8 or ::1)`);
@@ -189,19 +190,4 @@ function requestHost(value) {
   const h = value || 'localhost';
   const bare = h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.split(':')[0];
   return /^[A-Za-z0-9.\-:[\]]+$/.test(bare) ? bare : 'localhost';
-}
-
-function isLoopback(h) {
-  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h === '::1' || h === '[::1]';
-}
-
-function intArg(key, min, max) {
-  const n = Number(args[key]);
-  if (!Number.isInteger(n) || n < min || n > max) fail(`--${key} must be an integer ${min}..${max}`);
-  return n;
-}
-
-function fail(message) {
-  console.error(`anchor.mjs: ${message}`);
-  process.exit(2);
 }

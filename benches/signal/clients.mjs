@@ -20,7 +20,7 @@
 //
 // Loopback only: the URL's host must be a literal 127.0.0.0/8 or ::1 address.
 
-import { options } from './args.mjs';
+import { checks, isLoopback, options, round, sleep, withDeadline as deadline } from './args.mjs';
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 
@@ -38,11 +38,12 @@ const args = options(process.argv.slice(2), {
   'close-timeout': '60',
   label: '',
 }, 'clients.mjs');
+const { fail, intArg, numArg } = checks(args, 'clients.mjs');
 
 const url = new URL(args.url || fail('--url is required'));
 if (url.protocol !== 'ws:') fail(`only ws:// URLs (got ${url.protocol})`);
 const urlHost = url.hostname.replace(/^\[|\]$/g, '');
-if (!/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(urlHost) && urlHost !== '::1') {
+if (!isLoopback(urlHost)) {
   fail(`refusing ${url.hostname}: loopback addresses only (127.0.0.0/8 or [::1])`);
 }
 const pid = intArg('pid', 1, 2 ** 22);
@@ -284,40 +285,7 @@ function procCpuSeconds() {
   }
 }
 
-async function withDeadline(seconds, what, promise) {
-  let timer;
-  const timeout = new Promise((resolve) => {
-    timer = setTimeout(() => {
-      note(`${what}: deadline of ${seconds} s reached`);
-      resolve();
-    }, seconds * 1000);
-  });
-  await Promise.race([promise, timeout]);
-  clearTimeout(timer);
-}
-
-function sleep(seconds) {
-  return new Promise((r) => setTimeout(r, seconds * 1000));
-}
-
-function round(x, digits) {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-function intArg(key, min, max) {
-  const v = Number(args[key]);
-  if (!Number.isInteger(v) || v < min || v > max) fail(`--${key} must be an integer ${min}..${max}`);
-  return v;
-}
-
-function numArg(key, min, max) {
-  const v = Number(args[key]);
-  if (!Number.isFinite(v) || v < min || v > max) fail(`--${key} must be a number ${min}..${max}`);
-  return v;
-}
-
-function fail(message) {
-  console.error(`clients.mjs: ${message}`);
-  process.exit(2);
+/** `deadline` noting a late phase among this run's first errors. */
+function withDeadline(seconds, what, promise) {
+  return deadline(seconds, what, promise, note);
 }

@@ -13,6 +13,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# is_uint, raise_fd_limit, make_out_dir, stop_pid, clean_env, wait_listening
+source "$here/../lib.sh"
 
 participants=5000
 reps=3
@@ -66,7 +68,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 for v in participants reps room_size signal_port turn_port anchor_port; do
   is_uint "${!v}" || { echo "--${v//_/-} must be a whole number" >&2; exit 2; }
 done
@@ -85,33 +86,13 @@ command -v timeout >/dev/null || { echo "timeout (coreutils) is required" >&2; e
 
 # Each side holds one socket per participant (the client in one process, the server in
 # another), plus a few for the runtime.
-need_fds=$((participants + 512))
-hard=$(ulimit -Hn)
-if [ "$hard" != unlimited ] && [ "$hard" -lt "$need_fds" ]; then
-  echo "the hard limit on open files ($hard) is below $need_fds; raise it or lower --participants" >&2
-  exit 1
-fi
-ulimit -n "$hard" 2>/dev/null || ulimit -n "$need_fds"
+raise_fd_limit $((participants + 512)) "lower --participants"
 
-if [ -z "$out" ]; then
-  out=$(mktemp -d /tmp/rendez-signal-bench.XXXXXX)
-else
-  mkdir -p "$out"
-fi
-results="$out/results.jsonl"
-: >"$results"
-echo "results in $out"
+make_out_dir rendez-signal-bench
 
 # --- everything started here is stopped on exit -----------------------------------------------
 server_pid=""   # the one server running now, if any
 client_pid=""   # the client (its `timeout` wrapper) running now, if any
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   if [ -n "$client_pid" ]; then stop_pid "$client_pid"; fi
   if [ -n "$server_pid" ]; then stop_pid "$server_pid"; fi
@@ -181,21 +162,7 @@ room-size = $room_size
 rooms-per-ip = $limit
 EOF
 
-# RENDEZ_* variables override the file; none of the caller's may leak into the bench.
-clean_env=()
-while IFS= read -r name; do clean_env+=(-u "$name"); done < <(env | sed -n 's/^\(RENDEZ_[A-Z0-9_]*\)=.*/\1/p')
 
-wait_listening() { # PID PORT LOG: until PORT accepts TCP, at most 15 s
-  local pid=$1 port=$2 log=$3
-  for _ in $(seq 1 150); do
-    kill -0 "$pid" 2>/dev/null || { echo "server exited early; its log:" >&2; tail -20 "$log" >&2; return 1; }
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server did not listen on $port within 15 s; its log:" >&2
-  tail -20 "$log" >&2
-  return 1
-}
 
 # The client's own deadlines are 120 s to connect, 30 s to signal and 60 s to close; this is
 # the outer bound for one run.

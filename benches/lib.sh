@@ -1,0 +1,57 @@
+# Shell helpers shared by the benchmark scripts (benches/signal/compare.sh,
+# benches/fleet/compare.sh): `source "$(dirname "$0")/../lib.sh"`.
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# raise_fd_limit NEED HINT: the soft limit on open files up to the hard one; stops (with HINT)
+# when the hard limit is below NEED.
+raise_fd_limit() {
+  local need=$1 hint=$2 hard
+  hard=$(ulimit -Hn)
+  if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+    echo "the hard limit on open files ($hard) is below $need; raise it or $hint" >&2
+    exit 1
+  fi
+  ulimit -n "$hard" 2>/dev/null || ulimit -n "$need"
+}
+
+# make_out_dir PREFIX: sets `out` (a fresh /tmp/PREFIX.XXXXXX unless --out gave one) and an
+# empty `results` (results.jsonl in it).
+make_out_dir() {
+  if [ -z "$out" ]; then
+    out=$(mktemp -d "/tmp/$1.XXXXXX")
+  else
+    mkdir -p "$out"
+  fi
+  results="$out/results.jsonl"
+  : >"$results"
+  echo "results in $out"
+}
+
+# stop_pid PID: SIGTERM, up to 5 s to exit, then SIGKILL.
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# RENDEZ_* variables override a config file; none of the caller's may leak into a bench:
+# `env "${clean_env[@]}" rendez …`.
+clean_env=()
+while IFS= read -r name; do clean_env+=(-u "$name"); done < <(env | sed -n 's/^\(RENDEZ_[A-Z0-9_]*\)=.*/\1/p')
+
+# wait_listening PID PORT LOG: until PORT on 127.0.0.1 accepts TCP, at most 15 s; shows the
+# tail of LOG when the process exits first or nothing listens.
+wait_listening() {
+  local pid=$1 port=$2 log=$3
+  for _ in $(seq 1 150); do
+    kill -0 "$pid" 2>/dev/null || { echo "process exited early; its log:" >&2; tail -20 "$log" >&2; return 1; }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listened on $port within 15 s; its log:" >&2
+  tail -20 "$log" >&2
+  return 1
+}
