@@ -491,6 +491,58 @@ async fn nodes_reach_redis_over_tls_with_a_password_file() {
     }
 }
 
+/// The store's scripts themselves, called as a node calls them, on a real Redis.
+#[test]
+fn the_store_admits_up_to_the_room_size_and_ids_once_in_the_fleet() {
+    let Some(server) = RedisServer::start("store") else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let store = include_str!("../src/net/cluster/store.lua");
+    let admit = redis::Script::new(&format!(
+        "{store}\n{}",
+        include_str!("../src/net/cluster/admit.lua")
+    ));
+    let leave = redis::Script::new(&format!(
+        "{store}\n{}",
+        include_str!("../src/net/cluster/leave.lua")
+    ));
+    let mut admit = |room: &str, id: &str, node: &str| -> String {
+        admit
+            .arg(room)
+            .arg(id)
+            .arg("Name")
+            .arg(node)
+            .arg(3)
+            .invoke(&mut con)
+            .unwrap()
+    };
+    assert_eq!(admit("a", "same-id", "node-1"), "ok");
+    assert_eq!(
+        admit("b", "same-id", "node-2"),
+        "taken",
+        "an id is taken in every room of the fleet"
+    );
+    for id in ["b1", "b2", "b3"] {
+        assert_eq!(admit("b", id, "node-2"), "ok");
+    }
+    assert_eq!(admit("b", "b4", "node-1"), "full");
+    let mut con = client.get_connection().unwrap();
+    let left: String = leave
+        .arg("a")
+        .arg("same-id")
+        .arg("node-1")
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(left, "ok");
+    assert_eq!(
+        admit("c", "same-id", "node-2"),
+        "ok",
+        "free again once it left"
+    );
+}
+
 /// `GET path` over plain HTTP: the status code, or 0 when there is no answer.
 fn http_status(addr: SocketAddr, path: &str) -> u16 {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, WAIT) else {

@@ -6,6 +6,7 @@
 --   chat-bytes:<room>    the bytes in that list, kept as messages come and go
 --   node:<node>:members  hash  participant id -> room, for a node's participants
 --   alive:<node>         string with a TTL: the node's presence, renewed every heartbeat
+--   participants         hash  participant id -> room, over the whole fleet (ids are unique)
 --   nodes                set   every node that registered
 --   seq                  counter for joining order
 -- Channel to:<node> carries, in the order the scripts ran, every event for that node.
@@ -50,6 +51,7 @@ local function add_member(room, id, name, node)
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('HSET', room_key(room), id, cjson.encode({name = name, node = node, seq = seq}))
   redis.call('HSET', members_key(node), id, room)
+  redis.call('HSET', P .. 'participants', id, room)
   local members = snapshot(room)
   local event = cjson.encode({
     type = 'joined', room = room, id = id, name = name, node = node, members = members,
@@ -67,6 +69,7 @@ local function remove_member(room, id, skip)
   if not raw then return end
   redis.call('HDEL', room_key(room), id)
   redis.call('HDEL', members_key(cjson.decode(raw).node), id)
+  redis.call('HDEL', P .. 'participants', id)
   local members = snapshot(room)
   if #members == 0 then
     redis.call('DEL', chat_key(room), chat_bytes_key(room))
