@@ -389,7 +389,7 @@ impl Server {
             .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
             .ok_or(ErrorCode::BAD_REQUEST)?;
         self.check_peer(reply, peer.ip())?;
-        if self.is_own_service(peer) {
+        if self.host.is_own_service(peer) {
             return Err(ErrorCode::FORBIDDEN);
         }
         let allocation = self

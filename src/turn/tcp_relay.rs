@@ -106,7 +106,7 @@ impl Server {
         PeerAddr(peer): PeerAddr,
     ) -> Option<ConnectionId> {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let own_service = self.is_own_service(peer);
+        let own_service = self.host.is_own_service(peer);
         let owner = self
             .allocations
             .by_relay(&relay)
@@ -194,7 +194,7 @@ impl Server {
             .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
             .ok_or(ErrorCode::BAD_REQUEST)?;
         self.check_peer(reply, peer.ip())?;
-        if self.is_own_service(peer) {
+        if self.host.is_own_service(peer) {
             return Err(ErrorCode::FORBIDDEN);
         }
         if self.peer_connections.find(&owner, peer).is_some() {
