@@ -174,7 +174,7 @@ impl Server {
         }
         let datagram_only = message.has_even_port()
             || message.has_reservation_token()
-            || message.attribute(AttrType::DONT_FRAGMENT).is_some();
+            || message.has_dont_fragment();
         if !reply.to.transport.is_stream() || datagram_only {
             return Err(ErrorCode::BAD_REQUEST);
         }
@@ -193,7 +193,7 @@ impl Server {
             .xor_peer_address()
             .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
             .ok_or(ErrorCode::BAD_REQUEST)?;
-        self.check_peer(reply, peer.ip())?;
+        let relay = self.check_peer(reply, peer.ip())?;
         if self.host.is_own_service(peer) {
             return Err(ErrorCode::FORBIDDEN);
         }
@@ -203,12 +203,6 @@ impl Server {
         if !self.has_room_for_peer_connection(&owner) {
             return Err(ErrorCode::INSUFFICIENT_CAPACITY);
         }
-        let relay = self
-            .allocations
-            .get(&owner)
-            .and_then(|a| a.relay_for(peer.ip()))
-            .ok_or(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH)?
-            .bind;
         let state = ConnectionState::Connecting {
             reply: reply.clone(),
             deadline: now + CONNECT_TIMEOUT,
