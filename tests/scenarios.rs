@@ -1949,22 +1949,22 @@ fn every_peer_connection_ends_with_its_allocation() {
 }
 
 #[test]
-fn unbound_connections_per_allocation_and_tcp_relays_in_all_are_limited() {
+fn connections_per_allocation_and_tcp_relays_in_all_are_limited() {
     let mut h = Harness::with_config(|c| {
         c.tcp_relays = TcpRelayLimits {
-            unbound_per_allocation: 2,
+            per_allocation: 2,
             total: 3,
         }
     });
     let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
-    let first = connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 1));
+    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 1));
     connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 2));
     let third = alice.call(
         &mut h,
         Method::CONNECT,
         &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
     );
-    assert_eq!(third.error_code(), Some(508), "two unbound already");
+    assert_eq!(third.error_code(), Some(508), "two open already");
     alice.permit(&mut h, TCP_PEER);
     let relay = RelayAddr(bound_of(relayed));
     let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
@@ -1973,17 +1973,54 @@ fn unbound_connections_per_allocation_and_tcp_relays_in_all_are_limited() {
         None,
         "a peer's too"
     );
-    // Binding one makes room for another unbound one.
-    Client::alice(tcp_at(6700)).call(&mut h, Method::CONNECTION_BIND, &[connection_id(first.0)]);
-    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 3));
-    // Now three relays exist: the server-wide cap refuses a fourth, whoever asks.
+    // Another allocation has room of its own, until three relays exist on the server.
     let (mut bob, _) = tcp_allocation(&mut h, tcp_at(6701));
+    connect(&mut h, &mut bob, SocketAddr::new(TCP_PEER.ip(), 4));
     let fourth = bob.call(
         &mut h,
         Method::CONNECT,
-        &[peer(SocketAddr::new(TCP_PEER.ip(), 4))],
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 5))],
     );
     assert_eq!(fourth.error_code(), Some(508), "three relays on the server");
+}
+
+/// RFC 6062 peer connections per allocation are every open one, bound or not: relaying
+/// ones hold sockets and buffers as much as waiting ones do.
+#[test]
+fn connections_per_allocation_count_bound_ones_too() {
+    let mut h = Harness::with_config(|c| {
+        c.tcp_relays = TcpRelayLimits {
+            per_allocation: 2,
+            total: 10,
+        }
+    });
+    let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
+    let data_connections = [tcp_at(6800), tcp_at(6801)];
+    for (port, data) in [(1, data_connections[0]), (2, data_connections[1])] {
+        let id = connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), port));
+        let bound =
+            Client::alice(data).call(&mut h, Method::CONNECTION_BIND, &[connection_id(id.0)]);
+        assert_eq!(bound.class(), Class::Success);
+    }
+    let third = alice.call(
+        &mut h,
+        Method::CONNECT,
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
+    );
+    assert_eq!(third.error_code(), Some(508), "two relaying already");
+    alice.permit(&mut h, TCP_PEER);
+    let relay = RelayAddr(bound_of(relayed));
+    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
+    assert_eq!(
+        h.server.handle_incoming_peer(h.now, relay, incoming),
+        None,
+        "a peer's too"
+    );
+    // One ending makes room for another.
+    h.server
+        .handle_connection_closed(h.now, data_connections[0]);
+    h.pump();
+    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 3));
 }
 
 #[test]

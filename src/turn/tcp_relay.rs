@@ -43,9 +43,9 @@ pub(super) const PROTOCOL_TCP: u8 = 6;
 /// The limits on TCP relays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpRelayLimits {
-    /// Peer connections one allocation may have that are not bound yet (connecting, or
-    /// waiting for a ConnectionBind).
-    pub unbound_per_allocation: usize,
+    /// Peer connections one allocation may have open, in any state (connecting, waiting
+    /// for a ConnectionBind, relaying).
+    pub per_allocation: usize,
     /// Peer connections in any state on the whole server (TCP allocations live on the one
     /// TCP/TLS shard, so its count is the server's).
     pub total: usize,
@@ -54,7 +54,7 @@ pub struct TcpRelayLimits {
 impl Default for TcpRelayLimits {
     fn default() -> Self {
         Self {
-            unbound_per_allocation: 16,
+            per_allocation: 16,
             total: 1000,
         }
     }
@@ -342,7 +342,7 @@ impl Server {
     /// Whether `owner` may have one more unbound peer connection, and the server one more
     /// TCP relay.
     fn has_room_for_peer_connection(&self, owner: &FiveTuple) -> bool {
-        self.peer_connections.unbound_of(owner) < self.tcp_limits.unbound_per_allocation
+        self.peer_connections.count_of(owner) < self.tcp_limits.per_allocation
             && self.peer_connections.len() < self.tcp_limits.total
     }
 }
