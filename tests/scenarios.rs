@@ -1959,20 +1959,7 @@ fn connections_per_allocation_and_tcp_relays_in_all_are_limited() {
     let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
     connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 1));
     connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 2));
-    let third = alice.call(
-        &mut h,
-        Method::CONNECT,
-        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
-    );
-    assert_eq!(third.error_code(), Some(508), "two open already");
-    alice.permit(&mut h, TCP_PEER);
-    let relay = RelayAddr(bound_of(relayed));
-    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
-    assert_eq!(
-        h.server.handle_incoming_peer(h.now, relay, incoming),
-        None,
-        "a peer's too"
-    );
+    assert_no_room_for_another_peer_connection(&mut h, &mut alice, relayed, "two open already");
     // Another allocation has room of its own, until three relays exist on the server.
     let (mut bob, _) = tcp_allocation(&mut h, tcp_at(6701));
     connect(&mut h, &mut bob, SocketAddr::new(TCP_PEER.ip(), 4));
@@ -2002,20 +1989,7 @@ fn connections_per_allocation_count_bound_ones_too() {
             Client::alice(data).call(&mut h, Method::CONNECTION_BIND, &[connection_id(id.0)]);
         assert_eq!(bound.class(), Class::Success);
     }
-    let third = alice.call(
-        &mut h,
-        Method::CONNECT,
-        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
-    );
-    assert_eq!(third.error_code(), Some(508), "two relaying already");
-    alice.permit(&mut h, TCP_PEER);
-    let relay = RelayAddr(bound_of(relayed));
-    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
-    assert_eq!(
-        h.server.handle_incoming_peer(h.now, relay, incoming),
-        None,
-        "a peer's too"
-    );
+    assert_no_room_for_another_peer_connection(&mut h, &mut alice, relayed, "two relaying already");
     // One ending makes room for another.
     h.server
         .handle_connection_closed(h.now, data_connections[0]);
@@ -2077,6 +2051,30 @@ fn connection_id(id: u32) -> Attr {
 /// The relay address as bound, for an advertised one.
 fn bound_of(relayed: SocketAddr) -> SocketAddr {
     SocketAddr::new(RELAY_BIND_IP.parse().unwrap(), relayed.port())
+}
+
+/// The TCP allocation at `relayed` of `client` has no room for another peer connection:
+/// a Connect gets 508, and a permitted peer's connection to it is refused.
+fn assert_no_room_for_another_peer_connection(
+    h: &mut Harness,
+    client: &mut Client,
+    relayed: SocketAddr,
+    why: &str,
+) {
+    let another = client.call(
+        h,
+        Method::CONNECT,
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
+    );
+    assert_eq!(another.error_code(), Some(508), "{why}");
+    client.permit(h, TCP_PEER);
+    let relay = RelayAddr(bound_of(relayed));
+    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
+    assert_eq!(
+        h.server.handle_incoming_peer(h.now, relay, incoming),
+        None,
+        "{why}: a peer's connection too"
+    );
 }
 
 /// Alice's TCP allocation over `control`: the client and its advertised relayed address.
