@@ -183,9 +183,9 @@ pub struct LimitsConfig {
     /// needs no credentials and its answer is larger than the request, so a spoofed flood is
     /// limited too; ICE sends a few per call.
     pub binding_per_ip: u32,
-    /// Peer connections one TCP allocation (RFC 6062) may have that are not bound to a data
-    /// connection yet: Connects in progress and connections waiting (up to 30 s) for their
-    /// ConnectionBind. Beyond it a Connect gets 508 and a peer's connection is closed.
+    /// Peer connections one TCP allocation (RFC 6062) may have open, in any state: Connects
+    /// in progress, connections waiting (up to 30 s) for their ConnectionBind, and bound ones
+    /// relaying. Beyond it a Connect gets 508 and a peer's connection is closed.
     pub tcp_connections_per_allocation: u32,
     /// TCP relays (peer connections of TCP allocations, in any state) on the whole server.
     /// Each costs two sockets and 32 KiB of buffers while it relays.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::pebble::{free_tcp_port, tls_connect, Options, Pebble, ValidationPorts};
 use common::process::ServerProcess;
-use common::{class_of, recv_from, send_indication, xor_peer, Conn, TempDir, TurnClient};
-use rendez::stun::{AttrType, Class, Message, Method};
+use common::relay::{assert_relays, assert_relays_through, open_relay};
+use common::{Conn, TempDir, TurnClient};
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -22,10 +22,7 @@ const ORDER_WAIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_on_a_shared_port_then_a_restart_reuses_the_cached_certificate() {
     let port = free_tcp_port();
-    let ports = ValidationPorts {
-        http: free_tcp_port().port(),
-        tls: port.port(),
-    };
+    let ports = ValidationPorts::tls_alpn_at(port);
     let Some(pebble) = Pebble::start(ports, Options::default()).await else {
         return;
     };
@@ -62,10 +59,7 @@ async fn tls_alpn_01_on_a_shared_port_then_a_restart_reuses_the_cached_certifica
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_with_bad_nonces_retried() {
     let http = free_tcp_port();
-    let ports = ValidationPorts {
-        http: http.port(),
-        tls: free_tcp_port().port(),
-    };
+    let ports = ValidationPorts::http_at(http);
     // Pebble rejects 30% of nonces: instant-acme must retry them.
     let Some(pebble) = Pebble::start(
         ports,
@@ -86,11 +80,7 @@ async fn http_01_with_bad_nonces_retried() {
         &format!("http-listen = \"{http}\"\n"),
     );
     let tls_port = free_tcp_port();
-    let text = format!(
-        "tls-listen = [\"{tls_port}\"]\n{}{acme}",
-        base_config(free_tcp_port())
-    );
-    let server = rendez::start(common::test_config(&text))
+    let server = rendez::start(tls_port_config(tls_port, &acme))
         .await
         .expect("starts");
     let root = pebble.issuing_root().await;
@@ -109,10 +99,7 @@ async fn http_01_with_bad_nonces_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_certificates_are_renewed_and_swapped_under_an_open_allocation() {
     let port = free_tcp_port();
-    let ports = ValidationPorts {
-        http: free_tcp_port().port(),
-        tls: port.port(),
-    };
+    let ports = ValidationPorts::tls_alpn_at(port);
     // Certificates that live 16 s: with renew-before far longer, renewal comes at
     // half-life, 8 s after each issue.
     let Some(pebble) = Pebble::start(
@@ -164,10 +151,7 @@ async fn short_lived_certificates_are_renewed_and_swapped_under_an_open_allocati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_with_reused_authorizations_is_finalized_at_once() {
     let http = free_tcp_port();
-    let ports = ValidationPorts {
-        http: http.port(),
-        tls: free_tcp_port().port(),
-    };
+    let ports = ValidationPorts::http_at(http);
     let options = Options {
         reuse_authorizations: true,
         ..Options::default()
@@ -185,11 +169,7 @@ async fn an_order_with_reused_authorizations_is_finalized_at_once() {
             "http-01",
             &format!("http-listen = \"{http_listen}\"\n"),
         );
-        let text = format!(
-            "tls-listen = [\"{tls_port}\"]\n{}{acme}",
-            base_config(free_tcp_port())
-        );
-        rendez::start(common::test_config(&text))
+        rendez::start(tls_port_config(tls_port, &acme))
     };
     let server = start(http).await.expect("starts");
     let first = wait_for_issued(&pebble, tls_port, &root).await;
@@ -215,20 +195,13 @@ async fn an_order_with_reused_authorizations_is_finalized_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_on_a_dedicated_tls_port() {
     let tls_port = free_tcp_port();
-    let ports = ValidationPorts {
-        http: free_tcp_port().port(),
-        tls: tls_port.port(),
-    };
+    let ports = ValidationPorts::tls_alpn_at(tls_port);
     let Some(pebble) = Pebble::start(ports, Options::default()).await else {
         return;
     };
     let cache = TempDir::new("acme-cache");
     let acme = acme_table(&pebble, &cache, "tls-alpn-01", "");
-    let text = format!(
-        "tls-listen = [\"{tls_port}\"]\n{}{acme}",
-        base_config(free_tcp_port())
-    );
-    let server = rendez::start(common::test_config(&text))
+    let server = rendez::start(tls_port_config(tls_port, &acme))
         .await
         .expect("starts");
     let root = pebble.issuing_root().await;
@@ -243,10 +216,7 @@ async fn tls_alpn_01_on_a_dedicated_tls_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_order_logs_the_cause_and_keeps_serving() {
     let port = free_tcp_port();
-    let ports = ValidationPorts {
-        http: free_tcp_port().port(),
-        tls: port.port(),
-    };
+    let ports = ValidationPorts::tls_alpn_at(port);
     let options = Options {
         dns_answer: Some("127.0.0.9"),
         ..Options::default()
@@ -256,14 +226,7 @@ async fn a_failed_order_logs_the_cause_and_keeps_serving() {
     };
     let cache = TempDir::new("acme-cache");
     let acme = acme_table(&pebble, &cache, "tls-alpn-01", "");
-    let config = format!(
-        "realm = \"rendez.test\"\nrelay-ip = \"127.0.0.1\"\nrelay-ports = \"11000-11999\"\n\
-         listen = [\"{port}\"]\ntls-listen = [\"{port}\"]\n\
-         [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
-         [auth]\nsecrets = [\"s\"]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
-         [signal]\nlisten = \"{port}\"\n{acme}"
-    );
-    let server = ServerProcess::spawn("acme-fails", &config, &[]);
+    let server = ServerProcess::spawn("acme-fails", &shared_config_text(port, &acme), &[]);
     let deadline = Instant::now() + ORDER_WAIT;
     let log = loop {
         let log = server.log();
@@ -342,23 +305,29 @@ fn acme_table(pebble: &Pebble, cache: &TempDir, challenge: &str, extra: &str) ->
     )
 }
 
-fn base_config(listen: SocketAddr) -> String {
-    format!(
-        "listen = [\"{listen}\"]\nrelay-ip = \"127.0.0.1\"\nworkers = 1\n\
-         [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n"
-    )
+/// TURN over TLS on `tls_port` alone (no page there), with `acme`.
+fn tls_port_config(tls_port: SocketAddr, acme: &str) -> rendez::Config {
+    let listen = free_tcp_port();
+    common::test_config(&format!(
+        "tls-listen = [\"{tls_port}\"]\nlisten = [\"{listen}\"]\nrelay-ip = \"127.0.0.1\"\n\
+         workers = 1\n[peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n{acme}"
+    ))
 }
 
 /// `port` shared by TURN over TCP and TLS and the page, with `acme`.
 fn shared_config(port: SocketAddr, acme: &str) -> rendez::Config {
-    let text = format!(
+    rendez::Config::from_toml(&shared_config_text(port, acme)).expect("test config parses")
+}
+
+/// The text of [`shared_config`], for a server process of its own.
+fn shared_config_text(port: SocketAddr, acme: &str) -> String {
+    format!(
         "realm = \"rendez.test\"\nrelay-ports = \"11000-11999\"\nrelay-ip = \"127.0.0.1\"\nworkers = 1\n\
          listen = [\"{port}\"]\ntls-listen = [\"{port}\"]\n\
          [peers]\nallow = [\"127.0.0.0/8\", \"127.0.0.1/32\"]\n\
          [auth]\nsecrets = [\"s\"]\n[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\
          [signal]\nlisten = \"{port}\"\n{acme}\n",
-    );
-    rendez::Config::from_toml(&text).expect("test config parses")
+    )
 }
 
 /// A TLS connection for the domain that trusts only pebble's issuing root.
@@ -406,41 +375,4 @@ async fn http_get(stream: &mut TcpStream, path: &str) -> String {
     let mut response = String::new();
     let _ = tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response)).await;
     response
-}
-
-async fn open_relay(client: &mut TurnClient, peer: &UdpSocket) -> SocketAddr {
-    let relayed = client.allocate(&[]).await[0];
-    let response = client
-        .request(
-            Method::CREATE_PERMISSION,
-            &[xor_peer(peer.local_addr().unwrap())],
-        )
-        .await;
-    assert_eq!(class_of(&response), Class::Success);
-    relayed
-}
-
-async fn assert_relays(conn: Conn) {
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TurnClient::new(conn, "alice", "wonderland");
-    let relayed = open_relay(&mut client, &peer).await;
-    assert_relays_through(&mut client, &peer, relayed, b"ping").await;
-}
-
-async fn assert_relays_through(
-    client: &mut TurnClient,
-    peer: &UdpSocket,
-    relayed: SocketAddr,
-    payload: &[u8],
-) {
-    client
-        .conn
-        .send(&send_indication(peer.local_addr().unwrap(), payload))
-        .await;
-    assert_eq!(recv_from(peer).await, (payload.to_vec(), relayed));
-    peer.send_to(b"answer", relayed).await.unwrap();
-    let message_bytes = client.conn.recv().await;
-    let message = Message::parse(&message_bytes).unwrap();
-    assert_eq!(message.method(), Method::DATA);
-    assert_eq!(message.attribute(AttrType::DATA), Some(&b"answer"[..]));
 }

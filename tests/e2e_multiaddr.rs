@@ -8,13 +8,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rendez::stun::{
-    decode_xor_address, long_term_key, AttrType, ChannelData, Class, IntegrityAlgorithm, Message,
+    decode_xor_address, long_term_key, AttrType, Class, IntegrityAlgorithm, Message,
     MessageBuilder, Method, TransactionId,
 };
 use tokio::net::UdpSocket;
 
 mod common;
 use common::netns::{enter_new_network_namespace, ip};
+use common::relay::{assert_channel_relays, assert_relays_through, permit};
 use common::*;
 
 /// Two clients at once, each on its own address of the host, run whole sessions through one
@@ -164,41 +165,9 @@ async fn relay_session(local: IpAddr, server: SocketAddr) {
     let relayed = xor_address(&allocated, AttrType::XOR_RELAYED_ADDRESS);
 
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let permitted = client
-        .request(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)])
-        .await;
-    assert_eq!(class_of(&permitted), Class::Success);
-    client
-        .conn
-        .send(&send_indication(peer_addr, b"via indication"))
-        .await;
-    assert_eq!(
-        recv_from(&peer).await,
-        (b"via indication".to_vec(), relayed)
-    );
-    peer.send_to(b"answer", relayed).await.unwrap();
-    let data = client.conn.recv().await;
-    let data = Message::parse(&data).expect("a Data indication");
-    assert_eq!(data.method(), Method::DATA);
-    assert_eq!(data.attribute(AttrType::DATA), Some(&b"answer"[..]));
-
-    let bound = client
-        .request(
-            Method::CHANNEL_BIND,
-            &[channel(0x4000), xor_peer(peer_addr)],
-        )
-        .await;
-    assert_eq!(class_of(&bound), Class::Success);
-    let mut frame = ChannelData::header(0x4000, 5).to_vec();
-    frame.extend_from_slice(b"hello");
-    client.conn.send(&frame).await;
-    assert_eq!(recv_from(&peer).await, (b"hello".to_vec(), relayed));
-    peer.send_to(b"world", relayed).await.unwrap();
-    assert_eq!(
-        client.conn.recv().await,
-        [0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd']
-    );
+    permit(&mut client, &peer).await;
+    assert_relays_through(&mut client, &peer, relayed, b"via indication").await;
+    assert_channel_relays(&mut client, &peer, relayed, 0x4000).await;
 }
 
 /// Sends `request` from `socket` to `to` and returns the answer, which must come from `to`.

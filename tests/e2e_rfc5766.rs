@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rendez::stun::{AttrType, ChannelData, Class, Message, Method};
+use rendez::stun::{AttrType, Class, Message, Method};
 
 mod common;
 use common::netns::{enter_new_network_namespace, ip};
+use common::relay::assert_channel_relays;
 use common::tools::require_tool;
 use common::*;
 
@@ -371,24 +372,7 @@ async fn channel_0x7fff_relays_both_ways_over_tcp() {
     let mut client = TurnClient::new(Conn::stream(stream), "alice", "wonderland");
     let relayed = client.allocate(&[]).await[0];
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let bound = client
-        .request(
-            Method::CHANNEL_BIND,
-            &[channel(0x7FFF), xor_peer(peer_addr)],
-        )
-        .await;
-    assert_eq!(class_of(&bound), Class::Success);
-    let mut frame = ChannelData::header(0x7FFF, 5).to_vec();
-    frame.extend_from_slice(b"hello\0\0\0");
-    client.conn.send(&frame).await;
-    assert_eq!(recv_from(&peer).await, (b"hello".to_vec(), relayed));
-    peer.send_to(b"world", relayed).await.unwrap();
-    let back = client.conn.recv().await;
-    assert_eq!(
-        back,
-        [0x7F, 0xFF, 0, 5, b'w', b'o', b'r', b'l', b'd', 0, 0, 0]
-    );
+    assert_channel_relays(&mut client, &peer, relayed, 0x7FFF).await;
     server.shutdown().await;
 }
 

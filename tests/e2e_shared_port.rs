@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rendez::stun::{decode_xor_address, AttrType, Class, Message, Method};
+use rendez::stun::{decode_xor_address, AttrType, Message};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 mod common;
+use common::relay::{assert_relays, assert_relays_through, open_relay};
 use common::tls::{peer_certificate, TestCert};
 use common::*;
 
@@ -142,7 +143,7 @@ async fn garbage_and_silent_clients_are_closed_and_an_open_session_keeps_relayin
     // A client that sends nothing, in the clear or after its handshake, or stops in the
     // middle of its ClientHello, is closed at the message timeout, not before.
     let mut silent = TcpStream::connect(port).await.unwrap();
-    let silent_after_handshake = cert.connect(port, None).await;
+    let mut silent_after_handshake = cert.connect(port, None).await;
     let mut stalled_in_hello = TcpStream::connect(port).await.unwrap();
     stalled_in_hello
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
@@ -152,7 +153,7 @@ async fn garbage_and_silent_clients_are_closed_and_an_open_session_keeps_relayin
     assert_closed_within(&mut silent, MESSAGE_TIMEOUT * 3).await;
     assert!(opened.elapsed() >= MESSAGE_TIMEOUT - Duration::from_millis(200));
     assert_closed_within(&mut stalled_in_hello, MESSAGE_TIMEOUT * 3).await;
-    assert_tls_closed_within(silent_after_handshake, MESSAGE_TIMEOUT * 3).await;
+    assert_closed_within(&mut silent_after_handshake, MESSAGE_TIMEOUT * 3).await;
 
     // The session opened before goes on relaying both ways.
     assert_relays_through(&mut client, &peer, relayed, b"still here").await;
@@ -329,65 +330,8 @@ where
     }
 }
 
-/// An allocation with a permission for `peer`; its relayed address.
-async fn open_relay(client: &mut TurnClient, peer: &UdpSocket) -> SocketAddr {
-    let relayed = client.allocate(&[]).await[0];
-    let peer_addr = peer.local_addr().unwrap();
-    let response = client
-        .request(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)])
-        .await;
-    assert_eq!(class_of(&response), Class::Success);
-    relayed
-}
-
-/// Allocates over `conn` and relays a datagram each way.
-async fn assert_relays(conn: Conn) {
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TurnClient::new(conn, "alice", "wonderland");
-    let relayed = open_relay(&mut client, &peer).await;
-    assert_relays_through(&mut client, &peer, relayed, b"ping").await;
-}
-
-/// A Send indication reaches `peer` from `relayed`, and the peer's answer comes back.
-async fn assert_relays_through(
-    client: &mut TurnClient,
-    peer: &UdpSocket,
-    relayed: SocketAddr,
-    payload: &[u8],
-) {
-    let peer_addr = peer.local_addr().unwrap();
-    client.conn.send(&send_indication(peer_addr, payload)).await;
-    assert_eq!(recv_from(peer).await, (payload.to_vec(), relayed));
-    peer.send_to(b"answer", relayed).await.unwrap();
-    let data = client.conn.recv().await;
-    let message = Message::parse(&data).unwrap();
-    assert_eq!(message.method(), Method::DATA);
-    assert_eq!(message.attribute(AttrType::DATA), Some(&b"answer"[..]));
-}
-
 fn mapped_address(response: &[u8]) -> SocketAddr {
     let message = Message::parse(response).unwrap();
     let value = message.attribute(AttrType::XOR_MAPPED_ADDRESS).unwrap();
     decode_xor_address(value, &message.transaction_id()).unwrap()
-}
-
-/// The server closes a TLS connection (close_notify, EOF or reset) within `limit`.
-async fn assert_tls_closed_within(
-    mut stream: tokio_rustls::client::TlsStream<TcpStream>,
-    limit: Duration,
-) {
-    let mut buf = [0u8; 256];
-    let closed = tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "server did not close the TLS connection within {limit:?}"
-    );
 }

@@ -1,15 +1,18 @@
 //! End to end: the HTTP server inside `rendez serve` — the page, health check, and
 //! WebSocket signaling between real WebSocket clients on loopback.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::tls::TestCert;
+use common::ws::{ws_url, SignalClient, WAIT};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-const WAIT: Duration = Duration::from_secs(3);
 /// How long the server gives one frame to leave before it closes a socket that is not read.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -31,12 +34,12 @@ async fn serves_the_page_its_assets_and_a_health_check() {
 #[tokio::test]
 async fn joiners_get_welcome_with_peers_and_fresh_turn_credentials() {
     let server = start("").await;
-    let mut alice = Client::connect(&server).await;
+    let mut alice = SignalClient::connect(&server).await;
     let welcome = alice.join("standup", "Alice").await;
     assert_eq!(welcome["peers"], json!([]));
     let alice_id = welcome["id"].as_str().unwrap().to_owned();
 
-    let mut bob = Client::connect(&server).await;
+    let mut bob = SignalClient::connect(&server).await;
     let welcome = bob.join("standup", "Bob").await;
     assert_eq!(welcome["peers"], json!([{"id": alice_id, "name": "Alice"}]));
     let joined = alice.recv().await;
@@ -79,10 +82,10 @@ async fn joiners_get_welcome_with_peers_and_fresh_turn_credentials() {
 #[tokio::test]
 async fn signals_reach_the_named_peer_only_and_never_another_room() {
     let server = start("").await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
-    let mut c = Client::connect(&server).await;
-    let mut other = Client::connect(&server).await;
+    let mut a = SignalClient::connect(&server).await;
+    let mut b = SignalClient::connect(&server).await;
+    let mut c = SignalClient::connect(&server).await;
+    let mut other = SignalClient::connect(&server).await;
     let a_id = a.join("r", "A").await["id"].as_str().unwrap().to_owned();
     let b_id = b.join("r", "B").await["id"].as_str().unwrap().to_owned();
     c.join("r", "C").await;
@@ -108,9 +111,9 @@ async fn signals_reach_the_named_peer_only_and_never_another_room() {
 #[tokio::test]
 async fn full_room_says_room_full_and_leaving_frees_a_place() {
     let server = start("room-size = 2").await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
-    let mut c = Client::connect(&server).await;
+    let mut a = SignalClient::connect(&server).await;
+    let mut b = SignalClient::connect(&server).await;
+    let mut c = SignalClient::connect(&server).await;
     a.join("tiny", "A").await;
     let b_id = b.join("tiny", "B").await["id"].as_str().unwrap().to_owned();
     c.send(json!({"type": "join", "room": "tiny", "name": "C"}))
@@ -132,8 +135,8 @@ async fn full_room_says_room_full_and_leaving_frees_a_place() {
 #[tokio::test]
 async fn bad_messages_get_an_error_and_the_room_carries_on() {
     let server = start("").await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
+    let mut a = SignalClient::connect(&server).await;
+    let mut b = SignalClient::connect(&server).await;
     a.join("r", "A").await;
     let b_id = b.join("r", "B").await["id"].as_str().unwrap().to_owned();
     a.drain().await;
@@ -159,7 +162,7 @@ async fn bad_messages_get_an_error_and_the_room_carries_on() {
 #[tokio::test]
 async fn token_protected_rooms_admit_only_token_holders() {
     let server = start("token-secret = \"room-key\"").await;
-    let mut a = Client::connect(&server).await;
+    let mut a = SignalClient::connect(&server).await;
     a.send(json!({"type": "join", "room": "private", "name": "A"}))
         .await;
     assert_eq!(a.recv().await["code"], "unauthorized");
@@ -178,7 +181,7 @@ async fn token_protected_rooms_admit_only_token_holders() {
 #[tokio::test]
 async fn flooding_is_rate_limited() {
     let server = start("messages-per-second = 5").await;
-    let mut a = Client::connect(&server).await;
+    let mut a = SignalClient::connect(&server).await;
     for _ in 0..40 {
         a.send(json!({"type": "ping"})).await;
     }
@@ -199,7 +202,7 @@ async fn flooding_is_rate_limited() {
 #[tokio::test]
 async fn binary_floods_are_rate_limited_like_text() {
     let server = start("messages-per-second = 5").await;
-    let mut a = Client::connect(&server).await;
+    let mut a = SignalClient::connect(&server).await;
     for _ in 0..40 {
         a.socket
             .send(Message::Binary(vec![0; 1000].into()))
@@ -240,38 +243,24 @@ async fn request_heads_over_16_kib_are_refused() {
 
 #[tokio::test]
 async fn page_is_served_over_https_when_tls_is_configured() {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("rendez-https-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let cert = TestCert::new();
     let text = format!(
-        "listen = [\"127.0.0.1:0\"]\ntls-listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n\
-         [tls]\ncert = \"{}\"\nkey = \"{}\"\n[auth]\nsecrets = [\"s\"]\n[signal]\nlisten = \"127.0.0.1:0\"\n",
-        cert.display(),
-        key.display()
+        "listen = [\"127.0.0.1:0\"]\nrelay-ip = \"127.0.0.1\"\n{}\
+         [auth]\nsecrets = [\"s\"]\n[signal]\nlisten = \"127.0.0.1:0\"\n",
+        cert.config()
     );
     let server = rendez::start(rendez::Config::from_toml(&text).unwrap())
         .await
         .unwrap();
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    // As a browser does: offer HTTP/2 and HTTP/1.1.
-    client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
     let tcp = TcpStream::connect(server.signal_addr().unwrap())
         .await
         .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("HTTPS handshake");
+    // As a browser does: offer HTTP/2 and HTTP/1.1.
+    let mut tls = cert
+        .handshake_offering(tcp, &[b"h2", b"http/1.1"])
+        .await
+        .expect("HTTPS handshake");
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -280,15 +269,14 @@ async fn page_is_served_over_https_when_tls_is_configured() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("ok\n"));
     server.shutdown().await;
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test]
 async fn http_connections_are_capped_per_address() {
     let server = start("[connections]\nmax-per-ip = 2").await;
     let addr = server.signal_addr().unwrap();
-    let _first = Client::connect(&server).await;
-    let _second = Client::connect(&server).await;
+    let _first = SignalClient::connect(&server).await;
+    let _second = SignalClient::connect(&server).await;
     let mut third = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(WAIT, third.read(&mut buf)).await;
@@ -320,7 +308,7 @@ async fn welcome_comes_first_under_thousands_of_concurrent_joins() {
         for i in 0..ROOMS * ROOM_SIZE {
             let url = ws_url(&server);
             joins.spawn(async move {
-                let mut client = Client::connect_within(&url, PATIENCE).await;
+                let mut client = SignalClient::connect_within(&url, PATIENCE).await;
                 // Fresh rooms each try: the last try's participants may still be leaving.
                 let room = format!("race-{attempt}-{}", i / ROOM_SIZE);
                 client
@@ -369,11 +357,11 @@ async fn welcome_comes_first_under_thousands_of_concurrent_joins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_reader_flooded_by_a_peer_is_dropped_at_once() {
     let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
-    let mut stuck = Client::connect_with_small_receive_buffer(&server).await;
+    let mut stuck = SignalClient::connect_with_small_receive_buffer(&server).await;
     let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
-    let mut sender = Client::connect(&server).await;
+    let mut sender = SignalClient::connect(&server).await;
     sender.join("pair", "Sender").await;
-    let mut bystander = Client::connect(&server).await;
+    let mut bystander = SignalClient::connect(&server).await;
     bystander.join("elsewhere", "Bystander").await;
 
     // From here on `stuck` never reads.
@@ -418,7 +406,7 @@ async fn a_stuck_reader_flooded_by_a_peer_is_dropped_at_once() {
     let figures = server.signal_figures().unwrap();
     assert_eq!(figures.dropped_not_reading, 1, "{figures:?}");
 
-    let mut next = Client::connect(&server).await;
+    let mut next = SignalClient::connect(&server).await;
     let welcome = next.join("pair", "Next").await;
     assert_eq!(welcome["peers"].as_array().unwrap().len(), 1, "{welcome}");
     assert!(
@@ -433,9 +421,9 @@ async fn a_stuck_reader_flooded_by_a_peer_is_dropped_at_once() {
 #[tokio::test]
 async fn a_stuck_reader_is_closed_by_the_write_deadline() {
     let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
-    let mut stuck = Client::connect_with_small_receive_buffer(&server).await;
+    let mut stuck = SignalClient::connect_with_small_receive_buffer(&server).await;
     let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
-    let mut sender = Client::connect(&server).await;
+    let mut sender = SignalClient::connect(&server).await;
     sender.join("pair", "Sender").await;
     // Four signals: more than the socket buffers on both ends take, less than the budget.
     let blob = "x".repeat(60_000);
@@ -471,9 +459,9 @@ async fn a_stuck_reader_is_closed_by_the_write_deadline() {
 #[tokio::test]
 async fn shutdown_is_prompt_with_a_stuck_reader_mid_write() {
     let server = start("room-size = 2\nmessages-per-second = 2000\n").await;
-    let mut stuck = Client::connect_with_small_receive_buffer(&server).await;
+    let mut stuck = SignalClient::connect_with_small_receive_buffer(&server).await;
     let stuck_id = stuck.join("pair", "Stuck").await["id"].clone();
-    let mut sender = Client::connect(&server).await;
+    let mut sender = SignalClient::connect(&server).await;
     sender.join("pair", "Sender").await;
     let blob = "x".repeat(60_000);
     for _ in 0..4 {
@@ -502,7 +490,7 @@ async fn shutdown_waits_for_every_session() {
     let server = start("").await;
     let mut clients = Vec::new();
     for i in 0..6 {
-        let mut client = Client::connect(&server).await;
+        let mut client = SignalClient::connect(&server).await;
         client.join("bye", &format!("p{i}")).await;
         clients.push(client);
     }
@@ -553,134 +541,4 @@ async fn http_request(addr: std::net::SocketAddr, request: &str) -> (Option<u16>
         .map_or("", |(_, b)| b)
         .to_owned();
     (status, body)
-}
-
-struct Client {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-}
-
-fn ws_url(server: &rendez::Handle) -> String {
-    format!("ws://127.0.0.1:{}/ws", server.signal_addr().unwrap().port())
-}
-
-impl Client {
-    async fn connect(server: &rendez::Handle) -> Self {
-        Self::connect_to(&ws_url(server)).await
-    }
-
-    async fn connect_to(url: &str) -> Self {
-        Self::connect_within(url, WAIT).await
-    }
-
-    /// A client whose socket takes only a few KiB before the server's writes to it block
-    /// while it does not read (loopback would otherwise buffer megabytes), as on a slow link.
-    async fn connect_with_small_receive_buffer(server: &rendez::Handle) -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = tokio::time::timeout(WAIT, socket.connect(server.signal_addr().unwrap()))
-            .await
-            .expect("TCP connect")
-            .unwrap();
-        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-        let (socket, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::client_async(ws_url(server), stream),
-        )
-        .await
-        .expect("WebSocket handshake")
-        .unwrap();
-        Self { socket }
-    }
-
-    async fn connect_within(url: &str, limit: Duration) -> Self {
-        let (socket, _) = tokio::time::timeout(limit, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("WebSocket connect")
-            .unwrap();
-        Self { socket }
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    async fn try_recv(&mut self, limit: Duration) -> Option<Value> {
-        loop {
-            let frame = tokio::time::timeout(limit, self.socket.next())
-                .await
-                .ok()??
-                .ok()?;
-            if let Message::Text(text) = frame {
-                return serde_json::from_str(text.as_str()).ok();
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> Value {
-        self.recv_within(WAIT).await
-    }
-
-    async fn recv_within(&mut self, limit: Duration) -> Value {
-        self.try_recv(limit).await.expect("expected a message")
-    }
-
-    /// The next message of `kind`, skipping others (such as peer-joined).
-    async fn recv_type(&mut self, kind: &str) -> Value {
-        self.recv_type_within(kind, WAIT).await
-    }
-
-    /// The next message of `kind` within `limit`, skipping others.
-    async fn recv_type_within(&mut self, kind: &str, limit: Duration) -> Value {
-        tokio::time::timeout(limit, async {
-            loop {
-                if let Some(message) = self.try_recv(limit).await {
-                    if message["type"] == kind {
-                        return message;
-                    }
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {kind} within {limit:?}"))
-    }
-
-    async fn join(&mut self, room: &str, name: &str) -> Value {
-        self.send(json!({"type": "join", "room": room, "name": name}))
-            .await;
-        let welcome = self.recv().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        welcome
-    }
-
-    /// Reads whatever is queued (peer-joined notices and the like).
-    async fn drain(&mut self) {
-        while self.try_recv(Duration::from_millis(100)).await.is_some() {}
-    }
-
-    /// Nothing but join notices arrives.
-    async fn expect_silence(&mut self) {
-        while let Some(message) = self.try_recv(Duration::from_millis(200)).await {
-            assert!(
-                message["type"] == "peer-joined",
-                "unexpected message {message}"
-            );
-        }
-    }
-
-    /// Reads on until the server has closed the socket; false if it is still open after
-    /// `limit`.
-    async fn ends_within(&mut self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, async {
-            while let Some(Ok(_)) = self.socket.next().await {}
-        })
-        .await
-        .is_ok()
-    }
-
-    async fn close(mut self) {
-        let _ = self.socket.close(None).await;
-    }
 }

@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 mod common;
+use common::relay::{assert_channel_relays, assert_relays_through, open_relay};
 use common::tls::TestCert;
 use common::*;
 
@@ -65,47 +66,11 @@ async fn missing_certificate_is_a_startup_error_naming_the_file() {
 /// ways with stream padding.
 async fn relay_round_trips(conn: Conn) {
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
     let mut client = TurnClient::new(conn, "alice", "wonderland");
-    let relayed = client.allocate(&[]).await[0];
+    let relayed = open_relay(&mut client, &peer).await;
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");
-
-    let response = client
-        .request(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)])
-        .await;
-    assert_eq!(class_of(&response), Class::Success);
-    client
-        .conn
-        .send(&send_indication(peer_addr, b"via indication"))
-        .await;
-    assert_eq!(
-        recv_from(&peer).await,
-        (b"via indication".to_vec(), relayed)
-    );
-    peer.send_to(b"answer", relayed).await.unwrap();
-    let data = client.conn.recv().await;
-    let m = Message::parse(&data).unwrap();
-    assert_eq!(m.method(), Method::DATA);
-    assert_eq!(m.attribute(AttrType::DATA), Some(&b"answer"[..]));
-
-    let response = client
-        .request(
-            Method::CHANNEL_BIND,
-            &[channel(0x4000), xor_peer(peer_addr)],
-        )
-        .await;
-    assert_eq!(class_of(&response), Class::Success);
-    // 5 bytes of payload: 3 bytes of padding on a stream (RFC 8656 §12.5).
-    let mut frame = ChannelData::header(0x4000, 5).to_vec();
-    frame.extend_from_slice(b"hello\0\0\0");
-    client.conn.send(&frame).await;
-    assert_eq!(recv_from(&peer).await, (b"hello".to_vec(), relayed));
-    peer.send_to(b"world", relayed).await.unwrap();
-    let back = client.conn.recv().await;
-    assert_eq!(
-        back,
-        [0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd', 0, 0, 0]
-    );
+    assert_relays_through(&mut client, &peer, relayed, b"via indication").await;
+    assert_channel_relays(&mut client, &peer, relayed, 0x4000).await;
 }
 
 // ---------------------------------------------------------------- the shard under load

@@ -1949,41 +1949,52 @@ fn every_peer_connection_ends_with_its_allocation() {
 }
 
 #[test]
-fn unbound_connections_per_allocation_and_tcp_relays_in_all_are_limited() {
+fn connections_per_allocation_and_tcp_relays_in_all_are_limited() {
     let mut h = Harness::with_config(|c| {
         c.tcp_relays = TcpRelayLimits {
-            unbound_per_allocation: 2,
+            per_allocation: 2,
             total: 3,
         }
     });
     let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
-    let first = connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 1));
+    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 1));
     connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 2));
-    let third = alice.call(
-        &mut h,
-        Method::CONNECT,
-        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
-    );
-    assert_eq!(third.error_code(), Some(508), "two unbound already");
-    alice.permit(&mut h, TCP_PEER);
-    let relay = RelayAddr(bound_of(relayed));
-    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
-    assert_eq!(
-        h.server.handle_incoming_peer(h.now, relay, incoming),
-        None,
-        "a peer's too"
-    );
-    // Binding one makes room for another unbound one.
-    Client::alice(tcp_at(6700)).call(&mut h, Method::CONNECTION_BIND, &[connection_id(first.0)]);
-    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 3));
-    // Now three relays exist: the server-wide cap refuses a fourth, whoever asks.
+    assert_no_room_for_another_peer_connection(&mut h, &mut alice, relayed, "two open already");
+    // Another allocation has room of its own, until three relays exist on the server.
     let (mut bob, _) = tcp_allocation(&mut h, tcp_at(6701));
+    connect(&mut h, &mut bob, SocketAddr::new(TCP_PEER.ip(), 4));
     let fourth = bob.call(
         &mut h,
         Method::CONNECT,
-        &[peer(SocketAddr::new(TCP_PEER.ip(), 4))],
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 5))],
     );
     assert_eq!(fourth.error_code(), Some(508), "three relays on the server");
+}
+
+/// RFC 6062 peer connections per allocation are every open one, bound or not: relaying
+/// ones hold sockets and buffers as much as waiting ones do.
+#[test]
+fn connections_per_allocation_count_bound_ones_too() {
+    let mut h = Harness::with_config(|c| {
+        c.tcp_relays = TcpRelayLimits {
+            per_allocation: 2,
+            total: 10,
+        }
+    });
+    let (mut alice, relayed) = tcp_allocation(&mut h, CONTROL);
+    let data_connections = [tcp_at(6800), tcp_at(6801)];
+    for (port, data) in [(1, data_connections[0]), (2, data_connections[1])] {
+        let id = connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), port));
+        let bound =
+            Client::alice(data).call(&mut h, Method::CONNECTION_BIND, &[connection_id(id.0)]);
+        assert_eq!(bound.class(), Class::Success);
+    }
+    assert_no_room_for_another_peer_connection(&mut h, &mut alice, relayed, "two relaying already");
+    // One ending makes room for another.
+    h.server
+        .handle_connection_closed(h.now, data_connections[0]);
+    h.pump();
+    connect(&mut h, &mut alice, SocketAddr::new(TCP_PEER.ip(), 3));
 }
 
 #[test]
@@ -2040,6 +2051,30 @@ fn connection_id(id: u32) -> Attr {
 /// The relay address as bound, for an advertised one.
 fn bound_of(relayed: SocketAddr) -> SocketAddr {
     SocketAddr::new(RELAY_BIND_IP.parse().unwrap(), relayed.port())
+}
+
+/// The TCP allocation at `relayed` of `client` has no room for another peer connection:
+/// a Connect gets 508, and a permitted peer's connection to it is refused.
+fn assert_no_room_for_another_peer_connection(
+    h: &mut Harness,
+    client: &mut Client,
+    relayed: SocketAddr,
+    why: &str,
+) {
+    let another = client.call(
+        h,
+        Method::CONNECT,
+        &[peer(SocketAddr::new(TCP_PEER.ip(), 3))],
+    );
+    assert_eq!(another.error_code(), Some(508), "{why}");
+    client.permit(h, TCP_PEER);
+    let relay = RelayAddr(bound_of(relayed));
+    let incoming = PeerAddr(SocketAddr::new(TCP_PEER.ip(), 9));
+    assert_eq!(
+        h.server.handle_incoming_peer(h.now, relay, incoming),
+        None,
+        "{why}: a peer's connection too"
+    );
 }
 
 /// Alice's TCP allocation over `control`: the client and its advertised relayed address.

@@ -548,7 +548,7 @@ pub(crate) fn core_config(
     core.reservations = limits.reservations.clone();
     core.software.clone_from(&config.software);
     core.tcp_relays = TcpRelayLimits {
-        unbound_per_allocation: config.limits.tcp_connections_per_allocation as usize,
+        per_allocation: config.limits.tcp_connections_per_allocation as usize,
         total: config.limits.tcp_relays_total as usize,
     };
     core

@@ -119,17 +119,9 @@ impl PeerConnections {
             .find(|id| self.connections.get(id).is_some_and(|c| c.peer == peer))
     }
 
-    /// The owner's connections not bound yet (connecting or pending), for its limit.
-    pub fn unbound_of(&self, owner: &FiveTuple) -> usize {
-        self.by_owner.get(owner).map_or(0, |ids| {
-            ids.iter()
-                .filter(|id| {
-                    self.connections
-                        .get(id)
-                        .is_some_and(|c| c.state.deadline().is_some())
-                })
-                .count()
-        })
+    /// The owner's connections in every state (connecting, pending, bound), for its limit.
+    pub fn count_of(&self, owner: &FiveTuple) -> usize {
+        self.by_owner.get(owner).map_or(0, Vec::len)
     }
 
     /// The connection relaying for data connection `data`.
@@ -254,7 +246,7 @@ mod tests {
         let deadline = t0 + Duration::from_secs(30);
         let id = table.insert(&mut rng, owner, peer, ConnectionState::Pending { deadline });
         assert_eq!(table.find(&owner, peer), Some(id));
-        assert_eq!(table.unbound_of(&owner), 1);
+        assert_eq!(table.count_of(&owner), 1);
         assert_eq!(table.next_wake(), Some(deadline));
 
         let data = tuple(5001);
@@ -265,7 +257,7 @@ mod tests {
             "a bound connection has no deadline"
         );
         assert_eq!(table.by_data(&data), Some(id));
-        assert_eq!(table.unbound_of(&owner), 0);
+        assert_eq!(table.count_of(&owner), 1, "bound, it still counts");
 
         let removed = table.remove_owner(&owner);
         assert_eq!(removed.len(), 1);

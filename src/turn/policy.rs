@@ -18,7 +18,8 @@
 //! peers (never the services that trust local traffic), again in every spelling. An operator
 //! lifts that protection only for an address an `allow` range names exactly (/32, /128).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -68,19 +69,34 @@ impl PeerPolicy {
 /// This host's own addresses: a peer there may only be a relay port (another allocation on
 /// this server), never a local service. Loopback counts as own whatever the interfaces say
 /// (the kernel delivers all of 127.0.0.0/8 locally).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HostAddresses {
     own: Vec<IpAddr>,
     /// Own addresses an operator's `allow` names exactly.
     opened: Vec<IpAddr>,
+    /// The whole relay port range of the server (all shards): the one kind of port here
+    /// that is a peer.
+    relay_ports: RangeInclusive<u16>,
 }
 
 impl HostAddresses {
-    pub fn new(own: &[IpAddr], policy: &PeerPolicy) -> Self {
+    pub fn new(own: &[IpAddr], policy: &PeerPolicy, relay_ports: RangeInclusive<u16>) -> Self {
         Self {
             own: own.iter().map(|ip| ip.to_canonical()).collect(),
             opened: policy.exact_allows().collect(),
+            relay_ports,
         }
+    }
+
+    /// This host with the addresses and openings of a reloaded configuration; the relay
+    /// ports are fixed at start.
+    pub fn reconfigured(&self, own: &[IpAddr], policy: &PeerPolicy) -> Self {
+        Self::new(own, policy, self.relay_ports.clone())
+    }
+
+    /// A port of this host that is not a relay port: a local service, never a peer.
+    pub fn is_own_service(&self, peer: SocketAddr) -> bool {
+        self.protects(peer.ip()) && !self.relay_ports.contains(&peer.port())
     }
 
     /// Whether traffic to `ip`, in any of its spellings, reaches this host (and the operator
@@ -293,10 +309,23 @@ mod tests {
     }
 
     #[test]
+    fn only_relay_ports_of_this_host_are_peers_even_after_a_reload() {
+        let host = HostAddresses::new(&[], &PeerPolicy::default(), 49152..=65535);
+        let reloaded = host.reconfigured(&["203.0.113.5".parse().unwrap()], &PeerPolicy::default());
+        for host in [&host, &reloaded] {
+            assert!(host.is_own_service("127.0.0.1:3478".parse().unwrap()));
+            assert!(!host.is_own_service("127.0.0.1:50000".parse().unwrap()));
+            assert!(!host.is_own_service("8.8.8.8:3478".parse().unwrap()));
+        }
+        assert!(reloaded.is_own_service("203.0.113.5:22".parse().unwrap()));
+        assert!(!reloaded.is_own_service("203.0.113.5:49152".parse().unwrap()));
+    }
+
+    #[test]
     fn own_addresses_are_protected_in_every_spelling_unless_named_exactly() {
         let own: Vec<IpAddr> = vec!["203.0.113.5".parse().unwrap(), "10.0.0.4".parse().unwrap()];
         let broad = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![]);
-        let host = HostAddresses::new(&own, &broad);
+        let host = HostAddresses::new(&own, &broad, 49152..=65535);
         for ip in [
             "203.0.113.5",
             "::ffff:203.0.113.5",
@@ -313,7 +342,7 @@ mod tests {
         assert!(!host.protects("203.0.113.6".parse().unwrap()));
         assert!(!host.protects("8.8.8.8".parse().unwrap()));
         let exact = PeerPolicy::new(vec!["203.0.113.5/32".parse().unwrap()], vec![]);
-        let host = HostAddresses::new(&own, &exact);
+        let host = HostAddresses::new(&own, &exact, 49152..=65535);
         assert!(
             !host.protects("203.0.113.5".parse().unwrap()),
             "named exactly"

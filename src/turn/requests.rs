@@ -389,7 +389,7 @@ impl Server {
             .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
             .ok_or(ErrorCode::BAD_REQUEST)?;
         self.check_peer(reply, peer.ip())?;
-        if self.is_own_service(peer) {
+        if self.host.is_own_service(peer) {
             return Err(ErrorCode::FORBIDDEN);
         }
         let allocation = self
@@ -409,19 +409,19 @@ impl Server {
     }
 
     /// The allocation must have a relay of the peer's family (443), then the operator's
-    /// policy must allow the peer (403).
-    pub(super) fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<(), ErrorCode> {
+    /// policy must allow the peer (403). Returns that relay's bound address.
+    pub(super) fn check_peer(&self, reply: &Reply, ip: IpAddr) -> Result<SocketAddr, ErrorCode> {
         let allocation = self
             .allocations
             .get(&reply.to)
             .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        if allocation.relay_for(ip).is_none() {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
-        }
+        let relay = allocation
+            .relay_for(ip)
+            .ok_or(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH)?;
         if !self.peers.permits(ip) {
             return Err(ErrorCode::FORBIDDEN);
         }
-        Ok(())
+        Ok(relay.bind)
     }
 
     /// The "desired lifetime" of RFC 8656 §7.2 and §7.3: zero when LIFETIME is zero;

@@ -263,8 +263,7 @@ impl Server {
     /// Gives back the partner port claimed with an R=1 allocation's relay that never became
     /// active (its bind failed, or it ended while binding).
     pub(super) fn release_pair_partner(&mut self, relay: std::net::SocketAddr) {
-        let partner = std::net::SocketAddr::new(relay.ip(), relay.port() + 1);
-        self.release_port(partner);
+        self.release_port(next_port(relay));
     }
 
     /// Sweeps the reservations this shard made that are due at `now` (and not redeemed).
@@ -283,12 +282,17 @@ impl Server {
 
 /// The port after `relay`: what an R=1 allocation reserves.
 fn pair_partner(relay: Relay) -> Relay {
-    let next = |a: std::net::SocketAddr| std::net::SocketAddr::new(a.ip(), a.port() + 1);
     Relay {
-        bind: next(relay.bind),
-        public: next(relay.public),
+        bind: next_port(relay.bind),
+        public: next_port(relay.public),
         bound: false,
     }
+}
+
+/// The port after `address`: the second half of the pair an R=1 relay's port starts (the
+/// pair was claimed whole, so it exists).
+fn next_port(address: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(address.ip(), address.port() + 1)
 }
 
 /// The token of an Allocate that carries one, after the checks of RFC 8656 §7.2: UDP only,

@@ -125,8 +125,7 @@ pub struct Server {
     auth: Authenticator,
     pub(super) peers: PeerPolicy,
     /// This host's addresses: only relay ports there are peers.
-    host: HostAddresses,
-    server_relay_ports: RangeInclusive<u16>,
+    pub(super) host: HostAddresses,
     pub(super) default_lifetime: Duration,
     pub(super) max_lifetime: Duration,
     pub(super) default_family: DefaultFamily,
@@ -232,8 +231,11 @@ impl Server {
             .collect();
         Self {
             auth,
-            host: HostAddresses::new(&config.own_addresses, &config.peers),
-            server_relay_ports: config.server_relay_ports,
+            host: HostAddresses::new(
+                &config.own_addresses,
+                &config.peers,
+                config.server_relay_ports,
+            ),
             peers: config.peers,
             default_lifetime: config.default_lifetime,
             max_lifetime: config.max_lifetime,
@@ -268,7 +270,7 @@ impl Server {
     pub fn reconfigure(&mut self, config: &ServerConfig) {
         self.auth
             .set_credentials(&config.realm, &config.users, &config.secrets);
-        self.host = HostAddresses::new(&config.own_addresses, &config.peers);
+        self.host = self.host.reconfigured(&config.own_addresses, &config.peers);
         self.peers = config.peers.clone();
         self.default_lifetime = config.default_lifetime;
         self.max_lifetime = config.max_lifetime;
@@ -373,7 +375,7 @@ impl Server {
         headroom: usize,
         len: usize,
     ) -> Option<(FiveTuple, Range<usize>)> {
-        let own_service = self.is_own_service(peer);
+        let own_service = self.host.is_own_service(peer);
         let Some((tuple, allocation)) = self
             .allocations
             .by_relay_mut(&relay)
@@ -904,7 +906,7 @@ impl Server {
                 .channel_peer(now, number)
                 .ok_or(DropReason::UnboundChannel)?,
         };
-        let own_service = is_own_service(&self.host, &self.server_relay_ports, peer);
+        let own_service = self.host.is_own_service(peer);
         let relay = allocation
             .relay_for(peer.ip())
             .filter(|_| allocation.has_permission(now, peer.ip()) && !own_service)
@@ -920,11 +922,6 @@ impl Server {
     }
 
     // ---- helpers ----
-
-    /// A port of this host that is not a relay port: a local service, never a peer.
-    pub(super) fn is_own_service(&self, peer: SocketAddr) -> bool {
-        is_own_service(&self.host, &self.server_relay_ports, peer)
-    }
 
     /// Ends an allocation and gives back its ports and sockets.
     pub(super) fn remove_allocation(&mut self, now: Instant, tuple: &FiveTuple) {
@@ -1012,15 +1009,6 @@ impl Server {
             bytes,
         });
     }
-}
-
-/// A port of this host that is not a relay port: a local service, never a peer.
-fn is_own_service(
-    host: &HostAddresses,
-    relay_ports: &RangeInclusive<u16>,
-    peer: SocketAddr,
-) -> bool {
-    host.protects(peer.ip()) && !relay_ports.contains(&peer.port())
 }
 
 /// A response in the request's dialect, with SOFTWARE when configured, integrity when the

@@ -43,9 +43,9 @@ pub(super) const PROTOCOL_TCP: u8 = 6;
 /// The limits on TCP relays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpRelayLimits {
-    /// Peer connections one allocation may have that are not bound yet (connecting, or
-    /// waiting for a ConnectionBind).
-    pub unbound_per_allocation: usize,
+    /// Peer connections one allocation may have open, in any state (connecting, waiting
+    /// for a ConnectionBind, relaying).
+    pub per_allocation: usize,
     /// Peer connections in any state on the whole server (TCP allocations live on the one
     /// TCP/TLS shard, so its count is the server's).
     pub total: usize,
@@ -54,7 +54,7 @@ pub struct TcpRelayLimits {
 impl Default for TcpRelayLimits {
     fn default() -> Self {
         Self {
-            unbound_per_allocation: 16,
+            per_allocation: 16,
             total: 1000,
         }
     }
@@ -106,7 +106,7 @@ impl Server {
         PeerAddr(peer): PeerAddr,
     ) -> Option<ConnectionId> {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let own_service = self.is_own_service(peer);
+        let own_service = self.host.is_own_service(peer);
         let owner = self
             .allocations
             .by_relay(&relay)
@@ -174,7 +174,7 @@ impl Server {
         }
         let datagram_only = message.has_even_port()
             || message.has_reservation_token()
-            || message.attribute(AttrType::DONT_FRAGMENT).is_some();
+            || message.has_dont_fragment();
         if !reply.to.transport.is_stream() || datagram_only {
             return Err(ErrorCode::BAD_REQUEST);
         }
@@ -193,8 +193,8 @@ impl Server {
             .xor_peer_address()
             .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
             .ok_or(ErrorCode::BAD_REQUEST)?;
-        self.check_peer(reply, peer.ip())?;
-        if self.is_own_service(peer) {
+        let relay = self.check_peer(reply, peer.ip())?;
+        if self.host.is_own_service(peer) {
             return Err(ErrorCode::FORBIDDEN);
         }
         if self.peer_connections.find(&owner, peer).is_some() {
@@ -203,12 +203,6 @@ impl Server {
         if !self.has_room_for_peer_connection(&owner) {
             return Err(ErrorCode::INSUFFICIENT_CAPACITY);
         }
-        let relay = self
-            .allocations
-            .get(&owner)
-            .and_then(|a| a.relay_for(peer.ip()))
-            .ok_or(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH)?
-            .bind;
         let state = ConnectionState::Connecting {
             reply: reply.clone(),
             deadline: now + CONNECT_TIMEOUT,
@@ -348,7 +342,7 @@ impl Server {
     /// Whether `owner` may have one more unbound peer connection, and the server one more
     /// TCP relay.
     fn has_room_for_peer_connection(&self, owner: &FiveTuple) -> bool {
-        self.peer_connections.unbound_of(owner) < self.tcp_limits.unbound_per_allocation
+        self.peer_connections.count_of(owner) < self.tcp_limits.per_allocation
             && self.peer_connections.len() < self.tcp_limits.total
     }
 }

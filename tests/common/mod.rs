@@ -15,13 +15,14 @@ use rendez::stun::{
     TransactionId,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 pub mod channel_loop;
 pub mod netns;
 pub mod pebble;
 pub mod process;
 pub mod redis;
+pub mod relay;
 pub mod tls;
 pub mod tools;
 pub mod ws;
@@ -51,7 +52,8 @@ pub fn test_config(text: &str) -> rendez::Config {
     rendez::Config::from_toml(&full).expect("test config parses")
 }
 
-pub async fn assert_closed_within(stream: &mut TcpStream, limit: Duration) {
+/// The server closes `stream` (EOF, or a reset; over TLS close_notify too) within `limit`.
+pub async fn assert_closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) {
     let mut buf = [0u8; 256];
     let read = tokio::time::timeout(limit, async {
         loop {

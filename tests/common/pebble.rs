@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -13,6 +13,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::connector_trusting;
 use super::tools::require_tool;
 use super::TempDir;
 
@@ -22,6 +23,24 @@ pub struct ValidationPorts {
     pub http: u16,
     /// TLS-ALPN-01 (`tlsPort`).
     pub tls: u16,
+}
+
+impl ValidationPorts {
+    /// TLS-ALPN-01 validated at `tls`; HTTP-01 at a free port nothing listens on.
+    pub fn tls_alpn_at(tls: SocketAddr) -> Self {
+        Self {
+            http: free_tcp_port().port(),
+            tls: tls.port(),
+        }
+    }
+
+    /// HTTP-01 validated at `http`; TLS-ALPN-01 at a free port nothing listens on.
+    pub fn http_at(http: SocketAddr) -> Self {
+        Self {
+            http: http.port(),
+            tls: free_tcp_port().port(),
+        }
+    }
 }
 
 /// How pebble behaves.
@@ -217,14 +236,7 @@ pub async fn tls_connect(
     roots: rustls::RootCertStore,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = connector_trusting(roots, alpn);
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_owned()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))

@@ -121,19 +121,28 @@ impl TestCert {
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = connector_trusting(roots, alpn);
         let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
         tokio::time::timeout(WAIT, connector.connect(name, tcp))
             .await
             .expect("TLS handshake timed out")
     }
+}
+
+/// A TLS client that trusts `roots` only and offers the ALPN protocols `alpn` (in that
+/// order).
+pub fn connector_trusting(
+    roots: rustls::RootCertStore,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// `tls-listen` on loopback and a `[tls]` table naming these files.

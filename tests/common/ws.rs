@@ -14,7 +14,37 @@ pub struct SignalClient {
     pub socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
 }
 
+/// The signaling URL of `server` (`ws://127.0.0.1:PORT/ws`).
+pub fn ws_url(server: &rendez::Handle) -> String {
+    format!("ws://127.0.0.1:{}/ws", server.signal_addr().unwrap().port())
+}
+
 impl SignalClient {
+    /// Connects to `server`'s signaling.
+    pub async fn connect(server: &rendez::Handle) -> Self {
+        Self::connect_to(&ws_url(server)).await
+    }
+
+    /// A client whose socket takes only a few KiB before the server's writes to it block
+    /// while it does not read (loopback would otherwise buffer megabytes), as on a slow link.
+    pub async fn connect_with_small_receive_buffer(server: &rendez::Handle) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(server.signal_addr().unwrap()))
+            .await
+            .expect("TCP connect")
+            .unwrap();
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (socket, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(ws_url(server), stream),
+        )
+        .await
+        .expect("WebSocket handshake")
+        .unwrap();
+        Self { socket }
+    }
+
     /// Connects to `url` (`ws://HOST:PORT/ws`) within `limit`.
     pub async fn connect_within(url: &str, limit: Duration) -> Self {
         let (socket, _) = tokio::time::timeout(limit, tokio_tungstenite::connect_async(url))
@@ -88,5 +118,29 @@ impl SignalClient {
     /// Reads whatever is queued (peer-joined notices and the like).
     pub async fn drain(&mut self) {
         while self.try_recv(Duration::from_millis(100)).await.is_some() {}
+    }
+
+    /// Nothing but join notices arrives.
+    pub async fn expect_silence(&mut self) {
+        while let Some(message) = self.try_recv(Duration::from_millis(200)).await {
+            assert!(
+                message["type"] == "peer-joined",
+                "unexpected message {message}"
+            );
+        }
+    }
+
+    /// Reads on until the server has closed the socket; false if it is still open after
+    /// `limit`.
+    pub async fn ends_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await
+        .is_ok()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
     }
 }
