@@ -346,6 +346,47 @@ async fn a_killed_node_leaves_its_rooms_within_ten_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_taken_for_dead_registers_its_participants_again() {
+    let Some(redis) = RedisServer::start("stall") else {
+        return;
+    };
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            Node::start_with(
+                &format!("stall-{i}"),
+                &redis.url(),
+                "",
+                "heartbeat = \"500ms\"",
+                &[],
+            )
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_health(200, Duration::from_secs(10));
+    }
+    let mut alice = nodes[0].client().await;
+    let mut bob = nodes[1].client().await;
+    alice.join("r", "Alice").await;
+    let b = id_of(&bob.join("r", "Bob").await);
+    alice.recv_type("peer-joined").await;
+    // Node 1 stops answering for longer than its presence lasts (three heartbeats).
+    nodes[1].process.signal(libc::SIGSTOP);
+    let left = alice
+        .recv_type_within("peer-left", Duration::from_secs(5))
+        .await;
+    nodes[1].process.signal(libc::SIGCONT);
+    assert_eq!(left["id"], json!(b));
+    // Back, it notices it was taken for dead and registers Bob again.
+    let back = alice
+        .recv_type_within("peer-joined", Duration::from_secs(5))
+        .await;
+    assert_eq!(back["id"], json!(b));
+    let mut carol = nodes[0].client().await;
+    assert_eq!(peer_ids(&carol.join("r", "Carol").await).len(), 2);
+    assert!(nodes[1].process.log().contains("taken for dead"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_sends_its_participants_to_another() {
     let Some((_redis, nodes)) = fleet("drain", 2, "") else {
         return;

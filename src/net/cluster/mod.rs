@@ -173,6 +173,13 @@ struct Task {
     scripts: Scripts,
 }
 
+/// Whether this node's presence was still there when it renewed it.
+enum Presence {
+    Kept,
+    /// It had expired: the others may have removed this node's participants.
+    Lost,
+}
+
 /// Why a connected session with Redis ended.
 enum Ended {
     Stopped,
@@ -284,11 +291,14 @@ impl Task {
         self.beat(&mut redis, false)
             .await
             .map_err(|e| e.to_string())?;
+        // Checks for dead nodes run twice a heartbeat, so a node that stopped is noticed
+        // within half a heartbeat of its presence expiring.
+        let check = self.heartbeat / 2;
         self.status.connected.store(true, Ordering::Relaxed);
         tracing::info!(redis = %self.server, node = %self.node, "connected to Redis: rooms span the fleet");
         let _ = self.notify.send(Notice::Connected).await;
 
-        let mut heartbeat = tokio::time::interval_at(connected_at + self.heartbeat, self.heartbeat);
+        let mut heartbeat = tokio::time::interval_at(connected_at + check, check);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sync_at = connected_at + presence;
         let mut synced = false;
@@ -328,8 +338,16 @@ impl Task {
                 }
                 _ = heartbeat.tick() => {
                     let reap = connected_at.elapsed() >= presence;
-                    if let Err(e) = self.beat(&mut redis, reap).await {
-                        return Ok(Ended::Lost(e.to_string()));
+                    match self.beat(&mut redis, reap).await {
+                        Ok(Presence::Kept) => {}
+                        Ok(Presence::Lost) => {
+                            // Silent too long (a stalled process, a slow link): the others took
+                            // this node for dead and removed its participants. Register them
+                            // again, as after an outage.
+                            tracing::warn!("this node was taken for dead by the fleet; registering its participants again");
+                            let _ = self.notify.send(Notice::Connected).await;
+                        }
+                        Err(e) => return Ok(Ended::Lost(e.to_string())),
                     }
                 }
                 () = tokio::time::sleep_until(sync_at), if !synced => {
@@ -341,9 +359,13 @@ impl Task {
     }
 
     /// Renews this node's presence; with `reap`, removes the participants of dead nodes.
-    async fn beat(&self, redis: &mut MultiplexedConnection, reap: bool) -> redis::RedisResult<()> {
+    async fn beat(
+        &self,
+        redis: &mut MultiplexedConnection,
+        reap: bool,
+    ) -> redis::RedisResult<Presence> {
         let presence = self.heartbeat * PRESENCE_HEARTBEATS;
-        let removed: u64 = self
+        let (removed, was_present): (u64, bool) = self
             .call(
                 redis,
                 &self.scripts.heartbeat,
@@ -360,7 +382,11 @@ impl Task {
                 "removed the participants of nodes that stopped answering"
             );
         }
-        Ok(())
+        Ok(if was_present {
+            Presence::Kept
+        } else {
+            Presence::Lost
+        })
     }
 
     /// Carries out `commands` in one round trip (a pipeline, in order), then reports the
