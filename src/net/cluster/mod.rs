@@ -7,11 +7,12 @@
 //! presence consistent: each runs alone in Redis, so admission to a room is atomic across
 //! the fleet.
 //!
-//! Presence: every `heartbeat` the node renews a key that lives three heartbeats; a node
-//! whose key expired is taken for dead by the next heartbeat of any other node, whose
-//! script removes its participants (the others hear `peer-left`). A node reaps only after
-//! it has been connected for a presence lifetime itself, so after an outage of Redis it
-//! does not take the nodes that have not reconnected yet for dead.
+//! Presence: twice every `heartbeat` the node renews a key that lives three heartbeats and
+//! looks for nodes whose key expired: those are taken for dead, and the script removes
+//! their participants (the others hear `peer-left`). A node reaps only after it has been
+//! connected for a presence lifetime itself, so after an outage of Redis it does not take
+//! the nodes that have not reconnected yet for dead; a node that finds its own key expired
+//! (it stalled) registers its participants again.
 //!
 //! When Redis is unreachable the task tells the hub (joins are refused, `/healthz` says
 //! 503), drops what it is handed (counted), and reconnects with a growing pause. Once back
