@@ -11,7 +11,7 @@
 // participants add their media only when that offer arrives, so glare is rare to begin with.
 import { AUDIO_ENCODING, applyEncoding, videoEncodings } from "./bandwidth.js";
 import { Chat } from "./chat.js";
-import { LevelMeter, canPickSpeaker, listDevices, openDevices } from "./devices.js";
+import { LevelMeter, canPickSpeaker, listDevices, loudness, openDevices } from "./devices.js";
 import { describeQuality, readLinkStats, verdict } from "./quality.js";
 
 const FIRST_RETRY_MS = 1000;
@@ -21,8 +21,9 @@ const MAX_RETRY_MS = 10000;
 const STATS_EVERY_MS = 2000;
 // How often audio levels are read (speaker highlight, "you are muted", the meter).
 const LEVELS_EVERY_MS = 200;
-// A level above this is someone speaking; a speaker stays highlighted this long after.
-const SPEAKING_LEVEL = 0.05;
+// A level (devices.js `loudness`, about -40 dBFS) above which someone is speaking; a
+// speaker stays highlighted this long after.
+const SPEAKING_LEVEL = 0.3;
 const SPEAKING_HOLD_MS = 1200;
 // Outgoing frames are paced below the server's default limit (20 per second, bursts of 40):
 // a newcomer to a full room sends five offers and dozens of ICE candidates within a second,
@@ -829,7 +830,7 @@ function readLevels() {
   }
   for (const peer of call.peers.values()) {
     const receiver = peer.pc.getReceivers().find((r) => r.track.kind === "audio");
-    const level = receiver?.getSynchronizationSources?.()[0]?.audioLevel ?? 0;
+    const level = loudness(receiver?.getSynchronizationSources?.()[0]?.audioLevel ?? 0);
     if (level > SPEAKING_LEVEL) peer.tile.lastSpoke = now;
     markSpeaking(peer.tile, now);
   }

@@ -49,6 +49,19 @@ function kindName(kind) {
   return { videoinput: "Camera", audioinput: "Microphone", audiooutput: "Speaker" }[kind];
 }
 
+/** Quieter than this (dB below full scale) counts as silence. */
+const SILENCE_DB = -60;
+
+/**
+ * An amplitude (0 to 1, 1 = full scale) on a 0 to 1 scale that follows the ear: decibels
+ * from SILENCE_DB (0) to full scale (1). A room's hum stays near 0.1, speech reaches 0.4–0.8.
+ */
+export function loudness(amplitude) {
+  if (!(amplitude > 0)) return 0;
+  const db = 20 * Math.log10(amplitude);
+  return Math.min(1, Math.max(0, (db - SILENCE_DB) / -SILENCE_DB));
+}
+
 let audioContext = null;
 
 /**
@@ -70,12 +83,12 @@ export class LevelMeter {
     this.source.connect(this.analyser);
   }
 
-  /** Root mean square of the latest samples, scaled so that speech reaches about 0.5–1. */
+  /** How loud the latest samples are (their root mean square), on the scale of `loudness`. */
   level() {
     this.analyser.getFloatTimeDomainData(this.samples);
     let sum = 0;
     for (const sample of this.samples) sum += sample * sample;
-    return Math.min(1, Math.sqrt(sum / this.samples.length) * 4);
+    return loudness(Math.sqrt(sum / this.samples.length));
   }
 
   stop() {
