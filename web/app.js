@@ -1089,7 +1089,9 @@ function renderControls() {
 function renderPeople() {
   const items = [personItem(`${call.name} (you)`, call.joined ? "in the room" : "connecting to the server…")];
   for (const peer of call.peers.values()) {
-    const quality = peer.pc.connectionState === "connected" ? ` · ${describeQuality(peer.link)}` : "";
+    // Short here; the tile's indicator carries the numbers (and says them to screen readers).
+    const level = peer.pc.connectionState === "connected" ? verdict(peer.link) : "unknown";
+    const quality = level === "unknown" ? "" : ` · ${level}`;
     items.push(personItem(peer.name, `${describeLink(peer)}${quality}`));
   }
   ui.people.replaceChildren(...items);
