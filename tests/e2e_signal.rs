@@ -25,7 +25,20 @@ async fn serves_the_page_its_assets_and_a_health_check() {
     let (status, page) = http_get(addr, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("<html") && page.contains("app.js"), "{page}");
-    assert_eq!(http_get(addr, "/app.js").await.0, 200);
+    let (status, app) = http_get(addr, "/app.js").await;
+    assert_eq!(status, 200);
+    // Every module app.js imports is served.
+    for module in [
+        "./bandwidth.js",
+        "./chat.js",
+        "./devices.js",
+        "./quality.js",
+    ] {
+        assert!(app.contains(&format!("from \"{module}\"")), "{module}");
+        let (status, body) = http_get(addr, &module[1..]).await;
+        assert_eq!(status, 200, "{module}");
+        assert!(body.contains("export "), "{module}");
+    }
     assert_eq!(http_get(addr, "/style.css").await.0, 200);
     assert_eq!(http_get(addr, "/nope").await.0, 404);
     server.shutdown().await;

@@ -1,17 +1,30 @@
 // rendez call page. It joins a room through the signaling WebSocket (`GET /ws`) and connects
 // a full mesh: one RTCPeerConnection per other participant, with the TURN credentials the
-// server hands out in its welcome. Plain script, no build step, nothing loaded from elsewhere:
-// the server embeds this file as it is.
+// server hands out in its welcome. Plain ES modules, no build step, nothing loaded from
+// elsewhere: the server embeds these files as they are. Beside this file: chat.js (the chat
+// panel), bandwidth.js (video caps that fit a mesh), quality.js (getStats readings) and
+// devices.js (cameras, microphones, the level meter).
 //
 // Negotiation follows the "perfect negotiation" pattern (one side polite, decided by comparing
 // ids) so that offers crossing each other can never deadlock. On top of that the newcomer is
 // the only side that starts: it offers to every peer listed in its welcome, while existing
 // participants add their media only when that offer arrives, so glare is rare to begin with.
-"use strict";
+import { AUDIO_ENCODING, applyEncoding, videoEncodings } from "./bandwidth.js";
+import { Chat } from "./chat.js";
+import { LevelMeter, canPickSpeaker, listDevices, loudness, openDevices } from "./devices.js";
+import { describeQuality, readLinkStats, verdict } from "./quality.js";
 
 const FIRST_RETRY_MS = 1000;
 const MAX_RETRY_MS = 10000;
+// How often connection stats are read, and the video caps re-balanced: well within the 5 s
+// in which a join or a leave must be reflected.
 const STATS_EVERY_MS = 2000;
+// How often audio levels are read (speaker highlight, "you are muted", the meter).
+const LEVELS_EVERY_MS = 200;
+// A level (devices.js `loudness`, about -40 dBFS) above which someone is speaking; a
+// speaker stays highlighted this long after.
+const SPEAKING_LEVEL = 0.3;
+const SPEAKING_HOLD_MS = 1200;
 // Outgoing frames are paced below the server's default limit (20 per second, bursts of 40):
 // a newcomer to a full room sends five offers and dozens of ICE candidates within a second,
 // and a frame the server drops for going too fast is a candidate lost for good.
@@ -21,6 +34,8 @@ const SEND_PER_SECOND = 15;
 const WARNING_MS = 8000;
 // The server's limit on room and display names.
 const MAX_NAME_CHARS = 64;
+// The video budget until a welcome names the server's (its default).
+const DEFAULT_UPSTREAM_KBPS = 2500;
 
 // What the page says for each error code: the server's codes and the page's own.
 const ERROR_TEXT = {
@@ -40,6 +55,9 @@ const ERROR_TEXT = {
   "insecure-context":
     "The browser offers camera and microphone only to secure pages (https or localhost), " +
     "so the others can neither see nor hear you.",
+  "screen-denied": "Screen sharing was cancelled or is not allowed in this browser.",
+  unreachable:
+    "The server cannot be reached. Check your connection; this page keeps trying.",
 };
 
 const params = new URLSearchParams(location.search);
@@ -57,9 +75,25 @@ const ui = {
   people: byId("people"),
   mic: byId("mic"),
   camera: byId("camera"),
+  share: byId("share"),
   sound: byId("sound"),
+  invite: byId("invite"),
   leave: byId("leave"),
+  mutedHint: byId("muted-hint"),
   tileTemplate: byId("tile-template"),
+  devices: byId("devices"),
+  devicesHome: byId("devices-home"),
+  devicesCall: byId("devices-call"),
+  devicesToggle: byId("devices-toggle"),
+  previewArea: byId("preview-area"),
+  preview: byId("preview"),
+  previewButton: byId("preview-button"),
+  micLevel: byId("mic-level"),
+  cameraSelect: byId("camera-select"),
+  micSelect: byId("mic-select"),
+  speakerSelect: byId("speaker-select"),
+  startMuted: byId("start-muted"),
+  startCameraOff: byId("start-camera-off"),
 };
 
 // Everything about the current call. `active` is the user's intent (reconnect while true);
@@ -73,10 +107,21 @@ const call = {
   joined: false,
   id: null,
   iceServers: [],
+  upstreamKbps: DEFAULT_UPSTREAM_KBPS,
   socket: null,
+  // Whether any socket of this call ever opened: a first connection that fails means the
+  // server cannot be reached, a later one that it went away.
+  everConnected: false,
   peers: new Map(),
   localStream: null,
   localTile: null,
+  // The microphone's meter (a clone of the track), for the preview, the own tile and the hint.
+  meter: null,
+  // The shared screen while it is shared: {stream, track, tile}.
+  screen: null,
+  // The tile shown large, if any (pinned by hand, or a screen that arrived).
+  pinned: null,
+  speakerId: "",
   error: null,
   // Counts Join presses, so a permission prompt answered after Leave (or after a second
   // Join) cannot start a stale call.
@@ -84,9 +129,28 @@ const call = {
   retryDelay: FIRST_RETRY_MS,
   retryTimer: 0,
   statsTimer: 0,
+  levelsTimer: 0,
+  lastSpokeMuted: 0,
 };
 
 const outbox = { queue: [], tokens: SEND_BURST, refilledAt: 0, timer: 0 };
+
+const chat = new Chat(
+  {
+    panel: byId("chat-panel"),
+    toggle: byId("chat-toggle"),
+    badge: byId("chat-badge"),
+    log: byId("chat-log"),
+    form: byId("chat-form"),
+    input: byId("chat-text"),
+    error: byId("chat-error"),
+  },
+  (text) => {
+    if (!call.joined) return false;
+    send({ type: "chat", text });
+    return true;
+  },
+);
 
 init();
 
@@ -98,8 +162,16 @@ function init() {
     event.preventDefault();
     joinFromForm();
   });
+  ui.previewButton.addEventListener("click", startPreview);
+  ui.cameraSelect.addEventListener("change", () => onDeviceChosen("video"));
+  ui.micSelect.addEventListener("change", () => onDeviceChosen("audio"));
+  ui.speakerSelect.addEventListener("change", () => setSpeaker(ui.speakerSelect.value));
+  for (const element of ui.devices.querySelectorAll(".speaker")) element.hidden = !canPickSpeaker;
   ui.mic.addEventListener("click", () => toggleLocalTrack("audio"));
   ui.camera.addEventListener("click", () => toggleLocalTrack("video"));
+  ui.share.addEventListener("click", () => (call.screen ? stopSharing() : startSharing()));
+  ui.devicesToggle.addEventListener("click", () => setDevicesOpen(ui.devicesCall.hidden));
+  ui.invite.addEventListener("click", copyInviteLink);
   ui.sound.addEventListener("click", enableSound);
   ui.leave.addEventListener("click", leave);
   window.rendez = { state: testState };
@@ -117,6 +189,14 @@ function testState() {
     id: call.id,
     room: call.room || null,
     error: call.error,
+    upstreamKbps: call.upstreamKbps,
+    sharing: Boolean(call.screen),
+    localTracks: (call.localStream?.getTracks() ?? []).map((t) => ({
+      kind: t.kind,
+      id: t.id,
+      enabled: t.enabled,
+      readyState: t.readyState,
+    })),
     peers: [...call.peers.values()].map((peer) => ({
       id: peer.id,
       name: peer.name,
@@ -125,8 +205,130 @@ function testState() {
       relayProtocol: peer.link.relayProtocol,
       framesDecoded: peer.link.framesDecoded,
       bytesReceived: peer.link.bytesReceived,
+      quality: verdict(peer.link),
+      screen: Boolean(peer.screenTile),
     })),
   };
+}
+
+// ---------------------------------------------------------------------------------------
+// Before joining: preview, meter, device choice
+
+/** Opens the camera and microphone for a look before joining (only ever from a click). */
+async function startPreview() {
+  ui.previewButton.disabled = true;
+  const stream = await openLocalMedia();
+  ui.previewButton.disabled = false;
+  if (!stream) return;
+  // A second press, or a join meanwhile, keeps one stream only.
+  if (call.active) {
+    stream.getTracks().forEach((track) => track.stop());
+    return;
+  }
+  stopLocalMedia();
+  call.localStream = stream;
+  showPreview();
+  await refreshDeviceLists();
+}
+
+function showPreview() {
+  ui.preview.srcObject = call.localStream;
+  ui.previewArea.hidden = false;
+  ui.previewButton.hidden = true;
+  restartMeter();
+  if (!call.levelsTimer) call.levelsTimer = setInterval(readLevels, LEVELS_EVERY_MS);
+}
+
+function refreshDeviceLists() {
+  const current = new Map([
+    [ui.cameraSelect, localTrack("video")?.getSettings().deviceId],
+    [ui.micSelect, localTrack("audio")?.getSettings().deviceId],
+    [ui.speakerSelect, call.speakerId],
+  ]);
+  return listDevices(
+    { camera: ui.cameraSelect, mic: ui.micSelect, speaker: ui.speakerSelect },
+    current,
+  );
+}
+
+/** A device picked in a select: takes over at once, in the preview or in the call. */
+async function onDeviceChosen(kind) {
+  if (!call.localStream) return;
+  const select = kind === "video" ? ui.cameraSelect : ui.micSelect;
+  await switchDevice(kind, select.value);
+}
+
+/**
+ * Replaces the camera or microphone with `deviceId`: the new track goes to every peer
+ * through replaceTrack, so no connection is negotiated again.
+ */
+async function switchDevice(kind, deviceId) {
+  const old = localTrack(kind);
+  let fresh;
+  try {
+    const stream = await openDevices({
+      audio: kind === "audio",
+      video: kind === "video",
+      audioId: deviceId,
+      videoId: deviceId,
+    });
+    fresh = stream.getTracks()[0];
+  } catch (error) {
+    console.debug("rendez: could not open the device:", error);
+    showError(isPermissionError(error) ? "media-denied" : "media-unavailable");
+    return;
+  }
+  if (!call.localStream) {
+    fresh.stop();
+    return;
+  }
+  if (old) {
+    fresh.enabled = old.enabled;
+    call.localStream.removeTrack(old);
+  }
+  call.localStream.addTrack(fresh);
+  await Promise.all(
+    [...call.peers.values()].map((peer) => {
+      const sender = peer.pc.getSenders().find((s) => s.track === old && old);
+      if (sender) return sender.replaceTrack(fresh).catch((e) => console.debug("rendez:", e));
+      // A peer that had nothing of this kind from us gets it by negotiation.
+      if (call.joined) addLocalMedia(peer, { receiveMissingKinds: false });
+      return null;
+    }),
+  );
+  old?.stop();
+  if (kind === "audio") restartMeter();
+  render();
+}
+
+function setSpeaker(deviceId) {
+  call.speakerId = deviceId;
+  for (const peer of call.peers.values()) applySpeaker(peer.tile.video);
+}
+
+function applySpeaker(video) {
+  if (!canPickSpeaker || !call.speakerId) return;
+  video.setSinkId(call.speakerId).catch((e) => console.debug("rendez: setSinkId failed:", e));
+}
+
+function restartMeter() {
+  call.meter?.stop();
+  call.meter = null;
+  const mic = localTrack("audio");
+  if (mic) {
+    try {
+      call.meter = new LevelMeter(mic);
+    } catch (error) {
+      console.debug("rendez: no level meter:", error);
+    }
+  }
+}
+
+/** The devices fieldset moves with the person: into the call, and back to the form. */
+function setDevicesOpen(open) {
+  ui.devicesCall.hidden = !open;
+  ui.devicesToggle.setAttribute("aria-expanded", String(open));
+  if (open) refreshDeviceLists();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -138,18 +340,29 @@ function joinFromForm() {
 
 async function join(room, name) {
   clearMessage();
-  Object.assign(call, { room, name, active: true, retryDelay: FIRST_RETRY_MS });
+  Object.assign(call, { room, name, active: true, retryDelay: FIRST_RETRY_MS, everConnected: false });
   const attempt = ++call.attempt;
+  ui.devicesCall.append(ui.devices);
+  ui.previewArea.hidden = true;
   showCallView();
-  const stream = await openLocalMedia();
+  const stream = call.localStream ?? (await openLocalMedia());
   // The user may have pressed Leave while the browser was asking for permission.
   if (!call.active || attempt !== call.attempt) {
-    stream?.getTracks().forEach((track) => track.stop());
+    if (stream !== call.localStream) stream?.getTracks().forEach((track) => track.stop());
     return;
   }
   call.localStream = stream;
+  // Joining with the microphone or camera off still sends the track (silent, black), so
+  // turning it on later needs no negotiation.
+  const mic = localTrack("audio");
+  const camera = localTrack("video");
+  if (mic) mic.enabled = !ui.startMuted.checked;
+  if (camera) camera.enabled = !ui.startCameraOff.checked;
+  if (!call.meter) restartMeter();
   addLocalTile();
   call.statsTimer = setInterval(refreshStats, STATS_EVERY_MS);
+  if (!call.levelsTimer) call.levelsTimer = setInterval(readLevels, LEVELS_EVERY_MS);
+  refreshDeviceLists();
   connect();
 }
 
@@ -167,23 +380,32 @@ function endCall() {
   closeSocket();
   clearTimeout(call.retryTimer);
   clearInterval(call.statsTimer);
+  clearInterval(call.levelsTimer);
+  call.levelsTimer = 0;
+  stopSharing({ tell: false });
   closeAllPeers();
   stopLocalMedia();
   call.localTile?.root.remove();
-  Object.assign(call, { localTile: null, id: null, iceServers: [], room: "" });
+  Object.assign(call, { localTile: null, id: null, iceServers: [], room: "", pinned: null });
+  chat.clear();
   ui.sound.hidden = true;
+  ui.mutedHint.hidden = true;
+  ui.devicesHome.append(ui.devices);
+  ui.previewButton.hidden = false;
+  setDevicesOpen(false);
 }
 
-/** Opens camera and microphone, falling back to one of them; shows what went wrong. */
+/** Opens camera and microphone as chosen, falling back to one of them; shows what failed. */
 async function openLocalMedia() {
   if (!navigator.mediaDevices?.getUserMedia) {
     showError("insecure-context");
     return null;
   }
+  const chosen = { audioId: ui.micSelect.value, videoId: ui.cameraSelect.value };
   let firstError = null;
-  for (const constraints of [{ audio: true, video: true }, { video: true }, { audio: true }]) {
+  for (const wanted of [{ audio: true, video: true }, { video: true }, { audio: true }]) {
     try {
-      const stream = await navigator.mediaDevices.getUserMedia(constraints);
+      const stream = await openDevices({ ...wanted, ...chosen });
       if (firstError) showNotice(partialMediaText(stream));
       return stream;
     } catch (error) {
@@ -208,8 +430,11 @@ function partialMediaText(stream) {
 }
 
 function stopLocalMedia() {
+  call.meter?.stop();
+  call.meter = null;
   call.localStream?.getTracks().forEach((track) => track.stop());
   call.localStream = null;
+  ui.preview.srcObject = null;
 }
 
 function localTrack(kind) {
@@ -230,6 +455,7 @@ function connect() {
 }
 
 function onSocketOpen() {
+  call.everConnected = true;
   const message = { type: "join", room: call.room, name: call.name };
   if (call.token) message.token = call.token;
   send(message);
@@ -252,6 +478,8 @@ function onSocketMessage(text) {
       return onPeerLeft(message);
     case "signal":
       return onSignal(message);
+    case "chat":
+      return chat.add(message);
     case "error":
       return onServerError(message);
     case "reconnect":
@@ -264,13 +492,21 @@ function onSocketMessage(text) {
  * A fresh welcome (first join or rejoin after a lost connection) rebuilds the mesh from its
  * peer list: while this page was away the others saw it leave and dropped their side.
  */
-function onWelcome({ id, peers, iceServers }) {
+function onWelcome(welcome) {
+  const { id, peers, iceServers } = welcome;
   closeAllPeers();
   // An entry without URLs would make every RTCPeerConnection constructor throw.
   const usable = (iceServers ?? []).filter((server) => [server.urls].flat().some(Boolean));
-  Object.assign(call, { id, iceServers: usable, joined: true });
+  const budget = Number(welcome["upstream-kbps"]);
+  Object.assign(call, {
+    id,
+    iceServers: usable,
+    joined: true,
+    upstreamKbps: budget > 0 ? budget : DEFAULT_UPSTREAM_KBPS,
+  });
   call.retryDelay = FIRST_RETRY_MS;
-  if (call.error === "connection-lost" || call.error === "rate-limited") clearMessage();
+  if (["connection-lost", "rate-limited", "unreachable"].includes(call.error)) clearMessage();
+  chat.showHistory(welcome.chat, id);
   for (const peer of peers) createPeer(peer, { offerer: true });
   render();
 }
@@ -279,12 +515,14 @@ function onPeerJoined({ id, name }) {
   const old = call.peers.get(id);
   if (old) closePeer(old);
   createPeer({ id, name }, { offerer: false });
+  rebalance();
   render();
 }
 
 function onPeerLeft({ id }) {
   const peer = call.peers.get(id);
   if (peer) closePeer(peer);
+  rebalance();
   render();
 }
 
@@ -302,6 +540,7 @@ function onSignal({ from, data }) {
 function onServerError({ code, message }) {
   // Expected when a peer leaves while candidates to it are still on their way.
   if (code === "unknown-peer") return;
+  if (code === "bad-message" && chat.rejected(message)) return;
   if (call.joined) {
     // The call goes on, so the warning goes away by itself.
     showError(code, ERROR_TEXT[code] ?? message);
@@ -334,15 +573,22 @@ function onReconnectAsked() {
   render();
 }
 
-/** The connection to the server dropped: peers keep talking while we reconnect. */
+/**
+ * The connection to the server dropped (or never opened): peers keep talking while we
+ * reconnect.
+ */
 function onSocketLost() {
   closeSocket();
   if (!call.active) return;
   const delay = scheduleReconnect();
-  showError(
-    "connection-lost",
-    `Connection to the server lost. Reconnecting in ${delay / 1000} s…`,
-  );
+  if (call.everConnected) {
+    showError(
+      "connection-lost",
+      `Connection to the server lost. Reconnecting in ${delay / 1000} s…`,
+    );
+  } else {
+    showError("unreachable", `${ERROR_TEXT.unreachable} Next try in ${delay / 1000} s…`);
+  }
   render();
 }
 
@@ -411,16 +657,18 @@ function createPeer({ id, name }, { offerer }) {
     pendingCandidates: [],
     signals: Promise.resolve(),
     stream: new MediaStream(),
-    link: { relayed: null, relayProtocol: null, framesDecoded: 0, bytesReceived: 0 },
+    // The id of the stream the peer shares its screen in (it says so before the track comes).
+    screenStreamId: null,
+    screenTile: null,
+    link: readLinkStats(new Map(), null, 0),
+    lastSpoke: 0,
     tile: createTile(name),
   };
   peer.tile.video.srcObject = peer.stream;
+  applySpeaker(peer.tile.video);
   pc.onnegotiationneeded = () => sendOffer(peer);
   pc.onicecandidate = ({ candidate }) => candidate && sendSignal(peer, { candidate });
-  pc.ontrack = ({ track }) => {
-    peer.stream.addTrack(track);
-    playRemoteVideo(peer.tile.video);
-  };
+  pc.ontrack = ({ track, streams }) => onTrack(peer, track, streams[0]);
   pc.onconnectionstatechange = () => onConnectionStateChange(peer);
   call.peers.set(id, peer);
   ui.grid.append(peer.tile.root);
@@ -428,10 +676,19 @@ function createPeer({ id, name }, { offerer }) {
   if (offerer) addLocalMedia(peer, { receiveMissingKinds: true });
 }
 
+function onTrack(peer, track, stream) {
+  if (stream && stream.id === peer.screenStreamId) {
+    showPeerScreen(peer, stream);
+    return;
+  }
+  peer.stream.addTrack(track);
+  playRemoteVideo(peer.tile.video);
+}
+
 /**
- * Sends every local track this connection does not send yet. The offerer also asks to
- * receive the kinds it has no track for, so a participant without a camera or microphone
- * still sees and hears the others.
+ * Sends every local track this connection does not send yet, and the shared screen. The
+ * offerer also asks to receive the kinds it has no track for, so a participant without a
+ * camera or microphone still sees and hears the others.
  */
 function addLocalMedia(peer, { receiveMissingKinds }) {
   const { pc } = peer;
@@ -439,6 +696,7 @@ function addLocalMedia(peer, { receiveMissingKinds }) {
   for (const track of call.localStream?.getTracks() ?? []) {
     if (!sent.has(track)) pc.addTrack(track, call.localStream);
   }
+  if (call.screen && !sent.has(call.screen.track)) sendScreen(peer);
   if (!receiveMissingKinds) return;
   for (const kind of ["audio", "video"]) {
     const present = pc.getTransceivers().some((t) => t.receiver.track.kind === kind);
@@ -458,8 +716,9 @@ async function sendOffer(peer) {
   }
 }
 
-async function handleSignal(peer, { description, candidate }) {
-  if (description) await handleDescription(peer, description);
+async function handleSignal(peer, { description, candidate, screen }) {
+  if (screen !== undefined) onScreenAnnounced(peer, screen);
+  else if (description) await handleDescription(peer, description);
   else if (candidate) await handleCandidate(peer, candidate);
 }
 
@@ -498,14 +757,18 @@ async function addCandidate(peer, candidate) {
 }
 
 function onConnectionStateChange(peer) {
-  // A path that stopped working (network change, NAT timeout) gets new candidates.
+  // A path that stopped working (network change, NAT timeout) gets new candidates: the
+  // restart renegotiates through negotiationneeded, on whichever side noticed first.
   if (peer.pc.connectionState === "failed") peer.pc.restartIce();
+  if (peer.pc.connectionState === "connected") rebalance();
   render();
 }
 
 function closePeer(peer) {
   peer.pc.close();
   peer.tile.root.remove();
+  peer.screenTile?.root.remove();
+  if (call.pinned === peer.tile.root || call.pinned === peer.screenTile?.root) call.pinned = null;
   call.peers.delete(peer.id);
 }
 
@@ -513,44 +776,154 @@ function closeAllPeers() {
   for (const peer of [...call.peers.values()]) closePeer(peer);
 }
 
+// ---------------------------------------------------------------------------------------
+// Bandwidth and connection quality
+
+/**
+ * Caps every outgoing video so that all copies together fit the budget (bandwidth.js),
+ * and puts audio first. Runs on every join, leave and connection, and with every stats
+ * reading, so a change is reflected within one reading (2 s).
+ */
+function rebalance() {
+  const peers = [...call.peers.values()];
+  const caps = videoEncodings(call.upstreamKbps, peers.length, Boolean(call.screen));
+  for (const peer of peers) {
+    for (const sender of peer.pc.getSenders()) {
+      const track = sender.track;
+      if (!track) continue;
+      if (track.kind === "audio") applyEncoding(sender, AUDIO_ENCODING);
+      else if (call.screen && track === call.screen.track) applyEncoding(sender, caps.screen);
+      else applyEncoding(sender, caps.camera);
+    }
+  }
+}
+
 async function refreshStats() {
   const peers = [...call.peers.values()];
   await Promise.all(peers.map(refreshPeerStats));
+  rebalance();
   render();
 }
 
 async function refreshPeerStats(peer) {
   try {
-    peer.link = readLinkStats(await peer.pc.getStats());
+    peer.link = readLinkStats(await peer.pc.getStats(), peer.link, performance.now());
   } catch {
     // The peer left while its stats were being read.
   }
 }
 
 /**
- * Direct or relayed (from the selected candidate pair), how this end reaches its relay
- * (`relayProtocol`: "udp", "tcp" or "tls"; null when its own candidate is not relayed), and
- * what arrived so far.
+ * Audio levels, several times a second: who speaks (highlighted), the own meter, and the
+ * "you are muted" hint for someone speaking into a muted microphone.
  */
-function readLinkStats(report) {
-  const entries = [...report.values()];
-  const transport = entries.find((s) => s.type === "transport" && s.selectedCandidatePairId);
-  // Firefox marks the selected pair itself instead of naming it in the transport entry.
-  const pair = transport
-    ? report.get(transport.selectedCandidatePairId)
-    : entries.find((s) => s.type === "candidate-pair" && s.selected);
-  const local = pair && report.get(pair.localCandidateId);
-  const remote = pair && report.get(pair.remoteCandidateId);
-  const relayed =
-    local && remote ? local.candidateType === "relay" || remote.candidateType === "relay" : null;
-  const relayProtocol = local?.candidateType === "relay" ? (local.relayProtocol ?? null) : null;
-  let framesDecoded = 0;
-  let bytesReceived = 0;
-  for (const s of entries.filter((s) => s.type === "inbound-rtp")) {
-    bytesReceived += s.bytesReceived ?? 0;
-    if (s.kind === "video") framesDecoded += s.framesDecoded ?? 0;
+function readLevels() {
+  const now = performance.now();
+  const own = call.meter?.level() ?? 0;
+  ui.micLevel.value = own;
+  const mic = localTrack("audio");
+  if (call.localTile) {
+    if (mic?.enabled && own > SPEAKING_LEVEL) call.localTile.lastSpoke = now;
+    if (mic && !mic.enabled && own > SPEAKING_LEVEL) call.lastSpokeMuted = now;
+    ui.mutedHint.hidden = !(mic && !mic.enabled && now - call.lastSpokeMuted < SPEAKING_HOLD_MS * 2);
+    markSpeaking(call.localTile, now);
   }
-  return { relayed, relayProtocol, framesDecoded, bytesReceived };
+  for (const peer of call.peers.values()) {
+    const receiver = peer.pc.getReceivers().find((r) => r.track.kind === "audio");
+    const level = loudness(receiver?.getSynchronizationSources?.()[0]?.audioLevel ?? 0);
+    if (level > SPEAKING_LEVEL) peer.tile.lastSpoke = now;
+    markSpeaking(peer.tile, now);
+  }
+}
+
+function markSpeaking(tile, now) {
+  const speaking = now - (tile.lastSpoke ?? -Infinity) < SPEAKING_HOLD_MS;
+  tile.root.classList.toggle("speaking", speaking);
+}
+
+// ---------------------------------------------------------------------------------------
+// Screen sharing
+
+async function startSharing() {
+  if (!navigator.mediaDevices?.getDisplayMedia) {
+    showError("screen-denied", "This browser cannot share a screen.");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+  } catch (error) {
+    console.debug("rendez: no screen:", error);
+    showError("screen-denied");
+    setTimeout(() => call.error === "screen-denied" && clearMessage(), WARNING_MS);
+    return;
+  }
+  const track = stream.getVideoTracks()[0];
+  if (!call.active || call.screen || !track) {
+    stream.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  track.contentHint = "detail";
+  // The browser's own "Stop sharing" ends the track.
+  track.addEventListener("ended", () => stopSharing());
+  const tile = createTile(`${call.name}'s screen (you)`);
+  tile.root.classList.add("screen");
+  tile.video.muted = true;
+  tile.video.srcObject = stream;
+  ui.grid.append(tile.root);
+  call.screen = { stream, track, tile };
+  for (const peer of call.peers.values()) sendScreen(peer);
+  rebalance();
+  render();
+}
+
+/** Tells `peer` which stream is the screen, then sends it (the message goes first). */
+function sendScreen(peer) {
+  sendSignal(peer, { screen: call.screen.stream.id });
+  peer.pc.addTrack(call.screen.track, call.screen.stream);
+}
+
+function stopSharing({ tell = true } = {}) {
+  const screen = call.screen;
+  if (!screen) return;
+  call.screen = null;
+  for (const peer of call.peers.values()) {
+    const sender = peer.pc.getSenders().find((s) => s.track === screen.track);
+    if (sender && peer.pc.signalingState !== "closed") peer.pc.removeTrack(sender);
+    if (tell) sendSignal(peer, { screen: null });
+  }
+  screen.track.stop();
+  screen.tile.root.remove();
+  if (call.pinned === screen.tile.root) call.pinned = null;
+  rebalance();
+  render();
+}
+
+/** A peer starts (a stream id) or stops (null) sharing its screen. */
+function onScreenAnnounced(peer, streamId) {
+  peer.screenStreamId = typeof streamId === "string" ? streamId : null;
+  if (peer.screenStreamId === null && peer.screenTile) {
+    peer.screenTile.root.remove();
+    if (call.pinned === peer.screenTile.root) call.pinned = null;
+    peer.screenTile = null;
+    render();
+  }
+}
+
+/** The screen a peer shares: its own tile, shown large unless something else is pinned. */
+function showPeerScreen(peer, stream) {
+  if (!peer.screenTile) {
+    peer.screenTile = createTile(`${peer.name}'s screen`);
+    peer.screenTile.root.classList.add("screen");
+    peer.screenTile.video.muted = true;
+    ui.grid.append(peer.screenTile.root);
+    // The track goes away when the peer stops (removeTrack), even if the message is lost.
+    stream.addEventListener("removetrack", () => onScreenAnnounced(peer, null));
+    if (!call.pinned) call.pinned = peer.screenTile.root;
+  }
+  peer.screenTile.video.srcObject = stream;
+  playRemoteVideo(peer.screenTile.video);
+  render();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -563,8 +936,23 @@ function createTile(name) {
     video: root.querySelector("video"),
     name: root.querySelector(".name"),
     link: root.querySelector(".link"),
+    quality: root.querySelector(".quality"),
+    pin: root.querySelector(".pin"),
+    fullscreen: root.querySelector(".fullscreen"),
+    lastSpoke: -Infinity,
   };
   tile.name.textContent = name;
+  tile.video.setAttribute("aria-label", `Video of ${name}`);
+  tile.pin.setAttribute("aria-label", `Pin ${name}`);
+  tile.fullscreen.setAttribute("aria-label", `Show ${name} full screen`);
+  tile.pin.addEventListener("click", () => {
+    call.pinned = call.pinned === root ? null : root;
+    render();
+  });
+  tile.fullscreen.addEventListener("click", () => {
+    if (document.fullscreenElement === root) document.exitFullscreen().catch(() => {});
+    else root.requestFullscreen?.().catch((e) => console.debug("rendez: no full screen:", e));
+  });
   root.dataset.initial = [...name][0]?.toUpperCase() ?? "?";
   return tile;
 }
@@ -606,6 +994,21 @@ function toggleLocalTrack(kind) {
   render();
 }
 
+/** The link that brings someone into this room: room, and the token when there is one. */
+async function copyInviteLink() {
+  const link = new URL(location.pathname, location.origin);
+  link.searchParams.set("room", call.room);
+  if (call.token) link.searchParams.set("token", call.token);
+  try {
+    await navigator.clipboard.writeText(link.href);
+    showNotice(`Invite link copied: ${link.href}`);
+  } catch {
+    // No clipboard (an insecure page, or permission refused): show it to copy by hand.
+    showNotice(`Invite link (copy it by hand): ${link.href}`);
+  }
+  setTimeout(() => call.error === null && clearMessage(), WARNING_MS);
+}
+
 function showCallView() {
   ui.joinView.hidden = true;
   ui.callView.hidden = false;
@@ -628,7 +1031,17 @@ function showJoinView() {
 
 /** Brings every visible piece of state up to date; cheap enough to call on any change. */
 function render() {
-  ui.grid.dataset.count = String(call.peers.size + 1);
+  const tiles = ui.grid.querySelectorAll(".tile").length;
+  ui.grid.dataset.count = String(Math.max(1, tiles));
+  if (call.pinned && !call.pinned.isConnected) call.pinned = null;
+  ui.grid.classList.toggle("has-pinned", Boolean(call.pinned));
+  for (const tile of ui.grid.querySelectorAll(".tile")) {
+    const pinned = tile === call.pinned;
+    tile.classList.toggle("pinned", pinned);
+    const pin = tile.querySelector(".pin");
+    pin.setAttribute("aria-pressed", String(pinned));
+    pin.textContent = pinned ? "Unpin" : "Pin";
+  }
   for (const peer of call.peers.values()) renderPeerTile(peer);
   renderLocalTile();
   renderControls();
@@ -638,6 +1051,13 @@ function render() {
 function renderPeerTile(peer) {
   peer.tile.root.dataset.state = peer.pc.connectionState;
   peer.tile.link.textContent = describeLink(peer);
+  const level = verdict(peer.link);
+  const quality = peer.tile.quality;
+  quality.hidden = peer.pc.connectionState !== "connected";
+  quality.dataset.level = level;
+  const label = describeQuality(peer.link);
+  quality.setAttribute("aria-label", label);
+  quality.title = label;
 }
 
 function renderLocalTile() {
@@ -661,11 +1081,19 @@ function renderControls() {
   ui.camera.disabled = !camera;
   ui.camera.textContent = camera && !camera.enabled ? "Turn camera on" : "Turn camera off";
   ui.camera.classList.toggle("off", Boolean(camera && !camera.enabled));
+  ui.share.textContent = call.screen ? "Stop sharing" : "Share screen";
+  ui.share.setAttribute("aria-pressed", String(Boolean(call.screen)));
+  ui.share.hidden = !navigator.mediaDevices?.getDisplayMedia;
 }
 
 function renderPeople() {
   const items = [personItem(`${call.name} (you)`, call.joined ? "in the room" : "connecting to the server…")];
-  for (const peer of call.peers.values()) items.push(personItem(peer.name, describeLink(peer)));
+  for (const peer of call.peers.values()) {
+    // Short here; the tile's indicator carries the numbers (and says them to screen readers).
+    const level = peer.pc.connectionState === "connected" ? verdict(peer.link) : "unknown";
+    const quality = level === "unknown" ? "" : ` · ${level}`;
+    items.push(personItem(peer.name, `${describeLink(peer)}${quality}`));
+  }
   ui.people.replaceChildren(...items);
 }
 

@@ -33,6 +33,13 @@ use hub::HubHandle;
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 const APP_JS: &str = include_str!("../../../web/app.js");
+/// The page's other modules, which app.js imports.
+const MODULES: [(&str, &str); 4] = [
+    ("/bandwidth.js", include_str!("../../../web/bandwidth.js")),
+    ("/chat.js", include_str!("../../../web/chat.js")),
+    ("/devices.js", include_str!("../../../web/devices.js")),
+    ("/quality.js", include_str!("../../../web/quality.js")),
+];
 const STYLE_CSS: &str = include_str!("../../../web/style.css");
 
 /// How long a PROXY header, a TLS handshake or an HTTP request head may take.
@@ -72,7 +79,11 @@ impl PageRoute {
             tracker,
             stopped: stopped.clone(),
         };
-        let router = Router::new()
+        let mut router = Router::new();
+        for (path, body) in MODULES {
+            router = router.route(path, get(move || async move { javascript(body) }));
+        }
+        let router = router
             .route("/", get(index))
             .route("/app.js", get(app_js))
             .route("/style.css", get(style_css))
@@ -324,7 +335,11 @@ async fn index() -> Response {
 }
 
 async fn app_js() -> Response {
-    static_file("text/javascript; charset=utf-8", APP_JS)
+    javascript(APP_JS)
+}
+
+fn javascript(body: &'static str) -> Response {
+    static_file("text/javascript; charset=utf-8", body)
 }
 
 async fn style_css() -> Response {

@@ -1,0 +1,462 @@
+// The meeting features of rendez's call page in headless Debian Chromium, for
+// tests/browser.rs (`browser_meeting_six`, `browser_meeting_tools`).
+//
+//   node meeting.mjs '<json>'
+//
+// Runs inside the test's network namespace, like call_page.mjs: one browser, one tab per
+// participant, fake camera, microphone and screen. Every page records, from before its own
+// script runs, each RTCPeerConnection and signaling socket it makes, so that what is
+// measured here (bitrates, decoded frames, encodings) comes from the browser's own
+// getStats() and getParameters(), not from what the page says about itself.
+//
+// Scenario "six" (six participants): each joins in turn; once every tab shows the five
+// others connected with decoded video, and after the re-balance, every tab's total outgoing
+// video bitrate is measured over `measureMs` (getStats outbound-rtp, summed over its peer
+// connections) together with the frames each tab decodes from every peer; then five send a
+// chat message (one each, with markup in it) while the first keeps its panel collapsed,
+// the first types one and presses Enter, and a too-long one is refused; last, a screenshot
+// of the first tab with its chat open.
+//
+// Scenario "tools" (two participants): the first opens the page, presses "Check camera and
+// microphone" and the pre-join view is screenshot; the second joins with its microphone off
+// (and is told it is muted when its fake microphone beeps); then the first shares its
+// screen and stops, switches its camera (replaceTrack), and has its signaling socket
+// closed; last, the second tab is made phone-sized and screenshot.
+//
+// Prints exactly one line of JSON: {"ok": true|false, "error"?, ...what was seen, "phases"}.
+// The Rust test makes the assertions.
+//
+// Arguments (one JSON object): scenario, pageUrl, probe {host, port}, room, participants,
+// chromium, chromiumArgs, userDataDir, home, viewport, measureMs, screenshots {name: path},
+// timeoutMs.
+
+import { chromium } from "playwright-core";
+import { tcpConnect, waitForServer } from "./net_probe.mjs";
+
+const args = JSON.parse(process.argv[2] ?? "{}");
+const started = Date.now();
+const deadline = started + (args.timeoutMs ?? 120000);
+const remaining = () => Math.max(0, deadline - Date.now());
+const stepTimeout = (ms) => Math.max(1, Math.min(ms, remaining()));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const phases = {};
+const mark = (name) => {
+  phases[name] = Date.now() - started;
+  // Progress on stderr (node.err in the test's directory): where a slow run spent its time.
+  console.error(`${phases[name]} ms: ${name}`);
+};
+
+let context = null;
+let spareTab = null;
+let finished = false;
+const tabs = [];
+const seen = {};
+
+async function finish(result, code) {
+  if (finished) return;
+  finished = true;
+  setTimeout(() => process.exit(code), 8000).unref();
+  const pages = await Promise.all(
+    tabs.map((tab) =>
+      withTimeout(describe(tab), 10000).catch((e) => ({ name: tab.name, error: String(e) })),
+    ),
+  );
+  process.stdout.write(JSON.stringify({ ...result, seen, pages, phases }) + "\n");
+  if (context) await context.close().catch(() => {});
+  process.exit(code);
+}
+
+setTimeout(() => finish({ ok: false, error: `meeting.mjs timed out after ${args.timeoutMs} ms` }, 2), remaining()).unref();
+process.on("SIGTERM", () => finish({ ok: false, error: "terminated (SIGTERM)" }, 3));
+process.on("uncaughtException", (e) => finish({ ok: false, error: "uncaught: " + String(e?.stack ?? e) }, 1));
+process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: " + String(e?.stack ?? e) }, 1));
+
+function withTimeout(promise, ms) {
+  return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`no answer within ${ms} ms`)))]);
+}
+
+class ScenarioError extends Error {}
+
+// ---------------------------------------------------------------------------------------
+// In the pages
+
+/** Runs in every page before its own script: keeps its peer connections and sockets. */
+function recordConnections() {
+  const peerConnections = [];
+  const sockets = [];
+  // Chat frames as they came off the sockets, before the page's own handling.
+  const chatFrames = [];
+  // What went out as chat, and the server's errors: where a lost message was lost.
+  const chatSent = [];
+  const errors = [];
+  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, errors };
+  const nativeSend = window.WebSocket.prototype.send;
+  window.WebSocket.prototype.send = function (data) {
+    if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatSent.push(data.length);
+    return nativeSend.call(this, data);
+  };
+  const NativePeerConnection = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends NativePeerConnection {
+    constructor(...a) {
+      super(...a);
+      peerConnections.push(this);
+    }
+  };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...a) {
+      super(...a);
+      sockets.push(this);
+      this.addEventListener("message", ({ data }) => {
+        if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatFrames.push(data);
+        if (typeof data === "string" && data.startsWith('{"type":"error"')) errors.push(data);
+      });
+    }
+  };
+}
+
+/**
+ * Runs in a page: per open peer connection, video bytes sent, frames decoded, and the
+ * maxBitrate of each video sender (bit/s), from the browser itself.
+ */
+async function mediaCounters() {
+  const open = window.__recorded.peerConnections.filter((pc) => pc.connectionState !== "closed");
+  return Promise.all(
+    open.map(async (pc) => {
+      let videoBytesSent = 0;
+      let framesDecoded = 0;
+      for (const s of (await pc.getStats()).values()) {
+        if (s.type === "outbound-rtp" && s.kind === "video") videoBytesSent += s.bytesSent ?? 0;
+        if (s.type === "inbound-rtp" && s.kind === "video") framesDecoded += s.framesDecoded ?? 0;
+      }
+      const caps = pc
+        .getSenders()
+        .filter((sender) => sender.track?.kind === "video")
+        .map((sender) => sender.getParameters().encodings?.[0] ?? null);
+      return { connectionState: pc.connectionState, videoBytesSent, framesDecoded, caps, at: performance.now() };
+    }),
+  );
+}
+
+// ---------------------------------------------------------------------------------------
+// Tabs
+
+async function openTab(name) {
+  const url = new URL(args.pageUrl);
+  url.searchParams.set("room", args.room);
+  url.searchParams.set("name", name);
+  const page = spareTab ?? (await context.newPage());
+  spareTab = null;
+  const tab = { name, url: url.href, page, console: [] };
+  tabs.push(tab);
+  page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
+  await page.goto(url.href, { timeout: stepTimeout(30000) });
+  return tab;
+}
+
+async function join(tab) {
+  await tab.page.click("#join", { timeout: stepTimeout(30000) });
+  await tab.page.waitForFunction(() => window.rendez?.state().joined === true, null, {
+    timeout: stepTimeout(20000),
+    polling: 100,
+  });
+}
+
+const state = (tab) => tab.page.evaluate(() => window.rendez.state());
+
+/** Polls until `check(states)` holds; throws `error` if it never did in time. */
+async function waitForStates(check, error, ms = 60000) {
+  const until = Date.now() + Math.min(ms, remaining());
+  while (Date.now() < until) {
+    const states = await Promise.all(tabs.map(state));
+    if (check(states)) return states;
+    await sleep(250);
+  }
+  throw new ScenarioError(error);
+}
+
+function callIsUp(states) {
+  const others = tabs.length - 1;
+  return states.every(
+    (s) =>
+      s.joined &&
+      s.peers.length === others &&
+      s.peers.every((p) => p.connectionState === "connected" && p.framesDecoded > 0),
+  );
+}
+
+async function describe(tab) {
+  const shown = await tab.page.evaluate(() => ({
+    state: window.rendez?.state() ?? null,
+    bodyError: document.body.dataset.error ?? null,
+    message: document.getElementById("message").textContent,
+    chatFrames: window.__recorded.chatFrames.length,
+    chatSent: window.__recorded.chatSent,
+    errors: window.__recorded.errors,
+    sockets: window.__recorded.sockets.length,
+    chatShown: [...document.querySelectorAll("#chat-log .chat-name")].map((e) => e.textContent),
+    chatError: document.getElementById("chat-error").textContent,
+    tiles: [...document.querySelectorAll("#grid .tile")].map((tile) => ({
+      name: tile.querySelector(".name").textContent,
+      screen: tile.classList.contains("screen"),
+      pinned: tile.classList.contains("pinned"),
+      videoWidth: tile.querySelector("video").videoWidth,
+      quality: tile.querySelector(".quality").getAttribute("aria-label"),
+    })),
+  }));
+  return { name: tab.name, ...shown, console: tab.console.slice(-20) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario "six"
+
+/** Runs in a page: what its chat log shows, and whether markup became elements. */
+function chatView() {
+  const log = document.getElementById("chat-log");
+  return {
+    panelHidden: document.getElementById("chat-panel").hidden,
+    badge: document.getElementById("chat-badge").textContent,
+    toggleLabel: document.getElementById("chat-toggle").getAttribute("aria-label"),
+    messages: [...log.children].map((li) => ({
+      name: li.querySelector(".chat-name").textContent,
+      time: li.querySelector("time").textContent,
+      text: li.querySelector(".chat-text").textContent,
+    })),
+    elementsInTexts: log.querySelectorAll(".chat-text *").length,
+  };
+}
+
+const chatText = (name) => `hello from ${name} <b>not bold</b> & <img src=x onerror=alert(1)>`;
+
+/** Opens the chat panel, types `text` and presses Enter, as a person would. */
+async function typeChat(tab, text) {
+  await tab.page.click("#chat-toggle", { timeout: stepTimeout(30000) });
+  await tab.page.fill("#chat-text", text, { timeout: stepTimeout(30000) });
+  await tab.page.press("#chat-text", "Enter", { timeout: stepTimeout(30000) });
+}
+
+/**
+ * The same through the page's own controls from script: opens the panel and submits the
+ * form. Six tabs of video load two cores so that each input event sent to a background tab
+ * can take many seconds; this is for the five who are not watched.
+ */
+function submitChat(tab, text) {
+  return tab.page.evaluate((t) => {
+    if (document.getElementById("chat-panel").hidden) document.getElementById("chat-toggle").click();
+    document.getElementById("chat-text").value = t;
+    document.getElementById("chat-form").requestSubmit();
+  }, text);
+}
+
+async function waitForChat(tab, count) {
+  await tab.page.waitForFunction((n) => document.getElementById("chat-log").children.length >= n, count, {
+    timeout: stepTimeout(30000),
+    polling: 250,
+  });
+}
+
+async function measureMedia() {
+  // The caps follow the fifth peer within a stats round; then let the encoders settle.
+  await sleep(args.settleMs ?? 4000);
+  const before = await Promise.all(tabs.map((tab) => tab.page.evaluate(mediaCounters)));
+  await sleep(args.measureMs ?? 5000);
+  const after = await Promise.all(tabs.map((tab) => tab.page.evaluate(mediaCounters)));
+  return tabs.map((tab, i) => ({ name: tab.name, before: before[i], after: after[i] }));
+}
+
+async function sixScenario() {
+  for (const name of args.participants) await join(await openTab(name));
+  mark("all_joined");
+  await waitForStates(callIsUp, "not every tab showed the five others connected with decoded video", 100000);
+  mark("call_up");
+  seen.media = await measureMedia();
+  mark("measured");
+
+  // The first tab's panel stays collapsed while the five others write.
+  const [first, ...others] = tabs;
+  for (const tab of others) await submitChat(tab, chatText(tab.name));
+  await waitForChat(first, others.length);
+  seen.collapsed = await first.page.evaluate(chatView);
+  mark("others_chatted");
+  await typeChat(first, chatText(first.name));
+  for (const tab of tabs) await waitForChat(tab, tabs.length);
+  seen.chats = await Promise.all(tabs.map((tab) => tab.page.evaluate(chatView)));
+  mark("all_chatted");
+  // Too long for the server: refused with a message beside the form, and nothing broadcast.
+  await submitChat(first, "x".repeat(5000));
+  await first.page.waitForSelector("#chat-error:not([hidden])", { timeout: stepTimeout(30000) });
+  seen.chatError = await first.page.evaluate(() => document.getElementById("chat-error").textContent);
+  // Long enough for a wrongly broadcast message to have arrived.
+  await sleep(1000);
+  seen.finalChats = await Promise.all(tabs.map((tab) => tab.page.evaluate(() => document.getElementById("chat-log").children.length)));
+  mark("refused");
+
+  if (args.screenshots?.six) {
+    await first.page.screenshot({ path: args.screenshots.six, timeout: stepTimeout(30000) });
+    mark("screenshot");
+  }
+  return { ok: true };
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario "tools"
+
+async function toolsScenario() {
+  const [aliceName, bobName] = args.participants;
+  const alice = await openTab(aliceName);
+  // Nothing opened the camera before this click.
+  await alice.page.click("#preview-button", { timeout: stepTimeout(30000) });
+  await alice.page.waitForFunction(() => document.getElementById("preview").videoWidth > 0, null, {
+    timeout: stepTimeout(30000),
+    polling: 100,
+  });
+  // The fake microphone beeps once a second: take the loudest level over a while.
+  seen.preview = await alice.page.evaluate(async () => {
+    let loudest = 0;
+    for (let i = 0; i < 30; i += 1) {
+      loudest = Math.max(loudest, document.getElementById("mic-level").value);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const options = (id) => [...document.getElementById(id).options].map((o) => o.textContent);
+    return {
+      videoWidth: document.getElementById("preview").videoWidth,
+      loudest,
+      cameras: options("camera-select"),
+      microphones: options("mic-select"),
+    };
+  });
+  if (args.screenshots?.prejoin) {
+    await alice.page.screenshot({ path: args.screenshots.prejoin, fullPage: true, timeout: stepTimeout(30000) });
+  }
+  mark("previewed");
+  await join(alice);
+
+  const bob = await openTab(bobName);
+  await bob.page.check("#start-muted", { timeout: stepTimeout(30000) });
+  await join(bob);
+  await waitForStates(callIsUp, "alice and bob never saw each other connected with decoded video");
+  mark("call_up");
+  seen.bobMuted = (await state(bob)).localTracks;
+  await bob.page.waitForSelector("#muted-hint:not([hidden])", { timeout: stepTimeout(30000) });
+  seen.mutedHint = true;
+  mark("muted_hint");
+
+  // Screen sharing: a large tile at bob's, gone again when alice stops.
+  await alice.page.click("#share", { timeout: stepTimeout(30000) });
+  await bob.page.waitForFunction(
+    () => {
+      const tile = document.querySelector("#grid .tile.screen");
+      return tile && tile.querySelector("video").videoWidth > 0;
+    },
+    null,
+    { timeout: stepTimeout(20000), polling: 100 },
+  );
+  seen.sharing = await describe(bob);
+  mark("screen_shown");
+  await alice.page.click("#share", { timeout: stepTimeout(30000) });
+  await bob.page.waitForFunction(() => !document.querySelector("#grid .tile.screen"), null, {
+    timeout: stepTimeout(30000),
+    polling: 100,
+  });
+  seen.afterSharing = await describe(bob);
+  mark("screen_gone");
+
+  // Device switch in the call: a new camera track through replaceTrack, same connection.
+  const pcsBefore = await alice.page.evaluate(() => window.__recorded.peerConnections.length);
+  const trackBefore = (await state(alice)).localTracks.find((t) => t.kind === "video");
+  const framesBefore = (await state(bob)).peers[0].framesDecoded;
+  await alice.page.click("#devices-toggle", { timeout: stepTimeout(30000) });
+  const camera = await alice.page.inputValue("#camera-select", { timeout: stepTimeout(30000) });
+  await alice.page.selectOption("#camera-select", camera, { timeout: stepTimeout(30000) });
+  await waitForStates(
+    ([a]) => a.localTracks.some((t) => t.kind === "video" && t.id !== trackBefore.id && t.readyState === "live"),
+    "alice's camera track was not replaced",
+    30000,
+  );
+  const newTrack = (await state(alice)).localTracks.find((t) => t.kind === "video");
+  const sentTrack = await alice.page.evaluate(() =>
+    window.__recorded.peerConnections
+      .filter((pc) => pc.connectionState !== "closed")
+      .flatMap((pc) => pc.getSenders().map((s) => s.track?.id).filter(Boolean)),
+  );
+  // Frames keep coming at bob's after the switch (each stats reading is 2 s apart).
+  await waitForStates(
+    ([a, b]) => b.peers[0]?.connectionState === "connected" && b.peers[0].framesDecoded > framesBefore + 30,
+    "bob stopped decoding alice's video after the camera switch",
+    30000,
+  );
+  seen.deviceSwitch = {
+    trackBefore: trackBefore.id,
+    trackAfter: newTrack.id,
+    sentTracks: sentTrack,
+    peerConnectionsBefore: pcsBefore,
+    peerConnectionsAfter: await alice.page.evaluate(() => window.__recorded.peerConnections.length),
+    framesBefore,
+    framesAfter: (await state(bob)).peers[0].framesDecoded,
+  };
+  mark("device_switched");
+
+  // The signaling socket drops: the page reconnects and rejoins, and the call comes back.
+  const idBefore = (await state(alice)).id;
+  await alice.page.evaluate(() => window.__recorded.sockets.at(-1).close());
+  await waitForStates(
+    ([a, b]) => a.joined && a.id !== idBefore && b.peers.some((p) => p.id === a.id),
+    "alice never rejoined under a new id after her socket dropped",
+    20000,
+  );
+  await waitForStates(callIsUp, "the call did not come back after alice's socket dropped", 30000);
+  seen.reconnect = {
+    idBefore,
+    idAfter: (await state(alice)).id,
+    sockets: await alice.page.evaluate(() => window.__recorded.sockets.length),
+  };
+  mark("reconnected");
+
+  // A phone in portrait: bob's tab at 390 × 844.
+  await bob.page.setViewportSize({ width: 390, height: 844 });
+  await sleep(500);
+  seen.phone = await bob.page.evaluate(() => {
+    const grid = document.getElementById("grid").getBoundingClientRect();
+    const controls = [...document.querySelectorAll(".controls button:not([hidden])")].map((b) => b.getBoundingClientRect());
+    return {
+      scrollWidth: document.scrollingElement.scrollWidth,
+      innerWidth: window.innerWidth,
+      gridWidth: grid.width,
+      controlsInside: controls.every((r) => r.left >= 0 && r.right <= window.innerWidth),
+    };
+  });
+  if (args.screenshots?.phone) {
+    await bob.page.screenshot({ path: args.screenshots.phone, timeout: stepTimeout(30000) });
+  }
+  mark("phone");
+  return { ok: true };
+}
+
+async function main() {
+  try {
+    const { host, port } = args.probe;
+    await waitForServer(() => tcpConnect(host, port, 300), `${host}:${port}`, deadline);
+    mark("server_ready");
+    context = await chromium.launchPersistentContext(args.userDataDir, {
+      executablePath: args.chromium,
+      headless: true,
+      args: args.chromiumArgs,
+      env: { ...process.env, HOME: args.home },
+      timeout: stepTimeout(30000),
+      viewport: args.viewport,
+    });
+    await context.addInitScript(recordConnections);
+    spareTab = context.pages()[0] ?? null;
+    mark("browser_started");
+    const scenarios = { six: sixScenario, tools: toolsScenario };
+    const scenario = scenarios[args.scenario];
+    if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
+    await finish(await scenario(), 0);
+  } catch (error) {
+    const message = error instanceof ScenarioError ? error.message : String(error?.stack ?? error);
+    await finish({ ok: false, error: message }, 1);
+  }
+}
+
+main();
