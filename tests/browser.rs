@@ -138,7 +138,10 @@
 //!   (preview playing, the meter moving, devices listed; `meeting-prejoin.png`); the second
 //!   person joins with the microphone off and is told "you are muted" when the fake
 //!   microphone beeps; a screen share (Chromium's fake screen) shows at the other as a
-//!   large pinned tile and goes when stopped; a camera switch replaces the sent track on the
+//!   large pinned tile and goes when stopped; the speaking participant's tile is outlined,
+//!   a tile is pinned and unpinned from the keyboard alone (Enter on its focused Pin button,
+//!   `aria-pressed` follows) and shown full screen, and the invite link names the room and
+//!   no one's name; a camera switch replaces the sent track on the
 //!   same peer connection while frames keep arriving; closing the page's signaling socket
 //!   makes it reconnect and rejoin under a new id, and the call comes back; last, the second
 //!   tab at 390 × 844 has nothing wider than the screen (`meeting-phone.png`).

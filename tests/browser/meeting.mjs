@@ -362,6 +362,45 @@ async function toolsScenario() {
   seen.afterSharing = await describe(bob);
   mark("screen_gone");
 
+  // Meeting basics at bob's: alice's tile lights up while her fake microphone beeps; it is
+  // pinned and unpinned from the keyboard alone and shown full screen; the invite link
+  // names the room (and no one's name).
+  await bob.page.waitForSelector("#grid .tile:not(.local).speaking", { timeout: stepTimeout(20000) });
+  const alicePin = "#grid .tile:not(.local) .pin";
+  await bob.page.focus(alicePin, { timeout: stepTimeout(30000) });
+  await bob.page.keyboard.press("Enter");
+  await bob.page.waitForSelector("#grid .tile.pinned:not(.local)", { timeout: stepTimeout(10000) });
+  const pinned = await bob.page.evaluate(() => ({
+    pressed: document.querySelector("#grid .tile:not(.local) .pin").getAttribute("aria-pressed"),
+    label: document.querySelector("#grid .tile:not(.local) .pin").getAttribute("aria-label"),
+    gridPinned: document.getElementById("grid").classList.contains("has-pinned"),
+  }));
+  await bob.page.keyboard.press("Enter");
+  await bob.page.waitForSelector("#grid .tile.pinned", { state: "detached", timeout: stepTimeout(10000) });
+  await bob.page.click("#grid .tile:not(.local) .fullscreen", { timeout: stepTimeout(30000) });
+  await bob.page.waitForFunction(
+    () => document.fullscreenElement?.matches(".tile:not(.local)"),
+    null,
+    { timeout: stepTimeout(10000), polling: 100 },
+  );
+  await bob.page.evaluate(() => document.exitFullscreen());
+  await bob.page.click("#invite", { timeout: stepTimeout(30000) });
+  await bob.page.waitForFunction(
+    () => /Invite link/.test(document.getElementById("message").textContent),
+    null,
+    { timeout: stepTimeout(10000), polling: 100 },
+  );
+  const invite = await bob.page.evaluate(() => document.getElementById("message").textContent);
+  const link = new URL(invite.slice(invite.indexOf("http")));
+  seen.basics = { pinned, invite: link.href };
+  if (link.searchParams.get("room") !== args.room || link.searchParams.has("name")) {
+    throw new Error(`the invite link ${link.href} does not name the room alone`);
+  }
+  if (pinned.pressed !== "true" || !pinned.gridPinned || !/^Pin /.test(pinned.label)) {
+    throw new Error(`pinning from the keyboard: ${JSON.stringify(pinned)}`);
+  }
+  mark("meeting_basics");
+
   // Device switch in the call: a new camera track through replaceTrack, same connection.
   const pcsBefore = await alice.page.evaluate(() => window.__recorded.peerConnections.length);
   const trackBefore = (await state(alice)).localTracks.find((t) => t.kind === "video");
