@@ -32,9 +32,9 @@ use super::proxy_protocol::{self, Origin, TrustedProxies};
 use hub::HubHandle;
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
-const APP_JS: &str = include_str!("../../../web/app.js");
-/// The page's other modules, which app.js imports.
-const MODULES: [(&str, &str); 4] = [
+/// The page's script and the modules it imports.
+const MODULES: [(&str, &str); 5] = [
+    ("/app.js", include_str!("../../../web/app.js")),
     ("/bandwidth.js", include_str!("../../../web/bandwidth.js")),
     ("/chat.js", include_str!("../../../web/chat.js")),
     ("/devices.js", include_str!("../../../web/devices.js")),
@@ -85,7 +85,6 @@ impl PageRoute {
         }
         let router = router
             .route("/", get(index))
-            .route("/app.js", get(app_js))
             .route("/style.css", get(style_css))
             .route("/healthz", get(healthz))
             .route("/ws", get(websocket))
@@ -332,10 +331,6 @@ where
 
 async fn index() -> Response {
     static_file("text/html; charset=utf-8", INDEX_HTML)
-}
-
-async fn app_js() -> Response {
-    javascript(APP_JS)
 }
 
 fn javascript(body: &'static str) -> Response {
