@@ -296,6 +296,26 @@ async function sixScenario() {
     await first.page.screenshot({ path: args.screenshots.six, timeout: stepTimeout(30000) });
     mark("screenshot");
   }
+
+  // Someone leaves: within 5 s every sender splits the budget among four peers instead.
+  const leaving = tabs.at(-1);
+  await leaving.page.click("#leave", { timeout: stepTimeout(30000) });
+  const left = Date.now();
+  const perFour = Math.round((args.upstreamKbps / 4) * 1000);
+  for (const tab of tabs.slice(0, -1)) {
+    await tab.page.waitForFunction(
+      (wanted) =>
+        window.__recorded.peerConnections
+          .filter((pc) => pc.connectionState === "connected")
+          .flatMap((pc) => pc.getSenders())
+          .filter((sender) => sender.track?.kind === "video")
+          .every((sender) => sender.getParameters().encodings?.[0]?.maxBitrate === wanted),
+      perFour,
+      { timeout: stepTimeout(5000 - (Date.now() - left) + 500), polling: 100 },
+    );
+  }
+  seen.rebalancedMs = Date.now() - left;
+  mark("rebalanced");
   return { ok: true };
 }
 
