@@ -307,7 +307,7 @@ function setSpeaker(deviceId) {
 }
 
 function applySpeaker(video) {
-  if (!canPickSpeaker || !call.speakerId) return;
+  if (!canPickSpeaker || !call.speakerId || video.sinkId === call.speakerId) return;
   video.setSinkId(call.speakerId).catch((e) => console.debug("rendez: setSinkId failed:", e));
 }
 
@@ -682,6 +682,9 @@ function onTrack(peer, track, stream) {
     return;
   }
   peer.stream.addTrack(track);
+  // Chromium refuses a speaker (AbortError) for an element with no sound yet, so a choice
+  // made before this peer's audio arrived is applied now.
+  if (track.kind === "audio") applySpeaker(peer.tile.video);
   playRemoteVideo(peer.tile.video);
 }
 

@@ -18,10 +18,15 @@
 // of the first tab with its chat open.
 //
 // Scenario "tools" (two participants): the first opens the page, presses "Check camera and
-// microphone" and the pre-join view is screenshot; the second joins with its microphone off
-// (and is told it is muted when its fake microphone beeps); then the first shares its
+// microphone" and the pre-join view is screenshot; the second joins with its microphone and
+// camera off (and is told it is muted when its fake microphone beeps), then turns the camera
+// on; then the first shares its
 // screen and stops, switches its camera (replaceTrack), and has its signaling socket
 // closed; last, the second tab is made phone-sized and screenshot.
+//
+// Scenario "entry" (a room that needs a token): the invite link carries the token, a page
+// without one is told it is not let in, a chosen speaker plays every incoming tile, and a
+// browser that refuses camera and microphone says so and still shows the others.
 //
 // Prints exactly one line of JSON: {"ok": true|false, "error"?, ...what was seen, "phases"}.
 // The Rust test makes the assertions.
@@ -32,6 +37,8 @@
 
 import { chromium } from "playwright-core";
 import { tcpConnect, waitForServer } from "./net_probe.mjs";
+// The page's own rule for the caps, so that the test knows what a re-balance leads to.
+import { videoEncodings } from "../../web/bandwidth.js";
 
 const args = JSON.parse(process.argv[2] ?? "{}");
 const started = Date.now();
@@ -47,6 +54,8 @@ const mark = (name) => {
 };
 
 let context = null;
+// Browsers started by a scenario besides `context`, closed at the end.
+const extraContexts = [];
 let spareTab = null;
 let finished = false;
 const tabs = [];
@@ -62,7 +71,7 @@ async function finish(result, code) {
     ),
   );
   process.stdout.write(JSON.stringify({ ...result, seen, pages, phases }) + "\n");
-  if (context) await context.close().catch(() => {});
+  for (const browser of [...extraContexts, context].filter(Boolean)) await browser.close().catch(() => {});
   process.exit(code);
 }
 
@@ -89,7 +98,18 @@ function recordConnections() {
   // What went out as chat, and the server's errors: where a lost message was lost.
   const chatSent = [];
   const errors = [];
-  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, errors };
+  // When each peer-left frame came, and each encoding change took effect (page clock):
+  // how long a re-balance took, measured where it happens rather than by polling a
+  // loaded browser from outside.
+  const peerLeftAt = [];
+  const encodingsSet = [];
+  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, errors, peerLeftAt, encodingsSet };
+  const nativeSetParameters = window.RTCRtpSender.prototype.setParameters;
+  window.RTCRtpSender.prototype.setParameters = async function (parameters, ...rest) {
+    const result = await nativeSetParameters.call(this, parameters, ...rest);
+    encodingsSet.push({ sender: this, maxBitrate: parameters.encodings?.[0]?.maxBitrate, at: performance.now() });
+    return result;
+  };
   const nativeSend = window.WebSocket.prototype.send;
   window.WebSocket.prototype.send = function (data) {
     if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatSent.push(data.length);
@@ -110,6 +130,7 @@ function recordConnections() {
       this.addEventListener("message", ({ data }) => {
         if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatFrames.push(data);
         if (typeof data === "string" && data.startsWith('{"type":"error"')) errors.push(data);
+        if (typeof data === "string" && data.startsWith('{"type":"peer-left"')) peerLeftAt.push(performance.now());
       });
     }
   };
@@ -141,12 +162,13 @@ async function mediaCounters() {
 // ---------------------------------------------------------------------------------------
 // Tabs
 
-async function openTab(name) {
+async function openTab(name, { token = args.token, browser = context } = {}) {
   const url = new URL(args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
-  const page = spareTab ?? (await context.newPage());
-  spareTab = null;
+  if (token) url.searchParams.set("token", token);
+  const page = (browser === context && spareTab) || (await browser.newPage());
+  if (browser === context) spareTab = null;
   const tab = { name, url: url.href, page, console: [] };
   tabs.push(tab);
   page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
@@ -265,6 +287,35 @@ async function measureMedia() {
   return tabs.map((tab, i) => ({ name: tab.name, before: before[i], after: after[i] }));
 }
 
+/** Runs in a page: whether every video sender of its open connections has the cap `wanted`. */
+function rebalancedTo(wanted) {
+  return window.__recorded.peerConnections
+    .filter((pc) => pc.connectionState === "connected")
+    .flatMap((pc) => pc.getSenders())
+    .filter((sender) => sender.track?.kind === "video")
+    .every((sender) => sender.getParameters().encodings?.[0]?.maxBitrate === wanted);
+}
+
+/**
+ * Runs in a page: milliseconds from the last peer-left frame until every video sender of its
+ * open connections had taken the cap `wanted`, or null if one never did.
+ */
+function rebalanceTime(wanted) {
+  const { peerConnections, peerLeftAt, encodingsSet } = window.__recorded;
+  const left = peerLeftAt.at(-1);
+  const senders = peerConnections
+    .filter((pc) => pc.connectionState === "connected")
+    .flatMap((pc) => pc.getSenders())
+    .filter((sender) => sender.track?.kind === "video");
+  let last = left;
+  for (const sender of senders) {
+    const set = encodingsSet.find((e) => e.sender === sender && e.at >= left && e.maxBitrate === wanted);
+    if (!set) return null;
+    last = Math.max(last, set.at);
+  }
+  return left === undefined ? null : Math.round(last - left);
+}
+
 async function sixScenario() {
   for (const name of args.participants) await join(await openTab(name));
   mark("all_joined");
@@ -297,24 +348,16 @@ async function sixScenario() {
     mark("screenshot");
   }
 
-  // Someone leaves: within 5 s every sender splits the budget among four peers instead.
+  // Someone leaves: every sender splits the budget among four peers instead. How long that
+  // took is read off each page's own clock (from the peer-left frame to the last of its video
+  // senders taking the new cap); the test asserts it.
   const leaving = tabs.at(-1);
   await leaving.page.click("#leave", { timeout: stepTimeout(30000) });
-  const left = Date.now();
-  const perFour = Math.round((args.upstreamKbps / 4) * 1000);
+  const perFour = videoEncodings(args.upstreamKbps, 4, false).camera.maxBitrate;
   for (const tab of tabs.slice(0, -1)) {
-    await tab.page.waitForFunction(
-      (wanted) =>
-        window.__recorded.peerConnections
-          .filter((pc) => pc.connectionState === "connected")
-          .flatMap((pc) => pc.getSenders())
-          .filter((sender) => sender.track?.kind === "video")
-          .every((sender) => sender.getParameters().encodings?.[0]?.maxBitrate === wanted),
-      perFour,
-      { timeout: stepTimeout(5000 - (Date.now() - left) + 500), polling: 100 },
-    );
+    await tab.page.waitForFunction(rebalancedTo, perFour, { timeout: stepTimeout(30000), polling: 250 });
   }
-  seen.rebalancedMs = Date.now() - left;
+  seen.rebalancedMs = await Promise.all(tabs.slice(0, -1).map((tab) => tab.page.evaluate(rebalanceTime, perFour)));
   mark("rebalanced");
   return { ok: true };
 }
@@ -354,12 +397,25 @@ async function toolsScenario() {
 
   const bob = await openTab(bobName);
   await bob.page.check("#start-muted", { timeout: stepTimeout(30000) });
+  await bob.page.check("#start-camera-off", { timeout: stepTimeout(30000) });
   await join(bob);
   await waitForStates(callIsUp, "alice and bob never saw each other connected with decoded video");
   mark("call_up");
   seen.bobMuted = (await state(bob)).localTracks;
   await bob.page.waitForSelector("#muted-hint:not([hidden])", { timeout: stepTimeout(30000) });
   seen.mutedHint = true;
+  seen.bobCameraOffTile = await bob.page.evaluate(() => document.querySelector("#grid .tile.local").classList.contains("camera-off"));
+  // Bob turns his camera on: alice keeps decoding, now pictures rather than black frames.
+  await bob.page.click("#camera", { timeout: stepTimeout(30000) });
+  await waitForStates(
+    ([, b]) => b.localTracks.some((t) => t.kind === "video" && t.enabled),
+    "bob's camera did not come on",
+    20000,
+  );
+  seen.bobCameraOn = await bob.page.evaluate(() => ({
+    tileOff: document.querySelector("#grid .tile.local").classList.contains("camera-off"),
+    button: document.getElementById("camera").textContent,
+  }));
   mark("muted_hint");
 
   // Screen sharing: a large tile at bob's, gone again when alice stops.
@@ -492,6 +548,98 @@ async function toolsScenario() {
   return { ok: true };
 }
 
+// ---------------------------------------------------------------------------------------
+// Scenario "entry"
+
+/** Runs in a page: the message it shows, and which error that is. */
+function shownMessage() {
+  const message = document.getElementById("message");
+  return { hidden: message.hidden, text: message.textContent, error: document.body.dataset.error ?? null };
+}
+
+async function waitForError(tab, code) {
+  await tab.page.waitForFunction((c) => document.body.dataset.error === c, code, {
+    timeout: stepTimeout(30000),
+    polling: 100,
+  });
+  return tab.page.evaluate(shownMessage);
+}
+
+/**
+ * A room that needs a token, the ways into it and the messages on the way: alice comes with
+ * the invitation (token) and her invite link carries it on; mallory comes without and is told
+ * she is not let in; bob's browser refuses camera and microphone, so he is told so and still
+ * sees alice; last, alice picks a speaker and every incoming tile plays there.
+ */
+async function entryScenario() {
+  const [aliceName, carolName, bobName] = args.participants;
+  const alice = await openTab(aliceName);
+  await join(alice);
+  await alice.page.click("#invite", { timeout: stepTimeout(30000) });
+  await alice.page.waitForFunction(() => /Invite link/.test(document.getElementById("message").textContent), null, {
+    timeout: stepTimeout(10000),
+    polling: 100,
+  });
+  const invite = (await alice.page.evaluate(shownMessage)).text;
+  seen.invite = invite.slice(invite.indexOf("http"));
+  mark("invited");
+
+  const mallory = await openTab("mallory", { token: null });
+  await mallory.page.click("#join", { timeout: stepTimeout(30000) });
+  seen.unauthorized = await waitForError(mallory, "unauthorized");
+  seen.malloryJoined = (await state(mallory)).joined;
+  await mallory.page.close();
+  tabs.splice(tabs.indexOf(mallory), 1);
+  mark("unauthorized");
+
+  // Speaker choice: a fake output device; every incoming tile's sound plays there.
+  const carol = await openTab(carolName);
+  await join(carol);
+  await waitForStates(callIsUp, "alice and carol never saw each other connected with decoded video");
+  await alice.page.click("#devices-toggle", { timeout: stepTimeout(30000) });
+  const speakers = await alice.page.evaluate(() =>
+    [...document.getElementById("speaker-select").options].map((o) => ({ value: o.value, label: o.textContent })),
+  );
+  const chosen = speakers.find((s) => s.value && s.value !== "default");
+  if (!chosen) throw new ScenarioError(`no speaker to choose besides the default: ${JSON.stringify(speakers)}`);
+  await alice.page.selectOption("#speaker-select", chosen.value, { timeout: stepTimeout(30000) });
+  await alice.page.waitForFunction(
+    (id) => {
+      const remote = [...document.querySelectorAll("#grid .tile:not(.local) video")];
+      return remote.length > 0 && remote.every((v) => v.sinkId === id);
+    },
+    chosen.value,
+    { timeout: stepTimeout(10000), polling: 100 },
+  );
+  seen.speaker = { speakers: speakers.map((s) => s.label), chosen: chosen.label };
+  mark("speaker");
+
+  // Another browser, whose permission prompts all answer no (Chromium's own refusal).
+  const denying = await chromium.launchPersistentContext(args.deniedUserDataDir, {
+    executablePath: args.chromium,
+    headless: true,
+    args: args.deniedChromiumArgs,
+    env: { ...process.env, HOME: args.home },
+    timeout: stepTimeout(30000),
+    viewport: args.viewport,
+  });
+  extraContexts.push(denying);
+  await denying.addInitScript(recordConnections);
+  const bob = await openTab(bobName, { browser: denying });
+  await join(bob);
+  seen.denied = await waitForError(bob, "media-denied");
+  await waitForStates(
+    (states) => {
+      const b = states.at(-1);
+      return b.peers.length === 2 && b.peers.every((p) => p.connectionState === "connected" && p.framesDecoded > 0);
+    },
+    "bob, without camera and microphone, never saw alice and carol",
+  );
+  seen.deniedState = await state(bob);
+  mark("denied");
+  return { ok: true };
+}
+
 async function main() {
   try {
     const { host, port } = args.probe;
@@ -508,7 +656,7 @@ async function main() {
     await context.addInitScript(recordConnections);
     spareTab = context.pages()[0] ?? null;
     mark("browser_started");
-    const scenarios = { six: sixScenario, tools: toolsScenario };
+    const scenarios = { six: sixScenario, tools: toolsScenario, entry: entryScenario };
     const scenario = scenarios[args.scenario];
     if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
     await finish(await scenario(), 0);
