@@ -28,63 +28,20 @@
 // without one is told it is not let in, a chosen speaker plays every incoming tile, and a
 // browser that refuses camera and microphone says so and still shows the others.
 //
-// Prints exactly one line of JSON: {"ok": true|false, "error"?, ...what was seen, "phases"}.
-// The Rust test makes the assertions.
+// Prints exactly one line of JSON (script.mjs): {"ok": true|false, "error"?, "seen", "pages",
+// "phases"}. The Rust test makes the assertions.
 //
 // Arguments (one JSON object): scenario, pageUrl, probe {host, port}, room, participants,
-// chromium, chromiumArgs, userDataDir, home, viewport, measureMs, screenshots {name: path},
-// timeoutMs.
+// chromium, chromiumArgs, userDataDir, home, viewport, measureMs, upstreamKbps,
+// screenshots {name: path}, timeoutMs; "entry" also token, deniedUserDataDir and
+// deniedChromiumArgs.
 
-import { chromium } from "playwright-core";
-import { tcpConnect, waitForServer } from "./net_probe.mjs";
+import { ScenarioError, sleep, startScript } from "./script.mjs";
 // The page's own rule for the caps, so that the test knows what a re-balance leads to.
 import { videoEncodings } from "../../web/bandwidth.js";
 
-const args = JSON.parse(process.argv[2] ?? "{}");
-const started = Date.now();
-const deadline = started + (args.timeoutMs ?? 120000);
-const remaining = () => Math.max(0, deadline - Date.now());
-const stepTimeout = (ms) => Math.max(1, Math.min(ms, remaining()));
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const phases = {};
-const mark = (name) => {
-  phases[name] = Date.now() - started;
-  // Progress on stderr (node.err in the test's directory): where a slow run spent its time.
-  console.error(`${phases[name]} ms: ${name}`);
-};
-
-let context = null;
-// Browsers started by a scenario besides `context`, closed at the end.
-const extraContexts = [];
-let spareTab = null;
-let finished = false;
-const tabs = [];
-const seen = {};
-
-async function finish(result, code) {
-  if (finished) return;
-  finished = true;
-  setTimeout(() => process.exit(code), 8000).unref();
-  const pages = await Promise.all(
-    tabs.map((tab) =>
-      withTimeout(describe(tab), 10000).catch((e) => ({ name: tab.name, error: String(e) })),
-    ),
-  );
-  process.stdout.write(JSON.stringify({ ...result, seen, pages, phases }) + "\n");
-  for (const browser of [...extraContexts, context].filter(Boolean)) await browser.close().catch(() => {});
-  process.exit(code);
-}
-
-setTimeout(() => finish({ ok: false, error: `meeting.mjs timed out after ${args.timeoutMs} ms` }, 2), remaining()).unref();
-process.on("SIGTERM", () => finish({ ok: false, error: "terminated (SIGTERM)" }, 3));
-process.on("uncaughtException", (e) => finish({ ok: false, error: "uncaught: " + String(e?.stack ?? e) }, 1));
-process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: " + String(e?.stack ?? e) }, 1));
-
-function withTimeout(promise, ms) {
-  return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`no answer within ${ms} ms`)))]);
-}
-
-class ScenarioError extends Error {}
+const script = startScript("meeting.mjs", 120000, describe);
+const { args, seen, tabs, stepTimeout, remaining, mark } = script;
 
 // ---------------------------------------------------------------------------------------
 // In the pages
@@ -162,18 +119,13 @@ async function mediaCounters() {
 // ---------------------------------------------------------------------------------------
 // Tabs
 
-async function openTab(name, { token = args.token, browser = context } = {}) {
+async function openTab(name, { token = args.token, browser = script.context } = {}) {
   const url = new URL(args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
   if (token) url.searchParams.set("token", token);
-  const page = (browser === context && spareTab) || (await browser.newPage());
-  if (browser === context) spareTab = null;
-  const tab = { name, url: url.href, page, console: [] };
-  tabs.push(tab);
-  page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
-  await page.goto(url.href, { timeout: stepTimeout(30000) });
+  const tab = await script.newTab(name, url, browser);
+  await tab.page.goto(url.href, { timeout: stepTimeout(30000) });
   return tab;
 }
 
@@ -615,16 +567,11 @@ async function entryScenario() {
   mark("speaker");
 
   // Another browser, whose permission prompts all answer no (Chromium's own refusal).
-  const denying = await chromium.launchPersistentContext(args.deniedUserDataDir, {
-    executablePath: args.chromium,
-    headless: true,
-    args: args.deniedChromiumArgs,
-    env: { ...process.env, HOME: args.home },
-    timeout: stepTimeout(30000),
-    viewport: args.viewport,
+  const denying = await script.launch({
+    userDataDir: args.deniedUserDataDir,
+    chromiumArgs: args.deniedChromiumArgs,
+    initScripts: [recordConnections],
   });
-  extraContexts.push(denying);
-  await denying.addInitScript(recordConnections);
   const bob = await openTab(bobName, { browser: denying });
   await join(bob);
   seen.denied = await waitForError(bob, "media-denied");
@@ -640,30 +587,4 @@ async function entryScenario() {
   return { ok: true };
 }
 
-async function main() {
-  try {
-    const { host, port } = args.probe;
-    await waitForServer(() => tcpConnect(host, port, 300), `${host}:${port}`, deadline);
-    mark("server_ready");
-    context = await chromium.launchPersistentContext(args.userDataDir, {
-      executablePath: args.chromium,
-      headless: true,
-      args: args.chromiumArgs,
-      env: { ...process.env, HOME: args.home },
-      timeout: stepTimeout(30000),
-      viewport: args.viewport,
-    });
-    await context.addInitScript(recordConnections);
-    spareTab = context.pages()[0] ?? null;
-    mark("browser_started");
-    const scenarios = { six: sixScenario, tools: toolsScenario, entry: entryScenario };
-    const scenario = scenarios[args.scenario];
-    if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
-    await finish(await scenario(), 0);
-  } catch (error) {
-    const message = error instanceof ScenarioError ? error.message : String(error?.stack ?? error);
-    await finish({ ok: false, error: message }, 1);
-  }
-}
-
-main();
+script.run({ six: sixScenario, tools: toolsScenario, entry: entryScenario }, { initScripts: [recordConnections] });
