@@ -1350,7 +1350,8 @@ fn browser_meeting_tools() {
 }
 
 /// A room that needs an invitation: the token travels in the invite link, a page without
-/// one is refused with a clear message, the chosen speaker plays every incoming tile, and a
+/// one is refused with a clear message, a link whose first ICE candidates were lost comes
+/// up through the page's own ICE restart, the chosen speaker plays every incoming tile, and a
 /// browser that refuses camera and microphone says so and still shows the others.
 #[test]
 fn browser_meeting_entry() {
@@ -1364,6 +1365,8 @@ fn browser_meeting_entry() {
     let token = lab.mint_token(&secret, ROOM);
     let mut args = lab.meeting_args("entry", &people, json!({}), (1000, 700));
     args["token"] = json!(token);
+    // Shorter than the page's 15 s before it restarts a link that is not up.
+    args["loseCandidatesMs"] = json!(8000);
     args["deniedUserDataDir"] = json!(lab.dir.join("profile-denied"));
     args["deniedChromiumArgs"] = json!(denying_chromium_args(&lab.dir, &lab.layout.hosts()));
     let result = lab.run_node("meeting.mjs", &args, MEETING_NODE_LIMIT);
@@ -1389,6 +1392,12 @@ fn browser_meeting_entry() {
             "mallory, without a token, was not told so: {refused}"
         ));
     }
+    let lost = &seen["lostCandidates"];
+    if lost["dropped"].as_u64().unwrap_or(0) == 0 || lost["restarts"].as_u64().unwrap_or(0) == 0 {
+        lab.fail(&format!(
+            "the link whose candidates were lost did not come up through an ICE restart: {lost}"
+        ));
+    }
     let denied = &seen["denied"];
     if denied["hidden"] != false
         || !denied["text"]
@@ -1400,9 +1409,12 @@ fn browser_meeting_entry() {
         ));
     }
     println!(
-        "{test}: invite {invite}; without a token: {:?}; camera refused: {:?}; still sees \
-         {} peer(s); speaker {} of {}; {:.1} s (node phases, ms: {})",
+        "{test}: invite {invite}; without a token: {:?}; candidates lost: {} (link up after \
+         {} ICE restart(s)); camera refused: {:?}; still sees {} peer(s); speaker {} of {}; \
+         {:.1} s (node phases, ms: {})",
         refused["text"],
+        lost["dropped"],
+        lost["restarts"],
         denied["text"],
         seen["deniedState"]["peers"].as_array().map_or(0, Vec::len),
         seen["speaker"]["chosen"],

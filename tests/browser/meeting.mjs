@@ -25,16 +25,17 @@
 // closed; last, the second tab is made phone-sized and screenshot.
 //
 // Scenario "entry" (a room that needs a token): the invite link carries the token, a page
-// without one is told it is not let in, a chosen speaker plays every incoming tile, and a
-// browser that refuses camera and microphone says so and still shows the others.
+// without one is told it is not let in, a link whose first candidates were lost comes up
+// after an ICE restart, a chosen speaker plays every incoming tile, and a browser that
+// refuses camera and microphone says so and still shows the others.
 //
 // Prints exactly one line of JSON (script.mjs): {"ok": true|false, "error"?, "seen", "pages",
 // "phases"}. The Rust test makes the assertions.
 //
 // Arguments (one JSON object): scenario, pageUrl, probe {host, port}, room, participants,
 // chromium, chromiumArgs, userDataDir, home, viewport, measureMs, upstreamKbps,
-// screenshots {name: path}, timeoutMs; "entry" also token, deniedUserDataDir and
-// deniedChromiumArgs.
+// screenshots {name: path}, timeoutMs; "entry" also token, loseCandidatesMs,
+// deniedUserDataDir and deniedChromiumArgs.
 
 import { ScenarioError, sleep, startScript } from "./script.mjs";
 // The page's own rule for the caps, so that the test knows what a re-balance leads to.
@@ -94,6 +95,55 @@ function recordConnections() {
 }
 
 /**
+ * Runs in a page before its script: for the first `ms` after the page loads, every ICE
+ * candidate it sends or receives is lost on the way, in signals and inside descriptions, as
+ * when a signaling path loses messages. Its links then stay "connecting": only the page's
+ * own restart can bring them up. Counts what it dropped in `window.__candidatesDropped`.
+ */
+function loseCandidates(ms) {
+  const until = performance.now() + ms;
+  window.__candidatesDropped = 0;
+  // A signal frame without its candidates, or null when nothing is left of it.
+  const filter = (text) => {
+    if (performance.now() > until || typeof text !== "string" || !text.startsWith('{"type":"signal"')) return text;
+    const message = JSON.parse(text);
+    if (message.data?.candidate !== undefined) {
+      window.__candidatesDropped += 1;
+      return null;
+    }
+    const description = message.data?.description;
+    if (description?.sdp) {
+      const lines = description.sdp.split("\r\n");
+      const kept = lines.filter((line) => !line.startsWith("a=candidate") && !line.startsWith("a=end-of-candidates"));
+      window.__candidatesDropped += lines.length - kept.length;
+      description.sdp = kept.join("\r\n");
+      return JSON.stringify(message);
+    }
+    return text;
+  };
+  const nativeSend = window.WebSocket.prototype.send;
+  window.WebSocket.prototype.send = function (data) {
+    const kept = filter(data);
+    if (kept !== null) nativeSend.call(this, kept);
+  };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...a) {
+      super(...a);
+      // Registered before the page's own handlers, so it runs first and can stop them.
+      this.addEventListener("message", (event) => {
+        // What this listener dispatched itself (untrusted) is already filtered.
+        if (!event.isTrusted) return;
+        const kept = filter(event.data);
+        if (kept === event.data) return;
+        event.stopImmediatePropagation();
+        if (kept !== null) this.dispatchEvent(new MessageEvent("message", { data: kept }));
+      });
+    }
+  };
+}
+
+/**
  * Runs in a page: per open peer connection, video bytes sent, frames decoded, and the
  * maxBitrate of each video sender (bit/s), from the browser itself.
  */
@@ -119,12 +169,14 @@ async function mediaCounters() {
 // ---------------------------------------------------------------------------------------
 // Tabs
 
-async function openTab(name, { token = args.token, browser = script.context } = {}) {
+/** Opens the page for `name`; `init`: [function, argument] to run in it before its script. */
+async function openTab(name, { token = args.token, browser = script.context, init = null } = {}) {
   const url = new URL(args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
   if (token) url.searchParams.set("token", token);
   const tab = await script.newTab(name, url, browser);
+  if (init) await tab.page.addInitScript(...init);
   await tab.page.goto(url.href, { timeout: stepTimeout(30000) });
   return tab;
 }
@@ -544,10 +596,19 @@ async function entryScenario() {
   tabs.splice(tabs.indexOf(mallory), 1);
   mark("unauthorized");
 
-  // Speaker choice: a fake output device; every incoming tile's sound plays there.
-  const carol = await openTab(carolName);
+  // Carol's first candidates are lost on the way (both ways): the link between alice and
+  // carol stays "connecting" until a page restarts ICE, and then comes up.
+  const carol = await openTab(carolName, { init: [loseCandidates, args.loseCandidatesMs] });
   await join(carol);
   await waitForStates(callIsUp, "alice and carol never saw each other connected with decoded video");
+  const [aliceState, carolState] = await Promise.all([state(alice), state(carol)]);
+  seen.lostCandidates = {
+    dropped: await carol.page.evaluate(() => window.__candidatesDropped),
+    restarts: aliceState.peers[0].iceRestarts + carolState.peers[0].iceRestarts,
+  };
+  mark("stuck_link_restarted");
+
+  // Speaker choice: a fake output device; every incoming tile's sound plays there.
   await alice.page.click("#devices-toggle", { timeout: stepTimeout(30000) });
   const speakers = await alice.page.evaluate(() =>
     [...document.getElementById("speaker-select").options].map((o) => ({ value: o.value, label: o.textContent })),
