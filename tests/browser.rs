@@ -1351,8 +1351,9 @@ fn browser_meeting_tools() {
 
 /// A room that needs an invitation: the token travels in the invite link, a page without
 /// one is refused with a clear message, a link whose first ICE candidates were lost comes
-/// up through the page's own ICE restart, the chosen speaker plays every incoming tile, and a
-/// browser that refuses camera and microphone says so and still shows the others.
+/// up through the page's own ICE restart, the chosen speaker plays every incoming tile, a
+/// browser that refuses camera and microphone says so and still shows the others, and a page
+/// whose server went away says that it cannot be reached.
 #[test]
 fn browser_meeting_entry() {
     let test = "browser_meeting_entry";
@@ -1369,7 +1370,12 @@ fn browser_meeting_entry() {
     args["loseCandidatesMs"] = json!(8000);
     args["deniedUserDataDir"] = json!(lab.dir.join("profile-denied"));
     args["deniedChromiumArgs"] = json!(denying_chromium_args(&lab.dir, &lab.layout.hosts()));
-    let result = lab.run_node("meeting.mjs", &args, MEETING_NODE_LIMIT);
+    let result =
+        lab.run_node_with_events("meeting.mjs", &args, MEETING_NODE_LIMIT, |lab, event| {
+            if event["event"] == "page-loaded" {
+                lab.kill_server();
+            }
+        });
     if result["ok"] != true {
         lab.fail(&format!("the entry scenario failed: {}", result["error"]));
     }
@@ -1398,6 +1404,16 @@ fn browser_meeting_entry() {
             "the link whose candidates were lost did not come up through an ICE restart: {lost}"
         ));
     }
+    let unreachable = &seen["unreachable"];
+    if unreachable["hidden"] != false
+        || !unreachable["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Next try in"))
+    {
+        lab.fail(&format!(
+            "dora was not told the server is unreachable: {unreachable}"
+        ));
+    }
     let denied = &seen["denied"];
     if denied["hidden"] != false
         || !denied["text"]
@@ -1411,7 +1427,7 @@ fn browser_meeting_entry() {
     println!(
         "{test}: invite {invite}; without a token: {:?}; candidates lost: {} (link up after \
          {} ICE restart(s)); camera refused: {:?}; still sees {} peer(s); speaker {} of {}; \
-         {:.1} s (node phases, ms: {})",
+         server gone: {:?}; {:.1} s (node phases, ms: {})",
         refused["text"],
         lost["dropped"],
         lost["restarts"],
@@ -1419,6 +1435,7 @@ fn browser_meeting_entry() {
         seen["deniedState"]["peers"].as_array().map_or(0, Vec::len),
         seen["speaker"]["chosen"],
         seen["speaker"]["speakers"],
+        unreachable["text"],
         lab.started.elapsed().as_secs_f64(),
         result["phases"],
     );
@@ -1445,6 +1462,17 @@ impl Lab {
             writeln!(file, "{line}").expect("write rendez.toml");
         }
         self.start_server(&config);
+    }
+
+    /// Kills the lab's one server at once (SIGKILL), as a crash or a lost host would.
+    fn kill_server(&mut self) {
+        let Some(daemon) = self.daemons.iter_mut().find(|d| d.log == "server.log") else {
+            self.fail("the server is not running");
+        };
+        daemon.stopping = true;
+        if let Err(e) = daemon.child.kill() {
+            self.fail(&format!("cannot kill the server: {e}"));
+        }
     }
 
     /// A room token from `rendez token`, as a backend would mint it.

@@ -26,8 +26,10 @@
 //
 // Scenario "entry" (a room that needs a token): the invite link carries the token, a page
 // without one is told it is not let in, a link whose first candidates were lost comes up
-// after an ICE restart, a chosen speaker plays every incoming tile, and a browser that
-// refuses camera and microphone says so and still shows the others.
+// after an ICE restart, a chosen speaker plays every incoming tile, a browser that refuses
+// camera and microphone says so and still shows the others, and a page whose server went
+// away after it loaded says the server cannot be reached (the test kills the server when
+// the script prints {"event": "page-loaded"}).
 //
 // Prints exactly one line of JSON (script.mjs): {"ok": true|false, "error"?, "seen", "pages",
 // "phases"}. The Rust test makes the assertions.
@@ -37,6 +39,7 @@
 // screenshots {name: path}, timeoutMs; "entry" also token, loseCandidatesMs,
 // deniedUserDataDir and deniedChromiumArgs.
 
+import { tcpConnect } from "./net_probe.mjs";
 import { ScenarioError, sleep, startScript } from "./script.mjs";
 // The page's own rule for the caps, so that the test knows what a re-balance leads to.
 import { videoEncodings } from "../../web/bandwidth.js";
@@ -645,6 +648,23 @@ async function entryScenario() {
   );
   seen.deniedState = await state(bob);
   mark("denied");
+
+  // The server goes away between loading the page and pressing Join: dora is told it
+  // cannot be reached (and when the page tries again). The test kills the server on the
+  // event below; the page notices when its socket cannot connect.
+  const dora = await openTab("dora");
+  console.log(JSON.stringify({ event: "page-loaded" }));
+  const { host, port } = args.probe;
+  const until = Date.now() + Math.min(20000, remaining());
+  let gone = false;
+  while (!gone && Date.now() < until) {
+    gone = await tcpConnect(host, port, 300).then(() => false, () => true);
+    if (!gone) await sleep(100);
+  }
+  if (!gone) throw new ScenarioError("the server was still up 20 s after the page-loaded event");
+  await dora.page.click("#join", { timeout: stepTimeout(30000) });
+  seen.unreachable = await waitForError(dora, "unreachable");
+  mark("unreachable");
   return { ok: true };
 }
 
