@@ -17,7 +17,8 @@
 // Every rewritten datagram is a fresh one: new IP header (TTL / hop limit 64, DF on IPv4),
 // full IPv4 header and UDP checksums computed here (locally sent packets on veth carry
 // only a partial checksum, so an incremental update would be wrong), next hop's MAC from
-// bpf_fib_lookup, XDP_TX back out of the same interface or bpf_redirect to another.
+// bpf_fib_lookup, XDP_TX back out of the same interface (a next hop behind another
+// interface takes the sockets path: see leaves_where_it_came).
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -187,6 +188,10 @@ static __always_inline int parse(struct xdp_md *ctx, struct packet *p)
     __u16 udp_len = bpf_ntohs(udp->len);
     if (udp_len != ip_payload || udp_len < sizeof(*udp))
         return 0;
+    // Over IPv6 a zero checksum is invalid (RFC 8200 §8.1): the kernel drops such a datagram,
+    // so it goes up for that, rather than out with a fresh, valid checksum.
+    if (p->family == 6 && udp->check == 0)
+        return 0;
     p->payload = (void *)(udp + 1);
     p->payload_len = udp_len - sizeof(*udp);
     if (p->payload_len > MAX_PAYLOAD)
@@ -310,11 +315,13 @@ static __always_inline int write_headers(struct xdp_md *ctx, const struct route 
     return 1;
 }
 
-static __always_inline int transmit(struct xdp_md *ctx, __u32 ifindex)
+// Whether the next hop is out of the interface the packet came in on (`out` 0: no next
+// hop). Only then does the fast path send it (XDP_TX). A redirect to another device drops
+// frames silently where that device cannot send XDP frames (tunnels, bridges, a veth
+// without a program), so a peer behind another interface stays on the sockets path.
+static __always_inline int leaves_where_it_came(struct xdp_md *ctx, __u32 out)
 {
-    if (ifindex == ctx->ingress_ifindex)
-        return XDP_TX;
-    return bpf_redirect(ifindex, 0);
+    return out != 0 && out == ctx->ingress_ifindex;
 }
 
 static __always_inline __u32 header_len(__u16 family)
@@ -384,7 +391,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct route *route, __u1
     __u32 headers = header_len(family);
     __u8 smac[6], dmac[6];
     __u32 out = next_hop(ctx, route, headers - sizeof(struct ethhdr) + len, smac, dmac);
-    if (!out)
+    if (!leaves_where_it_came(ctx, out))
         return XDP_PASS;
     if (!cut_after(ctx, headers + CHANNEL_DATA_HEADER + len))
         return XDP_PASS;
@@ -396,7 +403,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct route *route, __u1
         return XDP_DROP; // half rewritten: it cannot go up any more
     __sync_fetch_and_add(&route->packets, 1);
     __sync_fetch_and_add(&route->bytes, len);
-    return transmit(ctx, out);
+    return XDP_TX;
 }
 
 // Frames `len` payload bytes as ChannelData for the client.
@@ -408,7 +415,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct route *route, __
     __u32 out = next_hop(ctx, route,
                          headers - sizeof(struct ethhdr) + CHANNEL_DATA_HEADER + len, smac,
                          dmac);
-    if (!out)
+    if (!leaves_where_it_came(ctx, out))
         return XDP_PASS;
     if (!cut_after(ctx, headers + len))
         return XDP_PASS;
@@ -429,7 +436,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct route *route, __
         return XDP_DROP;
     __sync_fetch_and_add(&route->packets, 1);
     __sync_fetch_and_add(&route->bytes, len);
-    return transmit(ctx, out);
+    return XDP_TX;
 }
 
 SEC("xdp")

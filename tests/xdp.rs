@@ -154,7 +154,7 @@ async fn a_deleted_or_expired_allocation_leaves_the_fast_path_at_once() {
     };
     let mut server = net.start_rendez(
         "expiry",
-        "allocation-lifetime = \"2s\"\nmax-allocation-lifetime = \"2s\"\n",
+        "allocation-lifetime = \"3s\"\nmax-allocation-lifetime = \"3s\"\n",
     );
     net.enter_world();
     let server_addr = SocketAddr::new(SERVER_V4.parse().unwrap(), TURN_PORT);
@@ -162,7 +162,7 @@ async fn a_deleted_or_expired_allocation_leaves_the_fast_path_at_once() {
         .await
         .unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    for deleted in [true, false] {
+    for (round, deleted) in [true, false].into_iter().enumerate() {
         let mut client = TurnClient::new(
             Conn::udp_from(CLIENT_V4.parse().unwrap(), server_addr).await,
             "alice",
@@ -170,14 +170,28 @@ async fn a_deleted_or_expired_allocation_leaves_the_fast_path_at_once() {
         );
         let relay = client.allocate(&[]).await[0];
         bind_channel(&mut client, 0x4001, peer_addr).await;
+        // A Send indication through user space first resolves the peer's link-layer
+        // address in the server's namespace (until then the program leaves packets to it).
+        client.conn.send(&send_indication(peer_addr, b"warm")).await;
+        assert_eq!(recv(&peer).await, (b"warm".to_vec(), relay));
         client.conn.send(&channel_data(0x4001, b"on", false)).await;
         assert_eq!(recv(&peer).await, (b"on".to_vec(), relay));
+        // "on" went through the kernel: what stops next is the fast path.
+        let relayed_by_kernel = (round + 1) as f64;
+        let scrape = wait_for_metric(
+            server.metrics(),
+            "rendez_xdp_relayed_packets_total",
+            relayed_by_kernel,
+        );
+        let kernel = metric_sum(&scrape, "rendez_xdp_relayed_packets_total");
+        assert_eq!(kernel, relayed_by_kernel, "{scrape}");
+        assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 1.0, "{scrape}");
         if deleted {
             // The entry is removed before the response leaves: right after it, nothing.
             assert_eq!(client.refresh(0).await, None);
         } else {
             // The core's timer ends the allocation: nobody sends anything to notice.
-            tokio::time::sleep(Duration::from_millis(2300)).await;
+            tokio::time::sleep(Duration::from_millis(3300)).await;
         }
         client.conn.send(&channel_data(0x4001, b"off", false)).await;
         peer.send_to(b"off", relay).await.unwrap();

@@ -169,7 +169,7 @@ impl Worker {
             if let Err(error) = self.sockets.poll().poll(&mut events, Some(sleep)) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(%error, "UDP worker poll failed; stopping");
-                    return;
+                    break;
                 }
             }
             while let Ok(order) = self.orders.try_recv() {

@@ -212,6 +212,18 @@ impl ChannelMaps {
     }
 }
 
+/// Whatever ends the worker (an early return on a poll error, a panic), its channels leave
+/// the kernel with it: an entry nobody expires would go on relaying unchecked while other
+/// workers keep the program attached. A worker that stops normally has cleared them already.
+impl Drop for ChannelMaps {
+    fn drop(&mut self) {
+        let entries: Vec<FastPathEntry> = self.installed.keys().copied().collect();
+        for entry in entries {
+            self.remove(entry);
+        }
+    }
+}
+
 /// The map entries for `entry`, or `None` when its client and peer differ in family.
 fn entries(entry: &FastPathEntry) -> Option<Entries> {
     let client = entry.client.client;
