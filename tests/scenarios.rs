@@ -2641,6 +2641,18 @@ fn with_fast_path() -> Harness {
     Harness::with_config(|c| c.fast_path = true)
 }
 
+/// Alice's allocation with channel 0x4001 bound to PEER: its entry announced (and taken
+/// out of the harness's record of changes).
+fn alice_on_the_fast_path() -> (Harness, Client, FastPathEntry) {
+    let mut h = with_fast_path();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let entry = entry_of(&h, 0x4001, PEER);
+    fast_path_changes(&mut h);
+    (h, alice, entry)
+}
+
 fn entry_of(h: &Harness, channel: u16, peer: SocketAddr) -> FastPathEntry {
     FastPathEntry {
         client: CLIENT,
@@ -2698,12 +2710,7 @@ fn stream_clients_never_get_the_fast_path() {
 
 #[test]
 fn permission_expiry_removes_the_entry_at_once_and_a_new_permission_restores_it() {
-    let mut h = with_fast_path();
-    let mut alice = Client::alice(CLIENT);
-    alice.allocate(&mut h);
-    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
-    let entry = entry_of(&h, 0x4001, PEER);
-    fast_path_changes(&mut h);
+    let (mut h, mut alice, entry) = alice_on_the_fast_path();
     h.advance(Duration::from_secs(299));
     assert_eq!(fast_path_changes(&mut h), []);
     assert!(h.server.poll_timeout() <= Some(h.now + Duration::from_secs(1)));
@@ -2781,12 +2788,7 @@ fn refresh_lifetime_zero_removes_entries_before_its_response() {
 
 #[test]
 fn allocation_expiry_removes_its_entries() {
-    let mut h = with_fast_path();
-    let mut alice = Client::alice(CLIENT);
-    alice.allocate(&mut h);
-    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
-    let entry = entry_of(&h, 0x4001, PEER);
-    fast_path_changes(&mut h);
+    let (mut h, mut alice, entry) = alice_on_the_fast_path();
     for _ in 0..2 {
         h.advance(Duration::from_secs(290));
         alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
