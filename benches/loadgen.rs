@@ -722,3 +722,29 @@ fn ratio(a: f64, b: f64) -> f64 {
         0.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let base = ["rendez-loadgen", "--mode", "relay"];
+        Args::try_parse_from(base.iter().chain(extra)).expect("valid flags")
+    }
+
+    #[test]
+    fn addresses_beyond_loopback_need_the_benchmarking_range_and_a_namespace_of_our_own() {
+        assert!(args(&[]).validate().is_ok());
+        assert!(args(&["--local-ip", "127.0.0.2", "--peer-ip", "127.0.0.3"])
+            .validate()
+            .is_ok());
+        assert!(args(&["--server", "10.0.0.1:3478"]).validate().is_err());
+        assert!(args(&["--peer-ip", "8.8.8.8"]).validate().is_err());
+        // Allowed only when the test itself runs inside a named network namespace.
+        let bench = args(&["--server", "198.18.0.1:3478", "--local-ip", "198.18.0.2"]);
+        assert_eq!(bench.validate().is_ok(), in_own_network_namespace());
+        assert!(is_benchmarking_address(&Ipv4Addr::new(198, 19, 255, 255)));
+        assert!(!is_benchmarking_address(&Ipv4Addr::new(198, 20, 0, 1)));
+        assert!(!is_benchmarking_address(&Ipv4Addr::new(198, 17, 0, 1)));
+    }
+}

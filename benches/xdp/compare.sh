@@ -67,7 +67,7 @@ PIN=${PIN:-1}
 QUICK=${QUICK:-0}
 RENDEZ=${RENDEZ:-}
 
-usage() { sed -n '2,49p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^set -euo/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 while (($#)); do
     case $1 in

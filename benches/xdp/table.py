@@ -72,6 +72,19 @@ def derive(r, steal_in_task_times):
     })
 
 
+def path_of(udp_in_per_packet):
+    """Which path carried the relayed packets, from the server namespace's own UDP counters:
+    every packet the sockets path relays is one datagram into a server socket; a packet the
+    XDP program relays never reaches the UDP layer."""
+    if udp_in_per_packet is None:
+        return "–"
+    if udp_in_per_packet < 0.05:
+        return "XDP"
+    if udp_in_per_packet > 0.95:
+        return "sockets"
+    return f"mixed ({udp_in_per_packet:.0%} sockets)"
+
+
 def fmt(v, digits=3):
     if v is None:
         return "–"
@@ -116,11 +129,12 @@ def main():
     print("time over the window, everyone's load included; background: the machine's busy CPU-s")
     print("per second in the idle baseline just before (other people's work); ours: server side")
     print("+ generator + the world interface's NAPI threads. UDP in/out: datagrams through the server")
-    print("namespace's UDP layer per relayed packet (whole run); XDP / user: rendez's")
-    print("`rendez_xdp_*packets*` and `rendez_relayed_packets_total` per relayed packet.")
+    print("namespace's UDP layer per relayed packet (whole run), and the path that follows from")
+    print("it; XDP / relayed counter: rendez's `rendez_xdp_*packets*` and")
+    print("`rendez_relayed_packets_total` (deltas over the run) per relayed packet.")
     print()
-    print("| load | server | runs | relayed pkt/s | loss | p50 µs | server side µs/pkt | of which process | of which NAPI | whole machine µs/pkt | background CPU-s/s | ours µs/pkt | UDP in/out per pkt | XDP per pkt | user relayed per pkt | steal CPU-s | other CPU-s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| load | server | runs | relayed pkt/s | loss | p50 µs | server side µs/pkt | of which process | of which NAPI | whole machine µs/pkt | background CPU-s/s | ours µs/pkt | UDP in/out per pkt | path | XDP counter per pkt | relayed counter per pkt | steal CPU-s | other CPU-s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for load in loads:
         for label in SERVERS:
             runs = by[(load, label)]
@@ -138,7 +152,8 @@ def main():
                   f"{'–' if loss is None else f'{loss:.2%}'} | {fmt(m('p50_us'))} | "
                   f"{fmt(m('side_us_per_packet'))} | {fmt(per_packet('side_process'))} | "
                   f"{fmt(per_packet('side_threads'))} | {fmt(m('machine_us_per_packet'))} | "
-                  f"{fmt(m('background'), 2)} | {fmt(m('ours_us_per_packet'))} | {udp} | {fmt(m('xdp_per_packet'), 2)} | "
+                  f"{fmt(m('background'), 2)} | {fmt(m('ours_us_per_packet'))} | {udp} | "
+                  f"{path_of(udp_in)} | {fmt(m('xdp_per_packet'), 2)} | "
                   f"{fmt(m('user_relayed_per_packet'), 2)} | {fmt(m('steal_seconds'), 2)} | "
                   f"{fmt(m('other_cpu_seconds'), 2)} |")
     print()
