@@ -157,6 +157,7 @@ in_world() { ip netns exec "$NS_WORLD" "$@"; }
 
 # --- cleanup: every exit path ------------------------------------------------------------
 
+# shellcheck disable=SC2317 # reached through the trap
 cleanup() {
     stop_server
     local ns pid
@@ -421,7 +422,12 @@ scrape_metrics() {
 check_xdp_attached() {
     local metrics link
     if ! metrics=$(scrape_metrics); then
-        XDP_UNAVAILABLE="rendez with [xdp] did not start: $(grep -m1 -iE 'error|xdp' "$OUT/rendez-xdp.log" || tail -n 1 "$OUT/rendez-xdp.log")"
+        local why
+        # The line that names the problem: a config error names the key, e.g. "unknown field
+        # `xdp`" from a binary without the fast path.
+        why=$({ grep -m1 -i 'unknown field' "$OUT/rendez-xdp.log" ||
+            grep -m1 -iE 'xdp|error' "$OUT/rendez-xdp.log"; } | cut -c1-200)
+        XDP_UNAVAILABLE="rendez with [xdp] did not start: ${why:-see $OUT/rendez-xdp.log}"
         return 1
     fi
     link=$(ip -n "$NS_SERVER" link show dev "$IF_SERVER")
