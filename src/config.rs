@@ -57,6 +57,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    /// The kernel fast path for bound channels (build with `--features xdp`).
+    pub xdp: XdpConfig,
     /// On SIGTERM, how long existing allocations may go on relaying (new ones are refused)
     /// before the server exits anyway.
     #[serde(with = "humantime_serde_compat")]
@@ -214,6 +216,53 @@ pub struct MetricsConfig {
     /// Serve `/metrics` (Prometheus text) here; off when unset. Keep it on loopback or a
     /// private network: the figures describe the whole server.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[xdp]`: the kernel fast path. Off unless `interface` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct XdpConfig {
+    /// The network interface clients and peers reach the relay through ("eth0").
+    pub interface: Option<String>,
+    /// How the program is attached.
+    pub mode: XdpMode,
+    /// Bound channels the fast path holds at most (both directions each); more stay on
+    /// the sockets path.
+    pub max_channels: u32,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            mode: XdpMode::Auto,
+            max_channels: 65536,
+        }
+    }
+}
+
+/// `[xdp] mode`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// In the driver (fastest); startup fails if the driver cannot, or the process may not.
+    Native,
+    /// In the kernel's generic path (any interface, slower than native).
+    Generic,
+    /// Native where the driver can, else generic; without the privilege, the sockets path.
+    #[default]
+    Auto,
+}
+
+impl XdpMode {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Auto => "auto",
+        }
+    }
 }
 
 /// The HTTP server with the call page and WebSocket signaling.
@@ -608,6 +657,7 @@ impl Default for Config {
             cluster: None,
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            xdp: XdpConfig::default(),
             drain_timeout: Duration::from_secs(30),
             alternate_servers: Vec::new(),
             channel_numbers: ChannelNumbersConfig::Rfc5766,
@@ -771,6 +821,21 @@ impl Config {
             key: key.into(),
             problem: problem.into(),
         };
+        if let Some(interface) = &self.xdp.interface {
+            // IFNAMSIZ: 15 bytes and a NUL.
+            if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+                return Err(invalid(
+                    "xdp.interface",
+                    "must be a network interface name of 1 to 15 characters, e.g. \"eth0\" (see `ip link`)",
+                ));
+            }
+        }
+        if !(1..=1 << 24).contains(&self.xdp.max_channels) {
+            return Err(invalid(
+                "xdp.max-channels",
+                "must be 1 to 16777216 (each costs about 200 bytes of kernel memory), e.g. 65536",
+            ));
+        }
         if self.realm.is_empty() || self.realm.len() > 127 {
             return Err(invalid(
                 "realm",
@@ -1122,6 +1187,8 @@ impl Config {
             ("other-address", self.other_address != new.other_address),
             // The cluster task connects once; its node id and Redis stay for the process.
             ("cluster", self.cluster != new.cluster),
+            // The program is attached and its maps sized once, at start.
+            ("xdp", self.xdp != new.xdp),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -1499,6 +1566,10 @@ mod tests {
                 "cluster.password-file",
             ),
             ("[cluster]\nredis = \"redis://h\"\nnope = 1", "nope"),
+            ("[xdp]\ninterface = \"\"", "xdp.interface"),
+            ("[xdp]\ninterface = \"a-very-long-name0\"", "xdp.interface"),
+            ("[xdp]\ninterface = \"eth0\"\nmode = \"turbo\"", "mode"),
+            ("[xdp]\nmax-channels = 0", "xdp.max-channels"),
             ("[connections]\nidle-timeout = \"0s\"", "connections"),
             (
                 "[limits]\nallocations-per-ip = 0",
@@ -1950,6 +2021,10 @@ mod tests {
             message-timeout = "5s"
             idle-timeout = "1m"
             proxy-protocol-from = ["10.0.0.0/8", "2001:db8::/32"]
+            [xdp]
+            interface = "eth0"
+            mode = "native"
+            max-channels = 1024
             "#,
         )
         .unwrap();
@@ -1967,5 +2042,10 @@ mod tests {
         assert_eq!(c.connections.max_per_ip, 4);
         assert_eq!(c.connections.proxy_protocol_from.len(), 2);
         assert!(c.tls.is_some());
+        assert_eq!(c.xdp.interface.as_deref(), Some("eth0"));
+        assert_eq!((c.xdp.mode, c.xdp.max_channels), (XdpMode::Native, 1024));
+        let mut moved = c.clone();
+        moved.xdp.mode = XdpMode::Generic;
+        assert_eq!(c.restart_only_changes(&moved), ["xdp"]);
     }
 }

@@ -1251,6 +1251,8 @@ const SIX: [&str; 6] = ["alice", "bob", "carol", "dave", "erin", "frank"];
 /// `[signal] upstream-kbps` in the meeting tests: small, so that the caps are what limits
 /// the bitrate (the fake camera would send far more), and cheap for six tabs on two cores.
 const MEETING_UPSTREAM_KBPS: u64 = 600;
+/// How soon after a join or leave the page must have re-balanced its video caps (issue 14).
+const REBALANCE_LIMIT: Duration = Duration::from_secs(5);
 /// How long the outgoing bitrate is measured, once the caps have settled.
 const MEASURE: Duration = Duration::from_secs(5);
 /// Budget of meeting.mjs, and its hard limit.
@@ -1263,11 +1265,13 @@ const MEETING_NODE_LIMIT: Duration = Duration::from_secs(230);
 /// unread count), and every sender's outgoing video fits `upstream-kbps` while everyone
 /// keeps decoding everyone.
 #[test]
-// Six tabs encoding and decoding thirty video streams saturate a 2-core machine: under
-// that load some runs see chat messages from background tabs arrive late or not within
-// the wait, and round trips of tens of seconds. Until the test's load fits (issue 14), it
-// runs on request: `cargo test --test browser -- --ignored browser_meeting_six`.
-#[ignore = "too heavy for a 2-core CI machine: six tabs of video; run it by hand (issue 14)"]
+// Six tabs hold 15 peer connections: 30 video and 30 audio encoders and as many decoders,
+// which want more than the two cores of this machine. With a cheap camera and UDP-only TURN
+// it passed here once in 161 s and failed in other runs when other builds shared the
+// machine (a link stuck "connecting", a window in which one peer's video decoded no frame,
+// chat waiting over 30 s). Until it fits, it runs on request:
+// `cargo test --test browser -- --ignored browser_meeting_six`.
+#[ignore = "too heavy for a 2-core machine: six tabs of WebRTC; run it by hand (issue 14)"]
 fn browser_meeting_six() {
     let test = "browser_meeting_six";
     let Some(mut lab) = open_lab(test, true, Layout::Together) else {
@@ -1275,7 +1279,11 @@ fn browser_meeting_six() {
     };
     let screenshot = artifacts_dir().join("meeting-six-chat.png");
     let _ = fs::remove_file(&screenshot);
-    lab.serve_meeting(SIX.len());
+    // One relay candidate per link (TURN over UDP) instead of three: six tabs keep 15 links,
+    // and TCP and TLS allocations for each would double the pages' work on two cores
+    // without adding to what this test checks (the relay has tests of its own).
+    let turn_udp = format!("turn-urls = [\"turn:{TURN_HOST}:{TURN_PORT}?transport=udp\"]");
+    lab.serve_meeting_with(SIX.len(), &[turn_udp]);
     let args = lab.meeting_args("six", &SIX, json!({"six": screenshot}), (960, 640));
     let result = lab.run_node("meeting.mjs", &args, MEETING_NODE_LIMIT);
     if result["ok"] != true {
@@ -1286,10 +1294,11 @@ fn browser_meeting_six() {
     }
     lab.check_chat(&result["seen"]);
     let rates = lab.check_bitrates(&result["seen"]["media"]);
+    lab.check_rebalance(&result["seen"]["rebalancedMs"]);
     println!(
         "{test}: 6 pages, 15 links up and every chat message at all six; outgoing video, \
-         kbit/s (budget {MEETING_UPSTREAM_KBPS}): {}; re-balanced for four peers {} ms after \
-         one left; {:.1} s (node phases, ms: {}); screenshot {}",
+         kbit/s (budget {MEETING_UPSTREAM_KBPS}): {}; re-balanced for four peers (ms per \
+         page after one left): {}; {:.1} s (node phases, ms: {}); screenshot {}",
         rates.join(", "),
         result["seen"]["rebalancedMs"],
         lab.started.elapsed().as_secs_f64(),
@@ -1340,10 +1349,107 @@ fn browser_meeting_tools() {
     );
 }
 
+/// A room that needs an invitation: the token travels in the invite link, a page without
+/// one is refused with a clear message, a link whose first ICE candidates were lost comes
+/// up through the page's own ICE restart, the chosen speaker plays every incoming tile, a
+/// browser that refuses camera and microphone says so and still shows the others, and a page
+/// whose server went away says that it cannot be reached.
+#[test]
+fn browser_meeting_entry() {
+    let test = "browser_meeting_entry";
+    let Some(mut lab) = open_lab(test, true, Layout::Together) else {
+        return;
+    };
+    let secret = fresh_secret();
+    let people = ["alice", "carol", "bob"];
+    lab.serve_meeting_with(people.len(), &[format!("token-secret = \"{secret}\"")]);
+    let token = lab.mint_token(&secret, ROOM);
+    let mut args = lab.meeting_args("entry", &people, json!({}), (1000, 700));
+    args["token"] = json!(token);
+    // Shorter than the page's 15 s before it restarts a link that is not up.
+    args["loseCandidatesMs"] = json!(8000);
+    args["deniedUserDataDir"] = json!(lab.dir.join("profile-denied"));
+    args["deniedChromiumArgs"] = json!(denying_chromium_args(&lab.dir, &lab.layout.hosts()));
+    let result =
+        lab.run_node_with_events("meeting.mjs", &args, MEETING_NODE_LIMIT, |lab, event| {
+            if event["event"] == "page-loaded" {
+                lab.kill_server();
+            }
+        });
+    if result["ok"] != true {
+        lab.fail(&format!("the entry scenario failed: {}", result["error"]));
+    }
+    let seen = &result["seen"];
+    let invite = seen["invite"].as_str().unwrap_or_default();
+    let carries_token = invite.contains(&format!("token={token}"));
+    if !carries_token || invite.contains("name=") || !invite.contains(&format!("room={ROOM}")) {
+        lab.fail(&format!(
+            "alice's invite link does not carry room and token: {invite}"
+        ));
+    }
+    let refused = &seen["unauthorized"];
+    if refused["hidden"] != false
+        || !refused["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("invitation"))
+        || seen["malloryJoined"] != false
+    {
+        lab.fail(&format!(
+            "mallory, without a token, was not told so: {refused}"
+        ));
+    }
+    let lost = &seen["lostCandidates"];
+    if lost["dropped"].as_u64().unwrap_or(0) == 0 || lost["restarts"].as_u64().unwrap_or(0) == 0 {
+        lab.fail(&format!(
+            "the link whose candidates were lost did not come up through an ICE restart: {lost}"
+        ));
+    }
+    let unreachable = &seen["unreachable"];
+    if unreachable["hidden"] != false
+        || !unreachable["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Next try in"))
+    {
+        lab.fail(&format!(
+            "dora was not told the server is unreachable: {unreachable}"
+        ));
+    }
+    let denied = &seen["denied"];
+    if denied["hidden"] != false
+        || !denied["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("denied"))
+    {
+        lab.fail(&format!(
+            "bob was not told his camera was refused: {denied}"
+        ));
+    }
+    println!(
+        "{test}: invite {invite}; without a token: {:?}; candidates lost: {} (link up after \
+         {} ICE restart(s)); camera refused: {:?}; still sees {} peer(s); speaker {} of {}; \
+         server gone: {:?}; {:.1} s (node phases, ms: {})",
+        refused["text"],
+        lost["dropped"],
+        lost["restarts"],
+        denied["text"],
+        seen["deniedState"]["peers"].as_array().map_or(0, Vec::len),
+        seen["speaker"]["chosen"],
+        seen["speaker"]["speakers"],
+        unreachable["text"],
+        lab.started.elapsed().as_secs_f64(),
+        result["phases"],
+    );
+}
+
 impl Lab {
     /// Starts rendez for a meeting: the call page on HTTPS, rooms of `room_size`, and the
     /// small video budget [`MEETING_UPSTREAM_KBPS`].
     fn serve_meeting(&mut self, room_size: usize) {
+        self.serve_meeting_with(room_size, &[]);
+    }
+
+    /// [`serve_meeting`](Self::serve_meeting) with more `[signal]` keys (`key = value` lines).
+    fn serve_meeting_with(&mut self, room_size: usize, signal_keys: &[String]) {
         let tls = self.make_certificates(Trust::TestCa);
         let config = self.write_config(&fresh_secret(), Some(&tls), Some(room_size));
         // `[signal]` is the last table of the file, so this key lands in it.
@@ -1352,7 +1458,38 @@ impl Lab {
             .open(&config)
             .expect("open rendez.toml");
         writeln!(file, "upstream-kbps = {MEETING_UPSTREAM_KBPS}").expect("write rendez.toml");
+        for line in signal_keys {
+            writeln!(file, "{line}").expect("write rendez.toml");
+        }
         self.start_server(&config);
+    }
+
+    /// Kills the lab's one server at once (SIGKILL), as a crash or a lost host would.
+    fn kill_server(&mut self) {
+        let Some(daemon) = self.daemons.iter_mut().find(|d| d.log == "server.log") else {
+            self.fail("the server is not running");
+        };
+        daemon.stopping = true;
+        if let Err(e) = daemon.child.kill() {
+            self.fail(&format!("cannot kill the server: {e}"));
+        }
+    }
+
+    /// A room token from `rendez token`, as a backend would mint it.
+    fn mint_token(&mut self, secret: &str, room: &str) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_rendez"))
+            .args(["token", "--room", room, "--ttl", "10m"])
+            .env("RENDEZ_TOKEN_SECRET", secret)
+            .output()
+            .expect("run rendez token");
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !output.status.success() || token.is_empty() {
+            self.fail(&format!(
+                "rendez token failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        token
     }
 
     fn meeting_args(
@@ -1362,6 +1499,13 @@ impl Lab {
         screenshots: Value,
         (width, height): (u32, u32),
     ) -> Value {
+        // More than two tabs get the cheap camera; two keep Chromium's own (their screenshots
+        // show a picture, not noise).
+        let camera = (participants.len() > CALLERS.len()).then(|| {
+            let path = self.dir.join("camera.y4m");
+            write_noise_camera(&path);
+            path
+        });
         json!({
             "scenario": scenario,
             "pageUrl": self.page_url(),
@@ -1369,7 +1513,7 @@ impl Lab {
             "room": ROOM,
             "participants": participants,
             "chromium": CHROMIUM,
-            "chromiumArgs": meeting_chromium_args(&self.dir, &self.layout.hosts()),
+            "chromiumArgs": meeting_chromium_args(&self.dir, &self.layout.hosts(), camera.as_deref()),
             "userDataDir": self.dir.join("profile"),
             "home": self.dir.join("home"),
             "viewport": {"width": width, "height": height},
@@ -1378,6 +1522,26 @@ impl Lab {
             "screenshots": screenshots,
             "timeoutMs": MEETING_BUDGET.as_millis() as u64,
         })
+    }
+
+    /// After one of six left, every one of the five others capped each of its video senders
+    /// at a quarter of the budget (less the page's headroom) within 5 s of learning it (each
+    /// page's own clock).
+    fn check_rebalance(&mut self, times: &Value) {
+        let times: Vec<Option<u64>> = times
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Value::as_u64)
+            .collect();
+        let in_time =
+            |t: &Option<u64>| t.is_some_and(|ms| ms <= REBALANCE_LIMIT.as_millis() as u64);
+        if times.len() != SIX.len() - 1 || !times.iter().all(in_time) {
+            self.fail(&format!(
+                "re-balance after one left (ms per remaining page, null: never): {times:?}, \
+                 limit {REBALANCE_LIMIT:?}"
+            ));
+        }
     }
 
     /// Every page shows all six messages, each once, as text (markup stays characters),
@@ -1560,6 +1724,22 @@ impl Lab {
                 seen["bobMuted"]
             ));
         }
+        let camera_off = seen["bobMuted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["kind"] == "video" && t["enabled"] == false);
+        let camera_on = &seen["bobCameraOn"];
+        if !camera_off
+            || seen["bobCameraOffTile"] != true
+            || camera_on["tileOff"] != false
+            || camera_on["button"] != "Turn camera off"
+        {
+            self.fail(&format!(
+                "bob did not join with his camera off and turn it on: joined with {}, then {}",
+                seen["bobMuted"], camera_on
+            ));
+        }
         let tiles = |view: &Value| view["tiles"].as_array().cloned().unwrap_or_default();
         let sharing = tiles(&seen["sharing"]);
         let screen = sharing.iter().find(|t| t["screen"] == true);
@@ -1614,9 +1794,14 @@ impl Lab {
 
 /// [`chromium_args`] with a fake camera of 10 frames a second instead of 30: six tabs in
 /// one browser encode 30 streams and decode 30 on two cores, and a third of the frames is what
-/// keeps that from starving the pages themselves (clicks took over 10 s at 30).
-fn meeting_chromium_args(dir: &Path, hosts: &[(&str, Ipv4Addr)]) -> Vec<String> {
-    chromium_args(dir, hosts)
+/// keeps that from starving the pages themselves (clicks took over 10 s at 30). With
+/// `camera`, the camera plays that file instead of drawing its own pictures.
+fn meeting_chromium_args(
+    dir: &Path,
+    hosts: &[(&str, Ipv4Addr)],
+    camera: Option<&Path>,
+) -> Vec<String> {
+    let mut args: Vec<String> = chromium_args(dir, hosts)
         .into_iter()
         .map(|arg| {
             if arg == "--use-fake-device-for-media-stream" {
@@ -1625,7 +1810,52 @@ fn meeting_chromium_args(dir: &Path, hosts: &[(&str, Ipv4Addr)]) -> Vec<String> 
                 arg
             }
         })
-        .collect()
+        .collect();
+    if let Some(camera) = camera {
+        args.push(format!(
+            "--use-file-for-fake-video-capture={}",
+            camera.display()
+        ));
+    }
+    args
+}
+
+/// [`meeting_chromium_args`] for a browser whose permission prompts all answer no: what a
+/// person who refuses camera and microphone sees.
+fn denying_chromium_args(dir: &Path, hosts: &[(&str, Ipv4Addr)]) -> Vec<String> {
+    let mut args: Vec<String> = meeting_chromium_args(dir, hosts, None)
+        .into_iter()
+        .filter(|arg| arg != "--use-fake-ui-for-media-stream")
+        .collect();
+    args.push("--deny-permission-prompts".into());
+    args
+}
+
+/// Writes a small camera for six tabs on two cores: 320 × 240 at 10 frames a second, each
+/// frame fresh noise. Chromium's own fake camera draws a 640 × 480 picture per frame in every
+/// tab; this one is only read. Noise is what an encoder compresses worst, so the page's
+/// `maxBitrate` caps (not a picture that is cheap to send) are what keep the bitrate down.
+fn write_noise_camera(path: &Path) {
+    const WIDTH: usize = 320;
+    const HEIGHT: usize = 240;
+    const FRAMES: usize = 20;
+    let mut file = std::io::BufWriter::new(File::create(path).expect("create the camera file"));
+    writeln!(file, "YUV4MPEG2 W{WIDTH} H{HEIGHT} F10:1 Ip A1:1 C420jpeg").expect("write y4m");
+    // A fixed linear congruential sequence: the same file in every run.
+    let mut state: u32 = 0x2545_f491;
+    let mut next = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    };
+    let plane = WIDTH * HEIGHT;
+    for _ in 0..FRAMES {
+        file.write_all(b"FRAME\n").expect("write y4m");
+        let luma: Vec<u8> = (0..plane).map(|_| next()).collect();
+        file.write_all(&luma).expect("write y4m");
+        // Grey colour planes: the noise is in brightness alone.
+        file.write_all(&vec![128u8; plane / 2]).expect("write y4m");
+    }
+    file.flush().expect("write y4m");
 }
 
 /// What each participant of `browser_meeting_six` writes (as meeting.mjs's `chatText`):

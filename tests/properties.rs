@@ -32,8 +32,9 @@ use rendez::stun::{
     MAGIC_COOKIE,
 };
 use rendez::turn::{
-    ChannelNumbers, DefaultFamily, FiveTuple, Io, Output, PeerAddr, PeerPolicy, RelayAddr,
-    RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret, CHANNEL_NUMBERS,
+    ChannelNumbers, DefaultFamily, FastPathEntry, FiveTuple, Io, Output, PeerAddr, PeerPolicy,
+    RelayAddr, RelayAddress, RelayBind, Server, ServerConfig, Transport, UserSecret,
+    CHANNEL_NUMBERS,
 };
 
 mod harness;
@@ -637,6 +638,8 @@ struct Scenario {
     default_family: DefaultFamily,
     channel_numbers: ChannelNumbers,
     binding: Binding,
+    /// A kernel fast path mirrors the eligible channels.
+    fast_path: bool,
     ops: Vec<Op>,
 }
 
@@ -946,17 +949,24 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::bool::weighted(0.7),
         any::<bool>(),
         (default_family, channel_numbers),
-        binding,
+        (binding, any::<bool>()),
         vec(op(), 1..80),
     )
         .prop_map(
-            |(allow_loopback, with_v6_relay, (default_family, channel_numbers), binding, ops)| {
+            |(
+                allow_loopback,
+                with_v6_relay,
+                (default_family, channel_numbers),
+                (binding, fast_path),
+                ops,
+            )| {
                 Scenario {
                     allow_loopback,
                     with_v6_relay,
                     default_family,
                     channel_numbers,
                     binding,
+                    fast_path,
                     ops,
                 }
             },
@@ -1003,6 +1013,7 @@ impl Harness {
         }
         config.default_family = scenario.default_family;
         config.channel_numbers = scenario.channel_numbers;
+        config.fast_path = scenario.fast_path;
         config.users = vec![(USER.to_owned(), UserSecret::Password(PASSWORD.to_owned()))];
         config.secrets = vec![SECRET.to_owned()];
         if scenario.allow_loopback {
@@ -1162,6 +1173,18 @@ impl Harness {
             self.pending.is_disjoint(&self.open),
             "a relay both pending and bound"
         );
+        // What the fast path holds (the core's insertions minus its removals) is exactly
+        // what the core would relay itself, on channels: never a channel it would refuse.
+        let mirrored: Vec<FastPathEntry> = self.io.fast_path.keys().copied().collect();
+        assert_eq!(mirrored, self.server.eligible_fast_paths(self.now));
+        assert_eq!(mirrored, self.server.fast_path_entries());
+        for entry in &mirrored {
+            assert!(entry.client.transport == Transport::Udp, "{entry:?}");
+            assert!(
+                self.open.contains(&entry.relay.0),
+                "{entry:?}: relay not open"
+            );
+        }
         // One relay socket per allocation, two for a dual-stack one. Answered at once, every
         // socket is bound after a drain; answered later, some are still being bound (and the
         // model may hold binds the core has since given up on).
@@ -1442,6 +1465,7 @@ impl Harness {
                     assert!(client.transport.is_stream(), "a data connection over UDP");
                 }
                 Event::ClosePeer(_) => {}
+                Event::FastPath(_) => {}
             }
         }
     }
@@ -1616,6 +1640,7 @@ fn harness_drives_a_full_relay_session() {
         default_family: DefaultFamily::Ipv4,
         channel_numbers: ChannelNumbers::Rfc5766,
         binding: Binding::Immediate(vec![true]),
+        fast_path: true,
         ops: Vec::new(),
     };
     let mut h = Harness::new(&scenario);
@@ -1651,6 +1676,16 @@ fn harness_drives_a_full_relay_session() {
         transaction: 2,
         ..base.clone()
     })));
+    assert_eq!(
+        h.io.fast_path.keys().copied().collect::<Vec<_>>(),
+        [FastPathEntry {
+            client: h.clients[0],
+            channel: 0x4000,
+            peer: PeerAddr(peer(0)),
+            relay: RelayAddr(relay),
+        }],
+        "the bound channel is mirrored into the fast path"
+    );
     let payload = b"hello peer".to_vec();
     let mut cd = ChannelData::header(0x4000, payload.len() as u16).to_vec();
     cd.extend_from_slice(&payload);

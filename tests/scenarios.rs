@@ -11,10 +11,11 @@ use rendez::stun::{
     TransactionId,
 };
 use rendez::turn::{
-    Alternate, ChallengeLimiter, ChannelNumbers, ConnectionId, DropReason, FiveTuple, PeerAddr,
-    PeerPolicy, PortClaims, QuotaExceeded, QuotaLimits, Quotas, Rejection, RelayAddr, RelayAddress,
-    RelayBind, Reservations, Server, ServerConfig, TcpRelayLimits, Transport, UserSecret,
-    CONNECTION_BIND_TIMEOUT, CONNECT_TIMEOUT, RESERVATION_LIFETIME,
+    Alternate, ChallengeLimiter, ChannelNumbers, ConnectionId, DropReason, FastPathChange,
+    FastPathEntry, FiveTuple, PeerAddr, PeerPolicy, PortClaims, QuotaExceeded, QuotaLimits, Quotas,
+    Rejection, RelayAddr, RelayAddress, RelayBind, Reservations, Server, ServerConfig,
+    TcpRelayLimits, Traffic, Transport, UserSecret, CONNECTION_BIND_TIMEOUT, CONNECT_TIMEOUT,
+    RESERVATION_LIFETIME,
 };
 
 mod harness;
@@ -2617,6 +2618,236 @@ fn peer_packets_to_unknown_relays_are_dropped() {
     let nowhere: SocketAddr = "192.0.2.10:50050".parse().unwrap();
     assert!(h.peer_to_client(nowhere, PEER, b"x").is_none());
     assert_eq!(h.server.stats().dropped(DropReason::NoAllocation), 1);
+}
+
+// ================================================================ kernel fast path
+
+/// Takes the fast path changes the I/O layer was asked for since the last call.
+fn fast_path_changes(h: &mut Harness) -> Vec<FastPathChange> {
+    let (changes, rest) = std::mem::take(&mut h.tcp)
+        .into_iter()
+        .partition(|e| matches!(e, Event::FastPath(_)));
+    h.tcp = rest;
+    changes
+        .into_iter()
+        .map(|e| match e {
+            Event::FastPath(change) => change,
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+fn with_fast_path() -> Harness {
+    Harness::with_config(|c| c.fast_path = true)
+}
+
+fn entry_of(h: &Harness, channel: u16, peer: SocketAddr) -> FastPathEntry {
+    FastPathEntry {
+        client: CLIENT,
+        channel,
+        peer: PeerAddr(peer),
+        relay: RelayAddr(h.bound[0]),
+    }
+}
+
+#[test]
+fn a_bound_channel_is_inserted_once_and_a_refresh_changes_nothing() {
+    let mut h = with_fast_path();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.permit(&mut h, PEER);
+    assert_eq!(
+        fast_path_changes(&mut h),
+        [],
+        "a permission alone is no channel"
+    );
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let entry = entry_of(&h, 0x4001, PEER);
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Insert(entry)]);
+    h.advance(Duration::from_secs(200));
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    alice.permit(&mut h, PEER);
+    alice.call(&mut h, Method::REFRESH, &[lifetime(600)]);
+    assert_eq!(fast_path_changes(&mut h), []);
+    assert_eq!(h.server.fast_path_entries(), [entry]);
+}
+
+#[test]
+fn without_a_fast_path_nothing_is_announced() {
+    let mut h = Harness::new();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    h.advance(Duration::from_secs(700));
+    assert_eq!(fast_path_changes(&mut h), []);
+    assert_eq!(h.server.fast_path_entries(), []);
+}
+
+#[test]
+fn stream_clients_never_get_the_fast_path() {
+    let mut h = with_fast_path();
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..CLIENT
+    };
+    let mut alice = Client::alice(tcp);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    assert_eq!(fast_path_changes(&mut h), []);
+}
+
+#[test]
+fn permission_expiry_removes_the_entry_at_once_and_a_new_permission_restores_it() {
+    let mut h = with_fast_path();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let entry = entry_of(&h, 0x4001, PEER);
+    fast_path_changes(&mut h);
+    h.advance(Duration::from_secs(299));
+    assert_eq!(fast_path_changes(&mut h), []);
+    assert!(h.server.poll_timeout() <= Some(h.now + Duration::from_secs(1)));
+    h.advance(Duration::from_secs(1)); // t = 300: the permission ends, the channel not
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Remove(entry)]);
+    alice.permit(&mut h, PEER);
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Insert(entry)]);
+}
+
+#[test]
+fn channel_expiry_removes_the_entry_when_the_channel_ends_not_after_its_quarantine() {
+    let mut h = with_fast_path();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::REFRESH, &[lifetime(3600)]);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let entry = entry_of(&h, 0x4001, PEER);
+    fast_path_changes(&mut h);
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(290));
+        alice.permit(&mut h, PEER);
+    }
+    h.advance(Duration::from_secs(19)); // t = 599
+    assert_eq!(fast_path_changes(&mut h), []);
+    h.advance(Duration::from_secs(1)); // t = 600
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Remove(entry)]);
+    assert_eq!(h.server.eligible_fast_paths(h.now), []);
+}
+
+#[test]
+fn refresh_lifetime_zero_removes_entries_before_its_response() {
+    let mut h = with_fast_path();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let other = SocketAddr::new(PEER.ip(), 4002);
+    alice.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[channel(0x4002), peer(other)],
+    );
+    fast_path_changes(&mut h);
+    // Sent by hand, so the order of everything the core asks for is seen.
+    let request = {
+        let nonce = alice.nonce.clone().unwrap();
+        let key = alice.key();
+        let auth = Auth {
+            username: Some("alice"),
+            nonce: &nonce,
+            key,
+            ..Auth::default()
+        };
+        build(Method::REFRESH, &[lifetime(0)], Some(auth), false)
+    };
+    assert!(h
+        .server
+        .handle_client_packet(h.now, CLIENT, &request)
+        .is_none());
+    h.server.drive(h.now, &mut h.io);
+    let events = h.io.take();
+    let response = events
+        .iter()
+        .position(|e| matches!(e, Event::Transmit(..)))
+        .expect("a response");
+    let removals: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::FastPath(FastPathChange::Remove(_))))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(removals.len(), 2, "{events:?}");
+    assert!(removals.iter().all(|&i| i < response), "{events:?}");
+    assert!(h.io.fast_path.is_empty());
+}
+
+#[test]
+fn allocation_expiry_removes_its_entries() {
+    let mut h = with_fast_path();
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let entry = entry_of(&h, 0x4001, PEER);
+    fast_path_changes(&mut h);
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(290));
+        alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    }
+    h.advance(Duration::from_secs(20)); // t = 600: the allocation's default lifetime
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Remove(entry)]);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn fast_path_traffic_is_counted_and_over_the_bandwidth_limit_returns_to_the_sockets_path() {
+    let mut h = Harness::with_config(|c| {
+        c.fast_path = true;
+        c.bandwidth_per_allocation = 10_000;
+    });
+    let mut alice = Client::alice(CLIENT);
+    alice.allocate(&mut h);
+    alice.call(&mut h, Method::CHANNEL_BIND, &[channel(0x4001), peer(PEER)]);
+    let entry = entry_of(&h, 0x4001, PEER);
+    fast_path_changes(&mut h);
+    let within = Traffic {
+        packets: 50,
+        bytes: 5_000,
+    };
+    h.server
+        .count_fast_path(h.now, entry, within, Traffic::default());
+    h.pump();
+    assert_eq!(fast_path_changes(&mut h), [], "half a second's worth: fine");
+    assert_eq!(h.server.stats().fast_path.to_peers, within);
+    assert_eq!(h.server.stats().relayed_to_peers(), 50);
+    // Three seconds' worth in the next report: two seconds over the burst.
+    let flood = Traffic {
+        packets: 300,
+        bytes: 30_000,
+    };
+    h.server
+        .count_fast_path(h.now, entry, Traffic::default(), flood);
+    h.pump();
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Remove(entry)]);
+    assert_eq!(h.server.stats().fast_path.to_clients, flood);
+    let mut frame = ChannelData::header(0x4001, 3).to_vec();
+    frame.extend_from_slice(b"abc");
+    assert_eq!(
+        h.client_to_peer(CLIENT, &frame),
+        Some((h.bound[0], PEER, b"abc".to_vec()))
+    );
+    assert_eq!(
+        h.peer_to_client(relayed_of(&h), PEER, b"x"),
+        None,
+        "the sockets path enforces the limit now"
+    );
+    // Paid off (3 s charged at 10 kB/s, less the 1 s burst): back on the fast path.
+    h.advance(Duration::from_millis(1_999));
+    assert_eq!(fast_path_changes(&mut h), []);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(fast_path_changes(&mut h), [FastPathChange::Insert(entry)]);
+}
+
+/// The advertised relayed address of the first relay bound.
+fn relayed_of(h: &Harness) -> SocketAddr {
+    SocketAddr::new(PUBLIC_RELAY_IP.parse().unwrap(), h.bound[0].port())
 }
 
 // ================================================================ harness

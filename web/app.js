@@ -19,6 +19,10 @@ const MAX_RETRY_MS = 10000;
 // How often connection stats are read, and the video caps re-balanced: well within the 5 s
 // in which a join or a leave must be reflected.
 const STATS_EVERY_MS = 2000;
+// A link that is not up this long after it began connecting restarts ICE. Chromium never
+// gives up on a link whose candidates were lost on the way (it stays "connecting" rather
+// than "failed"), so waiting for "failed" alone could wait forever.
+const CONNECT_TIMEOUT_MS = 15000;
 // How often audio levels are read (speaker highlight, "you are muted", the meter).
 const LEVELS_EVERY_MS = 200;
 // A level (devices.js `loudness`, about -40 dBFS) above which someone is speaking; a
@@ -207,6 +211,7 @@ function testState() {
       bytesReceived: peer.link.bytesReceived,
       quality: verdict(peer.link),
       screen: Boolean(peer.screenTile),
+      iceRestarts: peer.restarts,
     })),
   };
 }
@@ -307,7 +312,7 @@ function setSpeaker(deviceId) {
 }
 
 function applySpeaker(video) {
-  if (!canPickSpeaker || !call.speakerId) return;
+  if (!canPickSpeaker || !call.speakerId || video.sinkId === call.speakerId) return;
   video.setSinkId(call.speakerId).catch((e) => console.debug("rendez: setSinkId failed:", e));
 }
 
@@ -662,6 +667,10 @@ function createPeer({ id, name }, { offerer }) {
     screenTile: null,
     link: readLinkStats(new Map(), null, 0),
     lastSpoke: 0,
+    // Since when the link has been trying to connect (null while it is up), and how often
+    // ICE was restarted.
+    connectingSince: performance.now(),
+    restarts: 0,
     tile: createTile(name),
   };
   peer.tile.video.srcObject = peer.stream;
@@ -682,6 +691,9 @@ function onTrack(peer, track, stream) {
     return;
   }
   peer.stream.addTrack(track);
+  // Chromium refuses a speaker (AbortError) for an element with no sound yet, so a choice
+  // made before this peer's audio arrived is applied now.
+  if (track.kind === "audio") applySpeaker(peer.tile.video);
   playRemoteVideo(peer.tile.video);
 }
 
@@ -757,11 +769,30 @@ async function addCandidate(peer, candidate) {
 }
 
 function onConnectionStateChange(peer) {
+  const state = peer.pc.connectionState;
   // A path that stopped working (network change, NAT timeout) gets new candidates: the
   // restart renegotiates through negotiationneeded, on whichever side noticed first.
-  if (peer.pc.connectionState === "failed") peer.pc.restartIce();
-  if (peer.pc.connectionState === "connected") rebalance();
+  if (state === "failed") restartIce(peer);
+  if (state === "connected") {
+    peer.connectingSince = null;
+    rebalance();
+  } else {
+    peer.connectingSince ??= performance.now();
+  }
   render();
+}
+
+function restartIce(peer) {
+  peer.connectingSince = performance.now();
+  peer.restarts += 1;
+  peer.pc.restartIce();
+}
+
+/** Restarts ICE on links that have been trying to connect for too long (see CONNECT_TIMEOUT_MS). */
+function restartStuckLinks(now) {
+  for (const peer of call.peers.values()) {
+    if (peer.connectingSince !== null && now - peer.connectingSince > CONNECT_TIMEOUT_MS) restartIce(peer);
+  }
 }
 
 function closePeer(peer) {
@@ -800,6 +831,7 @@ function rebalance() {
 
 async function refreshStats() {
   const peers = [...call.peers.values()];
+  restartStuckLinks(performance.now());
   await Promise.all(peers.map(refreshPeerStats));
   rebalance();
   render();

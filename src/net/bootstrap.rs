@@ -21,6 +21,7 @@ use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
 use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
+use super::xdp::FastPath;
 use super::{http, limits, metrics, shared_port, tls, unix_now};
 use crate::config::{AcmeChallenge, ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::Rng;
@@ -111,6 +112,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         discovery,
     } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
     let tcp_addrs = local_addrs(&tcp_listeners)?;
+    // After the listeners: a port in use is reported before the kernel is touched.
+    let fast_path = FastPath::start(&config.xdp)?;
     let shared = shared_port::shared_addresses(&config);
     let (shared_listeners, tcp_listeners) = bind_shared_ports(&config, &shared, tcp_listeners)?;
     // Each shared port's address as bound, and what it serves.
@@ -164,10 +167,11 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     // (and, with `nonce-secret`, at every node of the fleet).
     let nonce_keys = NonceKeys::new()?;
     let nonce_key = nonce_keys.for_config(&config);
-    let shard = |ports: &RangeInclusive<u16>| -> anyhow::Result<turn::Server> {
+    let shard = |ports: &RangeInclusive<u16>, fast_path: bool| -> anyhow::Result<turn::Server> {
         let mut core = core_config(&config, &relays, &shared_limits, alternates.clone());
         core.relay_ports = ports.clone();
         core.nat_discovery = discovery;
+        core.fast_path = fast_path;
         Ok(turn::Server::new(
             core,
             Instant::now(),
@@ -178,10 +182,13 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     };
     let mut worker_handles = Vec::with_capacity(workers);
     for (id, sockets) in listener_sets.into_iter().enumerate() {
-        let server = shard(&port_slices[id])?;
-        worker_handles.push(worker::spawn(id, server, sockets).context("starting a UDP worker")?);
+        let maps = fast_path.as_ref().map(FastPath::channel_maps).transpose()?;
+        let server = shard(&port_slices[id], maps.is_some())?;
+        worker_handles
+            .push(worker::spawn(id, server, sockets, maps).context("starting a UDP worker")?);
     }
-    let stream_server = shard(&port_slices[workers])?;
+    // The fast path relays only UDP clients' channels: the stream shard has none.
+    let stream_server = shard(&port_slices[workers], false)?;
 
     let (stop, stopped) = watch::channel(false);
     let tracker = TaskTracker::new();
@@ -278,6 +285,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         workers: worker_handles.iter().map(|w| w.published()).collect(),
         stream: stream_shard.published(),
         hub: hub.clone(),
+        xdp_attached: fast_path.is_some(),
     };
     let metrics_addr = match config.metrics.listen {
         Some(addr) => {
@@ -327,6 +335,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         discovery,
         nonce_keys,
         nonce_key: std::sync::Mutex::new(nonce_key),
+        fast_path,
         reloading: tokio::sync::Mutex::new(()),
     })
 }

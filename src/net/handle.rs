@@ -49,6 +49,9 @@ pub struct Handle {
     pub(super) nonce_key: std::sync::Mutex<[u8; 32]>,
     /// One reload at a time, so shards, certificate and hub always end on the same one.
     pub(super) reloading: tokio::sync::Mutex<()>,
+    /// The attached XDP program (with `[xdp]`); dropped after the workers, which take
+    /// their entries out of its maps as they stop.
+    pub(super) fast_path: Option<super::xdp::FastPath>,
 }
 
 /// What a reload applied.
@@ -94,6 +97,11 @@ impl Handle {
     /// The number of UDP worker threads.
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Whether the XDP fast path is attached (`[xdp]`, built with the `xdp` feature).
+    pub fn fast_path_attached(&self) -> bool {
+        self.fast_path.is_some()
     }
 
     /// The bound address of `/metrics` (None unless `[metrics] listen` is set).

@@ -217,6 +217,36 @@ pub(crate) fn render(observer: &Observer) -> String {
             core.into_iter().chain(io).collect()
         },
     );
+    family(
+        "rendez_xdp_channels",
+        "gauge",
+        "Bound channels in the XDP fast path's maps now (relayed in the kernel).",
+        &|f| vec![(vec![], f.xdp.channels)],
+    );
+    family(
+        "rendez_xdp_relayed_packets_total",
+        "counter",
+        "Datagrams the XDP fast path relayed, by direction (also counted in rendez_relayed_packets_total).",
+        &|f| {
+            let fast = f.stats.fast_path;
+            vec![
+                (vec![("direction", "to_peer")], fast.to_peers.packets),
+                (vec![("direction", "to_client")], fast.to_clients.packets),
+            ]
+        },
+    );
+    family(
+        "rendez_xdp_map_full_total",
+        "counter",
+        "Bound channels left on the sockets path because the XDP maps were full ([xdp] max-channels).",
+        &|f| vec![(vec![], f.xdp.map_full)],
+    );
+    out.single(
+        "rendez_xdp_attached",
+        "gauge",
+        "1 while the XDP fast path is attached to [xdp] interface.",
+        u64::from(observer.xdp_attached),
+    );
     if let Some(signal) = observer.signal() {
         for (name, kind, help, value) in [
             (

@@ -45,6 +45,7 @@ pub mod proxy_protocol;
 mod shared_port;
 mod tls;
 mod turn_io;
+mod xdp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

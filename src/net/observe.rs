@@ -15,6 +15,8 @@ pub(crate) struct Observer {
     /// The TCP/TLS shard.
     pub stream: PublishedFigures,
     pub hub: Option<HubHandle>,
+    /// Whether the XDP fast path is attached.
+    pub xdp_attached: bool,
 }
 
 /// A shard's name in metrics: `udp-0`, `udp-1`, ... for the UDP workers, `stream` for the

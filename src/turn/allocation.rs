@@ -6,6 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::fast_path::AnnouncedFastPath;
 use super::meter::Meter;
 use super::quota::QuotaClaim;
 use super::RelayOptions;
@@ -42,6 +43,8 @@ pub struct Allocation {
     pub created_at: Instant,
     pub to_peers: Meter,
     pub to_clients: Meter,
+    /// What it has announced to the kernel fast path (empty without one).
+    pub fast_path: AnnouncedFastPath,
     /// Its place in the server-wide quotas, given back when the allocation is dropped.
     _quota: QuotaClaim,
     /// The quota claim for the port an EVEN-PORT R=1 allocation reserves, held while its
@@ -160,6 +163,7 @@ impl Allocation {
             created_at: now,
             to_peers: Meter::new(now),
             to_clients: Meter::new(now),
+            fast_path: AnnouncedFastPath::default(),
             expires_at,
             state: State::Binding(pending),
             allocate_transaction: transaction,
@@ -273,6 +277,14 @@ impl Allocation {
             .map(|c| c.number)
     }
 
+    /// Every live channel: its number and peer.
+    pub fn live_channels(&self, now: Instant) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
+        self.channels
+            .iter()
+            .filter(move |c| now < c.expires_at)
+            .map(|c| (c.number, c.peer))
+    }
+
     /// Drops expired permissions and channels past quarantine; returns the next instant at
     /// which something here changes (for the server's timer).
     pub fn sweep(&mut self, now: Instant) -> Instant {
@@ -288,8 +300,22 @@ impl Allocation {
             .channels
             .iter()
             .map(|c| c.expires_at + CHANNEL_QUARANTINE);
+        // A channel the fast path relays must be withdrawn the moment it expires, not
+        // when its quarantine ends.
+        let fast_path = self
+            .channels
+            .iter()
+            .filter(|c| {
+                self.fast_path
+                    .announced
+                    .iter()
+                    .any(|entry| entry.channel == c.number)
+            })
+            .map(|c| c.expires_at)
+            .chain(self.fast_path.retry_at);
         permissions
             .chain(channels)
+            .chain(fast_path)
             .fold(self.expires_at, Instant::min)
     }
 

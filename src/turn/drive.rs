@@ -19,8 +19,10 @@
 
 use std::time::Instant;
 
+use super::stats::Traffic;
 use super::{
-    ConnectionId, FiveTuple, Output, PeerAddr, RelayAddr, RelayOptions, RelayPace, Server,
+    ConnectionId, FastPathChange, FastPathEntry, FiveTuple, Output, PeerAddr, RelayAddr,
+    RelayOptions, RelayPace, Server,
 };
 
 /// What the core needs an I/O layer to do.
@@ -46,6 +48,21 @@ pub trait Io {
     fn bridge_peer(&mut self, connection: ConnectionId, client: FiveTuple, pace: RelayPace);
     /// Closes peer connection `connection`; an unknown one is ignored.
     fn close_peer(&mut self, connection: ConnectionId);
+
+    // The kernel fast path. The core asks only when its config says a fast path exists
+    // (`ServerConfig::fast_path`), so an I/O layer without one keeps these defaults.
+
+    /// Lets the fast path relay `entry` (it may refuse, e.g. when its maps are full: the
+    /// channel then simply stays on the sockets path).
+    fn insert_fast_path(&mut self, entry: FastPathEntry) {
+        let _ = entry;
+    }
+    /// Stops the fast path relaying `entry` (unknown: ignored) and returns what it relayed
+    /// since last reported: (client → peer, peer → client).
+    fn remove_fast_path(&mut self, entry: FastPathEntry) -> (Traffic, Traffic) {
+        let _ = entry;
+        (Traffic::default(), Traffic::default())
+    }
 }
 
 /// The outcome of [`Io::bind_relay`].
@@ -88,6 +105,11 @@ impl Server {
                     pace,
                 } => io.bridge_peer(connection, client, pace),
                 Output::ClosePeer { connection } => io.close_peer(connection),
+                Output::FastPath(FastPathChange::Insert(entry)) => io.insert_fast_path(entry),
+                Output::FastPath(FastPathChange::Remove(entry)) => {
+                    let (to_peer, to_client) = io.remove_fast_path(entry);
+                    self.count_fast_path(now, entry, to_peer, to_client);
+                }
             }
         }
     }

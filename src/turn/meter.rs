@@ -47,6 +47,29 @@ impl Meter {
         self.traffic.count(bytes);
         true
     }
+
+    /// Counts `traffic` that has already gone (the kernel fast path relayed it) and charges
+    /// it to the bucket at `bytes_per_second` (0: no limit), however far that runs ahead.
+    pub fn charge(&mut self, now: Instant, traffic: Traffic, bytes_per_second: u64) {
+        self.traffic.add(&traffic);
+        if let Some(nanos) = traffic
+            .bytes
+            .saturating_mul(1_000_000_000)
+            .checked_div(bytes_per_second)
+        {
+            self.paid_until = self.paid_until.max(now) + Duration::from_nanos(nanos);
+        }
+    }
+
+    /// When an allocation that has run more than [`BURST`] ahead of `bytes_per_second` is
+    /// back within it; `None` while it is within (or there is no limit).
+    pub fn over_rate_until(&self, now: Instant, bytes_per_second: u64) -> Option<Instant> {
+        if bytes_per_second == 0 {
+            return None;
+        }
+        let back_at = self.paid_until.checked_sub(BURST)?;
+        (back_at > now).then_some(back_at)
+    }
 }
 
 #[cfg(test)]
@@ -88,6 +111,28 @@ mod tests {
         assert!(meter.admit(t0, 1200, 1000));
         assert!(!meter.admit(t0 + Duration::from_millis(500), 1200, 1000));
         assert!(meter.admit(t0 + Duration::from_millis(1200), 1200, 1000));
+    }
+
+    #[test]
+    fn charged_traffic_puts_an_allocation_over_its_rate_until_it_is_paid_off() {
+        let t0 = Instant::now();
+        let mut meter = Meter::new(t0);
+        let second_and_a_half = Traffic {
+            packets: 15,
+            bytes: 1500,
+        };
+        meter.charge(t0, second_and_a_half, 1000);
+        assert_eq!(meter.traffic, second_and_a_half);
+        assert_eq!(
+            meter.over_rate_until(t0, 1000),
+            Some(t0 + Duration::from_millis(500))
+        );
+        assert!(!meter.admit(t0, 1, 1000), "over the rate: dropped");
+        assert_eq!(
+            meter.over_rate_until(t0 + Duration::from_millis(500), 1000),
+            None
+        );
+        assert_eq!(meter.over_rate_until(t0, 0), None, "no limit");
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod binding;
 mod challenge_limit;
 mod deliver;
 pub mod drive;
+mod fast_path;
 mod meter;
 pub use meter::BURST as BANDWIDTH_BURST;
 mod nonce;
@@ -47,6 +48,7 @@ pub use binding::NatDiscovery;
 pub use challenge_limit::ChallengeLimiter;
 pub use deliver::{PEER_HEADROOM, PEER_TAILROOM};
 pub use drive::{Io, RelayBind};
+pub use fast_path::{FastPathChange, FastPathEntry};
 pub use nonce::{nonce_key_from_secret, NONCE_COOKIE};
 pub use peer_connections::{ConnectionCounts, ConnectionId};
 pub use policy::PeerPolicy;
@@ -225,6 +227,9 @@ pub enum Output {
     /// Close peer connection `connection`, whatever it is doing (connecting, waiting,
     /// relaying); an unknown one is ignored.
     ClosePeer { connection: ConnectionId },
+    /// A bound channel became eligible for the kernel fast path, or stopped being so
+    /// (only with [`ServerConfig::fast_path`]; see [`FastPathChange`]).
+    FastPath(FastPathChange),
 }
 
 /// How fast a TCP relay of an allocation may go: `bandwidth-per-allocation` (0: no limit),

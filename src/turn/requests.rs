@@ -304,7 +304,11 @@ impl Server {
         let dual = allocation.relays.len() > 1;
         let lifetime = self.granted_lifetime(message);
         match family_v6 {
-            Some(v6) if lifetime.is_zero() && dual => self.remove_family(&tuple, v6),
+            Some(v6) if lifetime.is_zero() && dual => {
+                self.remove_family(&tuple, v6);
+                // Its channels go with it, before the response.
+                self.sync_fast_path_and_schedule(now, tuple);
+            }
             _ if lifetime.is_zero() => self.remove_allocation(now, &tuple),
             _ => {
                 if let Some(allocation) = self.allocations.get_mut(&tuple) {

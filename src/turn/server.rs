@@ -86,6 +86,10 @@ pub struct ServerConfig {
     pub nat_discovery: Option<NatDiscovery>,
     /// Peer connections of TCP allocations (RFC 6062).
     pub tcp_relays: TcpRelayLimits,
+    /// A kernel fast path relays bound channels beside this core: announce which are
+    /// eligible with [`Output::FastPath`] (see [`FastPathChange`](super::FastPathChange)).
+    /// Fixed at start; off, nothing is announced.
+    pub fast_path: bool,
 }
 
 impl ServerConfig {
@@ -116,6 +120,7 @@ impl ServerConfig {
             software: None,
             nat_discovery: None,
             tcp_relays: TcpRelayLimits::default(),
+            fast_path: false,
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct Server {
     pub(super) channel_numbers: ChannelNumbers,
     software: Option<String>,
     pub(super) nat_discovery: Option<NatDiscovery>,
+    /// Whether a kernel fast path mirrors the eligible channels (see `fast_path`).
+    pub(super) fast_path: bool,
     /// Set by [`Server::start_draining`]: new allocations are refused.
     pub(super) draining: bool,
     pub(super) allocations: AllocationTable,
@@ -249,6 +256,7 @@ impl Server {
             channel_numbers: config.channel_numbers,
             software: config.software,
             nat_discovery: config.nat_discovery,
+            fast_path: config.fast_path,
             draining: false,
             allocations: AllocationTable::default(),
             reservations: config.reservations,
@@ -283,6 +291,12 @@ impl Server {
         self.channel_numbers = config.channel_numbers;
         self.software.clone_from(&config.software);
         self.tcp_limits = config.tcp_relays;
+    }
+
+    /// Re-checks every channel the fast path relays against the policy and limits in
+    /// force at `now` (call after [`Server::reconfigure`], then [`Server::drive`]).
+    pub fn reconsider_fast_path(&mut self, now: Instant) {
+        self.sync_all_fast_paths(now);
     }
 
     /// Signs and checks nonces with `key` from now on (a reload that changes `nonce-secret`):
@@ -498,6 +512,10 @@ impl Server {
                 self.remove_allocation(now, &tuple);
                 continue;
             }
+            self.sync_fast_path(now, tuple);
+            let Some(allocation) = self.allocations.get_mut(&tuple) else {
+                continue;
+            };
             let next = allocation.sweep(now);
             self.allocations.schedule(tuple, next);
         }
@@ -649,6 +667,9 @@ impl Server {
         if let Err(error) = result {
             self.send_error(&reply, error, |_| {});
         }
+        // A bind or a renewed permission may have made a channel eligible. (What a request
+        // ends, it withdraws itself, before its response.)
+        self.sync_fast_path_and_schedule(now, from);
     }
 
     /// Answers 420 with UNKNOWN-ATTRIBUTES when the request has comprehension-required
@@ -925,9 +946,11 @@ impl Server {
 
     /// Ends an allocation and gives back its ports and sockets.
     pub(super) fn remove_allocation(&mut self, now: Instant, tuple: &FiveTuple) {
-        let Some(allocation) = self.allocations.remove(tuple) else {
+        let Some(mut allocation) = self.allocations.remove(tuple) else {
             return;
         };
+        // Before anything else leaves: the fast path must stop relaying for it first.
+        self.withdraw_fast_path(&mut allocation);
         self.close_peer_connections_of(tuple);
         for relay in &allocation.relays {
             self.release_port(relay.bind);

@@ -20,7 +20,7 @@ impl Traffic {
         self.bytes += bytes as u64;
     }
 
-    fn add(&mut self, other: &Traffic) {
+    pub fn add(&mut self, other: &Traffic) {
         self.packets += other.packets;
         self.bytes += other.bytes;
     }
@@ -221,6 +221,9 @@ pub struct Stats {
     pub allocations_ended: u64,
     /// By [`Transport`].
     pub relayed: [Relayed; Transport::ALL.len()],
+    /// Of `relayed` (UDP), what the kernel fast path carried (reported back by the I/O
+    /// layer, see [`Server::count_fast_path`](super::Server::count_fast_path)).
+    pub fast_path: Relayed,
     /// By [`DropReason`].
     pub dropped: [u64; DropReason::ALL.len()],
     /// TCP relays (RFC 6062).
@@ -269,6 +272,7 @@ impl Stats {
             allocations_created,
             allocations_ended,
             relayed,
+            fast_path,
             dropped,
             tcp,
         } = other;
@@ -283,6 +287,8 @@ impl Stats {
             mine.to_peers.add(&theirs.to_peers);
             mine.to_clients.add(&theirs.to_clients);
         }
+        self.fast_path.to_peers.add(&fast_path.to_peers);
+        self.fast_path.to_clients.add(&fast_path.to_clients);
         self.refused_draining += refused_draining;
         self.redirected_full += redirected_full;
         self.allocations_created += allocations_created;

@@ -66,6 +66,10 @@ impl AllocationTable {
         self.allocations.values()
     }
 
+    pub fn iter_with_tuples(&self) -> impl Iterator<Item = (FiveTuple, &Allocation)> {
+        self.allocations.iter().map(|(tuple, a)| (*tuple, a))
+    }
+
     /// Adds an allocation with its relays, to be woken at `wake_at`.
     pub fn insert(&mut self, tuple: FiveTuple, allocation: Allocation, wake_at: Instant) {
         debug_assert!(

@@ -26,7 +26,7 @@
 //      what the tabs show (`before`), prints the line {"event": "call-up"} and waits until
 //      the first participant is back in the call under a new id (the test drains its node
 //      meanwhile, so the page reconnects and joins again) with decoded video both ways;
-//   5. prints exactly one line of JSON on stdout: {"ok": true|false, "pages": [...], ...}.
+//   5. prints exactly one line of JSON on stdout (script.mjs): {"ok": true|false, "pages": [...], ...}.
 // The Rust test makes the assertions; this script only reports what the pages showed.
 //
 // Arguments (one JSON object):
@@ -51,76 +51,20 @@
 //   screenshot      optional PNG path ("call" only): the first participant's tab
 //   timeoutMs       budget for the whole script
 
-import { chromium } from "playwright-core";
-import { tcpConnect, waitForServer } from "./net_probe.mjs";
+import { sleep, startScript } from "./script.mjs";
 
-const args = JSON.parse(process.argv[2] ?? "{}");
-const started = Date.now();
-const deadline = started + (args.timeoutMs ?? 60000);
-const remaining = () => Math.max(0, deadline - Date.now());
-// A timeout for one step: at most `ms`, never past the deadline, never 0 (which playwright
-// takes as "no timeout").
-const stepTimeout = (ms) => Math.max(1, Math.min(ms, remaining()));
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const phases = {};
-const mark = (name) => (phases[name] = Date.now() - started);
-
-let context = null;
-// The tab a persistent context starts with; the first participant gets it.
-let spareTab = null;
-let finished = false;
-// One entry per opened tab: {name, url, page, console: [...]}. Reported even on failure.
-const tabs = [];
-
-async function finish(result, code) {
-  if (finished) return;
-  finished = true;
-  // Describing the tabs and closing the browser must not hang.
-  setTimeout(() => process.exit(code), 8000).unref();
-  // What every tab shows, whatever went wrong: the first thing to read on a failure.
-  const pages = await Promise.all(
-    tabs.map((tab) =>
-      withTimeout(describe(tab), 2000).catch((e) => ({ name: tab.name, url: tab.url, error: String(e) })),
-    ),
-  );
-  process.stdout.write(JSON.stringify({ ...result, pages, phases }) + "\n");
-  if (context) await context.close().catch(() => {});
-  process.exit(code);
-}
-
-// A hard stop for the whole script, whatever is pending.
-setTimeout(() => finish({ ok: false, error: `call_page.mjs timed out after ${args.timeoutMs} ms` }, 2), remaining()).unref();
-process.on("SIGTERM", () => finish({ ok: false, error: "terminated (SIGTERM)" }, 3));
-process.on("uncaughtException", (e) => finish({ ok: false, error: "uncaught: " + String(e?.stack ?? e) }, 1));
-process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: " + String(e?.stack ?? e) }, 1));
-
-// ---------------------------------------------------------------------------------------
-
-/** Polls until rendez accepts a TCP connection on the page's port. */
-function withTimeout(promise, ms) {
-  return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`no answer within ${ms} ms`)))]);
-}
+const script = startScript("call_page.mjs", 60000, describe);
+const { args, tabs, stepTimeout, remaining, mark } = script;
 
 async function openTab(name, { joined }) {
   const url = new URL(args.pageUrls?.[name] ?? args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
   if (args.relay) url.searchParams.set("relay", "1");
-  const tab = await newTab(name, url);
+  const tab = await script.newTab(name, url);
   await tab.page.goto(url.href, { timeout: stepTimeout(15000) });
   await pressJoin(tab);
   if (joined) await waitUntilJoined(tab);
-  return tab;
-}
-
-/** A tab for `name` (the spare one first), its console collected for the report. */
-async function newTab(name, url) {
-  const page = spareTab ?? (await context.newPage());
-  spareTab = null;
-  const tab = { name, url: url.href, page, console: [] };
-  tabs.push(tab);
-  page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
   return tab;
 }
 
@@ -382,7 +326,7 @@ async function linkOnlyScenario() {
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
   url.searchParams.set("autojoin", "1");
-  const tab = await newTab(name, url);
+  const tab = await script.newTab(name, url);
   await tab.page.addInitScript(countJoinCalls);
   await tab.page.goto(url.href, { timeout: stepTimeout(15000) });
   // Long enough for a join to have asked for the camera and got its welcome.
@@ -400,36 +344,7 @@ async function linkOnlyScenario() {
   return { ok: true, before, after };
 }
 
-// Last, so that everything above is initialised when it runs.
-async function main() {
-  try {
-    const { host, port } = args.probe;
-    await waitForServer(() => tcpConnect(host, port, 300), `${host}:${port}`, deadline);
-    mark("server_ready");
-    context = await chromium.launchPersistentContext(args.userDataDir, {
-      executablePath: args.chromium,
-      headless: true,
-      args: args.chromiumArgs,
-      env: { ...process.env, HOME: args.home },
-      timeout: stepTimeout(30000),
-      viewport: args.viewport,
-    });
-    if (args.reportCandidates) await context.addInitScript(observeConnections);
-    spareTab = context.pages()[0] ?? null;
-    mark("browser_started");
-    const scenarios = {
-      call: callScenario,
-      "room-full": roomFullScenario,
-      "link-only": linkOnlyScenario,
-      rejoin: rejoinScenario,
-    };
-    const scenario = scenarios[args.scenario];
-    if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
-    const result = await scenario();
-    await finish(result, 0);
-  } catch (error) {
-    await finish({ ok: false, error: String(error?.stack ?? error) }, 1);
-  }
-}
-
-main();
+script.run(
+  { call: callScenario, "room-full": roomFullScenario, "link-only": linkOnlyScenario, rejoin: rejoinScenario },
+  { initScripts: args.reportCandidates ? [observeConnections] : [] },
+);

@@ -18,64 +18,34 @@
 // of the first tab with its chat open.
 //
 // Scenario "tools" (two participants): the first opens the page, presses "Check camera and
-// microphone" and the pre-join view is screenshot; the second joins with its microphone off
-// (and is told it is muted when its fake microphone beeps); then the first shares its
+// microphone" and the pre-join view is screenshot; the second joins with its microphone and
+// camera off (and is told it is muted when its fake microphone beeps), then turns the camera
+// on; then the first shares its
 // screen and stops, switches its camera (replaceTrack), and has its signaling socket
 // closed; last, the second tab is made phone-sized and screenshot.
 //
-// Prints exactly one line of JSON: {"ok": true|false, "error"?, ...what was seen, "phases"}.
-// The Rust test makes the assertions.
+// Scenario "entry" (a room that needs a token): the invite link carries the token, a page
+// without one is told it is not let in, a link whose first candidates were lost comes up
+// after an ICE restart, a chosen speaker plays every incoming tile, a browser that refuses
+// camera and microphone says so and still shows the others, and a page whose server went
+// away after it loaded says the server cannot be reached (the test kills the server when
+// the script prints {"event": "page-loaded"}).
+//
+// Prints exactly one line of JSON (script.mjs): {"ok": true|false, "error"?, "seen", "pages",
+// "phases"}. The Rust test makes the assertions.
 //
 // Arguments (one JSON object): scenario, pageUrl, probe {host, port}, room, participants,
-// chromium, chromiumArgs, userDataDir, home, viewport, measureMs, screenshots {name: path},
-// timeoutMs.
+// chromium, chromiumArgs, userDataDir, home, viewport, measureMs, upstreamKbps,
+// screenshots {name: path}, timeoutMs; "entry" also token, loseCandidatesMs,
+// deniedUserDataDir and deniedChromiumArgs.
 
-import { chromium } from "playwright-core";
-import { tcpConnect, waitForServer } from "./net_probe.mjs";
+import { tcpConnect } from "./net_probe.mjs";
+import { ScenarioError, sleep, startScript } from "./script.mjs";
+// The page's own rule for the caps, so that the test knows what a re-balance leads to.
+import { videoEncodings } from "../../web/bandwidth.js";
 
-const args = JSON.parse(process.argv[2] ?? "{}");
-const started = Date.now();
-const deadline = started + (args.timeoutMs ?? 120000);
-const remaining = () => Math.max(0, deadline - Date.now());
-const stepTimeout = (ms) => Math.max(1, Math.min(ms, remaining()));
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const phases = {};
-const mark = (name) => {
-  phases[name] = Date.now() - started;
-  // Progress on stderr (node.err in the test's directory): where a slow run spent its time.
-  console.error(`${phases[name]} ms: ${name}`);
-};
-
-let context = null;
-let spareTab = null;
-let finished = false;
-const tabs = [];
-const seen = {};
-
-async function finish(result, code) {
-  if (finished) return;
-  finished = true;
-  setTimeout(() => process.exit(code), 8000).unref();
-  const pages = await Promise.all(
-    tabs.map((tab) =>
-      withTimeout(describe(tab), 10000).catch((e) => ({ name: tab.name, error: String(e) })),
-    ),
-  );
-  process.stdout.write(JSON.stringify({ ...result, seen, pages, phases }) + "\n");
-  if (context) await context.close().catch(() => {});
-  process.exit(code);
-}
-
-setTimeout(() => finish({ ok: false, error: `meeting.mjs timed out after ${args.timeoutMs} ms` }, 2), remaining()).unref();
-process.on("SIGTERM", () => finish({ ok: false, error: "terminated (SIGTERM)" }, 3));
-process.on("uncaughtException", (e) => finish({ ok: false, error: "uncaught: " + String(e?.stack ?? e) }, 1));
-process.on("unhandledRejection", (e) => finish({ ok: false, error: "unhandled: " + String(e?.stack ?? e) }, 1));
-
-function withTimeout(promise, ms) {
-  return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`no answer within ${ms} ms`)))]);
-}
-
-class ScenarioError extends Error {}
+const script = startScript("meeting.mjs", 120000, describe);
+const { args, seen, tabs, stepTimeout, remaining, mark } = script;
 
 // ---------------------------------------------------------------------------------------
 // In the pages
@@ -89,7 +59,18 @@ function recordConnections() {
   // What went out as chat, and the server's errors: where a lost message was lost.
   const chatSent = [];
   const errors = [];
-  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, errors };
+  // When each peer-left frame came, and each encoding change took effect (page clock):
+  // how long a re-balance took, measured where it happens rather than by polling a
+  // loaded browser from outside.
+  const peerLeftAt = [];
+  const encodingsSet = [];
+  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, errors, peerLeftAt, encodingsSet };
+  const nativeSetParameters = window.RTCRtpSender.prototype.setParameters;
+  window.RTCRtpSender.prototype.setParameters = async function (parameters, ...rest) {
+    const result = await nativeSetParameters.call(this, parameters, ...rest);
+    encodingsSet.push({ sender: this, maxBitrate: parameters.encodings?.[0]?.maxBitrate, at: performance.now() });
+    return result;
+  };
   const nativeSend = window.WebSocket.prototype.send;
   window.WebSocket.prototype.send = function (data) {
     if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatSent.push(data.length);
@@ -110,6 +91,56 @@ function recordConnections() {
       this.addEventListener("message", ({ data }) => {
         if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatFrames.push(data);
         if (typeof data === "string" && data.startsWith('{"type":"error"')) errors.push(data);
+        if (typeof data === "string" && data.startsWith('{"type":"peer-left"')) peerLeftAt.push(performance.now());
+      });
+    }
+  };
+}
+
+/**
+ * Runs in a page before its script: for the first `ms` after the page loads, every ICE
+ * candidate it sends or receives is lost on the way, in signals and inside descriptions, as
+ * when a signaling path loses messages. Its links then stay "connecting": only the page's
+ * own restart can bring them up. Counts what it dropped in `window.__candidatesDropped`.
+ */
+function loseCandidates(ms) {
+  const until = performance.now() + ms;
+  window.__candidatesDropped = 0;
+  // A signal frame without its candidates, or null when nothing is left of it.
+  const filter = (text) => {
+    if (performance.now() > until || typeof text !== "string" || !text.startsWith('{"type":"signal"')) return text;
+    const message = JSON.parse(text);
+    if (message.data?.candidate !== undefined) {
+      window.__candidatesDropped += 1;
+      return null;
+    }
+    const description = message.data?.description;
+    if (description?.sdp) {
+      const lines = description.sdp.split("\r\n");
+      const kept = lines.filter((line) => !line.startsWith("a=candidate") && !line.startsWith("a=end-of-candidates"));
+      window.__candidatesDropped += lines.length - kept.length;
+      description.sdp = kept.join("\r\n");
+      return JSON.stringify(message);
+    }
+    return text;
+  };
+  const nativeSend = window.WebSocket.prototype.send;
+  window.WebSocket.prototype.send = function (data) {
+    const kept = filter(data);
+    if (kept !== null) nativeSend.call(this, kept);
+  };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...a) {
+      super(...a);
+      // Registered before the page's own handlers, so it runs first and can stop them.
+      this.addEventListener("message", (event) => {
+        // What this listener dispatched itself (untrusted) is already filtered.
+        if (!event.isTrusted) return;
+        const kept = filter(event.data);
+        if (kept === event.data) return;
+        event.stopImmediatePropagation();
+        if (kept !== null) this.dispatchEvent(new MessageEvent("message", { data: kept }));
       });
     }
   };
@@ -141,17 +172,15 @@ async function mediaCounters() {
 // ---------------------------------------------------------------------------------------
 // Tabs
 
-async function openTab(name) {
+/** Opens the page for `name`; `init`: [function, argument] to run in it before its script. */
+async function openTab(name, { token = args.token, browser = script.context, init = null } = {}) {
   const url = new URL(args.pageUrl);
   url.searchParams.set("room", args.room);
   url.searchParams.set("name", name);
-  const page = spareTab ?? (await context.newPage());
-  spareTab = null;
-  const tab = { name, url: url.href, page, console: [] };
-  tabs.push(tab);
-  page.on("console", (m) => tab.console.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => tab.console.push(`pageerror: ${e.message}`));
-  await page.goto(url.href, { timeout: stepTimeout(30000) });
+  if (token) url.searchParams.set("token", token);
+  const tab = await script.newTab(name, url, browser);
+  if (init) await tab.page.addInitScript(...init);
+  await tab.page.goto(url.href, { timeout: stepTimeout(30000) });
   return tab;
 }
 
@@ -265,6 +294,35 @@ async function measureMedia() {
   return tabs.map((tab, i) => ({ name: tab.name, before: before[i], after: after[i] }));
 }
 
+/** Runs in a page: whether every video sender of its open connections has the cap `wanted`. */
+function rebalancedTo(wanted) {
+  return window.__recorded.peerConnections
+    .filter((pc) => pc.connectionState === "connected")
+    .flatMap((pc) => pc.getSenders())
+    .filter((sender) => sender.track?.kind === "video")
+    .every((sender) => sender.getParameters().encodings?.[0]?.maxBitrate === wanted);
+}
+
+/**
+ * Runs in a page: milliseconds from the last peer-left frame until every video sender of its
+ * open connections had taken the cap `wanted`, or null if one never did.
+ */
+function rebalanceTime(wanted) {
+  const { peerConnections, peerLeftAt, encodingsSet } = window.__recorded;
+  const left = peerLeftAt.at(-1);
+  const senders = peerConnections
+    .filter((pc) => pc.connectionState === "connected")
+    .flatMap((pc) => pc.getSenders())
+    .filter((sender) => sender.track?.kind === "video");
+  let last = left;
+  for (const sender of senders) {
+    const set = encodingsSet.find((e) => e.sender === sender && e.at >= left && e.maxBitrate === wanted);
+    if (!set) return null;
+    last = Math.max(last, set.at);
+  }
+  return left === undefined ? null : Math.round(last - left);
+}
+
 async function sixScenario() {
   for (const name of args.participants) await join(await openTab(name));
   mark("all_joined");
@@ -297,24 +355,16 @@ async function sixScenario() {
     mark("screenshot");
   }
 
-  // Someone leaves: within 5 s every sender splits the budget among four peers instead.
+  // Someone leaves: every sender splits the budget among four peers instead. How long that
+  // took is read off each page's own clock (from the peer-left frame to the last of its video
+  // senders taking the new cap); the test asserts it.
   const leaving = tabs.at(-1);
   await leaving.page.click("#leave", { timeout: stepTimeout(30000) });
-  const left = Date.now();
-  const perFour = Math.round((args.upstreamKbps / 4) * 1000);
+  const perFour = videoEncodings(args.upstreamKbps, 4, false).camera.maxBitrate;
   for (const tab of tabs.slice(0, -1)) {
-    await tab.page.waitForFunction(
-      (wanted) =>
-        window.__recorded.peerConnections
-          .filter((pc) => pc.connectionState === "connected")
-          .flatMap((pc) => pc.getSenders())
-          .filter((sender) => sender.track?.kind === "video")
-          .every((sender) => sender.getParameters().encodings?.[0]?.maxBitrate === wanted),
-      perFour,
-      { timeout: stepTimeout(5000 - (Date.now() - left) + 500), polling: 100 },
-    );
+    await tab.page.waitForFunction(rebalancedTo, perFour, { timeout: stepTimeout(30000), polling: 250 });
   }
-  seen.rebalancedMs = Date.now() - left;
+  seen.rebalancedMs = await Promise.all(tabs.slice(0, -1).map((tab) => tab.page.evaluate(rebalanceTime, perFour)));
   mark("rebalanced");
   return { ok: true };
 }
@@ -354,12 +404,25 @@ async function toolsScenario() {
 
   const bob = await openTab(bobName);
   await bob.page.check("#start-muted", { timeout: stepTimeout(30000) });
+  await bob.page.check("#start-camera-off", { timeout: stepTimeout(30000) });
   await join(bob);
   await waitForStates(callIsUp, "alice and bob never saw each other connected with decoded video");
   mark("call_up");
   seen.bobMuted = (await state(bob)).localTracks;
   await bob.page.waitForSelector("#muted-hint:not([hidden])", { timeout: stepTimeout(30000) });
   seen.mutedHint = true;
+  seen.bobCameraOffTile = await bob.page.evaluate(() => document.querySelector("#grid .tile.local").classList.contains("camera-off"));
+  // Bob turns his camera on: alice keeps decoding, now pictures rather than black frames.
+  await bob.page.click("#camera", { timeout: stepTimeout(30000) });
+  await waitForStates(
+    ([, b]) => b.localTracks.some((t) => t.kind === "video" && t.enabled),
+    "bob's camera did not come on",
+    20000,
+  );
+  seen.bobCameraOn = await bob.page.evaluate(() => ({
+    tileOff: document.querySelector("#grid .tile.local").classList.contains("camera-off"),
+    button: document.getElementById("camera").textContent,
+  }));
   mark("muted_hint");
 
   // Screen sharing: a large tile at bob's, gone again when alice stops.
@@ -492,30 +555,117 @@ async function toolsScenario() {
   return { ok: true };
 }
 
-async function main() {
-  try {
-    const { host, port } = args.probe;
-    await waitForServer(() => tcpConnect(host, port, 300), `${host}:${port}`, deadline);
-    mark("server_ready");
-    context = await chromium.launchPersistentContext(args.userDataDir, {
-      executablePath: args.chromium,
-      headless: true,
-      args: args.chromiumArgs,
-      env: { ...process.env, HOME: args.home },
-      timeout: stepTimeout(30000),
-      viewport: args.viewport,
-    });
-    await context.addInitScript(recordConnections);
-    spareTab = context.pages()[0] ?? null;
-    mark("browser_started");
-    const scenarios = { six: sixScenario, tools: toolsScenario };
-    const scenario = scenarios[args.scenario];
-    if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
-    await finish(await scenario(), 0);
-  } catch (error) {
-    const message = error instanceof ScenarioError ? error.message : String(error?.stack ?? error);
-    await finish({ ok: false, error: message }, 1);
-  }
+// ---------------------------------------------------------------------------------------
+// Scenario "entry"
+
+/** Runs in a page: the message it shows, and which error that is. */
+function shownMessage() {
+  const message = document.getElementById("message");
+  return { hidden: message.hidden, text: message.textContent, error: document.body.dataset.error ?? null };
 }
 
-main();
+async function waitForError(tab, code) {
+  await tab.page.waitForFunction((c) => document.body.dataset.error === c, code, {
+    timeout: stepTimeout(30000),
+    polling: 100,
+  });
+  return tab.page.evaluate(shownMessage);
+}
+
+/**
+ * A room that needs a token, the ways into it and the messages on the way: alice comes with
+ * the invitation (token) and her invite link carries it on; mallory comes without and is told
+ * she is not let in; bob's browser refuses camera and microphone, so he is told so and still
+ * sees alice; last, alice picks a speaker and every incoming tile plays there.
+ */
+async function entryScenario() {
+  const [aliceName, carolName, bobName] = args.participants;
+  const alice = await openTab(aliceName);
+  await join(alice);
+  await alice.page.click("#invite", { timeout: stepTimeout(30000) });
+  await alice.page.waitForFunction(() => /Invite link/.test(document.getElementById("message").textContent), null, {
+    timeout: stepTimeout(10000),
+    polling: 100,
+  });
+  const invite = (await alice.page.evaluate(shownMessage)).text;
+  seen.invite = invite.slice(invite.indexOf("http"));
+  mark("invited");
+
+  const mallory = await openTab("mallory", { token: null });
+  await mallory.page.click("#join", { timeout: stepTimeout(30000) });
+  seen.unauthorized = await waitForError(mallory, "unauthorized");
+  seen.malloryJoined = (await state(mallory)).joined;
+  await mallory.page.close();
+  tabs.splice(tabs.indexOf(mallory), 1);
+  mark("unauthorized");
+
+  // Carol's first candidates are lost on the way (both ways): the link between alice and
+  // carol stays "connecting" until a page restarts ICE, and then comes up.
+  const carol = await openTab(carolName, { init: [loseCandidates, args.loseCandidatesMs] });
+  await join(carol);
+  await waitForStates(callIsUp, "alice and carol never saw each other connected with decoded video");
+  const [aliceState, carolState] = await Promise.all([state(alice), state(carol)]);
+  seen.lostCandidates = {
+    dropped: await carol.page.evaluate(() => window.__candidatesDropped),
+    restarts: aliceState.peers[0].iceRestarts + carolState.peers[0].iceRestarts,
+  };
+  mark("stuck_link_restarted");
+
+  // Speaker choice: a fake output device; every incoming tile's sound plays there.
+  await alice.page.click("#devices-toggle", { timeout: stepTimeout(30000) });
+  const speakers = await alice.page.evaluate(() =>
+    [...document.getElementById("speaker-select").options].map((o) => ({ value: o.value, label: o.textContent })),
+  );
+  const chosen = speakers.find((s) => s.value && s.value !== "default");
+  if (!chosen) throw new ScenarioError(`no speaker to choose besides the default: ${JSON.stringify(speakers)}`);
+  await alice.page.selectOption("#speaker-select", chosen.value, { timeout: stepTimeout(30000) });
+  await alice.page.waitForFunction(
+    (id) => {
+      const remote = [...document.querySelectorAll("#grid .tile:not(.local) video")];
+      return remote.length > 0 && remote.every((v) => v.sinkId === id);
+    },
+    chosen.value,
+    { timeout: stepTimeout(10000), polling: 100 },
+  );
+  seen.speaker = { speakers: speakers.map((s) => s.label), chosen: chosen.label };
+  mark("speaker");
+
+  // Another browser, whose permission prompts all answer no (Chromium's own refusal).
+  const denying = await script.launch({
+    userDataDir: args.deniedUserDataDir,
+    chromiumArgs: args.deniedChromiumArgs,
+    initScripts: [recordConnections],
+  });
+  const bob = await openTab(bobName, { browser: denying });
+  await join(bob);
+  seen.denied = await waitForError(bob, "media-denied");
+  await waitForStates(
+    (states) => {
+      const b = states.at(-1);
+      return b.peers.length === 2 && b.peers.every((p) => p.connectionState === "connected" && p.framesDecoded > 0);
+    },
+    "bob, without camera and microphone, never saw alice and carol",
+  );
+  seen.deniedState = await state(bob);
+  mark("denied");
+
+  // The server goes away between loading the page and pressing Join: dora is told it
+  // cannot be reached (and when the page tries again). The test kills the server on the
+  // event below; the page notices when its socket cannot connect.
+  const dora = await openTab("dora");
+  console.log(JSON.stringify({ event: "page-loaded" }));
+  const { host, port } = args.probe;
+  const until = Date.now() + Math.min(20000, remaining());
+  let gone = false;
+  while (!gone && Date.now() < until) {
+    gone = await tcpConnect(host, port, 300).then(() => false, () => true);
+    if (!gone) await sleep(100);
+  }
+  if (!gone) throw new ScenarioError("the server was still up 20 s after the page-loaded event");
+  await dora.page.click("#join", { timeout: stepTimeout(30000) });
+  seen.unreachable = await waitForError(dora, "unreachable");
+  mark("unreachable");
+  return { ok: true };
+}
+
+script.run({ six: sixScenario, tools: toolsScenario, entry: entryScenario }, { initScripts: [recordConnections] });

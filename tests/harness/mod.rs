@@ -5,11 +5,12 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use rendez::turn::{
-    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, RelayPace,
+    ConnectionId, FastPathChange, FastPathEntry, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind,
+    RelayOptions, RelayPace, Traffic,
 };
 
 /// One thing the core asked for, in the order it asked.
@@ -27,6 +28,8 @@ pub enum Event {
     /// A peer connection to relay through a client's data connection.
     Bridge(ConnectionId, FiveTuple),
     ClosePeer(ConnectionId),
+    /// A channel the kernel fast path may relay from now on, or no longer.
+    FastPath(FastPathChange),
 }
 
 /// Records the core's outputs and answers binds: first from `script`, then by cycling
@@ -40,6 +43,9 @@ pub struct RecordingIo {
     pub dont_fragment: Vec<SocketAddr>,
     /// How fast each bridged TCP relay may go, in the order they were bridged.
     pub paces: Vec<RelayPace>,
+    /// The fast path as the core's insertions and removals left it, with the traffic each
+    /// entry will report when it is removed (set by the test).
+    pub fast_path: BTreeMap<FastPathEntry, (Traffic, Traffic)>,
 }
 
 impl Default for RecordingIo {
@@ -59,6 +65,7 @@ impl RecordingIo {
             answered: 0,
             dont_fragment: Vec::new(),
             paces: Vec::new(),
+            fast_path: BTreeMap::new(),
         }
     }
 
@@ -124,5 +131,20 @@ impl Io for RecordingIo {
 
     fn close_peer(&mut self, connection: ConnectionId) {
         self.log.push(Event::ClosePeer(connection));
+    }
+
+    fn insert_fast_path(&mut self, entry: FastPathEntry) {
+        let fresh = self.fast_path.insert(entry, Default::default()).is_none();
+        assert!(fresh, "{entry:?} inserted twice");
+        self.log
+            .push(Event::FastPath(FastPathChange::Insert(entry)));
+    }
+
+    fn remove_fast_path(&mut self, entry: FastPathEntry) -> (Traffic, Traffic) {
+        let traffic = self.fast_path.remove(&entry);
+        assert!(traffic.is_some(), "{entry:?} removed but never inserted");
+        self.log
+            .push(Event::FastPath(FastPathChange::Remove(entry)));
+        traffic.unwrap_or_default()
     }
 }

@@ -13,7 +13,9 @@ pub(crate) mod udp;
 pub(crate) mod worker;
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use crate::net::xdp::XdpFigures;
 use crate::turn::{Gauges, Server, ServerConfig, Stats};
 
 /// Orders from the rest of the server to a shard, carried out between its inputs.
@@ -35,6 +37,9 @@ impl Control {
             Control::Reconfigure { core, nonce_key } => {
                 server.reconfigure(&core);
                 server.set_nonce_key(&nonce_key);
+                // A narrower peer policy or a new bandwidth limit may end some channels'
+                // fast path (the caller drives the core next).
+                server.reconsider_fast_path(Instant::now());
             }
             Control::Drain => server.start_draining(),
         }
@@ -49,6 +54,8 @@ pub(crate) struct Figures {
     pub io: IoDrops,
     /// Bytes relayed by TCP relays (RFC 6062), which the I/O layer pumps itself.
     pub tcp_relayed: tcp_relay::TcpRelayBytes,
+    /// A UDP worker's share of the kernel fast path.
+    pub xdp: XdpFigures,
 }
 
 /// Datagrams the core relayed that the I/O layer could not deliver (each also has a
@@ -80,6 +87,11 @@ impl PublishedFigures {
         if let Some(gauges) = gauges {
             figures.gauges = gauges;
         }
+    }
+
+    /// Publishes a UDP worker's share of the kernel fast path.
+    fn publish_xdp(&self, xdp: XdpFigures) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).xdp = xdp;
     }
 
     /// Publishes the bytes TCP relays have pumped so far.

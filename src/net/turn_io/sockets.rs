@@ -1,7 +1,8 @@
 //! A UDP worker's socket set: its listener sockets and the relay sockets of its
-//! allocations, registered with the worker's poll. It is the worker's [`Io`]: the core's
-//! responses leave through the listener the request came to, from the address it came to,
-//! and relay binds and releases open and close sockets here.
+//! allocations, registered with the worker's poll, and its share of the kernel fast path's
+//! maps when there is one. It is the worker's [`Io`]: the core's responses leave through
+//! the listener the request came to, from the address it came to, relay binds and releases
+//! open and close sockets here, and fast path insertions and removals go to the maps.
 //!
 //! A listener on a wildcard address serves every address of the host: the server side of
 //! its clients' 5-tuples is the address each client sent to (as the kernel reports it), and
@@ -16,8 +17,10 @@ use mio::{Interest, Poll, Token};
 
 use super::batch::{self, OutgoingFrom};
 use super::udp::{bind_relay_socket, set_dont_fragment};
+use crate::net::xdp::ChannelMaps;
 use crate::turn::{
-    ConnectionId, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions, RelayPace, ToPeer,
+    ConnectionId, FastPathEntry, FiveTuple, Io, PeerAddr, RelayAddr, RelayBind, RelayOptions,
+    RelayPace, ToPeer, Traffic,
 };
 
 /// Relay sockets get tokens from here up; listeners get 0, 1, ...
@@ -39,6 +42,8 @@ pub(super) struct Sockets {
     /// Relay address by token index (token - FIRST_RELAY_TOKEN).
     relay_tokens: Vec<Option<SocketAddr>>,
     free_tokens: Vec<usize>,
+    /// This worker's entries in the kernel fast path's maps (with `[xdp]`).
+    pub fast_path: Option<ChannelMaps>,
 }
 
 pub(super) struct Listener {
@@ -98,13 +103,18 @@ struct Relay {
 
 impl Sockets {
     /// Registers `listeners` (already bound) with `poll`.
-    pub fn new(poll: Poll, listeners: Vec<std::net::UdpSocket>) -> io::Result<Self> {
+    pub fn new(
+        poll: Poll,
+        listeners: Vec<std::net::UdpSocket>,
+        fast_path: Option<ChannelMaps>,
+    ) -> io::Result<Self> {
         let mut sockets = Self {
             poll,
             listeners: Vec::with_capacity(listeners.len()),
             relays: HashMap::new(),
             relay_tokens: Vec::new(),
             free_tokens: Vec::new(),
+            fast_path,
         };
         for (index, socket) in listeners.into_iter().enumerate() {
             let local = socket.local_addr()?;
@@ -271,4 +281,17 @@ impl Io for Sockets {
     }
 
     fn close_peer(&mut self, _: ConnectionId) {}
+
+    fn insert_fast_path(&mut self, entry: FastPathEntry) {
+        if let Some(maps) = &mut self.fast_path {
+            maps.insert(entry);
+        }
+    }
+
+    fn remove_fast_path(&mut self, entry: FastPathEntry) -> (Traffic, Traffic) {
+        match &mut self.fast_path {
+            Some(maps) => maps.remove(entry),
+            None => Default::default(),
+        }
+    }
 }

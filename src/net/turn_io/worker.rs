@@ -7,6 +7,11 @@
 //! sockets: no lock and no cross-thread hand-off on the packet path. Each wake-up drains
 //! sockets with `recvmmsg`, peer → client datagrams are framed in place and leave with one
 //! `sendmmsg` per listener, and nothing on the relay path allocates.
+//!
+//! With the kernel fast path (`[xdp]`), the worker also owns its shard's entries in the
+//! program's maps: it writes and deletes them as its core announces (through
+//! [`turn::Server::drive`], like everything else the core asks), and once a second reads
+//! back what the program relayed, so the core counts it and applies the bandwidth limit.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +25,7 @@ use mio::{Events, Poll, Token, Waker};
 use super::batch::{self, OutgoingFrom, RecvBatch, BATCH};
 use super::sockets::{Ready, Sockets};
 use super::{Control, IoDrops, PublishedFigures};
+use crate::net::xdp::ChannelMaps;
 use crate::turn::{self, FiveTuple, PeerAddr, RelayAddr, Transport, PEER_HEADROOM, PEER_TAILROOM};
 
 const WAKER: Token = Token(usize::MAX);
@@ -32,6 +38,9 @@ const MAX_BATCHES_PER_TURN: usize = 8;
 const MAX_RECV_ERRORS: usize = 16;
 /// Give freed memory back to the OS after this many allocations have ended.
 const TRIM_AFTER_ENDED: u64 = 1024;
+/// How often the fast path's counters are read back into the core (statistics, metrics
+/// and the bandwidth limit lag the kernel by at most this).
+const FAST_PATH_REPORT: Duration = Duration::from_secs(1);
 
 /// The parts of a running worker the rest of the server holds.
 pub(crate) struct WorkerHandle {
@@ -75,11 +84,13 @@ impl WorkerHandle {
     }
 }
 
-/// Starts worker `id` on its own thread with its listener sockets (already bound).
+/// Starts worker `id` on its own thread with its listener sockets (already bound) and its
+/// handle on the fast path's maps, if there is a fast path.
 pub(crate) fn spawn(
     id: usize,
     server: turn::Server,
     listeners: Vec<std::net::UdpSocket>,
+    fast_path: Option<ChannelMaps>,
 ) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -88,7 +99,7 @@ pub(crate) fn spawn(
     let (control, orders) = mpsc::channel();
     let worker = Worker {
         server,
-        sockets: Sockets::new(poll, listeners)?,
+        sockets: Sockets::new(poll, listeners, fast_path)?,
         recv: RecvBatch::new(PEER_HEADROOM, PEER_TAILROOM),
         stop: stop.clone(),
         figures: figures.clone(),
@@ -140,6 +151,7 @@ impl Worker {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut last_stats = Instant::now();
+        let mut last_fast_path_report = last_stats;
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             let sleep = if self.unfinished.is_empty() {
@@ -162,6 +174,7 @@ impl Worker {
             }
             while let Ok(order) = self.orders.try_recv() {
                 order.apply(&mut self.server);
+                self.server.drive(Instant::now(), &mut self.sockets);
             }
             std::mem::swap(&mut self.unfinished, &mut self.resuming);
             for event in events.iter() {
@@ -175,6 +188,10 @@ impl Worker {
                 self.server.handle_timeout(now);
                 self.server.drive(now, &mut self.sockets);
             }
+            if now.duration_since(last_fast_path_report) >= FAST_PATH_REPORT {
+                last_fast_path_report = now;
+                self.report_fast_path(now);
+            }
             if now.duration_since(last_stats) >= MAX_SLEEP {
                 last_stats = now;
                 self.server.set_wall_clock(now, crate::net::unix_now());
@@ -182,7 +199,34 @@ impl Worker {
                 self.trim_memory();
             }
         }
+        self.leave_fast_path();
         self.figures.publish(&self.server, self.drops, true);
+    }
+
+    /// Hands what the fast path relayed since the last report to the core.
+    fn report_fast_path(&mut self, now: Instant) {
+        let Some(maps) = &mut self.sockets.fast_path else {
+            return;
+        };
+        for (entry, to_peer, to_client) in maps.traffic() {
+            self.server.count_fast_path(now, entry, to_peer, to_client);
+        }
+        self.figures.publish_xdp(maps.figures());
+        // Traffic over a bandwidth limit takes channels off the fast path.
+        self.server.drive(now, &mut self.sockets);
+    }
+
+    /// The worker stops: its entries leave the maps first, so the program relays nothing
+    /// for allocations no socket serves any more.
+    fn leave_fast_path(&mut self) {
+        let Some(maps) = &mut self.sockets.fast_path else {
+            return;
+        };
+        let now = Instant::now();
+        for (entry, to_peer, to_client) in maps.clear() {
+            self.server.count_fast_path(now, entry, to_peer, to_client);
+        }
+        self.figures.publish_xdp(maps.figures());
     }
 
     /// Reads a socket that is ready, remembering it if it still has data after this turn.

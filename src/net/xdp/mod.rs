@@ -1,0 +1,87 @@
+//! The kernel fast path (`[xdp]`, cargo feature `xdp`): an XDP program on the relay's
+//! interface relays ChannelData on bound channels without the sockets (see
+//! `bpf/relay.bpf.c` for what it rewrites and what it leaves to the sockets path).
+//!
+//! The TURN core stays the authority: it announces which channels are eligible
+//! ([`crate::turn::FastPathChange`]), each UDP worker writes and deletes its own entries in
+//! the two kernel maps the program reads ([`ChannelMaps`]), and reads back what the program
+//! relayed for the core's statistics and bandwidth accounting. The program is attached
+//! through a bpf_link ([`FastPath::start`]), which the kernel removes with the process
+//! however it ends.
+//!
+//! Built without the feature, `[xdp] interface` is reported with one warning and every
+//! packet takes the sockets path; the types here are then uninhabited.
+
+#[cfg(feature = "xdp")]
+mod attach;
+#[cfg(feature = "xdp")]
+mod maps;
+
+#[cfg(feature = "xdp")]
+pub(crate) use attach::FastPath;
+#[cfg(feature = "xdp")]
+pub(crate) use maps::ChannelMaps;
+
+#[cfg(not(feature = "xdp"))]
+pub(crate) use disabled::{ChannelMaps, FastPath};
+
+/// What one worker's share of the fast path looks like, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct XdpFigures {
+    /// Channels the worker has in the kernel maps now.
+    pub channels: u64,
+    /// Channels that stayed on the sockets path because a map was full.
+    pub map_full: u64,
+}
+
+#[cfg(not(feature = "xdp"))]
+mod disabled {
+    //! Without the `xdp` feature no fast path can exist: these types have no values.
+
+    use super::XdpFigures;
+    use crate::config::XdpConfig;
+    use crate::turn::{FastPathEntry, Traffic};
+
+    pub(crate) enum FastPath {}
+
+    impl FastPath {
+        /// Says once that `[xdp]` is ignored in this build.
+        pub fn start(config: &XdpConfig) -> anyhow::Result<Option<FastPath>> {
+            if let Some(interface) = &config.interface {
+                tracing::warn!(
+                    %interface,
+                    "`[xdp] interface` is set but this rendez was built without the `xdp` feature: relaying through sockets (build with `--features xdp`)"
+                );
+            }
+            Ok(None)
+        }
+
+        pub fn channel_maps(&self) -> anyhow::Result<ChannelMaps> {
+            match *self {}
+        }
+    }
+
+    pub(crate) enum ChannelMaps {}
+
+    impl ChannelMaps {
+        pub fn insert(&mut self, _entry: FastPathEntry) {
+            match *self {}
+        }
+
+        pub fn remove(&mut self, _entry: FastPathEntry) -> (Traffic, Traffic) {
+            match *self {}
+        }
+
+        pub fn traffic(&mut self) -> Vec<(FastPathEntry, Traffic, Traffic)> {
+            match *self {}
+        }
+
+        pub fn clear(&mut self) -> Vec<(FastPathEntry, Traffic, Traffic)> {
+            match *self {}
+        }
+
+        pub fn figures(&self) -> XdpFigures {
+            match *self {}
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The XDP fast path (issue 15), end to end: the real `rendez` binary in a "server" network
+//! namespace with `[xdp] interface` on its end of a veth pair, and a TURN client and peers
+//! in a "world" namespace at the other end. Proves that bound channels are relayed by the
+//! kernel (the fast path's counters rise while the sockets path relays nothing), exactly,
+//! in both directions over IPv4 and IPv6, that everything else still works through user
+//! space, that entries go when the core ends them, and that the program goes with the
+//! process.
+//!
+//! Needs root (namespaces, XDP); skipped with the reason printed otherwise, unless
+//! `RENDEZ_REQUIRE_XDP=1` (CI), which turns a skip into a failure.
+
+#![cfg(feature = "xdp")]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::process::{metric_sum, scrape_metrics, ServerProcess};
+use common::{channel, family, send_indication, xor_peer, Conn, TurnClient, WAIT};
+use rendez::stun::{AttrType, ChannelData, Class, Message, Method};
+use tokio::net::UdpSocket;
+
+const SERVER_V4: &str = "10.77.0.1";
+const CLIENT_V4: &str = "10.77.0.2";
+const PEER_V4: &str = "10.77.0.3";
+const OTHER_V4: &str = "10.77.0.4";
+const SERVER_V6: &str = "fd77::1";
+const CLIENT_V6: &str = "fd77::2";
+const PEER_V6: &str = "fd77::3";
+const OTHER_V6: &str = "fd77::4";
+const TURN_PORT: u16 = 3478;
+
+// ---------------------------------------------------------------- the tests
+
+#[tokio::test]
+async fn bound_channels_are_relayed_in_the_kernel_both_ways_over_ipv4_and_ipv6() {
+    let Some(net) = Topology::create("relay") else {
+        return;
+    };
+    let mut server = net.start_rendez("relay", "");
+    net.enter_world();
+    let metrics = server.metrics();
+    let mut relayed_here = 0;
+    for (client_ip, peer_ip, other_ip, server_ip, v6) in [
+        (CLIENT_V4, PEER_V4, OTHER_V4, SERVER_V4, false),
+        (CLIENT_V6, PEER_V6, OTHER_V6, SERVER_V6, true),
+    ] {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let server_addr = SocketAddr::new(ip(server_ip), TURN_PORT);
+        let mut client = TurnClient::new(
+            Conn::udp_from(ip(client_ip), server_addr).await,
+            "alice",
+            "wonderland",
+        );
+        let family_attr = family(AttrType::REQUESTED_ADDRESS_FAMILY, if v6 { 2 } else { 1 });
+        let relay = client.allocate(&[family_attr]).await[0];
+        let peer = UdpSocket::bind((ip(peer_ip), 0)).await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        bind_channel(&mut client, 0x4001, peer_addr).await;
+
+        // Through user space first: a Send indication (which also resolves the peer's
+        // link-layer address in the server's namespace, as real traffic would).
+        client
+            .conn
+            .send(&send_indication(peer_addr, b"via sockets"))
+            .await;
+        assert_eq!(recv(&peer).await, (b"via sockets".to_vec(), relay));
+        relayed_here += 1;
+
+        // ChannelData both ways, odd lengths and padding included: exact payloads arrive.
+        let lengths = [1usize, 2, 3, 5, 7, 64, 99, 100, 333, 1001, 1200];
+        for (i, &len) in lengths.iter().enumerate() {
+            let payload: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+            client
+                .conn
+                .send(&channel_data(0x4001, &payload, true))
+                .await;
+            assert_eq!(
+                recv(&peer).await,
+                (payload.clone(), relay),
+                "{len} bytes to the peer"
+            );
+            peer.send_to(&payload, relay).await.unwrap();
+            let framed = client.conn.recv().await;
+            let expected = {
+                let mut bytes = ChannelData::header(0x4001, len as u16).to_vec();
+                bytes.extend_from_slice(&payload);
+                bytes
+            };
+            assert_eq!(framed, expected, "{len} bytes to the client, unpadded");
+        }
+
+        // What the fast path must leave to user space, and user space handles.
+        // The permitted peer IP on another port: a Data indication.
+        let same_ip = UdpSocket::bind((ip(peer_ip), 0)).await.unwrap();
+        same_ip.send_to(b"other port", relay).await.unwrap();
+        let data = client.conn.recv().await;
+        let m = Message::parse(&data).expect("a Data indication");
+        assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+        assert_eq!(m.attribute(AttrType::DATA), Some(&b"other port"[..]));
+        relayed_here += 1;
+        // An IP without a permission: nothing, whichever way.
+        let stranger = UdpSocket::bind((ip(other_ip), 0)).await.unwrap();
+        stranger.send_to(b"let me in", relay).await.unwrap();
+        client
+            .conn
+            .send(&channel_data(0x4002, b"unbound", false))
+            .await;
+        client
+            .conn
+            .send(&send_indication(
+                stranger.local_addr().unwrap(),
+                b"no permission",
+            ))
+            .await;
+        assert_silent(&stranger).await;
+        assert_nothing_for(&mut client).await;
+
+        // Counted: the kernel relayed every ChannelData and user space only the rest.
+        let sent = lengths.len() as f64;
+        let v = if v6 { 2.0 } else { 1.0 };
+        let scrape = wait_for_metric(metrics, "rendez_xdp_relayed_packets_total", 2.0 * sent * v);
+        let to_peer = sample(&scrape, "rendez_xdp_relayed_packets_total{shard", "to_peer");
+        assert_eq!(to_peer, sent * v, "{scrape}");
+        let all_to_peer = sample(
+            &scrape,
+            "rendez_relayed_packets_total{shard",
+            "transport=\"udp\",direction=\"to_peer\"",
+        );
+        let all_to_client = sample(
+            &scrape,
+            "rendez_relayed_packets_total{shard",
+            "transport=\"udp\",direction=\"to_client\"",
+        );
+        assert_eq!(
+            all_to_peer + all_to_client,
+            2.0 * sent * v + f64::from(relayed_here),
+            "user space relayed only the Send and Data indications: {scrape}"
+        );
+        assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), v);
+        assert_eq!(metric_sum(&scrape, "rendez_xdp_attached"), 1.0);
+    }
+    assert!(server.log().contains("XDP fast path attached"));
+    server.kill();
+}
+
+#[tokio::test]
+async fn a_deleted_or_expired_allocation_leaves_the_fast_path_at_once() {
+    let Some(net) = Topology::create("expiry") else {
+        return;
+    };
+    let mut server = net.start_rendez(
+        "expiry",
+        "allocation-lifetime = \"2s\"\nmax-allocation-lifetime = \"2s\"\n",
+    );
+    net.enter_world();
+    let server_addr = SocketAddr::new(SERVER_V4.parse().unwrap(), TURN_PORT);
+    let peer = UdpSocket::bind((PEER_V4.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    for deleted in [true, false] {
+        let mut client = TurnClient::new(
+            Conn::udp_from(CLIENT_V4.parse().unwrap(), server_addr).await,
+            "alice",
+            "wonderland",
+        );
+        let relay = client.allocate(&[]).await[0];
+        bind_channel(&mut client, 0x4001, peer_addr).await;
+        client.conn.send(&channel_data(0x4001, b"on", false)).await;
+        assert_eq!(recv(&peer).await, (b"on".to_vec(), relay));
+        if deleted {
+            // The entry is removed before the response leaves: right after it, nothing.
+            assert_eq!(client.refresh(0).await, None);
+        } else {
+            // The core's timer ends the allocation: nobody sends anything to notice.
+            tokio::time::sleep(Duration::from_millis(2300)).await;
+        }
+        client.conn.send(&channel_data(0x4001, b"off", false)).await;
+        peer.send_to(b"off", relay).await.unwrap();
+        assert_silent(&peer).await;
+        assert_nothing_for(&mut client).await;
+    }
+    let scrape = scrape_metrics(server.metrics());
+    assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 0.0, "{scrape}");
+    server.kill();
+}
+
+#[tokio::test]
+async fn the_program_goes_with_the_process_and_is_never_replaced() {
+    let Some(net) = Topology::create("attach") else {
+        return;
+    };
+    let mut first = net.start_rendez("attach-1", "");
+    assert!(
+        net.server_link().contains("prog/xdp"),
+        "{}",
+        net.server_link()
+    );
+
+    // A second server on the same interface is refused, loudly.
+    let mut second = net.spawn_rendez("attach-2", "", 3479);
+    let status = second.wait_for_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(
+        second.log().contains("already has an XDP program"),
+        "{}",
+        second.log()
+    );
+
+    // SIGKILL: no chance to clean up, and still nothing is left attached.
+    first.kill();
+    net.wait_until_detached();
+
+    // SIGTERM, the orderly way.
+    let mut third = net.start_rendez("attach-3", "");
+    assert!(net.server_link().contains("prog/xdp"));
+    third.process.terminate();
+    third.process.wait_for_exit(Duration::from_secs(10));
+    net.wait_until_detached();
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A server and a world namespace joined by a veth pair, removed when dropped.
+struct Topology {
+    server_ns: String,
+    world_ns: String,
+    server_if: String,
+    /// The pass-everything program on the world end: a veth hands frames sent with
+    /// XDP_TX only to a peer that runs an XDP program itself.
+    _world_program: Option<aya::Ebpf>,
+}
+
+/// A running rendez in the server namespace.
+struct Rendez {
+    process: ServerProcess,
+}
+
+impl Topology {
+    /// Both namespaces with their addresses, or `None` (after saying why) where this
+    /// cannot run.
+    fn create(name: &str) -> Option<Self> {
+        if let Err(reason) = can_run() {
+            assert!(
+                std::env::var("RENDEZ_REQUIRE_XDP").as_deref() != Ok("1"),
+                "RENDEZ_REQUIRE_XDP=1 but the XDP tests cannot run: {reason}"
+            );
+            eprintln!("skipped: {reason}");
+            return None;
+        }
+        let id = format!("{}{}", std::process::id() % 100_000, &name[..1]);
+        let server_ns = format!("rxdp{id}s");
+        let world_ns = format!("rxdp{id}w");
+        let server_if = format!("rx{id}s");
+        let world_if = format!("rx{id}w");
+        ip(&["netns", "add", &server_ns]);
+        // From here on, dropping removes what exists (and the veth with its namespaces).
+        let mut topology = Topology {
+            server_ns: server_ns.clone(),
+            world_ns: world_ns.clone(),
+            server_if: server_if.clone(),
+            _world_program: None,
+        };
+        ip(&["netns", "add", &world_ns]);
+        ip(&[
+            "link", "add", &server_if, "netns", &server_ns, "type", "veth", "peer", "name",
+            &world_if, "netns", &world_ns,
+        ]);
+        for (ns, dev, addrs) in [
+            (&server_ns, &server_if, [SERVER_V4].as_slice()),
+            (
+                &world_ns,
+                &world_if,
+                [CLIENT_V4, PEER_V4, OTHER_V4].as_slice(),
+            ),
+        ] {
+            for v4 in addrs {
+                ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            }
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        let server_v6 = format!("{SERVER_V6}/64");
+        ip(&[
+            "-n", &server_ns, "addr", "add", &server_v6, "dev", &server_if, "nodad",
+        ]);
+        for v6 in [CLIENT_V6, PEER_V6, OTHER_V6] {
+            ip(&[
+                "-n",
+                &world_ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                &world_if,
+                "nodad",
+            ]);
+        }
+        topology._world_program = Some(in_namespace(&world_ns, || attach_pass_program(&world_if)));
+        // bpf_fib_lookup answers only where the kernel forwards (README says so too).
+        in_namespace(&server_ns, || {
+            for sysctl in [
+                "/proc/sys/net/ipv4/conf/all/forwarding",
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+            ] {
+                std::fs::write(sysctl, "1").expect(sysctl);
+            }
+        });
+        Some(topology)
+    }
+
+    /// rendez on the server's veth (JSON log, metrics on the server address), serving.
+    fn start_rendez(&self, name: &str, extra: &str) -> Rendez {
+        let mut process = self.spawn_rendez(name, extra, TURN_PORT);
+        // Serving: the "serving" line names the metrics listener (it names two UDP ones).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process.logged_metrics_addr().is_none() {
+            if let Some(status) = process.try_wait() {
+                panic!("rendez exited ({status}):\n{}", process.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rendez is not serving:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Rendez { process }
+    }
+
+    fn spawn_rendez(&self, name: &str, extra: &str, port: u16) -> ServerProcess {
+        let config = format!(
+            "realm = \"rendez.test\"\n\
+             listen = [\"{SERVER_V4}:{port}\", \"[{SERVER_V6}]:{port}\"]\n\
+             relay-ip = [\"{SERVER_V4}\", \"{SERVER_V6}\"]\n\
+             relay-ports = \"40000-40999\"\n\
+             workers = 2\n\
+             log-format = \"json\"\n\
+             {extra}\
+             [peers]\n\
+             allow = [\"10.77.0.0/24\", \"fd77::/64\"]\n\
+             [metrics]\n\
+             listen = \"{SERVER_V4}:0\"\n\
+             [xdp]\n\
+             interface = \"{}\"\n\
+             mode = \"native\"\n\
+             [auth]\n\
+             [[auth.users]]\n\
+             name = \"alice\"\n\
+             password = \"wonderland\"\n\
+             [signal]\n\
+             enabled = false\n",
+            self.server_if
+        );
+        // The child starts in the namespace of the thread that forks it.
+        in_namespace(&self.server_ns, || {
+            ServerProcess::spawn(&format!("xdp-{name}"), &config, &[])
+        })
+    }
+
+    /// Moves this thread into the world namespace: sockets made from now on are there.
+    fn enter_world(&self) {
+        set_namespace(&self.world_ns);
+    }
+
+    /// `ip link show` of the server's veth.
+    fn server_link(&self) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.server_ns, "link", "show", &self.server_if])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn wait_until_detached(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.server_link().contains("prog/xdp") {
+            assert!(
+                Instant::now() < deadline,
+                "the program outlived rendez: {}",
+                self.server_link()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.world_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Rendez {
+    fn metrics(&self) -> SocketAddr {
+        self.process
+            .logged_metrics_addr()
+            .expect("metrics listener")
+    }
+
+    fn log(&self) -> String {
+        self.process.log()
+    }
+
+    fn kill(&mut self) {
+        self.process.signal(libc::SIGKILL);
+        self.process.wait_for_exit(Duration::from_secs(5));
+    }
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn can_run() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the XDP tests need root (network namespaces, XDP)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("no `ip` command (iproute2)".into());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread of its own in namespace `ns` (this thread stays where it is).
+fn in_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                set_namespace(ns);
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+    })
+}
+
+/// Moves the calling thread into the named network namespace.
+fn set_namespace(ns: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("the namespace exists");
+    // SAFETY: setns on an open namespace file changes only this thread's namespace.
+    let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(result, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// bpf/pass.bpf.c (built by build.rs with the `xdp` feature) on `interface`.
+fn attach_pass_program(interface: &str) -> aya::Ebpf {
+    let object = std::fs::read(concat!(env!("OUT_DIR"), "/pass.bpf.o")).expect("pass.bpf.o");
+    let mut ebpf = aya::Ebpf::load(&object).expect("load pass.bpf.o");
+    let program: &mut aya::programs::Xdp = ebpf.program_mut("pass").unwrap().try_into().unwrap();
+    program.load().unwrap();
+    program
+        .attach(interface, aya::programs::XdpMode::Driver)
+        .expect("attach the pass program");
+    ebpf
+}
+
+fn ip(args: &[&str]) {
+    common::netns::ip(args);
+}
+
+async fn bind_channel(client: &mut TurnClient, number: u16, peer: SocketAddr) {
+    let response = client
+        .request(Method::CHANNEL_BIND, &[channel(number), xor_peer(peer)])
+        .await;
+    assert_eq!(common::class_of(&response), Class::Success);
+}
+
+/// ChannelData on `channel`, padded to 4 bytes when `pad` (optional over UDP).
+fn channel_data(channel: u16, payload: &[u8], pad: bool) -> Vec<u8> {
+    let mut bytes = ChannelData::header(channel, payload.len() as u16).to_vec();
+    bytes.extend_from_slice(payload);
+    if pad {
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+    }
+    bytes
+}
+
+async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    common::recv_from(socket).await
+}
+
+/// Nothing arrives at `socket` for a while.
+async fn assert_silent(socket: &UdpSocket) {
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await;
+    assert!(
+        got.is_err(),
+        "unexpected datagram: {:?}",
+        got.map(|r| r.map(|(n, from)| (buf[..n].to_vec(), from)))
+    );
+}
+
+/// Nothing arrives for `client` for a while.
+async fn assert_nothing_for(client: &mut TurnClient) {
+    let Conn::Udp { socket, .. } = &client.conn else {
+        unreachable!("UDP clients only");
+    };
+    assert_silent(socket).await;
+}
+
+/// Scrapes until the sum of `name` reaches `at_least` (the workers report the kernel's
+/// counters once a second), then returns that scrape.
+fn wait_for_metric(addr: SocketAddr, name: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let scrape = scrape_metrics(addr);
+        if metric_sum(&scrape, name) >= at_least || Instant::now() > deadline {
+            return scrape;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The sum of the samples whose line starts with `prefix` and contains `label`.
+fn sample(scrape: &str, prefix: &str, label: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(prefix) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
