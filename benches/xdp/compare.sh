@@ -253,6 +253,12 @@ make_topology() {
         ip netns exec "$ns" ethtool -K "$dev" gro on tso off >/dev/null
         ip netns exec "$ns" sh -c "echo 1 > /sys/class/net/$dev/threaded"
     done
+    # bpf_fib_lookup, which the fast path uses to find the next hop, answers only with
+    # forwarding on (rendez warns and keeps channels on sockets otherwise). Set in the
+    # server namespace for every server alike; it changes nothing for traffic the server's
+    # own sockets take in and send.
+    ip netns exec "$NS_SERVER" sysctl -qw net.ipv4.conf.all.forwarding=1 \
+        "net.ipv4.conf.$IF_SERVER.forwarding=1"
     if [[ $WORLD_XDP == pass ]]; then
         ip -n "$NS_WORLD" link set dev "$IF_WORLD" xdpdrv obj "$OUT/xdp_pass.o" sec xdp
     fi
