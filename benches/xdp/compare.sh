@@ -4,7 +4,7 @@
 # on bound channels between two network namespaces; prints a table of medians (packets per
 # server-side CPU-second and the ratios). See benches/README.md, "The XDP fast path".
 #
-#   benches/xdp/compare.sh            # full run: 3 reps × 4 loads × 3 servers, about 8 minutes
+#   benches/xdp/compare.sh            # full run: 3 reps × 4 loads × 3 servers, about 5 minutes
 #   benches/xdp/compare.sh --quick    # smoke run: 1 rep, saturation and 50k pkt/s, under 2 min
 #
 # Options (or environment variables REPS, DURATION, WARMUP, IDLE, RATES, WINDOW,
