@@ -22,8 +22,10 @@
 //! throughput per server CPU-second is fair even when this generator is the slower side.
 //! One JSON object on stdout is the result; progress and warnings go to stderr.
 //!
-//! Safety rails: every address must be loopback, every phase has a deadline, and the
-//! packet count is capped (`--max-packets`).
+//! Safety rails: every address must be loopback — or, for benches/xdp/compare.sh, in the
+//! benchmarking range 198.18.0.0/15 (RFC 2544) while this process runs in a network
+//! namespace other than init's, so that the traffic stays in the namespaces the script made —
+//! every phase has a deadline, and the packet count is capped (`--max-packets`).
 //!
 //! Layout: this file has the command line, the modes and the report; `loadgen/control.rs`
 //! opens and deletes allocations, `loadgen/traffic.rs` sends and receives the measured
@@ -42,7 +44,7 @@ mod stream;
 mod traffic;
 mod udp_sockets;
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,7 @@ use rendez::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 use serde_json::{json, Map, Value};
 
 use control::{Control, Request, SetupOutcome};
-use measure::{read_cpu_seconds, read_rss_kib, Histogram, Snapshot};
+use measure::{read_cpu_seconds, read_rss_kib, Histogram, Snapshot, Watched};
 use traffic::{EchoPeers, Links, Traffic, TrafficResult, Wire};
 use udp_sockets::{bind_udp, DATAGRAM_CAPACITY};
 
@@ -158,15 +160,58 @@ struct Args {
     /// The server's process id: its CPU time and memory are read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Other processes or threads whose CPU time counts as the server's side (repeatable):
+    /// the kernel threads that run the server interface's receive processing (threaded
+    /// NAPI), as benches/xdp/compare.sh passes them.
+    #[arg(long = "server-side-pid")]
+    server_side_pids: Vec<u32>,
+    /// Processes or threads whose CPU time counts with the generator's (repeatable): the
+    /// receive threads of the generator's own interface.
+    #[arg(long = "client-side-pid")]
+    client_side_pids: Vec<u32>,
     /// The echo peer's fixed address (raw mode: the forwarder's `--peer`).
     #[arg(long)]
     peer: Option<SocketAddrV4>,
+    /// Address the client sockets bind to; default: the server's (any 127.0.0.0/8 address
+    /// is local).
+    #[arg(long)]
+    local_ip: Option<Ipv4Addr>,
+    /// Address the echo peers bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    peer_ip: Ipv4Addr,
     /// Copied into the report, for the comparison script.
     #[arg(long)]
     scenario: Option<String>,
     /// Copied into the report (e.g. the server's name).
     #[arg(long)]
     label: Option<String>,
+}
+
+/// 198.18.0.0/15: set aside for benchmarking network devices (RFC 2544), routed nowhere.
+fn is_benchmarking_address(ip: &Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    a == 198 && (b & 0xfe) == 18
+}
+
+/// True when this process runs in a named network namespace (`ip netns add` mounts each
+/// under /run/netns) that is not init's: then the only interfaces it sees are the ones
+/// made for that namespace.
+fn in_own_network_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: &std::path::Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let Some(own) = id("/proc/self/ns/net".as_ref()) else {
+        return false;
+    };
+    // Unreadable from inside a namespace on some kernels; then the name check alone decides.
+    if id("/proc/1/ns/net".as_ref()) == Some(own) {
+        return false;
+    }
+    let Ok(named) = std::fs::read_dir("/run/netns") else {
+        return false;
+    };
+    named
+        .filter_map(Result::ok)
+        .any(|entry| id(&entry.path()) == Some(own))
 }
 
 /// Longest run accepted for any duration flag.
@@ -178,9 +223,7 @@ const MIN_PAYLOAD: usize = 16;
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if !self.server.ip().is_loopback() || self.peer.is_some_and(|p| !p.ip().is_loopback()) {
-            bail!("rendez-loadgen sends to loopback only (127.0.0.0/8)");
-        }
+        self.validate_addresses()?;
         for (name, value) in [
             ("--duration", self.duration),
             ("--warmup", self.warmup),
@@ -212,6 +255,50 @@ impl Args {
         Ok(())
     }
 
+    /// Loopback, or the benchmarking range from inside a network namespace of our own.
+    fn validate_addresses(&self) -> anyhow::Result<()> {
+        let addresses = [
+            Some(*self.server.ip()),
+            self.peer.map(|p| *p.ip()),
+            self.local_ip,
+            Some(self.peer_ip),
+        ];
+        let beyond_loopback: Vec<Ipv4Addr> = addresses
+            .into_iter()
+            .flatten()
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        if beyond_loopback.is_empty() {
+            return Ok(());
+        }
+        if !beyond_loopback.iter().all(is_benchmarking_address) {
+            bail!(
+                "rendez-loadgen sends to loopback (127.0.0.0/8) or, inside a network namespace \
+                 of its own, to the benchmarking range 198.18.0.0/15 only"
+            );
+        }
+        if !in_own_network_namespace() {
+            bail!(
+                "addresses beyond loopback (198.18.0.0/15) are for runs inside a named network \
+                 namespace other than init's (`ip netns exec`, benches/xdp/compare.sh)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The address client sockets bind to.
+    fn local_ip(&self) -> Ipv4Addr {
+        self.local_ip.unwrap_or(*self.server.ip())
+    }
+
+    fn watched(&self) -> Watched {
+        Watched {
+            server_pid: self.server_pid,
+            server_side: self.server_side_pids.clone(),
+            client_side: self.client_side_pids.clone(),
+        }
+    }
+
     fn deadline_after(&self, seconds: f64) -> Instant {
         Instant::now() + Duration::from_secs_f64(seconds)
     }
@@ -241,7 +328,7 @@ fn main() -> anyhow::Result<()> {
 /// Allocate, permission and channels, then ChannelData through the server and back.
 fn run_relay(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     match args.transport {
-        Transport::Udp => wait_until_ready(args.server)?,
+        Transport::Udp => wait_until_ready(args)?,
         Transport::Tcp => stream::wait_until_ready(args.server, None, &binding_request())?,
         Transport::Tls => {
             let tls = stream::tls_config(args.tls_version)?;
@@ -249,7 +336,7 @@ fn run_relay(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     report.server_memory("rss_kib_before", args.server_pid);
-    let echo = EchoPeers::spawn(args.channels.into(), None, run_bound(args))?;
+    let echo = EchoPeers::spawn(args.channels.into(), args.peer_ip, None, run_bound(args))?;
     let mut control = Control::new(args, args.allocations as usize, echo.addresses.clone())?;
     let setup = control.run_setup(args)?;
     report.setup(&setup, &control);
@@ -286,12 +373,17 @@ fn run_raw(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let (peers, clients) = match args.mode {
         Mode::Echo => (None, args.clients),
         _ => (
-            Some(EchoPeers::spawn(1, args.peer, run_bound(args))?),
+            Some(EchoPeers::spawn(
+                1,
+                args.peer_ip,
+                args.peer,
+                run_bound(args),
+            )?),
             args.allocations,
         ),
     };
     let sockets: Vec<UdpSocket> = (0..clients)
-        .map(|_| client_socket(args.server))
+        .map(|_| client_socket(args.local_ip(), args.server))
         .collect::<anyhow::Result<_>>()?;
     let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
     let mut traffic = Traffic::new(args, Wire::Raw, Links::Datagram(fds))?;
@@ -312,9 +404,9 @@ fn run_raw(args: &Args, report: &mut Report) -> anyhow::Result<()> {
 
 /// Binding requests from `--clients` sockets, answered by the server itself.
 fn run_binding(args: &Args, report: &mut Report) -> anyhow::Result<()> {
-    wait_until_ready(args.server)?;
+    wait_until_ready(args)?;
     let sockets: Vec<UdpSocket> = (0..args.clients)
-        .map(|_| client_socket(args.server))
+        .map(|_| client_socket(args.local_ip(), args.server))
         .collect::<anyhow::Result<_>>()?;
     let fds = sockets.iter().map(AsRawFd::as_raw_fd).collect();
     let result = Traffic::new(args, Wire::Binding, Links::Datagram(fds))?.run(args)?;
@@ -324,7 +416,7 @@ fn run_binding(args: &Args, report: &mut Report) -> anyhow::Result<()> {
 
 /// Allocate → Refresh(lifetime 0) cycles; counts allocations completed in the window.
 fn run_churn(args: &Args, report: &mut Report) -> anyhow::Result<()> {
-    wait_until_ready(args.server)?;
+    wait_until_ready(args)?;
     report.server_memory("rss_kib_before", args.server_pid);
     let mut control = Control::new(args, args.clients as usize, Vec::new())?;
     control.begin(
@@ -337,12 +429,12 @@ fn run_churn(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     while Instant::now() < window_start {
         control.poll(Duration::from_millis(5))?;
     }
-    let before = Snapshot::take(args.server_pid, control.stats.allocations);
+    let before = Snapshot::take(&args.watched(), control.stats.allocations);
     let latency_before = control.stats.allocate_latency.clone();
     while Instant::now() < window_end {
         control.poll(Duration::from_millis(5))?;
     }
-    let after = Snapshot::take(args.server_pid, control.stats.allocations);
+    let after = Snapshot::take(&args.watched(), control.stats.allocations);
     // Let the cycles in flight finish so no allocation is left behind on the server.
     control.stop_cycling();
     let drain_deadline = args.deadline_after(args.setup_timeout.min(5.0));
@@ -364,8 +456,8 @@ fn run_memory(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let Some(pid) = args.server_pid else {
         bail!("memory mode needs --server-pid");
     };
-    wait_until_ready(args.server)?;
-    let echo = EchoPeers::spawn(args.channels.into(), None, run_bound(args))?;
+    wait_until_ready(args)?;
+    let echo = EchoPeers::spawn(args.channels.into(), args.peer_ip, None, run_bound(args))?;
     std::thread::sleep(Duration::from_secs_f64(args.settle));
     let before = read_rss_kib(pid)?;
     let mut control = Control::new(args, args.allocations as usize, echo.addresses.clone())?;
@@ -410,23 +502,24 @@ fn run_bound(args: &Args) -> Instant {
     )
 }
 
-/// A nonblocking client socket on 127.0.0.1 connected to `server`.
-fn client_socket(server: SocketAddrV4) -> anyhow::Result<UdpSocket> {
-    let socket = bind_udp(SocketAddrV4::new(*server.ip(), 0)).context("bind client socket")?;
+/// A nonblocking client socket on `local` connected to `server`.
+fn client_socket(local: Ipv4Addr, server: SocketAddrV4) -> anyhow::Result<UdpSocket> {
+    let socket = bind_udp(SocketAddrV4::new(local, 0)).context("bind client socket")?;
     socket.connect(server).context("connect client socket")?;
     Ok(socket)
 }
 
 /// Like [`client_socket`], on a chosen local port.
-fn client_socket_on(server: SocketAddrV4, port: u16) -> anyhow::Result<UdpSocket> {
-    let socket = bind_udp(SocketAddrV4::new(*server.ip(), port))?;
+fn client_socket_on(local: Ipv4Addr, server: SocketAddrV4, port: u16) -> anyhow::Result<UdpSocket> {
+    let socket = bind_udp(SocketAddrV4::new(local, port))?;
     socket.connect(server)?;
     Ok(socket)
 }
 
 /// Sends Binding requests until the server answers (it may still be starting).
-fn wait_until_ready(server: SocketAddrV4) -> anyhow::Result<()> {
-    let socket = client_socket(server)?;
+fn wait_until_ready(args: &Args) -> anyhow::Result<()> {
+    let server = args.server;
+    let socket = client_socket(args.local_ip(), server)?;
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     let request = binding_request();
@@ -456,6 +549,8 @@ fn binding_request() -> Vec<u8> {
 
 struct Report {
     fields: Map<String, Value>,
+    /// --server-side-pid or --client-side-pid given: report the server's side apart.
+    watched_threads: bool,
 }
 
 impl Report {
@@ -478,7 +573,16 @@ impl Report {
         fields.insert("size".into(), json!(args.size));
         fields.insert("rate".into(), json!(args.rate));
         fields.insert("window".into(), json!(args.window));
-        Self { fields }
+        let watched_threads =
+            !args.server_side_pids.is_empty() || !args.client_side_pids.is_empty();
+        if watched_threads {
+            fields.insert("server_side_pids".into(), json!(args.server_side_pids));
+            fields.insert("client_side_pids".into(), json!(args.client_side_pids));
+        }
+        Self {
+            fields,
+            watched_threads,
+        }
     }
 
     fn field(&mut self, name: &str, value: impl Into<Value>) {
@@ -557,19 +661,39 @@ impl Report {
     /// server CPU-second (also stored as `per_second` and `per_server_cpu_second`).
     fn window(&mut self, start: &Snapshot, end: &Snapshot, count: u64) -> (f64, Option<f64>) {
         let seconds = end.at.duration_since(start.at).as_secs_f64();
-        let server = end.server_cpu.zip(start.server_cpu).map(|(e, s)| e - s);
+        let delta = |e: Option<f64>, s: Option<f64>| e.zip(s).map(|(e, s)| e - s);
+        let server = delta(end.server_cpu, start.server_cpu);
+        let server_threads = delta(end.server_side_cpu, start.server_side_cpu);
+        let client_threads = delta(end.client_side_cpu, start.client_side_cpu);
         let generator = end.generator_cpu - start.generator_cpu;
-        let machine = end.machine_cpu.zip(start.machine_cpu).map(|(e, s)| e - s);
-        let other = machine.map(|m| (m - generator - server.unwrap_or(0.0)).max(0.0));
+        let machine = delta(end.machine_cpu, start.machine_cpu);
+        let ours = generator
+            + server.unwrap_or(0.0)
+            + server_threads.unwrap_or(0.0)
+            + client_threads.unwrap_or(0.0);
+        let other = machine.map(|m| (m - ours).max(0.0));
         let per_second = ratio(count as f64, seconds);
         let per_cpu = server.map(|cpu| ratio(count as f64, cpu));
         self.field("window_seconds", seconds);
         self.field("server_cpu_seconds", json!(server));
         self.field("generator_cpu_seconds", generator);
         self.field("machine_cpu_seconds", json!(machine));
+        self.field("steal_seconds", json!(delta(end.steal, start.steal)));
         self.field("other_cpu_seconds", json!(other));
         self.field("per_second", per_second);
         self.field("per_server_cpu_second", json!(per_cpu));
+        if !self.watched_threads {
+            return (per_second, per_cpu);
+        }
+        // The server's side: its process and the threads named with --server-side-pid.
+        let server_side = server.zip(server_threads).map(|(p, t)| p + t);
+        self.field("server_threads_cpu_seconds", json!(server_threads));
+        self.field("server_side_cpu_seconds", json!(server_side));
+        self.field("client_threads_cpu_seconds", json!(client_threads));
+        self.field(
+            "per_server_side_cpu_second",
+            json!(server_side.map(|cpu| ratio(count as f64, cpu))),
+        );
         (per_second, per_cpu)
     }
 
@@ -596,5 +720,31 @@ fn ratio(a: f64, b: f64) -> f64 {
         a / b
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let base = ["rendez-loadgen", "--mode", "relay"];
+        Args::try_parse_from(base.iter().chain(extra)).expect("valid flags")
+    }
+
+    #[test]
+    fn addresses_beyond_loopback_need_the_benchmarking_range_and_a_namespace_of_our_own() {
+        assert!(args(&[]).validate().is_ok());
+        assert!(args(&["--local-ip", "127.0.0.2", "--peer-ip", "127.0.0.3"])
+            .validate()
+            .is_ok());
+        assert!(args(&["--server", "10.0.0.1:3478"]).validate().is_err());
+        assert!(args(&["--peer-ip", "8.8.8.8"]).validate().is_err());
+        // Allowed only when the test itself runs inside a named network namespace.
+        let bench = args(&["--server", "198.18.0.1:3478", "--local-ip", "198.18.0.2"]);
+        assert_eq!(bench.validate().is_ok(), in_own_network_namespace());
+        assert!(is_benchmarking_address(&Ipv4Addr::new(198, 19, 255, 255)));
+        assert!(!is_benchmarking_address(&Ipv4Addr::new(198, 20, 0, 1)));
+        assert!(!is_benchmarking_address(&Ipv4Addr::new(198, 17, 0, 1)));
     }
 }

@@ -4,7 +4,7 @@
 //! is sent once and only its timeout runs, RFC 8489 §6.2.2).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,8 @@ pub(crate) struct Control {
     next_transaction: u64,
     next_churn_port: u16,
     server: SocketAddrV4,
+    /// The address client sockets bind to.
+    local_ip: Ipv4Addr,
     ready: Vec<u64>,
     pub(crate) stats: ControlStats,
 }
@@ -166,7 +168,7 @@ impl Control {
         let sessions = (0..sessions)
             .map(|i| {
                 let link = match args.transport {
-                    Transport::Udp => Link::Udp(client_socket(args.server)?),
+                    Transport::Udp => Link::Udp(client_socket(args.local_ip(), args.server)?),
                     Transport::Tcp | Transport::Tls => Link::Stream(Box::new(Stream::connect(
                         args.server,
                         tls.as_ref(),
@@ -206,6 +208,7 @@ impl Control {
             next_transaction: 0,
             next_churn_port: *CHURN_PORTS.start(),
             server: args.server,
+            local_ip: args.local_ip(),
             ready: Vec::new(),
             stats: ControlStats::default(),
         })
@@ -462,7 +465,7 @@ impl Control {
             } else {
                 port + 1
             };
-            let Ok(socket) = client_socket_on(self.server, port) else {
+            let Ok(socket) = client_socket_on(self.local_ip, self.server, port) else {
                 continue; // in use by someone else: take the next one
             };
             if self.epoll.add(socket.as_raw_fd(), s as u64).is_err() {

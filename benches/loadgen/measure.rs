@@ -1,35 +1,62 @@
 //! What the generator reads besides its own packets: CPU time and memory of the server
-//! (/proc), this process's CPU time, the machine's, kernel socket drops; and the latency
-//! histogram and loss bitmap.
+//! (/proc) and of other watched tasks, this process's CPU time, the machine's (busy and
+//! stolen), kernel socket drops; and the latency histogram and loss bitmap.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
 use anyhow::Context;
 
+/// The tasks whose CPU time a snapshot reads besides this process.
+#[derive(Clone, Default)]
+pub(crate) struct Watched {
+    pub(crate) server_pid: Option<u32>,
+    /// Counted as the server's side too (e.g. its interface's NAPI kernel threads).
+    pub(crate) server_side: Vec<u32>,
+    /// Counted with the generator (e.g. its own interface's NAPI kernel threads).
+    pub(crate) client_side: Vec<u32>,
+}
+
 /// Server CPU, generator CPU and a counter at one instant.
 #[derive(Clone, Copy)]
 pub(crate) struct Snapshot {
     pub(crate) at: Instant,
     pub(crate) server_cpu: Option<f64>,
+    /// Sum over `Watched::server_side` (None when one could not be read).
+    pub(crate) server_side_cpu: Option<f64>,
+    /// Sum over `Watched::client_side`.
+    pub(crate) client_side_cpu: Option<f64>,
     pub(crate) generator_cpu: f64,
     /// Busy CPU time of the whole machine: what neither the server nor this generator
     /// used was taken by something else (a build, another benchmark) and makes the run
     /// noisy.
     pub(crate) machine_cpu: Option<f64>,
+    /// Time the hypervisor ran something else while this machine's CPUs wanted to run.
+    pub(crate) steal: Option<f64>,
     pub(crate) count: u64,
 }
 
 impl Snapshot {
-    pub(crate) fn take(server_pid: Option<u32>, count: u64) -> Self {
+    pub(crate) fn take(watched: &Watched, count: u64) -> Self {
+        let (machine_cpu, steal) = read_machine_seconds().unzip();
         Self {
             at: Instant::now(),
-            server_cpu: server_pid.and_then(|pid| read_cpu_seconds(pid).ok()),
+            server_cpu: watched
+                .server_pid
+                .and_then(|pid| read_cpu_seconds(pid).ok()),
+            server_side_cpu: sum_cpu_seconds(&watched.server_side),
+            client_side_cpu: sum_cpu_seconds(&watched.client_side),
             generator_cpu: own_cpu_seconds(),
-            machine_cpu: read_machine_busy_seconds(),
+            machine_cpu,
+            steal,
             count,
         }
     }
+}
+
+/// CPU seconds of all these tasks together; None if one of them is gone.
+fn sum_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&pid| read_cpu_seconds(pid).ok()).sum()
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -38,23 +65,28 @@ fn clock_ticks_per_second() -> f64 {
     ticks.max(1) as f64
 }
 
-/// user + nice + system + irq + softirq of all CPUs (the first line of /proc/stat).
-fn read_machine_busy_seconds() -> Option<f64> {
+/// Busy (user + nice + system + irq + softirq) and stolen seconds of all CPUs, from the
+/// first line of /proc/stat.
+fn read_machine_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_machine_busy_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+    let (busy, steal) = parse_machine_ticks(&stat)?;
+    let tick = clock_ticks_per_second();
+    Some((busy as f64 / tick, steal as f64 / tick))
 }
 
-fn parse_machine_busy_ticks(stat: &str) -> Option<u64> {
+/// (busy, steal) ticks.
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let fields: Vec<u64> = line
         .split_whitespace()
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq ...: skip idle and iowait.
-    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+    // user nice system idle iowait irq softirq steal ...: skip idle and iowait.
+    let [user, nice, system, _idle, _iowait, irq, softirq, ref rest @ ..] = fields[..] else {
         return None;
     };
-    Some(user + nice + system + irq + softirq)
+    let steal = rest.first().copied().unwrap_or(0);
+    Some((user + nice + system + irq + softirq, steal))
 }
 
 /// Datagrams the kernel dropped because a socket's receive buffer was full, summed over
@@ -67,8 +99,12 @@ pub(crate) struct SocketDrops {
 
 impl SocketDrops {
     pub(crate) fn take(server_pid: Option<u32>) -> Self {
-        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-        let drops_of = |pid: &str| udp_drops(&table, &socket_inodes(pid)?);
+        // Each process's own view of /proc/net/udp: the server may run in another network
+        // namespace than this generator.
+        let drops_of = |pid: &str| {
+            let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).ok()?;
+            udp_drops(&table, &socket_inodes(pid)?)
+        };
         Self {
             server: server_pid.and_then(|pid| drops_of(&pid.to_string())),
             generator: drops_of("self"),
@@ -285,10 +321,12 @@ mod tests {
     }
 
     #[test]
-    fn machine_cpu_skips_idle_and_iowait() {
+    fn machine_cpu_skips_idle_and_iowait_and_reads_steal() {
         let stat = "cpu  100 2 30 5000 7 1 4 0 0 0\ncpu0 50 1 15 2500 3 0 2 0 0 0\n";
-        assert_eq!(parse_machine_busy_ticks(stat), Some(137));
-        assert_eq!(parse_machine_busy_ticks("intr 1 2 3"), None);
+        assert_eq!(parse_machine_ticks(stat), Some((137, 0)));
+        let with_steal = "cpu  100 2 30 5000 7 1 4 55 0 0\n";
+        assert_eq!(parse_machine_ticks(with_steal), Some((137, 55)));
+        assert_eq!(parse_machine_ticks("intr 1 2 3"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rendez::net::batch::{send_connected, send_until_full, Outgoing, RecvBatch, B
 use rendez::stun::MAGIC_COOKIE;
 
 use crate::control::FIRST_CHANNEL;
-use crate::measure::{Bitmap, Histogram, Snapshot, SocketDrops};
+use crate::measure::{Bitmap, Histogram, Snapshot, SocketDrops, Watched};
 use crate::stream::{padded_len, Stream};
 use crate::udp_sockets::{bind_udp, recv_batch, Epoll, DATAGRAM_CAPACITY};
 use crate::Args;
@@ -170,7 +170,7 @@ pub(crate) struct Traffic<'a> {
     window: usize,
     batch: usize,
     max_packets: u64,
-    server_pid: Option<u32>,
+    watched: Watched,
     clock: Instant,
     tally: Tally,
     next_socket: usize,
@@ -232,7 +232,7 @@ impl<'a> Traffic<'a> {
             window: args.window,
             batch: args.batch.min(BATCH),
             max_packets: args.max_packets,
-            server_pid: args.server_pid,
+            watched: args.watched(),
             clock: Instant::now(),
             tally: Tally {
                 counters: Counters::default(),
@@ -283,21 +283,21 @@ impl<'a> Traffic<'a> {
 
     /// Warm-up, measured window, drain.
     pub(crate) fn run(mut self, args: &Args) -> anyhow::Result<TrafficResult> {
-        let drops_before = SocketDrops::take(self.server_pid);
+        let drops_before = SocketDrops::take(self.watched.server_pid);
         self.clock = Instant::now();
         let window_start = self.clock + Duration::from_secs_f64(args.warmup);
         let window_end = window_start + Duration::from_secs_f64(args.duration);
         while Instant::now() < window_start {
             self.step()?;
         }
-        let start = Snapshot::take(self.server_pid, 0);
+        let start = Snapshot::take(&self.watched, 0);
         let counters_at_start = self.tally.counters;
         self.tally.measuring = true;
         while Instant::now() < window_end {
             self.step()?;
         }
         self.tally.measuring = false;
-        let end = Snapshot::take(self.server_pid, 0);
+        let end = Snapshot::take(&self.watched, 0);
         let counters_at_end = self.tally.counters;
         self.drain()?;
         let closed_streams = match &self.links {
@@ -305,7 +305,7 @@ impl<'a> Traffic<'a> {
             Links::Stream(streams) => streams.iter().filter(|s| s.closed).count(),
         };
         Ok(TrafficResult {
-            drops: SocketDrops::take(self.server_pid).minus(&drops_before),
+            drops: SocketDrops::take(self.watched.server_pid).minus(&drops_before),
             start,
             end,
             total: self.tally.counters,
@@ -568,10 +568,11 @@ pub(crate) struct EchoPeers {
 }
 
 impl EchoPeers {
-    /// `count` sockets on 127.0.0.1 (or the one `fixed` address); the thread ends when
+    /// `count` sockets on `ip` (or the one `fixed` address); the thread ends when
     /// stopped or at `deadline`, whichever comes first.
     pub(crate) fn spawn(
         count: usize,
+        ip: Ipv4Addr,
         fixed: Option<SocketAddrV4>,
         deadline: Instant,
     ) -> anyhow::Result<Self> {
@@ -580,9 +581,7 @@ impl EchoPeers {
                 vec![bind_udp(address).with_context(|| format!("bind echo peer {address}"))?]
             }
             None => (0..count)
-                .map(|_| {
-                    bind_udp(SocketAddrV4::new([127, 0, 0, 1].into(), 0)).context("bind echo peer")
-                })
+                .map(|_| bind_udp(SocketAddrV4::new(ip, 0)).context("bind echo peer"))
                 .collect::<anyhow::Result<_>>()?,
         };
         let addresses = sockets
