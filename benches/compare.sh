@@ -26,6 +26,8 @@
 # `timeout`; every server this script starts is stopped on exit (trap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 REPS=${REPS:-}
 DURATION=${DURATION:-}
@@ -135,7 +137,7 @@ make_certificate() {
 }
 
 # 10 000 client sockets in the generator and 10 000 relay sockets in the server.
-raise_fd_limit() {
+raise_fd_limit_or_warn() {
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     local limit
     limit=$(ulimit -n)
@@ -144,31 +146,9 @@ raise_fd_limit() {
     fi
 }
 
-# The server gets the last CPU, the generator the others: each side's CPU time is its own
-# and the server cannot spread over the generator's core (coturn runs one relay thread,
-# rendez one worker). rendez with workers = 2 runs unpinned.
-setup_pinning() {
-    local cpus
-    cpus=$(nproc)
-    SERVER_CPUS="" GENERATOR_CPUS=""
-    if ((PIN)) && ((cpus >= 2)) && command -v taskset >/dev/null; then
-        SERVER_CPUS=$((cpus - 1))
-        GENERATOR_CPUS=0-$((cpus - 2))
-    fi
-}
-
-describe_machine() {
-    {
-        echo "nproc: $(nproc)"
-        lscpu | head -n 15
-        echo "kernel: $(uname -srm)"
-        echo "coturn: $(turnserver --version 2>/dev/null | head -n 1)"
-        echo "rendez: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-        echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "openssl: $(openssl version 2>/dev/null)"
-        echo "settings: reps=$REPS duration=${DURATION}s warmup=${WARMUP}s window=$WINDOW memory-allocations=$MEMORY_ALLOCATIONS pin=${SERVER_CPUS:-no} tls-version=$TLS_VERSION"
-    } >"$OUT/machine.txt"
-}
+# Pinning (benches/lib.sh's setup_pinning): each side's CPU time is its own and the server
+# cannot spread over the generator's core (coturn runs one relay thread, rendez one
+# worker). rendez with workers = 2 runs unpinned.
 
 write_rendez_config() { # WORKERS FILE
     local signal='listen = "127.0.0.1:0"'
@@ -516,9 +496,12 @@ main() {
     ensure_coturn
     build
     make_certificate
-    raise_fd_limit
+    raise_fd_limit_or_warn
     setup_pinning
-    describe_machine
+    describe_machine <<EOF
+openssl: $(openssl version 2>/dev/null)
+settings: reps=$REPS duration=${DURATION}s warmup=${WARMUP}s window=$WINDOW memory-allocations=$MEMORY_ALLOCATIONS pin=${SERVER_CPUS:-no} tls-version=$TLS_VERSION
+EOF
     log "results in $OUT"
     local started=$SECONDS
     run_all

@@ -1,5 +1,5 @@
-# Shell helpers shared by the benchmark scripts (benches/signal/compare.sh,
-# benches/fleet/compare.sh): `source "$(dirname "$0")/../lib.sh"`.
+# Shell helpers shared by the benchmark scripts (benches/compare.sh, benches/xdp/compare.sh,
+# benches/signal/compare.sh, benches/fleet/compare.sh): `source` it.
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
@@ -54,4 +54,31 @@ wait_listening() {
   echo "nothing listened on $port within 15 s; its log:" >&2
   tail -20 "$log" >&2
   return 1
+}
+
+# The server gets the last CPU, the generator's side the others, so that each side's CPU
+# time is its own (PIN=0: no pinning, or on one CPU). Sets SERVER_CPUS and GENERATOR_CPUS
+# (empty: unpinned).
+setup_pinning() {
+  local cpus
+  cpus=$(nproc)
+  SERVER_CPUS="" GENERATOR_CPUS=""
+  if ((PIN)) && ((cpus >= 2)) && command -v taskset >/dev/null; then
+    SERVER_CPUS=$((cpus - 1))
+    GENERATOR_CPUS=0-$((cpus - 2))
+  fi
+}
+
+# The machine and the software compared, then whatever lines the caller adds (on stdin),
+# into $OUT/machine.txt.
+describe_machine() {
+  {
+    echo "nproc: $(nproc)"
+    lscpu | head -n 15
+    echo "kernel: $(uname -srm)"
+    echo "coturn: $(turnserver --version 2>/dev/null | head -n 1)"
+    echo "rendez: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    cat
+  } >"$OUT/machine.txt"
 }

@@ -281,18 +281,6 @@ napi_threads() {
     return 0
 }
 
-# The server side gets the last CPU, the world (generator, echo peers, the world's napi
-# threads) the others; the napi threads are the interfaces' own, made by this script.
-setup_pinning() {
-    local cpus
-    cpus=$(nproc)
-    SERVER_CPUS="" WORLD_CPUS=""
-    if ((PIN)) && ((cpus >= 2)) && command -v taskset >/dev/null; then
-        SERVER_CPUS=$((cpus - 1))
-        WORLD_CPUS=0-$((cpus - 2))
-    fi
-}
-
 # The interfaces' NAPI threads, looked up again before each run (attaching or detaching a
 # program may re-create an instance), and pinned like the side they serve.
 find_napi_threads() {
@@ -305,7 +293,7 @@ find_napi_threads() {
     [[ -n $SERVER_CPUS ]] || return 0
     local pid
     for pid in "${SERVER_NAPI[@]}"; do taskset -pc "$SERVER_CPUS" "$pid" >/dev/null; done
-    for pid in "${WORLD_NAPI[@]}"; do taskset -pc "$WORLD_CPUS" "$pid" >/dev/null; done
+    for pid in "${WORLD_NAPI[@]}"; do taskset -pc "$GENERATOR_CPUS" "$pid" >/dev/null; done
 }
 
 # Task times exclude steal when the kernel takes it off the run-queue clock
@@ -320,21 +308,6 @@ steal_in_task_times() {
     else
         echo true
     fi
-}
-
-describe_machine() {
-    {
-        echo "nproc: $(nproc)"
-        lscpu | head -n 15
-        echo "kernel: $(uname -srm)"
-        echo "coturn: $(turnserver --version 2>/dev/null | head -n 1)"
-        echo "rendez: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-        echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "topology: $NS_WORLD/$IF_WORLD <-> $NS_SERVER/$IF_SERVER, GRO on, TSO off and threaded NAPI on both ends, world XDP: $WORLD_XDP"
-        echo "napi threads: server $IF_SERVER: ${SERVER_NAPI[*]}; world $IF_WORLD: ${WORLD_NAPI[*]}"
-        echo "steal in task times: $(steal_in_task_times)"
-        echo "settings: reps=$REPS duration=${DURATION}s warmup=${WARMUP}s idle=${IDLE}s rates=$RATES window=$WINDOW allocations=$ALLOCATIONS size=$SIZE pin=${SERVER_CPUS:-no}"
-    } >"$OUT/machine.txt"
 }
 
 # --- servers -------------------------------------------------------------------------------
@@ -526,7 +499,7 @@ run_case() { # KIND RATE
     local generator=(--rate $((rate / 2)))
     ((rate == 0)) && generator=(--rate 0 --window "$WINDOW")
     local pin=() server_side=() client_side=() pid
-    [[ -n $WORLD_CPUS ]] && pin=(taskset -c "$WORLD_CPUS")
+    [[ -n $GENERATOR_CPUS ]] && pin=(taskset -c "$GENERATOR_CPUS")
     for pid in "${SERVER_NAPI[@]}"; do server_side+=(--server-side-pid "$pid"); done
     for pid in "${WORLD_NAPI[@]}"; do client_side+=(--client-side-pid "$pid"); done
     if json=$(timeout --kill-after=5 120 ip netns exec "$NS_WORLD" "${pin[@]}" "$LOADGEN" \
@@ -596,7 +569,12 @@ main() {
     setup_pinning
     make_topology
     find_napi_threads
-    describe_machine
+    describe_machine <<EOF
+topology: $NS_WORLD/$IF_WORLD <-> $NS_SERVER/$IF_SERVER, GRO on, TSO off and threaded NAPI on both ends, world XDP: $WORLD_XDP
+napi threads: server $IF_SERVER: ${SERVER_NAPI[*]}; world $IF_WORLD: ${WORLD_NAPI[*]}
+steal in task times: $(steal_in_task_times)
+settings: reps=$REPS duration=${DURATION}s warmup=${WARMUP}s idle=${IDLE}s rates=$RATES window=$WINDOW allocations=$ALLOCATIONS size=$SIZE pin=${SERVER_CPUS:-no}
+EOF
     local started=$SECONDS
     run_all
     log "done in $((SECONDS - started)) s"
