@@ -19,9 +19,11 @@ const MAX_RETRY_MS = 10000;
 // How often connection stats are read, and the video caps re-balanced: well within the 5 s
 // in which a join or a leave must be reflected.
 const STATS_EVERY_MS = 2000;
-// A link that is not up this long after it began connecting restarts ICE. Chromium never
-// gives up on a link whose candidates were lost on the way (it stays "connecting" rather
-// than "failed"), so waiting for "failed" alone could wait forever.
+// A link that is not up this long after it began connecting, and has no candidate pair
+// left to try, restarts ICE. Chromium never gives up on a link whose candidates were lost
+// on the way (with nothing to check it stays "connecting" rather than "failed"), so
+// waiting for "failed" alone could wait forever; a link still checking pairs (slow, not
+// stuck) is left to finish.
 const CONNECT_TIMEOUT_MS = 15000;
 // How often audio levels are read (speaker highlight, "you are muted", the meter).
 const LEVELS_EVERY_MS = 200;
@@ -788,10 +790,11 @@ function restartIce(peer) {
   peer.pc.restartIce();
 }
 
-/** Restarts ICE on links that have been trying to connect for too long (see CONNECT_TIMEOUT_MS). */
+/** Restarts ICE on links stuck connecting with nothing to try (see CONNECT_TIMEOUT_MS). */
 function restartStuckLinks(now) {
   for (const peer of call.peers.values()) {
-    if (peer.connectingSince !== null && now - peer.connectingSince > CONNECT_TIMEOUT_MS) restartIce(peer);
+    const waited = peer.connectingSince !== null && now - peer.connectingSince > CONNECT_TIMEOUT_MS;
+    if (waited && peer.link.candidatePairs === 0) restartIce(peer);
   }
 }
 

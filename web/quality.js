@@ -5,7 +5,8 @@
 /**
  * One reading of `report`, with rates measured against `previous` (the last reading, or
  * null): relayed, relayProtocol, framesDecoded, bytesReceived, videoBytesSent, rttMs,
- * lossPercent, kbpsIn, kbpsOut, at (ms).
+ * lossPercent, kbpsIn, kbpsOut, candidatePairs (ICE candidate pairs not failed: what a
+ * connecting link still has to try), at (ms).
  */
 export function readLinkStats(report, previous, at) {
   const entries = [...report.values()];
@@ -38,6 +39,7 @@ export function readLinkStats(report, previous, at) {
     }
   }
   const rtt = pair?.currentRoundTripTime;
+  const candidatePairs = entries.filter((s) => s.type === "candidate-pair" && s.state !== "failed").length;
   const reading = {
     relayed,
     relayProtocol,
@@ -47,6 +49,7 @@ export function readLinkStats(report, previous, at) {
     packetsLost,
     bytesSent,
     videoBytesSent,
+    candidatePairs,
     rttMs: typeof rtt === "number" ? Math.round(rtt * 1000) : null,
     lossPercent: null,
     kbpsIn: null,

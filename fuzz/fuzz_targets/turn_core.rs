@@ -320,6 +320,10 @@ impl Run {
                 // TCP relays (RFC 6062): nothing to model; the core's timers answer a
                 // Connect nobody reports on.
                 Event::Connect(..) | Event::Bridge(..) | Event::ClosePeer(_) => {}
+                // This server has no kernel fast path: its core must announce nothing to one.
+                Event::FastPath(change) => {
+                    panic!("a fast path change without a fast path: {change:?}")
+                }
             }
         }
     }
