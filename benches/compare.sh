@@ -180,16 +180,7 @@ password = "$PASSWORD"
 [peers]
 allow = ["127.0.0.0/8", "127.0.0.1/32"]
 
-# One generator, one address, one user, hundreds of thousands of 401s and hundreds of
-# megabytes per second per allocation: raised past what the generator reaches, as coturn's
-# defaults have no such limits. Still on, so their cost is in every figure.
-[limits]
-allocations-per-user = 1000000
-allocations-per-ip = 1000000
-allocations-total = 1000000
-bandwidth-per-allocation = 1000000000
-unauthorized-per-ip = 1000000
-binding-per-ip = 1000000
+$(limits_section)
 
 $tls_section
 EOF

@@ -82,3 +82,19 @@ describe_machine() {
     cat
   } >"$OUT/machine.txt"
 }
+
+# rendez's `[limits]` for a benchmark: one generator, one address, one user, hundreds of
+# thousands of 401s and hundreds of megabytes per second per allocation. Raised past what
+# the generator reaches, as coturn's defaults have no such limits; still on, so their cost
+# is in every figure.
+limits_section() {
+  cat <<'LIMITS'
+[limits]
+allocations-per-user = 1000000
+allocations-per-ip = 1000000
+allocations-total = 1000000
+bandwidth-per-allocation = 1000000000
+unauthorized-per-ip = 1000000
+binding-per-ip = 1000000
+LIMITS
+}

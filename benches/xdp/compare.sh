@@ -339,15 +339,7 @@ password = "$PASSWORD"
 [peers]
 allow = ["198.18.0.0/15"]
 
-# One generator, one address, one user: raised past what it reaches (coturn's defaults
-# have no such limits), still on so their cost is in the sockets figure.
-[limits]
-allocations-per-user = 1000000
-allocations-per-ip = 1000000
-allocations-total = 1000000
-bandwidth-per-allocation = 1000000000
-unauthorized-per-ip = 1000000
-binding-per-ip = 1000000
+$(limits_section)
 
 $xdp_section
 EOF
