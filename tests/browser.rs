@@ -125,10 +125,11 @@
 //! cores. meeting.mjs records every page's peer connections and sockets from before the
 //! page's script runs, so bitrates, frames and encodings come from the browser itself.
 //!
-//! - `browser_meeting_six`: six tabs join one room and all fifteen links come up; over 5 s
-//!   after the re-balance, every tab's video sent to its five peers (getStats
-//!   `outbound-rtp`, summed) stays within the 600 kbit/s budget, each video sender is capped
-//!   at a fifth of it, and every tab decodes frames from every peer meanwhile. Then five
+//! - `browser_meeting_six`: six tabs join one room, muted, and all fifteen links come up;
+//!   over 5 s after the re-balance, every tab's video sent to its five peers (getStats
+//!   `outbound-rtp`, each connection's rate over its own stats window, summed) stays within
+//!   the 600 kbit/s budget, each video sender is capped at a fifth of it, every tab decodes
+//!   frames from every peer meanwhile, and no tab sends any audio. Then five
 //!   send a chat message while the first keeps its panel collapsed (it must have all five
 //!   in its document, and "5 unread"), the first types one and presses Enter, and every tab
 //!   shows all six, with names and times, markup kept as text; a 5000-byte message is
@@ -1264,14 +1265,14 @@ const MEETING_NODE_LIMIT: Duration = Duration::from_secs(230);
 /// message reaches the five others (the first one's panel collapsed meanwhile, with an
 /// unread count), and every sender's outgoing video fits `upstream-kbps` while everyone
 /// keeps decoding everyone.
+///
+/// Everyone joins muted. Six tabs hold 15 peer connections, and with their microphones on
+/// the 30 audio encoders, 30 decoders and six audio pipelines took about one of the
+/// machine's two cores (per-thread CPU from /proc), which left the two cores saturated:
+/// signaling frames waited 10 to 50 s inside the browser, ICE round trips read 5 s, and the
+/// test failed most runs. A muted microphone is not encoded at all (the page sets its
+/// sender inactive), which this test checks too; audio is tested with two and three people.
 #[test]
-// Six tabs hold 15 peer connections: 30 video and 30 audio encoders and as many decoders,
-// which want more than the two cores of this machine. With a cheap camera and UDP-only TURN
-// it passed here once in 161 s and failed in other runs when other builds shared the
-// machine (a link stuck "connecting", a window in which one peer's video decoded no frame,
-// chat waiting over 30 s). Until it fits, it runs on request:
-// `cargo test --test browser -- --ignored browser_meeting_six`.
-#[ignore = "too heavy for a 2-core machine: six tabs of WebRTC; run it by hand (issue 14)"]
 fn browser_meeting_six() {
     let test = "browser_meeting_six";
     let Some(mut lab) = open_lab(test, true, Layout::Together) else {
@@ -1656,8 +1657,9 @@ impl Lab {
             if before.len() != SIX.len() - 1 || after.len() != before.len() {
                 self.fail(&format!("{name} has not five connections: {page}"));
             }
-            let mut bytes = 0;
-            let mut seconds = 0.0;
+            // Each connection's rate over its own window (the browser's stats clock): a
+            // loaded page reads its five connections' figures at different moments.
+            let mut kbps = 0.0;
             for (b, a) in before.iter().zip(&after) {
                 if a["connectionState"] != "connected" {
                     self.fail(&format!("{name}: a connection is {}", a["connectionState"]));
@@ -1672,30 +1674,36 @@ impl Lab {
                         "{name}: a video sender is not capped at its share ({share} bit/s): {caps:?}"
                     ));
                 }
-                let frames = a["framesDecoded"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .saturating_sub(b["framesDecoded"].as_u64().unwrap_or(0));
-                if frames == 0 {
+                let grew = |key: &str| {
+                    a[key]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(b[key].as_u64().unwrap_or(0))
+                };
+                if grew("framesDecoded") == 0 {
                     self.fail(&format!(
                         "{name} decoded no frame from a peer while measuring: {b} → {a}"
                     ));
                 }
-                bytes += a["videoBytesSent"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .saturating_sub(b["videoBytesSent"].as_u64().unwrap_or(0));
-                seconds =
-                    (a["at"].as_f64().unwrap_or(0.0) - b["at"].as_f64().unwrap_or(0.0)) / 1000.0;
+                let seconds = (a["statsAt"].as_f64().unwrap_or(0.0)
+                    - b["statsAt"].as_f64().unwrap_or(0.0))
+                    / 1000.0;
+                if seconds < MEASURE.as_secs_f64() * 0.8 {
+                    self.fail(&format!(
+                        "{name}: a connection was measured over {seconds} s only: {b} → {a}"
+                    ));
+                }
+                if grew("audioBytesSent") > 0 {
+                    self.fail(&format!(
+                        "{name} joined muted yet sent audio while measuring: {b} → {a}"
+                    ));
+                }
+                kbps += grew("videoBytesSent") as f64 * 8.0 / seconds / 1000.0;
             }
-            if seconds < MEASURE.as_secs_f64() * 0.8 {
-                self.fail(&format!("{name}: measured over {seconds} s only"));
-            }
-            let kbps = bytes as f64 * 8.0 / seconds / 1000.0;
             if kbps > MEETING_UPSTREAM_KBPS as f64 || kbps == 0.0 {
                 self.fail(&format!(
                     "{name} sent {kbps:.0} kbit/s of video to its five peers, budget \
-                     {MEETING_UPSTREAM_KBPS}"
+                     {MEETING_UPSTREAM_KBPS}: {page}"
                 ));
             }
             rates.push(format!("{name} {kbps:.0}"));
@@ -1835,7 +1843,12 @@ fn denying_chromium_args(dir: &Path, hosts: &[(&str, Ipv4Addr)]) -> Vec<String> 
 /// frame fresh noise. Chromium's own fake camera draws a 640 × 480 picture per frame in every
 /// tab; this one is only read. Noise is what an encoder compresses worst, so the page's
 /// `maxBitrate` caps (not a picture that is cheap to send) are what keep the bitrate down.
+/// The noise is faint (grey ± `NOISE_AMPLITUDE`): at full amplitude even the coarsest
+/// quantizer leaves an 80 × 60 frame (a fifth of the budget scales the picture down by 4)
+/// at about 1.5 KB, so ten frames a second came to 120–130 kbit/s whatever the cap
+/// (measured), a floor of the test picture rather than a property of the page.
 fn write_noise_camera(path: &Path) {
+    const NOISE_AMPLITUDE: u8 = 32;
     const WIDTH: usize = 320;
     const HEIGHT: usize = 240;
     const FRAMES: usize = 20;
@@ -1850,7 +1863,9 @@ fn write_noise_camera(path: &Path) {
     let plane = WIDTH * HEIGHT;
     for _ in 0..FRAMES {
         file.write_all(b"FRAME\n").expect("write y4m");
-        let luma: Vec<u8> = (0..plane).map(|_| next()).collect();
+        let luma: Vec<u8> = (0..plane)
+            .map(|_| 128 - NOISE_AMPLITUDE + next() % (2 * NOISE_AMPLITUDE + 1))
+            .collect();
         file.write_all(&luma).expect("write y4m");
         // Grey colour planes: the noise is in brightness alone.
         file.write_all(&vec![128u8; plane / 2]).expect("write y4m");

@@ -9,7 +9,7 @@
 // ids) so that offers crossing each other can never deadlock. On top of that the newcomer is
 // the only side that starts: it offers to every peer listed in its welcome, while existing
 // participants add their media only when that offer arrives, so glare is rare to begin with.
-import { AUDIO_ENCODING, applyEncoding, videoEncodings } from "./bandwidth.js";
+import { audioEncoding, applyEncoding, videoEncodings } from "./bandwidth.js";
 import { Chat } from "./chat.js";
 import { LevelMeter, canPickSpeaker, listDevices, loudness, openDevices } from "./devices.js";
 import { describeQuality, readLinkStats, verdict } from "./quality.js";
@@ -19,12 +19,16 @@ const MAX_RETRY_MS = 10000;
 // How often connection stats are read, and the video caps re-balanced: well within the 5 s
 // in which a join or a leave must be reflected.
 const STATS_EVERY_MS = 2000;
-// A link that is not up this long after it began connecting, and has no candidate pair
-// left to try, restarts ICE. Chromium never gives up on a link whose candidates were lost
-// on the way (with nothing to check it stays "connecting" rather than "failed"), so
-// waiting for "failed" alone could wait forever; a link still checking pairs (slow, not
-// stuck) is left to finish.
-const CONNECT_TIMEOUT_MS = 15000;
+// A link that is stuck this long restarts ICE: its offer and answer are through, yet it is
+// not up and has no candidate pair left to try. Chromium never gives up on a link whose
+// candidates were lost on the way (with nothing to check it stays "connecting" rather than
+// "failed"), so waiting for "failed" alone could wait forever. A link still negotiating or
+// checking pairs is slow, not stuck: on a loaded machine an answer took 10 s, and a restart
+// then only started the negotiation over. Each further restart of a link that has not come
+// up waits twice as long (at most STUCK_MAX_MS), and the polite side waits twice as long as
+// the other, so that the two ends of a link do not restart it over each other.
+const STUCK_RESTART_MS = 15000;
+const STUCK_MAX_MS = 120000;
 // How often audio levels are read (speaker highlight, "you are muted", the meter).
 const LEVELS_EVERY_MS = 200;
 // A level (devices.js `loudness`, about -40 dBFS) above which someone is speaking; a
@@ -669,9 +673,10 @@ function createPeer({ id, name }, { offerer }) {
     screenTile: null,
     link: readLinkStats(new Map(), null, 0),
     lastSpoke: 0,
-    // Since when the link has been trying to connect (null while it is up), and how often
-    // ICE was restarted.
-    connectingSince: performance.now(),
+    // Since when the link has been stuck (see STUCK_RESTART_MS; null while it is not), how
+    // often it was restarted for that since it was last up, and how often ICE was restarted.
+    stuckSince: null,
+    stuckRestarts: 0,
     restarts: 0,
     tile: createTile(name),
   };
@@ -776,26 +781,42 @@ function onConnectionStateChange(peer) {
   // restart renegotiates through negotiationneeded, on whichever side noticed first.
   if (state === "failed") restartIce(peer);
   if (state === "connected") {
-    peer.connectingSince = null;
+    peer.stuckRestarts = 0;
     rebalance();
-  } else {
-    peer.connectingSince ??= performance.now();
   }
   render();
 }
 
 function restartIce(peer) {
-  peer.connectingSince = performance.now();
   peer.restarts += 1;
   peer.pc.restartIce();
 }
 
-/** Restarts ICE on links stuck connecting with nothing to try (see CONNECT_TIMEOUT_MS). */
+/** Restarts ICE on links that have been stuck long enough (see STUCK_RESTART_MS). */
 function restartStuckLinks(now) {
   for (const peer of call.peers.values()) {
-    const waited = peer.connectingSince !== null && now - peer.connectingSince > CONNECT_TIMEOUT_MS;
-    if (waited && peer.link.candidatePairs === 0) restartIce(peer);
+    if (!isStuck(peer)) {
+      peer.stuckSince = null;
+      continue;
+    }
+    peer.stuckSince ??= now;
+    const patience = Math.min(STUCK_MAX_MS, STUCK_RESTART_MS * 2 ** peer.stuckRestarts) * (peer.polite ? 2 : 1);
+    if (now - peer.stuckSince > patience) {
+      peer.stuckSince = null;
+      peer.stuckRestarts += 1;
+      restartIce(peer);
+    }
   }
+}
+
+/** Whether a link is negotiated but not up, with no ICE candidate pair left to try. */
+function isStuck({ pc, link }) {
+  return (
+    pc.connectionState !== "connected" &&
+    pc.signalingState === "stable" &&
+    pc.remoteDescription !== null &&
+    link.candidatePairs === 0
+  );
 }
 
 function closePeer(peer) {
@@ -825,7 +846,7 @@ function rebalance() {
     for (const sender of peer.pc.getSenders()) {
       const track = sender.track;
       if (!track) continue;
-      if (track.kind === "audio") applyEncoding(sender, AUDIO_ENCODING);
+      if (track.kind === "audio") applyEncoding(sender, audioEncoding(track.enabled));
       else if (call.screen && track === call.screen.track) applyEncoding(sender, caps.screen);
       else applyEncoding(sender, caps.camera);
     }
@@ -1024,8 +1045,10 @@ function enableSound() {
 function toggleLocalTrack(kind) {
   const track = localTrack(kind);
   if (!track) return;
-  // Disabling sends silence or black frames without renegotiating any connection.
+  // Disabling sends black frames without renegotiating any connection; a muted microphone
+  // stops its encoders as well (rebalance), so that nothing of it leaves this machine.
   track.enabled = !track.enabled;
+  rebalance();
   render();
 }
 

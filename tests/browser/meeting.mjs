@@ -9,10 +9,11 @@
 // measured here (bitrates, decoded frames, encodings) comes from the browser's own
 // getStats() and getParameters(), not from what the page says about itself.
 //
-// Scenario "six" (six participants): each joins in turn; once every tab shows the five
+// Scenario "six" (six participants): each joins in turn, muted; once every tab shows the five
 // others connected with decoded video, and after the re-balance, every tab's total outgoing
 // video bitrate is measured over `measureMs` (getStats outbound-rtp, summed over its peer
-// connections) together with the frames each tab decodes from every peer; then five send a
+// connections) together with the frames each tab decodes from every peer and the audio it
+// sends (none: muted); then five send a
 // chat message (one each, with markup in it) while the first keeps its panel collapsed,
 // the first types one and presses Enter, and a too-long one is refused; last, a screenshot
 // of the first tab with its chat open.
@@ -64,7 +65,10 @@ function recordConnections() {
   // loaded browser from outside.
   const peerLeftAt = [];
   const encodingsSet = [];
-  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, errors, peerLeftAt, encodingsSet };
+  // When each chat frame went out and came in (page clock, ms, and the start of its text):
+  // where a slow message spent its time.
+  const chatLog = [];
+  window.__recorded = { peerConnections, sockets, chatFrames, chatSent, chatLog, errors, peerLeftAt, encodingsSet };
   const nativeSetParameters = window.RTCRtpSender.prototype.setParameters;
   window.RTCRtpSender.prototype.setParameters = async function (parameters, ...rest) {
     const result = await nativeSetParameters.call(this, parameters, ...rest);
@@ -73,7 +77,10 @@ function recordConnections() {
   };
   const nativeSend = window.WebSocket.prototype.send;
   window.WebSocket.prototype.send = function (data) {
-    if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatSent.push(data.length);
+    if (typeof data === "string" && data.startsWith('{"type":"chat"')) {
+      chatSent.push(data.length);
+      chatLog.push(["out", Math.round(performance.now()), data.slice(0, 40)]);
+    }
     return nativeSend.call(this, data);
   };
   const NativePeerConnection = window.RTCPeerConnection;
@@ -89,7 +96,10 @@ function recordConnections() {
       super(...a);
       sockets.push(this);
       this.addEventListener("message", ({ data }) => {
-        if (typeof data === "string" && data.startsWith('{"type":"chat"')) chatFrames.push(data);
+        if (typeof data === "string" && data.startsWith('{"type":"chat"')) {
+          chatFrames.push(data);
+          chatLog.push(["in", Math.round(performance.now()), data.slice(0, 90)]);
+        }
         if (typeof data === "string" && data.startsWith('{"type":"error"')) errors.push(data);
         if (typeof data === "string" && data.startsWith('{"type":"peer-left"')) peerLeftAt.push(performance.now());
       });
@@ -155,16 +165,41 @@ async function mediaCounters() {
   return Promise.all(
     open.map(async (pc) => {
       let videoBytesSent = 0;
+      let audioBytesSent = 0;
       let framesDecoded = 0;
+      // What the bytes were (for a failure's message): resent, key frames asked for and sent,
+      // the encoder's own target.
+      const sending = { retransmittedBytes: 0, nacks: 0, plis: 0, keyFrames: 0, targetBitrate: 0 };
+      // When the browser took these figures (its stats clock, ms), which is what the bytes
+      // sent belong to: a loaded page answers getStats() late.
+      let statsAt = null;
       for (const s of (await pc.getStats()).values()) {
-        if (s.type === "outbound-rtp" && s.kind === "video") videoBytesSent += s.bytesSent ?? 0;
+        if (s.type === "outbound-rtp" && s.kind === "video") {
+          videoBytesSent += s.bytesSent ?? 0;
+          sending.retransmittedBytes += s.retransmittedBytesSent ?? 0;
+          sending.nacks += s.nackCount ?? 0;
+          sending.plis += s.pliCount ?? 0;
+          sending.keyFrames += s.keyFramesEncoded ?? 0;
+          sending.targetBitrate += s.targetBitrate ?? 0;
+          statsAt = s.timestamp;
+        }
+        if (s.type === "outbound-rtp" && s.kind === "audio") audioBytesSent += s.bytesSent ?? 0;
         if (s.type === "inbound-rtp" && s.kind === "video") framesDecoded += s.framesDecoded ?? 0;
       }
       const caps = pc
         .getSenders()
         .filter((sender) => sender.track?.kind === "video")
         .map((sender) => sender.getParameters().encodings?.[0] ?? null);
-      return { connectionState: pc.connectionState, videoBytesSent, framesDecoded, caps, at: performance.now() };
+      return {
+        connectionState: pc.connectionState,
+        videoBytesSent,
+        audioBytesSent,
+        framesDecoded,
+        caps,
+        sending,
+        statsAt,
+        at: performance.now(),
+      };
     }),
   );
 }
@@ -222,8 +257,11 @@ async function describe(tab) {
     message: document.getElementById("message").textContent,
     chatFrames: window.__recorded.chatFrames.length,
     chatSent: window.__recorded.chatSent,
+    chatLog: window.__recorded.chatLog,
     errors: window.__recorded.errors,
     sockets: window.__recorded.sockets.length,
+    // Bytes a socket was given but has not sent yet: a message stuck in the browser.
+    socketsBuffered: window.__recorded.sockets.map((s) => [s.readyState, s.bufferedAmount]),
     chatShown: [...document.querySelectorAll("#chat-log .chat-name")].map((e) => e.textContent),
     chatError: document.getElementById("chat-error").textContent,
     tiles: [...document.querySelectorAll("#grid .tile")].map((tile) => ({
@@ -324,7 +362,13 @@ function rebalanceTime(wanted) {
 }
 
 async function sixScenario() {
-  for (const name of args.participants) await join(await openTab(name));
+  for (const name of args.participants) {
+    const tab = await openTab(name);
+    // Everyone joins muted (see browser_meeting_six): their microphones stay open for the
+    // "you are muted" hint, but nothing of them is encoded or sent.
+    await tab.page.check("#start-muted", { timeout: stepTimeout(30000) });
+    await join(tab);
+  }
   mark("all_joined");
   await waitForStates(callIsUp, "not every tab showed the five others connected with decoded video", 100000);
   mark("call_up");

@@ -393,6 +393,7 @@ impl Hub {
                 let Ok(text) = serde_json::to_string(&message) else {
                     continue;
                 };
+                tracing::trace!(conn = to, bytes = text.len(), "signaling frame queued");
                 if !queue.try_send(text.into()) {
                     tracing::debug!(conn = to, "signaling session not reading; dropped");
                     self.dropped_not_reading += 1;

@@ -78,7 +78,10 @@ pub(super) async fn run(
                 let Some(Ok(frame)) = frame else { break Ended::Closed };
                 last_heard = Instant::now();
                 let input = match frame {
-                    Message::Text(text) => Input::Text { conn, text },
+                    Message::Text(text) => {
+                        tracing::trace!(conn, bytes = text.len(), "signaling frame in");
+                        Input::Text { conn, text }
+                    }
                     Message::Binary(_) => Input::Binary { conn },
                     Message::Close(_) => break Ended::Closed,
                     Message::Ping(_) | Message::Pong(_) => continue,
@@ -94,6 +97,7 @@ pub(super) async fn run(
                 if let Err(ended) = send(&mut socket, frame, &mut stopped, &inbox).await {
                     break ended;
                 }
+                tracing::trace!(conn, "signaling frame out");
             }
             _ = tokio::time::sleep_until(next_ping.into()) => {
                 if last_heard.elapsed() >= idle_timeout {
