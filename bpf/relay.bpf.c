@@ -95,8 +95,10 @@ struct {
 // The interfaces rendez attached this program to (ifindex -> the same ifindex), filled by
 // user space after attaching; sized by it to their number. Only these are redirect targets:
 // a device must be able to transmit XDP frames, and a redirect into one that cannot (a
-// tunnel, a bridge, a NIC without XDP) drops them silently. The value is what the kernel
-// keeps per device (its ifindex and an optional program, unused here).
+// tunnel, a bridge, a NIC without XDP) drops them silently. (User space leaves out an
+// interface that got only generic XDP while another got native: src/net/xdp/attach.rs.)
+// The value is what the kernel keeps per device (its ifindex and an optional program,
+// unused here).
 struct {
     __uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
     __uint(max_entries, 1);

@@ -360,6 +360,19 @@ async fn a_peer_behind_an_interface_without_the_program_is_relayed_through_socke
         "{scrape}"
     );
     assert_eq!(metric_sum(&scrape, "rendez_xdp_attached"), 1.0, "{scrape}");
+
+    // A second rendez gets the free peer side, then is refused the clients' side (taken):
+    // it stops, naming the reason, and leaves the peer side without a program.
+    let sides = [net.server_peer_side.as_str(), &net.server_client_side];
+    let mut second = net.spawn_rendez("one-sided-2", &sides, TURN_PORT + 1);
+    assert!(!second.wait_for_exit(Duration::from_secs(10)).success());
+    assert!(
+        second.log().contains("already has an XDP program"),
+        "{}",
+        second.log()
+    );
+    assert!(!net.link(&net.server_peer_side).contains("prog/xdp"));
+    assert!(net.link(&net.server_client_side).contains("prog/xdp"));
     server.kill();
 }
 
@@ -614,16 +627,29 @@ impl TwoSided {
     /// rendez listening on the client side, relaying from the peer side, with the program
     /// on `interfaces`, serving.
     fn start_rendez(&self, name: &str, interfaces: &[&str]) -> Rendez {
+        Rendez::serving(self.spawn_rendez(name, interfaces, TURN_PORT))
+    }
+
+    fn spawn_rendez(&self, name: &str, interfaces: &[&str], port: u16) -> ServerProcess {
         let (v4, v6) = (&TWO_SIDES_V4, &TWO_SIDES_V6);
         let config = rendez_config(RendezConfig {
             listen: [v4.clients.server, v6.clients.server],
             relay_ip: [v4.peers.server, v6.peers.server],
             peers: ["10.78.0.0/16", "fd78::/16"],
-            port: TURN_PORT,
+            port,
             interfaces,
             extra: "",
         });
-        Rendez::serving(spawn_in(&self.server_ns, name, &config))
+        spawn_in(&self.server_ns, name, &config)
+    }
+
+    /// `ip link show` of one of the server's interfaces.
+    fn link(&self, interface: &str) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.server_ns, "link", "show", interface])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// A client on its side binds a channel to a peer on the other, warms the server's

@@ -250,7 +250,7 @@ fn fill_redirect_targets(
                 )))
             })?;
     }
-    if !left_out.is_empty() && interfaces.len() > 1 {
+    if !left_out.is_empty() {
         tracing::warn!(
             interface = %left_out.join(", "),
             "only generic XDP on these interfaces while others have native XDP: datagrams between them and the others take the sockets path (a native program cannot hand frames to a driver without XDP)"
