@@ -17,8 +17,9 @@
 // Every rewritten datagram is a fresh one: new IP header (TTL / hop limit 64, DF on IPv4),
 // full IPv4 header and UDP checksums computed here (locally sent packets on veth carry
 // only a partial checksum, so an incremental update would be wrong), next hop's MAC from
-// bpf_fib_lookup, XDP_TX back out of the same interface (a next hop behind another
-// interface takes the sockets path: see leaves_where_it_came).
+// bpf_fib_lookup. It leaves by XDP_TX when the next hop is out of the interface it came in
+// on, by bpf_redirect_map when it is out of another interface rendez attached this program
+// to (`attached_devices`), and otherwise goes up untouched: see way_out.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -90,6 +91,20 @@ struct {
     __type(key, struct peer_key);
     __type(value, struct route);
 } peer_channels SEC(".maps");
+
+// The interfaces rendez attached this program to (ifindex -> the same ifindex), filled by
+// user space after attaching; sized by it to their number. Only these are redirect targets:
+// a device must be able to transmit XDP frames, and a redirect into one that cannot (a
+// tunnel, a bridge, a NIC without XDP) drops them silently. (User space leaves out an
+// interface that got only generic XDP while another got native: src/net/xdp/attach.rs.)
+// The value is what the kernel keeps per device (its ifindex and an optional program,
+// unused here).
+struct {
+    __uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct bpf_devmap_val);
+} attached_devices SEC(".maps");
 
 // Where a packet's layers begin, once checked.
 struct packet {
@@ -315,13 +330,31 @@ static __always_inline int write_headers(struct xdp_md *ctx, const struct route 
     return 1;
 }
 
-// Whether the next hop is out of the interface the packet came in on (`out` 0: no next
-// hop). Only then does the fast path send it (XDP_TX). A redirect to another device drops
-// frames silently where that device cannot send XDP frames (tunnels, bridges, a veth
-// without a program), so a peer behind another interface stays on the sockets path.
-static __always_inline int leaves_where_it_came(struct xdp_md *ctx, __u32 out)
+// How a datagram whose next hop is out of interface `out` (0: no next hop) leaves, decided
+// before anything in the packet changes: XDP_TX when that is the interface it came in on,
+// XDP_REDIRECT when it is another interface in `attached_devices`, else XDP_PASS (the
+// sockets path sends it). A redirect into a device that cannot transmit XDP frames drops
+// them silently; the devices rendez attached this program to are the ones known to take
+// them (a veth also needs an XDP program on its peer, README says so).
+static __always_inline int way_out(struct xdp_md *ctx, __u32 out)
 {
-    return out != 0 && out == ctx->ingress_ifindex;
+    if (out == 0)
+        return XDP_PASS;
+    if (out == ctx->ingress_ifindex)
+        return XDP_TX;
+    if (bpf_map_lookup_elem(&attached_devices, &out))
+        return XDP_REDIRECT;
+    return XDP_PASS;
+}
+
+// Sends the rewritten packet the way way_out chose. The redirect cannot miss (`out` was
+// just found in the map, and user space never removes it); were it to, flags 0 make it
+// XDP_ABORTED, which the xdp_exception tracepoint shows.
+static __always_inline int transmit(int way, __u32 out)
+{
+    if (way == XDP_TX)
+        return XDP_TX;
+    return bpf_redirect_map(&attached_devices, out, 0);
 }
 
 static __always_inline __u32 header_len(__u16 family)
@@ -391,7 +424,8 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct route *route, __u1
     __u32 headers = header_len(family);
     __u8 smac[6], dmac[6];
     __u32 out = next_hop(ctx, route, headers - sizeof(struct ethhdr) + len, smac, dmac);
-    if (!leaves_where_it_came(ctx, out))
+    int way = way_out(ctx, out);
+    if (way == XDP_PASS)
         return XDP_PASS;
     if (!cut_after(ctx, headers + CHANNEL_DATA_HEADER + len))
         return XDP_PASS;
@@ -403,7 +437,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct route *route, __u1
         return XDP_DROP; // half rewritten: it cannot go up any more
     __sync_fetch_and_add(&route->packets, 1);
     __sync_fetch_and_add(&route->bytes, len);
-    return XDP_TX;
+    return transmit(way, out);
 }
 
 // Frames `len` payload bytes as ChannelData for the client.
@@ -415,7 +449,8 @@ static __always_inline int to_client(struct xdp_md *ctx, struct route *route, __
     __u32 out = next_hop(ctx, route,
                          headers - sizeof(struct ethhdr) + CHANNEL_DATA_HEADER + len, smac,
                          dmac);
-    if (!leaves_where_it_came(ctx, out))
+    int way = way_out(ctx, out);
+    if (way == XDP_PASS)
         return XDP_PASS;
     if (!cut_after(ctx, headers + len))
         return XDP_PASS;
@@ -436,7 +471,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct route *route, __
         return XDP_DROP;
     __sync_fetch_and_add(&route->packets, 1);
     __sync_fetch_and_add(&route->bytes, len);
-    return XDP_TX;
+    return transmit(way, out);
 }
 
 SEC("xdp")

@@ -222,8 +222,10 @@ pub struct MetricsConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct XdpConfig {
-    /// The network interface clients and peers reach the relay through ("eth0").
-    pub interface: Option<String>,
+    /// The network interface(s) clients and peers reach the relay through: `"eth0"`, or
+    /// `["eth0", "eth1"]` when clients and peers face different interfaces.
+    #[serde(deserialize_with = "some_interfaces")]
+    pub interface: Option<Vec<String>>,
     /// How the program is attached.
     pub mode: XdpMode,
     /// Bound channels the fast path holds at most (both directions each); more stay on
@@ -821,13 +823,27 @@ impl Config {
             key: key.into(),
             problem: problem.into(),
         };
-        if let Some(interface) = &self.xdp.interface {
-            // IFNAMSIZ: 15 bytes and a NUL.
-            if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+        if let Some(interfaces) = &self.xdp.interface {
+            if interfaces.is_empty() {
                 return Err(invalid(
                     "xdp.interface",
-                    "must be a network interface name of 1 to 15 characters, e.g. \"eth0\" (see `ip link`)",
+                    "names no interface: name one, e.g. \"eth0\", or remove the key to turn the fast path off",
                 ));
+            }
+            for (i, interface) in interfaces.iter().enumerate() {
+                // IFNAMSIZ: 15 bytes and a NUL.
+                if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+                    return Err(invalid(
+                        "xdp.interface",
+                        "must be a network interface name of 1 to 15 characters, e.g. \"eth0\" (see `ip link`)",
+                    ));
+                }
+                if interfaces[..i].contains(interface) {
+                    return Err(invalid(
+                        "xdp.interface",
+                        &format!("names {interface:?} twice: list each interface once"),
+                    ));
+                }
             }
         }
         if !(1..=1 << 24).contains(&self.xdp.max_channels) {
@@ -1374,6 +1390,17 @@ fn one_or_many_ips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>
     )
 }
 
+/// Accepts `"eth0"` as well as `["eth0", "eth1"]`; present, so the fast path is on.
+fn some_interfaces<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    one_or_many(
+        d,
+        "expected a network interface name or a list of them, like \"eth0\" or [\"eth0\", \"eth1\"]",
+    )
+    .map(Some)
+}
+
 /// Accepts `"/a"` as well as `["/a", "/b"]`.
 fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
     one_or_many(
@@ -1568,6 +1595,10 @@ mod tests {
             ("[cluster]\nredis = \"redis://h\"\nnope = 1", "nope"),
             ("[xdp]\ninterface = \"\"", "xdp.interface"),
             ("[xdp]\ninterface = \"a-very-long-name0\"", "xdp.interface"),
+            ("[xdp]\ninterface = []", "xdp.interface"),
+            ("[xdp]\ninterface = [\"eth0\", \"eth0\"]", "xdp.interface"),
+            ("[xdp]\ninterface = [\"eth0\", \"eth 1\"]", "xdp.interface"),
+            ("[xdp]\ninterface = 3", "interface"),
             ("[xdp]\ninterface = \"eth0\"\nmode = \"turbo\"", "mode"),
             ("[xdp]\nmax-channels = 0", "xdp.max-channels"),
             ("[connections]\nidle-timeout = \"0s\"", "connections"),
@@ -2042,10 +2073,36 @@ mod tests {
         assert_eq!(c.connections.max_per_ip, 4);
         assert_eq!(c.connections.proxy_protocol_from.len(), 2);
         assert!(c.tls.is_some());
-        assert_eq!(c.xdp.interface.as_deref(), Some("eth0"));
+        assert_eq!(c.xdp.interface, Some(vec!["eth0".to_owned()]));
         assert_eq!((c.xdp.mode, c.xdp.max_channels), (XdpMode::Native, 1024));
         let mut moved = c.clone();
         moved.xdp.mode = XdpMode::Generic;
         assert_eq!(c.restart_only_changes(&moved), ["xdp"]);
+    }
+
+    #[test]
+    fn xdp_interface_is_one_name_or_a_list() {
+        let one = Config::from_toml("[xdp]\ninterface = \"eth0\"").unwrap();
+        assert_eq!(one.xdp.interface, Some(vec!["eth0".to_owned()]));
+        let two = Config::from_toml("[xdp]\ninterface = [\"eth0\", \"eth1\"]").unwrap();
+        assert_eq!(
+            two.xdp.interface,
+            Some(vec!["eth0".to_owned(), "eth1".to_owned()])
+        );
+        assert_eq!(Config::from_toml("[xdp]").unwrap().xdp.interface, None);
+        // Adding an interface takes a restart, like every other `[xdp]` change.
+        assert_eq!(one.restart_only_changes(&two), ["xdp"]);
+        for (toml, problem) in [
+            ("[xdp]\ninterface = []", "names no interface"),
+            ("[xdp]\ninterface = [\"eth0\", \"eth1\", \"eth0\"]", "twice"),
+            ("[xdp]\ninterface = [\"eth0\", \"\"]", "1 to 15 characters"),
+            ("[xdp]\ninterface = [\"eth0\", 7]", "list of them"),
+        ] {
+            let error = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(
+                error.contains("interface") && error.contains(problem),
+                "{toml}: {error}"
+            );
+        }
     }
 }

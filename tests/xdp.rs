@@ -4,7 +4,9 @@
 //! kernel (the fast path's counters rise while the sockets path relays nothing), exactly,
 //! in both directions over IPv4 and IPv6, that everything else still works through user
 //! space, that entries go when the core ends them, and that the program goes with the
-//! process.
+//! process. Then clients and peers on two sides of the server, behind two interfaces:
+//! with the program on both, datagrams cross between them in the kernel (a redirect);
+//! with it on the clients' side only, they take the sockets path.
 //!
 //! Needs root (namespaces, XDP); skipped with the reason printed otherwise, unless
 //! `RENDEZ_REQUIRE_XDP=1` (CI), which turns a skip into a failure.
@@ -32,6 +34,50 @@ const CLIENT_V6: &str = "fd77::2";
 const PEER_V6: &str = "fd77::3";
 const OTHER_V6: &str = "fd77::4";
 const TURN_PORT: u16 = 3478;
+
+/// One IP family's addresses where clients and peers are on two sides of the server: the
+/// client's subnet behind one of its interfaces, the peer's behind the other, each
+/// reaching the other's only through the server.
+struct TwoSides {
+    clients: Side,
+    peers: Side,
+    prefix: u8,
+}
+
+/// One side's subnet: the server's address on it, and the host's (a client or a peer).
+struct Side {
+    server: &'static str,
+    host: &'static str,
+    net: &'static str,
+}
+
+const TWO_SIDES_V4: TwoSides = TwoSides {
+    clients: Side {
+        server: "10.78.1.1",
+        host: "10.78.1.2",
+        net: "10.78.1.0/24",
+    },
+    peers: Side {
+        server: "10.78.2.1",
+        host: "10.78.2.2",
+        net: "10.78.2.0/24",
+    },
+    prefix: 24,
+};
+
+const TWO_SIDES_V6: TwoSides = TwoSides {
+    clients: Side {
+        server: "fd78:1::1",
+        host: "fd78:1::2",
+        net: "fd78:1::/64",
+    },
+    peers: Side {
+        server: "fd78:2::1",
+        host: "fd78:2::2",
+        net: "fd78:2::/64",
+    },
+    prefix: 64,
+};
 
 // ---------------------------------------------------------------- the tests
 
@@ -237,6 +283,99 @@ async fn the_program_goes_with_the_process_and_is_never_replaced() {
     net.wait_until_detached();
 }
 
+#[tokio::test]
+async fn channels_between_two_interfaces_are_redirected_in_the_kernel() {
+    let Some(net) = TwoSided::create("cross") else {
+        return;
+    };
+    let mut server = net.start_rendez("cross", &[&net.server_client_side, &net.server_peer_side]);
+    let log = server.log();
+    assert!(
+        log.contains(&format!(
+            "{} (native), {} (native)",
+            net.server_client_side, net.server_peer_side
+        )),
+        "{log}"
+    );
+    let mut expected_kernel = 0.0;
+    let mut expected_all = 0.0;
+    for sides in [&TWO_SIDES_V4, &TWO_SIDES_V6] {
+        let (sent, warm) = net.relay_across(sides).await;
+        expected_kernel += sent;
+        expected_all += 2.0 * sent + warm;
+        // Every ChannelData crossed in the kernel, both ways; user space relayed only the
+        // warm-up Send indication.
+        let scrape = wait_for_metric(
+            server.metrics(),
+            "rendez_xdp_relayed_packets_total",
+            2.0 * expected_kernel,
+        );
+        let to_peer = sample(&scrape, "rendez_xdp_relayed_packets_total{shard", "to_peer");
+        let to_client = sample(
+            &scrape,
+            "rendez_xdp_relayed_packets_total{shard",
+            "to_client",
+        );
+        assert_eq!(
+            (to_peer, to_client),
+            (expected_kernel, expected_kernel),
+            "{scrape}"
+        );
+        assert_eq!(
+            metric_sum(&scrape, "rendez_relayed_packets_total"),
+            expected_all,
+            "user space relayed only the Send indications: {scrape}"
+        );
+    }
+    server.kill();
+}
+
+#[tokio::test]
+async fn a_peer_behind_an_interface_without_the_program_is_relayed_through_sockets() {
+    let Some(net) = TwoSided::create("one-sided") else {
+        return;
+    };
+    // The program on the clients' side only. The peer's end of the other veth still runs
+    // the pass program, so a redirect there would arrive: only the program's refusal to
+    // redirect into an interface it is not attached to keeps these on the sockets path.
+    let mut server = net.start_rendez("one-sided", &[&net.server_client_side]);
+    let (sent, warm) = net.relay_across(&TWO_SIDES_V4).await;
+    let expected_all = 2.0 * sent + warm;
+    wait_for_metric(
+        server.metrics(),
+        "rendez_relayed_packets_total",
+        expected_all,
+    );
+    // The kernel's counters are read back once a second: long enough for any to show.
+    std::thread::sleep(Duration::from_millis(1500));
+    let scrape = scrape_metrics(server.metrics());
+    assert_eq!(
+        metric_sum(&scrape, "rendez_xdp_relayed_packets_total"),
+        0.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric_sum(&scrape, "rendez_relayed_packets_total"),
+        expected_all,
+        "{scrape}"
+    );
+    assert_eq!(metric_sum(&scrape, "rendez_xdp_attached"), 1.0, "{scrape}");
+
+    // A second rendez gets the free peer side, then is refused the clients' side (taken):
+    // it stops, naming the reason, and leaves the peer side without a program.
+    let sides = [net.server_peer_side.as_str(), &net.server_client_side];
+    let mut second = net.spawn_rendez("one-sided-2", &sides, TURN_PORT + 1);
+    assert!(!second.wait_for_exit(Duration::from_secs(10)).success());
+    assert!(
+        second.log().contains("already has an XDP program"),
+        "{}",
+        second.log()
+    );
+    assert!(!net.link(&net.server_peer_side).contains("prog/xdp"));
+    assert!(net.link(&net.server_client_side).contains("prog/xdp"));
+    server.kill();
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// A server and a world namespace joined by a veth pair, removed when dropped.
@@ -329,51 +468,19 @@ impl Topology {
 
     /// rendez on the server's veth (JSON log, metrics on the server address), serving.
     fn start_rendez(&self, name: &str, extra: &str) -> Rendez {
-        let mut process = self.spawn_rendez(name, extra, TURN_PORT);
-        // Serving: the "serving" line names the metrics listener (it names two UDP ones).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while process.logged_metrics_addr().is_none() {
-            if let Some(status) = process.try_wait() {
-                panic!("rendez exited ({status}):\n{}", process.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rendez is not serving:\n{}",
-                process.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Rendez { process }
+        Rendez::serving(self.spawn_rendez(name, extra, TURN_PORT))
     }
 
     fn spawn_rendez(&self, name: &str, extra: &str, port: u16) -> ServerProcess {
-        let config = format!(
-            "realm = \"rendez.test\"\n\
-             listen = [\"{SERVER_V4}:{port}\", \"[{SERVER_V6}]:{port}\"]\n\
-             relay-ip = [\"{SERVER_V4}\", \"{SERVER_V6}\"]\n\
-             relay-ports = \"40000-40999\"\n\
-             workers = 2\n\
-             log-format = \"json\"\n\
-             {extra}\
-             [peers]\n\
-             allow = [\"10.77.0.0/24\", \"fd77::/64\"]\n\
-             [metrics]\n\
-             listen = \"{SERVER_V4}:0\"\n\
-             [xdp]\n\
-             interface = \"{}\"\n\
-             mode = \"native\"\n\
-             [auth]\n\
-             [[auth.users]]\n\
-             name = \"alice\"\n\
-             password = \"wonderland\"\n\
-             [signal]\n\
-             enabled = false\n",
-            self.server_if
-        );
-        // The child starts in the namespace of the thread that forks it.
-        in_namespace(&self.server_ns, || {
-            ServerProcess::spawn(&format!("xdp-{name}"), &config, &[])
-        })
+        let config = rendez_config(RendezConfig {
+            listen: [SERVER_V4, SERVER_V6],
+            relay_ip: [SERVER_V4, SERVER_V6],
+            peers: ["10.77.0.0/24", "fd77::/64"],
+            port,
+            interfaces: &[&self.server_if],
+            extra,
+        });
+        spawn_in(&self.server_ns, name, &config)
     }
 
     /// Moves this thread into the world namespace: sockets made from now on are there.
@@ -411,7 +518,277 @@ impl Drop for Topology {
     }
 }
 
+/// Clients and peers on two sides of the server: a client namespace and a peer namespace,
+/// each joined to the server namespace by a veth pair, each reaching the other's subnet
+/// only through the server (which forwards). Removed when dropped.
+struct TwoSided {
+    server_ns: String,
+    client_ns: String,
+    peer_ns: String,
+    /// The server's end of the pair to the clients, and of the pair to the peers.
+    server_client_side: String,
+    server_peer_side: String,
+    /// The pass-everything program on the client's and the peer's ends (frames sent with
+    /// XDP_TX or redirected into a veth reach only a peer that runs an XDP program).
+    _far_programs: Vec<aya::Ebpf>,
+}
+
+impl TwoSided {
+    fn create(name: &str) -> Option<Self> {
+        if let Err(reason) = can_run() {
+            assert!(
+                std::env::var("RENDEZ_REQUIRE_XDP").as_deref() != Ok("1"),
+                "RENDEZ_REQUIRE_XDP=1 but the XDP tests cannot run: {reason}"
+            );
+            eprintln!("skipped: {reason}");
+            return None;
+        }
+        let id = format!("{}{}", std::process::id() % 100_000, &name[..1]);
+        let server_ns = format!("rxdp{id}s");
+        ip(&["netns", "add", &server_ns]);
+        // From here on, dropping removes what exists (and the veths with their namespaces).
+        let mut net = TwoSided {
+            server_ns,
+            client_ns: format!("rxdp{id}c"),
+            peer_ns: format!("rxdp{id}p"),
+            server_client_side: format!("rx{id}sc"),
+            server_peer_side: format!("rx{id}sp"),
+            _far_programs: Vec::new(),
+        };
+        ip(&["netns", "add", &net.client_ns]);
+        ip(&["netns", "add", &net.peer_ns]);
+        let mut routes = Vec::new();
+        for (far_ns, server_if, far_if, facing_clients) in [
+            (
+                &net.client_ns,
+                &net.server_client_side,
+                format!("rx{id}cs"),
+                true,
+            ),
+            (
+                &net.peer_ns,
+                &net.server_peer_side,
+                format!("rx{id}ps"),
+                false,
+            ),
+        ] {
+            ip(&[
+                "link",
+                "add",
+                server_if,
+                "netns",
+                &net.server_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &far_if,
+                "netns",
+                far_ns,
+            ]);
+            for family in [&TWO_SIDES_V4, &TWO_SIDES_V6] {
+                let (this, other) = if facing_clients {
+                    (&family.clients, &family.peers)
+                } else {
+                    (&family.peers, &family.clients)
+                };
+                let prefix = family.prefix;
+                add_address(
+                    &net.server_ns,
+                    &format!("{}/{prefix}", this.server),
+                    server_if,
+                );
+                add_address(far_ns, &format!("{}/{prefix}", this.host), &far_if);
+                // The other side's subnet only through the server (once the link is up).
+                routes.push((far_ns.clone(), other.net, this.server));
+            }
+            for (ns, dev) in [(&net.server_ns, server_if), (far_ns, &far_if)] {
+                ip(&["-n", ns, "link", "set", "lo", "up"]);
+                ip(&["-n", ns, "link", "set", dev, "up"]);
+            }
+            let program = in_namespace(far_ns, || attach_pass_program(&far_if));
+            net._far_programs.push(program);
+        }
+        for (ns, to, via) in routes {
+            ip(&["-n", &ns, "route", "add", to, "via", via]);
+        }
+        // The server routes between the sides; bpf_fib_lookup answers only where it does.
+        in_namespace(&net.server_ns, || {
+            for sysctl in [
+                "/proc/sys/net/ipv4/conf/all/forwarding",
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+            ] {
+                std::fs::write(sysctl, "1").expect(sysctl);
+            }
+        });
+        Some(net)
+    }
+
+    /// rendez listening on the client side, relaying from the peer side, with the program
+    /// on `interfaces`, serving.
+    fn start_rendez(&self, name: &str, interfaces: &[&str]) -> Rendez {
+        Rendez::serving(self.spawn_rendez(name, interfaces, TURN_PORT))
+    }
+
+    fn spawn_rendez(&self, name: &str, interfaces: &[&str], port: u16) -> ServerProcess {
+        let (v4, v6) = (&TWO_SIDES_V4, &TWO_SIDES_V6);
+        let config = rendez_config(RendezConfig {
+            listen: [v4.clients.server, v6.clients.server],
+            relay_ip: [v4.peers.server, v6.peers.server],
+            peers: ["10.78.0.0/16", "fd78::/16"],
+            port,
+            interfaces,
+            extra: "",
+        });
+        spawn_in(&self.server_ns, name, &config)
+    }
+
+    /// `ip link show` of one of the server's interfaces.
+    fn link(&self, interface: &str) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.server_ns, "link", "show", interface])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A client on its side binds a channel to a peer on the other, warms the server's
+    /// neighbour entries with a Send indication (the sockets path's one relayed datagram),
+    /// then sends ChannelData both ways, checking every byte that arrives. Returns how many
+    /// ChannelData went each way, and the 1 datagram user space relayed.
+    async fn relay_across(&self, sides: &TwoSides) -> (f64, f64) {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v6 = sides.clients.host.contains(':');
+        let server_addr = SocketAddr::new(ip(sides.clients.server), TURN_PORT);
+        // Sockets stay in the namespace they were made in, whichever this thread moves to.
+        set_namespace(&self.client_ns);
+        let mut client = TurnClient::new(
+            Conn::udp_from(ip(sides.clients.host), server_addr).await,
+            "alice",
+            "wonderland",
+        );
+        set_namespace(&self.peer_ns);
+        let peer = UdpSocket::bind((ip(sides.peers.host), 0)).await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let family_attr = family(AttrType::REQUESTED_ADDRESS_FAMILY, if v6 { 2 } else { 1 });
+        let relay = client.allocate(&[family_attr]).await[0];
+        assert_eq!(relay.ip(), ip(sides.peers.server));
+        bind_channel(&mut client, 0x4001, peer_addr).await;
+        // The server has resolved the client (it answered it); the Send indication makes
+        // it resolve the peer, as real traffic would (until then the program leaves
+        // datagrams for the peer to the sockets path).
+        client.conn.send(&send_indication(peer_addr, b"warm")).await;
+        assert_eq!(recv(&peer).await, (b"warm".to_vec(), relay));
+        let lengths = [1usize, 2, 3, 5, 64, 99, 333, 1001, 1200];
+        for (i, &len) in lengths.iter().enumerate() {
+            let payload: Vec<u8> = (0..len).map(|b| (b * 11 + i) as u8).collect();
+            client
+                .conn
+                .send(&channel_data(0x4001, &payload, true))
+                .await;
+            assert_eq!(
+                recv(&peer).await,
+                (payload.clone(), relay),
+                "{len} bytes to the peer"
+            );
+            peer.send_to(&payload, relay).await.unwrap();
+            let mut expected = ChannelData::header(0x4001, len as u16).to_vec();
+            expected.extend_from_slice(&payload);
+            assert_eq!(
+                client.conn.recv().await,
+                expected,
+                "{len} bytes to the client"
+            );
+        }
+        (lengths.len() as f64, 1.0)
+    }
+}
+
+impl Drop for TwoSided {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.client_ns, &self.peer_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// What differs between the tests' rendez configs.
+struct RendezConfig<'a> {
+    /// The IPv4 and the IPv6 address, TURN on `port` at each (metrics on the IPv4 one).
+    listen: [&'a str; 2],
+    relay_ip: [&'a str; 2],
+    /// The peer networks allowed, IPv4 and IPv6.
+    peers: [&'a str; 2],
+    port: u16,
+    /// `[xdp] interface`, in native mode.
+    interfaces: &'a [&'a str],
+    /// More top-level keys.
+    extra: &'a str,
+}
+
+fn rendez_config(c: RendezConfig) -> String {
+    let [listen_v4, listen_v6] = c.listen;
+    let [relay_v4, relay_v6] = c.relay_ip;
+    let [peers_v4, peers_v6] = c.peers;
+    let (port, extra) = (c.port, c.extra);
+    // One interface in the string form, several in the list form.
+    let interface = match c.interfaces {
+        [one] => format!("\"{one}\""),
+        several => {
+            let quoted: Vec<String> = several.iter().map(|i| format!("\"{i}\"")).collect();
+            format!("[{}]", quoted.join(", "))
+        }
+    };
+    format!(
+        "realm = \"rendez.test\"\n\
+         listen = [\"{listen_v4}:{port}\", \"[{listen_v6}]:{port}\"]\n\
+         relay-ip = [\"{relay_v4}\", \"{relay_v6}\"]\n\
+         relay-ports = \"40000-40999\"\n\
+         workers = 2\n\
+         log-format = \"json\"\n\
+         {extra}\
+         [peers]\n\
+         allow = [\"{peers_v4}\", \"{peers_v6}\"]\n\
+         [metrics]\n\
+         listen = \"{listen_v4}:0\"\n\
+         [xdp]\n\
+         interface = {interface}\n\
+         mode = \"native\"\n\
+         [auth]\n\
+         [[auth.users]]\n\
+         name = \"alice\"\n\
+         password = \"wonderland\"\n\
+         [signal]\n\
+         enabled = false\n"
+    )
+}
+
+/// rendez with `config` in namespace `ns` (the child starts in the namespace of the thread
+/// that forks it).
+fn spawn_in(ns: &str, name: &str, config: &str) -> ServerProcess {
+    in_namespace(ns, || {
+        ServerProcess::spawn(&format!("xdp-{name}"), config, &[])
+    })
+}
+
 impl Rendez {
+    /// Waits until `process` serves: its "serving" line names the metrics listener.
+    fn serving(mut process: ServerProcess) -> Rendez {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process.logged_metrics_addr().is_none() {
+            if let Some(status) = process.try_wait() {
+                panic!("rendez exited ({status}):\n{}", process.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rendez is not serving:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Rendez { process }
+    }
+
     fn metrics(&self) -> SocketAddr {
         self.process
             .logged_metrics_addr()
@@ -475,6 +852,16 @@ fn attach_pass_program(interface: &str) -> aya::Ebpf {
 
 fn ip(args: &[&str]) {
     common::netns::ip(args);
+}
+
+/// `ip addr add` in `ns`; an IPv6 address without duplicate address detection, so that it
+/// is usable at once.
+fn add_address(ns: &str, address: &str, dev: &str) {
+    let mut args = vec!["-n", ns, "addr", "add", address, "dev", dev];
+    if address.contains(':') {
+        args.push("nodad");
+    }
+    ip(&args);
 }
 
 async fn bind_channel(client: &mut TurnClient, number: u16, peer: SocketAddr) {

@@ -1,5 +1,5 @@
 //! The kernel fast path (`[xdp]`, cargo feature `xdp`): an XDP program on the relay's
-//! interface relays ChannelData on bound channels without the sockets (see
+//! interfaces relays ChannelData on bound channels without the sockets (see
 //! `bpf/relay.bpf.c` for what it rewrites and what it leaves to the sockets path).
 //!
 //! The TURN core stays the authority: it announces which channels are eligible
@@ -47,9 +47,9 @@ mod disabled {
     impl FastPath {
         /// Says once that `[xdp]` is ignored in this build.
         pub fn start(config: &XdpConfig) -> anyhow::Result<Option<FastPath>> {
-            if let Some(interface) = &config.interface {
+            if let Some(interfaces) = &config.interface {
                 tracing::warn!(
-                    %interface,
+                    interface = %interfaces.join(", "),
                     "`[xdp] interface` is set but this rendez was built without the `xdp` feature: relaying through sockets (build with `--features xdp`)"
                 );
             }
