@@ -138,7 +138,8 @@
 //!   other sender caps each video at a quarter of the budget (four peers now).
 //! - `browser_meeting_tools`: the pre-join view after "Check camera and microphone"
 //!   (preview playing, the meter moving, devices listed; `meeting-prejoin.png`); the second
-//!   person joins with the microphone off and is told "you are muted" when the fake
+//!   person joins with the microphone off, sends no audio (the other receives no packet in
+//!   2 s), and is told "you are muted" when the fake
 //!   microphone beeps; a screen share (Chromium's fake screen) shows at the other as a
 //!   large pinned tile and goes when stopped; the speaking participant's tile is outlined,
 //!   a tile is pinned and unpinned from the keyboard alone (Enter on its focused Pin button,
@@ -1746,6 +1747,13 @@ impl Lab {
             self.fail(&format!(
                 "bob did not join with his camera off and turn it on: joined with {}, then {}",
                 seen["bobMuted"], camera_on
+            ));
+        }
+        let audio = |key: &str| seen[key]["packets"].as_u64().unwrap_or(0);
+        if audio("bobAudioMuted") != 0 || audio("bobAudioUnmuted") == 0 {
+            self.fail(&format!(
+                "bob's microphone: muted it sent {}, unmuted {} (audio packets alice received)",
+                seen["bobAudioMuted"], seen["bobAudioUnmuted"]
             ));
         }
         let tiles = |view: &Value| view["tiles"].as_array().cloned().unwrap_or_default();

@@ -55,10 +55,14 @@ function encodingFor(kbps, scaleDown) {
 
 /**
  * Applies `wanted` to the first encoding of `sender` unless it already has it. One call at
- * a time per sender: setParameters needs the parameters of the getParameters just before it.
+ * a time per sender (setParameters needs the parameters of the getParameters just before
+ * it); a wish made meanwhile, such as an unmute, is applied as soon as that call is done.
  */
 export async function applyEncoding(sender, wanted) {
-  if (sender.rendezApplying) return;
+  if (sender.rendezApplying) {
+    sender.rendezNext = wanted;
+    return;
+  }
   const parameters = sender.getParameters();
   // Before negotiation there is no encoding to change; the next re-balance comes back.
   const encoding = parameters.encodings?.[0];
@@ -72,6 +76,9 @@ export async function applyEncoding(sender, wanted) {
     console.debug("rendez: could not set the encoding:", error);
   } finally {
     sender.rendezApplying = false;
+    const next = sender.rendezNext;
+    sender.rendezNext = null;
+    if (next) applyEncoding(sender, next);
   }
 }
 

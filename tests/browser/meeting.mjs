@@ -416,6 +416,23 @@ async function sixScenario() {
 // ---------------------------------------------------------------------------------------
 // Scenario "tools"
 
+/** Audio packets `tab` received from its (only) peer over `ms`, from its getStats(). */
+async function audioFromPeer(tab, ms) {
+  const count = () =>
+    tab.page.evaluate(async () => {
+      let packets = 0;
+      for (const pc of window.__recorded.peerConnections.filter((p) => p.connectionState === "connected")) {
+        for (const s of (await pc.getStats()).values()) {
+          if (s.type === "inbound-rtp" && s.kind === "audio") packets += s.packetsReceived ?? 0;
+        }
+      }
+      return packets;
+    });
+  const before = await count();
+  await sleep(ms);
+  return { ms, packets: (await count()) - before };
+}
+
 async function toolsScenario() {
   const [aliceName, bobName] = args.participants;
   const alice = await openTab(aliceName);
@@ -468,6 +485,14 @@ async function toolsScenario() {
     button: document.getElementById("camera").textContent,
   }));
   mark("muted_hint");
+  // Muted, bob sends no audio at all; unmuted, alice receives his microphone within seconds.
+  seen.bobAudioMuted = await audioFromPeer(alice, 2000);
+  await bob.page.click("#mic", { timeout: stepTimeout(30000) });
+  const until = Date.now() + Math.min(10000, remaining());
+  do {
+    seen.bobAudioUnmuted = await audioFromPeer(alice, 1000);
+  } while (seen.bobAudioUnmuted.packets === 0 && Date.now() < until);
+  mark("unmuted");
 
   // Screen sharing: a large tile at bob's, gone again when alice stops.
   await alice.page.click("#share", { timeout: stepTimeout(30000) });
