@@ -1694,7 +1694,11 @@ impl Lab {
                         "{name}: a connection was measured over {seconds} s only: {b} → {a}"
                     ));
                 }
-                if grew("audioBytesSent") > 0 {
+                let audio_active = a["audioActive"].as_array().cloned().unwrap_or_default();
+                if grew("audioBytesSent") > 0
+                    || audio_active.is_empty()
+                    || audio_active.iter().any(|active| active != false)
+                {
                     self.fail(&format!(
                         "{name} joined muted yet sent audio while measuring: {b} → {a}"
                     ));

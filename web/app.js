@@ -309,6 +309,9 @@ async function switchDevice(kind, deviceId) {
   );
   old?.stop();
   if (kind === "audio") restartMeter();
+  // A mute or unmute during the switch changed the new track while the senders still held
+  // the old one: their encodings follow the new one now.
+  rebalance();
   render();
 }
 
@@ -673,6 +676,8 @@ function createPeer({ id, name }, { offerer }) {
     screenTile: null,
     link: readLinkStats(new Map(), null, 0),
     lastSpoke: 0,
+    // The RTP timestamp of the peer's audio at the last level reading (see peerLevel).
+    lastRtpTimestamp: undefined,
     // Since when the link has been stuck (see STUCK_RESTART_MS; null while it is not), how
     // often it was restarted for that since it was last up, and how often ICE was restarted.
     stuckSince: null,
@@ -885,11 +890,22 @@ function readLevels() {
     markSpeaking(call.localTile, now);
   }
   for (const peer of call.peers.values()) {
-    const receiver = peer.pc.getReceivers().find((r) => r.track.kind === "audio");
-    const level = loudness(receiver?.getSynchronizationSources?.()[0]?.audioLevel ?? 0);
-    if (level > SPEAKING_LEVEL) peer.tile.lastSpoke = now;
+    if (peerLevel(peer) > SPEAKING_LEVEL) peer.tile.lastSpoke = now;
     markSpeaking(peer.tile, now);
   }
+}
+
+/**
+ * How loud a peer's latest audio is. A source is remembered for 10 s with the level of its
+ * last packet, and a muted peer sends none at all, so a level counts only while packets
+ * keep coming (its RTP timestamp moved since the previous reading).
+ */
+function peerLevel(peer) {
+  const receiver = peer.pc.getReceivers().find((r) => r.track.kind === "audio");
+  const source = receiver?.getSynchronizationSources?.()[0];
+  const fresh = source !== undefined && source.rtpTimestamp !== peer.lastRtpTimestamp;
+  peer.lastRtpTimestamp = source?.rtpTimestamp;
+  return fresh ? loudness(source.audioLevel ?? 0) : 0;
 }
 
 function markSpeaking(tile, now) {

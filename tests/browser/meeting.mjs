@@ -190,10 +190,16 @@ async function mediaCounters() {
         .getSenders()
         .filter((sender) => sender.track?.kind === "video")
         .map((sender) => sender.getParameters().encodings?.[0] ?? null);
+      // Whether each microphone sender encodes (a muted one must not).
+      const audioActive = pc
+        .getSenders()
+        .filter((sender) => sender.track?.kind === "audio")
+        .map((sender) => sender.getParameters().encodings?.[0]?.active ?? null);
       return {
         connectionState: pc.connectionState,
         videoBytesSent,
         audioBytesSent,
+        audioActive,
         framesDecoded,
         caps,
         sending,
