@@ -21,9 +21,11 @@
 // attributes this does not write).
 //
 // These answers bypass `[limits] binding-per-ip`, which user space applies to the Binding
-// requests it answers: a response is at most 32 bytes (IPv6: 44) plus SOFTWARE longer
-// than its request, so a spoofed flood is reflected at about its own size, not amplified
-// (README "Kernel fast path (XDP)").
+// requests it answers so that a spoofed flood cannot use the server as an amplifier. Here
+// the response's IP datagram is never more than twice the request's (a minimal request's
+// is 1.25x over IPv4, 1.35x over IPv6, without SOFTWARE): larger answers go up to the
+// limit. A flood is reflected at about its own size, never amplified (README "Kernel fast
+// path (XDP)").
 
 #define STUN_HEADER 20
 #define STUN_MAGIC_COOKIE 0x2112A442
@@ -245,7 +247,8 @@ static __always_inline int write_binding_response(struct xdp_md *ctx, __u32 head
     if (headers > 62 || moved > MAX_BINDING_RESPONSE)
         return 0;
     __u8 *m = data + headers;
-    if ((void *)(m + STUN_HEADER + 24) > end)
+    // The header and XOR-MAPPED-ADDRESS's first 8 bytes (an IPv4 one's address follows).
+    if ((void *)(m + STUN_HEADER + 8) > end)
         return 0;
     if (moved) {
         __u8 *request = m + moved;
@@ -271,8 +274,11 @@ static __always_inline int write_binding_response(struct xdp_md *ctx, __u32 head
     a[5] = route->family == 4 ? 0x01 : 0x02;
     *(__u16 *)(a + 6) = route->dst_port ^ bpf_htons(STUN_MAGIC_COOKIE >> 16);
     for (int i = 0; i < 16; i++) {
-        if (i < address_len)
-            a[8 + i] = route->dst_ip[i] ^ m[4 + i];
+        if (i >= address_len)
+            break;
+        if ((void *)(a + 8 + i + 1) > end)
+            return 0;
+        a[8 + i] = route->dst_ip[i] ^ m[4 + i];
     }
     __u32 at = STUN_HEADER + 8 + address_len;
     if (software_padded) {
@@ -327,6 +333,12 @@ static __always_inline int answer_binding(struct xdp_md *ctx, struct packet *p)
     __u32 software_padded = (reply->software_len + 3) & ~3U;
     __u32 len = STUN_HEADER + (p->family == 4 ? 12 : 24) +
                 (software_padded ? 4 + software_padded : 0) + (fingerprint ? 8 : 0);
+    __u32 headers = header_len(p->family);
+    __u32 ip_and_udp = headers - sizeof(struct ethhdr);
+    // No amplifier: the answer's IP datagram is at most twice the request's. A longer one
+    // (a long SOFTWARE answering a short request) goes up, to `binding-per-ip`.
+    if (ip_and_udp + len > 2 * (ip_and_udp + p->payload_len))
+        return XDP_PASS;
     // Back where it came from: from the address it was sent to, to its source.
     struct route route = {};
     read_ip(route.src_ip, p, 0);
@@ -334,9 +346,8 @@ static __always_inline int answer_binding(struct xdp_md *ctx, struct packet *p)
     route.src_port = p->udp->dest;
     route.dst_port = p->udp->source;
     route.family = p->family;
-    __u32 headers = header_len(p->family);
     __u8 smac[6], dmac[6];
-    __u32 out = next_hop(ctx, &route, headers - sizeof(struct ethhdr) + len, smac, dmac);
+    __u32 out = next_hop(ctx, &route, ip_and_udp + len, smac, dmac);
     int way = way_out(ctx, out);
     if (way == XDP_PASS)
         return XDP_PASS;

@@ -395,14 +395,38 @@ async fn binding_requests_are_answered_in_the_kernel_byte_for_byte_as_user_space
         .await
         .unwrap();
     let requests = binding_requests();
-    // SOFTWARE of an odd length: its padding is written too.
-    let software = "software = \"rendez-xdp-test\"\n";
+    // Without SOFTWARE, and with one of an odd length (its padding is written too).
+    for software in [None, Some("rendez-xdp-test")] {
+        let answers = answers_both_ways(&net, &client_v4, &client_v6, &requests, software).await;
+        let [kernel, sockets] = <[Vec<Vec<u8>>; 2]>::try_from(answers).unwrap();
+        for (i, (kernel, sockets)) in kernel.iter().zip(&sockets).enumerate() {
+            assert_eq!(kernel, sockets, "response {i} differs ({software:?})");
+            let m = Message::parse(kernel).expect("a valid response");
+            assert_eq!((m.class(), m.method()), (Class::Success, Method::BINDING));
+            assert!(m.attribute(AttrType::XOR_MAPPED_ADDRESS).is_some());
+            assert_eq!(m.attribute(AttrType::SOFTWARE), software.map(str::as_bytes));
+            assert_eq!(m.has_fingerprint(), i % requests.len() >= 2, "FINGERPRINT when asked");
+        }
+    }
+}
+
+/// The answers to `requests` from each client, first from a rendez whose kernel answers
+/// them, then from one whose user space does (`binding = false`), each checked to be
+/// counted where it was made.
+async fn answers_both_ways(
+    net: &Topology,
+    client_v4: &UdpSocket,
+    client_v6: &UdpSocket,
+    requests: &[Vec<u8>],
+    software: Option<&str>,
+) -> Vec<Vec<Vec<u8>>> {
+    let software = software.map_or(String::new(), |s| format!("software = \"{s}\"\n"));
     let mut answers = Vec::new();
     for (fast, xdp_extra) in [(true, ""), (false, "binding = false\n")] {
-        let mut server = net.start_rendez_with("binding", software, xdp_extra);
+        let mut server = net.start_rendez_with("binding", &software, xdp_extra);
         let metrics = server.metrics();
         let mut got = Vec::new();
-        for (client, server_ip) in [(&client_v4, SERVER_V4), (&client_v6, SERVER_V6)] {
+        for (client, server_ip) in [(client_v4, SERVER_V4), (client_v6, SERVER_V6)] {
             let server_addr = SocketAddr::new(server_ip.parse().unwrap(), TURN_PORT);
             // A classic (RFC 3489) Binding goes up, and its answer resolves the client's
             // link-layer address in the server's namespace, as real traffic would.
@@ -411,7 +435,7 @@ async fn binding_requests_are_answered_in_the_kernel_byte_for_byte_as_user_space
             // The workers publish their counters every 100 ms.
             std::thread::sleep(Duration::from_millis(300));
             let before = scrape_metrics(metrics);
-            for request in &requests {
+            for request in requests {
                 client.send_to(request, server_addr).await.unwrap();
                 let (response, from) = recv(client).await;
                 assert_eq!(from, server_addr, "answered from the address asked");
@@ -432,15 +456,7 @@ async fn binding_requests_are_answered_in_the_kernel_byte_for_byte_as_user_space
         answers.push(got);
         server.kill();
     }
-    let [kernel, sockets] = <[Vec<Vec<u8>>; 2]>::try_from(answers).unwrap();
-    for (i, (kernel, sockets)) in kernel.iter().zip(&sockets).enumerate() {
-        assert_eq!(kernel, sockets, "response {i} differs");
-        let m = Message::parse(kernel).expect("a valid response");
-        assert_eq!((m.class(), m.method()), (Class::Success, Method::BINDING));
-        assert!(m.attribute(AttrType::XOR_MAPPED_ADDRESS).is_some());
-        assert_eq!(m.attribute(AttrType::SOFTWARE), Some(&b"rendez-xdp-test"[..]));
-        assert_eq!(m.has_fingerprint(), i % requests.len() >= 2, "FINGERPRINT when asked");
-    }
+    answers
 }
 
 #[tokio::test]
@@ -448,7 +464,9 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
     let Some(net) = Topology::create("up") else {
         return;
     };
-    let mut server = net.start_rendez("binding-up", "");
+    // SOFTWARE of 40 bytes: a minimal request's answer would be over twice its size.
+    let software = format!("software = \"{}\"\n", "s".repeat(40));
+    let mut server = net.start_rendez("binding-up", &software);
     net.enter_world();
     let metrics = server.metrics();
     let server_addr = SocketAddr::new(SERVER_V4.parse().unwrap(), TURN_PORT);
@@ -500,6 +518,29 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
     };
     assert_eq!((binding("success"), binding("error")), (2.0, 1.0), "{scrape}");
 
+    // An answer over twice its request's size goes up (to `binding-per-ip`); the same
+    // answer to a request carrying 40 bytes of its own is small enough for the kernel.
+    let minimal = binding_with(6, |_| {});
+    let carrying = binding_with(7, |b| {
+        b.add_software(&"c".repeat(40));
+    });
+    for request in [&minimal, &carrying] {
+        client.send_to(request, server_addr).await.unwrap();
+        let (answer, _) = recv(&client).await;
+        assert_eq!(Message::parse(&answer).unwrap().class(), Class::Success);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let scrape = scrape_metrics(metrics);
+    let answered = |name: &str, label: &str| sample(&scrape, name, label);
+    assert_eq!(
+        (
+            answered("rendez_xdp_binding_responses_total", ""),
+            answered("rendez_requests_total{", "method=\"binding\",result=\"success\""),
+        ),
+        (1.0, 3.0),
+        "{scrape}"
+    );
+
     // A Binding request a peer sends to a relay port is data for the client: as ChannelData
     // on a bound channel (in the kernel), as a Data indication from another port.
     let mut turn = TurnClient::new(
@@ -534,7 +575,7 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
     let scrape = scrape_metrics(metrics);
     assert_eq!(
         metric_sum(&scrape, "rendez_xdp_binding_responses_total"),
-        0.0,
+        1.0,
         "{scrape}"
     );
     server.kill();
