@@ -324,6 +324,9 @@ static __always_inline int write_binding_response(struct xdp_md *ctx, __u32 head
 static __always_inline int answer_binding(struct xdp_md *ctx, struct packet *p)
 {
     int fingerprint = 0;
+    // Source port 0 cannot be answered: user space drops it (InvalidSource).
+    if (p->udp->source == 0)
+        return XDP_PASS;
     if (!to_stun_listener(p) || !answerable_binding(p, &fingerprint))
         return XDP_PASS;
     __u32 zero = 0;

@@ -557,7 +557,10 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
         .send(&send_indication(peer.local_addr().unwrap(), b"warm"))
         .await;
     recv(&peer).await;
-    let request = binding_with(5, |_| {});
+    // Small enough to be answered in the kernel, were it sent to a listen address.
+    let request = binding_with(5, |b| {
+        b.add_software(&"c".repeat(40));
+    });
     peer.send_to(&request, relay).await.unwrap();
     let mut framed = ChannelData::header(0x4001, request.len() as u16).to_vec();
     framed.extend_from_slice(&request);
