@@ -405,7 +405,11 @@ async fn binding_requests_are_answered_in_the_kernel_byte_for_byte_as_user_space
             assert_eq!((m.class(), m.method()), (Class::Success, Method::BINDING));
             assert!(m.attribute(AttrType::XOR_MAPPED_ADDRESS).is_some());
             assert_eq!(m.attribute(AttrType::SOFTWARE), software.map(str::as_bytes));
-            assert_eq!(m.has_fingerprint(), i % requests.len() >= 2, "FINGERPRINT when asked");
+            assert_eq!(
+                m.has_fingerprint(),
+                i % requests.len() >= 2,
+                "FINGERPRINT when asked"
+            );
         }
     }
 }
@@ -430,7 +434,10 @@ async fn answers_both_ways(
             let server_addr = SocketAddr::new(server_ip.parse().unwrap(), TURN_PORT);
             // A classic (RFC 3489) Binding goes up, and its answer resolves the client's
             // link-layer address in the server's namespace, as real traffic would.
-            client.send_to(&classic_binding(), server_addr).await.unwrap();
+            client
+                .send_to(&classic_binding(), server_addr)
+                .await
+                .unwrap();
             recv(client).await;
             // The workers publish their counters every 100 ms.
             std::thread::sleep(Duration::from_millis(300));
@@ -446,12 +453,15 @@ async fn answers_both_ways(
             let after = scrape_metrics(metrics);
             let n = requests.len() as f64;
             let in_kernel = |scrape: &str| metric_sum(scrape, "rendez_xdp_binding_responses_total");
-            let by_user_space = |scrape: &str| {
-                sample(scrape, "rendez_requests_total{", "method=\"binding\"")
-            };
+            let by_user_space =
+                |scrape: &str| sample(scrape, "rendez_requests_total{", "method=\"binding\"");
             let (kernel, user) = if fast { (n, 0.0) } else { (0.0, n) };
             assert_eq!(in_kernel(&after) - in_kernel(&before), kernel, "{after}");
-            assert_eq!(by_user_space(&after) - by_user_space(&before), user, "{after}");
+            assert_eq!(
+                by_user_space(&after) - by_user_space(&before),
+                user,
+                "{after}"
+            );
         }
         answers.push(got);
         server.kill();
@@ -473,7 +483,10 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
     let client = UdpSocket::bind((CLIENT_V4.parse::<IpAddr>().unwrap(), 0))
         .await
         .unwrap();
-    client.send_to(&classic_binding(), server_addr).await.unwrap();
+    client
+        .send_to(&classic_binding(), server_addr)
+        .await
+        .unwrap();
     let (classic, _) = recv(&client).await;
     // RFC 3489's success, its transaction ID echoed whole, MAPPED-ADDRESS first.
     assert_eq!(&classic[..2], &[0x01, 0x01]);
@@ -516,7 +529,11 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
             &format!("method=\"binding\",result=\"{result}\""),
         )
     };
-    assert_eq!((binding("success"), binding("error")), (2.0, 1.0), "{scrape}");
+    assert_eq!(
+        (binding("success"), binding("error")),
+        (2.0, 1.0),
+        "{scrape}"
+    );
 
     // An answer over twice its request's size goes up (to `binding-per-ip`); the same
     // answer to a request carrying 40 bytes of its own is small enough for the kernel.
@@ -535,7 +552,10 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
     assert_eq!(
         (
             answered("rendez_xdp_binding_responses_total", ""),
-            answered("rendez_requests_total{", "method=\"binding\",result=\"success\""),
+            answered(
+                "rendez_requests_total{",
+                "method=\"binding\",result=\"success\""
+            ),
         ),
         (1.0, 3.0),
         "{scrape}"
@@ -1166,7 +1186,9 @@ fn binding_requests() -> Vec<Vec<u8>> {
             b.add_fingerprint();
         }),
         binding_with(13, |b| {
-            b.add_software("ice").add_software("twice").add_fingerprint();
+            b.add_software("ice")
+                .add_software("twice")
+                .add_fingerprint();
         }),
     ]
 }

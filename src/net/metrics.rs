@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::observe::Observer;
-use super::xdp::BindingCounter;
 use super::turn_io::Figures;
+use super::xdp::BindingCounter;
 use crate::turn::{DropReason, QuotaExceeded, Rejection, RequestMethod, Traffic, Transport};
 
 /// Serves `/metrics` on `listener` until `stopped` changes.
