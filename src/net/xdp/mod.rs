@@ -37,6 +37,8 @@ pub(crate) use disabled::{BindingCounter, ChannelMaps, FastPath};
 
 /// What the program needs to answer Binding requests exactly as the sockets path does.
 #[derive(Clone, Copy, Debug)]
+// Built without the feature, nothing reads it: there is no program.
+#[cfg_attr(not(feature = "xdp"), allow(dead_code))]
 pub(crate) struct StunService<'a> {
     /// The UDP listen addresses, as bound.
     pub listen: &'a [SocketAddr],
