@@ -22,6 +22,8 @@ fn main() {
         println!("cargo::rerun-if-changed={}", source.display());
         compile(&clang, &source, &out.join(format!("{program}.bpf.o")));
     }
+    // Headers the programs include.
+    println!("cargo::rerun-if-changed=bpf/stun_binding.h");
 }
 
 /// `clang -O2 -g -target bpf`, with the host's multiarch include directory for

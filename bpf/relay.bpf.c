@@ -8,6 +8,9 @@
 // a peer to a relay address, found in `peer_channels` by relay and peer address and port,
 // leaves to the client from the server address, framed as ChannelData.
 //
+// Binding requests to rendez's own STUN listen addresses are answered here too: see
+// stun_binding.h.
+//
 // Everything that does not match exactly goes up to the sockets path unchanged (XDP_PASS):
 // other protocols, fragments, IPv4 options, IPv6 extension headers, STUN, unbound channels,
 // lengths that do not add up, datagrams too large for the checksum loop, destinations
@@ -474,6 +477,9 @@ static __always_inline int to_client(struct xdp_md *ctx, struct route *route, __
     return transmit(way, out);
 }
 
+// STUN Binding requests to rendez's listen addresses, answered here (uses the helpers above).
+#include "stun_binding.h"
+
 SEC("xdp")
 int rendez_relay(struct xdp_md *ctx)
 {
@@ -488,7 +494,7 @@ int rendez_relay(struct xdp_md *ctx)
     route = peer_route(&p);
     if (route)
         return to_client(ctx, route, p.family, p.payload_len);
-    return XDP_PASS;
+    return answer_binding(ctx, &p);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

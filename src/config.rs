@@ -231,6 +231,9 @@ pub struct XdpConfig {
     /// Bound channels the fast path holds at most (both directions each); more stay on
     /// the sockets path.
     pub max_channels: u32,
+    /// Answer STUN Binding requests to the UDP listen addresses in the kernel too (while
+    /// the fast path is attached); `false` leaves every Binding to the sockets path.
+    pub binding: bool,
 }
 
 impl Default for XdpConfig {
@@ -239,6 +242,7 @@ impl Default for XdpConfig {
             interface: None,
             mode: XdpMode::Auto,
             max_channels: 65536,
+            binding: true,
         }
     }
 }
@@ -2078,6 +2082,19 @@ mod tests {
         let mut moved = c.clone();
         moved.xdp.mode = XdpMode::Generic;
         assert_eq!(c.restart_only_changes(&moved), ["xdp"]);
+    }
+
+    #[test]
+    fn xdp_binding_is_on_by_default_a_bool_and_restart_only() {
+        let default = Config::from_toml("[xdp]\ninterface = \"eth0\"").unwrap();
+        assert!(default.xdp.binding);
+        let off = Config::from_toml("[xdp]\ninterface = \"eth0\"\nbinding = false").unwrap();
+        assert!(!off.xdp.binding);
+        assert_eq!(default.restart_only_changes(&off), ["xdp"]);
+        let error = Config::from_toml("[xdp]\nbinding = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("binding"), "{error}");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! space, that entries go when the core ends them, and that the program goes with the
 //! process. Then clients and peers on two sides of the server, behind two interfaces:
 //! with the program on both, datagrams cross between them in the kernel (a redirect);
-//! with it on the clients' side only, they take the sockets path.
+//! with it on the clients' side only, they take the sockets path. And STUN Binding requests
+//! to the listen addresses are answered by the kernel, byte for byte as user space answers
+//! them, while everything user space must judge still goes up.
 //!
 //! Needs root (namespaces, XDP); skipped with the reason printed otherwise, unless
 //! `RENDEZ_REQUIRE_XDP=1` (CI), which turns a skip into a failure.
@@ -21,8 +23,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::{metric_sum, scrape_metrics, ServerProcess};
-use common::{channel, family, send_indication, xor_peer, Conn, TurnClient, WAIT};
-use rendez::stun::{AttrType, ChannelData, Class, Message, Method};
+use common::{channel, error_of, family, send_indication, xor_peer, Conn, TurnClient, WAIT};
+use rendez::stun::{
+    AttrType, ChannelData, Class, IntegrityAlgorithm, Message, MessageBuilder, Method,
+    TransactionId,
+};
 use tokio::net::UdpSocket;
 
 const SERVER_V4: &str = "10.77.0.1";
@@ -376,6 +381,229 @@ async fn a_peer_behind_an_interface_without_the_program_is_relayed_through_socke
     server.kill();
 }
 
+#[tokio::test]
+async fn binding_requests_are_answered_in_the_kernel_byte_for_byte_as_user_space_would() {
+    let Some(net) = Topology::create("binding") else {
+        return;
+    };
+    // One client socket per family for both servers: the mapped address is the same.
+    net.enter_world();
+    let client_v4 = UdpSocket::bind((CLIENT_V4.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let client_v6 = UdpSocket::bind((CLIENT_V6.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let requests = binding_requests();
+    // Without SOFTWARE, and with one of an odd length (its padding is written too).
+    for software in [None, Some("rendez-xdp-test")] {
+        let answers = answers_both_ways(&net, &client_v4, &client_v6, &requests, software).await;
+        let [kernel, sockets] = <[Vec<Vec<u8>>; 2]>::try_from(answers).unwrap();
+        for (i, (kernel, sockets)) in kernel.iter().zip(&sockets).enumerate() {
+            assert_eq!(kernel, sockets, "response {i} differs ({software:?})");
+            let m = Message::parse(kernel).expect("a valid response");
+            assert_eq!((m.class(), m.method()), (Class::Success, Method::BINDING));
+            assert!(m.attribute(AttrType::XOR_MAPPED_ADDRESS).is_some());
+            assert_eq!(m.attribute(AttrType::SOFTWARE), software.map(str::as_bytes));
+            assert_eq!(
+                m.has_fingerprint(),
+                i % requests.len() >= 2,
+                "FINGERPRINT when asked"
+            );
+        }
+    }
+}
+
+/// The answers to `requests` from each client, first from a rendez whose kernel answers
+/// them, then from one whose user space does (`binding = false`), each checked to be
+/// counted where it was made.
+async fn answers_both_ways(
+    net: &Topology,
+    client_v4: &UdpSocket,
+    client_v6: &UdpSocket,
+    requests: &[Vec<u8>],
+    software: Option<&str>,
+) -> Vec<Vec<Vec<u8>>> {
+    let software = software.map_or(String::new(), |s| format!("software = \"{s}\"\n"));
+    let mut answers = Vec::new();
+    for (fast, xdp_extra) in [(true, ""), (false, "binding = false\n")] {
+        let mut server = net.start_rendez_with("binding", &software, xdp_extra);
+        let metrics = server.metrics();
+        let mut got = Vec::new();
+        for (client, server_ip) in [(client_v4, SERVER_V4), (client_v6, SERVER_V6)] {
+            let server_addr = SocketAddr::new(server_ip.parse().unwrap(), TURN_PORT);
+            // A classic (RFC 3489) Binding goes up, and its answer resolves the client's
+            // link-layer address in the server's namespace, as real traffic would.
+            client
+                .send_to(&classic_binding(), server_addr)
+                .await
+                .unwrap();
+            recv(client).await;
+            // The workers publish their counters every 100 ms.
+            std::thread::sleep(Duration::from_millis(300));
+            let before = scrape_metrics(metrics);
+            for request in requests {
+                client.send_to(request, server_addr).await.unwrap();
+                let (response, from) = recv(client).await;
+                assert_eq!(from, server_addr, "answered from the address asked");
+                got.push(response);
+            }
+            // The workers publish their counters every 100 ms.
+            std::thread::sleep(Duration::from_millis(300));
+            let after = scrape_metrics(metrics);
+            let n = requests.len() as f64;
+            let in_kernel = |scrape: &str| metric_sum(scrape, "rendez_xdp_binding_responses_total");
+            let by_user_space =
+                |scrape: &str| sample(scrape, "rendez_requests_total{", "method=\"binding\"");
+            let (kernel, user) = if fast { (n, 0.0) } else { (0.0, n) };
+            assert_eq!(in_kernel(&after) - in_kernel(&before), kernel, "{after}");
+            assert_eq!(
+                by_user_space(&after) - by_user_space(&before),
+                user,
+                "{after}"
+            );
+        }
+        answers.push(got);
+        server.kill();
+    }
+    answers
+}
+
+#[tokio::test]
+async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
+    let Some(net) = Topology::create("up") else {
+        return;
+    };
+    // SOFTWARE of 40 bytes: a minimal request's answer would be over twice its size.
+    let software = format!("software = \"{}\"\n", "s".repeat(40));
+    let mut server = net.start_rendez("binding-up", &software);
+    net.enter_world();
+    let metrics = server.metrics();
+    let server_addr = SocketAddr::new(SERVER_V4.parse().unwrap(), TURN_PORT);
+    let client = UdpSocket::bind((CLIENT_V4.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    client
+        .send_to(&classic_binding(), server_addr)
+        .await
+        .unwrap();
+    let (classic, _) = recv(&client).await;
+    // RFC 3489's success, its transaction ID echoed whole, MAPPED-ADDRESS first.
+    assert_eq!(&classic[..2], &[0x01, 0x01]);
+    assert_eq!(&classic[4..20], &classic_binding()[4..20]);
+    assert_eq!(&classic[20..22], &AttrType::MAPPED_ADDRESS.0.to_be_bytes());
+
+    // A bad FINGERPRINT: user space drops it, so nothing comes back.
+    let mut bad = binding_with(2, |b| {
+        b.add_fingerprint();
+    });
+    *bad.last_mut().unwrap() ^= 1;
+    client.send_to(&bad, server_addr).await.unwrap();
+    assert_silent(&client).await;
+    // MESSAGE-INTEGRITY: Binding is not authenticated, user space answers it plainly.
+    let signed = binding_with(3, |b| {
+        b.add_integrity(IntegrityAlgorithm::Sha1, b"some key");
+    });
+    client.send_to(&signed, server_addr).await.unwrap();
+    let (answer, _) = recv(&client).await;
+    assert_eq!(Message::parse(&answer).unwrap().class(), Class::Success);
+    // An unknown comprehension-required attribute: 420.
+    let unknown = binding_with(4, |b| {
+        b.add(AttrType(0x7777), b"what");
+    });
+    client.send_to(&unknown, server_addr).await.unwrap();
+    let (answer, _) = recv(&client).await;
+    assert_eq!(error_of(&answer), Some(420));
+    // Every one of them went up: the kernel answered none.
+    std::thread::sleep(Duration::from_millis(300));
+    let scrape = scrape_metrics(metrics);
+    assert_eq!(
+        metric_sum(&scrape, "rendez_xdp_binding_responses_total"),
+        0.0,
+        "{scrape}"
+    );
+    let binding = |result: &str| {
+        sample(
+            &scrape,
+            "rendez_requests_total{",
+            &format!("method=\"binding\",result=\"{result}\""),
+        )
+    };
+    assert_eq!(
+        (binding("success"), binding("error")),
+        (2.0, 1.0),
+        "{scrape}"
+    );
+
+    // An answer over twice its request's size goes up (to `binding-per-ip`); the same
+    // answer to a request carrying 40 bytes of its own is small enough for the kernel.
+    let minimal = binding_with(6, |_| {});
+    let carrying = binding_with(7, |b| {
+        b.add_software(&"c".repeat(40));
+    });
+    for request in [&minimal, &carrying] {
+        client.send_to(request, server_addr).await.unwrap();
+        let (answer, _) = recv(&client).await;
+        assert_eq!(Message::parse(&answer).unwrap().class(), Class::Success);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let scrape = scrape_metrics(metrics);
+    let answered = |name: &str, label: &str| sample(&scrape, name, label);
+    assert_eq!(
+        (
+            answered("rendez_xdp_binding_responses_total", ""),
+            answered(
+                "rendez_requests_total{",
+                "method=\"binding\",result=\"success\""
+            ),
+        ),
+        (1.0, 3.0),
+        "{scrape}"
+    );
+
+    // A Binding request a peer sends to a relay port is data for the client: as ChannelData
+    // on a bound channel (in the kernel), as a Data indication from another port.
+    let mut turn = TurnClient::new(
+        Conn::udp_from(CLIENT_V4.parse().unwrap(), server_addr).await,
+        "alice",
+        "wonderland",
+    );
+    let relay = turn.allocate(&[]).await[0];
+    let peer = UdpSocket::bind((PEER_V4.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    bind_channel(&mut turn, 0x4001, peer.local_addr().unwrap()).await;
+    turn.conn
+        .send(&send_indication(peer.local_addr().unwrap(), b"warm"))
+        .await;
+    recv(&peer).await;
+    // Small enough to be answered in the kernel, were it sent to a listen address.
+    let request = binding_with(5, |b| {
+        b.add_software(&"c".repeat(40));
+    });
+    peer.send_to(&request, relay).await.unwrap();
+    let mut framed = ChannelData::header(0x4001, request.len() as u16).to_vec();
+    framed.extend_from_slice(&request);
+    assert_eq!(turn.conn.recv().await, framed);
+    let other_port = UdpSocket::bind((PEER_V4.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    other_port.send_to(&request, relay).await.unwrap();
+    let data = turn.conn.recv().await;
+    let m = Message::parse(&data).expect("a Data indication");
+    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+    assert_eq!(m.attribute(AttrType::DATA), Some(&request[..]));
+    assert_silent(&peer).await;
+    assert_silent(&other_port).await;
+    let scrape = scrape_metrics(metrics);
+    assert_eq!(
+        metric_sum(&scrape, "rendez_xdp_binding_responses_total"),
+        1.0,
+        "{scrape}"
+    );
+    server.kill();
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// A server and a world namespace joined by a veth pair, removed when dropped.
@@ -468,10 +696,25 @@ impl Topology {
 
     /// rendez on the server's veth (JSON log, metrics on the server address), serving.
     fn start_rendez(&self, name: &str, extra: &str) -> Rendez {
-        Rendez::serving(self.spawn_rendez(name, extra, TURN_PORT))
+        self.start_rendez_with(name, extra, "")
+    }
+
+    /// The same with `xdp_extra` in its `[xdp]` section.
+    fn start_rendez_with(&self, name: &str, extra: &str, xdp_extra: &str) -> Rendez {
+        Rendez::serving(self.spawn_rendez_with(name, extra, xdp_extra, TURN_PORT))
     }
 
     fn spawn_rendez(&self, name: &str, extra: &str, port: u16) -> ServerProcess {
+        self.spawn_rendez_with(name, extra, "", port)
+    }
+
+    fn spawn_rendez_with(
+        &self,
+        name: &str,
+        extra: &str,
+        xdp_extra: &str,
+        port: u16,
+    ) -> ServerProcess {
         let config = rendez_config(RendezConfig {
             listen: [SERVER_V4, SERVER_V6],
             relay_ip: [SERVER_V4, SERVER_V6],
@@ -479,6 +722,7 @@ impl Topology {
             port,
             interfaces: &[&self.server_if],
             extra,
+            xdp_extra,
         });
         spawn_in(&self.server_ns, name, &config)
     }
@@ -639,6 +883,7 @@ impl TwoSided {
             port,
             interfaces,
             extra: "",
+            xdp_extra: "",
         });
         spawn_in(&self.server_ns, name, &config)
     }
@@ -724,13 +969,15 @@ struct RendezConfig<'a> {
     interfaces: &'a [&'a str],
     /// More top-level keys.
     extra: &'a str,
+    /// More keys for `[xdp]`.
+    xdp_extra: &'a str,
 }
 
 fn rendez_config(c: RendezConfig) -> String {
     let [listen_v4, listen_v6] = c.listen;
     let [relay_v4, relay_v6] = c.relay_ip;
     let [peers_v4, peers_v6] = c.peers;
-    let (port, extra) = (c.port, c.extra);
+    let (port, extra, xdp_extra) = (c.port, c.extra, c.xdp_extra);
     // One interface in the string form, several in the list form.
     let interface = match c.interfaces {
         [one] => format!("\"{one}\""),
@@ -754,6 +1001,7 @@ fn rendez_config(c: RendezConfig) -> String {
          [xdp]\n\
          interface = {interface}\n\
          mode = \"native\"\n\
+         {xdp_extra}\
          [auth]\n\
          [[auth.users]]\n\
          name = \"alice\"\n\
@@ -924,4 +1172,37 @@ fn sample(scrape: &str, prefix: &str, label: &str) -> f64 {
         .filter(|line| line.starts_with(prefix) && line.contains(label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Binding requests the kernel answers: none, SOFTWARE, FINGERPRINT, both (in that order:
+/// the test reads "FINGERPRINT when asked" from the position).
+fn binding_requests() -> Vec<Vec<u8>> {
+    vec![
+        binding_with(10, |_| {}),
+        binding_with(11, |b| {
+            b.add_software("a client, 27 bytes of name.");
+        }),
+        binding_with(12, |b| {
+            b.add_fingerprint();
+        }),
+        binding_with(13, |b| {
+            b.add_software("ice")
+                .add_software("twice")
+                .add_fingerprint();
+        }),
+    ]
+}
+
+/// A Binding request with transaction ID `tid` repeated, and what `attributes` adds.
+fn binding_with(tid: u8, attributes: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
+    let mut b = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([tid; 12]));
+    attributes(&mut b);
+    b.finish()
+}
+
+/// A classic (RFC 3489) Binding request: no magic cookie.
+fn classic_binding() -> Vec<u8> {
+    let mut bytes = vec![0x00, 0x01, 0x00, 0x00];
+    bytes.extend_from_slice(&[0x5a; 16]);
+    bytes
 }

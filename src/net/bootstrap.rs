@@ -21,7 +21,7 @@ use super::proxy_protocol::TrustedProxies;
 use super::tls::CertStore;
 use super::turn_io::stream::TurnRoute;
 use super::turn_io::{stream, stream_shard, udp, worker};
-use super::xdp::FastPath;
+use super::xdp::{FastPath, StunService};
 use super::{http, limits, metrics, shared_port, tls, unix_now};
 use crate::config::{AcmeChallenge, ChannelNumbersConfig, Config, LimitsConfig, RelayFamily};
 use crate::random::Rng;
@@ -113,7 +113,14 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     } = bind_udp_and_tcp(&config.listen, config.other_address, &relays, workers)?;
     let tcp_addrs = local_addrs(&tcp_listeners)?;
     // After the listeners: a port in use is reported before the kernel is touched.
-    let fast_path = FastPath::start(&config.xdp)?;
+    let fast_path = FastPath::start(
+        &config.xdp,
+        StunService {
+            listen: &udp_addrs,
+            nat_discovery: discovery.is_some(),
+            software: config.software.as_deref(),
+        },
+    )?;
     let shared = shared_port::shared_addresses(&config);
     let (shared_listeners, tcp_listeners) = bind_shared_ports(&config, &shared, tcp_listeners)?;
     // Each shared port's address as bound, and what it serves.
@@ -286,6 +293,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         stream: stream_shard.published(),
         hub: hub.clone(),
         xdp_attached: fast_path.is_some(),
+        xdp_binding: fast_path.as_ref().and_then(FastPath::binding_counter),
     };
     let metrics_addr = match config.metrics.listen {
         Some(addr) => {

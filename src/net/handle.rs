@@ -197,6 +197,10 @@ impl Handle {
         self.stream_shard
             .send(stream_shard::Input::Control(control))
             .await;
+        if let Some(fast_path) = &self.fast_path {
+            // The program writes SOFTWARE into its Binding responses as the core does.
+            fast_path.set_software(new.software.as_deref());
+        }
         if let (Some(store), Some(certificate)) = (&self.certs, certificate) {
             store.replace(certificate);
         }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::observe::Observer;
 use super::turn_io::Figures;
+use super::xdp::BindingCounter;
 use crate::turn::{DropReason, QuotaExceeded, Rejection, RequestMethod, Traffic, Transport};
 
 /// Serves `/metrics` on `listener` until `stopped` changes.
@@ -240,6 +241,15 @@ pub(crate) fn render(observer: &Observer) -> String {
         "counter",
         "Bound channels left on the sockets path because the XDP maps were full ([xdp] max-channels).",
         &|f| vec![(vec![], f.xdp.map_full)],
+    );
+    out.single(
+        "rendez_xdp_binding_responses_total",
+        "counter",
+        "STUN Binding responses the XDP fast path sent ([xdp] binding); not in rendez_requests_total{method=\"binding\"}, which counts those user space answered.",
+        observer
+            .xdp_binding
+            .as_ref()
+            .map_or(0, BindingCounter::responses),
     );
     out.single(
         "rendez_xdp_attached",

@@ -6,6 +6,7 @@
 
 use super::http::hub::{HubHandle, SignalFigures};
 use super::turn_io::{Figures, PublishedFigures};
+use super::xdp::BindingCounter;
 use crate::turn::{Gauges, Stats};
 
 #[derive(Clone)]
@@ -17,6 +18,8 @@ pub(crate) struct Observer {
     pub hub: Option<HubHandle>,
     /// Whether the XDP fast path is attached.
     pub xdp_attached: bool,
+    /// The fast path's count of Binding responses, when it answers them.
+    pub xdp_binding: Option<BindingCounter>,
 }
 
 /// A shard's name in metrics: `udp-0`, `udp-1`, ... for the UDP workers, `stream` for the

@@ -15,7 +15,8 @@ use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
-use super::ChannelMaps;
+use super::binding::{self, BindingCounter, BindingListeners, BindingMapIds};
+use super::{ChannelMaps, StunService};
 use crate::config::{ConfigError, XdpConfig, XdpMode};
 
 /// The program compiled by build.rs from bpf/relay.bpf.c.
@@ -32,6 +33,9 @@ pub(crate) struct FastPath {
     _ebpf: Ebpf,
     client_map: u32,
     peer_map: u32,
+    binding_maps: BindingMapIds,
+    /// Whether the program answers Binding requests (at any address).
+    answers_binding: bool,
 }
 
 /// One `[xdp] interface` entry, resolved.
@@ -62,7 +66,7 @@ impl FastPath {
     /// not "native" (one warning says so, and the sockets path carries everything). An
     /// interface that does not exist or already has an XDP program is an error in every
     /// mode. It is all interfaces or none: one that fails detaches the others.
-    pub fn start(config: &XdpConfig) -> anyhow::Result<Option<FastPath>> {
+    pub fn start(config: &XdpConfig, stun: StunService<'_>) -> anyhow::Result<Option<FastPath>> {
         let Some(names) = config.interface.as_deref() else {
             return Ok(None);
         };
@@ -77,7 +81,11 @@ impl FastPath {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let listed = names.join(", ");
         raise_memlock_limit();
-        match load_and_attach(config, &interfaces) {
+        let listeners = BindingListeners::new(config.binding, stun.nat_discovery, stun.listen);
+        if config.binding && stun.nat_discovery {
+            tracing::info!("`other-address` is set: Binding requests are answered by the sockets path (`[xdp] binding` answers only plain ones)");
+        }
+        match load_and_attach(config, &interfaces, &listeners, stun.software) {
             Ok(fast_path) => Ok(Some(fast_path)),
             Err(Refusal::Fatal(error)) => Err(error),
             Err(Refusal::Unsupported(error)) if config.mode == XdpMode::Native => Err(error
@@ -100,6 +108,25 @@ impl FastPath {
         ChannelMaps::open(self.client_map, self.peer_map)
             .context("opening the XDP fast path's maps for a worker")
     }
+
+    /// The program's count of Binding responses; `None` when it answers none.
+    pub fn binding_counter(&self) -> Option<BindingCounter> {
+        if !self.answers_binding {
+            return None;
+        }
+        self.binding_maps
+            .counter()
+            .map_err(|error| tracing::warn!(%error, "cannot read the XDP Binding counter"))
+            .ok()
+    }
+
+    /// Puts a reloaded `software` into the program's Binding responses, as the core puts
+    /// it into its own.
+    pub fn set_software(&self, software: Option<&str>) {
+        if let Err(error) = self.binding_maps.set_software(software) {
+            tracing::warn!(%error, "could not update SOFTWARE in the XDP Binding responses");
+        }
+    }
 }
 
 /// Why the fast path is not attached: a configuration to fix, or a host that cannot.
@@ -108,7 +135,12 @@ enum Refusal {
     Unsupported(anyhow::Error),
 }
 
-fn load_and_attach(config: &XdpConfig, interfaces: &[Interface]) -> Result<FastPath, Refusal> {
+fn load_and_attach(
+    config: &XdpConfig,
+    interfaces: &[Interface],
+    listeners: &BindingListeners,
+    software: Option<&str>,
+) -> Result<FastPath, Refusal> {
     let unsupported = |e: ProgramError| {
         Refusal::Unsupported(anyhow::Error::new(e).context("loading the XDP program"))
     };
@@ -117,6 +149,7 @@ fn load_and_attach(config: &XdpConfig, interfaces: &[Interface]) -> Result<FastP
         .map_max_entries(CLIENT_MAP, config.max_channels)
         .map_max_entries(PEER_MAP, config.max_channels)
         .map_max_entries(DEVICE_MAP, device_count)
+        .map_max_entries(binding::LISTEN_MAP, listeners.capacity())
         .load(RELAY_OBJECT)
         .map_err(|e| {
             Refusal::Unsupported(anyhow::Error::new(e).context("loading the XDP program"))
@@ -139,8 +172,10 @@ fn load_and_attach(config: &XdpConfig, interfaces: &[Interface]) -> Result<FastP
         attachments.push(attachment);
     }
     fill_redirect_targets(&mut ebpf, interfaces, &attachments)?;
+    binding::fill(&mut ebpf, listeners, software).map_err(Refusal::Fatal)?;
     let client_map = map_id(&ebpf, CLIENT_MAP).map_err(Refusal::Fatal)?;
     let peer_map = map_id(&ebpf, PEER_MAP).map_err(Refusal::Fatal)?;
+    let binding_maps = BindingMapIds::of(&ebpf).map_err(Refusal::Fatal)?;
     warn_unless_forwarding(interfaces);
     let described: Vec<String> = interfaces
         .iter()
@@ -150,6 +185,7 @@ fn load_and_attach(config: &XdpConfig, interfaces: &[Interface]) -> Result<FastP
     tracing::info!(
         interface = %described.join(", "),
         max_channels = config.max_channels,
+        binding = !listeners.is_empty(),
         "XDP fast path attached: bound channels over UDP are relayed in the kernel"
     );
     Ok(FastPath {
@@ -157,6 +193,8 @@ fn load_and_attach(config: &XdpConfig, interfaces: &[Interface]) -> Result<FastP
         _ebpf: ebpf,
         client_map,
         peer_map,
+        binding_maps,
+        answers_binding: !listeners.is_empty(),
     })
 }
 

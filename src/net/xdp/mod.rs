@@ -12,18 +12,41 @@
 //! Built without the feature, `[xdp] interface` is reported with one warning and every
 //! packet takes the sockets path; the types here are then uninhabited.
 
+//!
+//! With `[xdp] binding` the program also answers STUN Binding requests to the UDP listen
+//! addresses itself (`bpf/stun_binding.h`, [`binding`]), counted by a [`BindingCounter`].
+
 #[cfg(feature = "xdp")]
 mod attach;
 #[cfg(feature = "xdp")]
+mod binding;
+#[cfg(feature = "xdp")]
 mod maps;
+
+use std::net::SocketAddr;
 
 #[cfg(feature = "xdp")]
 pub(crate) use attach::FastPath;
 #[cfg(feature = "xdp")]
+pub(crate) use binding::BindingCounter;
+#[cfg(feature = "xdp")]
 pub(crate) use maps::ChannelMaps;
 
 #[cfg(not(feature = "xdp"))]
-pub(crate) use disabled::{ChannelMaps, FastPath};
+pub(crate) use disabled::{BindingCounter, ChannelMaps, FastPath};
+
+/// What the program needs to answer Binding requests exactly as the sockets path does.
+#[derive(Clone, Copy, Debug)]
+// Built without the feature, nothing reads it: there is no program.
+#[cfg_attr(not(feature = "xdp"), allow(dead_code))]
+pub(crate) struct StunService<'a> {
+    /// The UDP listen addresses, as bound.
+    pub listen: &'a [SocketAddr],
+    /// `other-address` is set: Binding responses carry RFC 5780's attributes.
+    pub nat_discovery: bool,
+    /// SOFTWARE in every response.
+    pub software: Option<&'a str>,
+}
 
 /// What one worker's share of the fast path looks like, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +61,7 @@ pub(crate) struct XdpFigures {
 mod disabled {
     //! Without the `xdp` feature no fast path can exist: these types have no values.
 
-    use super::XdpFigures;
+    use super::{StunService, XdpFigures};
     use crate::config::XdpConfig;
     use crate::turn::{FastPathEntry, Traffic};
 
@@ -46,7 +69,10 @@ mod disabled {
 
     impl FastPath {
         /// Says once that `[xdp]` is ignored in this build.
-        pub fn start(config: &XdpConfig) -> anyhow::Result<Option<FastPath>> {
+        pub fn start(
+            config: &XdpConfig,
+            _stun: StunService<'_>,
+        ) -> anyhow::Result<Option<FastPath>> {
             if let Some(interfaces) = &config.interface {
                 tracing::warn!(
                     interface = %interfaces.join(", "),
@@ -57,6 +83,23 @@ mod disabled {
         }
 
         pub fn channel_maps(&self) -> anyhow::Result<ChannelMaps> {
+            match *self {}
+        }
+
+        pub fn binding_counter(&self) -> Option<BindingCounter> {
+            match *self {}
+        }
+
+        pub fn set_software(&self, _software: Option<&str>) {
+            match *self {}
+        }
+    }
+
+    #[derive(Clone)]
+    pub(crate) enum BindingCounter {}
+
+    impl BindingCounter {
+        pub fn responses(&self) -> u64 {
             match *self {}
         }
     }
