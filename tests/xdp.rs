@@ -621,19 +621,34 @@ struct Rendez {
     process: ServerProcess,
 }
 
+/// Whether the XDP tests can run here; says why not, or fails under RENDEZ_REQUIRE_XDP=1.
+fn runnable_here() -> bool {
+    let Err(reason) = can_run() else {
+        return true;
+    };
+    assert!(
+        std::env::var("RENDEZ_REQUIRE_XDP").as_deref() != Ok("1"),
+        "RENDEZ_REQUIRE_XDP=1 but the XDP tests cannot run: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// The part of a test's namespace and interface names that keeps them apart from other
+/// processes and tests: this process and the first letter of `name`, which differs between
+/// the tests (interface names have at most 15 bytes).
+fn names_id(name: &str) -> String {
+    format!("{}{}", std::process::id() % 100_000, &name[..1])
+}
+
 impl Topology {
     /// Both namespaces with their addresses, or `None` (after saying why) where this
     /// cannot run.
     fn create(name: &str) -> Option<Self> {
-        if let Err(reason) = can_run() {
-            assert!(
-                std::env::var("RENDEZ_REQUIRE_XDP").as_deref() != Ok("1"),
-                "RENDEZ_REQUIRE_XDP=1 but the XDP tests cannot run: {reason}"
-            );
-            eprintln!("skipped: {reason}");
+        if !runnable_here() {
             return None;
         }
-        let id = format!("{}{}", std::process::id() % 100_000, &name[..1]);
+        let id = names_id(name);
         let server_ns = format!("rxdp{id}s");
         let world_ns = format!("rxdp{id}w");
         let server_if = format!("rx{id}s");
@@ -779,15 +794,10 @@ struct TwoSided {
 
 impl TwoSided {
     fn create(name: &str) -> Option<Self> {
-        if let Err(reason) = can_run() {
-            assert!(
-                std::env::var("RENDEZ_REQUIRE_XDP").as_deref() != Ok("1"),
-                "RENDEZ_REQUIRE_XDP=1 but the XDP tests cannot run: {reason}"
-            );
-            eprintln!("skipped: {reason}");
+        if !runnable_here() {
             return None;
         }
-        let id = format!("{}{}", std::process::id() % 100_000, &name[..1]);
+        let id = names_id(name);
         let server_ns = format!("rxdp{id}s");
         ip(&["netns", "add", &server_ns]);
         // From here on, dropping removes what exists (and the veths with their namespaces).
@@ -915,6 +925,8 @@ impl TwoSided {
         set_namespace(&self.peer_ns);
         let peer = UdpSocket::bind((ip(sides.peers.host), 0)).await.unwrap();
         let peer_addr = peer.local_addr().unwrap();
+        // Back beside the client: the metrics listen on the server's client-side address.
+        set_namespace(&self.client_ns);
         let family_attr = family(AttrType::REQUESTED_ADDRESS_FAMILY, if v6 { 2 } else { 1 });
         let relay = client.allocate(&[family_attr]).await[0];
         assert_eq!(relay.ip(), ip(sides.peers.server));
