@@ -6,7 +6,6 @@
 //! test prints `skipped: <reason>` and passes, unless `RENDEZ_REQUIRE_FAKETIME=1` (as in
 //! CI), where it fails instead.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -97,7 +96,7 @@ async fn wrong_password_is_diagnosed_with_the_servers_realm() {
 
 #[tokio::test]
 async fn clock_skew_is_told_apart_from_a_wrong_secret() {
-    let Some(faketime) = libfaketime() else {
+    let Some(faketime) = common::tools::libfaketime() else {
         return;
     };
     let server = start_with_secret("").await;
@@ -269,23 +268,4 @@ impl std::fmt::Display for CheckRun {
             self.code, self.stdout, self.stderr
         )
     }
-}
-
-/// libfaketime's preload library, or `None` (after saying why) when the test must skip.
-fn libfaketime() -> Option<PathBuf> {
-    let found = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
-        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
-        .find(|path| path.is_file());
-    if found.is_none() {
-        let reason = "libfaketime is not installed (apt-get install libfaketime)";
-        if std::env::var_os("RENDEZ_REQUIRE_FAKETIME").is_some_and(|v| v == "1") {
-            panic!("{reason}, and RENDEZ_REQUIRE_FAKETIME=1");
-        }
-        println!("skipped: {reason}");
-    }
-    found
 }

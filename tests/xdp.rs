@@ -19,6 +19,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -251,6 +252,120 @@ async fn a_deleted_or_expired_allocation_leaves_the_fast_path_at_once() {
     }
     let scrape = scrape_metrics(server.metrics());
     assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 0.0, "{scrape}");
+    server.kill();
+}
+
+/// How much faster rendez's clock runs in
+/// `expired_permissions_and_channels_leave_the_fast_path`.
+const FAST_CLOCK: u32 = 30;
+
+/// `secs` seconds of a clock `FAST_CLOCK` times as fast.
+fn on_fast_clock(secs: u64) -> Duration {
+    Duration::from_secs(secs) / FAST_CLOCK
+}
+
+/// A permission lasts 300 s and a channel 600 s (RFC 8656), and what the kernel relays
+/// never tells user space that they are in use: the core's own timers must take them out
+/// of the fast path. rendez runs on a clock 30 times as fast (libfaketime), so ten minutes
+/// of its time pass in 20 s.
+#[tokio::test]
+async fn expired_permissions_and_channels_leave_the_fast_path() {
+    let Some(faketime) = common::tools::libfaketime() else {
+        return;
+    };
+    let Some(net) = Topology::create("permission") else {
+        return;
+    };
+    // The allocation outlives both (the default, 600 s, would end with the channel).
+    let mut server = net.start_rendez_on_fast_clock(
+        "permission",
+        "allocation-lifetime = \"1h\"\nmax-allocation-lifetime = \"1h\"\n",
+        &faketime,
+    );
+    net.enter_world();
+    let server_addr = SocketAddr::new(SERVER_V4.parse().unwrap(), TURN_PORT);
+    let peer = UdpSocket::bind((PEER_V4.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut client = TurnClient::new(
+        Conn::udp_from(CLIENT_V4.parse().unwrap(), server_addr).await,
+        "alice",
+        "wonderland",
+    );
+    let relay = client.allocate(&[]).await[0];
+    bind_channel(&mut client, 0x4001, peer_addr).await;
+    let bound = tokio::time::Instant::now();
+    client.conn.send(&send_indication(peer_addr, b"warm")).await;
+    assert_eq!(recv(&peer).await, (b"warm".to_vec(), relay));
+    client.conn.send(&channel_data(0x4001, b"on", false)).await;
+    assert_eq!(recv(&peer).await, (b"on".to_vec(), relay));
+    let kernel = |scrape: &str| metric_sum(scrape, "rendez_xdp_relayed_packets_total");
+    let scrape = wait_for_metric(server.metrics(), "rendez_xdp_relayed_packets_total", 1.0);
+    assert_eq!(
+        kernel(&scrape),
+        1.0,
+        "\"on\" went through the kernel: {scrape}"
+    );
+
+    // 330 s on: the permission has expired, the channel has not. Nothing passes.
+    tokio::time::sleep_until(bound + on_fast_clock(330)).await;
+    client
+        .conn
+        .send(&channel_data(0x4001, b"stale", false))
+        .await;
+    peer.send_to(b"stale", relay).await.unwrap();
+    assert_silent(&peer).await;
+    assert_nothing_for(&mut client).await;
+    let scrape = scrape_metrics(server.metrics());
+    assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 0.0, "{scrape}");
+
+    // A new permission puts the channel, still bound, back on the fast path.
+    let response = client
+        .request(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)])
+        .await;
+    assert_eq!(common::class_of(&response), Class::Success);
+    // The worker writes the entry while handling that request; until it has, datagrams on
+    // the channel take the sockets path, which would be right but is not what this checks.
+    let scrape = wait_for_metric(server.metrics(), "rendez_xdp_channels", 1.0);
+    assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 1.0, "{scrape}");
+    client
+        .conn
+        .send(&channel_data(0x4001, b"again", false))
+        .await;
+    assert_eq!(recv(&peer).await, (b"again".to_vec(), relay));
+    peer.send_to(b"back", relay).await.unwrap();
+    assert_eq!(
+        client.conn.recv().await,
+        channel_data(0x4001, b"back", false)
+    );
+    let scrape = wait_for_metric(server.metrics(), "rendez_xdp_relayed_packets_total", 3.0);
+    assert_eq!(
+        kernel(&scrape),
+        3.0,
+        "both went through the kernel: {scrape}"
+    );
+
+    // 630 s on: the channel has expired, the permission (renewed at 330 s) has not. The
+    // channel number means nothing now, and the peer arrives as a Data indication.
+    tokio::time::sleep_until(bound + on_fast_clock(630)).await;
+    client
+        .conn
+        .send(&channel_data(0x4001, b"unbound", false))
+        .await;
+    assert_silent(&peer).await;
+    peer.send_to(b"indicated", relay).await.unwrap();
+    let data = client.conn.recv().await;
+    let m = Message::parse(&data).expect("a Data indication");
+    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+    assert_eq!(m.attribute(AttrType::DATA), Some(&b"indicated"[..]));
+    let scrape = scrape_metrics(server.metrics());
+    assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 0.0, "{scrape}");
+    assert_eq!(
+        kernel(&scrape),
+        3.0,
+        "nothing more through the kernel: {scrape}"
+    );
     server.kill();
 }
 
@@ -723,6 +838,19 @@ impl Topology {
         self.spawn_rendez_with(name, extra, "", port)
     }
 
+    /// rendez on a clock `FAST_CLOCK` times as fast as the test's (libfaketime at
+    /// `faketime`, which shortens its waits by as much), so that RFC lifetimes of minutes
+    /// pass in seconds.
+    fn start_rendez_on_fast_clock(&self, name: &str, extra: &str, faketime: &Path) -> Rendez {
+        let config = self.config(extra, "", TURN_PORT);
+        let speed = format!("+0 x{FAST_CLOCK}");
+        let env = [
+            ("LD_PRELOAD", faketime.to_str().expect("a UTF-8 path")),
+            ("FAKETIME", speed.as_str()),
+        ];
+        Rendez::serving(spawn_in(&self.server_ns, name, &config, &env))
+    }
+
     fn spawn_rendez_with(
         &self,
         name: &str,
@@ -730,7 +858,12 @@ impl Topology {
         xdp_extra: &str,
         port: u16,
     ) -> ServerProcess {
-        let config = rendez_config(RendezConfig {
+        let config = self.config(extra, xdp_extra, port);
+        spawn_in(&self.server_ns, name, &config, &[])
+    }
+
+    fn config(&self, extra: &str, xdp_extra: &str, port: u16) -> String {
+        rendez_config(RendezConfig {
             listen: [SERVER_V4, SERVER_V6],
             relay_ip: [SERVER_V4, SERVER_V6],
             peers: ["10.77.0.0/24", "fd77::/64"],
@@ -738,8 +871,7 @@ impl Topology {
             interfaces: &[&self.server_if],
             extra,
             xdp_extra,
-        });
-        spawn_in(&self.server_ns, name, &config)
+        })
     }
 
     /// Moves this thread into the world namespace: sockets made from now on are there.
@@ -895,7 +1027,7 @@ impl TwoSided {
             extra: "",
             xdp_extra: "",
         });
-        spawn_in(&self.server_ns, name, &config)
+        spawn_in(&self.server_ns, name, &config, &[])
     }
 
     /// `ip link show` of one of the server's interfaces.
@@ -1025,9 +1157,9 @@ fn rendez_config(c: RendezConfig) -> String {
 
 /// rendez with `config` in namespace `ns` (the child starts in the namespace of the thread
 /// that forks it).
-fn spawn_in(ns: &str, name: &str, config: &str) -> ServerProcess {
+fn spawn_in(ns: &str, name: &str, config: &str, env: &[(&str, &str)]) -> ServerProcess {
     in_namespace(ns, || {
-        ServerProcess::spawn(&format!("xdp-{name}"), config, &[])
+        ServerProcess::spawn(&format!("xdp-{name}"), config, env)
     })
 }
 

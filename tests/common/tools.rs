@@ -1,5 +1,5 @@
 //! External client programs (coturn's `turnutils_*`, Debian's `stun`) used as independent
-//! peers. Without the program a test prints why and passes, unless
+//! peers, and libfaketime. Without the program a test prints why and passes, unless
 //! `RENDEZ_REQUIRE_CLIENTS=1` (as in CI, which installs them), where it fails instead.
 
 use std::path::PathBuf;
@@ -18,6 +18,26 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
             panic!("{reason}, and RENDEZ_REQUIRE_CLIENTS=1");
         }
         eprintln!("skipped: {reason}");
+    }
+    found
+}
+
+/// libfaketime's preload library, or `None` (after saying why) when the test must skip:
+/// it fails instead under `RENDEZ_REQUIRE_FAKETIME=1` (as in CI, which installs it).
+pub fn libfaketime() -> Option<PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
+        .find(|path| path.is_file());
+    if found.is_none() {
+        let reason = "libfaketime is not installed (apt-get install libfaketime)";
+        if std::env::var_os("RENDEZ_REQUIRE_FAKETIME").is_some_and(|v| v == "1") {
+            panic!("{reason}, and RENDEZ_REQUIRE_FAKETIME=1");
+        }
+        println!("skipped: {reason}");
     }
     found
 }
