@@ -165,6 +165,25 @@ async fn answer_challenges(
     Ok(())
 }
 
+/// RFC 8555 §6.5's `badNonce`: the CA refused a request's anti-replay nonce, which says
+/// nothing about the order itself.
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+
+fn is_bad_nonce(problem: &instant_acme::Problem) -> bool {
+    problem.r#type.as_deref() == Some(BAD_NONCE)
+}
+
+/// Whether an order failed only because the CA refused a nonce more often than instant-acme
+/// retries a request (three tries): worth a new order soon rather than after the backoff.
+pub(super) fn failed_on_nonces(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<instant_acme::Error>(),
+            Some(instant_acme::Error::Api(problem)) if is_bad_nonce(problem)
+        )
+    })
+}
+
 /// Waits for validation, finalizes with a fresh key, and fetches the chain: (chain, key).
 async fn finish(order: &mut Order) -> anyhow::Result<(String, String)> {
     let polling = RetryPolicy::new()
@@ -176,7 +195,7 @@ async fn finish(order: &mut Order) -> anyhow::Result<(String, String)> {
     let status = match order.state().status {
         OrderStatus::Pending => match order.poll_ready(&polling).await {
             Ok(status) => status,
-            Err(instant_acme::Error::Api(problem)) => {
+            Err(instant_acme::Error::Api(problem)) if !is_bad_nonce(&problem) => {
                 return Err(failed_validation(order, problem.to_string()).await)
             }
             Err(error) => return Err(anyhow::Error::new(error).context("waiting for validation")),
@@ -262,5 +281,18 @@ mod tests {
         assert!(plain_cause(&limited).contains("rate limit"));
         let other = problem("urn:ietf:params:acme:error:caa", "CAA forbids");
         assert_eq!(plain_cause(&other), "CAA forbids (caa)");
+    }
+
+    #[test]
+    fn an_order_refused_for_its_nonces_is_told_apart() {
+        let api = |kind: &str| {
+            anyhow::Error::new(instant_acme::Error::Api(problem(kind, "no")))
+                .context("finalizing the order")
+        };
+        assert!(failed_on_nonces(&api(BAD_NONCE)));
+        assert!(!failed_on_nonces(&api("urn:ietf:params:acme:error:caa")));
+        assert!(!failed_on_nonces(&anyhow::anyhow!(
+            "validation failed: badNonce"
+        )));
     }
 }

@@ -37,6 +37,11 @@ use crate::config::AcmeConfig;
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// The longest wait between retries.
 const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// An order that failed only on refused nonces (`badNonce`, say a CA behind a load
+/// balancer) is tried again after this, at most `NONCE_RETRIES` times in a row before the
+/// backoff applies: nothing was wrong with the order.
+const NONCE_RETRY: Duration = Duration::from_secs(1);
+const NONCE_RETRIES: u32 = 5;
 /// The most one order may take, all requests and polling included.
 const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -102,6 +107,7 @@ impl Acme {
                 }
             }
             let mut retry = FIRST_RETRY;
+            let mut nonce_retries = 0;
             let issued = loop {
                 // A shutdown does not wait for an order in flight.
                 let ordered = tokio::select! {
@@ -113,16 +119,22 @@ impl Acme {
                     Ok(Err(error)) => error,
                     Err(_) => anyhow::anyhow!("the order took longer than {ORDER_DEADLINE:?}"),
                 };
+                let soon = client::failed_on_nonces(&error) && nonce_retries < NONCE_RETRIES;
+                let wait = if soon { NONCE_RETRY } else { retry };
                 tracing::warn!(
                     domains = ?self.config.domains,
-                    retry_in = ?retry,
+                    retry_in = ?wait,
                     "certificate order failed, the current certificate stays: {error:#}"
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stopped.changed() => return,
                 }
-                retry = (retry * 2).min(MAX_RETRY);
+                if soon {
+                    nonce_retries += 1;
+                } else {
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
             };
             log_certificate("new certificate in use", &issued);
             renew_at = Some(issued.renew_at(self.config.renew_before));
