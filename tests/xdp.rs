@@ -149,10 +149,7 @@ async fn bound_channels_are_relayed_in_the_kernel_both_ways_over_ipv4_and_ipv6()
         // The permitted peer IP on another port: a Data indication.
         let same_ip = UdpSocket::bind((ip(peer_ip), 0)).await.unwrap();
         same_ip.send_to(b"other port", relay).await.unwrap();
-        let data = client.conn.recv().await;
-        let m = Message::parse(&data).expect("a Data indication");
-        assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
-        assert_eq!(m.attribute(AttrType::DATA), Some(&b"other port"[..]));
+        expect_data_indication(&mut client, b"other port").await;
         relayed_here += 1;
         // An IP without a permission: nothing, whichever way.
         let stranger = UdpSocket::bind((ip(other_ip), 0)).await.unwrap();
@@ -355,10 +352,7 @@ async fn expired_permissions_and_channels_leave_the_fast_path() {
         .await;
     assert_silent(&peer).await;
     peer.send_to(b"indicated", relay).await.unwrap();
-    let data = client.conn.recv().await;
-    let m = Message::parse(&data).expect("a Data indication");
-    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
-    assert_eq!(m.attribute(AttrType::DATA), Some(&b"indicated"[..]));
+    expect_data_indication(&mut client, b"indicated").await;
     let scrape = scrape_metrics(server.metrics());
     assert_eq!(metric_sum(&scrape, "rendez_xdp_channels"), 0.0, "{scrape}");
     assert_eq!(
@@ -704,10 +698,7 @@ async fn bindings_the_kernel_may_not_answer_get_the_sockets_paths_answer() {
         .await
         .unwrap();
     other_port.send_to(&request, relay).await.unwrap();
-    let data = turn.conn.recv().await;
-    let m = Message::parse(&data).expect("a Data indication");
-    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
-    assert_eq!(m.attribute(AttrType::DATA), Some(&request[..]));
+    expect_data_indication(&mut turn, &request).await;
     assert_silent(&peer).await;
     assert_silent(&other_port).await;
     let scrape = scrape_metrics(metrics);
@@ -1286,6 +1277,15 @@ async fn assert_silent(socket: &UdpSocket) {
         "unexpected datagram: {:?}",
         got.map(|r| r.map(|(n, from)| (buf[..n].to_vec(), from)))
     );
+}
+
+/// The next datagram for `client` is a Data indication carrying `payload` (user space
+/// relayed it).
+async fn expect_data_indication(client: &mut TurnClient, payload: &[u8]) {
+    let data = client.conn.recv().await;
+    let m = Message::parse(&data).expect("a Data indication");
+    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+    assert_eq!(m.attribute(AttrType::DATA), Some(payload));
 }
 
 /// Nothing arrives for `client` for a while.
